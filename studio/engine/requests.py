@@ -1,0 +1,123 @@
+"""Requests and results: plain, immutable data passed between the UI, the worker and the engine."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+from .errors import RequestError
+
+Mode = Literal["txt2img", "img2img", "inpaint", "upscale"]
+PreviewKind = Literal["x0", "latent", "none"]
+MODES: tuple[str, ...] = ("txt2img", "img2img", "inpaint", "upscale")
+MAX_SEED = 2**32 - 1
+
+
+def _frozen_copy(a: np.ndarray | None, ndim: tuple[int, ...], what: str) -> np.ndarray | None:
+    if a is None:
+        return None
+    a = np.array(a, dtype=np.uint8, copy=True)  # copied at submit: later canvas edits never reach a run
+    if a.ndim not in ndim:
+        raise RequestError(f"{what} must be an image array with {ndim} dimensions, got shape {a.shape}")
+    a.setflags(write=False)
+    return a
+
+
+@dataclass(frozen=True)
+class GenerateRequest:
+    """One generation. `seed=None` draws a random seed; the result reports the one used.
+
+    width/height None means the model's native size. Image i of a batch uses seed + i,
+    so any image of a batch can be reproduced alone.
+    """
+
+    prompt: str = ""
+    negative_prompt: str = ""
+    model: str | None = None  # a model folder or file; None: the built-in model
+    mode: str = "txt2img"
+    sampler: str = "Euler a"
+    schedule: str = "Normal"
+    steps: int = 20
+    cfg: float = 7.0
+    seed: int | None = None
+    width: int | None = None
+    height: int | None = None
+    batch: int = 1
+    strength: float = 0.75  # img2img / inpaint denoising strength
+    init_image: np.ndarray | None = field(default=None, repr=False, compare=False)  # HxWx3 uint8
+    mask: np.ndarray | None = field(default=None, repr=False, compare=False)  # HxW uint8, 255 = repaint
+    preview: str = "x0"  # what the per-step preview shows: x0 estimate, the noisy latent, or nothing
+    clip_skip: int = 1  # A1111 convention: 1 = last layer
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "init_image", _frozen_copy(self.init_image, (3,), "The init image"))
+        object.__setattr__(self, "mask", _frozen_copy(self.mask, (2,), "The mask"))
+
+    def replace(self, **changes) -> GenerateRequest:
+        return dataclasses.replace(self, **changes)
+
+    def validate(self) -> None:
+        """Raise RequestError with a message an artist understands."""
+        if self.mode not in MODES:
+            raise RequestError(f"Unknown mode {self.mode!r}; expected one of {', '.join(MODES)}")
+        for name, v in (("Width", self.width), ("Height", self.height)):
+            if v is None:
+                continue
+            if v < 8 or v > 4096:
+                raise RequestError(f"{name} {v} is out of range: use 8 to 4096 pixels")
+            if v % 8:
+                lo, hi = v - v % 8, v - v % 8 + 8
+                raise RequestError(f"{name} {v} is not a multiple of 8: use {lo or 8} or {hi}")
+        if not 1 <= self.steps <= 1000:
+            raise RequestError(f"Steps must be between 1 and 1000, got {self.steps}")
+        if not 1 <= self.batch <= 64:
+            raise RequestError(f"Batch size must be between 1 and 64, got {self.batch}")
+        if not 0.0 <= self.cfg <= 100.0:
+            raise RequestError(f"CFG scale must be between 0 and 100, got {self.cfg}")
+        if self.seed is not None and not 0 <= self.seed <= MAX_SEED:
+            raise RequestError(f"Seed must be between 0 and {MAX_SEED}, got {self.seed}")
+        if self.mode in ("img2img", "inpaint", "upscale") and self.init_image is None:
+            raise RequestError(f"{self.mode} needs an input image")
+        if self.mode in ("img2img", "inpaint") and not 0.0 < self.strength <= 1.0:
+            raise RequestError(f"Denoising strength must be in (0, 1], got {self.strength}")
+        if self.mode == "inpaint" and self.mask is None:
+            raise RequestError("Inpainting needs a mask: paint the area to repaint")
+        if self.preview not in ("x0", "latent", "none"):
+            raise RequestError(f"Unknown preview kind {self.preview!r}")
+        if not 1 <= self.clip_skip <= 12:
+            raise RequestError(f"Clip skip must be between 1 and 12, got {self.clip_skip}")
+
+
+@dataclass(frozen=True)
+class StepInfo:
+    """Handed to on_step after every sampler step (steps as the artist set them, 1-based)."""
+
+    job_step: int
+    total: int
+    elapsed: float  # seconds since the run started
+    preview: np.ndarray | None  # small HxWx3 uint8 RGB of image 0 of the batch (None if preview="none")
+
+    @property
+    def step(self) -> int:
+        return self.job_step
+
+
+@dataclass(frozen=True)
+class GenerateResult:
+    """What a run produced. A cancelled run has `cancelled=True` and no images."""
+
+    images: list[np.ndarray]  # HxWx3 uint8 each
+    request: GenerateRequest  # the exact parameters used: seed, width and height filled in
+    seeds: list[int]  # the seed of each image
+    cancelled: bool = False
+    # Every step's latent as the sampler carries it (x_t) and the x0 estimate, float16,
+    # shape (steps, batch, C, h, w): the step timeline scrubs through these after the run.
+    latents: np.ndarray | None = field(default=None, repr=False)
+    x0: np.ndarray | None = field(default=None, repr=False)
+    model_name: str = ""
+    model_hash: str = ""
+    timings: dict[str, float] = field(default_factory=dict)  # load, sample, decode, total (seconds)
+    steps_done: int = 0
