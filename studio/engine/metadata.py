@@ -1,0 +1,551 @@
+"""Generation metadata in AUTOMATIC1111's `parameters` format: write, read, parse; model hashes.
+
+The text (what A1111 writes into a PNG `parameters` chunk, or as EXIF UserComment in JPEG/WebP):
+
+    <prompt, may span lines>
+    Negative prompt: <negative prompt, may span lines>     (only when there is one)
+    Steps: 20, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 7, Seed: 1234, Size: 512x512, ...
+
+No Qt and no torch here: numpy, Pillow and the standard library only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+import threading
+from collections.abc import Mapping
+from dataclasses import fields
+from pathlib import Path
+
+from .errors import ModelError, RequestError
+from .requests import GenerateRequest
+
+# --------------------------------------------------------------------------------------------
+# Writing
+
+#: A1111's order for the keys it writes first.
+CORE_KEYS: tuple[str, ...] = (
+    "Steps",
+    "Sampler",
+    "Schedule type",
+    "CFG scale",
+    "Seed",
+    "Size",
+    "Model hash",
+    "Model",
+    "VAE hash",
+    "VAE",
+    "Variation seed",
+    "Variation seed strength",
+    "Denoising strength",
+    "Clip skip",
+)
+#: Known extras, written after the core keys in this order; unknown keys follow in the order given.
+EXTRA_KEYS: tuple[str, ...] = (
+    "Mask blur",
+    "Inpaint area",
+    "Masked area padding",
+    "Masked content",
+    "Hires upscale",
+    "Hires steps",
+    "Hires upscaler",
+    "Lora hashes",
+    "TI hashes",
+)
+LAST_KEYS: tuple[str, ...] = ("Version",)
+
+_KEY_OK = re.compile(r"^\w[\w \-/]+$")
+
+NEGATIVE_PREFIX = "Negative prompt:"
+
+
+def format_value(v: object) -> str:
+    """A value as A1111 writes it: integral floats without ".0", other floats by repr (0.75 -> "0.75")."""
+    if isinstance(v, bool):
+        return str(v)
+    if isinstance(v, float) or (hasattr(v, "dtype") and getattr(v.dtype, "kind", "") == "f"):  # numpy floats too
+        f = float(v)  # type: ignore[arg-type]
+        if math.isfinite(f) and f.is_integer():
+            return str(int(f))
+        # str() of a numpy float32 is its shortest form ("0.1"), repr() of a Python float is.
+        return str(v) if hasattr(v, "dtype") else repr(f)
+    if hasattr(v, "dtype") and getattr(v.dtype, "kind", "") in "iub":  # numpy integer / bool scalars
+        return str(v.item())  # type: ignore[union-attr]
+    return str(v)
+
+
+def quote(text: str) -> str:
+    """A1111's infotext quoting: a value holding ",", ":" or a newline becomes a JSON string.
+
+    A value that starts and ends with a double quote is quoted too (A1111 does not, but its reader
+    would otherwise unquote it and change it).
+    """
+    if "," in text or ":" in text or "\n" in text or (len(text) >= 2 and text[0] == '"' and text[-1] == '"'):
+        return json.dumps(text, ensure_ascii=False)
+    return text
+
+
+def _ordered_keys(params: Mapping[str, object]) -> list[str]:
+    known = set(CORE_KEYS) | set(EXTRA_KEYS) | set(LAST_KEYS)
+    keys = [k for k in CORE_KEYS if k in params]
+    keys += [k for k in EXTRA_KEYS if k in params]
+    keys += [k for k in params if k not in known]
+    keys += [k for k in LAST_KEYS if k in params]
+    return keys
+
+
+def format_parameters(prompt: str, negative: str, params: Mapping[str, object]) -> str:
+    """The A1111 `parameters` text. Keys whose value is None or "" are left out.
+
+    Raises ValueError for a key a reader could not parse back (it must match `\\w[\\w \\-/]+`).
+    """
+    pairs = []
+    for k in _ordered_keys(params):
+        v = params[k]
+        if v is None:
+            continue
+        s = format_value(v)
+        if s == "":
+            continue
+        if not _KEY_OK.match(k):
+            raise ValueError(f"Metadata key {k!r} cannot be read back: use letters, digits, spaces, '-', '/'")
+        pairs.append(f"{k}: {quote(s)}")
+    negative_text = f"\n{NEGATIVE_PREFIX} {negative}" if negative else ""
+    # A1111 strips the whole text: a leading newline of an empty prompt disappears.
+    return f"{prompt}{negative_text}\n{', '.join(pairs)}".strip()
+
+
+# Inpaint options, if the request carries them (attribute name -> A1111 key).
+_INPAINT_ATTRS: tuple[tuple[str, str], ...] = (
+    ("mask_blur", "Mask blur"),
+    ("inpaint_area", "Inpaint area"),
+    ("inpaint_padding", "Masked area padding"),
+    ("masked_area_padding", "Masked area padding"),
+    ("masked_content", "Masked content"),
+)
+
+
+def parameters_for(
+    request: GenerateRequest,
+    seed: int,
+    model_name: str,
+    model_hash: str,
+    version: str,
+    extra: Mapping[str, object] | None = None,
+) -> str:
+    """The `parameters` text for one image of a run (image i of a batch: pass its own seed).
+
+    Size is WxH (left out when the request has none); Schedule type is always our schedule name;
+    Denoising strength only for img2img / inpaint / upscale; Clip skip only when > 1. `extra` adds
+    keys (e.g. "Hires upscale") in A1111's order; a None value removes a key.
+    """
+    size = f"{request.width}x{request.height}" if request.width and request.height else None
+    params: dict[str, object] = {
+        "Steps": request.steps,
+        "Sampler": request.sampler,
+        "Schedule type": request.schedule,
+        "CFG scale": request.cfg,
+        "Seed": seed,
+        "Size": size,
+        "Model hash": model_hash,
+        "Model": model_name,
+    }
+    if request.mode in ("img2img", "inpaint", "upscale"):
+        params["Denoising strength"] = request.strength
+    if request.clip_skip > 1:
+        params["Clip skip"] = request.clip_skip
+    if request.mode == "inpaint":
+        for attr, key in _INPAINT_ATTRS:
+            v = getattr(request, attr, None)
+            if v is not None and key not in params:
+                params[key] = v
+    if extra:
+        params.update(extra)
+    params["Version"] = version
+    return format_parameters(request.prompt, request.negative_prompt, params)
+
+
+# --------------------------------------------------------------------------------------------
+# Parsing
+
+#: A1111's regex for one `Key: value` pair of the parameters line.
+RE_PARAM = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
+_RE_SIZE = re.compile(r"^\s*(\d+)\s*x\s*(\d+)\s*$")
+
+#: A1111 schedule labels that may end a combined sampler name ("DPM++ 2M Karras"), longest first.
+SCHEDULE_LABELS: tuple[str, ...] = (
+    "Align Your Steps",
+    "Polyexponential",
+    "SGM Uniform",
+    "Exponential",
+    "KL Optimal",
+    "Automatic",
+    "Uniform",
+    "Karras",
+    "Simple",
+    "Normal",
+    "Beta",
+    "DDIM",
+)
+
+
+def unquote(text: str) -> str:
+    if len(text) < 2 or text[0] != '"' or text[-1] != '"':
+        return text
+    try:
+        v = json.loads(text)
+    except ValueError:
+        return text
+    return v if isinstance(v, str) else text
+
+
+def split_sampler(name: str) -> tuple[str, str | None]:
+    """ "DPM++ 2M Karras" -> ("DPM++ 2M", "Karras"); a name without a schedule suffix -> (name, None)."""
+    for label in SCHEDULE_LABELS:
+        if name.lower().endswith(" " + label.lower()) and len(name) > len(label) + 1:
+            return name[: -len(label) - 1].rstrip(), label
+    return name, None
+
+
+def parse_parameters(text: str) -> dict:
+    """Parse A1111-style `parameters` text.
+
+    Returns {"prompt": str, "negative_prompt": str, "params": {key: value}}: every pair of the last
+    line, values as strings (JSON-quoted values unquoted). The last line counts as parameters only
+    when it holds at least 3 pairs; otherwise it is part of the prompt. With no "Schedule type" key,
+    a combined sampler name ("DPM++ 2M Karras") is split: params["Sampler"] = "DPM++ 2M",
+    params["Schedule type"] = "Karras".
+    """
+    text = text.replace("\r\n", "\n").strip()
+    *lines, last = text.split("\n")
+    if len(RE_PARAM.findall(last)) < 3:
+        lines.append(last)
+        last = ""
+
+    prompt_lines: list[str] = []
+    negative_lines: list[str] = []
+    in_negative = False
+    for line in lines:
+        if not in_negative and line.lstrip().startswith(NEGATIVE_PREFIX):
+            in_negative = True
+            rest = line.lstrip()[len(NEGATIVE_PREFIX) :]
+            negative_lines.append(rest[1:] if rest.startswith(" ") else rest)
+        elif in_negative:
+            negative_lines.append(line)
+        else:
+            prompt_lines.append(line)
+
+    params: dict[str, str] = {}
+    for k, v in RE_PARAM.findall(last):
+        params[k.strip()] = unquote(v)
+
+    sampler = params.get("Sampler")
+    if sampler and "Schedule type" not in params:
+        base, schedule = split_sampler(sampler)
+        if schedule is not None:
+            params["Sampler"] = base
+            params["Schedule type"] = schedule
+
+    return {"prompt": "\n".join(prompt_lines), "negative_prompt": "\n".join(negative_lines), "params": params}
+
+
+# Our sampler names (DESIGN.md, "Samplers"); A1111 spellings are matched case-insensitively.
+KNOWN_SAMPLERS: tuple[str, ...] = (
+    "Euler",
+    "Euler a",
+    "Heun",
+    "LMS",
+    "DPM2",
+    "DPM2 a",
+    "DPM++ 2M",
+    "DPM++ 2M SDE",
+    "DPM++ SDE",
+    "UniPC",
+    "DDIM",
+    "PLMS",
+    "DDPM",
+    "LCM",
+)
+_SAMPLER_BY_LOWER = {s.lower(): s for s in KNOWN_SAMPLERS}
+_SAMPLER_ALIASES = {
+    "k_euler_a": "Euler a",
+    "k_euler": "Euler",
+    "k_lms": "LMS",
+    "k_heun": "Heun",
+    "k_dpmpp_2m": "DPM++ 2M",
+}
+
+# Our schedules; A1111's "Automatic" means the sampler's default: the model's own for most,
+# Karras or Exponential for the DPM family since A1111 1.9 (sd_samplers_kdiffusion.py).
+_SCHEDULE_BY_LOWER = {
+    "normal": "Normal",
+    "karras": "Karras",
+    "exponential": "Exponential",
+    "sgm uniform": "SGM Uniform",
+}
+_AUTOMATIC_SCHEDULE = {
+    "DPM++ 2M": "Karras",
+    "DPM++ SDE": "Karras",
+    "DPM2": "Karras",
+    "DPM2 a": "Karras",
+    "DPM++ 2M SDE": "Exponential",
+}
+
+
+def _default(name: str):
+    for f in fields(GenerateRequest):
+        if f.name == name:
+            return f.default
+    raise KeyError(name)
+
+
+def _to_int(s: str | None) -> int | None:
+    if s is None:
+        return None
+    try:
+        return int(s.strip())
+    except ValueError:
+        try:
+            f = float(s.strip())
+        except ValueError:
+            return None
+        return int(f) if math.isfinite(f) and f.is_integer() else None
+
+
+def _to_float(s: str | None) -> float | None:
+    if s is None:
+        return None
+    try:
+        f = float(s.strip())
+    except ValueError:
+        return None
+    return f if math.isfinite(f) else None
+
+
+def request_fields(text: str) -> dict:
+    """GenerateRequest fields restored from `parameters` text, ready for `request.replace(**fields)`.
+
+    Keys: prompt, negative_prompt, steps, sampler, schedule, cfg, seed, width, height, strength,
+    clip_skip. A1111's defaults fill missing keys (Steps 20, Sampler "Euler a" (our default), CFG 7,
+    Clip skip 1, Schedule type "Automatic" = the sampler's default, which for a name without a
+    schedule is our "Normal"). Seed, Size and Denoising strength are present only when the text has
+    them (A1111 leaves the UI as it is). A value we cannot use (an unknown sampler or schedule, a
+    number that does not parse) is left out, so the caller keeps its current value.
+    """
+    parsed = parse_parameters(text)
+    p: dict[str, str] = parsed["params"]
+    out: dict[str, object] = {"prompt": parsed["prompt"], "negative_prompt": parsed["negative_prompt"]}
+
+    steps = _to_int(p.get("Steps")) if "Steps" in p else _default("steps")
+    if steps is not None and steps >= 1:
+        out["steps"] = steps
+
+    sampler: str | None
+    if "Sampler" in p:
+        raw = p["Sampler"].strip()
+        sampler = _SAMPLER_BY_LOWER.get(raw.lower()) or _SAMPLER_ALIASES.get(raw.lower())
+    else:
+        sampler = _default("sampler")
+    if sampler is not None:
+        out["sampler"] = sampler
+
+    if "Schedule type" in p:
+        sched_raw = p["Schedule type"].strip().lower()
+        if sched_raw == "automatic":
+            schedule: str | None = _AUTOMATIC_SCHEDULE.get(sampler or "", "Normal")
+        else:
+            schedule = _SCHEDULE_BY_LOWER.get(sched_raw)
+    else:
+        schedule = "Normal"
+    if schedule is not None:
+        out["schedule"] = schedule
+
+    cfg = _to_float(p.get("CFG scale")) if "CFG scale" in p else float(_default("cfg"))
+    if cfg is not None:
+        out["cfg"] = cfg
+
+    if "Seed" in p:
+        seed = _to_int(p["Seed"])
+        if seed is not None and 0 <= seed <= 2**32 - 1:
+            out["seed"] = seed
+
+    if "Size" in p:
+        m = _RE_SIZE.match(p["Size"])
+        if m:
+            out["width"], out["height"] = int(m.group(1)), int(m.group(2))
+
+    if "Denoising strength" in p:
+        strength = _to_float(p["Denoising strength"])
+        if strength is not None:
+            out["strength"] = strength
+
+    clip_skip = _to_int(p.get("Clip skip")) if "Clip skip" in p else 1
+    if clip_skip is not None and clip_skip >= 1:
+        out["clip_skip"] = clip_skip
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Reading from image files
+
+EXIF_IFD = 0x8769
+USER_COMMENT = 0x9286
+
+
+def decode_user_comment(raw: bytes | str) -> str:
+    """EXIF UserComment -> text. A1111 writes b"UNICODE\\0" + UTF-16BE (piexif's default); UTF-16LE,
+    b"ASCII\\0\\0\\0" (often really UTF-8), JIS and an undefined (zero) prefix are accepted too."""
+    if isinstance(raw, str):
+        for prefix in ("UNICODE\0", "ASCII\0\0\0"):
+            if raw.startswith(prefix):
+                raw = raw[len(prefix) :]
+        return raw.rstrip("\0")
+    prefix, body = raw[:8], raw[8:]
+    if prefix == b"UNICODE\0":
+        if body.startswith(b"\xfe\xff"):
+            enc, body = "utf-16-be", body[2:]
+        elif body.startswith(b"\xff\xfe"):
+            enc, body = "utf-16-le", body[2:]
+        else:
+            # ASCII-range text has its zero bytes first in BE, second in LE.
+            even = body[0::2].count(0)
+            odd = body[1::2].count(0)
+            enc = "utf-16-le" if odd > even else "utf-16-be"
+        if len(body) % 2:
+            body = body[:-1]
+        text = body.decode(enc, errors="replace")
+    elif prefix == b"JIS\0\0\0\0\0":
+        text = body.decode("shift_jis", errors="replace")
+    elif prefix in (b"ASCII\0\0\0", b"\0" * 8):
+        text = body.decode("utf-8", errors="replace")
+    else:
+        text = raw.decode("utf-8", errors="replace")
+    return text.rstrip("\0")
+
+
+def encode_user_comment(text: str) -> bytes:
+    """Text -> EXIF UserComment as A1111 (piexif) writes it: b"UNICODE\\0" + UTF-16BE."""
+    return b"UNICODE\0" + text.encode("utf-16-be")
+
+
+def read_parameters(path: str | os.PathLike) -> str | None:
+    """The `parameters` text of an image, or None when it has none.
+
+    PNG: the `parameters` tEXt/zTXt/iTXt chunk. JPEG/WebP (and PNG eXIf): EXIF UserComment.
+    An unreadable file raises RequestError("Cannot read image ...: ...") and nothing else.
+    """
+    from PIL import Image  # Pillow only here and in output.py
+
+    path = Path(path)
+    try:
+        with Image.open(path) as im:
+            text = im.info.get("parameters")
+            if text is None and im.format == "PNG":
+                try:
+                    text = im.text.get("parameters")  # text chunks after the image data
+                except Exception:  # a truncated tail: keep what the header had
+                    text = None
+            if text is None:
+                exif = im.getexif()
+                raw = exif.get_ifd(EXIF_IFD).get(USER_COMMENT) or exif.get(USER_COMMENT)
+                if raw:
+                    text = decode_user_comment(raw)
+            if text is None and isinstance(im.info.get("comment"), (bytes, str)):
+                c = im.info["comment"]
+                text = c.decode("utf-8", errors="replace") if isinstance(c, bytes) else c
+    except Exception as e:  # Pillow raises OSError, ValueError, SyntaxError, DecompressionBombError...
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise RequestError(f"Cannot read image {path}: {msg}") from e
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", errors="replace")
+    if not text or not text.strip():
+        return None
+    return str(text)
+
+
+# --------------------------------------------------------------------------------------------
+# Model hashes
+
+_CHUNK = 1 << 20
+_hash_cache: dict[tuple, str] = {}
+_hash_lock = threading.Lock()
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".ckpt", ".pt", ".pth")
+
+
+def _folder_weight_files(folder: Path) -> list[Path]:
+    """The files that identify a diffusers folder: its U-Net weights.
+
+    The U-Net is what differs between fine-tunes (text encoders and VAE are often shared), so the
+    hash covers `unet/diffusion_pytorch_model*.safetensors` (all shards, sorted by name), or the
+    `.bin` weights when there are no safetensors. A folder without a `unet/` subfolder (a
+    transformer-based pipeline, or a plain folder of weights) hashes every weight file under it,
+    sorted by relative path. The files are hashed as one stream, in that order.
+    """
+    unet = folder / "unet"
+    if unet.is_dir():
+        for pattern in (
+            "diffusion_pytorch_model*.safetensors",
+            "diffusion_pytorch_model*.bin",
+            "*.safetensors",
+            "*.bin",
+        ):
+            files = sorted(p for p in unet.glob(pattern) if p.is_file() and not p.name.endswith(".index.json"))
+            if files:
+                return files
+    return sorted(
+        (p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in _WEIGHT_SUFFIXES),
+        key=lambda p: p.relative_to(folder).as_posix(),
+    )
+
+
+def _sha256_files(files: list[Path]) -> str:
+    h = hashlib.sha256()
+    buf = bytearray(_CHUNK)
+    view = memoryview(buf)
+    for p in files:
+        with open(p, "rb", buffering=0) as f:
+            while True:
+                n = f.readinto(buf)
+                if not n:
+                    break
+                h.update(view[:n])
+    return h.hexdigest()
+
+
+def model_hash(path: str | os.PathLike) -> str:
+    """A1111's model hash: the first 10 hex digits of the SHA-256 of the whole file.
+
+    For a diffusers folder: of its U-Net weight file(s), see `_folder_weight_files`. Cached by
+    resolved path, size and modification time (of every hashed file), so a second call costs a stat.
+    Raises ModelError when the file or folder cannot be read.
+    """
+    p = Path(path)
+    try:
+        resolved = p.resolve()
+        if resolved.is_dir():
+            files = _folder_weight_files(resolved)
+            if not files:
+                raise ModelError(f"Cannot hash model {p}: the folder has no weight files")
+        else:
+            files = [resolved]
+        stats = tuple((str(f), st.st_size, st.st_mtime_ns) for f in files for st in (f.stat(),))
+        key = (str(resolved), stats)
+        with _hash_lock:
+            cached = _hash_cache.get(key)
+        if cached is not None:
+            return cached
+        digest = _sha256_files(files)[:10]
+    except OSError as e:
+        raise ModelError(f"Cannot hash model {p}: {e.strerror or e}") from e
+    with _hash_lock:
+        _hash_cache[key] = digest
+    return digest
+
+
+def clear_hash_cache() -> None:
+    with _hash_lock:
+        _hash_cache.clear()
