@@ -1,0 +1,556 @@
+"""The session: the observable state the widgets bind to, and the actions they call.
+
+Widgets talk to the session only; the session talks to the worker. No torch here.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PySide6.QtCore import QObject, Signal
+from PySide6.QtGui import QImage
+
+from studio import __version__
+from studio.engine.errors import EngineError
+from studio.engine.requests import MAX_SEED, GenerateRequest, GenerateResult
+from studio.paths import BUILTIN_MODEL, MODELS_DIR
+from studio.qimage import array_to_qimage
+from studio.settings import Settings
+from studio.worker import JobOutput, Worker, error_message
+
+log = logging.getLogger(__name__)
+
+# DESIGN.md's names, used until studio.engine.samplers is importable.
+_FALLBACK_SAMPLERS = (
+    "Euler", "Euler a", "Heun", "LMS", "DPM2", "DPM2 a", "DPM++ 2M", "DPM++ 2M SDE",
+    "DPM++ SDE", "UniPC", "DDIM", "PLMS", "DDPM", "LCM",
+)  # fmt: skip
+_FALLBACK_SCHEDULES = ("Normal", "Karras", "Exponential", "SGM Uniform")
+MODEL_SUFFIXES = (".safetensors", ".ckpt")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+
+
+def sampler_names() -> tuple[tuple[str, ...], tuple[str, ...]]:
+    try:
+        from studio.engine.samplers import SAMPLER_NAMES, SCHEDULE_NAMES
+
+        return tuple(SAMPLER_NAMES), tuple(SCHEDULE_NAMES)
+    except Exception:  # noqa: BLE001 - module not there yet, or broken: keep the UI usable
+        return _FALLBACK_SAMPLERS, _FALLBACK_SCHEDULES
+
+
+@dataclass
+class Params:
+    """The prompt panel's values. seed -1 = random; width/height 0 = the model's native size."""
+
+    prompt: str = ""
+    negative_prompt: str = ""
+    model: str = ""  # a model folder or file; "" = the built-in model
+    sampler: str = "Euler a"
+    schedule: str = "Normal"
+    steps: int = 20
+    cfg: float = 7.0
+    seed: int = -1
+    width: int = 0
+    height: int = 0
+    batch: int = 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> Params:
+        p = cls()
+        for f in fields(cls):
+            if data and f.name in data and data[f.name] is not None:
+                value = data[f.name]
+                try:
+                    setattr(p, f.name, type(getattr(p, f.name))(value))
+                except (TypeError, ValueError):
+                    pass
+        return p
+
+    def to_request(self, preview: str = "x0") -> GenerateRequest:
+        return GenerateRequest(
+            prompt=self.prompt,
+            negative_prompt=self.negative_prompt,
+            model=self.model or None,
+            sampler=self.sampler,
+            schedule=self.schedule,
+            steps=int(self.steps),
+            cfg=float(self.cfg),
+            seed=None if self.seed < 0 else int(self.seed),
+            width=int(self.width) or None,
+            height=int(self.height) or None,
+            batch=int(self.batch),
+            preview=preview,
+        )
+
+
+# -- saving and reading metadata (studio.engine.output / .metadata, with a stopgap) ----------------
+
+
+def save_result(result: GenerateResult, out_dir: Path) -> list[Path]:
+    try:
+        from studio.engine.output import save_result as engine_save
+    except ImportError:
+        return _stopgap_save(result, out_dir)
+    return [Path(p) for p in engine_save(result, out_dir, __version__)]
+
+
+def read_png_fields(path: Path) -> dict[str, Any] | None:
+    """GenerateRequest field names -> values from a PNG's stored parameters (ours or A1111's)."""
+    try:
+        from studio.engine.metadata import read_parameters, request_fields
+    except ImportError:
+        from PIL import Image
+
+        with Image.open(path) as im:
+            text = im.info.get("parameters")
+        return _stopgap_fields(text) if text else None
+    text = read_parameters(path)
+    return request_fields(text) if text else None
+
+
+def _stopgap_text(result: GenerateResult, seed: int) -> str:
+    r = result.request
+    lines = [r.prompt]
+    if r.negative_prompt:
+        lines.append(f"Negative prompt: {r.negative_prompt}")
+    pairs = [("Steps", r.steps), ("Sampler", r.sampler), ("Schedule type", r.schedule), ("CFG scale", r.cfg),
+             ("Seed", seed), ("Size", f"{r.width}x{r.height}"), ("Model", result.model_name or None),
+             ("Version", __version__)]  # fmt: skip
+    lines.append(", ".join(f"{k}: {v}" for k, v in pairs if v not in (None, "")))
+    return "\n".join(lines)
+
+
+def _stopgap_save(result: GenerateResult, out_dir: Path) -> list[Path]:
+    import os
+
+    from PIL import Image, PngImagePlugin
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for i, img in enumerate(result.images):
+        seed = result.seeds[i] if i < len(result.seeds) else -1
+        info = PngImagePlugin.PngInfo()
+        info.add_text("parameters", _stopgap_text(result, seed))
+        n = 0
+        while (path := out_dir / f"{stamp}-{seed}-{i}{f'-{n}' if n else ''}.png").exists():
+            n += 1
+        tmp = path.with_suffix(".tmp")
+        Image.fromarray(img).save(tmp, format="PNG", pnginfo=info)
+        os.replace(tmp, path)
+        paths.append(path)
+    return paths
+
+
+def _stopgap_fields(text: str) -> dict[str, Any]:
+    lines = text.strip().split("\n")
+    last = lines[-1] if lines else ""
+    pairs = {}
+    for part in last.split(", "):
+        if ": " in part:
+            k, v = part.split(": ", 1)
+            pairs[k.strip()] = v.strip().strip('"')
+    if len(pairs) >= 3:
+        lines = lines[:-1]
+    else:
+        pairs = {}
+    prompt, negative = [], []
+    target = prompt
+    for line in lines:
+        if line.startswith("Negative prompt:"):
+            target = negative
+            line = line[len("Negative prompt:") :].strip()
+        target.append(line)
+    out: dict[str, Any] = {"prompt": "\n".join(prompt), "negative_prompt": "\n".join(negative)}
+    conv = {"Steps": ("steps", int), "Sampler": ("sampler", str), "Schedule type": ("schedule", str),
+            "CFG scale": ("cfg", float), "Seed": ("seed", int)}  # fmt: skip
+    for key, (name, typ) in conv.items():
+        if key in pairs:
+            try:
+                out[name] = typ(pairs[key])
+            except ValueError:
+                pass
+    if "Size" in pairs and "x" in pairs["Size"]:
+        w, h = pairs["Size"].split("x", 1)
+        if w.isdigit() and h.isdigit():
+            out["width"], out["height"] = int(w), int(h)
+    return out
+
+
+# -- the session -----------------------------------------------------------------------------------
+
+
+@dataclass
+class JobView:
+    id: int
+    label: str
+    state: str  # queued or running
+    step: int = 0
+    total: int = 0
+
+
+class Session(QObject):
+    params_changed = Signal(object)  # Params, when set from outside the panel (a PNG, settings)
+    jobs_changed = Signal()
+    running_changed = Signal(bool)
+    progress = Signal(int, int, float)  # step, total, ETA seconds (-1 unknown)
+    preview_changed = Signal(QImage)  # the live preview (small)
+    image_saved = Signal(str, QImage)  # a finished image, already on disk
+    current_image_changed = Signal(QImage)  # what the canvas shows
+    timeline_changed = Signal(int)  # number of steps the timeline can scrub (0: none)
+    timeline_image = Signal(int, QImage)  # step (1-based), its preview
+    decoded = Signal(int, QImage)  # step (1-based), its full VAE decode
+    message = Signal(str, str)  # text, level: info / warning / error
+    engine_state = Signal(str)  # loading / ready / error text
+
+    def __init__(self, worker: Worker, settings: Settings, parent: QObject | None = None):
+        super().__init__(parent)
+        self.worker = worker
+        self.settings = settings
+        self.params = Params.from_dict(settings.params)
+        self.preview_kind = settings.preview_kind if settings.preview_kind in ("x0", "latent") else "x0"
+        self.output_dir: Path = settings.resolved_output_dir()
+        self.current_image: QImage | None = None
+        self.current_path: Path | None = None
+        self.last_seed: int | None = None
+        self._labels: dict[int, str] = {}
+        self._progress: dict[int, tuple[int, int]] = {}
+        self._running: int | None = None
+        self._decode_jobs: dict[int, int] = {}  # job id -> step
+        self._run_started = 0.0
+        # The step timeline of the last run (1-based steps map to index step-1).
+        self.live_steps: dict[int, np.ndarray] = {}
+        self.timeline_x0: list[np.ndarray] = []
+        self.timeline_latent: list[np.ndarray] = []
+        self.last_output: JobOutput | None = None
+        self.selected_step = 0
+
+        w = worker
+        w.queued.connect(self._on_jobs)
+        w.queue_changed.connect(self._on_jobs)
+        w.started.connect(self._on_started)
+        w.step.connect(self._on_step)
+        w.finished.connect(self._on_finished)
+        w.cancelled.connect(self._on_cancelled)
+        w.failed.connect(self._on_failed)
+        w.call_done.connect(self._on_call_done)
+        w.engine_ready.connect(lambda: self.engine_state.emit("ready"))
+        w.engine_failed.connect(self._on_engine_failed)
+
+    # -- parameters -------------------------------------------------------------------------
+
+    def update_params(self, **changes: Any) -> None:
+        """From the panel: no params_changed echo."""
+        for k, v in changes.items():
+            if not hasattr(self.params, k):
+                raise AttributeError(k)
+            setattr(self.params, k, v)
+
+    def set_params(self, params: Params) -> None:
+        self.params = params
+        self.params_changed.emit(params)
+
+    def random_seed(self) -> None:
+        self.update_params(seed=-1)
+        self.params_changed.emit(self.params)
+
+    def reuse_seed(self) -> None:
+        if self.last_seed is not None:
+            self.update_params(seed=self.last_seed)
+            self.params_changed.emit(self.params)
+
+    def set_preview_kind(self, kind: str) -> None:
+        if kind in ("x0", "latent") and kind != self.preview_kind:
+            self.preview_kind = kind
+            self.settings.preview_kind = kind
+            self.timeline_changed.emit(self.timeline_length())
+            if self.selected_step:
+                self.select_step(self.selected_step)
+
+    # -- actions ------------------------------------------------------------------------------
+
+    def generate(self) -> int | None:
+        """Queue a generation from the current parameters. None (and a message) if invalid."""
+        try:
+            request = self.params.to_request(self.preview_kind)
+            request.validate()
+        except EngineError as exc:
+            self.message.emit(error_message(exc), "error")
+            return None
+        out_dir = self.output_dir
+        label = " ".join(request.prompt.split()) or "(no prompt)"
+        job_id = self.worker.submit(request, save=lambda result: save_result(result, out_dir), label=label)
+        self._labels[job_id] = label
+        self._progress.setdefault(job_id, (0, request.steps))
+        self._on_jobs()
+        return job_id
+
+    def cancel(self) -> bool:
+        """Esc / the Cancel button: stop the running job (queued ones stay)."""
+        job = self.worker.current_job()
+        if job is None:
+            queued = self.worker.jobs()
+            if not queued:
+                return False
+            job = queued[0]
+        return self.worker.cancel(job.id)
+
+    def cancel_job(self, job_id: int) -> bool:
+        return self.worker.cancel(job_id)
+
+    def cancel_all(self) -> None:
+        self.worker.cancel_all()
+
+    def jobs(self) -> list[JobView]:
+        out = []
+        for job in self.worker.jobs():
+            if job.kind != "generate":
+                continue
+            step, total = self._progress.get(job.id, (0, job.request.steps if job.request else 0))
+            out.append(JobView(job.id, self._labels.get(job.id, job.label), job.state, step, total))
+        return out
+
+    def is_running(self) -> bool:
+        return self._running is not None
+
+    # -- timeline -----------------------------------------------------------------------------
+
+    def timeline_length(self) -> int:
+        frames = self.timeline_x0 if self.preview_kind == "x0" else self.timeline_latent
+        if frames:
+            return len(frames)
+        return max(self.live_steps) if self.live_steps else 0
+
+    def step_preview(self, step: int) -> np.ndarray | None:
+        frames = self.timeline_x0 if self.preview_kind == "x0" else self.timeline_latent
+        if frames:
+            return frames[step - 1] if 1 <= step <= len(frames) else None
+        return self.live_steps.get(step)
+
+    def select_step(self, step: int) -> None:
+        self.selected_step = step
+        arr = self.step_preview(step)
+        if arr is not None:
+            self.timeline_image.emit(step, array_to_qimage(arr))
+
+    def can_decode(self) -> bool:
+        out = self.last_output
+        if out is None:
+            return False
+        stack = out.result.x0 if self.preview_kind == "x0" else out.result.latents
+        return stack is not None
+
+    def decode_step(self, step: int) -> int | None:
+        """Full VAE decode of the selected step of the last run, as a job on the engine thread."""
+        out = self.last_output
+        if out is None:
+            self.message.emit("Nothing to decode yet: run a generation first", "warning")
+            return None
+        stack = out.result.x0 if self.preview_kind == "x0" else out.result.latents
+        if stack is None or not 1 <= step <= len(stack):
+            self.message.emit("This run kept no latents to decode", "warning")
+            return None
+        latent = np.array(stack[step - 1, 0], copy=True)
+        model = out.result.request.model
+        job_id = self.worker.submit_call(lambda engine: engine.decode_latent(model, latent), label=f"decode {step}")
+        self._decode_jobs[job_id] = step
+        self.message.emit(f"Decoding step {step}…", "info")
+        return job_id
+
+    # -- images -------------------------------------------------------------------------------
+
+    def show_image(self, image: QImage, path: Path | None = None) -> None:
+        self.current_image = image
+        self.current_path = path
+        self.current_image_changed.emit(image)
+
+    def open_image(self, path: Path | str) -> bool:
+        """Show a PNG and fill the panel with its stored parameters (ours or A1111's)."""
+        path = Path(path)
+        image = QImage(str(path))
+        if image.isNull():
+            self.message.emit(f"Could not open {path.name}: not an image Latent Studio can read", "error")
+            return False
+        self.show_image(image, path)
+        try:
+            found = read_png_fields(path)
+        except Exception as exc:  # noqa: BLE001 - a broken chunk is a message, not a crash
+            log.exception("reading parameters of %s", path)
+            self.message.emit(f"Could not read the parameters of {path.name}: {error_message(exc)}", "warning")
+            return True
+        if not found:
+            self.message.emit(f"Opened {path.name}: it stores no generation parameters", "info")
+            return True
+        self.apply_fields(found)
+        self.message.emit(f"Parameters loaded from {path.name}", "info")
+        return True
+
+    def apply_fields(self, found: dict[str, Any]) -> None:
+        p = Params.from_dict(self.params.to_dict())
+        for name in ("prompt", "negative_prompt", "sampler", "schedule", "steps", "cfg", "seed", "width", "height"):
+            if found.get(name) is not None:
+                setattr(p, name, type(getattr(p, name))(found[name]))
+        if found.get("batch"):
+            p.batch = int(found["batch"])
+        model = found.get("model")
+        if model and Path(str(model)).exists():
+            p.model = str(model)
+        self.set_params(p)
+
+    def output_images(self, limit: int = 400) -> list[Path]:
+        """Earlier results in the output folder, newest first."""
+        try:
+            files = [p for p in self.output_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()]
+        except OSError:
+            return []
+        files.sort(key=lambda p: p.stat().st_mtime, reverse=True)
+        return files[:limit]
+
+    def model_choices(self) -> list[tuple[str, str]]:
+        """(label, value) for the model picker; value "" is the built-in model."""
+        builtin = "Built-in" if BUILTIN_MODEL.is_dir() else "Built-in (not installed yet)"
+        out: list[tuple[str, str]] = [(builtin, "")]
+        seen: set[str] = set()
+        folders = [MODELS_DIR, *map(Path, self.settings.model_folders)]
+        for folder in folders:
+            try:
+                entries = sorted(Path(folder).expanduser().iterdir())
+            except OSError:
+                continue
+            for entry in entries:
+                if entry.resolve() == BUILTIN_MODEL.resolve():
+                    continue
+                if (entry.is_dir() and (entry / "model_index.json").is_file()) or (
+                    entry.is_file() and entry.suffix.lower() in MODEL_SUFFIXES
+                ):
+                    key = str(entry.resolve())
+                    if key not in seen:
+                        seen.add(key)
+                        out.append((entry.stem if entry.is_file() else entry.name, str(entry)))
+        if self.params.model and str(Path(self.params.model).resolve()) not in seen:
+            out.append((Path(self.params.model).name, self.params.model))
+        return out
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def store_settings(self) -> None:
+        self.settings.params = self.params.to_dict()
+        self.settings.preview_kind = self.preview_kind
+
+    def shutdown(self, timeout: float | None = 30.0) -> bool:
+        self.store_settings()
+        return self.worker.shutdown(timeout)
+
+    # -- worker signals ------------------------------------------------------------------------
+
+    def _on_jobs(self, *_: Any) -> None:
+        self.jobs_changed.emit()
+
+    def _on_engine_failed(self, text: str) -> None:
+        self.engine_state.emit(text)
+        self.message.emit(text, "error")
+
+    def _on_started(self, job_id: int) -> None:
+        if job_id in self._decode_jobs:
+            return
+        self._running = job_id
+        self._run_started = time.monotonic()
+        self.live_steps = {}
+        self.timeline_x0, self.timeline_latent = [], []
+        self.last_output = None
+        self.selected_step = 0
+        self.timeline_changed.emit(0)
+        self.running_changed.emit(True)
+        total = self._progress.get(job_id, (0, 0))[1]
+        self.progress.emit(0, total, -1.0)
+        self.message.emit(f"Generating: {self._labels.get(job_id, '')}", "info")
+        self.jobs_changed.emit()
+
+    def _on_step(self, job_id: int, step: int, total: int, elapsed: float, preview: Any) -> None:
+        if job_id != self._running:
+            return
+        self._progress[job_id] = (step, total)
+        eta = elapsed / step * (total - step) if step > 0 else -1.0
+        self.progress.emit(step, total, eta)
+        if preview is not None:
+            arr = np.asarray(preview)
+            self.live_steps[step] = arr
+            self.preview_changed.emit(array_to_qimage(arr))
+        self.jobs_changed.emit()
+
+    def _end_run(self, job_id: int) -> None:
+        self._progress.pop(job_id, None)
+        self._labels.pop(job_id, None)
+        if job_id == self._running:
+            self._running = None
+            self.running_changed.emit(False)
+        self.jobs_changed.emit()
+
+    def _on_finished(self, job_id: int, out: JobOutput) -> None:
+        result = out.result
+        self.last_output = out
+        self.timeline_x0, self.timeline_latent = out.timeline_x0, out.timeline_latent
+        if result.seeds:
+            self.last_seed = int(result.seeds[0])
+        images = [array_to_qimage(np.asarray(a)) for a in result.images]
+        for i, image in enumerate(images):
+            path = out.paths[i] if i < len(out.paths) else None
+            self.image_saved.emit(str(path) if path else "", image)
+        if images:
+            self.show_image(images[0], out.paths[0] if out.paths else None)
+        n = self.timeline_length()
+        total = result.request.steps
+        self.progress.emit(total, total, 0.0)
+        self._end_run(job_id)
+        self.timeline_changed.emit(n)
+        if n:
+            self.select_step(n)
+        secs = result.timings.get("total") or (time.monotonic() - self._run_started)
+        where = f" → {out.paths[0].parent}" if out.paths else ""
+        self.message.emit(f"Done in {secs:.1f} s, seed {self.last_seed}{where}", "info")
+
+    def _on_cancelled(self, job_id: int) -> None:
+        if self._decode_jobs.pop(job_id, None) is not None:
+            return
+        was_running = job_id == self._running
+        self._end_run(job_id)
+        if was_running:
+            self.progress.emit(0, 0, -1.0)
+            n = self.timeline_length()
+            self.timeline_changed.emit(n)
+            self.message.emit("Cancelled", "info")
+
+    def _on_failed(self, job_id: int, text: str) -> None:
+        self._decode_jobs.pop(job_id, None)
+        was_running = job_id == self._running
+        self._end_run(job_id)
+        if was_running:
+            self.progress.emit(0, 0, -1.0)
+        self.message.emit(text, "error")
+
+    def _on_call_done(self, job_id: int, value: Any) -> None:
+        step = self._decode_jobs.pop(job_id, None)
+        if step is None:
+            return
+        try:
+            image = array_to_qimage(np.asarray(value, dtype=np.uint8))
+        except (TypeError, ValueError) as exc:
+            self.message.emit(f"Could not show the decoded step: {exc}", "error")
+            return
+        self.decoded.emit(step, image)
+        self.show_image(image, None)
+        self.message.emit(f"Step {step}, fully decoded", "info")
+
+
+def random_seed_value() -> int:
+    return random.randint(0, MAX_SEED)

@@ -1,0 +1,92 @@
+"""Persistent user settings: a small JSON file in the user config dir (platformdirs).
+
+No Qt here. The window geometry is stored as a base64 string of QWidget.saveGeometry().
+`LATENT_STUDIO_CONFIG_DIR` overrides the config dir (tests, portable installs).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import platformdirs
+
+APP_NAME = "Latent Studio"
+CONFIG_ENV = "LATENT_STUDIO_CONFIG_DIR"
+SETTINGS_FILE = "settings.json"
+
+
+def config_dir() -> Path:
+    env = os.environ.get(CONFIG_ENV)
+    if env:
+        return Path(env)
+    return Path(platformdirs.user_config_dir(APP_NAME, appauthor=False))
+
+
+def default_output_dir() -> Path:
+    """platformdirs' user pictures dir / "Latent Studio", else the user data dir."""
+    try:
+        pictures = Path(platformdirs.user_pictures_dir())
+    except Exception:  # noqa: BLE001 - platformdirs may fail on odd systems
+        pictures = None
+    if pictures is not None and pictures.is_dir() and os.access(pictures, os.W_OK):
+        return pictures / APP_NAME
+    return Path(platformdirs.user_data_dir(APP_NAME, appauthor=False)) / "outputs"
+
+
+@dataclass
+class Settings:
+    params: dict[str, Any] = field(default_factory=dict)  # the prompt panel's last parameters
+    geometry: str = ""  # base64 QWidget.saveGeometry()
+    splitter_state: dict[str, str] = field(default_factory=dict)
+    model_folders: list[str] = field(default_factory=list)
+    output_dir: str = ""  # empty: default_output_dir()
+    device: str = "auto"  # auto, cuda, mps, cpu
+    preview_kind: str = "x0"
+
+    def resolved_output_dir(self) -> Path:
+        return Path(self.output_dir).expanduser() if self.output_dir else default_output_dir()
+
+    def engine_device(self) -> str | None:
+        return None if self.device in ("", "auto") else self.device
+
+    # -- persistence -------------------------------------------------------------------------
+
+    @classmethod
+    def load(cls, directory: Path | str | None = None) -> Settings:
+        """Read the settings; a missing or broken file gives the defaults (never raises)."""
+        path = Path(directory or config_dir()) / SETTINGS_FILE
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return cls()
+        if not isinstance(data, dict):
+            return cls()
+        s = cls()
+        for f in fields(cls):
+            if f.name not in data:
+                continue
+            value, default = data[f.name], getattr(s, f.name)
+            if isinstance(value, type(default)):
+                setattr(s, f.name, value)
+        s.model_folders = [str(p) for p in s.model_folders if isinstance(p, str)]
+        return s
+
+    def save(self, directory: Path | str | None = None) -> Path:
+        """Write atomically (temp file + rename) so a crash never leaves half a file."""
+        d = Path(directory or config_dir())
+        d.mkdir(parents=True, exist_ok=True)
+        path = d / SETTINGS_FILE
+        fd, tmp = tempfile.mkstemp(prefix=".settings-", suffix=".json", dir=d)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump(asdict(self), f, indent=2, ensure_ascii=False)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return path

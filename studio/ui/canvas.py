@@ -1,0 +1,135 @@
+"""The canvas: shows the current image, fitted and centred, on a neutral backdrop.
+
+Built to grow mask painting: it keeps the image and a same-sized mask (Grayscale8,
+255 = repaint) in image coordinates, maps widget <-> image coordinates, and routes mouse
+events to a `tool` (None today; a brush/eraser later). The mask is drawn as a tinted,
+semi-transparent overlay when present.
+"""
+
+from __future__ import annotations
+
+from PySide6.QtCore import QPointF, QRectF, QSize, Qt, Signal
+from PySide6.QtGui import QColor, QImage, QMouseEvent, QPainter, QPaintEvent, QPen
+from PySide6.QtWidgets import QSizePolicy, QWidget
+
+
+class Canvas(QWidget):
+    image_changed = Signal()
+    mask_changed = Signal()
+
+    MASK_TINT = QColor(124, 92, 255, 110)
+
+    def __init__(self, parent: QWidget | None = None):
+        super().__init__(parent)
+        self._image = QImage()
+        self._mask: QImage | None = None
+        self._overlay: QImage | None = None  # the mask tinted for display, rebuilt when it changes
+        self._caption = ""
+        self.tool = None  # later: an object with press(canvas, pos), move(...), release(...)
+        self.setMinimumSize(240, 240)
+        self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
+        self.setMouseTracking(True)
+        self.setAutoFillBackground(False)
+        self.setToolTip("The current image. Drop a PNG here to load it and its parameters.")
+
+    # -- image and mask ----------------------------------------------------------------------
+
+    def image(self) -> QImage:
+        return self._image
+
+    def set_image(self, image: QImage | None, caption: str = "") -> None:
+        self._image = QImage(image) if image is not None else QImage()
+        self._caption = caption
+        if self._mask is not None and self._mask.size() != self._image.size():
+            self.clear_mask()
+        self.image_changed.emit()
+        self.update()
+
+    def has_image(self) -> bool:
+        return not self._image.isNull()
+
+    def mask(self) -> QImage | None:
+        return self._mask
+
+    def set_mask(self, mask: QImage | None) -> None:
+        self._mask = mask.convertToFormat(QImage.Format.Format_Grayscale8) if mask is not None else None
+        self._overlay = None
+        self.mask_changed.emit()
+        self.update()
+
+    def clear_mask(self) -> None:
+        self.set_mask(None)
+
+    # -- geometry --------------------------------------------------------------------------
+
+    def image_rect(self) -> QRectF:
+        """Where the image is drawn, in widget coordinates (fitted, centred, never upscaled past 4x)."""
+        if self._image.isNull():
+            return QRectF()
+        margin = 12
+        w, h = self._image.width(), self._image.height()
+        avail_w, avail_h = max(1, self.width() - 2 * margin), max(1, self.height() - 2 * margin)
+        scale = min(avail_w / w, avail_h / h, 8.0)
+        dw, dh = w * scale, h * scale
+        return QRectF((self.width() - dw) / 2, (self.height() - dh) / 2, dw, dh)
+
+    def to_image(self, pos: QPointF) -> QPointF:
+        r = self.image_rect()
+        if r.isEmpty():
+            return QPointF()
+        return QPointF(
+            (pos.x() - r.x()) * self._image.width() / r.width(), (pos.y() - r.y()) * self._image.height() / r.height()
+        )
+
+    def sizeHint(self) -> QSize:
+        return QSize(512, 512)
+
+    # -- painting ----------------------------------------------------------------------------
+
+    def paintEvent(self, event: QPaintEvent) -> None:
+        p = QPainter(self)
+        p.fillRect(self.rect(), QColor("#141518"))
+        if self._image.isNull():
+            p.setPen(QColor("#5c616b"))
+            p.drawText(self.rect(), Qt.AlignmentFlag.AlignCenter, "Your image appears here\n\nCtrl+Enter to generate")
+            return
+        r = self.image_rect()
+        # Smooth when shrinking, crisp pixels when enlarging a small image.
+        smooth = r.width() < self._image.width()
+        p.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform, smooth)
+        p.setPen(QPen(QColor("#2e3036"), 1))
+        p.drawRect(r.adjusted(-1, -1, 0, 0))
+        p.drawImage(r, self._image)
+        if self._mask is not None:
+            if self._overlay is None:
+                self._overlay = self._tinted(self._mask)
+            p.drawImage(r, self._overlay)
+        if self._caption:
+            p.setPen(QColor("#8a909a"))
+            p.drawText(QRectF(0, r.bottom() + 2, self.width(), 16), Qt.AlignmentFlag.AlignHCenter, self._caption)
+
+    def _tinted(self, mask: QImage) -> QImage:
+        overlay = QImage(mask.size(), QImage.Format.Format_ARGB32_Premultiplied)
+        overlay.fill(self.MASK_TINT)
+        overlay.setAlphaChannel(mask)
+        return overlay
+
+    # -- tools (mask painting comes later) ---------------------------------------------------
+
+    def mousePressEvent(self, event: QMouseEvent) -> None:
+        if self.tool is not None and hasattr(self.tool, "press"):
+            self.tool.press(self, self.to_image(event.position()))
+        else:
+            super().mousePressEvent(event)
+
+    def mouseMoveEvent(self, event: QMouseEvent) -> None:
+        if self.tool is not None and hasattr(self.tool, "move"):
+            self.tool.move(self, self.to_image(event.position()))
+        else:
+            super().mouseMoveEvent(event)
+
+    def mouseReleaseEvent(self, event: QMouseEvent) -> None:
+        if self.tool is not None and hasattr(self.tool, "release"):
+            self.tool.release(self, self.to_image(event.position()))
+        else:
+            super().mouseReleaseEvent(event)

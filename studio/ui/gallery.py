@@ -1,0 +1,120 @@
+"""The gallery: this session's results first, then earlier ones from the output folder.
+
+Thumbnails of earlier files are read on a background thread (QImageReader with a scaled
+size; QImage is safe off the GUI thread), so a big output folder never stalls the window.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+from PySide6.QtCore import QObject, QSize, Qt, Signal
+from PySide6.QtGui import QIcon, QImage, QImageReader, QPixmap
+from PySide6.QtWidgets import QAbstractItemView, QListView, QListWidget, QListWidgetItem, QWidget
+
+THUMB = 112
+PATH_ROLE = Qt.ItemDataRole.UserRole
+
+
+def thumbnail(image: QImage, size: int = THUMB) -> QImage:
+    return image.scaled(size, size, Qt.AspectRatioMode.KeepAspectRatio, Qt.TransformationMode.SmoothTransformation)
+
+
+class ThumbnailLoader(QObject):
+    loaded = Signal(str, QImage)
+
+    def __init__(self, parent: QObject | None = None):
+        super().__init__(parent)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def load(self, paths: list[Path]) -> None:
+        self.stop()
+        self._stop = threading.Event()
+        stop = self._stop
+        self._thread = threading.Thread(target=self._run, args=(list(paths), stop), name="studio-thumbs", daemon=True)
+        self._thread.start()
+
+    def _run(self, paths: list[Path], stop: threading.Event) -> None:
+        for path in paths:
+            if stop.is_set():
+                return
+            reader = QImageReader(str(path))
+            size = reader.size()
+            if size.isValid() and (size.width() > THUMB or size.height() > THUMB):
+                reader.setScaledSize(size.scaled(THUMB, THUMB, Qt.AspectRatioMode.KeepAspectRatio))
+            image = reader.read()
+            if not image.isNull() and not stop.is_set():
+                self.loaded.emit(str(path), image)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5.0)
+            self._thread = None
+
+
+class Gallery(QListWidget):
+    """Icon grid of results; items carry their file path."""
+
+    image_activated = Signal(str)  # single click: show it
+    parameters_requested = Signal(str)  # double click: show it and load its parameters
+
+    def __init__(self, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.setViewMode(QListView.ViewMode.IconMode)
+        self.setIconSize(QSize(THUMB, THUMB))
+        self.setGridSize(QSize(THUMB + 12, THUMB + 12))
+        self.setResizeMode(QListView.ResizeMode.Adjust)
+        self.setMovement(QListView.Movement.Static)
+        self.setFlow(QListView.Flow.LeftToRight)
+        self.setWrapping(True)
+        self.setUniformItemSizes(True)
+        self.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
+        self.setMinimumHeight(THUMB + 30)
+        self.setToolTip("Results: click to view, double-click to reuse its parameters, right-click for more")
+        self.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
+        self.loader = ThumbnailLoader(self)
+        self.loader.loaded.connect(self._add_loaded)
+        self.itemClicked.connect(lambda it: self.image_activated.emit(it.data(PATH_ROLE) or ""))
+        self.itemDoubleClicked.connect(lambda it: self.parameters_requested.emit(it.data(PATH_ROLE) or ""))
+        self._paths: set[str] = set()
+
+    def paths(self) -> list[str]:
+        return [self.item(i).data(PATH_ROLE) for i in range(self.count())]
+
+    def _make_item(self, path: str, thumb: QImage) -> QListWidgetItem:
+        item = QListWidgetItem(QIcon(QPixmap.fromImage(thumb)), "")
+        item.setData(PATH_ROLE, path)
+        item.setToolTip(Path(path).name if path else "not saved")
+        item.setSizeHint(QSize(THUMB + 8, THUMB + 8))
+        return item
+
+    def add_result(self, path: str, image: QImage) -> None:
+        """A new result of this session: first in the grid."""
+        if path and path in self._paths:
+            return
+        self._paths.add(path)
+        self.insertItem(0, self._make_item(path, thumbnail(image)))
+        self.setCurrentRow(0)
+
+    def load_folder(self, paths: list[Path]) -> None:
+        """Earlier results (newest first), appended after this session's as they load."""
+        for i in range(self.count() - 1, -1, -1):
+            item = self.item(i)
+            if item.data(Qt.ItemDataRole.UserRole + 1):  # from an earlier load: reload
+                self._paths.discard(item.data(PATH_ROLE))
+                self.takeItem(i)
+        self.loader.load(paths)
+
+    def _add_loaded(self, path: str, thumb: QImage) -> None:
+        if path in self._paths:
+            return
+        self._paths.add(path)
+        item = self._make_item(path, thumb)
+        item.setData(Qt.ItemDataRole.UserRole + 1, True)
+        self.addItem(item)
+
+    def shutdown(self) -> None:
+        self.loader.stop()

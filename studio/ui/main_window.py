@@ -1,0 +1,528 @@
+"""The studio window: prompt panel | canvas over gallery | live preview over queue; status bar."""
+
+from __future__ import annotations
+
+import base64
+import shutil
+from pathlib import Path
+
+from PySide6.QtCore import QByteArray, QSize, Qt, QTimer, QUrl
+from PySide6.QtGui import (
+    QAction,
+    QActionGroup,
+    QCloseEvent,
+    QDesktopServices,
+    QDragEnterEvent,
+    QDropEvent,
+    QImage,
+    QKeySequence,
+)
+from PySide6.QtWidgets import (
+    QApplication,
+    QFileDialog,
+    QFrame,
+    QHBoxLayout,
+    QLabel,
+    QMainWindow,
+    QMenu,
+    QProgressBar,
+    QSplitter,
+    QToolButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from studio import APP_NAME, __version__
+from studio.session import IMAGE_SUFFIXES, Session
+from studio.settings import Settings
+from studio.ui.canvas import Canvas
+from studio.ui.gallery import PATH_ROLE, Gallery
+from studio.ui.preview import PreviewPanel, format_eta
+from studio.ui.prompt_panel import PromptPanel, section
+from studio.ui.queue_view import QueuePanel
+from studio.ui.theme import icon
+from studio.worker import EngineFactory, Worker, default_engine_factory
+
+
+def image_paths(mime) -> list[Path]:
+    if not mime.hasUrls():
+        return []
+    out = []
+    for url in mime.urls():
+        if url.isLocalFile():
+            p = Path(url.toLocalFile())
+            if p.suffix.lower() in IMAGE_SUFFIXES:
+                out.append(p)
+    return out
+
+
+class Banner(QFrame):
+    """A dismissable message above the canvas, for errors an artist must see."""
+
+    def __init__(self, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.setObjectName("Banner")
+        self.setStyleSheet(
+            "#Banner { background: #3b2326; border: 1px solid #7a3b42; border-radius: 6px; }"
+            "#Banner QLabel { background: transparent; color: #ffd7d4; }"
+        )
+        lay = QHBoxLayout(self)
+        lay.setContentsMargins(10, 6, 6, 6)
+        self.label = QLabel()
+        self.label.setWordWrap(True)
+        self.label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        lay.addWidget(self.label, 1)
+        close = QToolButton()
+        close.setIcon(icon("remove"))
+        close.setAutoRaise(True)
+        close.setToolTip("Dismiss this message")
+        close.clicked.connect(self.hide)
+        lay.addWidget(close)
+        self.hide()
+
+    def show_message(self, text: str) -> None:
+        self.label.setText(text)
+        self.show()
+
+
+class MainWindow(QMainWindow):
+    def __init__(
+        self,
+        settings: Settings,
+        model: str | None = None,
+        output_dir: str | None = None,
+        engine_factory: EngineFactory | None = None,
+        config_dir: Path | None = None,
+    ):
+        super().__init__()
+        self.settings = settings
+        self.config_dir = config_dir
+        self._model_override = model
+        self._saved_model = settings.params.get("model", "")
+        self.worker = Worker(engine_factory or default_engine_factory(settings.engine_device()))
+        self.session = Session(self.worker, settings, self)
+        if output_dir:
+            self.session.output_dir = Path(output_dir).expanduser()
+        if model:
+            self.session.params.model = str(Path(model).expanduser())
+        self._closed = False
+
+        self.setWindowTitle(f"{APP_NAME} {__version__}")
+        self.setWindowIcon(icon("app"))
+        self.setMinimumSize(QSize(960, 600))
+        self.setAcceptDrops(True)
+        self._build()
+        self._build_menus()
+        self._connect()
+        if not self._restore_geometry():
+            self.resize(1440, 900)
+        self.gallery.load_folder(self.session.output_images())
+        self.prompt_panel.prompt.setFocus()
+
+    # -- layout ------------------------------------------------------------------------------
+
+    def _build(self) -> None:
+        s = self.session
+        self.prompt_panel = PromptPanel(s)
+        self.canvas = Canvas()
+        self.banner = Banner()
+        self.preview_panel = PreviewPanel(s)
+        self.queue_panel = QueuePanel(s)
+        self.gallery = Gallery()
+
+        canvas_box = QWidget()
+        canvas_box.setObjectName("Panel")
+        canvas_box.setAttribute(Qt.WidgetAttribute.WA_StyledBackground, True)
+        cl = QVBoxLayout(canvas_box)
+        cl.setContentsMargins(6, 6, 6, 6)
+        cl.setSpacing(6)
+        cl.addWidget(self.banner)
+        cl.addWidget(self.canvas, 1)
+
+        gallery_box = QWidget()
+        gallery_box.setObjectName("GalleryPanel")
+        gallery_box.setAttribute(Qt.WidgetAttribute.WA_StyledBackground, True)
+        gl = QVBoxLayout(gallery_box)
+        gl.setContentsMargins(10, 8, 10, 10)
+        gl.setSpacing(6)
+        gh = QHBoxLayout()
+        gh.addWidget(section("Gallery"))
+        gh.addStretch(1)
+        self.folder_button = QToolButton()
+        self.folder_button.setIcon(icon("open"))
+        self.folder_button.setAutoRaise(True)
+        self.folder_button.setToolTip("Open the output folder")
+        gh.addWidget(self.folder_button)
+        gl.addLayout(gh)
+        gl.addWidget(self.gallery, 1)
+
+        self.center_split = QSplitter(Qt.Orientation.Vertical)
+        self.center_split.addWidget(canvas_box)
+        self.center_split.addWidget(gallery_box)
+        self.center_split.setStretchFactor(0, 4)
+        self.center_split.setStretchFactor(1, 1)
+        self.center_split.setSizes([650, 190])
+        self.center_split.setChildrenCollapsible(False)
+
+        self.right_split = QSplitter(Qt.Orientation.Vertical)
+        self.right_split.addWidget(self.preview_panel)
+        self.right_split.addWidget(self.queue_panel)
+        self.right_split.setStretchFactor(0, 3)
+        self.right_split.setStretchFactor(1, 1)
+        self.right_split.setSizes([560, 220])
+        self.right_split.setChildrenCollapsible(False)
+
+        self.main_split = QSplitter(Qt.Orientation.Horizontal)
+        self.main_split.addWidget(self.prompt_panel)
+        self.main_split.addWidget(self.center_split)
+        self.main_split.addWidget(self.right_split)
+        self.main_split.setStretchFactor(0, 0)
+        self.main_split.setStretchFactor(1, 1)
+        self.main_split.setStretchFactor(2, 0)
+        self.main_split.setSizes([340, 760, 320])
+        self.main_split.setChildrenCollapsible(False)
+
+        root = QWidget()
+        rl = QVBoxLayout(root)
+        rl.setContentsMargins(6, 6, 6, 4)
+        rl.addWidget(self.main_split)
+        self.setCentralWidget(root)
+
+        sb = self.statusBar()
+        sb.setSizeGripEnabled(True)
+        self.status_label = QLabel("Ready")
+        self.status_label.setToolTip("What the studio is doing")
+        self.status_label.setMinimumWidth(120)
+        self.engine_label = QLabel("Engine: starting…")
+        self.engine_label.setObjectName("Muted")
+        self.engine_label.setToolTip("The diffusion engine loads in the background; you can write prompts meanwhile")
+        self.progress = QProgressBar()
+        self.progress.setFixedWidth(220)
+        self.progress.setTextVisible(True)
+        self.progress.setToolTip("Progress of the running image")
+        self.progress.hide()
+        self.eta_label = QLabel("")
+        self.eta_label.setObjectName("Muted")
+        self.eta_label.setToolTip("Estimated time left for the running image")
+        sb.addWidget(self.status_label, 1)
+        sb.addPermanentWidget(self.eta_label)
+        sb.addPermanentWidget(self.progress)
+        sb.addPermanentWidget(self.engine_label)
+
+    def _action(self, text: str, slot, shortcut=None, icon_name: str = "", tip: str = "") -> QAction:
+        act = QAction(text, self)
+        if icon_name:
+            act.setIcon(icon(icon_name))
+        if shortcut is not None:
+            if isinstance(shortcut, list):
+                act.setShortcuts(shortcut)
+            else:
+                act.setShortcut(shortcut)
+            act.setShortcutContext(Qt.ShortcutContext.WindowShortcut)
+        act.setToolTip(tip or text.replace("&", "").rstrip("…"))
+        act.setStatusTip(act.toolTip())
+        act.triggered.connect(slot)
+        self.addAction(act)  # shortcuts work even with the menu bar hidden
+        return act
+
+    def _build_menus(self) -> None:
+        s = self.session
+        mb = self.menuBar()
+        file_menu = mb.addMenu("&File")
+        self.open_action = self._action("&Open image…", self.open_dialog, QKeySequence.StandardKey.Open, "open",
+                                        "Open a PNG: show it and load its generation parameters")  # fmt: skip
+        self.save_action = self._action("&Save image as…", self.save_as, QKeySequence.StandardKey.Save, "save",
+                                        "Save the current image under a new name (Ctrl+S)")  # fmt: skip
+        self.copy_action = self._action("&Copy image", self.copy_image, QKeySequence("Ctrl+Shift+C"), "copy",
+                                        "Copy the current image to the clipboard")  # fmt: skip
+        file_menu.addActions([self.open_action, self.save_action, self.copy_action])
+        file_menu.addSeparator()
+        file_menu.addAction(self._action("Open output &folder", self.open_output_folder, None, "folder"))
+        file_menu.addAction(self._action("Choose output folder…", self.choose_output_folder))
+        file_menu.addAction(self._action("Add &model folder…", self.add_model_folder, None, "folder",
+                                         "Add a folder of models (diffusers folders or .safetensors files)"))  # fmt: skip
+        device_menu = file_menu.addMenu("Engine &device")
+        device_menu.setToolTipsVisible(True)
+        group = QActionGroup(self)
+        for dev, label in (("auto", "Automatic"), ("cuda", "CUDA (NVIDIA)"), ("mps", "Apple MPS"), ("cpu", "CPU")):
+            act = QAction(label, self, checkable=True)
+            act.setChecked(self.settings.device == dev)
+            act.setToolTip("Takes effect the next time the studio starts")
+            act.triggered.connect(lambda _c=False, d=dev: self._set_device(d))
+            group.addAction(act)
+            device_menu.addAction(act)
+        file_menu.addSeparator()
+        file_menu.addAction(self._action("&Quit", self.close, QKeySequence.StandardKey.Quit))
+
+        gen_menu = mb.addMenu("&Generate")
+        self.generate_action = self._action("&Generate", s.generate, [QKeySequence("Ctrl+Return"), QKeySequence("Ctrl+Enter")],
+                                            "generate", "Generate from the prompt (Ctrl+Enter)")  # fmt: skip
+        self.cancel_action = self._action("&Cancel", s.cancel, QKeySequence(Qt.Key.Key_Escape), "cancel",
+                                          "Stop the running image at its next step (Esc)")  # fmt: skip
+        self.cancel_all_action = self._action("Cancel &all", s.cancel_all, None, "clear", "Stop and empty the queue")
+        self.random_action = self._action("&Random seed", s.random_seed, None, "dice")
+        self.reuse_action = self._action("Reuse &last seed", s.reuse_seed, None, "reuse")
+        gen_menu.addActions([self.generate_action, self.cancel_action, self.cancel_all_action])
+        gen_menu.addSeparator()
+        gen_menu.addActions([self.random_action, self.reuse_action])
+
+        help_menu = mb.addMenu("&Help")
+        help_menu.addAction(self._action("&About Latent Studio", self.about))
+
+        for menu in (file_menu, gen_menu, help_menu):
+            menu.setToolTipsVisible(True)
+
+    def _connect(self) -> None:
+        s = self.session
+        s.current_image_changed.connect(self._show_current)
+        s.image_saved.connect(self.gallery.add_result)
+        s.message.connect(self.show_message)
+        s.progress.connect(self._progress)
+        s.running_changed.connect(self._running)
+        s.engine_state.connect(self._engine_state)
+        s.jobs_changed.connect(self._jobs)
+        self.gallery.image_activated.connect(self._gallery_show)
+        self.gallery.parameters_requested.connect(lambda p: p and s.open_image(p))
+        self.gallery.customContextMenuRequested.connect(self._gallery_menu)
+        self.folder_button.clicked.connect(self.open_output_folder)
+        # Ctrl+Enter inside the prompt boxes: they would otherwise take the key as a new line.
+        for edit in (self.prompt_panel.prompt, self.prompt_panel.negative):
+            edit.installEventFilter(self)
+
+    def start_engine(self) -> None:
+        """Import torch and build the engine on the engine thread (after the window shows)."""
+        if not self._closed:
+            self.engine_label.setText("Engine: loading…")
+            self.worker.start(preload=True)
+
+    # -- event filter: Ctrl+Enter in text boxes ------------------------------------------------
+
+    def eventFilter(self, obj, event) -> bool:  # noqa: N802 - Qt API
+        from PySide6.QtCore import QEvent
+
+        if event.type() in (QEvent.Type.KeyPress, QEvent.Type.ShortcutOverride):
+            if (
+                event.key() in (Qt.Key.Key_Return, Qt.Key.Key_Enter)
+                and event.modifiers() & Qt.KeyboardModifier.ControlModifier
+            ):
+                if event.type() == QEvent.Type.KeyPress:
+                    self.session.generate()
+                event.accept()
+                return True
+        return super().eventFilter(obj, event)
+
+    # -- slots -------------------------------------------------------------------------------
+
+    def show_message(self, text: str, level: str = "info") -> None:
+        self.status_label.setText(text)
+        self.status_label.setObjectName("StatusError" if level == "error" else "")
+        self.status_label.setStyleSheet("color: #ff8a80;" if level == "error" else "")
+        if level == "error":
+            self.banner.show_message(text)
+        elif level == "info" and text.startswith("Generating"):
+            self.banner.hide()
+
+    def _show_current(self, image: QImage) -> None:
+        path = self.session.current_path
+        caption = f"{path.name}  ·  {image.width()}×{image.height()}" if path else f"{image.width()}×{image.height()}"
+        self.canvas.set_image(image, caption)
+        self.save_action.setEnabled(not image.isNull())
+        self.copy_action.setEnabled(not image.isNull())
+
+    def _progress(self, step: int, total: int, eta: float) -> None:
+        if total <= 0:
+            self.progress.hide()
+            self.eta_label.setText("")
+            return
+        self.progress.show()
+        self.progress.setRange(0, total)
+        self.progress.setValue(step)
+        self.progress.setFormat(f"step {step}/{total}")
+        self.eta_label.setText(format_eta(eta) if step < total else "")
+
+    def _running(self, running: bool) -> None:
+        if not running:
+            self.progress.hide()
+            self.eta_label.setText("")
+
+    def _jobs(self) -> None:
+        has_jobs = bool(self.session.jobs())
+        self.cancel_action.setEnabled(has_jobs)
+        self.cancel_all_action.setEnabled(has_jobs)
+
+    def _engine_state(self, state: str) -> None:
+        if state == "ready":
+            self.engine_label.setText("Engine: ready")
+        elif state == "loading":
+            self.engine_label.setText("Engine: loading…")
+        else:
+            self.engine_label.setText("Engine: unavailable")
+            self.engine_label.setToolTip(state)
+
+    def _gallery_show(self, path: str) -> None:
+        if not path:
+            item = self.gallery.currentItem()
+            if item is not None:
+                self.canvas.set_image(item.icon().pixmap(512).toImage())
+            return
+        image = QImage(path)
+        if image.isNull():
+            self.show_message(f"Could not read {Path(path).name}", "error")
+            return
+        self.session.show_image(image, Path(path))
+
+    def _gallery_menu(self, pos) -> None:
+        item = self.gallery.itemAt(pos)
+        if item is None:
+            return
+        path = item.data(PATH_ROLE) or ""
+        menu = QMenu(self)
+        menu.addAction(icon("image"), "Show", lambda: self._gallery_show(path))
+        act = menu.addAction(icon("reuse"), "Reuse parameters", lambda: self.session.open_image(path))
+        act.setEnabled(bool(path))
+        menu.addAction(icon("copy"), "Copy image", lambda: (self._gallery_show(path), self.copy_image()))
+        menu.addAction(icon("save"), "Save as…", lambda: (self._gallery_show(path), self.save_as()))
+        act = menu.addAction(
+            icon("folder"),
+            "Show in folder",
+            lambda: QDesktopServices.openUrl(QUrl.fromLocalFile(str(Path(path).parent))),
+        )
+        act.setEnabled(bool(path))
+        menu.exec(self.gallery.viewport().mapToGlobal(pos))
+
+    # -- file actions --------------------------------------------------------------------------
+
+    def open_dialog(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Open image", str(self.session.output_dir),
+                                              "Images (*.png *.jpg *.jpeg *.webp);;All files (*)")  # fmt: skip
+        if path:
+            self.session.open_image(path)
+
+    def save_as(self, target: str | None = None) -> bool:
+        image = self.session.current_image
+        if image is None or image.isNull():
+            self.show_message("No image to save yet", "warning")
+            return False
+        src = self.session.current_path
+        if target is None:
+            suggested = str(Path.home() / (src.name if src else "image.png"))
+            target, _ = QFileDialog.getSaveFileName(self, "Save image as", suggested, "PNG image (*.png)")
+            if not target:
+                return False
+        dest = Path(target)
+        if dest.suffix.lower() != ".png":
+            dest = dest.with_suffix(".png")
+        try:
+            if src is not None and src.is_file() and src.suffix.lower() == ".png":
+                if src.resolve() != dest.resolve():
+                    shutil.copyfile(src, dest)  # keeps the stored parameters
+            elif not image.save(str(dest), "PNG"):
+                raise OSError("the image could not be written")
+        except OSError as exc:
+            self.show_message(f"Could not save {dest.name}: {exc}", "error")
+            return False
+        self.show_message(f"Saved {dest}")
+        return True
+
+    def copy_image(self) -> None:
+        image = self.session.current_image
+        if image is None or image.isNull():
+            self.show_message("No image to copy yet", "warning")
+            return
+        QApplication.clipboard().setImage(image)
+        self.show_message("Image copied to the clipboard")
+
+    def open_output_folder(self) -> None:
+        folder = self.session.output_dir
+        folder.mkdir(parents=True, exist_ok=True)
+        QDesktopServices.openUrl(QUrl.fromLocalFile(str(folder)))
+
+    def choose_output_folder(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Output folder", str(self.session.output_dir))
+        if folder:
+            self.settings.output_dir = folder
+            self.session.output_dir = Path(folder)
+            self.gallery.load_folder(self.session.output_images())
+            self.show_message(f"Images are saved to {folder}")
+
+    def add_model_folder(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Add a model folder", str(Path.home()))
+        if folder and folder not in self.settings.model_folders:
+            self.settings.model_folders.append(folder)
+            self.prompt_panel.refresh_models()
+            self.show_message(f"Models from {folder} added")
+
+    def _set_device(self, device: str) -> None:
+        self.settings.device = device
+        self.show_message("The engine device changes the next time the studio starts")
+
+    def about(self) -> None:
+        self.show_message(f"{APP_NAME} {__version__}: a desktop studio for latent diffusion models, offline")
+
+    # -- drag and drop -------------------------------------------------------------------------
+
+    def dragEnterEvent(self, event: QDragEnterEvent) -> None:
+        if image_paths(event.mimeData()):
+            event.acceptProposedAction()
+        else:
+            event.ignore()
+
+    def dragMoveEvent(self, event) -> None:
+        if image_paths(event.mimeData()):
+            event.acceptProposedAction()
+
+    def dropEvent(self, event: QDropEvent) -> None:
+        paths = image_paths(event.mimeData())
+        if paths:
+            event.acceptProposedAction()
+            self.session.open_image(paths[0])
+
+    # -- geometry and closing ---------------------------------------------------------------
+
+    def _restore_geometry(self) -> bool:
+        ok = False
+        if self.settings.geometry:
+            try:
+                ok = self.restoreGeometry(QByteArray(base64.b64decode(self.settings.geometry)))
+            except (ValueError, TypeError):
+                ok = False
+        for name, split in self._splitters().items():
+            state = self.settings.splitter_state.get(name)
+            if state:
+                try:
+                    split.restoreState(QByteArray(base64.b64decode(state)))
+                except (ValueError, TypeError):
+                    pass
+        return ok
+
+    def _splitters(self) -> dict[str, QSplitter]:
+        return {"main": self.main_split, "center": self.center_split, "right": self.right_split}
+
+    def store_settings(self) -> None:
+        self.session.store_settings()
+        if self._model_override and self.settings.params.get("model") == self.session.params.model:
+            # --model overrides this run only
+            if str(Path(self._model_override).expanduser()) == self.session.params.model:
+                self.settings.params["model"] = self._saved_model
+        self.settings.geometry = base64.b64encode(bytes(self.saveGeometry())).decode("ascii")
+        self.settings.splitter_state = {
+            name: base64.b64encode(bytes(split.saveState())).decode("ascii")
+            for name, split in self._splitters().items()
+        }
+
+    def save_settings(self) -> None:
+        self.store_settings()
+        try:
+            self.settings.save(self.config_dir)
+        except OSError as exc:
+            self.show_message(f"Could not save the settings: {exc}", "error")
+
+    def closeEvent(self, event: QCloseEvent) -> None:
+        if not self._closed:
+            self._closed = True
+            self.save_settings()
+            self.status_label.setText("Closing…")
+            self.session.shutdown()
+            self.gallery.shutdown()
+        event.accept()
+        QTimer.singleShot(0, lambda: None)

@@ -1,0 +1,154 @@
+"""The live preview of the denoising steps and, after a run, the step timeline."""
+
+from __future__ import annotations
+
+from PySide6.QtCore import QRectF, QSize, Qt
+from PySide6.QtGui import QColor, QImage, QPainter, QPaintEvent
+from PySide6.QtWidgets import (
+    QComboBox,
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QSizePolicy,
+    QSlider,
+    QVBoxLayout,
+    QWidget,
+)
+
+from studio.session import Session
+from studio.ui.prompt_panel import section
+from studio.ui.theme import icon
+
+
+def format_eta(seconds: float) -> str:
+    if seconds < 0:
+        return ""
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds} s left"
+    return f"{seconds // 60} min {seconds % 60:02d} s left"
+
+
+class ImageView(QWidget):
+    """A QImage fitted into the widget; small previews are enlarged smoothly."""
+
+    def __init__(self, placeholder: str = "", parent: QWidget | None = None):
+        super().__init__(parent)
+        self._image = QImage()
+        self._placeholder = placeholder
+        self.setMinimumSize(160, 160)
+        self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
+
+    def image(self) -> QImage:
+        return self._image
+
+    def set_image(self, image: QImage | None) -> None:
+        self._image = QImage(image) if image is not None else QImage()
+        self.update()
+
+    def sizeHint(self) -> QSize:
+        return QSize(256, 256)
+
+    def paintEvent(self, event: QPaintEvent) -> None:
+        p = QPainter(self)
+        p.fillRect(self.rect(), QColor("#141518"))
+        if self._image.isNull():
+            p.setPen(QColor("#5c616b"))
+            p.drawText(self.rect(), Qt.AlignmentFlag.AlignCenter, self._placeholder)
+            return
+        w, h = self._image.width(), self._image.height()
+        scale = min(self.width() / w, self.height() / h)
+        dw, dh = w * scale, h * scale
+        p.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform, True)
+        p.drawImage(QRectF((self.width() - dw) / 2, (self.height() - dh) / 2, dw, dh), self._image)
+
+
+class PreviewPanel(QWidget):
+    def __init__(self, session: Session, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.session = session
+        self.setObjectName("PreviewPanel")
+        self.setAttribute(Qt.WidgetAttribute.WA_StyledBackground, True)
+        self.setMinimumWidth(220)
+
+        lay = QVBoxLayout(self)
+        lay.setContentsMargins(10, 10, 10, 10)
+        lay.setSpacing(6)
+        head = QHBoxLayout()
+        head.addWidget(section("Live preview"))
+        head.addStretch(1)
+        self.kind = QComboBox()
+        self.kind.addItem("Estimate", "x0")
+        self.kind.addItem("Noisy latent", "latent")
+        self.kind.setToolTip(
+            "What the preview shows: the model's estimate of the final image at each step, or the noisy latent itself"
+        )
+        self.kind.setCurrentIndex(max(0, self.kind.findData(session.preview_kind)))
+        head.addWidget(self.kind)
+        lay.addLayout(head)
+
+        self.view = ImageView("Steps appear here while\nan image is generated")
+        self.view.setToolTip("Each step of the run as it happens; after the run, the step picked on the timeline")
+        lay.addWidget(self.view, 1)
+
+        info = QHBoxLayout()
+        self.step_label = QLabel("")
+        self.step_label.setObjectName("StepLabel")
+        self.step_label.setToolTip("The step shown")
+        self.eta_label = QLabel("")
+        self.eta_label.setObjectName("Muted")
+        self.eta_label.setToolTip("Estimated time left for this image")
+        info.addWidget(self.step_label)
+        info.addStretch(1)
+        info.addWidget(self.eta_label)
+        lay.addLayout(info)
+
+        self.timeline = QSlider(Qt.Orientation.Horizontal)
+        self.timeline.setRange(1, 1)
+        self.timeline.setEnabled(False)
+        self.timeline.setPageStep(1)
+        self.timeline.setToolTip("Step timeline: after a run, drag to look back at every step")
+        lay.addWidget(self.timeline)
+        self.decode_button = QPushButton(icon("decode"), " Decode this step")
+        self.decode_button.setToolTip("Fully decode the selected step with the VAE and show it on the canvas")
+        self.decode_button.setEnabled(False)
+        lay.addWidget(self.decode_button)
+
+        self.kind.currentIndexChanged.connect(lambda _i: session.set_preview_kind(self.kind.currentData()))
+        self.timeline.valueChanged.connect(self._scrub)
+        self.decode_button.clicked.connect(lambda: session.decode_step(self.timeline.value()))
+        session.preview_changed.connect(self.view.set_image)
+        session.progress.connect(self._progress)
+        session.timeline_changed.connect(self._timeline_changed)
+        session.timeline_image.connect(self._timeline_image)
+        session.running_changed.connect(self._running)
+
+    def _progress(self, step: int, total: int, eta: float) -> None:
+        if total <= 0:
+            self.eta_label.setText("")
+            return
+        self.step_label.setText(f"step {step}/{total}")
+        self.eta_label.setText(format_eta(eta) if step < total else "")
+
+    def _running(self, running: bool) -> None:
+        if running:
+            self.timeline.setEnabled(False)
+            self.decode_button.setEnabled(False)
+
+    def _timeline_changed(self, n: int) -> None:
+        self.timeline.blockSignals(True)
+        self.timeline.setRange(1, max(1, n))
+        self.timeline.setValue(max(1, n))
+        self.timeline.blockSignals(False)
+        ready = n > 0 and not self.session.is_running()
+        self.timeline.setEnabled(ready)
+        self.decode_button.setEnabled(ready and self.session.can_decode())
+        if ready:
+            self.session.select_step(self.timeline.value())
+
+    def _scrub(self, step: int) -> None:
+        self.session.select_step(step)
+
+    def _timeline_image(self, step: int, image: QImage) -> None:
+        self.view.set_image(image)
+        self.step_label.setText(f"step {step}/{self.session.timeline_length()}")

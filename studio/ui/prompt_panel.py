@@ -1,0 +1,287 @@
+"""The prompt panel: prompt, negative prompt, model, sampler and the numbers, Generate/Cancel."""
+
+from __future__ import annotations
+
+from PySide6.QtCore import QRegularExpression, Qt
+from PySide6.QtGui import QRegularExpressionValidator
+from PySide6.QtWidgets import (
+    QComboBox,
+    QDoubleSpinBox,
+    QGridLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QPlainTextEdit,
+    QPushButton,
+    QScrollArea,
+    QSizePolicy,
+    QSpinBox,
+    QToolButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from studio.engine.requests import MAX_SEED
+from studio.session import Params, Session, sampler_names
+from studio.ui.theme import icon
+
+
+def section(text: str) -> QLabel:
+    label = QLabel(text.upper())
+    label.setObjectName("SectionTitle")
+    return label
+
+
+class PromptEdit(QPlainTextEdit):
+    """A prompt box: plain text, Tab moves focus (prompts never need tabs)."""
+
+    def __init__(self, placeholder: str, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.setPlaceholderText(placeholder)
+        self.setTabChangesFocus(True)
+        self.setLineWrapMode(QPlainTextEdit.LineWrapMode.WidgetWidth)
+
+
+class PromptPanel(QWidget):
+    def __init__(self, session: Session, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.session = session
+        self.setObjectName("PromptPanel")
+        self.setAttribute(Qt.WidgetAttribute.WA_StyledBackground, True)
+        self.setMinimumWidth(290)
+
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(0, 0, 0, 0)
+        scroll = QScrollArea()
+        scroll.setWidgetResizable(True)
+        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        body = QWidget()
+        scroll.setWidget(body)
+        outer.addWidget(scroll, 1)
+        lay = QVBoxLayout(body)
+        lay.setContentsMargins(12, 12, 12, 8)
+        lay.setSpacing(6)
+
+        # Prompts
+        lay.addWidget(section("Prompt"))
+        self.prompt = PromptEdit("Describe the image: a lighthouse at dusk, oil painting…")
+        self.prompt.setObjectName("prompt")
+        self.prompt.setToolTip("What to draw. Ctrl+Enter generates from anywhere in the window.")
+        self.prompt.setMinimumHeight(70)
+        lay.addWidget(self.prompt, 3)
+        lay.addWidget(section("Negative prompt"))
+        self.negative = PromptEdit("What to avoid: blurry, text, watermark…")
+        self.negative.setObjectName("negative")
+        self.negative.setToolTip("What the image should not contain.")
+        self.negative.setMinimumHeight(44)
+        lay.addWidget(self.negative, 2)
+
+        # Model and sampler
+        lay.addSpacing(4)
+        lay.addWidget(section("Model"))
+        self.model = QComboBox()
+        self.model.setToolTip("The model to generate with. Add folders of models with File > Add model folder.")
+        self.model.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.model.setMinimumContentsLength(12)
+        lay.addWidget(self.model)
+
+        grid = QGridLayout()
+        grid.setHorizontalSpacing(8)
+        grid.setVerticalSpacing(6)
+        samplers, schedules = sampler_names()
+        self.sampler = QComboBox()
+        self.sampler.addItems(list(samplers))
+        self.sampler.setToolTip(
+            "The sampler (how noise is removed step by step). Euler a and DPM++ 2M are good defaults."
+        )
+        self.schedule = QComboBox()
+        self.schedule.addItems(list(schedules))
+        self.schedule.setToolTip("The noise schedule. Karras often gives cleaner results at low step counts.")
+        grid.addWidget(self._label("Sampler"), 0, 0)
+        grid.addWidget(self._label("Schedule"), 0, 1)
+        grid.addWidget(self.sampler, 1, 0)
+        grid.addWidget(self.schedule, 1, 1)
+
+        self.steps = QSpinBox()
+        self.steps.setRange(1, 150)
+        self.steps.setToolTip("Sampling steps: more is slower and usually finer. 20 to 30 is typical.")
+        self.cfg = QDoubleSpinBox()
+        self.cfg.setRange(0.0, 30.0)
+        self.cfg.setSingleStep(0.5)
+        self.cfg.setDecimals(1)
+        self.cfg.setToolTip("CFG scale: how strictly to follow the prompt. 5 to 9 is typical.")
+        grid.addWidget(self._label("Steps"), 2, 0)
+        grid.addWidget(self._label("CFG scale"), 2, 1)
+        grid.addWidget(self.steps, 3, 0)
+        grid.addWidget(self.cfg, 3, 1)
+
+        self.width_box = self._size_box("Width in pixels (a multiple of 8). Native: the model's own size.")
+        self.height_box = self._size_box("Height in pixels (a multiple of 8). Native: the model's own size.")
+        size_row = QHBoxLayout()
+        size_row.setSpacing(4)
+        size_row.addWidget(self.width_box, 1)
+        self.swap = QToolButton()
+        self.swap.setIcon(icon("swap"))
+        self.swap.setToolTip("Swap width and height")
+        self.swap.setAutoRaise(True)
+        size_row.addWidget(self.swap)
+        size_row.addWidget(self.height_box, 1)
+        grid.addWidget(self._label("Width × height"), 4, 0, 1, 2)
+        grid.addLayout(size_row, 5, 0, 1, 2)
+
+        self.seed = QLineEdit()
+        self.seed.setPlaceholderText("random")
+        self.seed.setValidator(QRegularExpressionValidator(QRegularExpression(r"-1|\d{0,10}")))
+        self.seed.setToolTip(f"Seed: the same seed and settings give the same image. Empty = random (0 to {MAX_SEED}).")
+        self.seed_random = QToolButton()
+        self.seed_random.setIcon(icon("dice"))
+        self.seed_random.setToolTip("Random seed for every run")
+        self.seed_reuse = QToolButton()
+        self.seed_reuse.setIcon(icon("reuse"))
+        self.seed_reuse.setToolTip("Reuse the seed of the last image")
+        seed_row = QHBoxLayout()
+        seed_row.setSpacing(4)
+        seed_row.addWidget(self.seed, 1)
+        seed_row.addWidget(self.seed_random)
+        seed_row.addWidget(self.seed_reuse)
+        self.batch = QSpinBox()
+        self.batch.setRange(1, 16)
+        self.batch.setToolTip("How many images one run makes (seed, seed+1, …)")
+        grid.addWidget(self._label("Seed"), 6, 0)
+        grid.addWidget(self._label("Batch"), 6, 1)
+        grid.addLayout(seed_row, 7, 0)
+        grid.addWidget(self.batch, 7, 1)
+        grid.setColumnStretch(0, 3)
+        grid.setColumnStretch(1, 2)
+        lay.addSpacing(4)
+        lay.addWidget(section("Sampling"))
+        lay.addLayout(grid)
+        lay.addStretch(0)
+
+        # Generate / Cancel: outside the scroll area, always visible.
+        buttons = QHBoxLayout()
+        buttons.setContentsMargins(12, 6, 12, 12)
+        buttons.setSpacing(8)
+        self.generate_button = QPushButton(icon("generate"), "  Generate")
+        self.generate_button.setObjectName("GenerateButton")
+        self.generate_button.setToolTip("Generate (Ctrl+Enter). Click again to queue more runs.")
+        self.generate_button.setMinimumHeight(38)
+        self.generate_button.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
+        self.cancel_button = QPushButton(icon("cancel"), " Cancel")
+        self.cancel_button.setObjectName("CancelButton")
+        self.cancel_button.setToolTip("Stop the running image at its next step (Esc)")
+        self.cancel_button.setMinimumHeight(38)
+        self.cancel_button.setEnabled(False)
+        buttons.addWidget(self.generate_button, 3)
+        buttons.addWidget(self.cancel_button, 1)
+        outer.addLayout(buttons)
+
+        self.refresh_models()
+        self.set_params(session.params)
+        self._connect()
+
+    # -- construction helpers ------------------------------------------------------------------
+
+    @staticmethod
+    def _label(text: str) -> QLabel:
+        label = QLabel(text)
+        label.setObjectName("Muted")
+        return label
+
+    @staticmethod
+    def _size_box(tip: str) -> QSpinBox:
+        box = QSpinBox()
+        box.setRange(0, 4096)
+        box.setSingleStep(64)
+        box.setSpecialValueText("Native")
+        box.setToolTip(tip)
+        box.setMinimumWidth(80)
+        return box
+
+    def _connect(self) -> None:
+        s = self.session
+        self.prompt.textChanged.connect(lambda: s.update_params(prompt=self.prompt.toPlainText()))
+        self.negative.textChanged.connect(lambda: s.update_params(negative_prompt=self.negative.toPlainText()))
+        self.model.currentIndexChanged.connect(lambda _i: s.update_params(model=self.model.currentData() or ""))
+        self.sampler.currentTextChanged.connect(lambda t: s.update_params(sampler=t))
+        self.schedule.currentTextChanged.connect(lambda t: s.update_params(schedule=t))
+        self.steps.valueChanged.connect(lambda v: s.update_params(steps=v))
+        self.cfg.valueChanged.connect(lambda v: s.update_params(cfg=float(v)))
+        self.width_box.valueChanged.connect(lambda v: s.update_params(width=v))
+        self.height_box.valueChanged.connect(lambda v: s.update_params(height=v))
+        self.batch.valueChanged.connect(lambda v: s.update_params(batch=v))
+        self.seed.textChanged.connect(self._seed_edited)
+        self.seed_random.clicked.connect(s.random_seed)
+        self.seed_reuse.clicked.connect(s.reuse_seed)
+        self.swap.clicked.connect(self._swap_size)
+        self.generate_button.clicked.connect(s.generate)
+        self.cancel_button.clicked.connect(s.cancel)
+        s.params_changed.connect(self.set_params)
+        s.jobs_changed.connect(self._update_buttons)
+
+    def _seed_edited(self, text: str) -> None:
+        try:
+            seed = int(text) if text.strip() else -1
+        except ValueError:
+            seed = -1
+        self.session.update_params(seed=min(seed, MAX_SEED))
+
+    def _swap_size(self) -> None:
+        w, h = self.width_box.value(), self.height_box.value()
+        self.width_box.setValue(h)
+        self.height_box.setValue(w)
+
+    def _update_buttons(self) -> None:
+        self.cancel_button.setEnabled(bool(self.session.jobs()))
+
+    # -- binding -----------------------------------------------------------------------------
+
+    def refresh_models(self) -> None:
+        current = self.session.params.model
+        self.model.blockSignals(True)
+        self.model.clear()
+        for label, value in self.session.model_choices():
+            self.model.addItem(label, value)
+            self.model.setItemData(
+                self.model.count() - 1,
+                value or "The built-in model, shipped in models/builtin",
+                Qt.ItemDataRole.ToolTipRole,
+            )
+        idx = self.model.findData(current)
+        self.model.setCurrentIndex(max(idx, 0))
+        self.model.blockSignals(False)
+
+    def set_params(self, p: Params) -> None:
+        """Show p in the widgets without echoing every change back to the session."""
+        widgets = (self.prompt, self.negative, self.model, self.sampler, self.schedule, self.steps, self.cfg,
+                   self.width_box, self.height_box, self.batch, self.seed)  # fmt: skip
+        for w in widgets:
+            w.blockSignals(True)
+        try:
+            if self.prompt.toPlainText() != p.prompt:
+                self.prompt.setPlainText(p.prompt)
+            if self.negative.toPlainText() != p.negative_prompt:
+                self.negative.setPlainText(p.negative_prompt)
+            if self.model.findData(p.model) < 0 and p.model:
+                self.model.addItem(p.model.rsplit("/", 1)[-1], p.model)
+            self.model.setCurrentIndex(max(self.model.findData(p.model), 0))
+            for combo, value in ((self.sampler, p.sampler), (self.schedule, p.schedule)):
+                if combo.findText(value) < 0:
+                    combo.addItem(value)  # a name from a PNG we do not list: keep it, the engine judges
+                combo.setCurrentText(value)
+            self.steps.setValue(p.steps)
+            self.cfg.setValue(p.cfg)
+            self.width_box.setValue(p.width)
+            self.height_box.setValue(p.height)
+            self.batch.setValue(p.batch)
+            self.seed.setText("" if p.seed < 0 else str(p.seed))
+        finally:
+            for w in widgets:
+                w.blockSignals(False)
+        # Values the widgets clamped are what the session holds.
+        self.session.update_params(
+            prompt=self.prompt.toPlainText(), negative_prompt=self.negative.toPlainText(),
+            model=self.model.currentData() or "", sampler=self.sampler.currentText(),
+            schedule=self.schedule.currentText(), steps=self.steps.value(), cfg=float(self.cfg.value()),
+            width=self.width_box.value(), height=self.height_box.value(), batch=self.batch.value(),
+        )  # fmt: skip
