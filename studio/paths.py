@@ -10,3 +10,15 @@ TOKENIZER_DIR = RESOURCES / "tokenizer"
 CONFIGS_DIR = RESOURCES / "configs"
 MODELS_DIR = ROOT / "models"
 BUILTIN_MODEL = MODELS_DIR / "builtin"
+
+
+def default_output_dir() -> Path:
+    """Where images go unless the settings or --out say otherwise: the user's pictures folder."""
+    from platformdirs import user_data_path, user_pictures_path
+
+    try:
+        pictures = user_pictures_path()
+    except Exception:  # noqa: BLE001 - platformdirs may fail on odd desktops; fall back quietly
+        pictures = None
+    base = pictures if pictures is not None and pictures.parent.exists() else user_data_path("latent-studio")
+    return Path(base) / "Latent Studio"

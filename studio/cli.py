@@ -1,0 +1,193 @@
+"""The command-line interface: `studio generate | img2img | samplers | info | make-tiny-model | ...`.
+
+stdout carries only results (paths, names, parameters); messages go to stderr. Bad input exits with
+code 2 and one line on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from . import __version__
+from .engine.errors import EngineError, RequestError
+
+EXIT_BAD_INPUT = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # argparse's own errors: one line, exit 2
+        self.exit(EXIT_BAD_INPUT, f"studio: error: {message}\n")
+
+
+def _add_generation_options(p: argparse.ArgumentParser) -> None:
+    from .engine.samplers import DEFAULT_SAMPLER, DEFAULT_SCHEDULE
+
+    p.add_argument("--model", help="a diffusers model folder (default: the built-in model)")
+    p.add_argument("--prompt", required=True, help="what to draw")
+    p.add_argument("--negative", default="", help="what to avoid")
+    p.add_argument("--sampler", default=DEFAULT_SAMPLER, help="sampler name (see `studio samplers`)")
+    p.add_argument("--schedule", default=DEFAULT_SCHEDULE, help="Normal, Karras, Exponential or SGM Uniform")
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--cfg", type=float, default=7.0, help="classifier-free guidance scale")
+    p.add_argument("--seed", type=int, default=None, help="default: a random seed, written in the metadata")
+    p.add_argument("--width", type=int, default=None, help="multiple of 8 (default: the model's native size)")
+    p.add_argument("--height", type=int, default=None, help="multiple of 8 (default: the model's native size)")
+    p.add_argument("--batch", type=int, default=1, help="images per run; image i uses seed + i")
+    p.add_argument("--clip-skip", type=int, default=1)
+    p.add_argument("--out", default=None, help="output folder (default: the studio's output folder)")
+    p.add_argument("--device", default=None, help="auto, cpu, cuda or mps")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="studio", description="Latent Studio: generate images offline with latent diffusion models.")
+    parser.add_argument("--version", action="version", version=f"Latent Studio {__version__}")
+    sub = parser.add_subparsers(dest="command", parser_class=_Parser)
+
+    g = sub.add_parser("generate", help="text to image")
+    _add_generation_options(g)
+    i = sub.add_parser("img2img", help="image to image")
+    _add_generation_options(i)
+    i.add_argument("--image", required=True, help="the input image (PNG, JPEG, WebP)")
+    i.add_argument("--strength", type=float, default=0.75, help="denoising strength, 0 < x <= 1")
+
+    sub.add_parser("samplers", help="list the sampler names")
+    sub.add_parser("schedules", help="list the schedule names")
+    info = sub.add_parser("info", help="print the generation parameters stored in an image")
+    info.add_argument("image")
+    tiny = sub.add_parser("make-tiny-model", help="write a tiny random-weight model folder (tests, demos)")
+    tiny.add_argument("path")
+    tiny.add_argument("--kind", choices=("txt2img", "inpaint"), default="txt2img")
+    tiny.add_argument("--seed", type=int, default=0)
+
+    try:  # training commands, when that package is present
+        from .training.cli import add_subcommands
+    except ImportError:
+        pass
+    else:
+        add_subcommands(sub)
+    return parser
+
+
+def _read_image(path: str):
+    import numpy as np
+    from PIL import Image, UnidentifiedImageError
+
+    p = Path(path)
+    if not p.is_file():
+        raise RequestError(f"Image not found: {p}")
+    try:
+        with Image.open(p) as im:
+            return np.asarray(im.convert("RGB")).copy()
+    except (UnidentifiedImageError, OSError, ValueError) as e:
+        raise RequestError(f"Cannot read image {p}: {e}") from e
+
+
+def _progress(quiet: bool):
+    if quiet:
+        return None
+
+    def on_step(info) -> None:
+        end = "\n" if info.step == info.total else ""
+        print(f"\rstep {info.step}/{info.total}  {info.elapsed:.1f}s", end=end, file=sys.stderr, flush=True)
+
+    return on_step
+
+
+def _run_generation(args: argparse.Namespace, mode: str) -> int:
+    from .engine import GenerateRequest
+    from .engine.output import save_result
+    from .paths import default_output_dir
+
+    init = _read_image(args.image) if mode == "img2img" else None
+    request = GenerateRequest(
+        prompt=args.prompt,
+        negative_prompt=args.negative,
+        model=args.model,
+        mode=mode,
+        sampler=args.sampler,
+        schedule=args.schedule,
+        steps=args.steps,
+        cfg=args.cfg,
+        seed=args.seed,
+        width=args.width,
+        height=args.height,
+        batch=args.batch,
+        strength=getattr(args, "strength", 0.75),
+        init_image=init,
+        clip_skip=args.clip_skip,
+    )
+    request.validate()  # before torch is imported: bad input answers at once
+    from .engine.samplers import scheduler_spec
+
+    scheduler_spec(request.sampler, request.schedule)
+    if args.model is not None and not Path(args.model).exists():
+        raise EngineError(f"Model not found: {args.model}")
+
+    from .engine.engine import Engine
+
+    engine = Engine(device=args.device)
+    result = engine.generate(request, on_step=_progress(args.quiet))
+    out = Path(args.out) if args.out else default_output_dir()
+    for path in save_result(result, out, __version__):
+        print(path, flush=True)
+    return 0
+
+
+def _info(path: str) -> int:
+    from .engine.metadata import read_parameters
+
+    if not Path(path).is_file():
+        raise RequestError(f"Image not found: {path}")
+    text = read_parameters(path)
+    if text is None:
+        print(f"studio: {path} holds no generation parameters", file=sys.stderr)
+        return 1
+    print(text)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "generate":
+            return _run_generation(args, "txt2img")
+        if args.command == "img2img":
+            return _run_generation(args, "img2img")
+        if args.command == "samplers":
+            from .engine.samplers import SAMPLER_NAMES
+
+            print("\n".join(SAMPLER_NAMES))
+            return 0
+        if args.command == "schedules":
+            from .engine.samplers import SCHEDULE_NAMES
+
+            print("\n".join(SCHEDULE_NAMES))
+            return 0
+        if args.command == "info":
+            return _info(args.image)
+        if args.command == "make-tiny-model":
+            from .engine.tiny import build_tiny_pipeline
+
+            print(build_tiny_pipeline(args.path, args.kind, args.seed))
+            return 0
+        if hasattr(args, "func"):
+            return int(args.func(args) or 0)
+        parser.print_help(sys.stderr)
+        return EXIT_BAD_INPUT
+    except EngineError as e:
+        print(f"studio: error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("studio: interrupted", file=sys.stderr)
+        return 130
+    except MemoryError:
+        print("studio: error: out of memory: try a smaller size or batch", file=sys.stderr)
+        return 1
+    except Exception as e:  # noqa: BLE001 - the CLI promises one line, never a traceback
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        print(f"studio: unexpected error ({type(e).__name__}): {first}", file=sys.stderr)
+        return 1

@@ -1,0 +1,367 @@
+"""The engine: loads a local pipeline once and runs requests on it, synchronously.
+
+The only module that imports diffusers for generation. Threads live in the worker, not here.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import threading
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from ..paths import BUILTIN_MODEL
+from .errors import EngineError, RequestError
+from .loader import LoadedModel, load_model, model_key, resolve_model_path
+from .preview import latent_to_rgb, to_uint8
+from .requests import MAX_SEED, GenerateRequest, GenerateResult, StepInfo
+from .samplers import build_scheduler
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+
+import torch  # noqa: E402
+
+# torchsde's Brownian tree warns on every DPM++ SDE run; the warning is about float rounding, not a fault.
+warnings.filterwarnings("ignore", message="Should have ta>=t0")
+
+log = logging.getLogger(__name__)
+StepCallback = Callable[[StepInfo], None]
+
+
+class _Cancelled(Exception):
+    """Raised inside the step callback to leave the pipeline loop at once."""
+
+
+def pick_device(device: str | None = None) -> tuple[torch.device, torch.dtype]:
+    """CUDA fp16, Apple MPS fp16, else CPU fp32 (never bf16 on a CPU: it is very slow there)."""
+    name = device or os.environ.get("STUDIO_DEVICE") or "auto"
+    if name == "auto":
+        if torch.cuda.is_available():
+            name = "cuda"
+        elif getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            name = "mps"
+        else:
+            name = "cpu"
+    dev = torch.device(name)
+    return dev, (torch.float32 if dev.type == "cpu" else torch.float16)
+
+
+def effective_steps(r: GenerateRequest) -> int:
+    """Steps the sampler will actually run: img2img and inpaint skip the first (1 - strength) of them,
+    as diffusers' get_timesteps does."""
+    n = r.steps
+    if r.mode in ("img2img", "inpaint") and r.strength < 1.0:
+        init = min(int(n * r.strength), n)
+        return n - max(n - init, 0)
+    return n
+
+
+class _StepTracker:
+    """Follows one run: counts steps as the artist set them, keeps x_t and the x0 estimate of each."""
+
+    def __init__(self, scheduler, request: GenerateRequest, model: LoadedModel, on_step, cancel, t0: float):
+        self.scheduler = scheduler
+        self.request = request
+        self.model = model
+        self.on_step = on_step
+        self.cancel = cancel
+        self.t0 = t0
+        self.last_x0: torch.Tensor | None = None
+        self.latents: list[np.ndarray] = []
+        self.x0: list[np.ndarray] = []
+        self.total = effective_steps(request)
+        self.preview_s = 0.0
+        self._orig_step = scheduler.step
+        scheduler.step = self._step  # instance attribute: only this run's scheduler is wrapped
+
+    def _step(self, model_output, timestep, sample, *args, **kwargs):
+        # The pipelines drop the scheduler's x0 prediction; keep it for the preview (diffusers issue 3579).
+        want_dict = kwargs.pop("return_dict", True)
+        out = self._orig_step(model_output, timestep, sample, *args, return_dict=True, **kwargs)
+        x0 = getattr(out, "pred_original_sample", None)
+        if x0 is None:
+            x0 = getattr(out, "denoised", None)  # LCM
+        if x0 is None:
+            history = getattr(self.scheduler, "model_outputs", None)  # multistep solvers: data predictions
+            if history and history[-1] is not None and self._history_is_x0():
+                x0 = history[-1]
+        if x0 is None:
+            x0 = self._x0_from_alphas(model_output, timestep, sample)
+        self.last_x0 = x0
+        return out if want_dict else out.to_tuple()
+
+    def _history_is_x0(self) -> bool:
+        cfg = self.scheduler.config
+        algo = cfg.get("algorithm_type", "")
+        return bool(cfg.get("predict_x0", True)) and algo not in ("dpmsolver", "sde-dpmsolver")
+
+    def _x0_from_alphas(self, eps, timestep, sample):
+        ac = getattr(self.scheduler, "alphas_cumprod", None)
+        if ac is None:
+            return None
+        t = int(timestep)
+        if not 0 <= t < len(ac):
+            return None
+        a = ac[t].to(sample.device, sample.dtype)
+        if self.scheduler.config.get("prediction_type", "epsilon") == "v_prediction":
+            return a.sqrt() * sample - (1 - a).sqrt() * eps
+        return (sample - (1 - a).sqrt() * eps) / a.sqrt()
+
+    def callback(self, pipe, i: int, t, kwargs: dict) -> dict:
+        if self.cancel is not None and self.cancel.is_set():
+            raise _Cancelled
+        n_calls = pipe.num_timesteps
+        order = getattr(self.scheduler, "order", 1)
+        warmup = n_calls - self.total * order  # PLMS spends one extra call warming up
+        # A full artist step ends here (the rule the pipelines use for their progress bars):
+        # second-order samplers call the model twice per step, and count once.
+        if not (i == n_calls - 1 or ((i + 1) > warmup and (i + 1) % order == 0)):
+            return {}
+        latents = kwargs["latents"]
+        x0 = self.last_x0 if self.last_x0 is not None and self.last_x0.shape == latents.shape else latents
+        self.latents.append(latents.detach().to("cpu", torch.float16).numpy())
+        self.x0.append(x0.detach().to("cpu", torch.float16).numpy())
+        if self.on_step is not None:
+            p0 = time.perf_counter()
+            preview = None
+            if self.request.preview != "none":
+                src = self.x0[-1] if self.request.preview == "x0" else self.latents[-1]
+                preview = latent_to_rgb(src[0], *self.model.latent_rgb)
+            self.preview_s += time.perf_counter() - p0
+            self.on_step(StepInfo(len(self.latents), self.total, time.perf_counter() - self.t0, preview))
+        if self.cancel is not None and self.cancel.is_set():
+            raise _Cancelled
+        return {}
+
+    def restore(self) -> None:
+        self.scheduler.__dict__.pop("step", None)
+
+
+class Engine:
+    """Headless diffusion engine. Not thread-safe by contract: call it from one thread."""
+
+    def __init__(self, device: str | None = None):
+        self.device, self.dtype = pick_device(device)
+        self._model: LoadedModel | None = None
+        self._lock = threading.Lock()  # guards against misuse from two threads, never held across threads
+        self.loads = 0  # how many times weights were read from disk (tests check caching)
+
+    # -- models -------------------------------------------------------------------------------------
+    def load(self, model: str | None) -> LoadedModel:
+        path = resolve_model_path(model, BUILTIN_MODEL)
+        key = model_key(path)
+        if self._model is not None and self._model.key == key:
+            return self._model
+        self._model = None  # free the old weights before reading the new ones
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        loaded = load_model(path, self.device, self.dtype)
+        self.loads += 1
+        self._model = loaded
+        return loaded
+
+    def unload(self) -> None:
+        self._model = None
+
+    def native_size(self, model: str | None) -> tuple[int, int]:
+        return self.load(model).native_size
+
+    # -- generation ---------------------------------------------------------------------------------
+    def generate(
+        self,
+        request: GenerateRequest,
+        on_step: StepCallback | None = None,
+        cancel: threading.Event | None = None,
+    ) -> GenerateResult:
+        request.validate()
+        t_start = time.perf_counter()
+        if cancel is not None and cancel.is_set():
+            return GenerateResult(images=[], request=request, seeds=[], cancelled=True)
+        with self._lock:
+            model = self.load(request.model)
+            t_loaded = time.perf_counter()
+            seed = request.seed if request.seed is not None else secrets.randbelow(MAX_SEED + 1)
+            width, height = self._size_for(request, model)
+            used = request.replace(seed=seed, width=width, height=height)
+            seeds = [(seed + i) % (MAX_SEED + 1) for i in range(request.batch)]
+            pipe, kwargs = self._pipeline_call(model, used, seeds)
+            scheduler = build_scheduler(model.scheduler_config, used.sampler, used.schedule, seed)
+            pipe.scheduler = scheduler
+            tracker = _StepTracker(scheduler, used, model, on_step, cancel, time.perf_counter())
+            try:
+                with torch.inference_mode():
+                    latents = pipe(**kwargs, callback_on_step_end=tracker.callback).images
+            except _Cancelled:
+                return self._result(used, seeds, model, tracker, [], cancelled=True, t=(t_start, t_loaded))
+            except EngineError:
+                raise
+            except torch.cuda.OutOfMemoryError as e:
+                raise EngineError("Out of GPU memory: try a smaller size or batch") from e
+            except (ValueError, TypeError, RuntimeError) as e:
+                raise EngineError(f"Generation failed: {_one_line(e)}") from e
+            finally:
+                tracker.restore()
+            if cancel is not None and cancel.is_set():
+                return self._result(used, seeds, model, tracker, [], cancelled=True, t=(t_start, t_loaded))
+            t_sampled = time.perf_counter()
+            images = [self._decode(model, latents[i : i + 1]) for i in range(latents.shape[0])]
+            if used.mode == "inpaint":
+                images = [_composite(used.init_image, img, used.mask) for img in images]
+            res = self._result(used, seeds, model, tracker, images, cancelled=False, t=(t_start, t_loaded))
+            res.timings["sample"] = t_sampled - t_loaded
+            res.timings["decode"] = time.perf_counter() - t_sampled
+            res.timings["total"] = time.perf_counter() - t_start
+            return res
+
+    def _result(self, used, seeds, model, tracker, images, cancelled, t) -> GenerateResult:
+        stack = (lambda xs: np.stack(xs)) if tracker.latents else (lambda xs: None)
+        return GenerateResult(
+            images=images,
+            request=used,
+            seeds=seeds,
+            cancelled=cancelled,
+            latents=stack(tracker.latents),
+            x0=stack(tracker.x0),
+            model_name=model.name,
+            model_hash=model.hash,
+            timings={"load": t[1] - t[0], "preview": tracker.preview_s, "total": time.perf_counter() - t[0]},
+            steps_done=len(tracker.latents),
+        )
+
+    def _size_for(self, request: GenerateRequest, model: LoadedModel) -> tuple[int, int]:
+        if request.width and request.height:
+            w, h = request.width, request.height
+        elif request.init_image is not None and request.mode != "txt2img":
+            ih, iw = request.init_image.shape[:2]
+            w, h = request.width or iw - iw % 8, request.height or ih - ih % 8
+        else:
+            nw, nh = model.native_size
+            w, h = request.width or nw, request.height or nh
+        m = model.size_multiple
+        if w % m or h % m:
+            raise RequestError(f"{model.name} needs sizes that are multiples of {m}; got {w}x{h}")
+        if w < 8 or h < 8:
+            raise RequestError(f"The image is too small ({w}x{h}): use at least 8x8 pixels")
+        return w, h
+
+    def _pipeline_call(self, model: LoadedModel, r: GenerateRequest, seeds: list[int]):
+        from PIL import Image
+
+        generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
+        kwargs: dict = {
+            "prompt": r.prompt,
+            "negative_prompt": r.negative_prompt or None,
+            "num_inference_steps": r.steps,
+            "guidance_scale": r.cfg,
+            "generator": generators,
+            "num_images_per_prompt": r.batch,
+            "output_type": "latent",
+        }
+        if r.clip_skip > 1:
+            kwargs["clip_skip"] = r.clip_skip - 1
+        size = (r.width, r.height)
+
+        def init_pil() -> Image.Image:
+            img = Image.fromarray(np.ascontiguousarray(r.init_image)).convert("RGB")
+            return img if img.size == size else img.resize(size, Image.Resampling.LANCZOS)
+
+        if model.family == "upscale" or r.mode == "upscale":
+            raise RequestError("Upscaling is not available yet")
+        if model.inpainting_unet:
+            # A 9-channel U-Net always gets a mask: all ones (with a blank masked image) for txt2img and img2img.
+            full = Image.new("L", size, 255)
+            if r.mode == "txt2img":
+                kwargs.update(image=Image.new("RGB", size), mask_image=full, strength=1.0)
+            elif r.mode == "img2img":
+                kwargs.update(image=init_pil(), mask_image=full, strength=r.strength)
+            else:
+                kwargs.update(image=init_pil(), mask_image=_mask_pil(r.mask, size), strength=r.strength)
+            kwargs.update(width=r.width, height=r.height)
+            return model.pipe("inpaint"), kwargs
+        if r.mode == "txt2img":
+            kwargs.update(width=r.width, height=r.height)
+            return model.pipe("txt2img"), kwargs
+        if r.mode == "img2img":
+            kwargs.update(image=init_pil(), strength=r.strength)
+            return model.pipe("img2img"), kwargs
+        kwargs.update(
+            image=init_pil(), mask_image=_mask_pil(r.mask, size), strength=r.strength, width=r.width, height=r.height
+        )
+        return model.pipe("inpaint"), kwargs
+
+    # -- decoding and previews ----------------------------------------------------------------------
+    def _decode(self, model: LoadedModel, latents: torch.Tensor) -> np.ndarray:
+        vae = model.vae
+        with torch.inference_mode():
+            lat = latents.to(model.device)
+            upcast = self.dtype == torch.float16 and vae.config.get("force_upcast", False)
+            dtype = torch.float32 if upcast else vae.dtype
+            if upcast:
+                vae.to(torch.float32)
+            try:
+                mean, std = vae.config.get("latents_mean"), vae.config.get("latents_std")
+                if mean is not None and std is not None:
+                    mean_t = torch.tensor(mean, device=lat.device, dtype=dtype).view(1, -1, 1, 1)
+                    std_t = torch.tensor(std, device=lat.device, dtype=dtype).view(1, -1, 1, 1)
+                    lat = lat.to(dtype) * std_t / vae.config.scaling_factor + mean_t
+                else:
+                    lat = lat.to(dtype) / vae.config.scaling_factor
+                image = vae.decode(lat, return_dict=False)[0]
+            finally:
+                if upcast:
+                    vae.to(self.dtype)
+            # Same arithmetic as the pipelines' postprocess, so images equal plain diffusers'.
+            image = (image / 2 + 0.5).clamp(0, 1).cpu().permute(0, 2, 3, 1).float().numpy()
+        return (image[0] * 255).round().astype(np.uint8)
+
+    def decode_latent(self, model: str | None, latent: np.ndarray) -> np.ndarray:
+        """Full VAE decode of one kept latent (C, h, w) -> HxWx3 uint8: 'decode this step'."""
+        m = self.load(model)
+        t = torch.from_numpy(np.asarray(latent, dtype=np.float32))[None]
+        with self._lock:
+            return self._decode(m, t.to(self.dtype))
+
+    def latent_preview(self, model: str | None, latent: np.ndarray) -> np.ndarray:
+        """The cheap linear-map preview of one (C, h, w) latent."""
+        return latent_to_rgb(latent, *self.load(model).latent_rgb)
+
+
+def _mask_pil(mask: np.ndarray | None, size: tuple[int, int]):
+    from PIL import Image
+
+    if mask is None:
+        raise RequestError("Inpainting needs a mask")
+    img = Image.fromarray(np.ascontiguousarray(mask), "L")
+    return img if img.size == size else img.resize(size, Image.Resampling.BILINEAR)
+
+
+def _composite(original: np.ndarray | None, generated: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+    """Pixels outside the mask are the original's, exactly (the VAE round trip is lossy)."""
+    if original is None or mask is None:
+        return generated
+    from PIL import Image
+
+    h, w = generated.shape[:2]
+    orig = original
+    if orig.shape[:2] != (h, w):
+        orig = np.asarray(Image.fromarray(orig).resize((w, h), Image.Resampling.LANCZOS))
+    m = mask if mask.shape == (h, w) else np.asarray(Image.fromarray(mask).resize((w, h), Image.Resampling.BILINEAR))
+    a = (m.astype(np.float32) / 255.0)[..., None]
+    out = orig.astype(np.float32) * (1 - a) + generated.astype(np.float32) * a
+    return np.rint(out).astype(np.uint8)
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__
+
+
+__all__ = ["Engine", "pick_device", "to_uint8"]

@@ -1,0 +1,204 @@
+"""Offline loading of diffusers-layout pipeline folders, and what the engine knows of a loaded model."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import ModelError
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+# model_index.json _class_name -> (family, layout)
+_KNOWN = {
+    "StableDiffusionPipeline": ("sd", "txt2img"),
+    "StableDiffusionImg2ImgPipeline": ("sd", "txt2img"),
+    "StableDiffusionInpaintPipeline": ("sd", "inpaint"),
+    "StableDiffusionXLPipeline": ("sdxl", "txt2img"),
+    "StableDiffusionXLImg2ImgPipeline": ("sdxl", "txt2img"),
+    "StableDiffusionXLInpaintPipeline": ("sdxl", "inpaint"),
+    "StableDiffusionUpscalePipeline": ("upscale", "upscale"),
+}
+_PIPES = {
+    "sd": {
+        "txt2img": "StableDiffusionPipeline",
+        "img2img": "StableDiffusionImg2ImgPipeline",
+        "inpaint": "StableDiffusionInpaintPipeline",
+    },
+    "sdxl": {
+        "txt2img": "StableDiffusionXLPipeline",
+        "img2img": "StableDiffusionXLImg2ImgPipeline",
+        "inpaint": "StableDiffusionXLInpaintPipeline",
+    },
+    "upscale": {"upscale": "StableDiffusionUpscalePipeline"},
+}
+
+
+@dataclass(frozen=True)
+class ModelLayout:
+    """What a model folder is, read from its json files alone (no weights touched)."""
+
+    path: Path
+    family: str  # sd, sdxl, upscale
+    layout: str  # txt2img, inpaint, upscale
+    unet_in_channels: int
+    class_name: str
+
+    @property
+    def modes(self) -> tuple[str, ...]:
+        if self.family == "upscale":
+            return ("upscale",)
+        return ("txt2img", "img2img", "inpaint")
+
+
+def resolve_model_path(model: str | os.PathLike | None, builtin: Path) -> Path:
+    if model is None or str(model) == "":
+        if not (builtin / "model_index.json").is_file():
+            raise ModelError(
+                f"The built-in model is missing ({builtin}); train it (see models/builtin/README.md) or choose a model"
+            )
+        return builtin
+    p = Path(model).expanduser()
+    if not p.exists():
+        raise ModelError(f"Model not found: {p}")
+    return p.resolve()
+
+
+def read_layout(path: Path) -> ModelLayout:
+    """Recognise a diffusers pipeline folder: txt2img, 9-channel inpainting, the x4 upscaler, SDXL."""
+    if path.is_file():
+        if path.suffix.lower() in (".safetensors", ".ckpt", ".pt", ".bin"):
+            raise ModelError(f"{path.name}: single-file checkpoints are not supported yet; use a diffusers model folder")
+        raise ModelError(f"{path.name} is not a model: expected a diffusers model folder")
+    index = path / "model_index.json"
+    if not index.is_file():
+        raise ModelError(f"{path} is not a diffusers model folder (no model_index.json)")
+    try:
+        info = json.loads(index.read_text(encoding="utf-8"))
+        cls = info["_class_name"]
+    except (OSError, ValueError, KeyError) as e:
+        raise ModelError(f"{path.name}: model_index.json is unreadable ({e})") from e
+    try:
+        unet_cfg = json.loads((path / "unet" / "config.json").read_text(encoding="utf-8"))
+        in_ch = int(unet_cfg.get("in_channels", 4))
+    except (OSError, ValueError) as e:
+        raise ModelError(f"{path.name}: the U-Net config is missing or unreadable ({e})") from e
+    if cls not in _KNOWN:
+        raise ModelError(f"{path.name}: unsupported pipeline type {cls}")
+    family, layout = _KNOWN[cls]
+    if family != "upscale":
+        # The U-Net decides: a 9-channel input is an inpainting model whatever the index says.
+        layout = "inpaint" if in_ch == 9 else "txt2img"
+        if in_ch not in (4, 9):
+            raise ModelError(f"{path.name}: a U-Net with {in_ch} input channels is not supported")
+    return ModelLayout(path, family, layout, in_ch, cls)
+
+
+def model_key(path: Path) -> tuple[str, int]:
+    idx = path / "model_index.json"
+    mtime = idx.stat().st_mtime_ns if idx.exists() else path.stat().st_mtime_ns
+    return (str(path), mtime)
+
+
+@dataclass
+class LoadedModel:
+    key: tuple[str, int]
+    layout: ModelLayout
+    base: Any  # the pipeline as loaded
+    device: Any
+    dtype: Any
+    scheduler_config: Any
+    latent_rgb: tuple[np.ndarray, np.ndarray]
+    hash: str = ""
+    _pipes: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.layout.path.name
+
+    @property
+    def family(self) -> str:
+        return self.layout.family
+
+    @property
+    def inpainting_unet(self) -> bool:
+        return self.layout.unet_in_channels == 9
+
+    @property
+    def vae(self):
+        return self.base.vae
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return 2 ** (len(self.base.vae.config.block_out_channels) - 1)
+
+    @property
+    def native_size(self) -> tuple[int, int]:
+        s = self.base.unet.config.sample_size
+        s = s[0] if isinstance(s, (list, tuple)) else s
+        px = int(s) * self.vae_scale_factor
+        return px, px
+
+    @property
+    def size_multiple(self) -> int:
+        downs = len(self.base.unet.config.block_out_channels) - 1
+        return max(8, self.vae_scale_factor * 2**downs) if self.family != "upscale" else 8
+
+    def pipe(self, mode: str):
+        """The pipeline for a mode, sharing the loaded weights (from_pipe never reloads)."""
+        if mode not in self._pipes:
+            import diffusers
+
+            cls = getattr(diffusers, _PIPES[self.family][mode])
+            p = self.base if isinstance(self.base, cls) else cls.from_pipe(self.base)
+            p.set_progress_bar_config(disable=True)
+            self._pipes[mode] = p
+        return self._pipes[mode]
+
+
+def load_model(path: Path, device, dtype) -> LoadedModel:
+    """Read a model folder from disk, offline, and place it on the device."""
+    import diffusers
+    import transformers
+
+    from .metadata import model_hash
+
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()
+    from .preview import factors_for
+
+    layout = read_layout(path)
+    cls = getattr(diffusers, layout.class_name)
+    if layout.family == "sd":
+        cls = getattr(diffusers, _PIPES["sd"][layout.layout])
+    extra: dict[str, Any] = {}
+    if layout.family != "sdxl":
+        extra.update(safety_checker=None, requires_safety_checker=False, feature_extractor=None)
+    try:
+        pipe = cls.from_pretrained(path, dtype=dtype, local_files_only=True, **extra)
+    except (OSError, ValueError, EnvironmentError, KeyError, RuntimeError) as e:
+        raise ModelError(f"Cannot load model {path.name}: {str(e).strip().splitlines()[0] if str(e) else e}") from e
+    pipe.to(device)
+    pipe.set_progress_bar_config(disable=True)
+    try:
+        digest = model_hash(path)
+    except (OSError, ModelError):
+        digest = ""  # a hash is nice to have in the metadata, never a reason to refuse a model
+    loaded = LoadedModel(
+        key=model_key(path),
+        layout=layout,
+        base=pipe,
+        device=device,
+        dtype=dtype,
+        scheduler_config=pipe.scheduler.config,
+        latent_rgb=factors_for(path, layout.family),
+        hash=digest,
+    )
+    mode = "inpaint" if layout.layout == "inpaint" else layout.layout
+    loaded._pipes[mode] = pipe
+    return loaded
