@@ -93,98 +93,22 @@ class Params:
         )
 
 
-# -- saving and reading metadata (studio.engine.output / .metadata, with a stopgap) ----------------
+# -- saving and reading metadata (studio.engine.output / .metadata: numpy and Pillow, no torch) ------
 
 
 def save_result(result: GenerateResult, out_dir: Path) -> list[Path]:
-    try:
-        from studio.engine.output import save_result as engine_save
-    except ImportError:
-        return _stopgap_save(result, out_dir)
+    """Write every image of a run with its `parameters` text, atomically; returns the paths."""
+    from studio.engine.output import save_result as engine_save
+
     return [Path(p) for p in engine_save(result, out_dir, __version__)]
 
 
 def read_png_fields(path: Path) -> dict[str, Any] | None:
-    """GenerateRequest field names -> values from a PNG's stored parameters (ours or A1111's)."""
-    try:
-        from studio.engine.metadata import read_parameters, request_fields
-    except ImportError:
-        from PIL import Image
+    """GenerateRequest field names -> values from an image's stored parameters (ours or A1111's)."""
+    from studio.engine.metadata import read_parameters, request_fields
 
-        with Image.open(path) as im:
-            text = im.info.get("parameters")
-        return _stopgap_fields(text) if text else None
     text = read_parameters(path)
     return request_fields(text) if text else None
-
-
-def _stopgap_text(result: GenerateResult, seed: int) -> str:
-    r = result.request
-    lines = [r.prompt]
-    if r.negative_prompt:
-        lines.append(f"Negative prompt: {r.negative_prompt}")
-    pairs = [("Steps", r.steps), ("Sampler", r.sampler), ("Schedule type", r.schedule), ("CFG scale", r.cfg),
-             ("Seed", seed), ("Size", f"{r.width}x{r.height}"), ("Model", result.model_name or None),
-             ("Version", __version__)]  # fmt: skip
-    lines.append(", ".join(f"{k}: {v}" for k, v in pairs if v not in (None, "")))
-    return "\n".join(lines)
-
-
-def _stopgap_save(result: GenerateResult, out_dir: Path) -> list[Path]:
-    import os
-
-    from PIL import Image, PngImagePlugin
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = []
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    for i, img in enumerate(result.images):
-        seed = result.seeds[i] if i < len(result.seeds) else -1
-        info = PngImagePlugin.PngInfo()
-        info.add_text("parameters", _stopgap_text(result, seed))
-        n = 0
-        while (path := out_dir / f"{stamp}-{seed}-{i}{f'-{n}' if n else ''}.png").exists():
-            n += 1
-        tmp = path.with_suffix(".tmp")
-        Image.fromarray(img).save(tmp, format="PNG", pnginfo=info)
-        os.replace(tmp, path)
-        paths.append(path)
-    return paths
-
-
-def _stopgap_fields(text: str) -> dict[str, Any]:
-    lines = text.strip().split("\n")
-    last = lines[-1] if lines else ""
-    pairs = {}
-    for part in last.split(", "):
-        if ": " in part:
-            k, v = part.split(": ", 1)
-            pairs[k.strip()] = v.strip().strip('"')
-    if len(pairs) >= 3:
-        lines = lines[:-1]
-    else:
-        pairs = {}
-    prompt, negative = [], []
-    target = prompt
-    for line in lines:
-        if line.startswith("Negative prompt:"):
-            target = negative
-            line = line[len("Negative prompt:") :].strip()
-        target.append(line)
-    out: dict[str, Any] = {"prompt": "\n".join(prompt), "negative_prompt": "\n".join(negative)}
-    conv = {"Steps": ("steps", int), "Sampler": ("sampler", str), "Schedule type": ("schedule", str),
-            "CFG scale": ("cfg", float), "Seed": ("seed", int)}  # fmt: skip
-    for key, (name, typ) in conv.items():
-        if key in pairs:
-            try:
-                out[name] = typ(pairs[key])
-            except ValueError:
-                pass
-    if "Size" in pairs and "x" in pairs["Size"]:
-        w, h = pairs["Size"].split("x", 1)
-        if w.isdigit() and h.isdigit():
-            out["width"], out["height"] = int(w), int(h)
-    return out
 
 
 # -- the session -----------------------------------------------------------------------------------

@@ -1,0 +1,137 @@
+"""The worker alone: queue order, cancel, errors, coalesced previews, shutdown."""
+
+import threading
+
+import pytest
+
+from fake_engine import FakeEngine
+from studio.engine.requests import GenerateRequest
+from studio.worker import Worker
+
+
+@pytest.fixture
+def worker(qtbot):
+    engines = []
+
+    def make(engine):
+        engines.append(w := Worker(lambda: engine))
+        return w
+
+    yield make
+    for w in engines:
+        assert w.shutdown(10)
+
+
+def req(prompt, steps=3, **kw):
+    return GenerateRequest(prompt=prompt, steps=steps, seed=1, **kw)
+
+
+def test_jobs_run_in_submit_order_on_one_engine_thread(qtbot, worker):
+    fake = FakeEngine(auto=True)
+    w = worker(fake)
+    done = []
+    w.finished.connect(lambda job_id, out: done.append((job_id, out.result.request.prompt)))
+    ids = [w.submit(req(p)) for p in ("a", "b", "c")]
+    qtbot.waitUntil(lambda: len(done) == 3)
+    assert done == list(zip(ids, "abc", strict=True))
+    assert [r.prompt for r in fake.requests] == ["a", "b", "c"]
+    assert set(fake.thread_names) == {"studio-engine"}
+
+
+def test_cancel_running_job_stops_at_next_step(qtbot, worker):
+    fake = FakeEngine()
+    w = worker(fake)
+    steps, finished = [], []
+    w.step.connect(lambda job_id, step, total, elapsed, preview: steps.append(step))
+    w.finished.connect(lambda *a: finished.append(a))
+    job = w.submit(req("x", steps=10))
+    fake.allow(2)
+    qtbot.waitUntil(lambda: 2 in steps)
+    with qtbot.waitSignal(w.cancelled) as blocker:
+        assert w.cancel(job)
+    assert blocker.args == [job]
+    assert fake.steps_run == 2
+    assert not finished
+
+
+def test_cancel_queued_job_is_dropped_at_once(qtbot, worker):
+    fake = FakeEngine()
+    w = worker(fake)
+    first = w.submit(req("first"))
+    second = w.submit(req("second"))
+    with qtbot.waitSignal(w.cancelled) as blocker:
+        assert w.cancel(second)
+    assert blocker.args == [second]
+    assert [j.id for j in w.jobs()] == [first]
+    with qtbot.waitSignal(w.finished):
+        fake.run_free()
+    assert [r.prompt for r in fake.requests] == ["first"]
+
+
+def test_engine_error_becomes_a_message(qtbot, worker):
+    w = worker(FakeEngine(auto=True, fail="Model not found: /nowhere"))
+    with qtbot.waitSignal(w.failed) as blocker:
+        job = w.submit(req("x"))
+    assert blocker.args == [job, "Model not found: /nowhere"]
+
+
+def test_unexpected_exception_is_one_readable_line(qtbot, worker):
+    class Broken(FakeEngine):
+        def generate(self, *a, **k):
+            raise RuntimeError("CUDA exploded\nTraceback (most recent call last): ...")
+
+    w = worker(Broken())
+    with qtbot.waitSignal(w.failed) as blocker:
+        w.submit(req("x"))
+    assert blocker.args[1] == "Unexpected error (RuntimeError): CUDA exploded"
+
+
+def test_engine_that_cannot_start_fails_jobs_with_a_message(qtbot):
+    def factory():
+        raise ImportError("No module named 'torch'")
+
+    w = Worker(factory)
+    with qtbot.waitSignal(w.failed) as blocker:
+        w.submit(req("x"))
+    assert "Could not start the engine" in blocker.args[1] and "torch" in blocker.args[1]
+    assert w.shutdown(10)
+
+
+def test_previews_coalesce_when_the_ui_is_behind(qtbot, worker):
+    fake = FakeEngine()
+    w = worker(fake)
+    got = []
+    w.step.connect(lambda job_id, step, total, elapsed, preview: got.append((step, int(preview[0, 0, 0]))))
+    ended = threading.Event()
+    finished = []
+    w.finished.connect(lambda *a: finished.append(a))
+    original = fake.generate
+
+    def generate(*a, **k):
+        try:
+            return original(*a, **k)
+        finally:
+            ended.set()
+
+    fake.generate = generate
+    w.submit(req("x", steps=6))
+    fake.run_free()
+    assert ended.wait(10)  # all six steps happened while this (UI) thread handled no events
+    qtbot.waitUntil(lambda: len(finished) == 1)
+    assert got == [(6, 106)]  # only the newest preview reached the UI
+
+
+def test_shutdown_cancels_running_and_queued_and_joins(qtbot, worker):
+    fake = FakeEngine()
+    w = Worker(lambda: fake)
+    cancelled = []
+    w.cancelled.connect(cancelled.append)
+    running = w.submit(req("a", steps=50))
+    queued = w.submit(req("b"))
+    fake.allow(1)
+    qtbot.waitUntil(lambda: fake.steps_run == 1)
+    assert w.shutdown(10)
+    assert not w.is_alive()
+    assert "studio-engine" not in [t.name for t in threading.enumerate()]
+    qtbot.waitUntil(lambda: running in cancelled)
+    assert queued in cancelled
