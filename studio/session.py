@@ -195,10 +195,12 @@ class Session(QObject):
 
     def set_preview_kind(self, kind: str) -> None:
         if kind in ("x0", "latent") and kind != self.preview_kind:
+            before = self.timeline_length()
             self.preview_kind = kind
             self.settings.preview_kind = kind
-            self.timeline_changed.emit(self.timeline_length())
-            if self.selected_step:
+            if self.timeline_length() != before:
+                self.timeline_changed.emit(self.timeline_length())
+            elif self.selected_step and not self.is_running():
                 self.select_step(self.selected_step)
 
     # -- actions ------------------------------------------------------------------------------

@@ -221,7 +221,7 @@ class MainWindow(QMainWindow):
             act.setShortcutContext(Qt.ShortcutContext.WindowShortcut)
         act.setToolTip(tip or text.replace("&", "").rstrip("…"))
         act.setStatusTip(act.toolTip())
-        act.triggered.connect(slot)
+        act.triggered.connect(lambda _checked=False: slot())
         self.addAction(act)  # shortcuts work even with the menu bar hidden
         return act
 

@@ -1,0 +1,364 @@
+"""The studio window with a fake engine: queue, cancel, errors, previews, timeline, files, keys."""
+
+import threading
+
+from PySide6.QtCore import QMimeData, QPointF, Qt, QUrl
+from PySide6.QtGui import QDropEvent, QImage
+from PySide6.QtWidgets import QApplication, QFileDialog, QWidget
+
+from fake_engine import FakeEngine
+from studio.engine.metadata import read_parameters
+from studio.settings import Settings
+
+
+def red(image: QImage, x: int = 0, y: int = 0) -> int:
+    assert not image.isNull()
+    return image.pixelColor(x, y).red()
+
+
+def set_prompt(window, text: str, steps: int = 4) -> None:
+    window.prompt_panel.prompt.setPlainText(text)
+    window.prompt_panel.steps.setValue(steps)
+    window.prompt_panel.seed.setText("7")
+
+
+def click_generate(qtbot, window) -> None:
+    qtbot.mouseClick(window.prompt_panel.generate_button, Qt.MouseButton.LeftButton)
+
+
+def queue_rows(window) -> list[str]:
+    lst = window.queue_panel.list
+    return [lst.item(i).text() for i in range(lst.count())]
+
+
+def test_window_shows_title_and_every_control_has_a_tooltip(window):
+    assert "Latent Studio" in window.windowTitle()
+    assert window.isVisible()
+    panel = window.prompt_panel
+    controls = [panel.prompt, panel.negative, panel.model, panel.sampler, panel.schedule, panel.steps, panel.cfg,
+                panel.seed, panel.seed_random, panel.seed_reuse, panel.width_box, panel.height_box, panel.batch,
+                panel.generate_button, panel.cancel_button, window.preview_panel.timeline,
+                window.preview_panel.decode_button, window.preview_panel.kind, window.gallery, window.canvas,
+                window.queue_panel.remove_button, window.queue_panel.list]  # fmt: skip
+    for w in controls:
+        assert isinstance(w, QWidget)
+        assert w.toolTip(), f"{type(w).__name__} has no tooltip"
+    assert "Euler a" in [panel.sampler.itemText(i) for i in range(panel.sampler.count())]
+
+
+def test_generate_saves_png_with_metadata_then_shows_it(qtbot, window, fake, out_dir):
+    set_prompt(window, "a red circle", steps=3)
+    fake.run_free()
+    with qtbot.waitSignal(window.session.image_saved) as blocker:
+        click_generate(qtbot, window)
+    path, image = blocker.args
+    files = sorted(out_dir.glob("*.png"))
+    assert [str(f) for f in files] == [path]
+    text = read_parameters(files[0])
+    assert text.startswith("a red circle\n") and "Steps: 3" in text and "Seed: 7" in text
+    assert red(window.canvas.image()) == 7  # the fake paints red = seed
+    assert window.gallery.paths()[0] == path
+    assert window.session.last_seed == 7
+
+
+def test_queue_order_and_visible_queue(qtbot, window, fake):
+    for prompt in ("first", "second", "third"):
+        set_prompt(window, prompt)
+        window.session.generate()
+    qtbot.waitUntil(lambda: len(queue_rows(window)) == 3 and queue_rows(window)[0].startswith("▶"))
+    rows = queue_rows(window)
+    assert [r.split()[-1] for r in rows] == ["first", "second", "third"]
+    assert "queued" in rows[1] and "queued" in rows[2]
+    assert window.queue_panel.count_label.text() == "2 waiting"
+    saved = []
+    window.session.image_saved.connect(lambda p, img: saved.append(p))
+    fake.run_free()
+    qtbot.waitUntil(lambda: len(saved) == 3)
+    assert [r.prompt for r in fake.requests] == ["first", "second", "third"]
+    qtbot.waitUntil(lambda: queue_rows(window) == [])
+
+
+def test_cancel_while_running_with_esc(qtbot, window, fake, out_dir):
+    set_prompt(window, "slow", steps=10)
+    steps = []
+    window.session.progress.connect(lambda s, t, eta: steps.append(s))
+    window.session.generate()
+    fake.allow(3)
+    qtbot.waitUntil(lambda: 3 in steps)
+    assert window.prompt_panel.cancel_button.isEnabled()
+    with qtbot.waitSignal(window.worker.cancelled):
+        qtbot.keyClick(window.prompt_panel.prompt, Qt.Key.Key_Escape)
+    assert fake.steps_run == 3
+    qtbot.waitUntil(lambda: not window.session.is_running())
+    assert list(out_dir.iterdir()) == []
+    assert window.status_label.text() == "Cancelled"
+    assert not window.prompt_panel.cancel_button.isEnabled()
+
+
+def test_cancel_a_queued_job_from_the_queue(qtbot, window, fake):
+    ids = []
+    for prompt in ("keep1", "drop", "keep2"):
+        set_prompt(window, prompt)
+        ids.append(window.session.generate())
+    qtbot.waitUntil(lambda: len(queue_rows(window)) == 3)
+    window.queue_panel.list.setCurrentRow(1)
+    with qtbot.waitSignal(window.worker.cancelled) as blocker:
+        qtbot.mouseClick(window.queue_panel.remove_button, Qt.MouseButton.LeftButton)
+    assert blocker.args == [ids[1]]
+    assert [r.split()[-1] for r in queue_rows(window)] == ["keep1", "keep2"]
+    saved = []
+    window.session.image_saved.connect(lambda p, img: saved.append(p))
+    fake.run_free()
+    qtbot.waitUntil(lambda: len(saved) == 2)
+    assert [r.prompt for r in fake.requests] == ["keep1", "keep2"]
+
+
+def test_engine_error_is_shown_not_raised(qtbot, window, fake):
+    fake.fail = "Model not found: /models/missing.safetensors"
+    set_prompt(window, "x")
+    with qtbot.waitSignal(window.worker.failed):
+        window.session.generate()
+    qtbot.waitUntil(lambda: window.banner.isVisible())
+    assert window.banner.label.text() == "Model not found: /models/missing.safetensors"
+    assert "Model not found" in window.status_label.text()
+    # the window keeps working
+    fake.fail = None
+    fake.run_free()
+    with qtbot.waitSignal(window.session.image_saved):
+        window.session.generate()
+    assert not window.banner.isVisible()
+
+
+def test_invalid_request_is_a_message(qtbot, window, fake):
+    set_prompt(window, "x")
+    window.prompt_panel.width_box.setValue(100)  # not a multiple of 8
+    assert window.session.generate() is None
+    assert window.banner.isVisible() and "multiple of 8" in window.banner.label.text()
+    assert fake.requests == []
+
+
+def test_previews_arrive_with_step_and_eta(qtbot, window, fake):
+    set_prompt(window, "x", steps=4)
+    window.session.generate()
+    fake.allow(1)
+    qtbot.waitUntil(lambda: window.preview_panel.step_label.text() == "step 1/4")
+    assert red(window.preview_panel.view.image()) == 101  # x0 estimate of step 1
+    assert window.preview_panel.eta_label.text().endswith("left")
+    assert window.progress.isVisible() and window.progress.value() == 1
+    fake.allow(1)
+    qtbot.waitUntil(lambda: window.preview_panel.step_label.text() == "step 2/4")
+    assert red(window.preview_panel.view.image()) == 102
+    fake.run_free()
+    qtbot.waitUntil(lambda: not window.session.is_running())
+
+
+def test_noisy_latent_preview(qtbot, window, fake):
+    window.preview_panel.kind.setCurrentIndex(window.preview_panel.kind.findData("latent"))
+    set_prompt(window, "x", steps=4)
+    window.session.generate()
+    fake.allow(2)
+    qtbot.waitUntil(lambda: window.preview_panel.step_label.text() == "step 2/4")
+    assert red(window.preview_panel.view.image()) == 2
+    assert fake.requests[0].preview == "latent"
+    fake.run_free()
+
+
+def test_timeline_scrubs_every_step_and_decodes_one(qtbot, window, fake):
+    set_prompt(window, "x", steps=5)
+    fake.run_free()
+    with qtbot.waitSignal(window.session.image_saved):
+        window.session.generate()
+    timeline = window.preview_panel.timeline
+    qtbot.waitUntil(timeline.isEnabled)
+    assert (timeline.minimum(), timeline.maximum(), timeline.value()) == (1, 5, 5)
+    timeline.setValue(3)
+    assert window.preview_panel.step_label.text() == "step 3/5"
+    assert red(window.preview_panel.view.image()) == 103  # x0 of step 3
+    window.preview_panel.kind.setCurrentIndex(window.preview_panel.kind.findData("latent"))
+    assert red(window.preview_panel.view.image()) == 3  # the noisy latent of step 3
+    window.preview_panel.kind.setCurrentIndex(window.preview_panel.kind.findData("x0"))
+    timeline.setValue(2)
+    with qtbot.waitSignal(window.session.decoded) as blocker:
+        qtbot.mouseClick(window.preview_panel.decode_button, Qt.MouseButton.LeftButton)
+    assert blocker.args[0] == 2
+    assert window.canvas.image().width() == 32 and red(window.canvas.image()) == 102
+    assert fake.thread_names[-1] == "studio-engine"  # the decode ran on the engine thread
+
+
+def test_seed_buttons(qtbot, window, fake):
+    set_prompt(window, "x")
+    window.prompt_panel.seed.setText("")
+    fake.run_free()
+    with qtbot.waitSignal(window.session.image_saved):
+        window.session.generate()
+    assert fake.requests[-1].seed is None
+    qtbot.mouseClick(window.prompt_panel.seed_reuse, Qt.MouseButton.LeftButton)
+    assert window.prompt_panel.seed.text() == "4242" and window.session.params.seed == 4242
+    qtbot.mouseClick(window.prompt_panel.seed_random, Qt.MouseButton.LeftButton)
+    assert window.prompt_panel.seed.text() == "" and window.session.params.seed == -1
+
+
+def test_ctrl_enter_generates_from_the_prompt_box_and_elsewhere(qtbot, window, fake):
+    fake.run_free()
+    window.activateWindow()
+    window.prompt_panel.prompt.setFocus()
+    qtbot.keyClicks(window.prompt_panel.prompt, "a cat")
+    with qtbot.waitSignal(window.session.image_saved):
+        qtbot.keyClick(window.prompt_panel.prompt, Qt.Key.Key_Return, Qt.KeyboardModifier.ControlModifier)
+    assert window.prompt_panel.prompt.toPlainText() == "a cat"  # no new line typed
+    assert fake.requests[-1].prompt == "a cat"
+    with qtbot.waitSignal(window.session.image_saved):
+        qtbot.keyClick(window.prompt_panel.steps, Qt.Key.Key_Enter, Qt.KeyboardModifier.ControlModifier)
+    assert len(fake.requests) == 2
+
+
+def test_ctrl_s_saves_a_copy_with_metadata(qtbot, window, fake, tmp_path, monkeypatch):
+    set_prompt(window, "keep me")
+    fake.run_free()
+    with qtbot.waitSignal(window.session.image_saved):
+        window.session.generate()
+    target = tmp_path / "mine.png"
+    monkeypatch.setattr(QFileDialog, "getSaveFileName", lambda *a, **k: (str(target), "PNG image (*.png)"))
+    window.prompt_panel.prompt.setFocus()
+    qtbot.keyClick(window.prompt_panel.prompt, Qt.Key.Key_S, Qt.KeyboardModifier.ControlModifier)
+    assert target.is_file()
+    assert read_parameters(target).startswith("keep me")
+
+
+def test_copy_image_to_clipboard(qtbot, window, fake):
+    set_prompt(window, "x")
+    fake.run_free()
+    with qtbot.waitSignal(window.session.image_saved):
+        window.session.generate()
+    window.copy_action.trigger()
+    assert red(QApplication.clipboard().image()) == 7
+
+
+def test_open_our_png_restores_its_parameters(qtbot, window, fake, out_dir):
+    set_prompt(window, "a lighthouse\nat dusk", steps=6)
+    window.prompt_panel.negative.setPlainText("blurry")
+    window.prompt_panel.cfg.setValue(5.5)
+    window.prompt_panel.sampler.setCurrentText("DPM++ 2M")
+    fake.run_free()
+    with qtbot.waitSignal(window.session.image_saved) as blocker:
+        window.session.generate()
+    path = blocker.args[0]
+    set_prompt(window, "something else", steps=20)
+    window.prompt_panel.negative.setPlainText("")
+    window.session.open_image(path)
+    p = window.prompt_panel
+    assert p.prompt.toPlainText() == "a lighthouse\nat dusk"
+    assert p.negative.toPlainText() == "blurry"
+    assert (p.steps.value(), p.cfg.value(), p.seed.text(), p.sampler.currentText()) == (6, 5.5, "7", "DPM++ 2M")
+    assert window.session.params.steps == 6
+
+
+def test_drop_an_a1111_png_fills_the_panel(qtbot, window, tmp_path):
+    from PIL import Image, PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    info.add_text(
+        "parameters",
+        "masterpiece, castle\nNegative prompt: lowres\n"
+        "Steps: 28, Sampler: DPM++ 2M Karras, CFG scale: 6.5, Seed: 123456, Size: 512x768, "
+        "Model hash: abcdef1234, Model: v1-5, Version: v1.10.1",
+    )
+    path = tmp_path / "a1111.png"
+    Image.new("RGB", (16, 24), (200, 10, 10)).save(path, pnginfo=info)
+    mime = QMimeData()
+    mime.setUrls([QUrl.fromLocalFile(str(path))])
+    event = QDropEvent(
+        QPointF(10, 10), Qt.DropAction.CopyAction, mime, Qt.MouseButton.NoButton, Qt.KeyboardModifier.NoModifier
+    )
+    window.dropEvent(event)
+    p = window.prompt_panel
+    assert p.prompt.toPlainText() == "masterpiece, castle"
+    assert p.negative.toPlainText() == "lowres"
+    assert (p.steps.value(), p.cfg.value(), p.seed.text()) == (28, 6.5, "123456")
+    assert (p.sampler.currentText(), p.schedule.currentText()) == ("DPM++ 2M", "Karras")
+    assert (p.width_box.value(), p.height_box.value()) == (512, 768)
+    assert red(window.canvas.image()) == 200
+
+
+def test_open_a_file_that_is_not_an_image(qtbot, window, tmp_path):
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not a png")
+    assert not window.session.open_image(bad)
+    assert window.banner.isVisible()
+
+
+def test_gallery_lists_earlier_results_from_the_output_folder(qtbot, make_window, out_dir):
+    from PIL import Image
+
+    for i in range(3):
+        Image.new("RGB", (64, 64), (i * 50, 0, 0)).save(out_dir / f"0000{i}-1.png")
+    window = make_window(FakeEngine())
+    qtbot.waitUntil(lambda: window.gallery.count() == 3)
+    assert sorted(window.gallery.paths()) == sorted(str(p) for p in out_dir.glob("*.png"))
+
+
+def test_settings_round_trip(tmp_path):
+    s = Settings(params={"prompt": "p", "steps": 9}, geometry="abc", model_folders=["/m"], output_dir="/o",
+                 device="cpu", preview_kind="latent")  # fmt: skip
+    s.save(tmp_path)
+    assert Settings.load(tmp_path) == s
+    (tmp_path / "settings.json").write_text("{ broken")
+    assert Settings.load(tmp_path) == Settings()
+
+
+def test_window_restores_parameters_and_geometry(qtbot, make_window, config_dir):
+    w = make_window(FakeEngine())
+    set_prompt(w, "remember me", steps=33)
+    w.prompt_panel.cfg.setValue(4.5)
+    w.prompt_panel.sampler.setCurrentText("DDIM")
+    w.resize(960, 640)  # the offscreen screen is 800x800: keep it within the min width
+    w.close()
+    assert (config_dir / "settings.json").is_file()
+    w2 = make_window(FakeEngine())
+    p = w2.prompt_panel
+    assert (p.prompt.toPlainText(), p.steps.value(), p.cfg.value(), p.sampler.currentText(), p.seed.text()) == (
+        "remember me", 33, 4.5, "DDIM", "7")  # fmt: skip
+    assert (w2.width(), w2.height()) == (960, 640)
+
+
+def test_model_override_is_for_this_run_only(qtbot, make_window, config_dir, tmp_path):
+    model = tmp_path / "mymodel"
+    model.mkdir()
+    (model / "model_index.json").write_text("{}")
+    w = make_window(FakeEngine(), model=str(model))
+    assert w.prompt_panel.model.currentData() == str(model)
+    assert w.session.params.to_request().model == str(model)
+    w.close()
+    assert Settings.load(config_dir).params["model"] == ""
+
+
+def test_close_during_a_run_leaves_no_thread(qtbot, window, fake):
+    set_prompt(window, "x", steps=50)
+    window.session.generate()
+    window.session.generate()
+    fake.allow(1)
+    qtbot.waitUntil(lambda: fake.steps_run == 1)
+    window.close()
+    assert not window.worker.is_alive()
+    assert "studio-engine" not in [t.name for t in threading.enumerate()]
+    assert "studio-thumbs" not in [t.name for t in threading.enumerate() if t.is_alive()]
+
+
+def test_ui_modules_do_not_import_torch():
+    import subprocess
+    import sys
+
+    code = (
+        "import os, sys; os.environ['QT_QPA_PLATFORM']='offscreen'\n"
+        "from PySide6.QtWidgets import QApplication\n"
+        "app = QApplication([])\n"
+        "from studio.ui.main_window import MainWindow\n"
+        "from studio.settings import Settings\n"
+        "w = MainWindow(Settings(), engine_factory=lambda: None); w.show(); app.processEvents()\n"
+        "w.close()\n"
+        "bad = [m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules]\n"
+        "print('BAD', bad) if bad else print('OK')\n"
+    )
+    env = {**__import__("os").environ, "LATENT_STUDIO_CONFIG_DIR": str(__import__("tempfile").mkdtemp())}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert out.stdout.strip().endswith("OK"), out.stdout + out.stderr
