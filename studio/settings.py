@@ -28,14 +28,10 @@ def config_dir() -> Path:
 
 
 def default_output_dir() -> Path:
-    """platformdirs' user pictures dir / "Latent Studio", else the user data dir."""
-    try:
-        pictures = Path(platformdirs.user_pictures_dir())
-    except Exception:  # noqa: BLE001 - platformdirs may fail on odd systems
-        pictures = None
-    if pictures is not None and pictures.is_dir() and os.access(pictures, os.W_OK):
-        return pictures / APP_NAME
-    return Path(platformdirs.user_data_dir(APP_NAME, appauthor=False)) / "outputs"
+    """platformdirs' user pictures dir / "Latent Studio", else the user data dir (shared with the CLI)."""
+    from studio.paths import default_output_dir as shared_default
+
+    return shared_default()
 
 
 @dataclass

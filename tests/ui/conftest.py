@@ -9,7 +9,6 @@ os.environ.setdefault("QT_LOGGING_RULES", "qt.qpa.*=false")
 sys.path.insert(0, str(Path(__file__).parent))
 
 import pytest  # noqa: E402
-
 from fake_engine import FakeEngine  # noqa: E402
 
 

@@ -2,11 +2,11 @@
 
 import threading
 
+from fake_engine import FakeEngine
 from PySide6.QtCore import QMimeData, QPointF, Qt, QUrl
 from PySide6.QtGui import QDropEvent, QImage
 from PySide6.QtWidgets import QApplication, QFileDialog, QWidget
 
-from fake_engine import FakeEngine
 from studio.engine.metadata import read_parameters
 from studio.settings import Settings
 

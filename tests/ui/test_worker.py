@@ -3,8 +3,8 @@
 import threading
 
 import pytest
-
 from fake_engine import FakeEngine
+
 from studio.engine.requests import GenerateRequest
 from studio.worker import Worker
 
