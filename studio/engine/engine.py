@@ -5,6 +5,7 @@ The only module that imports diffusers for generation. Threads live in the worke
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import secrets
@@ -12,7 +13,6 @@ import threading
 import time
 import warnings
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 
@@ -80,7 +80,14 @@ class _StepTracker:
         self.total = effective_steps(request)
         self.preview_s = 0.0
         self._orig_step = scheduler.step
-        scheduler.step = self._step  # instance attribute: only this run's scheduler is wrapped
+
+        # functools.wraps keeps step's signature visible: the pipelines inspect it to decide whether
+        # to pass `generator` and `eta`; without them ancestral samplers would draw unseeded noise.
+        @functools.wraps(self._orig_step)
+        def step(*args, **kwargs):
+            return self._step(*args, **kwargs)
+
+        scheduler.step = step  # instance attribute: only this run's scheduler is wrapped
 
     def _step(self, model_output, timestep, sample, *args, **kwargs):
         # The pipelines drop the scheduler's x0 prediction; keep it for the preview (diffusers issue 3579).

@@ -181,7 +181,7 @@ def load_model(path: Path, device, dtype) -> LoadedModel:
         extra.update(safety_checker=None, requires_safety_checker=False, feature_extractor=None)
     try:
         pipe = cls.from_pretrained(path, dtype=dtype, local_files_only=True, **extra)
-    except (OSError, ValueError, EnvironmentError, KeyError, RuntimeError) as e:
+    except (OSError, ValueError, KeyError, RuntimeError) as e:
         raise ModelError(f"Cannot load model {path.name}: {str(e).strip().splitlines()[0] if str(e) else e}") from e
     pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
