@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Install Latent Studio into ./.venv (CPU torch 2.13.0 unless a torch is already there).
+#   bash packaging/install.sh          the studio, plus Qt's X11 libraries on Debian/Ubuntu if missing
+#   bash packaging/install.sh --test   the studio and the test tools (no system packages: tests run offscreen)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+test_mode=0
+[ "${1:-}" = "--test" ] && test_mode=1
+
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+pip=(.venv/bin/python -m pip --disable-pip-version-check -q)
+# torch first and pinned: an unpinned torch pulls a multi-GB CUDA build; a range the installed one
+# satisfies then installs nothing more.
+if ! .venv/bin/python -c "import torch" 2>/dev/null; then
+  "${pip[@]}" install "torch==2.13.0"
+fi
+if [ $test_mode = 1 ]; then
+  "${pip[@]}" install -e ".[test]"
+else
+  "${pip[@]}" install -e .
+fi
+
+# Qt's xcb platform plugin needs these on Linux to open a real window (offscreen tests don't).
+if [ $test_mode = 0 ] && [ "$(uname -s)" = Linux ] && command -v dpkg >/dev/null 2>&1; then
+  libs=(libxcb-cursor0 libxcb-icccm4 libxcb-keysyms1 libxcb-image0 libxcb-render-util0 libxcb-xkb1
+        libxkbcommon-x11-0 libxcb-shape0)
+  missing=()
+  for l in "${libs[@]}"; do dpkg -s "$l" >/dev/null 2>&1 || missing+=("$l"); done
+  if [ ${#missing[@]} -gt 0 ]; then
+    sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
+    echo "Installing Qt's X11 libraries: ${missing[*]}" >&2
+    { $sudo apt-get update -qq && $sudo apt-get install -y -qq "${missing[@]}"; } >/dev/null \
+      || echo "Could not install ${missing[*]}; install them with your package manager to open the window." >&2
+  fi
+fi
+echo "Latent Studio is installed in .venv" >&2
