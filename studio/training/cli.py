@@ -1,0 +1,101 @@
+"""Command-line entry points of the training package (``studio train-vae`` etc.).
+
+The main CLI calls :func:`add_subcommands`; ``python -m studio.training`` works on its own too.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+DEFAULT_RUN_DIR = "runs/builtin"
+DEFAULT_MODEL_DIR = "models/builtin"
+
+
+def _train_vae(args) -> None:
+    from .train_vae import main_vae
+
+    main_vae(args)
+
+
+def _train_unet(args) -> None:
+    from .train_unet import main_unet
+
+    main_unet(args)
+
+
+def _export(args) -> None:
+    from .export import main_export
+
+    main_export(args)
+
+
+def _fit_preview(args) -> None:
+    from .export import main_fit_preview
+
+    main_fit_preview(args)
+
+
+def _evaluate(args) -> None:
+    from .evaluate import main_evaluate
+
+    main_evaluate(args)
+
+
+def add_subcommands(subparsers) -> None:
+    p = subparsers.add_parser("train-vae", help="stage (a): train the built-in model's AutoencoderKL")
+    p.add_argument("--run-dir", default=DEFAULT_RUN_DIR)
+    p.add_argument("--preset", default="cpu", choices=["cpu", "gpu", "tiny"])
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--batch", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--eval-images", type=int, default=256)
+    p.set_defaults(func=_train_vae)
+
+    p = subparsers.add_parser("train-unet", help="stages (b)+(c): train the text encoder and the UNet jointly")
+    p.add_argument("--run-dir", default=DEFAULT_RUN_DIR)
+    p.add_argument("--preset", default="cpu", choices=["cpu", "gpu", "tiny"])
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--batch", type=int, default=None)
+    p.add_argument("--pool-size", type=int, default=None)
+    p.add_argument("--full-mask-prob", type=float, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--max-minutes", type=float, default=None, help="stop (and save) after this much wall time")
+    p.add_argument("--time-budget-minutes", type=float, default=None,
+                   help="train for this much training time instead of --steps (LR schedule follows the time spent)")
+    p.set_defaults(func=_train_unet)
+
+    p = subparsers.add_parser("export", help="write the diffusers folder from a training run (EMA weights)")
+    p.add_argument("--run-dir", default=DEFAULT_RUN_DIR)
+    p.add_argument("--out", default=DEFAULT_MODEL_DIR)
+    p.add_argument("--no-ema", action="store_true", help="export the raw weights instead of the EMA")
+    p.add_argument("--fp32", action="store_true", help="store float32 weights (default float16, to keep it small)")
+    p.add_argument("--no-preview", action="store_true", help="do not fit latent_rgb.json")
+    p.set_defaults(func=_export)
+
+    p = subparsers.add_parser("fit-preview", help="fit latent_rgb.json (latent -> RGB preview factors)")
+    p.add_argument("--model", default=DEFAULT_MODEL_DIR)
+    p.add_argument("--images", type=int, default=512)
+    p.set_defaults(func=_fit_preview)
+
+    p = subparsers.add_parser("evaluate", help="colour / shape / position accuracy on held-out prompts, VAE PSNR")
+    p.add_argument("--model", default=DEFAULT_MODEL_DIR)
+    p.add_argument("--n", type=int, default=None, help="number of held-out prompts (default: all)")
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--cfg", type=float, default=6.0)
+    p.add_argument("--sampler", default="euler", choices=["euler", "dpmpp_2m", "euler_a"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--psnr-images", type=int, default=256)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--grid", default=None, help="save the generated images as a PNG grid")
+    p.add_argument("--json", default=None, help="write the result as JSON")
+    p.set_defaults(func=_evaluate)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m studio.training", description="Train the built-in model")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_subcommands(sub)
+    args = parser.parse_args(argv)
+    args.func(args)

@@ -1,0 +1,104 @@
+"""Shared training helpers: seeding, checkpoints, schedules, EMA, logging."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def set_threads(n: int | None) -> None:
+    if n:
+        torch.set_num_threads(int(n))
+
+
+def lr_at(step: int, total: int, warmup: int, base: float, final_frac: float = 0.1) -> float:
+    """Linear warm-up, then cosine decay to ``final_frac * base``."""
+    if step < warmup:
+        return base * (step + 1) / max(1, warmup)
+    p = min(1.0, (step - warmup) / max(1, total - warmup))
+    return base * (final_frac + (1 - final_frac) * 0.5 * (1 + math.cos(math.pi * p)))
+
+
+def rng_state() -> dict:
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": np.random.get_state(),
+        "python": random.getstate(),
+    }
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+
+
+def save_checkpoint(path: Path, payload: dict) -> None:
+    """Atomic save: write to a temporary file, then rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path) -> dict | None:
+    if not path.exists():
+        return None
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+class EMA:
+    """Exponential moving average of a set of parameters (with the usual warm-up of the decay)."""
+
+    def __init__(self, modules: dict[str, torch.nn.Module], decay: float):
+        self.decay = decay
+        self.shadow = {
+            name: {k: v.detach().clone().float() for k, v in m.state_dict().items()} for name, m in modules.items()
+        }
+        self.updates = 0
+
+    @torch.no_grad()
+    def update(self, modules: dict[str, torch.nn.Module]) -> None:
+        self.updates += 1
+        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        for name, m in modules.items():
+            sh = self.shadow[name]
+            for k, v in m.state_dict().items():
+                if v.dtype.is_floating_point:
+                    sh[k].mul_(d).add_(v.detach().float(), alpha=1 - d)
+                else:
+                    sh[k].copy_(v)
+
+    def state_dict(self) -> dict:
+        return {"decay": self.decay, "shadow": self.shadow, "updates": self.updates}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.decay = state["decay"]
+        self.shadow = state["shadow"]
+        self.updates = state["updates"]
+
+
+class JsonLog:
+    """Appends one JSON object per line (loss curves etc.)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(self, **row) -> None:
+        row.setdefault("time", round(time.time(), 1))
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")

@@ -1,0 +1,321 @@
+"""Stages (b)+(c): the CLIP-architecture text encoder and the (inpainting) UNet, trained jointly.
+
+The images are encoded once by the trained VAE into a pool of latents (with, for each image, one random
+inpainting mask and the latent of the masked image), then the denoiser trains on the epsilon loss from the
+pool. ``full_mask_prob`` of the samples use the all-ones mask with a black-hole (all zero) masked image:
+exactly what StableDiffusionInpaintPipeline feeds the UNet for plain text-to-image.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from .common import (
+    EMA,
+    JsonLog,
+    load_checkpoint,
+    lr_at,
+    rng_state,
+    save_checkpoint,
+    seed_everything,
+    set_rng_state,
+    set_threads,
+)
+from .data import IMAGE_SIZE, ShapesDataset, random_mask, to_tensor_batch
+from .models import (
+    BETA_END,
+    BETA_SCHEDULE,
+    BETA_START,
+    NUM_TRAIN_TIMESTEPS,
+    PRESETS,
+    Preset,
+    TextConfig,
+    UnetConfig,
+    build_text_encoder,
+    build_unet,
+    load_tokenizer,
+)
+from .train_vae import TRAIN_SEED, load_trained_vae
+
+POOL_SEED_OFFSET = 1000
+
+
+def tokenize(tokenizer, captions: list[str]) -> torch.Tensor:
+    """Exactly as the diffusers pipelines do: pad to 77 with truncation."""
+    return tokenizer(
+        captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+    ).input_ids
+
+
+def latent_mask(mask: np.ndarray) -> torch.Tensor:
+    """64x64 mask -> 1x16x16, the way StableDiffusionInpaintPipeline resizes it (nearest)."""
+    m = torch.from_numpy(mask)[None, None]
+    return F.interpolate(m, size=(IMAGE_SIZE // 4, IMAGE_SIZE // 4))[0]
+
+
+@torch.no_grad()
+def build_pool(vae, tokenizer, size: int, seed: int, batch: int = 128, progress: bool = True) -> dict:
+    """Encode ``size`` dataset images (and one masked copy each) to latent means (unscaled)."""
+    ds = ShapesDataset(TRAIN_SEED + POOL_SEED_OFFSET + seed)
+    vae.eval()
+    lat = torch.empty(size, 4, 16, 16, dtype=torch.float16)
+    mlat = torch.empty(size, 4, 16, 16, dtype=torch.float16)
+    masks = torch.empty(size, 1, 16, 16, dtype=torch.uint8)
+    captions: list[str] = []
+    for s in tqdm(range(0, size, batch), desc="encode pool", disable=not progress, mininterval=5):
+        idx = range(s, min(size, s + batch))
+        imgs, ms = [], []
+        for i in idx:
+            img, cap = ds.sample(i)
+            imgs.append(img)
+            captions.append(cap)
+            ms.append(random_mask(np.random.default_rng([seed, i, 77])))
+        x = to_tensor_batch(imgs)
+        m = torch.from_numpy(np.stack(ms))[:, None]
+        lat[s : s + len(idx)] = vae.encode(x).latent_dist.mean.half()
+        mlat[s : s + len(idx)] = vae.encode(x * (m < 0.5)).latent_dist.mean.half()
+        masks[s : s + len(idx)] = F.interpolate(m, size=(16, 16)).to(torch.uint8)
+    uniq = sorted(set(captions))
+    ids_u = tokenize(tokenizer, uniq)
+    where = {c: k for k, c in enumerate(uniq)}
+    ids = ids_u[torch.tensor([where[c] for c in captions])].to(torch.int32)
+    blank = vae.encode(torch.zeros(1, 3, IMAGE_SIZE, IMAGE_SIZE)).latent_dist.mean.half()
+    return {"lat": lat, "mlat": mlat, "mask": masks, "ids": ids, "blank": blank, "size": size, "seed": seed}
+
+
+def min_snr_weights(scheduler, t: torch.Tensor, gamma: float = 5.0) -> torch.Tensor:
+    ac = scheduler.alphas_cumprod[t]
+    snr = ac / (1 - ac)
+    return torch.clamp(snr, max=gamma) / snr
+
+
+def make_noise_scheduler():
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler(
+        num_train_timesteps=NUM_TRAIN_TIMESTEPS,
+        beta_start=BETA_START,
+        beta_end=BETA_END,
+        beta_schedule=BETA_SCHEDULE,
+        prediction_type="epsilon",
+        clip_sample=False,
+    )
+
+
+class AdaptiveThreads:
+    """On a shared CPU, 2 threads can be much slower than 1 when another process is busy: re-measure and
+    pick the faster count every so often."""
+
+    def __init__(self, choices=(1, 2), period: int = 150, probe: int = 8):
+        self.choices = choices
+        self.period = period
+        self.probe = probe
+        self.current = choices[0]
+        self.times: dict[int, list[float]] = {c: [] for c in choices}
+        self.phase_start = 0
+        set_threads(self.current)
+
+    def record(self, step: int, seconds: float) -> None:
+        k = step % self.period
+        n = len(self.choices)
+        if k < self.probe * n:
+            c = self.choices[k // self.probe]
+            if k % self.probe > 1:  # skip the first steps after a switch
+                self.times[c].append(seconds)
+            nxt = self.choices[min(n - 1, (k + 1) // self.probe)] if k + 1 < self.probe * n else None
+            if nxt is None:
+                best = min(self.choices, key=lambda c: np.median(self.times[c]) if self.times[c] else 1e9)
+                self.times = {c: [] for c in self.choices}
+                self._set(best)
+            else:
+                self._set(nxt)
+
+    def _set(self, c: int) -> None:
+        if c != self.current:
+            self.current = c
+            torch.set_num_threads(c)
+
+
+def train_unet(
+    run_dir: Path,
+    preset: Preset,
+    steps: int | None = None,
+    seed: int = 0,
+    checkpoint_every_s: float = 180.0,
+    max_minutes: float | None = None,
+    progress: bool = True,
+    adaptive_threads: bool = True,
+    time_budget_minutes: float | None = None,
+) -> dict:
+    """Train for ``steps`` steps, or, with ``time_budget_minutes``, for that much training time (the learning
+    rate schedule then follows the fraction of the budget spent: a shared CPU's speed is unpredictable)."""
+    run_dir = Path(run_dir)
+    out = run_dir / "unet"
+    out.mkdir(parents=True, exist_ok=True)
+    set_threads(preset.threads)
+    steps = int(steps or preset.unet_steps)
+    seed_everything(seed)
+    t_start = time.time()
+
+    vae = load_trained_vae(run_dir)
+    sf = float(vae.config.scaling_factor)
+    tokenizer = load_tokenizer()
+    pool_path = out / "pool.pt"
+    pool = load_checkpoint(pool_path)
+    if pool is None or pool["size"] != preset.pool_size or pool["seed"] != seed:
+        pool = build_pool(vae, tokenizer, preset.pool_size, seed, progress=progress)
+        save_checkpoint(pool_path, pool)
+    del vae
+    n_pool = pool["size"]
+    empty_ids = tokenize(tokenizer, [""])[0].to(torch.int32)
+
+    text_encoder = build_text_encoder(preset.text)
+    unet = build_unet(preset.unet, preset.text.hidden_size)
+    params = [
+        {"params": list(unet.parameters()), "lr": preset.unet_lr, "base_lr": preset.unet_lr},
+        {"params": list(text_encoder.parameters()), "lr": preset.text_lr, "base_lr": preset.text_lr},
+    ]
+    opt = torch.optim.AdamW(params, weight_decay=1e-2, betas=(0.9, 0.99))
+    modules = {"unet": unet, "text_encoder": text_encoder}
+    ema = EMA(modules, preset.ema_decay)
+    sched = make_noise_scheduler()
+    ckpt_path = out / "checkpoint.pt"
+    start = 0
+    trained_s = 0.0
+    ck = load_checkpoint(ckpt_path)
+    if ck is not None:
+        unet.load_state_dict(ck["unet"])
+        text_encoder.load_state_dict(ck["text_encoder"])
+        opt.load_state_dict(ck["optimizer"])
+        ema.load_state_dict(ck["ema"])
+        start = ck["step"]
+        trained_s = float(ck.get("trained_s", 0.0))
+        set_rng_state(ck["rng"])
+        print(f"resumed UNet training at step {start}")
+    meta = {"preset": preset.to_dict(), "scaling_factor": sf, "seed": seed}
+    (out / "train_config.json").write_text(json.dumps(meta, indent=2))
+    log = JsonLog(out / "log.jsonl")
+
+    def save(step: int) -> None:
+        save_checkpoint(
+            ckpt_path,
+            {
+                "unet": unet.state_dict(),
+                "text_encoder": text_encoder.state_dict(),
+                "optimizer": opt.state_dict(),
+                "ema": ema.state_dict(),
+                "step": step,
+                "trained_s": trained_s,
+                "rng": rng_state(),
+                "preset": preset.to_dict(),
+                "scaling_factor": sf,
+                "unet_config": dict(unet.config),
+                "text_config": text_encoder.config.to_dict(),
+            },
+        )
+
+    threads = AdaptiveThreads() if adaptive_threads and preset.threads > 1 else None
+    B = preset.unet_batch
+    blank = pool["blank"].float() * sf
+    last_save = time.time()
+    unet.train()
+    text_encoder.train()
+    budget_s = time_budget_minutes * 60 if time_budget_minutes else None
+    if budget_s:
+        steps = 10**9
+    bar = tqdm(range(start, steps), initial=start, total=None if budget_s else steps, desc="train-unet",
+               disable=not progress, mininterval=5)
+    ema_loss = None
+    step = start
+    for step in bar:
+        t0 = time.time()
+        g = torch.Generator().manual_seed(seed * 1_000_003 + step)
+        idx = torch.randint(0, n_pool, (B,), generator=g)
+        ids = pool["ids"][idx].long()
+        drop = torch.rand(B, generator=g) < preset.uncond_prob
+        ids[drop] = empty_ids.long()
+        z0 = pool["lat"][idx].float() * sf
+        noise = torch.randn(z0.shape, generator=g)
+        t = torch.randint(0, NUM_TRAIN_TIMESTEPS, (B,), generator=g)
+        zt = sched.add_noise(z0, noise, t)
+        full = (torch.rand(B, generator=g) < preset.full_mask_prob).view(B, 1, 1, 1)
+        mask = torch.where(full, torch.ones(B, 1, 16, 16), pool["mask"][idx].float())
+        mlat = torch.where(full, blank.expand(B, -1, -1, -1), pool["mlat"][idx].float() * sf)
+        for gr in opt.param_groups:
+            if budget_s:
+                frac = trained_s / budget_s
+                gr["lr"] = lr_at(int(frac * 100_000), 100_000, 0, gr["base_lr"]) * min(1.0, (step + 1) / preset.warmup)
+            else:
+                gr["lr"] = lr_at(step, steps, preset.warmup, gr["base_lr"])
+        h = text_encoder(ids).last_hidden_state
+        pred = unet(torch.cat([zt, mask, mlat], dim=1), t, encoder_hidden_states=h).sample
+        per = (pred - noise).pow(2).mean(dim=(1, 2, 3))
+        loss = (per * min_snr_weights(sched, t)).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(text_encoder.parameters(), 1.0)
+        opt.step()
+        ema.update(modules)
+        ema_loss = loss.item() if ema_loss is None else 0.98 * ema_loss + 0.02 * loss.item()
+        dt = time.time() - t0
+        trained_s += dt
+        if threads is not None:
+            threads.record(step, dt)
+        if step % 20 == 0:
+            log.write(step=step, loss=round(loss.item(), 5), loss_ema=round(ema_loss, 5), eps_mse=round(per.mean().item(), 5),
+                      lr=opt.param_groups[0]["lr"], step_s=round(dt, 3), threads=torch.get_num_threads())
+            bar.set_postfix(loss=f"{ema_loss:.4f}", thr=torch.get_num_threads())
+        if time.time() - last_save > checkpoint_every_s:
+            save(step + 1)
+            last_save = time.time()
+        if budget_s and trained_s >= budget_s:
+            steps = step + 1
+            break
+        if max_minutes is not None and (time.time() - t_start) > max_minutes * 60:
+            print(f"time budget reached at step {step + 1}")
+            save(step + 1)
+            return {"steps": step + 1, "stopped_early": True}
+    save(steps)
+    result = {"steps": steps, "minutes": round((time.time() - t_start) / 60, 1), "training_minutes": round(trained_s / 60, 1),
+              "final_loss_ema": ema_loss}
+    (out / "result.json").write_text(json.dumps(result, indent=2))
+    print(json.dumps(result))
+    return result
+
+
+def models_from_checkpoint(ck: dict, use_ema: bool = True):
+    """Rebuild (text_encoder, unet) from a training checkpoint, with the EMA weights by default."""
+    preset = ck["preset"]
+    tcfg = TextConfig(**preset["text"])
+    ucfg = UnetConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in preset["unet"].items()})
+    text_encoder = build_text_encoder(tcfg)
+    unet = build_unet(ucfg, tcfg.hidden_size)
+    if use_ema:
+        unet.load_state_dict(ck["ema"]["shadow"]["unet"])
+        text_encoder.load_state_dict(ck["ema"]["shadow"]["text_encoder"])
+    else:
+        unet.load_state_dict(ck["unet"])
+        text_encoder.load_state_dict(ck["text_encoder"])
+    return text_encoder.eval(), unet.eval()
+
+
+def main_unet(args) -> None:
+    preset = PRESETS[args.preset]
+    if args.batch:
+        preset.unet_batch = args.batch
+    if args.threads:
+        preset.threads = args.threads
+    if args.pool_size:
+        preset.pool_size = args.pool_size
+    if args.full_mask_prob is not None:
+        preset.full_mask_prob = args.full_mask_prob
+    train_unet(Path(args.run_dir), preset, steps=args.steps, seed=args.seed, max_minutes=args.max_minutes,
+               time_budget_minutes=args.time_budget_minutes)
