@@ -19,6 +19,9 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
 fi
 if [ $test_mode = 1 ]; then
   "${pip[@]}" install -e ".[test]"
+  # Only for the tokenizer test: the CLIP BPE file lives in this wheel. --no-deps: it would pull
+  # torchvision, which has no CPU build here; nothing imports open_clip.
+  "${pip[@]}" install --no-deps open-clip-torch
 else
   "${pip[@]}" install -e .
 fi
