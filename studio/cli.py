@@ -42,7 +42,11 @@ def _add_generation_options(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="studio", description="Latent Studio: generate images offline with latent diffusion models.")
+    parser = _Parser(
+        prog="studio",
+        description="Latent Studio: generate images offline with latent diffusion models.",
+        epilog="With no command, `studio [--model PATH] [--output-dir DIR]` opens the window.",
+    )
     parser.add_argument("--version", action="version", version=f"Latent Studio {__version__}")
     sub = parser.add_subparsers(dest="command", parser_class=_Parser)
 
