@@ -378,3 +378,13 @@ def test_engine_import_loads_no_qt():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"
+
+
+def test_incomplete_model_folder_fails_clearly_without_network(engine, tiny_model, tmp_path):
+    import shutil
+
+    broken = tmp_path / "no-tokenizer"
+    shutil.copytree(tiny_model, broken)
+    shutil.rmtree(broken / "tokenizer")
+    with pytest.raises(ModelError, match="no-tokenizer is incomplete: missing tokenizer"):
+        engine.generate(req(str(broken), steps=1))

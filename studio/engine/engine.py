@@ -34,6 +34,7 @@ warnings.filterwarnings("ignore", message="Should have ta>=t0")
 
 log = logging.getLogger(__name__)
 StepCallback = Callable[[StepInfo], None]
+TILED_DECODE_PIXELS = 1536 * 1536  # above this many output pixels the VAE decodes in blended tiles
 
 
 class _Cancelled(Exception):
@@ -212,7 +213,7 @@ class Engine:
                 raise
             except torch.cuda.OutOfMemoryError as e:
                 raise EngineError("Out of GPU memory: try a smaller size or batch") from e
-            except (ValueError, TypeError, RuntimeError) as e:
+            except Exception as e:  # noqa: BLE001 - one readable line for the artist; the chain keeps the cause
                 raise EngineError(f"Generation failed: {_one_line(e)}") from e
             finally:
                 tracker.restore()
@@ -321,13 +322,20 @@ class Engine:
                     lat = lat.to(dtype) * std_t / vae.config.scaling_factor + mean_t
                 else:
                     lat = lat.to(dtype) / vae.config.scaling_factor
-                image = vae.decode(lat, return_dict=False)[0]
+                if lat.shape[-1] * lat.shape[-2] * self._vsf(model) ** 2 > TILED_DECODE_PIXELS and hasattr(vae, "tiled_decode"):
+                    image = vae.tiled_decode(lat, return_dict=False)[0]  # bounded memory for large images
+                else:
+                    image = vae.decode(lat, return_dict=False)[0]
             finally:
                 if upcast:
                     vae.to(self.dtype)
             # Same arithmetic as the pipelines' postprocess, so images equal plain diffusers'.
             image = (image / 2 + 0.5).clamp(0, 1).cpu().permute(0, 2, 3, 1).float().numpy()
         return (image[0] * 255).round().astype(np.uint8)
+
+    @staticmethod
+    def _vsf(model: LoadedModel) -> int:
+        return model.vae_scale_factor
 
     def decode_latent(self, model: str | None, latent: np.ndarray) -> np.ndarray:
         """Full VAE decode of one kept latent (C, h, w) -> HxWx3 uint8: 'decode this step'."""

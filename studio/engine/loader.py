@@ -39,6 +39,9 @@ _PIPES = {
 }
 
 
+_OPTIONAL_PARTS = {"safety_checker", "feature_extractor", "image_encoder"}  # never loaded by the studio
+
+
 @dataclass(frozen=True)
 class ModelLayout:
     """What a model folder is, read from its json files alone (no weights touched)."""
@@ -88,6 +91,19 @@ def read_layout(path: Path) -> ModelLayout:
         in_ch = int(unet_cfg.get("in_channels", 4))
     except (OSError, ValueError) as e:
         raise ModelError(f"{path.name}: the U-Net config is missing or unreadable ({e})") from e
+    missing = [
+        name
+        for name, spec in info.items()
+        if not name.startswith("_")
+        and isinstance(spec, list)
+        and len(spec) == 2
+        and spec[0] is not None
+        and name not in _OPTIONAL_PARTS
+        and not (path / name).is_dir()
+    ]
+    if missing:
+        # Caught here: diffusers would otherwise reach for the hub, or load a half pipeline.
+        raise ModelError(f"{path.name} is incomplete: missing {', '.join(sorted(missing))}")
     if cls not in _KNOWN:
         raise ModelError(f"{path.name}: unsupported pipeline type {cls}")
     family, layout = _KNOWN[cls]
@@ -181,7 +197,7 @@ def load_model(path: Path, device, dtype) -> LoadedModel:
         extra.update(safety_checker=None, requires_safety_checker=False, feature_extractor=None)
     try:
         pipe = cls.from_pretrained(path, dtype=dtype, local_files_only=True, **extra)
-    except (OSError, ValueError, KeyError, RuntimeError) as e:
+    except Exception as e:  # noqa: BLE001 - corrupt weights raise many kinds; the artist gets one line
         raise ModelError(f"Cannot load model {path.name}: {str(e).strip().splitlines()[0] if str(e) else e}") from e
     pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
