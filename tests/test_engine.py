@@ -388,3 +388,13 @@ def test_incomplete_model_folder_fails_clearly_without_network(engine, tiny_mode
     shutil.rmtree(broken / "tokenizer")
     with pytest.raises(ModelError, match="no-tokenizer is incomplete: missing tokenizer"):
         engine.generate(req(str(broken), steps=1))
+
+
+def test_corrupt_weights_are_a_clear_model_error(engine, tiny_model, tmp_path):
+    import shutil
+
+    broken = tmp_path / "corrupt"
+    shutil.copytree(tiny_model, broken)
+    (broken / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"\0garbage" * 100)
+    with pytest.raises(ModelError, match="Cannot load model corrupt"):
+        engine.generate(req(str(broken), steps=1))
