@@ -25,6 +25,7 @@ class Canvas(QWidget):
         self._mask: QImage | None = None
         self._overlay: QImage | None = None  # the mask tinted for display, rebuilt when it changes
         self._caption = ""
+        self._smooth = False
         self.tool = None  # later: an object with press(canvas, pos), move(...), release(...)
         self.setMinimumSize(240, 240)
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
@@ -37,9 +38,11 @@ class Canvas(QWidget):
     def image(self) -> QImage:
         return self._image
 
-    def set_image(self, image: QImage | None, caption: str = "") -> None:
+    def set_image(self, image: QImage | None, caption: str = "", smooth: bool = False) -> None:
+        """Show image; smooth=True also smooths enlarging (for small previews), else pixels stay crisp."""
         self._image = QImage(image) if image is not None else QImage()
         self._caption = caption
+        self._smooth = smooth
         if self._mask is not None and self._mask.size() != self._image.size():
             self.clear_mask()
         self.image_changed.emit()
@@ -66,12 +69,12 @@ class Canvas(QWidget):
         """Where the image is drawn, in widget coordinates (fitted, centred, never upscaled past 4x)."""
         if self._image.isNull():
             return QRectF()
-        margin = 12
+        margin, below = 12, 22 if self._caption else 0  # room for the caption under the image
         w, h = self._image.width(), self._image.height()
-        avail_w, avail_h = max(1, self.width() - 2 * margin), max(1, self.height() - 2 * margin)
+        avail_w, avail_h = max(1, self.width() - 2 * margin), max(1, self.height() - 2 * margin - below)
         scale = min(avail_w / w, avail_h / h, 8.0)
         dw, dh = w * scale, h * scale
-        return QRectF((self.width() - dw) / 2, (self.height() - dh) / 2, dw, dh)
+        return QRectF((self.width() - dw) / 2, (self.height() - below - dh) / 2, dw, dh)
 
     def to_image(self, pos: QPointF) -> QPointF:
         r = self.image_rect()
@@ -95,7 +98,7 @@ class Canvas(QWidget):
             return
         r = self.image_rect()
         # Smooth when shrinking, crisp pixels when enlarging a small image.
-        smooth = r.width() < self._image.width()
+        smooth = self._smooth or r.width() < self._image.width()
         p.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform, smooth)
         p.setPen(QPen(QColor("#2e3036"), 1))
         p.drawRect(r.adjusted(-1, -1, 0, 0))
@@ -106,7 +109,7 @@ class Canvas(QWidget):
             p.drawImage(r, self._overlay)
         if self._caption:
             p.setPen(QColor("#8a909a"))
-            p.drawText(QRectF(0, r.bottom() + 2, self.width(), 16), Qt.AlignmentFlag.AlignHCenter, self._caption)
+            p.drawText(QRectF(0, r.bottom() + 4, self.width(), 18), Qt.AlignmentFlag.AlignHCenter, self._caption)
 
     def _tinted(self, mask: QImage) -> QImage:
         overlay = QImage(mask.size(), QImage.Format.Format_ARGB32_Premultiplied)

@@ -10,7 +10,7 @@ import threading
 from pathlib import Path
 
 from PySide6.QtCore import QObject, QSize, Qt, Signal
-from PySide6.QtGui import QIcon, QImage, QImageReader, QPixmap
+from PySide6.QtGui import QColor, QIcon, QImage, QImageReader, QPainter, QPixmap
 from PySide6.QtWidgets import QAbstractItemView, QListView, QListWidget, QListWidgetItem, QWidget
 
 THUMB = 112
@@ -55,14 +55,29 @@ class ThumbnailLoader(QObject):
             self._thread = None
 
 
-class Gallery(QListWidget):
+class HintList(QListWidget):
+    """A list that says what goes in it while it is empty."""
+
+    def __init__(self, hint: str = "", parent: QWidget | None = None):
+        super().__init__(parent)
+        self.hint = hint
+
+    def paintEvent(self, event) -> None:
+        super().paintEvent(event)
+        if self.count() == 0 and self.hint:
+            p = QPainter(self.viewport())
+            p.setPen(QColor("#5c616b"))
+            p.drawText(self.viewport().rect(), Qt.AlignmentFlag.AlignCenter, self.hint)
+
+
+class Gallery(HintList):
     """Icon grid of results; items carry their file path."""
 
     image_activated = Signal(str)  # single click: show it
     parameters_requested = Signal(str)  # double click: show it and load its parameters
 
     def __init__(self, parent: QWidget | None = None):
-        super().__init__(parent)
+        super().__init__("Finished images appear here, with earlier ones from the output folder", parent)
         self.setViewMode(QListView.ViewMode.IconMode)
         self.setIconSize(QSize(THUMB, THUMB))
         self.setGridSize(QSize(THUMB + 12, THUMB + 12))

@@ -106,6 +106,7 @@ class MainWindow(QMainWindow):
         if model:
             self.session.params.model = str(Path(model).expanduser())
         self._closed = False
+        self._preview_on_canvas = False
 
         self.setWindowTitle(f"{APP_NAME} {__version__}")
         self.setWindowIcon(icon("app"))
@@ -275,6 +276,7 @@ class MainWindow(QMainWindow):
     def _connect(self) -> None:
         s = self.session
         s.current_image_changed.connect(self._show_current)
+        s.preview_changed.connect(self._show_preview)
         s.image_saved.connect(self.gallery.add_result)
         s.message.connect(self.show_message)
         s.progress.connect(self._progress)
@@ -323,11 +325,18 @@ class MainWindow(QMainWindow):
             self.banner.hide()
 
     def _show_current(self, image: QImage) -> None:
+        self._preview_on_canvas = False
         path = self.session.current_path
         caption = f"{path.name}  ·  {image.width()}×{image.height()}" if path else f"{image.width()}×{image.height()}"
         self.canvas.set_image(image, caption)
         self.save_action.setEnabled(not image.isNull())
         self.copy_action.setEnabled(not image.isNull())
+
+    def _show_preview(self, image: QImage) -> None:
+        """While a run goes, the canvas shows its live preview, enlarged."""
+        if self.session.is_running():
+            self._preview_on_canvas = True
+            self.canvas.set_image(image, f"preview · {self.progress.format()}", smooth=True)
 
     def _progress(self, step: int, total: int, eta: float) -> None:
         if total <= 0:
@@ -344,6 +353,13 @@ class MainWindow(QMainWindow):
         if not running:
             self.progress.hide()
             self.eta_label.setText("")
+            if self._preview_on_canvas:  # cancelled or failed: back to the last real image
+                self._preview_on_canvas = False
+                image = self.session.current_image
+                if image is not None:
+                    self._show_current(image)
+                else:
+                    self.canvas.set_image(None)
 
     def _jobs(self) -> None:
         has_jobs = bool(self.session.jobs())

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from PySide6.QtCore import Qt
 from PySide6.QtGui import QKeySequence, QShortcut
-from PySide6.QtWidgets import QHBoxLayout, QLabel, QListWidget, QListWidgetItem, QToolButton, QVBoxLayout, QWidget
+from PySide6.QtWidgets import QHBoxLayout, QLabel, QListWidgetItem, QToolButton, QVBoxLayout, QWidget
 
 from studio.session import Session
+from studio.ui.gallery import HintList
 from studio.ui.prompt_panel import section
 from studio.ui.theme import icon
 
@@ -39,7 +40,7 @@ class QueuePanel(QWidget):
         head.addWidget(self.remove_button)
         head.addWidget(self.clear_button)
         lay.addLayout(head)
-        self.list = QListWidget()
+        self.list = HintList("Nothing queued.\nCtrl+Enter queues another image.")
         self.list.setToolTip("Jobs waiting for the engine, in order. Select one and press Delete to remove it.")
         self.list.setMinimumHeight(60)
         lay.addWidget(self.list, 1)

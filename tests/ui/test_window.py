@@ -90,6 +90,7 @@ def test_cancel_while_running_with_esc(qtbot, window, fake, out_dir):
         qtbot.keyClick(window.prompt_panel.prompt, Qt.Key.Key_Escape)
     assert fake.steps_run == 3
     qtbot.waitUntil(lambda: not window.session.is_running())
+    assert window.canvas.image().isNull()  # the half-done preview does not stay on the canvas
     assert list(out_dir.iterdir()) == []
     assert window.status_label.text() == "Cancelled"
     assert not window.prompt_panel.cancel_button.isEnabled()
@@ -143,6 +144,7 @@ def test_previews_arrive_with_step_and_eta(qtbot, window, fake):
     fake.allow(1)
     qtbot.waitUntil(lambda: window.preview_panel.step_label.text() == "step 1/4")
     assert red(window.preview_panel.view.image()) == 101  # x0 estimate of step 1
+    assert red(window.canvas.image()) == 101  # the canvas shows the live preview during the run
     assert window.preview_panel.eta_label.text().endswith("left")
     assert window.progress.isVisible() and window.progress.value() == 1
     fake.allow(1)
