@@ -246,6 +246,13 @@ class Session(QObject):
             out.append(JobView(job.id, self._labels.get(job.id, job.label), job.state, step, total))
         return out
 
+    def running_size(self) -> tuple[int, int]:
+        """Width and height the running job asked for; (0, 0) for the model's native size or no job."""
+        job = self.worker.current_job()
+        if job is None or job.request is None:
+            return 0, 0
+        return job.request.width or 0, job.request.height or 0
+
     def is_running(self) -> bool:
         return self._running is not None
 

@@ -26,6 +26,7 @@ class Canvas(QWidget):
         self._overlay: QImage | None = None  # the mask tinted for display, rebuilt when it changes
         self._caption = ""
         self._smooth = False
+        self._logical: QSize | None = None
         self.tool = None  # later: an object with press(canvas, pos), move(...), release(...)
         self.setMinimumSize(240, 240)
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
@@ -38,11 +39,18 @@ class Canvas(QWidget):
     def image(self) -> QImage:
         return self._image
 
-    def set_image(self, image: QImage | None, caption: str = "", smooth: bool = False) -> None:
-        """Show image; smooth=True also smooths enlarging (for small previews), else pixels stay crisp."""
+    def set_image(
+        self, image: QImage | None, caption: str = "", smooth: bool = False, logical_size: QSize | None = None
+    ) -> None:
+        """Show image; smooth=True also smooths enlarging (for small previews), else pixels stay crisp.
+
+        logical_size: lay the image out as if it had this size (a small live preview takes the
+        place the final image will take).
+        """
         self._image = QImage(image) if image is not None else QImage()
         self._caption = caption
         self._smooth = smooth
+        self._logical = logical_size if logical_size is not None and not logical_size.isEmpty() else None
         if self._mask is not None and self._mask.size() != self._image.size():
             self.clear_mask()
         self.image_changed.emit()
@@ -70,7 +78,8 @@ class Canvas(QWidget):
         if self._image.isNull():
             return QRectF()
         margin, below = 12, 22 if self._caption else 0  # room for the caption under the image
-        w, h = self._image.width(), self._image.height()
+        size = self._logical or self._image.size()
+        w, h = size.width(), size.height()
         avail_w, avail_h = max(1, self.width() - 2 * margin), max(1, self.height() - 2 * margin - below)
         scale = min(avail_w / w, avail_h / h, 8.0)
         dw, dh = w * scale, h * scale

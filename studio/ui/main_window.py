@@ -336,7 +336,11 @@ class MainWindow(QMainWindow):
         """While a run goes, the canvas shows its live preview, enlarged."""
         if self.session.is_running():
             self._preview_on_canvas = True
-            self.canvas.set_image(image, f"preview · {self.progress.format()}", smooth=True)
+            w, h = self.session.running_size()
+            if not (w and h):
+                last = self.session.current_image
+                w, h = (last.width(), last.height()) if last is not None else (image.width() * 8, image.height() * 8)
+            self.canvas.set_image(image, f"preview · {self.progress.format()}", smooth=True, logical_size=QSize(w, h))
 
     def _progress(self, step: int, total: int, eta: float) -> None:
         if total <= 0:
