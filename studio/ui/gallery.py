@@ -67,7 +67,11 @@ class HintList(QListWidget):
         if self.count() == 0 and self.hint:
             p = QPainter(self.viewport())
             p.setPen(QColor("#5c616b"))
-            p.drawText(self.viewport().rect(), Qt.AlignmentFlag.AlignCenter, self.hint)
+            p.drawText(
+                self.viewport().rect().adjusted(8, 8, -8, -8),
+                Qt.AlignmentFlag.AlignCenter | Qt.TextFlag.TextWordWrap,
+                self.hint,
+            )
 
 
 class Gallery(HintList):

@@ -107,6 +107,7 @@ class MainWindow(QMainWindow):
             self.session.params.model = str(Path(model).expanduser())
         self._closed = False
         self._preview_on_canvas = False
+        self._laid_out = False
 
         self.setWindowTitle(f"{APP_NAME} {__version__}")
         self.setWindowIcon(icon("app"))
@@ -514,6 +515,20 @@ class MainWindow(QMainWindow):
                 except (ValueError, TypeError):
                     pass
         return ok
+
+    def showEvent(self, event) -> None:
+        super().showEvent(event)
+        if not self._laid_out:
+            self._laid_out = True
+            if not self.settings.splitter_state.get("main"):
+                self.fit_splitters()
+
+    def fit_splitters(self) -> None:
+        """Panel widths for the window's width: the canvas gets what the side panels do not need."""
+        total = max(self.main_split.width(), self.width() - 12)
+        left = max(self.prompt_panel.minimumWidth(), min(380, int(total * 0.24)))
+        right = max(self.preview_panel.minimumWidth(), min(360, int(total * 0.22)))
+        self.main_split.setSizes([left, max(200, total - left - right), right])
 
     def _splitters(self) -> dict[str, QSplitter]:
         return {"main": self.main_split, "center": self.center_split, "right": self.right_split}

@@ -40,7 +40,7 @@ class QueuePanel(QWidget):
         head.addWidget(self.remove_button)
         head.addWidget(self.clear_button)
         lay.addLayout(head)
-        self.list = HintList("Nothing queued.\nCtrl+Enter queues another image.")
+        self.list = HintList("Nothing queued. Ctrl+Enter queues another image.")
         self.list.setToolTip("Jobs waiting for the engine, in order. Select one and press Delete to remove it.")
         self.list.setMinimumHeight(60)
         lay.addWidget(self.list, 1)
