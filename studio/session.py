@@ -351,7 +351,7 @@ class Session(QObject):
 
     def model_choices(self) -> list[tuple[str, str]]:
         """(label, value) for the model picker; value "" is the built-in model."""
-        builtin = "Built-in" if BUILTIN_MODEL.is_dir() else "Built-in (not installed yet)"
+        builtin = "Built-in" if (BUILTIN_MODEL / "model_index.json").is_file() else "Built-in (not installed yet)"
         out: list[tuple[str, str]] = [(builtin, "")]
         seen: set[str] = set()
         folders = [MODELS_DIR, *map(Path, self.settings.model_folders)]

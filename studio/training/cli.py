@@ -86,6 +86,7 @@ def add_subcommands(subparsers) -> None:
     p.add_argument("--cfg", type=float, default=6.0)
     p.add_argument("--sampler", default="euler", choices=["euler", "dpmpp_2m", "euler_a"])
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--repeats", type=int, default=2, help="each held-out triple this many times (other seeds)")
     p.add_argument("--psnr-images", type=int, default=256)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--grid", default=None, help="save the generated images as a PNG grid")

@@ -25,12 +25,12 @@ SAMPLERS = {
 }
 
 
-def eval_prompts(n: int | None = None, seed: int = 0) -> list[dict]:
-    """Held-out single-object prompts: every held-out (colour, shape, position) triple, on a neutral
-    background that differs from the colour, sizes unsaid and said in turn."""
+def eval_prompts(n: int | None = None, seed: int = 0, repeats: int = 2) -> list[dict]:
+    """Held-out single-object prompts: every held-out (colour, shape, position) triple ``repeats`` times, on
+    a neutral background that differs from the colour, size unsaid ("medium") or "large" in turn."""
     rng = np.random.default_rng(seed)
     items = []
-    for k, (color, shape, position) in enumerate(held_out_triples()):
+    for k, (color, shape, position) in enumerate(held_out_triples() * repeats):
         bgs = [b for b in ("white", "black", "gray") if b != color]
         bg = bgs[int(rng.integers(len(bgs)))]
         obj = ShapesDataset._place(rng, shape, color, ("medium", "large")[k % 2], position)
@@ -110,7 +110,7 @@ def vae_psnr(model_dir: Path, n: int = 256) -> float:
 
     from .train_vae import measure_psnr
 
-    vae = AutoencoderKL.from_pretrained(Path(model_dir) / "vae", local_files_only=True, torch_dtype=torch.float32)
+    vae = AutoencoderKL.from_pretrained(Path(model_dir) / "vae", local_files_only=True, dtype=torch.float32)
     return measure_psnr(vae, n=n)
 
 
@@ -121,6 +121,7 @@ def evaluate(
     cfg: float = 6.0,
     sampler: str = "euler",
     seed: int = 0,
+    repeats: int = 2,
     psnr_images: int = 256,
     save_grid: str | None = None,
 ) -> dict:
@@ -130,7 +131,7 @@ def evaluate(
     result["vae_psnr_db"] = round(vae_psnr(Path(model_dir), psnr_images), 2)
     pipe = load_pipeline(model_dir)
     set_sampler(pipe, sampler)
-    items = eval_prompts(n)
+    items = eval_prompts(n, repeats=repeats)
     images = generate(pipe, [it["prompt"] for it in items], [seed + k for k in range(len(items))], steps, cfg)
     result["held_out"] = score(images, items)
     result["shapes"] = list(SHAPES)
@@ -151,6 +152,7 @@ def evaluate(
 def main_evaluate(args) -> None:
     torch.set_num_threads(args.threads)
     r = evaluate(args.model, n=args.n, steps=args.steps, cfg=args.cfg, sampler=args.sampler, seed=args.seed,
+                 repeats=args.repeats,
                  psnr_images=args.psnr_images, save_grid=args.grid)
     h = r["held_out"]
     print(json.dumps(r, indent=2))

@@ -39,7 +39,7 @@ def load_pipeline(folder: str | Path, dtype=torch.float32):
     folder = Path(folder)
     unet_cfg = json.loads((folder / "unet" / "config.json").read_text())
     cls = StableDiffusionInpaintPipeline if unet_cfg.get("in_channels", 4) == 9 else StableDiffusionPipeline
-    pipe = cls.from_pretrained(str(folder), local_files_only=True, torch_dtype=dtype)
+    pipe = cls.from_pretrained(str(folder), local_files_only=True, dtype=dtype)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -125,7 +125,7 @@ def fit_preview(model_dir: str | Path, n: int = 512) -> dict:
     from diffusers import AutoencoderKL
 
     model_dir = Path(model_dir)
-    vae = AutoencoderKL.from_pretrained(model_dir / "vae", local_files_only=True, torch_dtype=torch.float32)
+    vae = AutoencoderKL.from_pretrained(model_dir / "vae", local_files_only=True, dtype=torch.float32)
     result = fit_latent_rgb(vae, n=n)
     (model_dir / "latent_rgb.json").write_text(json.dumps(result, indent=2) + "\n")
     return result

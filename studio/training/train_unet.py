@@ -8,6 +8,7 @@ exactly what StableDiffusionInpaintPipeline feeds the UNet for plain text-to-ima
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from pathlib import Path
@@ -230,8 +231,9 @@ def train_unet(
     budget_s = time_budget_minutes * 60 if time_budget_minutes else None
     if budget_s:
         steps = 10**9
-    bar = tqdm(range(start, steps), initial=start, total=None if budget_s else steps, desc="train-unet",
-               disable=not progress, mininterval=5)
+    it = itertools.count(start) if budget_s else range(start, steps)
+    bar = tqdm(it, initial=start, total=None if budget_s else steps, desc="train-unet", disable=not progress,
+               mininterval=5)
     ema_loss = None
     step = start
     for step in bar:

@@ -556,7 +556,7 @@ class MainWindow(QMainWindow):
         if not self._closed:
             self._closed = True
             self.save_settings()
-            self.status_label.setText("Closing…")
+            self.hide()  # a run can take a moment to stop: do not leave a frozen window on screen
             self.session.shutdown()
             self.gallery.shutdown()
         event.accept()

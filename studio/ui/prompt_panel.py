@@ -22,7 +22,7 @@ from PySide6.QtWidgets import (
 )
 
 from studio.engine.requests import MAX_SEED
-from studio.session import Params, Session, sampler_names
+from studio.session import IMAGE_SUFFIXES, Params, Session, sampler_names
 from studio.ui.theme import icon
 
 
@@ -40,6 +40,18 @@ class PromptEdit(QPlainTextEdit):
         self.setPlaceholderText(placeholder)
         self.setTabChangesFocus(True)
         self.setLineWrapMode(QPlainTextEdit.LineWrapMode.WidgetWidth)
+
+    def _is_image_drag(self, event) -> bool:
+        mime = event.mimeData()
+        return mime.hasUrls() and any(
+            u.isLocalFile() and u.toLocalFile().lower().endswith(IMAGE_SUFFIXES) for u in mime.urls()
+        )
+
+    def dragEnterEvent(self, event) -> None:
+        if self._is_image_drag(event):
+            event.ignore()  # an image dropped here loads its parameters (the window takes it)
+            return
+        super().dragEnterEvent(event)
 
 
 class PromptPanel(QWidget):
