@@ -22,7 +22,7 @@ from studio.engine.requests import MAX_SEED, GenerateRequest, GenerateResult
 from studio.paths import BUILTIN_MODEL, MODELS_DIR
 from studio.qimage import array_to_qimage
 from studio.settings import Settings
-from studio.worker import JobOutput, Worker, error_message
+from studio.worker import JobOutput, Worker, emit, error_message
 
 log = logging.getLogger(__name__)
 
@@ -168,7 +168,7 @@ class Session(QObject):
         w.cancelled.connect(self._on_cancelled)
         w.failed.connect(self._on_failed)
         w.call_done.connect(self._on_call_done)
-        w.engine_ready.connect(lambda: self.engine_state.emit("ready"))
+        w.engine_ready.connect(lambda: emit(self.engine_state, "ready"))
         w.engine_failed.connect(self._on_engine_failed)
 
     # -- parameters -------------------------------------------------------------------------
@@ -182,16 +182,16 @@ class Session(QObject):
 
     def set_params(self, params: Params) -> None:
         self.params = params
-        self.params_changed.emit(params)
+        emit(self.params_changed, params)
 
     def random_seed(self) -> None:
         self.update_params(seed=-1)
-        self.params_changed.emit(self.params)
+        emit(self.params_changed, self.params)
 
     def reuse_seed(self) -> None:
         if self.last_seed is not None:
             self.update_params(seed=self.last_seed)
-            self.params_changed.emit(self.params)
+            emit(self.params_changed, self.params)
 
     def set_preview_kind(self, kind: str) -> None:
         if kind in ("x0", "latent") and kind != self.preview_kind:
@@ -199,7 +199,7 @@ class Session(QObject):
             self.preview_kind = kind
             self.settings.preview_kind = kind
             if self.timeline_length() != before:
-                self.timeline_changed.emit(self.timeline_length())
+                emit(self.timeline_changed, self.timeline_length())
             elif self.selected_step and not self.is_running():
                 self.select_step(self.selected_step)
 
@@ -211,7 +211,7 @@ class Session(QObject):
             request = self.params.to_request(self.preview_kind)
             request.validate()
         except EngineError as exc:
-            self.message.emit(error_message(exc), "error")
+            emit(self.message, error_message(exc), "error")
             return None
         out_dir = self.output_dir
         label = " ".join(request.prompt.split()) or "(no prompt)"
@@ -274,7 +274,7 @@ class Session(QObject):
         self.selected_step = step
         arr = self.step_preview(step)
         if arr is not None:
-            self.timeline_image.emit(step, array_to_qimage(arr))
+            emit(self.timeline_image, step, array_to_qimage(arr))
 
     def can_decode(self) -> bool:
         out = self.last_output
@@ -287,17 +287,17 @@ class Session(QObject):
         """Full VAE decode of the selected step of the last run, as a job on the engine thread."""
         out = self.last_output
         if out is None:
-            self.message.emit("Nothing to decode yet: run a generation first", "warning")
+            emit(self.message, "Nothing to decode yet: run a generation first", "warning")
             return None
         stack = out.result.x0 if self.preview_kind == "x0" else out.result.latents
         if stack is None or not 1 <= step <= len(stack):
-            self.message.emit("This run kept no latents to decode", "warning")
+            emit(self.message, "This run kept no latents to decode", "warning")
             return None
         latent = np.array(stack[step - 1, 0], copy=True)
         model = out.result.request.model
         job_id = self.worker.submit_call(lambda engine: engine.decode_latent(model, latent), label=f"decode {step}")
         self._decode_jobs[job_id] = step
-        self.message.emit(f"Decoding step {step}…", "info")
+        emit(self.message, f"Decoding step {step}…", "info")
         return job_id
 
     # -- images -------------------------------------------------------------------------------
@@ -305,27 +305,27 @@ class Session(QObject):
     def show_image(self, image: QImage, path: Path | None = None) -> None:
         self.current_image = image
         self.current_path = path
-        self.current_image_changed.emit(image)
+        emit(self.current_image_changed, image)
 
     def open_image(self, path: Path | str) -> bool:
         """Show a PNG and fill the panel with its stored parameters (ours or A1111's)."""
         path = Path(path)
         image = QImage(str(path))
         if image.isNull():
-            self.message.emit(f"Could not open {path.name}: not an image Latent Studio can read", "error")
+            emit(self.message, f"Could not open {path.name}: not an image Latent Studio can read", "error")
             return False
         self.show_image(image, path)
         try:
             found = read_png_fields(path)
         except Exception as exc:  # noqa: BLE001 - a broken chunk is a message, not a crash
             log.exception("reading parameters of %s", path)
-            self.message.emit(f"Could not read the parameters of {path.name}: {error_message(exc)}", "warning")
+            emit(self.message, f"Could not read the parameters of {path.name}: {error_message(exc)}", "warning")
             return True
         if not found:
-            self.message.emit(f"Opened {path.name}: it stores no generation parameters", "info")
+            emit(self.message, f"Opened {path.name}: it stores no generation parameters", "info")
             return True
         self.apply_fields(found)
-        self.message.emit(f"Parameters loaded from {path.name}", "info")
+        emit(self.message, f"Parameters loaded from {path.name}", "info")
         return True
 
     def apply_fields(self, found: dict[str, Any]) -> None:
@@ -387,11 +387,11 @@ class Session(QObject):
     # -- worker signals ------------------------------------------------------------------------
 
     def _on_jobs(self, *_: Any) -> None:
-        self.jobs_changed.emit()
+        emit(self.jobs_changed)
 
     def _on_engine_failed(self, text: str) -> None:
-        self.engine_state.emit(text)
-        self.message.emit(text, "error")
+        emit(self.engine_state, text)
+        emit(self.message, text, "error")
 
     def _on_started(self, job_id: int) -> None:
         if job_id in self._decode_jobs:
@@ -402,32 +402,32 @@ class Session(QObject):
         self.timeline_x0, self.timeline_latent = [], []
         self.last_output = None
         self.selected_step = 0
-        self.timeline_changed.emit(0)
-        self.running_changed.emit(True)
+        emit(self.timeline_changed, 0)
+        emit(self.running_changed, True)
         total = self._progress.get(job_id, (0, 0))[1]
-        self.progress.emit(0, total, -1.0)
-        self.message.emit(f"Generating: {self._labels.get(job_id, '')}", "info")
-        self.jobs_changed.emit()
+        emit(self.progress, 0, total, -1.0)
+        emit(self.message, f"Generating: {self._labels.get(job_id, '')}", "info")
+        emit(self.jobs_changed)
 
     def _on_step(self, job_id: int, step: int, total: int, elapsed: float, preview: Any) -> None:
         if job_id != self._running:
             return
         self._progress[job_id] = (step, total)
         eta = elapsed / step * (total - step) if step > 0 else -1.0
-        self.progress.emit(step, total, eta)
+        emit(self.progress, step, total, eta)
         if preview is not None:
             arr = np.asarray(preview)
             self.live_steps[step] = arr
-            self.preview_changed.emit(array_to_qimage(arr))
-        self.jobs_changed.emit()
+            emit(self.preview_changed, array_to_qimage(arr))
+        emit(self.jobs_changed)
 
     def _end_run(self, job_id: int) -> None:
         self._progress.pop(job_id, None)
         self._labels.pop(job_id, None)
         if job_id == self._running:
             self._running = None
-            self.running_changed.emit(False)
-        self.jobs_changed.emit()
+            emit(self.running_changed, False)
+        emit(self.jobs_changed)
 
     def _on_finished(self, job_id: int, out: JobOutput) -> None:
         result = out.result
@@ -438,19 +438,19 @@ class Session(QObject):
         images = [array_to_qimage(np.asarray(a)) for a in result.images]
         for i, image in enumerate(images):
             path = out.paths[i] if i < len(out.paths) else None
-            self.image_saved.emit(str(path) if path else "", image)
+            emit(self.image_saved, str(path) if path else "", image)
         if images:
             self.show_image(images[0], out.paths[0] if out.paths else None)
         n = self.timeline_length()
         total = result.request.steps
-        self.progress.emit(total, total, 0.0)
+        emit(self.progress, total, total, 0.0)
         self._end_run(job_id)
-        self.timeline_changed.emit(n)
+        emit(self.timeline_changed, n)
         if n:
             self.select_step(n)
         secs = result.timings.get("total") or (time.monotonic() - self._run_started)
         where = f" → {out.paths[0].parent}" if out.paths else ""
-        self.message.emit(f"Done in {secs:.1f} s, seed {self.last_seed}{where}", "info")
+        emit(self.message, f"Done in {secs:.1f} s, seed {self.last_seed}{where}", "info")
 
     def _on_cancelled(self, job_id: int) -> None:
         if self._decode_jobs.pop(job_id, None) is not None:
@@ -458,18 +458,18 @@ class Session(QObject):
         was_running = job_id == self._running
         self._end_run(job_id)
         if was_running:
-            self.progress.emit(0, 0, -1.0)
+            emit(self.progress, 0, 0, -1.0)
             n = self.timeline_length()
-            self.timeline_changed.emit(n)
-            self.message.emit("Cancelled", "info")
+            emit(self.timeline_changed, n)
+            emit(self.message, "Cancelled", "info")
 
     def _on_failed(self, job_id: int, text: str) -> None:
         self._decode_jobs.pop(job_id, None)
         was_running = job_id == self._running
         self._end_run(job_id)
         if was_running:
-            self.progress.emit(0, 0, -1.0)
-        self.message.emit(text, "error")
+            emit(self.progress, 0, 0, -1.0)
+        emit(self.message, text, "error")
 
     def _on_call_done(self, job_id: int, value: Any) -> None:
         step = self._decode_jobs.pop(job_id, None)
@@ -478,11 +478,11 @@ class Session(QObject):
         try:
             image = array_to_qimage(np.asarray(value, dtype=np.uint8))
         except (TypeError, ValueError) as exc:
-            self.message.emit(f"Could not show the decoded step: {exc}", "error")
+            emit(self.message, f"Could not show the decoded step: {exc}", "error")
             return
-        self.decoded.emit(step, image)
+        emit(self.decoded, step, image)
         self.show_image(image, None)
-        self.message.emit(f"Step {step}, fully decoded", "info")
+        emit(self.message, f"Step {step}, fully decoded", "info")
 
 
 def random_seed_value() -> int:

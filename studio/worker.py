@@ -11,8 +11,10 @@ other exception one readable line (the traceback goes to the log).
 from __future__ import annotations
 
 import collections
+import ctypes
 import itertools
 import logging
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -27,6 +29,38 @@ from studio.engine.errors import EngineError
 from studio.engine.requests import GenerateRequest, GenerateResult, StepInfo
 
 log = logging.getLogger(__name__)
+
+
+# -- PySide6 6.12.0 work-around -------------------------------------------------------------------
+# SignalInstance.emit() there returns its bool result without a new reference, so every
+# Python-side emit takes one reference from True; after a few thousand emits True is
+# "deallocated" and the interpreter aborts (bool_dealloc). 6.11.x is fine. Detected once at
+# import; every emit in the studio goes through `emit()`, which gives the reference back.
+
+
+def _emit_steals_bool_ref() -> bool:
+    class _Probe(QObject):
+        sig = Signal()
+
+    probe, n = _Probe(), 64
+    before = sys.getrefcount(True)
+    for _ in range(n):
+        probe.sig.emit()
+    lost = before - sys.getrefcount(True)
+    for _ in range(max(0, lost)):
+        ctypes.pythonapi.Py_IncRef(ctypes.py_object(True))  # repair what the probe took
+    return lost >= n - 4
+
+
+_EMIT_STEALS_BOOL_REF = _emit_steals_bool_ref()
+
+
+def emit(signal, *args) -> None:
+    """signal.emit(*args), safe on PySide6 versions whose emit() leaks a reference to True."""
+    result = signal.emit(*args)
+    if _EMIT_STEALS_BOOL_REF and isinstance(result, bool):
+        ctypes.pythonapi.Py_IncRef(ctypes.py_object(result))
+
 
 EngineFactory = Callable[[], Any]
 Saver = Callable[[GenerateResult], list[Path]]
@@ -141,8 +175,8 @@ class Worker(QObject):
                 job.state = "cancelled"
                 self._jobs.pop(job_id, None)
         if dropped:
-            self.cancelled.emit(job_id)
-            self.queue_changed.emit()
+            emit(self.cancelled, job_id)
+            emit(self.queue_changed)
         return True
 
     def cancel_all(self) -> None:
@@ -176,7 +210,7 @@ class Worker(QObject):
             self._cond.notify_all()
             thread = self._thread
         for job in dropped:
-            self.cancelled.emit(job.id)
+            emit(self.cancelled, job.id)
         if thread is not None:
             thread.join(timeout)
             return not thread.is_alive()
@@ -191,8 +225,8 @@ class Worker(QObject):
             self._jobs[job.id] = job
             self._queue.append(job)
             self._cond.notify_all()
-        self.queued.emit(job.id)
-        self.queue_changed.emit()
+        emit(self.queued, job.id)
+        emit(self.queue_changed)
         self.start(preload=False)
         return job.id
 
@@ -201,7 +235,7 @@ class Worker(QObject):
         with self._step_lock:
             pending, self._pending_step = self._pending_step, None
         if pending is not None:
-            self.step.emit(*pending)
+            emit(self.step, *pending)
 
     def _post_step(self, job: Job, info: StepInfo) -> None:
         # Coalesce: if the UI has not taken the last preview yet, the newer one replaces it.
@@ -210,7 +244,7 @@ class Worker(QObject):
             had_pending = self._pending_step is not None
             self._pending_step = item
         if not had_pending:
-            self._step_ready.emit()
+            emit(self._step_ready)
 
     def _ensure_engine(self) -> Any:
         if self._engine is None and self._engine_error is None:
@@ -219,9 +253,9 @@ class Worker(QObject):
             except Exception as exc:  # noqa: BLE001 - shown to the artist as a message
                 log.exception("could not start the engine")
                 self._engine_error = "Could not start the engine: " + error_message(exc)
-                self.engine_failed.emit(self._engine_error)
+                emit(self.engine_failed, self._engine_error)
                 return None
-            self.engine_ready.emit()
+            emit(self.engine_ready)
         return self._engine
 
     def _run(self) -> None:
@@ -236,48 +270,48 @@ class Worker(QObject):
                 job = self._queue.popleft()
                 job.state = "running"
                 self._current = job
-            self.queue_changed.emit()
-            self.started.emit(job.id)
+            emit(self.queue_changed)
+            emit(self.started, job.id)
             try:
                 self._run_job(job)
             finally:
                 with self._cond:
                     self._current = None
                     self._jobs.pop(job.id, None)
-                self.queue_changed.emit()
+                emit(self.queue_changed)
 
     def _run_job(self, job: Job) -> None:
         engine = self._ensure_engine()
         if engine is None:
             job.state = "failed"
-            self.failed.emit(job.id, self._engine_error or "The engine is not available")
+            emit(self.failed, job.id, self._engine_error or "The engine is not available")
             return
         if job.cancel.is_set():
             job.state = "cancelled"
-            self.cancelled.emit(job.id)
+            emit(self.cancelled, job.id)
             return
         try:
             if job.kind == "call":
                 value = job.fn(engine)
                 job.state = "done"
-                self.call_done.emit(job.id, value)
+                emit(self.call_done, job.id, value)
                 return
             result = engine.generate(job.request, lambda info: self._post_step(job, info), job.cancel)
             if result.cancelled:
                 job.state = "cancelled"
-                self.cancelled.emit(job.id)
+                emit(self.cancelled, job.id)
                 return
             # Written to disk (with metadata) before anyone is told: nothing is lost.
             paths = job.save(result) if job.save is not None else []
             out = JobOutput(result, list(paths))
             out.timeline_x0, out.timeline_latent = self._timeline(engine, result)
             job.state = "done"
-            self.finished.emit(job.id, out)
+            emit(self.finished, job.id, out)
         except Exception as exc:  # noqa: BLE001 - never let an exception cross into the UI
             if not isinstance(exc, EngineError):
                 log.exception("job %s failed", job.id)
             job.state = "failed"
-            self.failed.emit(job.id, error_message(exc))
+            emit(self.failed, job.id, error_message(exc))
 
     @staticmethod
     def _timeline(engine: Any, result: GenerateResult) -> tuple[list[np.ndarray], list[np.ndarray]]:

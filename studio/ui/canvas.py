@@ -12,6 +12,8 @@ from PySide6.QtCore import QPointF, QRectF, QSize, Qt, Signal
 from PySide6.QtGui import QColor, QImage, QMouseEvent, QPainter, QPaintEvent, QPen
 from PySide6.QtWidgets import QSizePolicy, QWidget
 
+from studio.worker import emit
+
 
 class Canvas(QWidget):
     image_changed = Signal()
@@ -53,7 +55,7 @@ class Canvas(QWidget):
         self._logical = logical_size if logical_size is not None and not logical_size.isEmpty() else None
         if self._mask is not None and self._mask.size() != self._image.size():
             self.clear_mask()
-        self.image_changed.emit()
+        emit(self.image_changed)
         self.update()
 
     def has_image(self) -> bool:
@@ -65,7 +67,7 @@ class Canvas(QWidget):
     def set_mask(self, mask: QImage | None) -> None:
         self._mask = mask.convertToFormat(QImage.Format.Format_Grayscale8) if mask is not None else None
         self._overlay = None
-        self.mask_changed.emit()
+        emit(self.mask_changed)
         self.update()
 
     def clear_mask(self) -> None:

@@ -13,6 +13,8 @@ from PySide6.QtCore import QObject, QSize, Qt, Signal
 from PySide6.QtGui import QColor, QIcon, QImage, QImageReader, QPainter, QPixmap
 from PySide6.QtWidgets import QAbstractItemView, QListView, QListWidget, QListWidgetItem, QWidget
 
+from studio.worker import emit
+
 THUMB = 112
 PATH_ROLE = Qt.ItemDataRole.UserRole
 
@@ -46,7 +48,7 @@ class ThumbnailLoader(QObject):
                 reader.setScaledSize(size.scaled(THUMB, THUMB, Qt.AspectRatioMode.KeepAspectRatio))
             image = reader.read()
             if not image.isNull() and not stop.is_set():
-                self.loaded.emit(str(path), image)
+                emit(self.loaded, str(path), image)
 
     def stop(self) -> None:
         self._stop.set()
@@ -96,8 +98,8 @@ class Gallery(HintList):
         self.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
         self.loader = ThumbnailLoader(self)
         self.loader.loaded.connect(self._add_loaded)
-        self.itemClicked.connect(lambda it: self.image_activated.emit(it.data(PATH_ROLE) or ""))
-        self.itemDoubleClicked.connect(lambda it: self.parameters_requested.emit(it.data(PATH_ROLE) or ""))
+        self.itemClicked.connect(lambda it: emit(self.image_activated, it.data(PATH_ROLE) or ""))
+        self.itemDoubleClicked.connect(lambda it: emit(self.parameters_requested, it.data(PATH_ROLE) or ""))
         self._paths: set[str] = set()
 
     def paths(self) -> list[str]:

@@ -135,3 +135,23 @@ def test_shutdown_cancels_running_and_queued_and_joins(qtbot, worker):
     assert "studio-engine" not in [t.name for t in threading.enumerate()]
     qtbot.waitUntil(lambda: running in cancelled)
     assert queued in cancelled
+
+
+def test_emit_keeps_the_reference_count_of_true(qtbot):
+    """PySide6 6.12.0's emit() takes a reference from True each call; thousands abort the app."""
+    import sys
+
+    from PySide6.QtCore import QObject, Signal
+
+    from studio.worker import emit
+
+    class Source(QObject):
+        ping = Signal(int)
+
+    src, got = Source(), []
+    src.ping.connect(got.append)
+    before = sys.getrefcount(True)
+    for i in range(5000):
+        emit(src.ping, i)
+    assert len(got) == 5000
+    assert abs(sys.getrefcount(True) - before) < 100
