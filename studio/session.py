@@ -151,6 +151,9 @@ class Session(QObject):
         self._progress: dict[int, tuple[int, int]] = {}
         self._running: int | None = None
         self._decode_jobs: dict[int, int] = {}  # job id -> step
+        self._warm_enabled = False
+        self._warm_model: str | None = None
+        self._warm_jobs: set[int] = set()
         self._run_started = 0.0
         # The step timeline of the last run (1-based steps map to index step-1).
         self.live_steps: dict[int, np.ndarray] = {}
@@ -175,13 +178,19 @@ class Session(QObject):
 
     def update_params(self, **changes: Any) -> None:
         """From the panel: no params_changed echo."""
+        model_before = self.params.model
         for k, v in changes.items():
             if not hasattr(self.params, k):
                 raise AttributeError(k)
             setattr(self.params, k, v)
+        if self.params.model != model_before:
+            self.warm_up()
 
     def set_params(self, params: Params) -> None:
+        model_before = self.params.model
         self.params = params
+        if params.model != model_before:
+            self.warm_up()
         emit(self.params_changed, params)
 
     def random_seed(self) -> None:
@@ -221,15 +230,34 @@ class Session(QObject):
         self._on_jobs()
         return job_id
 
+    def enable_warm_up(self) -> None:
+        """From now on, load the chosen model in the background (once the engine is wanted)."""
+        self._warm_enabled = True
+        self.warm_up()
+
+    def warm_up(self) -> int | None:
+        """Load the chosen model on the engine thread while the artist writes the prompt."""
+        if not self._warm_enabled or self._warm_model == self.params.model:
+            return None
+        self._warm_model = model = self.params.model
+        path = model or None
+
+        def load(engine):
+            loader = getattr(engine, "load", None)
+            if loader is not None:
+                loader(path)
+            return model
+
+        job_id = self.worker.submit_call(load, label="load model")
+        self._warm_jobs.add(job_id)
+        return job_id
+
     def cancel(self) -> bool:
         """Esc / the Cancel button: stop the running job (queued ones stay)."""
-        job = self.worker.current_job()
-        if job is None:
-            queued = self.worker.jobs()
-            if not queued:
-                return False
-            job = queued[0]
-        return self.worker.cancel(job.id)
+        jobs = [j for j in self.worker.jobs() if j.id not in self._warm_jobs]
+        if not jobs:
+            return False
+        return self.worker.cancel(jobs[0].id)
 
     def cancel_job(self, job_id: int) -> bool:
         return self.worker.cancel(job_id)
@@ -394,6 +422,9 @@ class Session(QObject):
         emit(self.message, text, "error")
 
     def _on_started(self, job_id: int) -> None:
+        if job_id in self._warm_jobs:
+            emit(self.engine_state, "loading model")
+            return
         if job_id in self._decode_jobs:
             return
         self._running = job_id
@@ -453,6 +484,10 @@ class Session(QObject):
         emit(self.message, f"Done in {secs:.1f} s, seed {self.last_seed}{where}", "info")
 
     def _on_cancelled(self, job_id: int) -> None:
+        if job_id in self._warm_jobs:
+            self._warm_jobs.discard(job_id)
+            self._warm_model = None
+            return
         if self._decode_jobs.pop(job_id, None) is not None:
             return
         was_running = job_id == self._running
@@ -464,6 +499,11 @@ class Session(QObject):
             emit(self.message, "Cancelled", "info")
 
     def _on_failed(self, job_id: int, text: str) -> None:
+        if job_id in self._warm_jobs:
+            self._warm_jobs.discard(job_id)
+            self._warm_model = None  # try again when it is next wanted
+            emit(self.message, text, "error")
+            return
         self._decode_jobs.pop(job_id, None)
         was_running = job_id == self._running
         self._end_run(job_id)
@@ -472,6 +512,11 @@ class Session(QObject):
         emit(self.message, text, "error")
 
     def _on_call_done(self, job_id: int, value: Any) -> None:
+        if job_id in self._warm_jobs:
+            self._warm_jobs.discard(job_id)
+            emit(self.engine_state, "ready")
+            emit(self.message, f"Model ready: {Path(value).name if value else 'built-in'}", "info")
+            return
         step = self._decode_jobs.pop(job_id, None)
         if step is None:
             return

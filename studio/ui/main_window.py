@@ -297,6 +297,7 @@ class MainWindow(QMainWindow):
         if not self._closed:
             self.engine_label.setText("Engine: loading…")
             self.worker.start(preload=True)
+            self.session.enable_warm_up()
 
     # -- event filter: Ctrl+Enter in text boxes ------------------------------------------------
 
@@ -374,8 +375,8 @@ class MainWindow(QMainWindow):
     def _engine_state(self, state: str) -> None:
         if state == "ready":
             self.engine_label.setText("Engine: ready")
-        elif state == "loading":
-            self.engine_label.setText("Engine: loading…")
+        elif state in ("loading", "loading model"):
+            self.engine_label.setText("Engine: loading the model…" if state == "loading model" else "Engine: loading…")
         else:
             self.engine_label.setText("Engine: unavailable")
             self.engine_label.setToolTip(state)

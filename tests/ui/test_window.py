@@ -7,6 +7,7 @@ from PySide6.QtCore import QMimeData, QPointF, Qt, QUrl
 from PySide6.QtGui import QDropEvent, QImage
 from PySide6.QtWidgets import QApplication, QFileDialog, QWidget
 
+from studio.engine.errors import ModelError
 from studio.engine.metadata import read_parameters
 from studio.settings import Settings
 
@@ -364,3 +365,30 @@ def test_ui_modules_do_not_import_torch():
     env = {**__import__("os").environ, "LATENT_STUDIO_CONFIG_DIR": str(__import__("tempfile").mkdtemp())}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert out.stdout.strip().endswith("OK"), out.stdout + out.stderr
+
+
+def test_the_chosen_model_loads_in_the_background(qtbot, window, fake, tmp_path):
+    loaded = []
+    fake.load = lambda model: loaded.append(model)
+    window.session.enable_warm_up()
+    qtbot.waitUntil(lambda: loaded == [None])  # the built-in model, at start
+    qtbot.waitUntil(lambda: window.engine_label.text() == "Engine: ready")
+    model = tmp_path / "other"
+    model.mkdir()
+    (model / "model_index.json").write_text("{}")
+    window.session.settings.model_folders.append(str(tmp_path))
+    window.prompt_panel.refresh_models()
+    window.prompt_panel.model.setCurrentIndex(window.prompt_panel.model.findData(str(model)))
+    qtbot.waitUntil(lambda: loaded == [None, str(model)])
+    assert window.prompt_panel.model.currentText() == "other"
+
+
+def test_a_model_that_fails_to_load_says_so_at_once(qtbot, window, fake):
+    def load(model):
+        raise ModelError("The built-in model is missing")
+
+    fake.load = load
+    window.session.enable_warm_up()
+    qtbot.waitUntil(lambda: window.banner.isVisible())
+    assert window.banner.label.text() == "The built-in model is missing"
+    assert window.session.jobs() == []
