@@ -502,6 +502,7 @@ class Session(QObject):
         if job_id in self._warm_jobs:
             self._warm_jobs.discard(job_id)
             self._warm_model = None  # try again when it is next wanted
+            emit(self.engine_state, "ready")
             emit(self.message, text, "error")
             return
         self._decode_jobs.pop(job_id, None)

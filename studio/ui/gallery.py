@@ -44,7 +44,7 @@ class ThumbnailLoader(QObject):
                 return
             reader = QImageReader(str(path))
             size = reader.size()
-            if size.isValid() and (size.width() > THUMB or size.height() > THUMB):
+            if size.isValid():  # every thumbnail THUMB wide or high, small images too
                 reader.setScaledSize(size.scaled(THUMB, THUMB, Qt.AspectRatioMode.KeepAspectRatio))
             image = reader.read()
             if not image.isNull() and not stop.is_set():
@@ -86,7 +86,7 @@ class Gallery(HintList):
         super().__init__("Finished images appear here, with earlier ones from the output folder", parent)
         self.setViewMode(QListView.ViewMode.IconMode)
         self.setIconSize(QSize(THUMB, THUMB))
-        self.setGridSize(QSize(THUMB + 12, THUMB + 12))
+        self.setSpacing(6)
         self.setResizeMode(QListView.ResizeMode.Adjust)
         self.setMovement(QListView.Movement.Static)
         self.setFlow(QListView.Flow.LeftToRight)
@@ -109,7 +109,6 @@ class Gallery(HintList):
         item = QListWidgetItem(QIcon(QPixmap.fromImage(thumb)), "")
         item.setData(PATH_ROLE, path)
         item.setToolTip(Path(path).name if path else "not saved")
-        item.setSizeHint(QSize(THUMB + 8, THUMB + 8))
         return item
 
     def add_result(self, path: str, image: QImage) -> None:
