@@ -392,3 +392,26 @@ def test_a_model_that_fails_to_load_says_so_at_once(qtbot, window, fake):
     qtbot.waitUntil(lambda: window.banner.isVisible())
     assert window.banner.label.text() == "The built-in model is missing"
     assert window.session.jobs() == []
+
+
+def test_every_control_in_the_window_has_a_tooltip(window):
+    from PySide6.QtWidgets import (
+        QAbstractButton,
+        QAbstractSpinBox,
+        QComboBox,
+        QLineEdit,
+        QListWidget,
+        QPlainTextEdit,
+        QSlider,
+    )
+
+    kinds = (QAbstractButton, QComboBox, QAbstractSpinBox, QLineEdit, QPlainTextEdit, QSlider, QListWidget)
+    missing = []
+    for w in window.findChildren(QWidget):
+        if not isinstance(w, kinds) or isinstance(w.parent(), (QAbstractSpinBox, QComboBox)):
+            continue  # a spin box's own line edit carries no separate tooltip
+        if w.objectName().startswith("qt_"):
+            continue  # Qt's own parts (the menu bar's overflow button)
+        if not w.toolTip():
+            missing.append(f"{type(w).__name__} {w.objectName()!r} {getattr(w, 'text', lambda: '')()!r}")
+    assert missing == []
