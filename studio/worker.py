@@ -239,7 +239,7 @@ class Worker(QObject):
 
     def _post_step(self, job: Job, info: StepInfo) -> None:
         # Coalesce: if the UI has not taken the last preview yet, the newer one replaces it.
-        item = (job.id, int(info.job_step), int(info.total), float(info.elapsed), info.preview)
+        item = (job.id, int(info.step), int(info.total), float(info.elapsed), info.preview)
         with self._step_lock:
             had_pending = self._pending_step is not None
             self._pending_step = item

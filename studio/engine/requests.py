@@ -95,14 +95,10 @@ class GenerateRequest:
 class StepInfo:
     """Handed to on_step after every sampler step (steps as the artist set them, 1-based)."""
 
-    job_step: int
+    step: int
     total: int
     elapsed: float  # seconds since the run started
     preview: np.ndarray | None  # small HxWx3 uint8 RGB of image 0 of the batch (None if preview="none")
-
-    @property
-    def step(self) -> int:
-        return self.job_step
 
 
 @dataclass(frozen=True)
