@@ -59,6 +59,7 @@ def add_subcommands(subparsers) -> None:
     p.add_argument("--batch", type=int, default=None)
     p.add_argument("--pool-size", type=int, default=None)
     p.add_argument("--full-mask-prob", type=float, default=None)
+    p.add_argument("--noise-offset", type=float, default=None, help="offset noise strength (default 0.1)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--max-minutes", type=float, default=None, help="stop (and save) after this much wall time")

@@ -65,6 +65,7 @@ class Preset:
     ema_decay: float = 0.999
     full_mask_prob: float = 0.6  # plain text-to-image samples (mask all ones)
     uncond_prob: float = 0.1
+    noise_offset: float = 0.1
     threads: int = 2
 
     def to_dict(self) -> dict:

@@ -245,6 +245,11 @@ def train_unet(
         ids[drop] = empty_ids.long()
         z0 = pool["lat"][idx].float() * sf
         noise = torch.randn(z0.shape, generator=g)
+        if preset.noise_offset:
+            # offset noise: with SD's schedule the last timestep still leaks each channel's mean (an image's
+            # flat background) into x_T; without this the model reads a random background colour from the
+            # pure noise it starts from at inference
+            noise = noise + preset.noise_offset * torch.randn(B, noise.shape[1], 1, 1, generator=g)
         t = torch.randint(0, NUM_TRAIN_TIMESTEPS, (B,), generator=g)
         zt = sched.add_noise(z0, noise, t)
         full = (torch.rand(B, generator=g) < preset.full_mask_prob).view(B, 1, 1, 1)
@@ -317,6 +322,8 @@ def main_unet(args) -> None:
         preset.threads = args.threads
     if args.pool_size:
         preset.pool_size = args.pool_size
+    if args.noise_offset is not None:
+        preset.noise_offset = args.noise_offset
     if args.full_mask_prob is not None:
         preset.full_mask_prob = args.full_mask_prob
     train_unet(Path(args.run_dir), preset, steps=args.steps, seed=args.seed, max_minutes=args.max_minutes,
