@@ -144,7 +144,12 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=0,
+                    help="CPU threads for torch (OMP_NUM_THREADS); on a machine whose cores are busy with "
+                         "other work, torch's default (all cores) can run 10-100x slower")  # fmt: skip
     args = ap.parse_args()
+    if args.threads:
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)  # torch is imported later, on the engine thread
 
     rows: list[tuple[str, str, str, str]] = []
     walls, inner = time_to_window(args.runs)
@@ -237,7 +242,8 @@ def main() -> int:
     w0 = max(len(r[0]) for r in rows)
     w1 = max(len(r[1]) for r in rows)
     w2 = max(len(r[2]) for r in rows)
-    print(f"\nLatent Studio UI benchmark ({label} model, device {args.device}, {os.cpu_count()} CPUs, "
+    threads = os.environ.get("OMP_NUM_THREADS", "default")
+    print(f"\nLatent Studio UI benchmark ({label} model, device {args.device}, {os.cpu_count()} CPUs, {threads} threads, "
           f"Qt platform {app.platformName()})\n")  # fmt: skip
     print(f"{'measure':<{w0}}  {'value':>{w1}}  {'detail':<{w2}}  bar")
     print(f"{'-' * w0}  {'-' * w1}  {'-' * w2}  ---")

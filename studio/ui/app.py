@@ -33,6 +33,7 @@ def run_app(
     apply_dark_theme(app)
 
     window = MainWindow(Settings.load(), model=model, output_dir=output_dir, engine_factory=engine_factory)
+    install_excepthook(window)
     window.show()
     if os.environ.get(EXIT_ON_SHOW_ENV):
 
@@ -47,6 +48,28 @@ def run_app(
         # Import torch and build the engine once the window is on screen.
         QTimer.singleShot(250, window.start_engine)
     return app.exec()
+
+
+def install_excepthook(window) -> None:
+    """A bug in a slot becomes a message in the window (and a traceback in the log), not a crash."""
+    import logging
+    import traceback
+
+    log = logging.getLogger("studio.ui")
+    previous = sys.excepthook
+
+    def hook(exc_type, exc, tb):
+        if issubclass(exc_type, KeyboardInterrupt):
+            previous(exc_type, exc, tb)
+            return
+        log.error("unexpected error in the window:\n%s", "".join(traceback.format_exception(exc_type, exc, tb)))
+        first = (str(exc).strip().splitlines() or [""])[0]
+        try:
+            window.show_message(f"Unexpected error ({exc_type.__name__}): {first}", "error")
+        except Exception:  # noqa: BLE001 - the window may be gone
+            previous(exc_type, exc, tb)
+
+    sys.excepthook = hook
 
 
 def main() -> int:

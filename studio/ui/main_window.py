@@ -284,6 +284,7 @@ class MainWindow(QMainWindow):
         s.running_changed.connect(self._running)
         s.engine_state.connect(self._engine_state)
         s.jobs_changed.connect(self._jobs)
+        self.worker.queued.connect(lambda _job_id: self.save_settings())  # a crash never loses the prompt
         self.gallery.image_activated.connect(self._gallery_show)
         self.gallery.parameters_requested.connect(lambda p: p and s.open_image(p))
         self.gallery.customContextMenuRequested.connect(self._gallery_menu)

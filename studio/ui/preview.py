@@ -81,7 +81,8 @@ class PreviewPanel(QWidget):
         self.kind.addItem("Estimate", "x0")
         self.kind.addItem("Noisy latent", "latent")
         self.kind.setToolTip(
-            "What the preview shows: the model's estimate of the final image at each step, or the noisy latent itself"
+            "What the preview shows: the model's estimate of the final image at each step, or the noisy latent "
+            "itself. A running image keeps the view it started with; after a run both views can be scrubbed."
         )
         self.kind.setCurrentIndex(max(0, self.kind.findData(session.preview_kind)))
         head.addWidget(self.kind)

@@ -415,3 +415,24 @@ def test_every_control_in_the_window_has_a_tooltip(window):
         if not w.toolTip():
             missing.append(f"{type(w).__name__} {w.objectName()!r} {getattr(w, 'text', lambda: '')()!r}")
     assert missing == []
+
+
+def test_an_unexpected_error_in_the_window_becomes_a_message(window, monkeypatch):
+    import sys
+
+    from studio.ui.app import install_excepthook
+
+    monkeypatch.setattr(sys, "excepthook", sys.excepthook)
+    install_excepthook(window)
+    try:
+        raise KeyError("gone")
+    except KeyError as exc:
+        sys.excepthook(type(exc), exc, exc.__traceback__)
+    assert window.banner.isVisible()
+    assert window.banner.label.text() == "Unexpected error (KeyError): 'gone'"
+
+
+def test_parameters_are_saved_when_a_job_is_queued(qtbot, window, config_dir):
+    set_prompt(window, "saved early")
+    window.session.generate()
+    assert Settings.load(config_dir).params["prompt"] == "saved early"
