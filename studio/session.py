@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import random
+import shutil
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -20,7 +21,7 @@ from studio import __version__
 from studio.engine.errors import EngineError
 from studio.engine.requests import MAX_SEED, GenerateRequest, GenerateResult
 from studio.paths import BUILTIN_MODEL, MODELS_DIR
-from studio.qimage import array_to_qimage
+from studio.qimage import array_to_qimage, qimage_to_array
 from studio.settings import Settings
 from studio.worker import JobOutput, Worker, emit, error_message
 
@@ -154,6 +155,7 @@ class Session(QObject):
         self._warm_enabled = False
         self._warm_model: str | None = None
         self._warm_jobs: set[int] = set()
+        self._unsaved_text: dict[int, str] = {}  # QImage.cacheKey() -> parameters, for images not on disk
         self._run_started = 0.0
         # The step timeline of the last run (1-based steps map to index step-1).
         self.live_steps: dict[int, np.ndarray] = {}
@@ -335,6 +337,30 @@ class Session(QObject):
         self.current_path = path
         emit(self.current_image_changed, image)
 
+    def save_current_as(self, dest: Path | str) -> Path:
+        """Save the image on the canvas as a PNG that keeps its generation parameters.
+
+        Raises OSError or EngineError with a readable message.
+        """
+        image, src = self.current_image, self.current_path
+        if image is None or image.isNull():
+            raise OSError("there is no image to save yet")
+        dest = Path(dest)
+        if dest.suffix.lower() != ".png":
+            dest = dest.with_suffix(".png")
+        if src is not None and src.is_file() and src.suffix.lower() == ".png":
+            if src.resolve() != dest.resolve():
+                shutil.copyfile(src, dest)  # byte for byte: the stored parameters stay
+            return dest
+        text = self._unsaved_text.get(image.cacheKey())
+        if text is not None:
+            from studio.engine.output import save_image
+
+            return save_image(qimage_to_array(image), dest, text)
+        if not image.save(str(dest), "PNG"):
+            raise OSError(f"{dest.name} could not be written")
+        return dest
+
     def open_image(self, path: Path | str) -> bool:
         """Show a PNG and fill the panel with its stored parameters (ours or A1111's)."""
         path = Path(path)
@@ -469,6 +495,8 @@ class Session(QObject):
         images = [array_to_qimage(np.asarray(a)) for a in result.images]
         for i, image in enumerate(images):
             path = out.paths[i] if i < len(out.paths) else None
+            if path is None:  # not on disk: keep its parameters for Save as
+                self._unsaved_text[image.cacheKey()] = self._parameters_text(result, i)
             emit(self.image_saved, str(path) if path else "", image)
         if images:
             self.show_image(images[0], out.paths[0] if out.paths else None)
@@ -480,8 +508,22 @@ class Session(QObject):
         if n:
             self.select_step(n)
         secs = result.timings.get("total") or (time.monotonic() - self._run_started)
+        if out.save_error:
+            emit(self.message, f"Not saved ({out.save_error}): use Save as to keep it", "error")
+            return
         where = f" → {out.paths[0].parent}" if out.paths else ""
         emit(self.message, f"Done in {secs:.1f} s, seed {self.last_seed}{where}", "info")
+
+    @staticmethod
+    def _parameters_text(result: GenerateResult, i: int) -> str:
+        from studio.engine.metadata import parameters_for
+
+        req = result.request
+        if not (req.width and req.height) and i < len(result.images):
+            h, w = np.asarray(result.images[i]).shape[:2]
+            req = req.replace(width=int(w), height=int(h))
+        seed = result.seeds[i] if i < len(result.seeds) else (req.seed or 0)
+        return parameters_for(req, seed, result.model_name, result.model_hash, __version__)
 
     def _on_cancelled(self, job_id: int) -> None:
         if job_id in self._warm_jobs:

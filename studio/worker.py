@@ -96,6 +96,7 @@ class JobOutput:
     paths: list[Path]
     timeline_x0: list[np.ndarray] = field(default_factory=list)  # small RGB per step (image 0)
     timeline_latent: list[np.ndarray] = field(default_factory=list)
+    save_error: str = ""  # why the images could not be written, if they could not
 
 
 def error_message(exc: BaseException) -> str:
@@ -301,9 +302,17 @@ class Worker(QObject):
                 job.state = "cancelled"
                 emit(self.cancelled, job.id)
                 return
-            # Written to disk (with metadata) before anyone is told: nothing is lost.
-            paths = job.save(result) if job.save is not None else []
-            out = JobOutput(result, list(paths))
+            # Written to disk (with metadata) before anyone is told: nothing is lost. If the disk
+            # refuses, the images still go to the UI, with the reason, so they can be saved elsewhere.
+            paths: list[Path] = []
+            save_error = ""
+            if job.save is not None:
+                try:
+                    paths = list(job.save(result))
+                except Exception as exc:  # noqa: BLE001 - reported with the result
+                    log.exception("saving job %s", job.id)
+                    save_error = error_message(exc)
+            out = JobOutput(result, paths, save_error=save_error)
             out.timeline_x0, out.timeline_latent = self._timeline(engine, result)
             job.state = "done"
             emit(self.finished, job.id, out)

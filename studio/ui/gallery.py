@@ -17,6 +17,7 @@ from studio.worker import emit
 
 THUMB = 112
 PATH_ROLE = Qt.ItemDataRole.UserRole
+IMAGE_ROLE = Qt.ItemDataRole.UserRole + 2  # the full image, for a result that is not on disk
 
 
 def thumbnail(image: QImage, size: int = THUMB) -> QImage:
@@ -116,7 +117,11 @@ class Gallery(HintList):
         if path and path in self._paths:
             return
         self._paths.add(path)
-        self.insertItem(0, self._make_item(path, thumbnail(image)))
+        item = self._make_item(path, thumbnail(image))
+        if not path:
+            item.setData(IMAGE_ROLE, QImage(image))
+            item.setToolTip("Not saved: right-click > Save as to keep it")
+        self.insertItem(0, item)
         self.setCurrentRow(0)
 
     def load_folder(self, paths: list[Path]) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import shutil
 from pathlib import Path
 
 from PySide6.QtCore import QByteArray, QSize, Qt, QTimer, QUrl
@@ -33,15 +32,16 @@ from PySide6.QtWidgets import (
 )
 
 from studio import APP_NAME, __version__
+from studio.engine.errors import EngineError
 from studio.session import IMAGE_SUFFIXES, Session
 from studio.settings import Settings
 from studio.ui.canvas import Canvas
-from studio.ui.gallery import PATH_ROLE, Gallery
+from studio.ui.gallery import IMAGE_ROLE, PATH_ROLE, Gallery
 from studio.ui.preview import PreviewPanel, format_eta
 from studio.ui.prompt_panel import PromptPanel, section
 from studio.ui.queue_view import QueuePanel
 from studio.ui.theme import icon
-from studio.worker import EngineFactory, Worker, default_engine_factory
+from studio.worker import EngineFactory, Worker, default_engine_factory, error_message
 
 
 def image_paths(mime) -> list[Path]:
@@ -383,10 +383,11 @@ class MainWindow(QMainWindow):
             self.engine_label.setToolTip(state)
 
     def _gallery_show(self, path: str) -> None:
-        if not path:
+        if not path:  # a result that could not be written: the gallery keeps the image itself
             item = self.gallery.currentItem()
-            if item is not None:
-                self.canvas.set_image(item.icon().pixmap(512).toImage())
+            image = item.data(IMAGE_ROLE) if item is not None else None
+            if isinstance(image, QImage):
+                self.session.show_image(image, None)
             return
         image = QImage(path)
         if image.isNull():
@@ -426,23 +427,16 @@ class MainWindow(QMainWindow):
         if image is None or image.isNull():
             self.show_message("No image to save yet", "warning")
             return False
-        src = self.session.current_path
         if target is None:
+            src = self.session.current_path
             suggested = str(Path.home() / (src.name if src else "image.png"))
             target, _ = QFileDialog.getSaveFileName(self, "Save image as", suggested, "PNG image (*.png)")
             if not target:
                 return False
-        dest = Path(target)
-        if dest.suffix.lower() != ".png":
-            dest = dest.with_suffix(".png")
         try:
-            if src is not None and src.is_file() and src.suffix.lower() == ".png":
-                if src.resolve() != dest.resolve():
-                    shutil.copyfile(src, dest)  # keeps the stored parameters
-            elif not image.save(str(dest), "PNG"):
-                raise OSError("the image could not be written")
-        except OSError as exc:
-            self.show_message(f"Could not save {dest.name}: {exc}", "error")
+            dest = self.session.save_current_as(target)
+        except (OSError, EngineError) as exc:
+            self.show_message(f"Could not save {Path(target).name}: {error_message(exc)}", "error")
             return False
         self.show_message(f"Saved {dest}")
         return True

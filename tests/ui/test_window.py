@@ -436,3 +436,28 @@ def test_parameters_are_saved_when_a_job_is_queued(qtbot, window, config_dir):
     set_prompt(window, "saved early")
     window.session.generate()
     assert Settings.load(config_dir).params["prompt"] == "saved early"
+
+
+def test_an_image_that_cannot_be_saved_is_still_shown_and_can_be_saved_elsewhere(
+    qtbot, make_window, tmp_path, monkeypatch
+):
+    blocker_file = tmp_path / "not-a-folder"
+    blocker_file.write_text("x")
+    fake = FakeEngine(auto=True)
+    window = make_window(fake, output_dir=str(blocker_file / "out"))
+    set_prompt(window, "keep me anyway")
+    with qtbot.waitSignal(window.session.image_saved) as blocker:
+        window.session.generate()
+    assert blocker.args[0] == ""
+    assert red(window.canvas.image()) == 7  # shown although not written
+    qtbot.waitUntil(lambda: window.banner.isVisible())
+    assert "Not saved" in window.banner.label.text()
+    target = tmp_path / "rescued.png"
+    monkeypatch.setattr(QFileDialog, "getSaveFileName", lambda *a, **k: (str(target), ""))
+    window.save_action.trigger()
+    assert read_parameters(target).startswith("keep me anyway\n")
+    assert "Seed: 7" in read_parameters(target)
+    window.canvas.set_image(None)
+    window.gallery.setCurrentRow(0)
+    window._gallery_show("")
+    assert red(window.canvas.image()) == 7 and window.canvas.image().width() == 64
