@@ -115,6 +115,12 @@ class MainWindow(QMainWindow):
         self.setAcceptDrops(True)
         self._build()
         self._build_menus()
+        for button, action in zip(
+            self.canvas_buttons, (self.open_action, self.save_action, self.copy_action), strict=True
+        ):
+            button.setDefaultAction(action)
+        self.save_action.setEnabled(False)
+        self.copy_action.setEnabled(False)
         self._connect()
         if not self._restore_geometry():
             self.resize(1440, 900)
@@ -138,6 +144,17 @@ class MainWindow(QMainWindow):
         cl = QVBoxLayout(canvas_box)
         cl.setContentsMargins(6, 6, 6, 6)
         cl.setSpacing(6)
+        head = QHBoxLayout()
+        head.setContentsMargins(4, 2, 0, 0)
+        head.addWidget(section("Canvas"))
+        head.addStretch(1)
+        self.canvas_buttons: list[QToolButton] = []
+        for _ in range(3):  # open, save as, copy: their actions are set once the menus exist
+            button = QToolButton()
+            button.setAutoRaise(True)
+            head.addWidget(button)
+            self.canvas_buttons.append(button)
+        cl.addLayout(head)
         cl.addWidget(self.banner)
         cl.addWidget(self.canvas, 1)
 
