@@ -87,7 +87,7 @@ class Gallery(HintList):
         super().__init__("Finished images appear here, with earlier ones from the output folder", parent)
         self.setViewMode(QListView.ViewMode.IconMode)
         self.setIconSize(QSize(THUMB, THUMB))
-        self.setSpacing(6)
+        self.setGridSize(QSize(THUMB + 10, THUMB + 10))
         self.setResizeMode(QListView.ResizeMode.Adjust)
         self.setMovement(QListView.Movement.Static)
         self.setFlow(QListView.Flow.LeftToRight)
@@ -110,6 +110,7 @@ class Gallery(HintList):
         item = QListWidgetItem(QIcon(QPixmap.fromImage(thumb)), "")
         item.setData(PATH_ROLE, path)
         item.setToolTip(Path(path).name if path else "not saved")
+        item.setSizeHint(QSize(THUMB + 6, THUMB + 6))
         return item
 
     def add_result(self, path: str, image: QImage) -> None:
