@@ -147,6 +147,7 @@ class Session(QObject):
         self.output_dir: Path = settings.resolved_output_dir()
         self.current_image: QImage | None = None
         self.current_path: Path | None = None
+        self.current_caption = ""
         self.last_seed: int | None = None
         self._labels: dict[int, str] = {}
         self._progress: dict[int, tuple[int, int]] = {}
@@ -332,9 +333,10 @@ class Session(QObject):
 
     # -- images -------------------------------------------------------------------------------
 
-    def show_image(self, image: QImage, path: Path | None = None) -> None:
+    def show_image(self, image: QImage, path: Path | None = None, caption: str = "") -> None:
         self.current_image = image
         self.current_path = path
+        self.current_caption = caption
         emit(self.current_image_changed, image)
 
     def save_current_as(self, dest: Path | str) -> Path:
@@ -569,7 +571,7 @@ class Session(QObject):
             emit(self.message, f"Could not show the decoded step: {exc}", "error")
             return
         emit(self.decoded, step, image)
-        self.show_image(image, None)
+        self.show_image(image, None, caption=f"step {step}, fully decoded")
         emit(self.message, f"Step {step}, fully decoded", "info")
 
 

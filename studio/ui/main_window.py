@@ -346,8 +346,9 @@ class MainWindow(QMainWindow):
 
     def _show_current(self, image: QImage) -> None:
         self._preview_on_canvas = False
-        path = self.session.current_path
-        caption = f"{path.name}  ·  {image.width()}×{image.height()}" if path else f"{image.width()}×{image.height()}"
+        path, size = self.session.current_path, f"{image.width()}×{image.height()}"
+        name = path.name if path else self.session.current_caption
+        caption = f"{name}  ·  {size}" if name else size
         self.canvas.set_image(image, caption)
         self.save_action.setEnabled(not image.isNull())
         self.copy_action.setEnabled(not image.isNull())
