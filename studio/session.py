@@ -158,6 +158,7 @@ class Session(QObject):
         self._warm_jobs: set[int] = set()
         self._unsaved_text: dict[int, str] = {}  # QImage.cacheKey() -> parameters, for images not on disk
         self._run_started = 0.0
+        self._first_step: tuple[int, float] | None = None
         # The step timeline of the last run (1-based steps map to index step-1).
         self.live_steps: dict[int, np.ndarray] = {}
         self.timeline_x0: list[np.ndarray] = []
@@ -457,6 +458,7 @@ class Session(QObject):
             return
         self._running = job_id
         self._run_started = time.monotonic()
+        self._first_step = None
         self.live_steps = {}
         self.timeline_x0, self.timeline_latent = [], []
         self.last_output = None
@@ -472,13 +474,23 @@ class Session(QObject):
         if job_id != self._running:
             return
         self._progress[job_id] = (step, total)
-        eta = elapsed / step * (total - step) if step > 0 else -1.0
-        emit(self.progress, step, total, eta)
+        emit(self.progress, step, total, self._eta(step, total, elapsed))
         if preview is not None:
             arr = np.asarray(preview)
             self.live_steps[step] = arr
             emit(self.preview_changed, array_to_qimage(arr))
         emit(self.jobs_changed)
+
+    def _eta(self, step: int, total: int, elapsed: float) -> float:
+        """Seconds left, from the pace since the first step (the first one carries the prompt
+        encoding and any model load, and would inflate the estimate)."""
+        if step <= 0:
+            return -1.0
+        if self._first_step is None or step <= self._first_step[0]:
+            self._first_step = (step, elapsed)
+            return elapsed / step * (total - step)
+        s0, e0 = self._first_step
+        return (elapsed - e0) / (step - s0) * (total - step)
 
     def _end_run(self, job_id: int) -> None:
         self._progress.pop(job_id, None)

@@ -461,3 +461,11 @@ def test_an_image_that_cannot_be_saved_is_still_shown_and_can_be_saved_elsewhere
     window.gallery.setCurrentRow(0)
     window._gallery_show("")
     assert red(window.canvas.image()) == 7 and window.canvas.image().width() == 64
+
+
+def test_eta_follows_the_pace_after_the_first_step(window):
+    s = window.session
+    s._first_step = None
+    assert s._eta(1, 10, 5.0) == 45.0  # one step known: its time (prompt encoding included)
+    assert s._eta(2, 10, 6.0) == 8.0  # then the pace since step 1: 1 s a step, 8 to go
+    assert s._eta(5, 10, 9.0) == 5.0
