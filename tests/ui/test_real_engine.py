@@ -1,7 +1,6 @@
 """End to end with the real engine and a tiny random-weight pipeline: click -> PNG -> gallery."""
 
 import numpy as np
-import pytest
 from PySide6.QtCore import Qt
 
 from studio.engine.metadata import read_parameters, request_fields
@@ -11,15 +10,8 @@ from studio.ui.main_window import MainWindow
 from studio.worker import default_engine_factory
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    pytest.importorskip("torch")
-    from studio.engine.tiny import build_tiny_pipeline
-
-    return build_tiny_pipeline(tmp_path_factory.mktemp("models") / "tiny")
-
-
 def test_generate_with_the_real_engine(qtbot, tiny_model, out_dir):
+    """tiny_model: the session-wide tiny random pipeline of tests/conftest.py."""
     window = MainWindow(Settings(), model=str(tiny_model), output_dir=str(out_dir),
                         engine_factory=default_engine_factory("cpu"))  # fmt: skip
     qtbot.addWidget(window)
