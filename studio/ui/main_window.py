@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 from pathlib import Path
 
-from PySide6.QtCore import QByteArray, QSize, Qt, QTimer, QUrl
+from PySide6.QtCore import QByteArray, QSize, Qt, QUrl
 from PySide6.QtGui import (
     QAction,
     QActionGroup,
@@ -97,14 +97,14 @@ class MainWindow(QMainWindow):
         super().__init__()
         self.settings = settings
         self.config_dir = config_dir
-        self._model_override = model
+        self._model_override = str(Path(model).expanduser().resolve()) if model else None
         self._saved_model = settings.params.get("model", "")
         self.worker = Worker(engine_factory or default_engine_factory(settings.engine_device()))
         self.session = Session(self.worker, settings, self)
         if output_dir:
-            self.session.output_dir = Path(output_dir).expanduser()
-        if model:
-            self.session.params.model = str(Path(model).expanduser())
+            self.session.output_dir = Path(output_dir).expanduser().resolve()
+        if self._model_override:
+            self.session.params.model = self._model_override
         self._closed = False
         self._preview_on_canvas = False
         self._laid_out = False
@@ -549,10 +549,8 @@ class MainWindow(QMainWindow):
 
     def store_settings(self) -> None:
         self.session.store_settings()
-        if self._model_override and self.settings.params.get("model") == self.session.params.model:
-            # --model overrides this run only
-            if str(Path(self._model_override).expanduser()) == self.session.params.model:
-                self.settings.params["model"] = self._saved_model
+        if self._model_override and self.session.params.model == self._model_override:
+            self.settings.params["model"] = self._saved_model  # --model overrides this run only
         self.settings.geometry = base64.b64encode(bytes(self.saveGeometry())).decode("ascii")
         self.settings.splitter_state = {
             name: base64.b64encode(bytes(split.saveState())).decode("ascii")
@@ -574,4 +572,3 @@ class MainWindow(QMainWindow):
             self.session.shutdown()
             self.gallery.shutdown()
         event.accept()
-        QTimer.singleShot(0, lambda: None)
