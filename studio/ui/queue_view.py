@@ -43,6 +43,7 @@ class QueuePanel(QWidget):
         self.list = HintList("Nothing queued. Ctrl+Enter queues another image.")
         self.list.setToolTip("Jobs waiting for the engine, in order. Select one and press Delete to remove it.")
         self.list.setMinimumHeight(60)
+        self.list.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         lay.addWidget(self.list, 1)
 
         self.remove_button.clicked.connect(self.remove_selected)
@@ -54,6 +55,10 @@ class QueuePanel(QWidget):
         session.jobs_changed.connect(self.refresh)
         self.refresh()
 
+    def resizeEvent(self, event) -> None:
+        super().resizeEvent(event)
+        self.refresh()  # re-elide the prompts to the new width
+
     def job_ids(self) -> list[int]:
         return [self.list.item(i).data(JOB_ROLE) for i in range(self.list.count())]
 
@@ -62,15 +67,17 @@ class QueuePanel(QWidget):
         selected = self.list.currentItem().data(JOB_ROLE) if self.list.currentItem() else None
         self.list.blockSignals(True)
         self.list.clear()
+        metrics = self.list.fontMetrics()
+        room = max(80, self.list.viewport().width() - 48)
         for job in jobs:
-            prompt = job.label if len(job.label) <= 60 else job.label[:57] + "…"
             if job.state == "running":
-                status = f"▶ {job.step}/{job.total}" if job.total else "▶ starting"
+                status = f"{job.step}/{job.total}" if job.total else "starting"
             else:
-                status = "⏸ queued"
-            item = QListWidgetItem(f"{status}   {prompt}")
+                status = "queued"
+            text = metrics.elidedText(f"{status}  ·  {' '.join(job.label.split())}", Qt.TextElideMode.ElideRight, room)
+            item = QListWidgetItem(icon("running" if job.state == "running" else "queued"), text)
             item.setData(JOB_ROLE, job.id)
-            item.setToolTip(job.label)
+            item.setToolTip(f"{status}: {job.label}")
             self.list.addItem(item)
             if job.id == selected:
                 self.list.setCurrentItem(item)

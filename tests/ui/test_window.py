@@ -66,7 +66,7 @@ def test_queue_order_and_visible_queue(qtbot, window, fake):
     for prompt in ("first", "second", "third"):
         set_prompt(window, prompt)
         window.session.generate()
-    qtbot.waitUntil(lambda: len(queue_rows(window)) == 3 and queue_rows(window)[0].startswith("▶"))
+    qtbot.waitUntil(lambda: len(queue_rows(window)) == 3 and not queue_rows(window)[0].startswith("queued"))
     rows = queue_rows(window)
     assert [r.split()[-1] for r in rows] == ["first", "second", "third"]
     assert "queued" in rows[1] and "queued" in rows[2]
