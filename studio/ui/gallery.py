@@ -7,6 +7,7 @@ size; QImage is safe off the GUI thread), so a big output folder never stalls th
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from PySide6.QtCore import QObject, QSize, Qt, Signal
@@ -32,14 +33,17 @@ class ThumbnailLoader(QObject):
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def load(self, paths: list[Path]) -> None:
+    def load(self, paths: list[Path] | Callable[[], list[Path]]) -> None:
+        """Read thumbnails of `paths` (or of what the callable lists, called on the loader thread)."""
         self.stop()
         self._stop = threading.Event()
         stop = self._stop
-        self._thread = threading.Thread(target=self._run, args=(list(paths), stop), name="studio-thumbs", daemon=True)
+        self._thread = threading.Thread(target=self._run, args=(paths, stop), name="studio-thumbs", daemon=True)
         self._thread.start()
 
-    def _run(self, paths: list[Path], stop: threading.Event) -> None:
+    def _run(self, paths: list[Path] | Callable[[], list[Path]], stop: threading.Event) -> None:
+        if callable(paths):
+            paths = paths()  # listing a big folder is slow too: not on the GUI thread
         for path in paths:
             if stop.is_set():
                 return
@@ -125,7 +129,7 @@ class Gallery(HintList):
         self.insertItem(0, item)
         self.setCurrentRow(0)
 
-    def load_folder(self, paths: list[Path]) -> None:
+    def load_folder(self, paths: list[Path] | Callable[[], list[Path]]) -> None:
         """Earlier results (newest first), appended after this session's as they load."""
         for i in range(self.count() - 1, -1, -1):
             item = self.item(i)

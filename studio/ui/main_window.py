@@ -24,6 +24,7 @@ from PySide6.QtWidgets import (
     QLabel,
     QMainWindow,
     QMenu,
+    QMessageBox,
     QProgressBar,
     QSplitter,
     QToolButton,
@@ -124,7 +125,7 @@ class MainWindow(QMainWindow):
         self._connect()
         if not self._restore_geometry():
             self.resize(1440, 900)
-        self.gallery.load_folder(self.session.output_images())
+        self.gallery.load_folder(self.session.output_images)
         self.prompt_panel.prompt.setFocus()
 
     # -- layout ------------------------------------------------------------------------------
@@ -286,6 +287,7 @@ class MainWindow(QMainWindow):
         gen_menu.addActions([self.random_action, self.reuse_action])
 
         help_menu = mb.addMenu("&Help")
+        help_menu.addAction(self._action("&Keyboard shortcuts", self.show_shortcuts, QKeySequence("F1")))
         help_menu.addAction(self._action("&About Latent Studio", self.about))
 
         for menu in (file_menu, gen_menu, help_menu):
@@ -477,7 +479,7 @@ class MainWindow(QMainWindow):
         if folder:
             self.settings.output_dir = folder
             self.session.output_dir = Path(folder)
-            self.gallery.load_folder(self.session.output_images())
+            self.gallery.load_folder(self.session.output_images)
             self.show_message(f"Images are saved to {folder}")
 
     def add_model_folder(self) -> None:
@@ -491,8 +493,27 @@ class MainWindow(QMainWindow):
         self.settings.device = device
         self.show_message("The engine device changes the next time the studio starts")
 
+    SHORTCUTS = (
+        ("Ctrl+Enter", "Generate (again to queue more)"),
+        ("Esc", "Cancel the running image"),
+        ("Ctrl+S", "Save the image as…"),
+        ("Ctrl+O", "Open an image and its parameters"),
+        ("Ctrl+Shift+C", "Copy the image"),
+        ("Delete", "Remove the selected job from the queue"),
+        ("Drop a PNG", "Load its image and parameters (ours or A1111's)"),
+    )
+
+    def show_shortcuts(self) -> None:
+        rows = "".join(f"<tr><td><b>{k}</b></td><td>&nbsp;&nbsp;{v}</td></tr>" for k, v in self.SHORTCUTS)
+        QMessageBox.information(self, "Keyboard shortcuts", f"<table>{rows}</table>")
+
     def about(self) -> None:
-        self.show_message(f"{APP_NAME} {__version__}: a desktop studio for latent diffusion models, offline")
+        QMessageBox.about(
+            self,
+            f"About {APP_NAME}",
+            f"<h3>{APP_NAME} {__version__}</h3><p>A desktop studio for latent diffusion models. "
+            f"Runs offline; every image is saved with its parameters in<br><code>{self.session.output_dir}</code></p>",
+        )
 
     # -- drag and drop -------------------------------------------------------------------------
 

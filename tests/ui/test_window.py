@@ -469,3 +469,15 @@ def test_eta_follows_the_pace_after_the_first_step(window):
     assert s._eta(1, 10, 5.0) == 45.0  # one step known: its time (prompt encoding included)
     assert s._eta(2, 10, 6.0) == 8.0  # then the pace since step 1: 1 s a step, 8 to go
     assert s._eta(5, 10, 9.0) == 5.0
+
+
+def test_help_lists_the_shortcuts(window, monkeypatch):
+    from PySide6.QtWidgets import QMessageBox
+
+    shown = []
+    monkeypatch.setattr(QMessageBox, "information", lambda parent, title, text: shown.append((title, text)))
+    monkeypatch.setattr(QMessageBox, "about", lambda parent, title, text: shown.append((title, text)))
+    window.show_shortcuts()
+    window.about()
+    assert shown[0][0] == "Keyboard shortcuts" and "Ctrl+Enter" in shown[0][1] and "Esc" in shown[0][1]
+    assert "Latent Studio" in shown[1][0]
