@@ -210,9 +210,11 @@ def test_ctrl_enter_generates_from_the_prompt_box_and_elsewhere(qtbot, window, f
         qtbot.keyClick(window.prompt_panel.prompt, Qt.Key.Key_Return, Qt.KeyboardModifier.ControlModifier)
     assert window.prompt_panel.prompt.toPlainText() == "a cat"  # no new line typed
     assert fake.requests[-1].prompt == "a cat"
-    with qtbot.waitSignal(window.session.image_saved):
-        qtbot.keyClick(window.prompt_panel.steps, Qt.Key.Key_Enter, Qt.KeyboardModifier.ControlModifier)
-    assert len(fake.requests) == 2
+    for widget in (window.prompt_panel.steps, window.prompt_panel.seed, window.prompt_panel.negative):
+        with qtbot.waitSignal(window.session.image_saved):
+            qtbot.keyClick(widget, Qt.Key.Key_Enter, Qt.KeyboardModifier.ControlModifier)
+    assert len(fake.requests) == 4
+    assert window.prompt_panel.negative.toPlainText() == ""
 
 
 def test_ctrl_s_saves_a_copy_with_metadata(qtbot, window, fake, tmp_path, monkeypatch):
