@@ -111,7 +111,10 @@ class Gallery(HintList):
         return [self.item(i).data(PATH_ROLE) for i in range(self.count())]
 
     def _make_item(self, path: str, thumb: QImage) -> QListWidgetItem:
-        item = QListWidgetItem(QIcon(QPixmap.fromImage(thumb)), "")
+        pix = QPixmap.fromImage(thumb)
+        icon = QIcon(pix)
+        icon.addPixmap(pix, QIcon.Mode.Selected)  # no highlight tint over the picture: the frame shows it
+        item = QListWidgetItem(icon, "")
         item.setData(PATH_ROLE, path)
         item.setToolTip(Path(path).name if path else "not saved")
         item.setSizeHint(QSize(THUMB + 6, THUMB + 6))
