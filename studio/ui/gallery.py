@@ -104,8 +104,13 @@ class Gallery(HintList):
         self.loader = ThumbnailLoader(self)
         self.loader.loaded.connect(self._add_loaded)
         self.itemClicked.connect(lambda it: emit(self.image_activated, it.data(PATH_ROLE) or ""))
+        self.currentItemChanged.connect(self._current_changed)  # arrow keys browse the results
         self.itemDoubleClicked.connect(lambda it: emit(self.parameters_requested, it.data(PATH_ROLE) or ""))
         self._paths: set[str] = set()
+
+    def _current_changed(self, item, _previous) -> None:
+        if item is not None and self.hasFocus():
+            emit(self.image_activated, item.data(PATH_ROLE) or "")
 
     def paths(self) -> list[str]:
         return [self.item(i).data(PATH_ROLE) for i in range(self.count())]

@@ -483,3 +483,17 @@ def test_help_lists_the_shortcuts(window, monkeypatch):
     window.about()
     assert shown[0][0] == "Keyboard shortcuts" and "Ctrl+Enter" in shown[0][1] and "Esc" in shown[0][1]
     assert "Latent Studio" in shown[1][0]
+
+
+def test_arrow_keys_browse_the_gallery(qtbot, window, fake):
+    fake.run_free()
+    for seed in ("1", "2"):
+        set_prompt(window, "x")
+        window.prompt_panel.seed.setText(seed)
+        with qtbot.waitSignal(window.session.image_saved):
+            window.session.generate()
+    assert red(window.canvas.image()) == 2  # the newest, first in the gallery
+    window.gallery.setFocus()
+    qtbot.keyClick(window.gallery, Qt.Key.Key_Right)
+    assert window.gallery.currentRow() == 1
+    assert red(window.canvas.image()) == 1
