@@ -9,7 +9,7 @@ semi-transparent overlay when present.
 from __future__ import annotations
 
 from PySide6.QtCore import QPointF, QRectF, QSize, Qt, Signal
-from PySide6.QtGui import QColor, QImage, QMouseEvent, QPainter, QPaintEvent, QPen
+from PySide6.QtGui import QColor, QImage, QMouseEvent, QPainter, QPaintEvent, QPen, QWheelEvent
 from PySide6.QtWidgets import QSizePolicy, QWidget
 
 from studio.worker import emit
@@ -29,12 +29,17 @@ class Canvas(QWidget):
         self._caption = ""
         self._smooth = False
         self._logical: QSize | None = None
+        self._zoom = 1.0  # relative to the fitted size
+        self._pan = QPointF()  # offset of the image centre from the fitted centre, widget pixels
+        self._drag_from: QPointF | None = None
         self.tool = None  # later: an object with press(canvas, pos), move(...), release(...)
         self.setMinimumSize(240, 240)
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
         self.setMouseTracking(True)
         self.setAutoFillBackground(False)
-        self.setToolTip("The current image. Drop a PNG here to load it and its parameters.")
+        self.setToolTip(
+            "The current image. Wheel: zoom, drag: pan, double-click: fit. Drop a PNG here to load its parameters."
+        )
 
     # -- image and mask ----------------------------------------------------------------------
 
@@ -49,10 +54,13 @@ class Canvas(QWidget):
         logical_size: lay the image out as if it had this size (a small live preview takes the
         place the final image will take).
         """
+        before = self._logical or self._image.size()
         self._image = QImage(image) if image is not None else QImage()
         self._caption = caption
         self._smooth = smooth
         self._logical = logical_size if logical_size is not None and not logical_size.isEmpty() else None
+        if (self._logical or self._image.size()) != before:
+            self._zoom, self._pan = 1.0, QPointF()  # same size: keep the zoom, to compare images
         if self._mask is not None and self._mask.size() != self._image.size():
             self.clear_mask()
         emit(self.image_changed)
@@ -75,8 +83,8 @@ class Canvas(QWidget):
 
     # -- geometry --------------------------------------------------------------------------
 
-    def image_rect(self) -> QRectF:
-        """Where the image is drawn, in widget coordinates (fitted, centred, never upscaled past 4x)."""
+    def fit_rect(self) -> QRectF:
+        """The image fitted and centred (never enlarged past 8x), in widget coordinates."""
         if self._image.isNull():
             return QRectF()
         margin, below = 12, 22 if self._caption else 0  # room for the caption under the image
@@ -86,6 +94,38 @@ class Canvas(QWidget):
         scale = min(avail_w / w, avail_h / h, 8.0)
         dw, dh = w * scale, h * scale
         return QRectF((self.width() - dw) / 2, (self.height() - below - dh) / 2, dw, dh)
+
+    def image_rect(self) -> QRectF:
+        """Where the image is drawn: the fitted rectangle, zoomed and panned by the artist."""
+        r = self.fit_rect()
+        if r.isEmpty() or self._zoom == 1.0 and self._pan.isNull():
+            return r
+        c = r.center() + self._pan
+        w, h = r.width() * self._zoom, r.height() * self._zoom
+        return QRectF(c.x() - w / 2, c.y() - h / 2, w, h)
+
+    def zoom(self) -> float:
+        return self._zoom
+
+    def set_zoom(self, zoom: float, anchor: QPointF | None = None) -> None:
+        """Zoom relative to the fitted size (1 = fit), keeping the image point under `anchor` still."""
+        zoom = max(0.25, min(32.0, zoom))
+        r = self.image_rect()
+        if r.isEmpty():
+            return
+        anchor = anchor if anchor is not None else r.center()
+        # the image point under the anchor, as a fraction of the image rectangle
+        fx, fy = (anchor.x() - r.x()) / r.width(), (anchor.y() - r.y()) / r.height()
+        fit = self.fit_rect()
+        self._zoom = zoom
+        w, h = fit.width() * zoom, fit.height() * zoom
+        left, top = anchor.x() - fx * w, anchor.y() - fy * h
+        self._pan = QPointF(left + w / 2, top + h / 2) - fit.center()
+        self.update()
+
+    def fit(self) -> None:
+        self._zoom, self._pan = 1.0, QPointF()
+        self.update()
 
     def to_image(self, pos: QPointF) -> QPointF:
         r = self.image_rect()
@@ -130,20 +170,41 @@ class Canvas(QWidget):
 
     # -- tools (mask painting comes later) ---------------------------------------------------
 
+    def wheelEvent(self, event: QWheelEvent) -> None:
+        if self._image.isNull():
+            return
+        steps = event.angleDelta().y() / 120.0
+        if steps:
+            self.set_zoom(self._zoom * (1.25**steps), event.position())
+        event.accept()
+
+    def mouseDoubleClickEvent(self, event: QMouseEvent) -> None:
+        self.fit()
+
     def mousePressEvent(self, event: QMouseEvent) -> None:
         if self.tool is not None and hasattr(self.tool, "press"):
             self.tool.press(self, self.to_image(event.position()))
+        elif event.button() in (Qt.MouseButton.LeftButton, Qt.MouseButton.MiddleButton) and not self._image.isNull():
+            self._drag_from = event.position()
+            self.setCursor(Qt.CursorShape.ClosedHandCursor)
         else:
             super().mousePressEvent(event)
 
     def mouseMoveEvent(self, event: QMouseEvent) -> None:
         if self.tool is not None and hasattr(self.tool, "move"):
             self.tool.move(self, self.to_image(event.position()))
+        elif self._drag_from is not None:
+            self._pan += event.position() - self._drag_from
+            self._drag_from = event.position()
+            self.update()
         else:
             super().mouseMoveEvent(event)
 
     def mouseReleaseEvent(self, event: QMouseEvent) -> None:
         if self.tool is not None and hasattr(self.tool, "release"):
             self.tool.release(self, self.to_image(event.position()))
+        elif self._drag_from is not None:
+            self._drag_from = None
+            self.unsetCursor()
         else:
             super().mouseReleaseEvent(event)

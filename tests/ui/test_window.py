@@ -497,3 +497,23 @@ def test_arrow_keys_browse_the_gallery(qtbot, window, fake):
     qtbot.keyClick(window.gallery, Qt.Key.Key_Right)
     assert window.gallery.currentRow() == 1
     assert red(window.canvas.image()) == 1
+
+
+def test_canvas_zooms_about_the_cursor_and_fits_back(qtbot, window):
+    from PySide6.QtCore import QPointF
+
+    image = QImage(64, 64, QImage.Format.Format_RGB888)
+    image.fill(Qt.GlobalColor.darkCyan)
+    canvas = window.canvas
+    canvas.set_image(image)
+    fit = canvas.image_rect()
+    anchor = QPointF(fit.x() + fit.width() * 0.25, fit.y() + fit.height() * 0.75)
+    under = canvas.to_image(anchor)
+    canvas.set_zoom(3.0, anchor)
+    assert abs(canvas.image_rect().width() - 3 * fit.width()) < 1e-6
+    after = canvas.to_image(anchor)
+    assert abs(after.x() - under.x()) < 1e-6 and abs(after.y() - under.y()) < 1e-6  # the point stays put
+    canvas.set_image(image)  # same size: the zoom stays
+    assert canvas.zoom() == 3.0
+    qtbot.mouseDClick(canvas, Qt.MouseButton.LeftButton)
+    assert canvas.image_rect() == fit
