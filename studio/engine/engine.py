@@ -156,8 +156,12 @@ class _StepTracker:
 class Engine:
     """Headless diffusion engine. Not thread-safe by contract: call it from one thread."""
 
-    def __init__(self, device: str | None = None):
+    def __init__(self, device: str | None = None, threads: int | None = None):
         self.device, self.dtype = pick_device(device)
+        threads = threads or int(os.environ.get("STUDIO_THREADS", "0") or 0)
+        if threads > 0 and self.device.type == "cpu":
+            # On a busy CPU fewer threads than cores keeps steps steady (oversubscription stalls).
+            torch.set_num_threads(threads)
         self._model: LoadedModel | None = None
         self._lock = threading.Lock()  # guards against misuse from two threads, never held across threads
         self.loads = 0  # how many times weights were read from disk (tests check caching)
