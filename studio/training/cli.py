@@ -60,6 +60,12 @@ def add_subcommands(subparsers) -> None:
     p.add_argument("--pool-size", type=int, default=None)
     p.add_argument("--full-mask-prob", type=float, default=None)
     p.add_argument("--noise-offset", type=float, default=None, help="offset noise strength (default 0.1)")
+    p.add_argument("--latent-scale", type=float, default=None,
+                   help="multiply the VAE scaling factor (< 1 = noisier schedule in effect; shipped in the VAE config)")
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--warmup", type=int, default=None)
+    p.add_argument("--init-from", default=None, help="start from the weights of another run's checkpoint.pt")
+    p.add_argument("--pool-from", default=None, help="use another run's pool.pt (latents of the same VAE)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--max-minutes", type=float, default=None, help="stop (and save) after this much wall time")

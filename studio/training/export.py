@@ -52,6 +52,8 @@ def export(run_dir: str | Path, out_dir: str | Path, use_ema: bool = True, fp16:
     vae = load_trained_vae(run_dir)
     ck = torch.load(run_dir / "unet" / "checkpoint.pt", map_location="cpu", weights_only=False)
     text_encoder, unet = models_from_checkpoint(ck, use_ema=use_ema)
+    # the latents' scale the denoiser was trained with (the VAE's 1/std times the run's latent_scale)
+    vae.register_to_config(scaling_factor=float(ck["scaling_factor"]))
     tokenizer = load_tokenizer()
     cls = StableDiffusionInpaintPipeline if unet.config.in_channels == 9 else StableDiffusionPipeline
     pipe = cls(

@@ -66,6 +66,7 @@ class Preset:
     full_mask_prob: float = 0.6  # plain text-to-image samples (mask all ones)
     uncond_prob: float = 0.1
     noise_offset: float = 0.1
+    latent_scale: float = 1.0  # multiplies the VAE's 1/std scaling factor (< 1: a noisier schedule in effect)
     threads: int = 2
 
     def to_dict(self) -> dict:

@@ -154,6 +154,8 @@ def train_unet(
     progress: bool = True,
     adaptive_threads: bool = True,
     time_budget_minutes: float | None = None,
+    init_from: Path | None = None,
+    pool_from: Path | None = None,
 ) -> dict:
     """Train for ``steps`` steps, or, with ``time_budget_minutes``, for that much training time (the learning
     rate schedule then follows the fraction of the budget spent: a shared CPU's speed is unpredictable)."""
@@ -166,9 +168,12 @@ def train_unet(
     t_start = time.time()
 
     vae = load_trained_vae(run_dir)
-    sf = float(vae.config.scaling_factor)
+    # latent_scale < 1 carries the latents smaller than unit std: the same as shifting the noise schedule to
+    # more noise (SNR / latent_scale**2), which a 16x16 latent needs: with SD's schedule, made for 64x64
+    # latents, the layout of the image still shows through the noise at the last timesteps
+    sf = float(vae.config.scaling_factor) * preset.latent_scale
     tokenizer = load_tokenizer()
-    pool_path = out / "pool.pt"
+    pool_path = Path(pool_from) if pool_from else out / "pool.pt"
     pool = load_checkpoint(pool_path)
     if pool is None or pool["size"] != preset.pool_size or pool["seed"] != seed:
         pool = build_pool(vae, tokenizer, preset.pool_size, seed, progress=progress)
@@ -191,6 +196,12 @@ def train_unet(
     start = 0
     trained_s = 0.0
     ck = load_checkpoint(ckpt_path)
+    if ck is None and init_from:
+        init = load_checkpoint(Path(init_from))
+        unet.load_state_dict(init["unet"])
+        text_encoder.load_state_dict(init["text_encoder"])
+        ema = EMA(modules, preset.ema_decay)
+        print(f"initialised from {init_from} (step {init['step']})")
     if ck is not None:
         unet.load_state_dict(ck["unet"])
         text_encoder.load_state_dict(ck["text_encoder"])
@@ -200,7 +211,8 @@ def train_unet(
         trained_s = float(ck.get("trained_s", 0.0))
         set_rng_state(ck["rng"])
         print(f"resumed UNet training at step {start}")
-    meta = {"preset": preset.to_dict(), "scaling_factor": sf, "seed": seed}
+    meta = {"preset": preset.to_dict(), "scaling_factor": sf, "seed": seed,
+            "init_from": str(init_from) if init_from else None}
     (out / "train_config.json").write_text(json.dumps(meta, indent=2))
     log = JsonLog(out / "log.jsonl")
 
@@ -326,5 +338,11 @@ def main_unet(args) -> None:
         preset.noise_offset = args.noise_offset
     if args.full_mask_prob is not None:
         preset.full_mask_prob = args.full_mask_prob
+    if args.latent_scale is not None:
+        preset.latent_scale = args.latent_scale
+    if args.lr is not None:
+        preset.unet_lr = preset.text_lr = args.lr
+    if args.warmup is not None:
+        preset.warmup = args.warmup
     train_unet(Path(args.run_dir), preset, steps=args.steps, seed=args.seed, max_minutes=args.max_minutes,
-               time_budget_minutes=args.time_budget_minutes)
+               time_budget_minutes=args.time_budget_minutes, init_from=args.init_from, pool_from=args.pool_from)
