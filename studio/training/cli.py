@@ -63,6 +63,7 @@ def add_subcommands(subparsers) -> None:
     p.add_argument("--latent-scale", type=float, default=None,
                    help="multiply the VAE scaling factor (< 1 = noisier schedule in effect; shipped in the VAE config)")
     p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--conv-in-kernel", type=int, default=None, help="UNet input convolution kernel (odd)")
     p.add_argument("--warmup", type=int, default=None)
     p.add_argument("--init-from", default=None, help="start from the weights of another run's checkpoint.pt")
     p.add_argument("--pool-from", default=None, help="use another run's pool.pt (latents of the same VAE)")

@@ -42,6 +42,9 @@ class UnetConfig:
     attention_head_dim: int = 8
     norm_num_groups: int = 16
     in_channels: int = 9  # 4 noisy latent + 1 mask + 4 masked-image latent (inpainting layout)
+    # A wide input convolution with zero padding turns the constant mask channel (all ones in text-to-image)
+    # into a position signal: a 3x3 one leaves the UNet nearly blind to where it is on a 16x16 latent.
+    conv_in_kernel: int = 3
 
 
 @dataclass
@@ -160,6 +163,7 @@ def build_unet(cfg: UnetConfig, cross_attention_dim: int):
         cross_attention_dim=cross_attention_dim,
         attention_head_dim=cfg.attention_head_dim,
         norm_num_groups=cfg.norm_num_groups,
+        conv_in_kernel=cfg.conv_in_kernel,
     )
 
 

@@ -198,7 +198,15 @@ def train_unet(
     ck = load_checkpoint(ckpt_path)
     if ck is None and init_from:
         init = load_checkpoint(Path(init_from))
-        unet.load_state_dict(init["unet"])
+        sd = dict(init["unet"])
+        w_old, w_new = sd["conv_in.weight"], unet.conv_in.weight
+        if w_old.shape != w_new.shape:  # a wider input kernel: the old one in its centre, zeros around
+            k_old, k_new = w_old.shape[-1], w_new.shape[-1]
+            w = torch.zeros_like(w_new)
+            o = (k_new - k_old) // 2
+            w[:, :, o : o + k_old, o : o + k_old] = w_old
+            sd["conv_in.weight"] = w
+        unet.load_state_dict(sd)
         text_encoder.load_state_dict(init["text_encoder"])
         ema = EMA(modules, preset.ema_decay)
         print(f"initialised from {init_from} (step {init['step']})")
@@ -340,6 +348,8 @@ def main_unet(args) -> None:
         preset.full_mask_prob = args.full_mask_prob
     if args.latent_scale is not None:
         preset.latent_scale = args.latent_scale
+    if args.conv_in_kernel is not None:
+        preset.unet.conv_in_kernel = args.conv_in_kernel
     if args.lr is not None:
         preset.unet_lr = preset.text_lr = args.lr
     if args.warmup is not None:
