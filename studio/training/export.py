@@ -50,7 +50,7 @@ def export(run_dir: str | Path, out_dir: str | Path, use_ema: bool = True, fp16:
 
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     vae = load_trained_vae(run_dir)
-    ck = torch.load(run_dir / "unet" / "checkpoint.pt", map_location="cpu", weights_only=False)
+    ck = torch.load(run_dir / "unet" / "checkpoint.pt", map_location="cpu", weights_only=True)
     text_encoder, unet = models_from_checkpoint(ck, use_ema=use_ema)
     # the latents' scale the denoiser was trained with (the VAE's 1/std times the run's latent_scale)
     vae.register_to_config(scaling_factor=float(ck["scaling_factor"]))
