@@ -23,6 +23,7 @@ from pathlib import Path
 
 from .errors import ModelError, RequestError
 from .requests import GenerateRequest
+from .samplers import resolve_sampler, resolve_schedule
 
 # --------------------------------------------------------------------------------------------
 # Writing
@@ -253,40 +254,8 @@ def parse_parameters(text: str) -> dict:
     return {"prompt": "\n".join(prompt_lines), "negative_prompt": "\n".join(negative_lines), "params": params}
 
 
-# Our sampler names (DESIGN.md, "Samplers"); A1111 spellings are matched case-insensitively.
-KNOWN_SAMPLERS: tuple[str, ...] = (
-    "Euler",
-    "Euler a",
-    "Heun",
-    "LMS",
-    "DPM2",
-    "DPM2 a",
-    "DPM++ 2M",
-    "DPM++ 2M SDE",
-    "DPM++ SDE",
-    "UniPC",
-    "DDIM",
-    "PLMS",
-    "DDPM",
-    "LCM",
-)
-_SAMPLER_BY_LOWER = {s.lower(): s for s in KNOWN_SAMPLERS}
-_SAMPLER_ALIASES = {
-    "k_euler_a": "Euler a",
-    "k_euler": "Euler",
-    "k_lms": "LMS",
-    "k_heun": "Heun",
-    "k_dpmpp_2m": "DPM++ 2M",
-}
-
 # Our schedules; A1111's "Automatic" means the sampler's default: the model's own for most,
 # Karras or Exponential for the DPM family since A1111 1.9 (sd_samplers_kdiffusion.py).
-_SCHEDULE_BY_LOWER = {
-    "normal": "Normal",
-    "karras": "Karras",
-    "exponential": "Exponential",
-    "sgm uniform": "SGM Uniform",
-}
 _AUTOMATIC_SCHEDULE = {
     "DPM++ 2M": "Karras",
     "DPM++ SDE": "Karras",
@@ -294,6 +263,15 @@ _AUTOMATIC_SCHEDULE = {
     "DPM2 a": "Karras",
     "DPM++ 2M SDE": "Exponential",
 }
+
+
+def _known(resolve, raw: str):
+    """Our name for an A1111 sampler or schedule name, or None when we have no such thing."""
+    try:
+        found = resolve(raw)
+    except RequestError:
+        return None
+    return getattr(found, "name", found)
 
 
 def _default(name: str):
@@ -347,7 +325,7 @@ def request_fields(text: str) -> dict:
     sampler: str | None
     if "Sampler" in p:
         raw = p["Sampler"].strip()
-        sampler = _SAMPLER_BY_LOWER.get(raw.lower()) or _SAMPLER_ALIASES.get(raw.lower())
+        sampler = _known(resolve_sampler, raw)
     else:
         sampler = _default("sampler")
     if sampler is not None:
@@ -358,7 +336,7 @@ def request_fields(text: str) -> dict:
         if sched_raw == "automatic":
             schedule: str | None = _AUTOMATIC_SCHEDULE.get(sampler or "", "Normal")
         else:
-            schedule = _SCHEDULE_BY_LOWER.get(sched_raw)
+            schedule = _known(resolve_schedule, sched_raw)
     else:
         schedule = "Normal"
     if schedule is not None:

@@ -75,6 +75,7 @@ _ALIASES = {
     "k_heun": "Heun",
     "k_dpm_2": "DPM2",
     "k_dpm_2_a": "DPM2 a",
+    "k_dpmpp_2m": "DPM++ 2M",
     "dpm++ 2m sde": "DPM++ 2M SDE",
     "ddim": "DDIM",
     "plms": "PLMS",
@@ -103,14 +104,6 @@ def resolve_schedule(name: str) -> str:
         if s.lower() == name.strip().lower():
             return s
     raise RequestError(f"Unknown schedule {name!r}. Known schedules: {', '.join(SCHEDULE_NAMES)}")
-
-
-def split_combined_name(name: str) -> tuple[str, str]:
-    """'DPM++ 2M Karras' -> ('DPM++ 2M', 'Karras'); 'Euler a' -> ('Euler a', 'Normal')."""
-    for sched in ("Karras", "Exponential", "SGM Uniform"):
-        if name.endswith(" " + sched):
-            return name[: -len(sched) - 1], sched
-    return name, "Normal"
 
 
 def scheduler_spec(sampler: str, schedule: str = "Normal") -> tuple[str, dict[str, Any]]:
