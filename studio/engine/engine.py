@@ -224,7 +224,7 @@ class Engine:
             if cancel is not None and cancel.is_set():
                 return self._result(used, seeds, model, tracker, [], cancelled=True, t=(t_start, t_loaded))
             t_sampled = time.perf_counter()
-            images = [self._decode(model, latents[i : i + 1]) for i in range(latents.shape[0])]
+            images = self._decode(model, latents)
             if used.mode == "inpaint":
                 images = [_composite(used.init_image, img, used.mask) for img in images]
             res = self._result(used, seeds, model, tracker, images, cancelled=False, t=(t_start, t_loaded))
@@ -310,43 +310,44 @@ class Engine:
         return model.pipe("inpaint"), kwargs
 
     # -- decoding and previews ----------------------------------------------------------------------
-    def _decode(self, model: LoadedModel, latents: torch.Tensor) -> np.ndarray:
+    def _decode(self, model: LoadedModel, latents: torch.Tensor) -> list[np.ndarray]:
+        """Decode a batch one image at a time (bounded memory), upcasting an fp16 VAE once for all."""
         vae = model.vae
+        upcast = self.dtype == torch.float16 and vae.config.get("force_upcast", False)
+        dtype = torch.float32 if upcast else vae.dtype
+        mean, std = vae.config.get("latents_mean"), vae.config.get("latents_std")
+        images = []
         with torch.inference_mode():
-            lat = latents.to(model.device)
-            upcast = self.dtype == torch.float16 and vae.config.get("force_upcast", False)
-            dtype = torch.float32 if upcast else vae.dtype
             if upcast:
                 vae.to(torch.float32)
             try:
-                mean, std = vae.config.get("latents_mean"), vae.config.get("latents_std")
-                if mean is not None and std is not None:
-                    mean_t = torch.tensor(mean, device=lat.device, dtype=dtype).view(1, -1, 1, 1)
-                    std_t = torch.tensor(std, device=lat.device, dtype=dtype).view(1, -1, 1, 1)
-                    lat = lat.to(dtype) * std_t / vae.config.scaling_factor + mean_t
-                else:
-                    lat = lat.to(dtype) / vae.config.scaling_factor
-                if lat.shape[-1] * lat.shape[-2] * self._vsf(model) ** 2 > TILED_DECODE_PIXELS and hasattr(vae, "tiled_decode"):
-                    image = vae.tiled_decode(lat, return_dict=False)[0]  # bounded memory for large images
-                else:
-                    image = vae.decode(lat, return_dict=False)[0]
+                for i in range(latents.shape[0]):
+                    lat = latents[i : i + 1].to(model.device, dtype)
+                    if mean is not None and std is not None:
+                        mean_t = torch.tensor(mean, device=lat.device, dtype=dtype).view(1, -1, 1, 1)
+                        std_t = torch.tensor(std, device=lat.device, dtype=dtype).view(1, -1, 1, 1)
+                        lat = lat * std_t / vae.config.scaling_factor + mean_t
+                    else:
+                        lat = lat / vae.config.scaling_factor
+                    pixels = lat.shape[-1] * lat.shape[-2] * model.vae_scale_factor**2
+                    if pixels > TILED_DECODE_PIXELS and hasattr(vae, "tiled_decode"):
+                        image = vae.tiled_decode(lat, return_dict=False)[0]  # bounded memory for large images
+                    else:
+                        image = vae.decode(lat, return_dict=False)[0]
+                    # Same arithmetic as the pipelines' postprocess, so images equal plain diffusers'.
+                    image = (image / 2 + 0.5).clamp(0, 1).cpu().permute(0, 2, 3, 1).float().numpy()
+                    images.append((image[0] * 255).round().astype(np.uint8))
             finally:
                 if upcast:
                     vae.to(self.dtype)
-            # Same arithmetic as the pipelines' postprocess, so images equal plain diffusers'.
-            image = (image / 2 + 0.5).clamp(0, 1).cpu().permute(0, 2, 3, 1).float().numpy()
-        return (image[0] * 255).round().astype(np.uint8)
-
-    @staticmethod
-    def _vsf(model: LoadedModel) -> int:
-        return model.vae_scale_factor
+        return images
 
     def decode_latent(self, model: str | None, latent: np.ndarray) -> np.ndarray:
         """Full VAE decode of one kept latent (C, h, w) -> HxWx3 uint8: 'decode this step'."""
         m = self.load(model)
         t = torch.from_numpy(np.asarray(latent, dtype=np.float32))[None]
         with self._lock:
-            return self._decode(m, t.to(self.dtype))
+            return self._decode(m, t)[0]
 
     def latent_preview(self, model: str | None, latent: np.ndarray) -> np.ndarray:
         """The cheap linear-map preview of one (C, h, w) latent."""
