@@ -273,3 +273,21 @@ def test_evaluator_prompts_are_held_out_and_scored_right_on_true_images():
         assert images[-1].shape == (IMAGE_SIZE, IMAGE_SIZE, 3)
     r = score(images, items)
     assert r["color"] == r["shape"] == r["position"] == 1.0
+
+
+def test_loss_weights_raise_high_noise_and_keep_min_snr_elsewhere():
+    from studio.training.train_unet import loss_weights, make_noise_scheduler
+
+    sched = make_noise_scheduler()
+    t = torch.tensor([0, 100, 500, 700, 850, 950, 999])
+    ac = sched.alphas_cumprod[t]
+    snr = ac / (1 - ac)
+    plain = loss_weights(sched, t)
+    assert torch.allclose(plain, torch.clamp(snr, max=5.0) / snr)  # min-SNR-5
+    assert plain[0] < 0.01 and plain[-1] == 1.0
+    raised = loss_weights(sched, t, x0_floor=0.1, cap=10.0)
+    assert torch.equal(raised[:3], plain[:3])  # low noise: untouched
+    assert raised[4] == pytest.approx(0.1 / snr[4].item())  # t=850: 0.1 / SNR (about 4)
+    assert 3.0 < raised[4] < 6.0
+    assert raised[-1] == 10.0 and raised[-2] == 10.0  # the cap
+    assert bool(torch.all(raised >= plain))

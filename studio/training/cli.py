@@ -65,6 +65,9 @@ def add_subcommands(subparsers) -> None:
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--conv-in-kernel", type=int, default=None, help="UNet input convolution kernel (odd)")
     p.add_argument("--warmup", type=int, default=None)
+    p.add_argument("--x0-floor", type=float, default=None,
+                   help="raise the loss weight at high noise to X0_FLOOR / SNR (the layout is decided there)")
+    p.add_argument("--high-noise-cap", type=float, default=None, help="the most that weight may be (default 10)")
     p.add_argument("--init-from", default=None, help="start from the weights of another run's checkpoint.pt")
     p.add_argument("--pool-from", default=None, help="use another run's pool.pt (latents of the same VAE)")
     p.add_argument("--seed", type=int, default=0)
@@ -98,6 +101,7 @@ def add_subcommands(subparsers) -> None:
     p.add_argument("--psnr-images", type=int, default=256)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--grid", default=None, help="save the generated images as a PNG grid")
+    p.add_argument("--no-inpaint", action="store_true", help="skip the inpainting measure (9-channel models)")
     p.add_argument("--json", default=None, help="write the result as JSON")
     p.set_defaults(func=_evaluate)
 

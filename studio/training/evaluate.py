@@ -41,7 +41,17 @@ def eval_prompts(n: int | None = None, seed: int = 0, repeats: int = 2) -> list[
     return items
 
 
-def generate(pipe, prompts: list[str], seeds: list[int], steps: int = 20, cfg: float = 6.0, batch: int = 16) -> list[np.ndarray]:
+def generate(
+    pipe,
+    prompts: list[str],
+    seeds: list[int],
+    steps: int = 20,
+    cfg: float = 6.0,
+    batch: int = 16,
+    images: list[np.ndarray] | None = None,
+    masks: list[np.ndarray] | None = None,
+) -> list[np.ndarray]:
+    """Text-to-image, or inpainting of ``images`` where ``masks`` (64x64, 1 = repaint) are set."""
     from PIL import Image
 
     inpaint = pipe.unet.config.in_channels == 9
@@ -51,7 +61,12 @@ def generate(pipe, prompts: list[str], seeds: list[int], steps: int = 20, cfg: f
         gens = [torch.Generator().manual_seed(int(x)) for x in seeds[s : s + batch]]
         kwargs = dict(num_inference_steps=steps, guidance_scale=cfg, generator=gens, height=IMAGE_SIZE, width=IMAGE_SIZE,
                       output_type="np")
-        if inpaint:
+        if masks is not None:
+            assert images is not None
+            kwargs["image"] = [Image.fromarray(im) for im in images[s : s + batch]]
+            kwargs["mask_image"] = [Image.fromarray((m * 255).astype(np.uint8)) for m in masks[s : s + batch]]
+            kwargs["strength"] = 1.0
+        elif inpaint:
             kwargs["image"] = Image.new("RGB", (IMAGE_SIZE, IMAGE_SIZE), (128, 128, 128))
             kwargs["mask_image"] = Image.new("L", (IMAGE_SIZE, IMAGE_SIZE), 255)
             kwargs["strength"] = 1.0
@@ -59,6 +74,28 @@ def generate(pipe, prompts: list[str], seeds: list[int], steps: int = 20, cfg: f
             imgs = pipe(prompt=ps, **kwargs).images
         out.extend([(np.clip(im, 0, 1) * 255).round().astype(np.uint8) for im in imgs])
     return out
+
+
+INPAINT_BOX = 32  # side of the square hole painted over the target cell, in pixels
+
+
+def inpaint_cases(items: list[dict]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """For each prompt: an empty picture of its background and a square hole over the cell the prompt names.
+
+    Inpainting is then asked to draw the object into the hole: the analysis checks colour, shape and that it
+    landed in the hole's cell, and the pixels outside the hole are compared with the picture's."""
+    from .data import CELL_CENTERS, COLORS, POSITIONS
+
+    images, masks = [], []
+    for it in items:
+        images.append(np.full((IMAGE_SIZE, IMAGE_SIZE, 3), COLORS[it["background"]], np.uint8))
+        col, row = POSITIONS[it["position"]]
+        m = np.zeros((IMAGE_SIZE, IMAGE_SIZE), np.float32)
+        h = INPAINT_BOX // 2
+        cx, cy = int(CELL_CENTERS[col]), int(CELL_CENTERS[row])
+        m[max(0, cy - h) : cy + h, max(0, cx - h) : cx + h] = 1.0
+        masks.append(m)
+    return images, masks
 
 
 def set_sampler(pipe, name: str) -> None:
@@ -124,6 +161,7 @@ def evaluate(
     repeats: int = 2,
     psnr_images: int = 256,
     save_grid: str | None = None,
+    inpaint: bool = True,
 ) -> dict:
     t0 = time.time()
     result: dict = {"model": str(model_dir), "steps": steps, "cfg": cfg, "sampler": sampler}
@@ -134,6 +172,15 @@ def evaluate(
     items = eval_prompts(n, repeats=repeats)
     images = generate(pipe, [it["prompt"] for it in items], [seed + k for k in range(len(items))], steps, cfg)
     result["held_out"] = score(images, items)
+    if pipe.unet.config.in_channels == 9 and inpaint:
+        src, masks = inpaint_cases(items)
+        painted = generate(pipe, [it["prompt"] for it in items], [seed + k for k in range(len(items))], steps, cfg,
+                           images=src, masks=masks)
+        r = score(painted, items)
+        outside = [np.abs(p.astype(np.float32) - s.astype(np.float32))[m < 0.5].mean()
+                   for p, s, m in zip(painted, src, masks, strict=True)]
+        r["outside_mean_abs_change"] = round(float(np.mean(outside)), 2)
+        result["inpaint"] = r
     result["shapes"] = list(SHAPES)
     result["seconds"] = round(time.time() - t0, 1)
     if save_grid:
@@ -153,7 +200,8 @@ def main_evaluate(args) -> None:
     torch.set_num_threads(args.threads)
     r = evaluate(args.model, n=args.n, steps=args.steps, cfg=args.cfg, sampler=args.sampler, seed=args.seed,
                  repeats=args.repeats,
-                 psnr_images=args.psnr_images, save_grid=args.grid)
+                 psnr_images=args.psnr_images, save_grid=args.grid,
+                 inpaint=not args.no_inpaint)
     h = r["held_out"]
     print(json.dumps(r, indent=2))
     print(
@@ -161,5 +209,12 @@ def main_evaluate(args) -> None:
         f"colour {h['color']:.1%}  shape {h['shape']:.1%}  position {h['position']:.1%}  all three {h['all_three']:.1%}; "
         f"VAE PSNR {r['vae_psnr_db']} dB"
     )
+    if "inpaint" in r:
+        ip = r["inpaint"]
+        print(
+            f"inpainting the named object into an empty picture's hole over its cell: colour {ip['color']:.1%}  "
+            f"shape {ip['shape']:.1%}  in the hole {ip['position']:.1%}; "
+            f"mean change outside the hole {ip['outside_mean_abs_change']} / 255"
+        )
     if args.json:
         Path(args.json).write_text(json.dumps(r, indent=2) + "\n")

@@ -70,6 +70,11 @@ class Preset:
     uncond_prob: float = 0.1
     noise_offset: float = 0.1
     latent_scale: float = 1.0  # multiplies the VAE's 1/std scaling factor (< 1: a noisier schedule in effect)
+    # Loss weight at high noise, where the layout is decided: the epsilon loss weighs an error in the predicted
+    # image by the SNR, next to nothing there. The weight is raised to x0_floor / SNR (at most high_noise_cap),
+    # so the image-space error keeps at least x0_floor's weight. 0 = min-SNR weighting alone.
+    x0_floor: float = 0.0
+    high_noise_cap: float = 10.0
     threads: int = 2
 
     def to_dict(self) -> dict:

@@ -91,10 +91,19 @@ def build_pool(vae, tokenizer, size: int, seed: int, batch: int = 128, progress:
     return {"lat": lat, "mlat": mlat, "mask": masks, "ids": ids, "blank": blank, "size": size, "seed": seed}
 
 
-def min_snr_weights(scheduler, t: torch.Tensor, gamma: float = 5.0) -> torch.Tensor:
+def loss_weights(
+    scheduler, t: torch.Tensor, gamma: float = 5.0, x0_floor: float = 0.0, cap: float = 10.0
+) -> torch.Tensor:
+    """Min-SNR-gamma weights for the epsilon loss, raised at high noise to ``x0_floor / SNR`` (at most ``cap``).
+
+    In image (x0) terms the epsilon loss weighs errors by the SNR, so where the layout is decided (SNR ~ 0.01)
+    getting the object's place wrong costs nearly nothing: the model then takes the layout from the noise."""
     ac = scheduler.alphas_cumprod[t]
     snr = ac / (1 - ac)
-    return torch.clamp(snr, max=gamma) / snr
+    w = torch.clamp(snr, max=gamma) / snr
+    if x0_floor > 0:
+        w = torch.maximum(w, torch.clamp(x0_floor / snr, max=cap))
+    return w
 
 
 def make_noise_scheduler():
@@ -284,7 +293,7 @@ def train_unet(
         h = text_encoder(ids).last_hidden_state
         pred = unet(torch.cat([zt, mask, mlat], dim=1), t, encoder_hidden_states=h).sample
         per = (pred - noise).pow(2).mean(dim=(1, 2, 3))
-        loss = (per * min_snr_weights(sched, t)).mean()
+        loss = (per * loss_weights(sched, t, x0_floor=preset.x0_floor, cap=preset.high_noise_cap)).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
@@ -354,5 +363,9 @@ def main_unet(args) -> None:
         preset.unet_lr = preset.text_lr = args.lr
     if args.warmup is not None:
         preset.warmup = args.warmup
+    if args.x0_floor is not None:
+        preset.x0_floor = args.x0_floor
+    if args.high_noise_cap is not None:
+        preset.high_noise_cap = args.high_noise_cap
     train_unet(Path(args.run_dir), preset, steps=args.steps, seed=args.seed, max_minutes=args.max_minutes,
                time_budget_minutes=args.time_budget_minutes, init_from=args.init_from, pool_from=args.pool_from)
