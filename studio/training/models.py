@@ -82,8 +82,9 @@ class Preset:
 
 
 PRESETS: dict[str, Preset] = {
-    # ~1 hour on 2 CPU cores. The settings that made the shipped model follow position words: a wide input
-    # convolution, latents carried at 0.4x unit std (a noisier schedule in effect), more weight at high noise
+    # ~1 hour on 2 CPU cores (the U-Net stage needs ~2.5 hours to reach the shipped model's quality: see its
+    # card). The settings that made the shipped model follow position words: a wide input convolution,
+    # latents carried at 0.4x unit std (a noisier schedule in effect), more weight at high noise
     "cpu": Preset(
         name="cpu",
         unet=UnetConfig(conv_in_kernel=11),
