@@ -170,12 +170,12 @@ def evaluate(
     pipe = load_pipeline(model_dir)
     set_sampler(pipe, sampler)
     items = eval_prompts(n, repeats=repeats)
-    images = generate(pipe, [it["prompt"] for it in items], [seed + k for k in range(len(items))], steps, cfg)
+    prompts, seeds = [it["prompt"] for it in items], [seed + k for k in range(len(items))]
+    images = generate(pipe, prompts, seeds, steps, cfg)
     result["held_out"] = score(images, items)
     if pipe.unet.config.in_channels == 9 and inpaint:
         src, masks = inpaint_cases(items)
-        painted = generate(pipe, [it["prompt"] for it in items], [seed + k for k in range(len(items))], steps, cfg,
-                           images=src, masks=masks)
+        painted = generate(pipe, prompts, seeds, steps, cfg, images=src, masks=masks)
         r = score(painted, items)
         outside = [np.abs(p.astype(np.float32) - s.astype(np.float32))[m < 0.5].mean()
                    for p, s, m in zip(painted, src, masks, strict=True)]

@@ -343,29 +343,28 @@ def models_from_checkpoint(ck: dict, use_ema: bool = True):
     return text_encoder.eval(), unet.eval()
 
 
+# train-unet flags that override a preset field of the same meaning (None = keep the preset's)
+_PRESET_FLAGS = {
+    "batch": "unet_batch",
+    "threads": "threads",
+    "pool_size": "pool_size",
+    "noise_offset": "noise_offset",
+    "full_mask_prob": "full_mask_prob",
+    "latent_scale": "latent_scale",
+    "warmup": "warmup",
+    "x0_floor": "x0_floor",
+    "high_noise_cap": "high_noise_cap",
+}
+
+
 def main_unet(args) -> None:
     preset = PRESETS[args.preset]
-    if args.batch:
-        preset.unet_batch = args.batch
-    if args.threads:
-        preset.threads = args.threads
-    if args.pool_size:
-        preset.pool_size = args.pool_size
-    if args.noise_offset is not None:
-        preset.noise_offset = args.noise_offset
-    if args.full_mask_prob is not None:
-        preset.full_mask_prob = args.full_mask_prob
-    if args.latent_scale is not None:
-        preset.latent_scale = args.latent_scale
+    for flag, field_name in _PRESET_FLAGS.items():
+        if getattr(args, flag) is not None:
+            setattr(preset, field_name, getattr(args, flag))
     if args.conv_in_kernel is not None:
         preset.unet.conv_in_kernel = args.conv_in_kernel
     if args.lr is not None:
         preset.unet_lr = preset.text_lr = args.lr
-    if args.warmup is not None:
-        preset.warmup = args.warmup
-    if args.x0_floor is not None:
-        preset.x0_floor = args.x0_floor
-    if args.high_noise_cap is not None:
-        preset.high_noise_cap = args.high_noise_cap
     train_unet(Path(args.run_dir), preset, steps=args.steps, seed=args.seed, max_minutes=args.max_minutes,
                time_budget_minutes=args.time_budget_minutes, init_from=args.init_from, pool_from=args.pool_from)
