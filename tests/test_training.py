@@ -317,3 +317,21 @@ def test_builtin_model_follows_position_words():
     got = [analyse((np.clip(im, 0, 1) * 255).round().astype(np.uint8)).position for im in out]
     right = sum(g == p for g, p in zip(got, POSITION_NAMES, strict=True))
     assert right >= 7, list(zip(POSITION_NAMES, got, strict=True))
+
+
+def test_training_commands_name_a_missing_input_in_one_line(tmp_path, capsys):
+    """No hub lookup, no traceback: exit 2 and what is missing, with the command that makes it."""
+    from studio.training.cli import main
+
+    run = tmp_path / "run"
+    with pytest.raises(SystemExit) as e:
+        main(["train-unet", "--preset", "tiny", "--run-dir", str(run), "--steps", "1"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("python -m studio.training: error: trained VAE not found")
+    assert "train-vae --run-dir" in err and "\n" not in err
+    with pytest.raises(SystemExit) as e:
+        main(["train-unet", "--preset", "tiny", "--run-dir", str(run), "--init-from", str(tmp_path / "no.pt")])
+    assert e.value.code == 2
+    assert "--init-from checkpoint not found" in capsys.readouterr().err
+    assert not (run / "unet" / "pool.pt").exists()  # nothing built on the way to the error

@@ -6,6 +6,7 @@ The main CLI calls :func:`add_subcommands`; ``python -m studio.training`` works 
 from __future__ import annotations
 
 import argparse
+import sys
 
 DEFAULT_RUN_DIR = "runs/builtin"
 DEFAULT_MODEL_DIR = "models/builtin"
@@ -111,4 +112,10 @@ def main(argv: list[str] | None = None) -> None:
     sub = parser.add_subparsers(dest="command", required=True)
     add_subcommands(sub)
     args = parser.parse_args(argv)
-    args.func(args)
+    from studio.engine.errors import EngineError
+
+    try:
+        args.func(args)
+    except EngineError as e:  # bad input: one line, as the main CLI does
+        print(f"{parser.prog}: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None

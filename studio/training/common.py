@@ -12,6 +12,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from studio.engine.errors import RequestError
+
+
+class TrainingInputError(RequestError):
+    """A missing or wrong input of a training command: shown as one line, exit status 2."""
+
+
+def require(path: Path, what: str, hint: str) -> Path:
+    """``path`` if it exists, else a clear error (diffusers would otherwise go looking for it on a hub)."""
+    if not Path(path).exists():
+        raise TrainingInputError(f"{what} not found: {path} ({hint})")
+    return Path(path)
+
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .common import require
 from .data import ShapesDataset, to_tensor_batch
 from .models import BETA_END, BETA_SCHEDULE, BETA_START, NUM_TRAIN_TIMESTEPS, TOKENIZER_DIR, load_tokenizer
 from .train_unet import models_from_checkpoint
@@ -50,7 +51,8 @@ def export(run_dir: str | Path, out_dir: str | Path, use_ema: bool = True, fp16:
 
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     vae = load_trained_vae(run_dir)
-    ck = torch.load(run_dir / "unet" / "checkpoint.pt", map_location="cpu", weights_only=True)
+    ckpt = require(run_dir / "unet" / "checkpoint.pt", "U-Net checkpoint", f"run train-unet --run-dir {run_dir} first")
+    ck = torch.load(ckpt, map_location="cpu", weights_only=True)
     text_encoder, unet = models_from_checkpoint(ck, use_ema=use_ema)
     # the latents' scale the denoiser was trained with (the VAE's 1/std times the run's latent_scale)
     vae.register_to_config(scaling_factor=float(ck["scaling_factor"]))

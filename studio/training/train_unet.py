@@ -23,6 +23,7 @@ from .common import (
     JsonLog,
     load_checkpoint,
     lr_at,
+    require,
     rng_state,
     save_checkpoint,
     seed_everything,
@@ -176,6 +177,10 @@ def train_unet(
     seed_everything(seed)
     t_start = time.time()
 
+    if init_from:
+        require(Path(init_from), "--init-from checkpoint", "a train-unet run's unet/checkpoint.pt")
+    if pool_from:
+        require(Path(pool_from), "--pool-from latent pool", "a train-unet run's unet/pool.pt")
     vae = load_trained_vae(run_dir)
     # latent_scale < 1 carries the latents smaller than unit std: the same as shifting the noise schedule to
     # more noise (SNR / latent_scale**2), which a 16x16 latent needs: with SD's schedule, made for 64x64

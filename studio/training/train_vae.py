@@ -14,6 +14,7 @@ from .common import (
     JsonLog,
     load_checkpoint,
     lr_at,
+    require,
     rng_state,
     save_checkpoint,
     seed_everything,
@@ -152,7 +153,9 @@ def train_vae(
 def load_trained_vae(run_dir: Path):
     from diffusers import AutoencoderKL
 
-    return AutoencoderKL.from_pretrained(Path(run_dir) / "vae" / "final", local_files_only=True)
+    folder = Path(run_dir) / "vae" / "final"
+    require(folder / "config.json", "trained VAE", f"run train-vae --run-dir {run_dir} first")
+    return AutoencoderKL.from_pretrained(folder, local_files_only=True)
 
 
 def main_vae(args) -> None:
