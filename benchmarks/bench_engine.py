@@ -11,15 +11,12 @@ per step, and the process's peak RSS. Ratios, measured in one run, are what to c
 from __future__ import annotations
 
 import argparse
-import os
 import resource
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def main() -> int:
@@ -39,9 +36,9 @@ def main() -> int:
     if a.threads:
         torch.set_num_threads(a.threads)
 
-    from studio.engine import GenerateRequest
+    from studio.engine import GenerateRequest  # first: puts the hub offline before diffusers is imported
     from studio.engine.engine import Engine
-    from studio.engine.samplers import build_scheduler
+    from studio.engine.schedulers import build_scheduler
     from studio.engine.tiny import build_tiny_pipeline
 
     steps = a.steps or (10 if a.sd15 else 30)

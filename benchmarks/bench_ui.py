@@ -105,25 +105,21 @@ def ui_only_row(steps: int, runs: int) -> tuple[str, str, str, str]:
 
     import numpy as np
 
-    sys.path.insert(0, str(ROOT / "tests" / "ui"))
-    from fake_engine import FakeEngine
-
+    from studio.app import build_window
+    from studio.backends.fake import FakeBackend
     from studio.settings import Settings
-    from studio.ui.main_window import MainWindow
 
-    class Fake(FakeEngine):
+    class Fake(FakeBackend):
         def generate(self, request, on_step=None, cancel=None):
             res = super().generate(request, on_step, cancel)
             rng = np.random.default_rng(0)
             return dataclasses.replace(res, images=[rng.integers(0, 255, (512, 512, 3), np.uint8) for _ in res.images])
 
-        def latent_preview(self, model, latent):
+        def preview_image(self, value):
             return np.random.default_rng(0).integers(0, 255, (64, 64, 3), np.uint8)
 
     fake = Fake(auto=True, step_delay=0.02)
-    window = MainWindow(
-        Settings(), output_dir=tempfile.mkdtemp(prefix="studio-bench-out-"), engine_factory=lambda: fake
-    )
+    window = build_window(Settings(), fake, output_dir=tempfile.mkdtemp(prefix="studio-bench-out-"))
     window.show()
     window.session.update_params(prompt="x", steps=steps, seed=1)
     probe, worst = Probe(), 0.0
@@ -158,11 +154,11 @@ def main() -> int:
 
     from PySide6.QtWidgets import QApplication
 
+    from studio.app import build_window
+    from studio.backends.local import LocalBackend
     from studio.paths import BUILTIN_MODEL
     from studio.settings import Settings
-    from studio.ui.main_window import MainWindow
     from studio.ui.theme import apply_dark_theme
-    from studio.worker import default_engine_factory
 
     app = QApplication.instance() or QApplication([sys.argv[0]])
     apply_dark_theme(app)
@@ -171,15 +167,13 @@ def main() -> int:
     if model is None and (BUILTIN_MODEL / "model_index.json").is_file():
         model, label = str(BUILTIN_MODEL), "built-in"
     probe = Probe()
-    window = MainWindow(
-        Settings(), model=model, output_dir=str(out_dir), engine_factory=default_engine_factory(args.device)
-    )
+    window = build_window(Settings(), LocalBackend(device=args.device), model=model, output_dir=str(out_dir))
     window.show()
     app.processEvents()
 
     probe.start()
     window.start_engine()
-    wait_for(window.worker.engine_ready)
+    wait_for(window.session.capabilities_changed)  # emitted once the backend has started
     rows.append(("longest stall while the engine loads (torch import)", f"{probe.stop():.0f} ms",
                  "once, in the background after the window shows", "-"))  # fmt: skip
 
@@ -196,7 +190,7 @@ def main() -> int:
     step_times: list[float] = []
     last_step: list[tuple[int, float]] = []
     window.session.progress.connect(lambda s, t, eta: last_step.append((s, time.perf_counter())))
-    window.worker.step.connect(lambda j, s, t, el, p: step_times.append(el / s) if s else None)
+    window.session.step_info.connect(lambda info: step_times.append(info.elapsed / info.step) if info.step else None)
 
     # First run: loads the weights; then warm runs.
     stalls = []
@@ -228,7 +222,7 @@ def main() -> int:
         arrivals = {s: t for s, t in last_step}
         t0 = time.perf_counter()
         window.session.cancel()
-        wait_for(window.worker.cancelled)
+        wait_for(window.session.job_cancelled)
         latency = time.perf_counter() - t0
         latencies.append(latency * 1000)
         if 2 in arrivals and 3 in arrivals:

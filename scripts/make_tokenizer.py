@@ -1,5 +1,7 @@
 """Write the standard CLIP BPE tokenizer files (vocab.json, merges.txt) into resources/tokenizer.
 
+    .venv/bin/python scripts/make_tokenizer.py [OUT]    # OUT: another folder (default: studio.paths.TOKENIZER_DIR)
+
 The BPE merges come from the open-clip-torch wheel. open_clip itself cannot be imported here
 (it needs torchvision), so the file is located with importlib and read directly.
 Reproducible: the output depends only on that file.
@@ -7,13 +9,15 @@ Reproducible: the output depends only on that file.
 
 from __future__ import annotations
 
+import argparse
 import gzip
 import importlib.util
 import json
 import sys
 from pathlib import Path
 
-OUT = Path(__file__).resolve().parent.parent / "resources" / "tokenizer"
+from studio.paths import TOKENIZER_DIR
+
 N_MERGES = 49152 - 256 - 2  # CLIP keeps this many merges: 48894 -> vocabulary of 49408
 
 
@@ -37,16 +41,19 @@ def find_bpe() -> Path:
     return Path(spec.origin).parent / "bpe_simple_vocab_16e6.txt.gz"
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description="Write the CLIP tokenizer files")
+    ap.add_argument("out", nargs="?", type=Path, default=TOKENIZER_DIR, help="output folder (default: %(default)s)")
+    out: Path = ap.parse_args(argv).out
     lines = gzip.open(find_bpe()).read().decode("utf-8").split("\n")
     merges = [tuple(m.split()) for m in lines[1 : N_MERGES + 1]]
     base = list(bytes_to_unicode().values())
     vocab = base + [b + "</w>" for b in base] + ["".join(m) for m in merges]
     vocab += ["<|startoftext|>", "<|endoftext|>"]
     assert len(vocab) == 49408, len(vocab)
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab)}, ensure_ascii=False), encoding="utf-8")
-    (OUT / "merges.txt").write_text("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n", encoding="utf-8")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab)}, ensure_ascii=False), encoding="utf-8")
+    (out / "merges.txt").write_text("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n", encoding="utf-8")
     config = {
         "tokenizer_class": "CLIPTokenizer",
         "model_max_length": 77,
@@ -59,10 +66,10 @@ def main() -> None:
         "add_prefix_space": False,
         "clean_up_tokenization_spaces": True,
     }
-    (OUT / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     special = {k: config[k] for k in ("bos_token", "eos_token", "unk_token", "pad_token")}
-    (OUT / "special_tokens_map.json").write_text(json.dumps(special, indent=2) + "\n", encoding="utf-8")
-    print(f"wrote {OUT} ({len(vocab)} tokens, {len(merges)} merges)")
+    (out / "special_tokens_map.json").write_text(json.dumps(special, indent=2) + "\n", encoding="utf-8")
+    print(f"wrote {out} ({len(vocab)} tokens, {len(merges)} merges)")
 
 
 if __name__ == "__main__":

@@ -1,38 +1,36 @@
-"""`studio` / `python -m studio`: the window with no subcommand, else the command-line interface."""
+"""`studio` / `python -m studio`: the window with no subcommand, else the command-line interface.
+
+A first word that is not an option is a command: known ones run in `studio.cli`, an unknown one (a typo)
+is one line on stderr and exit 2, never the window. The window's own options are parsed strictly too.
+"""
 
 from __future__ import annotations
 
-import argparse
 import sys
 
-CLI_COMMANDS = {
-    "generate",
-    "img2img",
-    "samplers",
-    "schedules",
-    "info",
-    "make-tiny-model",
-    "train-vae",
-    "train-unet",
-    "export",
-    "fit-preview",
-    "evaluate",
-}
+CLI_OPTIONS = ("-h", "--help", "--version")  # the CLI's top-level options; the command names come from its parser
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and (argv[0] in CLI_COMMANDS or argv[0] in ("-h", "--help", "--version")):
+    from .cli import OneLineParser
+
+    if argv and (not argv[0].startswith("-") or argv[0] in CLI_OPTIONS):
         from .cli import main as cli_main
 
-        return cli_main(argv)
-    p = argparse.ArgumentParser(prog="studio", description="Latent Studio (run `studio --help` for the commands)")
+        return cli_main(argv)  # an unknown command: one line, exit 2 (cli.unknown_command)
+    p = OneLineParser(prog="studio", description="Latent Studio (run `studio --help` for the commands)")
     p.add_argument("--model", help="model folder to use for this run")
     p.add_argument("--output-dir", help="output folder for this run")
-    args, qt_args = p.parse_known_args(argv)
-    from .ui.app import run_app
+    p.add_argument(
+        "--demo",
+        action="store_true",
+        help="open the window on the built-in demo backend, no model needed: for a first look and screenshots",
+    )
+    args = p.parse_args(argv)  # not parse_known_args: `--bogus` is one line and exit 2, as in the CLI
+    from .app import run_app
 
-    return run_app([sys.argv[0], *qt_args], model=args.model, output_dir=args.output_dir)
+    return run_app(model=args.model, output_dir=args.output_dir, demo=args.demo)
 
 
 if __name__ == "__main__":

@@ -11,13 +11,15 @@ import sys
 from pathlib import Path
 
 from . import __version__
-from .engine.errors import EngineError, RequestError
+from .engine.errors import OUT_OF_MEMORY, EngineError, RequestError, first_line, is_out_of_memory
 
 EXIT_BAD_INPUT = 2
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # argparse's own errors: one line, exit 2
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but its own errors are one line on stderr and exit 2 (no usage block)."""
+
+    def error(self, message: str):
         self.exit(EXIT_BAD_INPUT, f"studio: error: {message}\n")
 
 
@@ -42,13 +44,13 @@ def _add_generation_options(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = OneLineParser(
         prog="studio",
         description="Latent Studio: generate images offline with latent diffusion models.",
-        epilog="With no command, `studio [--model PATH] [--output-dir DIR]` opens the window.",
+        epilog="With no command, `studio [--model PATH] [--output-dir DIR] [--demo]` opens the window.",
     )
     parser.add_argument("--version", action="version", version=f"Latent Studio {__version__}")
-    sub = parser.add_subparsers(dest="command", parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", parser_class=OneLineParser)
 
     g = sub.add_parser("generate", help="text to image")
     _add_generation_options(g)
@@ -73,6 +75,25 @@ def build_parser() -> argparse.ArgumentParser:
     else:
         add_subcommands(sub)
     return parser
+
+
+def command_names(parser: argparse.ArgumentParser | None = None) -> tuple[str, ...]:
+    """The subcommands `build_parser` registers, in order (the training ones too, when that package is there)."""
+    parser = parser or build_parser()
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return tuple(action.choices)
+    return ()
+
+
+def unknown_command(word: str, parser: argparse.ArgumentParser | None = None) -> str | None:
+    """The one-line error for a first word that is no command (a typo like `inpant`), else None."""
+    if word.startswith("-"):
+        return None
+    commands = command_names(parser)
+    if word in commands:
+        return None
+    return f"studio: error: unknown command {word!r} (commands: {', '.join(commands)})"
 
 
 def _read_image(path: str):
@@ -154,7 +175,12 @@ def _info(path: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
+    message = unknown_command(argv[0], parser) if argv else None
+    if message is not None:
+        print(message, file=sys.stderr)
+        return EXIT_BAD_INPUT
     args = parser.parse_args(argv)
     try:
         if args.command == "generate":
@@ -183,15 +209,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return EXIT_BAD_INPUT
     except EngineError as e:
-        print(f"studio: error: {e}", file=sys.stderr)
+        print(f"studio: error: {first_line(e)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("studio: interrupted", file=sys.stderr)
         return 130
-    except MemoryError:
-        print("studio: error: out of memory: try a smaller size or batch", file=sys.stderr)
-        return 1
     except Exception as e:  # noqa: BLE001 - the CLI promises one line, never a traceback
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        print(f"studio: unexpected error ({type(e).__name__}): {first}", file=sys.stderr)
+        if is_out_of_memory(e):  # MemoryError, or torch's OutOfMemoryError from a training command
+            print(f"studio: error: {OUT_OF_MEMORY}", file=sys.stderr)
+        else:
+            print(f"studio: unexpected error ({type(e).__name__}): {first_line(e)}", file=sys.stderr)
         return 1

@@ -1,114 +1,62 @@
-"""The one bridge between Qt and the engine: one engine thread, a job queue, signals.
+"""The one bridge between Qt and a backend: one engine thread, a queue of typed jobs, signals.
 
-The engine is synchronous and single-threaded; this worker owns the only thread that
-touches it (one GPU lane). Torch and diffusers are imported on that thread, lazily,
-through the engine factory, so the window shows before they load.
+A backend is synchronous and single-threaded; this worker owns the only thread that touches it
+(one GPU lane). The backend's slow start (torch, or a connection) happens on that thread, so
+the window shows before it. The worker knows the `Backend` protocol only, never a concrete one.
 
-Exceptions never cross into the UI as objects: an EngineError becomes its message, any
-other exception one readable line (the traceback goes to the log).
+Exceptions never cross into the UI as objects: an EngineError becomes its message, any other
+exception one readable line (the traceback goes to the log).
 """
 
 from __future__ import annotations
 
 import collections
-import ctypes
 import itertools
 import logging
-import sys
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 from PySide6.QtCore import QObject, Signal, Slot
 
-from studio.engine.errors import EngineError
+from studio.backends.base import Backend, BackendInfo
+from studio.engine.errors import EngineError, describe_error
 from studio.engine.requests import GenerateRequest, GenerateResult, StepInfo
+from studio.jobs import (
+    DecodedStep,
+    DecodeStep,
+    JobKind,
+    JobOutput,
+    JobRequest,
+    JobState,
+    JobStatus,
+    LoadModel,
+    ModelLoaded,
+    kind_of,
+)
+from studio.qtcompat import emit
 
 log = logging.getLogger(__name__)
 
-
-# -- PySide6 6.12.0 work-around -------------------------------------------------------------------
-# SignalInstance.emit() there returns its bool result without a new reference, so every
-# Python-side emit takes one reference from True; after a few thousand emits True is
-# "deallocated" and the interpreter aborts (bool_dealloc). 6.11.x is fine. Detected once at
-# import; every emit in the studio goes through `emit()`, which gives the reference back.
-
-
-def _emit_steals_bool_ref() -> bool:
-    class _Probe(QObject):
-        sig = Signal()
-
-    probe, n = _Probe(), 64
-    before = sys.getrefcount(True)
-    for _ in range(n):
-        probe.sig.emit()
-    lost = before - sys.getrefcount(True)
-    for _ in range(max(0, lost)):
-        ctypes.pythonapi.Py_IncRef(ctypes.py_object(True))  # repair what the probe took
-    return lost >= n - 4
-
-
-_EMIT_STEALS_BOOL_REF = _emit_steals_bool_ref()
-
-
-def emit(signal, *args) -> None:
-    """signal.emit(*args), safe on PySide6 versions whose emit() leaks a reference to True."""
-    result = signal.emit(*args)
-    if _EMIT_STEALS_BOOL_REF and isinstance(result, bool):
-        ctypes.pythonapi.Py_IncRef(ctypes.py_object(result))
-
-
-EngineFactory = Callable[[], Any]
 Saver = Callable[[GenerateResult], list[Path]]
-
-
-def default_engine_factory(device: str | None = None) -> EngineFactory:
-    def make():
-        from studio.engine.engine import Engine  # the only place the UI side reaches torch
-
-        return Engine(device=device)
-
-    return make
+THREAD_NAME = "studio-engine"
 
 
 @dataclass
-class Job:
+class _Job:
     id: int
-    kind: str  # "generate" or "call"
+    kind: JobKind
     label: str
-    request: GenerateRequest | None = None
-    fn: Callable[[Any], Any] | None = None
+    request: JobRequest
     save: Saver | None = None
     cancel: threading.Event = field(default_factory=threading.Event)
-    state: str = "queued"  # queued, running, done, cancelled, failed
+    state: JobState = JobState.QUEUED
     submitted: float = field(default_factory=time.monotonic)
 
-
-@dataclass
-class JobOutput:
-    """What `finished` carries for a generation: the result, where it was saved, the timeline."""
-
-    result: GenerateResult
-    paths: list[Path]
-    timeline_x0: list[np.ndarray] = field(default_factory=list)  # small RGB per step (image 0)
-    timeline_latent: list[np.ndarray] = field(default_factory=list)
-    save_error: str = ""  # why the images could not be written, if they could not
-
-
-def error_message(exc: BaseException) -> str:
-    """One line an artist can read."""
-    if isinstance(exc, EngineError):
-        text = str(exc).strip() or type(exc).__name__
-    elif isinstance(exc, MemoryError):
-        text = "Out of memory: try a smaller size or batch"
-    else:
-        detail = str(exc).strip().splitlines()
-        text = f"Unexpected error ({type(exc).__name__}): {detail[0] if detail else 'no details'}"
-    return text.splitlines()[0] if text else "Unknown error"
+    def status(self) -> JobStatus:
+        return JobStatus(self.id, self.kind, self.state, self.label, self.request)
 
 
 class Worker(QObject):
@@ -116,96 +64,109 @@ class Worker(QObject):
 
     queued = Signal(int)  # job_id
     started = Signal(int)
-    step = Signal(int, int, int, float, object)  # job_id, step, total, elapsed s, preview ndarray|None
-    finished = Signal(int, object)  # job_id, JobOutput
-    call_done = Signal(int, object)  # job_id, return value of submit_call's function
+    step = Signal(int, object)  # job_id, StepInfo
+    finished = Signal(int, object)  # job_id, JobOutput (a generation)
+    decoded = Signal(int, object)  # job_id, DecodedStep
+    model_loaded = Signal(int, object)  # job_id, ModelLoaded
     cancelled = Signal(int)
     failed = Signal(int, str)
     queue_changed = Signal()
-    engine_ready = Signal()
+    engine_ready = Signal(object)  # BackendInfo, once started
     engine_failed = Signal(str)
 
     _step_ready = Signal()
 
-    def __init__(self, engine_factory: EngineFactory | None = None, parent: QObject | None = None):
+    def __init__(self, backend: Backend, parent: QObject | None = None):
         super().__init__(parent)
-        self._factory = engine_factory or default_engine_factory()
-        self._engine: Any = None
+        self._backend = backend
+        self._info: BackendInfo = backend.info()  # cheap by contract: what is known before start
+        self._started = False
         self._engine_error: str | None = None
         self._ids = itertools.count(1)
         self._cond = threading.Condition()
-        self._queue: collections.deque[Job] = collections.deque()
-        self._jobs: dict[int, Job] = {}
-        self._current: Job | None = None
+        self._queue: collections.deque[_Job] = collections.deque()
+        self._current: _Job | None = None
         self._stop = False
-        self._load_engine = False
+        self._preload = False
         self._thread: threading.Thread | None = None
-        self._pending_step: tuple | None = None
+        self._pending_step: tuple[int, StepInfo] | None = None
         self._step_lock = threading.Lock()
         self._step_ready.connect(self._deliver_step)
 
     # -- UI-thread API ------------------------------------------------------------------------
 
+    def info(self) -> BackendInfo:
+        """What the backend can do (complete once `engine_ready` has been emitted)."""
+        return self._info
+
     def start(self, preload: bool = True) -> None:
-        """Start the engine thread; with preload, import the engine (torch) right away."""
+        """Start the engine thread; with preload, start the backend (torch, a connection) right away."""
         with self._cond:
             if self._thread is not None or self._stop:
                 return
-            self._load_engine = preload
-            self._thread = threading.Thread(target=self._run, name="studio-engine", daemon=True)
+            self._preload = preload
+            self._thread = threading.Thread(target=self._run, name=THREAD_NAME, daemon=True)
             self._thread.start()
 
-    def submit(self, request: GenerateRequest, save: Saver | None = None, label: str = "") -> int:
-        job = Job(next(self._ids), "generate", label or request.prompt, request=request, save=save)
-        return self._enqueue(job)
-
-    def submit_call(self, fn: Callable[[Any], Any], label: str = "") -> int:
-        """Run fn(engine) on the engine thread as a job (e.g. a full VAE decode of one step)."""
-        return self._enqueue(Job(next(self._ids), "call", label, fn=fn))
+    def submit(self, request: JobRequest, save: Saver | None = None, label: str = "") -> int:
+        """Queue a job: a GenerateRequest (saved by `save` before anyone is told), a DecodeStep or a
+        LoadModel. Returns its id."""
+        kind = kind_of(request)
+        if not label:
+            label = request.prompt if isinstance(request, GenerateRequest) else kind.value
+        job = _Job(next(self._ids), kind, label, request, save=save if kind is JobKind.GENERATE else None)
+        with self._cond:
+            if self._stop:
+                raise RuntimeError("the worker has been shut down")
+            self._queue.append(job)
+            self._cond.notify_all()
+        emit(self.queued, job.id)
+        emit(self.queue_changed)
+        self.start(preload=False)
+        return job.id
 
     def cancel(self, job_id: int) -> bool:
         """A queued job is dropped at once; a running one stops at its next step."""
         with self._cond:
-            job = self._jobs.get(job_id)
-            if job is None or job.state not in ("queued", "running"):
+            job = self._find(job_id)
+            if job is None:
                 return False
             job.cancel.set()
-            dropped = job.state == "queued"
+            dropped = job.state is JobState.QUEUED
             if dropped:
                 self._queue.remove(job)
-                job.state = "cancelled"
-                self._jobs.pop(job_id, None)
+                job.state = JobState.CANCELLED
         if dropped:
             emit(self.cancelled, job_id)
             emit(self.queue_changed)
         return True
 
     def cancel_all(self) -> None:
-        for job_id in [j.id for j in self.jobs()][::-1]:
-            self.cancel(job_id)
+        for status in self.jobs()[::-1]:
+            self.cancel(status.id)
 
-    def current_job(self) -> Job | None:
-        return self._current
+    def current_job(self) -> JobStatus | None:
+        job = self._current
+        return job.status() if job is not None else None
 
-    def jobs(self) -> list[Job]:
+    def jobs(self) -> list[JobStatus]:
         """The running job (if any) then the queued ones, in order."""
         with self._cond:
             running = [self._current] if self._current is not None else []
-            return running + list(self._queue)
+            return [j.status() for j in running + list(self._queue)]
 
     def is_alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
     def shutdown(self, timeout: float | None = 30.0) -> bool:
-        """Cancel everything, stop and join the engine thread. True when it has ended."""
+        """Cancel everything, stop and join the engine thread (which closes the backend). True when ended."""
         with self._cond:
             self._stop = True
             dropped = list(self._queue)
             self._queue.clear()
             for job in dropped:
                 job.cancel.set()
-                job.state = "cancelled"
-                self._jobs.pop(job.id, None)
+                job.state = JobState.CANCELLED
             if self._current is not None:
                 self._current.cancel.set()
             self._cond.notify_all()
@@ -219,17 +180,10 @@ class Worker(QObject):
 
     # -- internals ----------------------------------------------------------------------------
 
-    def _enqueue(self, job: Job) -> int:
-        with self._cond:
-            if self._stop:
-                raise RuntimeError("the worker has been shut down")
-            self._jobs[job.id] = job
-            self._queue.append(job)
-            self._cond.notify_all()
-        emit(self.queued, job.id)
-        emit(self.queue_changed)
-        self.start(preload=False)
-        return job.id
+    def _find(self, job_id: int) -> _Job | None:
+        if self._current is not None and self._current.id == job_id:
+            return self._current
+        return next((j for j in self._queue if j.id == job_id), None)
 
     @Slot()
     def _deliver_step(self) -> None:
@@ -238,104 +192,105 @@ class Worker(QObject):
         if pending is not None:
             emit(self.step, *pending)
 
-    def _post_step(self, job: Job, info: StepInfo) -> None:
+    def _post_step(self, job: _Job, info: StepInfo) -> None:
         # Coalesce: if the UI has not taken the last preview yet, the newer one replaces it.
-        item = (job.id, int(info.step), int(info.total), float(info.elapsed), info.preview)
         with self._step_lock:
             had_pending = self._pending_step is not None
-            self._pending_step = item
+            self._pending_step = (job.id, info)
         if not had_pending:
             emit(self._step_ready)
 
-    def _ensure_engine(self) -> Any:
-        if self._engine is None and self._engine_error is None:
+    def _ensure_started(self) -> bool:
+        if not self._started and self._engine_error is None:
             try:
-                self._engine = self._factory()
+                self._info = self._backend.start()
             except Exception as exc:  # noqa: BLE001 - shown to the artist as a message
                 log.exception("could not start the engine")
-                self._engine_error = "Could not start the engine: " + error_message(exc)
+                self._engine_error = "Could not start the engine: " + describe_error(exc)
                 emit(self.engine_failed, self._engine_error)
-                return None
-            emit(self.engine_ready)
-        return self._engine
+                return False
+            self._started = True
+            emit(self.engine_ready, self._info)
+        return self._started
 
     def _run(self) -> None:
-        if self._load_engine:
-            self._ensure_engine()
-        while True:
-            with self._cond:
-                while not self._queue and not self._stop:
-                    self._cond.wait()
-                if self._stop:
-                    break
-                job = self._queue.popleft()
-                job.state = "running"
-                self._current = job
-            emit(self.queue_changed)
-            emit(self.started, job.id)
-            try:
-                self._run_job(job)
-            finally:
+        try:
+            if self._preload:
+                self._ensure_started()
+            while True:
                 with self._cond:
-                    self._current = None
-                    self._jobs.pop(job.id, None)
+                    while not self._queue and not self._stop:
+                        self._cond.wait()
+                    if self._stop:
+                        break
+                    job = self._queue.popleft()
+                    job.state = JobState.RUNNING
+                    self._current = job
                 emit(self.queue_changed)
+                emit(self.started, job.id)
+                try:
+                    self._run_job(job)
+                finally:
+                    with self._cond:
+                        self._current = None
+                    emit(self.queue_changed)
+        finally:
+            if self._started:
+                try:
+                    self._backend.close()
+                except Exception:  # noqa: BLE001 - closing must not keep the window from quitting
+                    log.exception("closing the backend")
 
-    def _run_job(self, job: Job) -> None:
-        engine = self._ensure_engine()
-        if engine is None:
-            job.state = "failed"
+    def _run_job(self, job: _Job) -> None:
+        if not self._ensure_started():
+            job.state = JobState.FAILED
             emit(self.failed, job.id, self._engine_error or "The engine is not available")
             return
         if job.cancel.is_set():
-            job.state = "cancelled"
+            job.state = JobState.CANCELLED
             emit(self.cancelled, job.id)
             return
         try:
-            if job.kind == "call":
-                value = job.fn(engine)
-                job.state = "done"
-                emit(self.call_done, job.id, value)
-                return
-            result = engine.generate(job.request, lambda info: self._post_step(job, info), job.cancel)
-            if result.cancelled:
-                job.state = "cancelled"
-                emit(self.cancelled, job.id)
-                return
-            # Written to disk (with metadata) before anyone is told: nothing is lost. If the disk
-            # refuses, the images still go to the UI, with the reason, so they can be saved elsewhere.
-            paths: list[Path] = []
-            save_error = ""
-            if job.save is not None:
-                try:
-                    paths = list(job.save(result))
-                except Exception as exc:  # noqa: BLE001 - reported with the result
-                    log.exception("saving job %s", job.id)
-                    save_error = error_message(exc)
-            out = JobOutput(result, paths, save_error=save_error)
-            out.timeline_x0, out.timeline_latent = self._timeline(engine, result)
-            job.state = "done"
-            emit(self.finished, job.id, out)
+            if job.kind is JobKind.GENERATE:
+                self._generate(job)
+            elif job.kind is JobKind.DECODE_STEP:
+                req = job.request
+                assert isinstance(req, DecodeStep)
+                image = self._backend.decode_step(req.model, req.latent)
+                job.state = JobState.DONE
+                emit(self.decoded, job.id, DecodedStep(req.step, image))
+            elif job.kind is JobKind.LOAD_MODEL:
+                req = job.request
+                assert isinstance(req, LoadModel)
+                self._backend.load(req.model)
+                job.state = JobState.DONE
+                emit(self.model_loaded, job.id, ModelLoaded(req.model))
         except Exception as exc:  # noqa: BLE001 - never let an exception cross into the UI
             if not isinstance(exc, EngineError):
                 log.exception("job %s failed", job.id)
-            job.state = "failed"
-            emit(self.failed, job.id, error_message(exc))
+            job.state = JobState.FAILED
+            emit(self.failed, job.id, describe_error(exc))
 
-    @staticmethod
-    def _timeline(engine: Any, result: GenerateResult) -> tuple[list[np.ndarray], list[np.ndarray]]:
-        """Small RGB previews of every kept step (image 0 of the batch), both views."""
-        preview = getattr(engine, "latent_preview", None)
-        if preview is None:
-            return [], []
-        model = result.request.model
-        out: list[list[np.ndarray]] = [[], []]
-        for i, stack in enumerate((result.x0, result.latents)):
-            if stack is None:
-                continue
+    def _generate(self, job: _Job) -> None:
+        request = job.request
+        assert isinstance(request, GenerateRequest)
+        result = self._backend.generate(request, lambda info: self._post_step(job, info), job.cancel)
+        if result.cancelled:
+            job.state = JobState.CANCELLED
+            emit(self.cancelled, job.id)
+            return
+        # Written to disk (with metadata) before anyone is told: nothing is lost. If the disk
+        # refuses, the images still go to the UI, with the reason, so they can be saved elsewhere.
+        paths: list[Path] = []
+        save_error = ""
+        if job.save is not None:
             try:
-                out[i] = [np.asarray(preview(model, stack[k, 0]), dtype=np.uint8) for k in range(len(stack))]
-            except Exception:  # noqa: BLE001 - a missing timeline is not worth failing the run
-                log.exception("could not build the step timeline")
-                out[i] = []
-        return out[0], out[1]
+                paths = list(job.save(result))
+            except Exception as exc:  # noqa: BLE001 - reported with the result
+                log.exception("saving job %s", job.id)
+                save_error = describe_error(exc)
+        out = JobOutput(result, paths, save_error=save_error)
+        out.timeline_x0 = list(result.step_previews.get("x0", []))
+        out.timeline_latent = list(result.step_previews.get("latent", []))
+        job.state = JobState.DONE
+        emit(self.finished, job.id, out)

@@ -110,3 +110,133 @@ def test_info_on_image_without_parameters(capsys, tmp_path):
     Image.new("RGB", (8, 8)).save(f)
     code, out, err = run(capsys, "info", str(f))
     assert code == 1 and out == "" and "no generation parameters" in err
+
+
+# --------------------------------------------------------------------------------------------
+# `studio` / `python -m studio`: an unknown command or window option is an error, never the window
+
+_NO_QT = (
+    "import sys, studio.__main__ as m; code = m.main(sys.argv[1:]); print('PySide6' in sys.modules); sys.exit(code)"
+)
+
+
+def _run_studio(*argv: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "studio", *argv], capture_output=True, text=True, timeout=60)
+
+
+def test_unknown_command_exits_2_with_one_line_and_no_window():
+    p = _run_studio("inpant", "--image", "x.png")
+    assert p.returncode == 2, p.stderr
+    assert p.stdout == ""
+    lines = p.stderr.splitlines()
+    assert len(lines) == 1, p.stderr
+    assert "unknown command 'inpant'" in lines[0]
+    assert "generate" in lines[0] and "img2img" in lines[0]
+
+
+def test_unknown_command_imports_no_qt():
+    p = subprocess.run(
+        [sys.executable, "-c", _NO_QT, "inpant", "--image", "x.png"], capture_output=True, text=True, timeout=60
+    )
+    assert p.returncode == 2, p.stderr
+    assert p.stdout.strip() == "False"  # PySide6 was never imported
+    assert len(p.stderr.splitlines()) == 1
+
+
+def test_unknown_command_in_process(capsys):
+    from studio.__main__ import main as studio_main
+
+    qt_before = "PySide6" in sys.modules
+    assert studio_main(["inpant", "--image", "x.png"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "generate" in err
+    if not qt_before:
+        assert "PySide6" not in sys.modules
+
+
+def test_unknown_window_option_exits_2_with_one_line():
+    p = _run_studio("--bogus")
+    assert p.returncode == 2
+    assert p.stdout == ""
+    assert p.stderr.splitlines() == ["studio: error: unrecognized arguments: --bogus"]
+
+
+def test_unknown_window_option_in_process(capsys):
+    from studio.__main__ import main as studio_main
+
+    with pytest.raises(SystemExit) as exc:
+        studio_main(["--model", "m", "--bogus"])
+    assert exc.value.code == 2
+    assert len(capsys.readouterr().err.splitlines()) == 1
+
+
+def test_cli_main_rejects_an_unknown_command_too(capsys):
+    code, out, err = run(capsys, "inpant")
+    assert code == 2 and out == ""
+    assert err.startswith("studio: error: unknown command 'inpant' (commands: generate, img2img,")
+
+
+def test_command_names_come_from_the_parser():
+    from studio.cli import build_parser, command_names
+
+    names = command_names()
+    assert names[:2] == ("generate", "img2img")
+    assert {"samplers", "schedules", "info", "make-tiny-model"} <= set(names)
+    assert {"train-vae", "train-unet", "export", "fit-preview", "evaluate"} <= set(names)  # training, registered too
+    parser = build_parser()
+    for name in names:  # each one parses as that command
+        assert parser.parse_args([name, *_REQUIRED.get(name, [])]).command == name
+
+
+_REQUIRED = {
+    "generate": ["--prompt", "x"],
+    "img2img": ["--prompt", "x", "--image", "x.png"],
+    "info": ["x.png"],
+    "make-tiny-model": ["out"],
+}
+
+
+class OutOfMemoryError(RuntimeError):
+    """Stands in for torch.cuda.OutOfMemoryError (the CLI matches it by name)."""
+
+
+@pytest.mark.parametrize("exc", [MemoryError(), OutOfMemoryError("CUDA out of memory.\nTried to allocate 2 GiB")])
+def test_out_of_memory_is_the_one_message(capsys, monkeypatch, exc):
+    import studio.cli
+    from studio.engine.errors import OUT_OF_MEMORY
+
+    def boom(path):
+        raise exc
+
+    monkeypatch.setattr(studio.cli, "_info", boom)
+    code, out, err = run(capsys, "info", "x.png")
+    assert code == 1 and out == ""
+    assert err.splitlines() == [f"studio: error: {OUT_OF_MEMORY}"]
+
+
+def test_unexpected_error_is_one_line(capsys, monkeypatch):
+    import studio.cli
+
+    def boom(path):
+        raise RuntimeError("first\nsecond")
+
+    monkeypatch.setattr(studio.cli, "_info", boom)
+    code, _, err = run(capsys, "info", "x.png")
+    assert code == 1
+    assert err.splitlines() == ["studio: unexpected error (RuntimeError): first"]
+
+
+def test_known_command_still_runs_through_python_m_studio():
+    p = _run_studio("samplers")
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.splitlines() == list(SAMPLER_NAMES)
+
+
+def test_cli_parser_imports_no_torch_or_qt():
+    code = (
+        "import sys; from studio.cli import command_names; command_names(); "
+        "print([m for m in ('torch', 'diffusers', 'transformers', 'PySide6') if m in sys.modules])"
+    )
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip() == "[]"

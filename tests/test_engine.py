@@ -359,12 +359,8 @@ def test_tokenizer_files_are_reproducible(tmp_path):
     if importlib.util.find_spec("open_clip") is None:
         pytest.skip("open-clip-torch is not installed")
     root = Path(__file__).resolve().parent.parent
-    script = (root / "scripts" / "make_tokenizer.py").read_text()
-    script = script.replace(
-        'OUT = Path(__file__).resolve().parent.parent / "resources" / "tokenizer"', f"OUT = Path({str(tmp_path)!r})"
-    )
-    (tmp_path / "mk.py").write_text(script)
-    subprocess.run([sys.executable, str(tmp_path / "mk.py")], check=True, capture_output=True)
+    script = root / "scripts" / "make_tokenizer.py"
+    subprocess.run([sys.executable, str(script), str(tmp_path)], check=True, capture_output=True)
     for name in ("vocab.json", "merges.txt"):
         assert (tmp_path / name).read_bytes() == (root / "resources" / "tokenizer" / name).read_bytes()
 
@@ -398,3 +394,30 @@ def test_corrupt_weights_are_a_clear_model_error(engine, tiny_model, tmp_path):
     (broken / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"\0garbage" * 100)
     with pytest.raises(ModelError, match="Cannot load model corrupt"):
         engine.generate(req(str(broken), steps=1))
+
+
+@pytest.mark.parametrize("kind", ["cuda", "memory", "other"])
+def test_a_failing_run_is_one_engine_error_line(tiny_model, monkeypatch, kind):
+    """Out of memory (torch's or Python's) is the project's one message; anything else says what failed."""
+    import torch
+
+    from studio.engine import EngineError
+    from studio.engine.engine import Engine
+    from studio.engine.errors import OUT_OF_MEMORY
+
+    raised = {
+        "cuda": torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB\n(GPU 0)"),
+        "memory": MemoryError(),
+        "other": RuntimeError("shapes do not match\nmore detail"),
+    }[kind]
+
+    def pipe(**kwargs):
+        raise raised
+
+    e = Engine(device="cpu")
+    monkeypatch.setattr(e, "_pipeline_call", lambda model, r, seeds: (pipe, {}))
+    with pytest.raises(EngineError) as info:
+        e.generate(req(tiny_model, steps=1))
+    expected = OUT_OF_MEMORY if kind != "other" else "Generation failed: shapes do not match"
+    assert str(info.value) == expected
+    assert info.value.__cause__ is raised

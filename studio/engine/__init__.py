@@ -4,22 +4,32 @@ Public API:
     Engine(device=None).generate(request, on_step=None, cancel=None) -> GenerateResult
     Engine.decode_latent(model, latent) -> HxWx3 uint8 (full VAE decode of one kept step)
     GenerateRequest, GenerateResult, StepInfo (studio.engine.requests)
-    EngineError, RequestError, ModelError (studio.engine.errors)
+    EngineError, RequestError, ModelError, describe_error, first_line, OUT_OF_MEMORY (studio.engine.errors)
+    set_offline_env (studio.engine.offline)
     SAMPLERS, SCHEDULES (studio.engine.samplers)
 """
 
-import os
+from .offline import set_offline_env
 
-# Offline always: set before huggingface_hub / diffusers are imported anywhere.
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-os.environ.setdefault("DISABLE_TELEMETRY", "1")
+# Offline always: this runs before any submodule, so before huggingface_hub / diffusers are imported.
+set_offline_env()
 
-from .errors import EngineError, ModelError, RequestError  # noqa: E402
+from .errors import OUT_OF_MEMORY, EngineError, ModelError, RequestError, describe_error, first_line  # noqa: E402
 from .requests import GenerateRequest, GenerateResult, StepInfo  # noqa: E402
 
-__all__ = ["EngineError", "ModelError", "RequestError", "GenerateRequest", "GenerateResult", "StepInfo", "Engine"]
+__all__ = [
+    "EngineError",
+    "ModelError",
+    "RequestError",
+    "OUT_OF_MEMORY",
+    "describe_error",
+    "first_line",
+    "set_offline_env",
+    "GenerateRequest",
+    "GenerateResult",
+    "StepInfo",
+    "Engine",
+]
 
 
 def __getattr__(name: str):

@@ -17,13 +17,12 @@ from collections.abc import Callable
 import numpy as np
 
 from ..paths import BUILTIN_MODEL
-from .errors import EngineError, RequestError
+from .errors import OUT_OF_MEMORY, EngineError, RequestError, first_line
 from .loader import LoadedModel, load_model, model_key, resolve_model_path
 from .preview import latent_to_rgb, to_uint8
 from .requests import MAX_SEED, GenerateRequest, GenerateResult, StepInfo
-from .samplers import build_scheduler
+from .schedulers import build_scheduler
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 
@@ -215,10 +214,10 @@ class Engine:
                 return self._result(used, seeds, model, tracker, [], cancelled=True, t=(t_start, t_loaded))
             except EngineError:
                 raise
-            except torch.cuda.OutOfMemoryError as e:
-                raise EngineError("Out of GPU memory: try a smaller size or batch") from e
+            except (torch.cuda.OutOfMemoryError, MemoryError) as e:
+                raise EngineError(OUT_OF_MEMORY) from e
             except Exception as e:  # noqa: BLE001 - one readable line for the artist; the chain keeps the cause
-                raise EngineError(f"Generation failed: {_one_line(e)}") from e
+                raise EngineError(f"Generation failed: {first_line(e)}") from e
             finally:
                 tracker.restore()
             if cancel is not None and cancel.is_set():
@@ -377,11 +376,6 @@ def _composite(original: np.ndarray | None, generated: np.ndarray, mask: np.ndar
     a = (m.astype(np.float32) / 255.0)[..., None]
     out = orig.astype(np.float32) * (1 - a) + generated.astype(np.float32) * a
     return np.rint(out).astype(np.uint8)
-
-
-def _one_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0] if text else type(e).__name__
 
 
 __all__ = ["Engine", "pick_device", "to_uint8"]

@@ -1,4 +1,12 @@
-"""Errors the engine raises; their messages are written for the artist, one line each."""
+"""Errors the engine raises; their messages are written for the artist, one line each.
+
+No Qt and no torch here: the UI, the CLI and the worker all import this module.
+"""
+
+from __future__ import annotations
+
+# The one out-of-memory message of the project (UI, CLI and engine all show this text).
+OUT_OF_MEMORY = "Out of memory: try a smaller size or batch"
 
 
 class EngineError(Exception):
@@ -11,3 +19,29 @@ class RequestError(EngineError, ValueError):
 
 class ModelError(EngineError):
     """The model is missing, unreadable or of an unknown layout."""
+
+
+def first_line(exc: BaseException | str) -> str:
+    """The first non-empty line of `str(exc)`, stripped; for an exception with no text, its type name."""
+    for line in str(exc).splitlines():
+        line = line.strip()
+        if line:
+            return line
+    return type(exc).__name__ if isinstance(exc, BaseException) else ""
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """A MemoryError, or torch's OutOfMemoryError (matched by class name, so torch is not imported)."""
+    return isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError"
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line an artist can read: an EngineError's own first line, the out-of-memory
+    message, or "Unexpected error (Type): first line" for anything else."""
+    if isinstance(exc, EngineError):
+        return first_line(exc)
+    if is_out_of_memory(exc):
+        return OUT_OF_MEMORY
+    text = str(exc).strip()
+    detail = first_line(text) if text else "no details"
+    return f"Unexpected error ({type(exc).__name__}): {detail}"

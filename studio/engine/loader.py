@@ -10,9 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ModelError
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+from .errors import ModelError, first_line
 
 # model_index.json _class_name -> (family, layout)
 _KNOWN = {
@@ -198,7 +196,7 @@ def load_model(path: Path, device, dtype) -> LoadedModel:
     try:
         pipe = cls.from_pretrained(path, dtype=dtype, local_files_only=True, **extra)
     except Exception as e:  # noqa: BLE001 - corrupt weights raise many kinds; the artist gets one line
-        raise ModelError(f"Cannot load model {path.name}: {str(e).strip().splitlines()[0] if str(e) else e}") from e
+        raise ModelError(f"Cannot load model {path.name}: {first_line(e)}") from e
     pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     try:

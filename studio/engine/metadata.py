@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from dataclasses import fields
 from pathlib import Path
 
-from .errors import ModelError, RequestError
+from .errors import ModelError, RequestError, first_line
 from .requests import GenerateRequest
 from .samplers import resolve_sampler, resolve_schedule
 
@@ -436,8 +436,7 @@ def read_parameters(path: str | os.PathLike) -> str | None:
                 c = im.info["comment"]
                 text = c.decode("utf-8", errors="replace") if isinstance(c, bytes) else c
     except Exception as e:  # Pillow raises OSError, ValueError, SyntaxError, DecompressionBombError...
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise RequestError(f"Cannot read image {path}: {msg}") from e
+        raise RequestError(f"Cannot read image {path}: {first_line(e)}") from e
     if isinstance(text, bytes):
         text = text.decode("utf-8", errors="replace")
     if not text or not text.strip():
@@ -518,7 +517,7 @@ def model_hash(path: str | os.PathLike) -> str:
             return cached
         digest = _sha256_files(files)[:10]
     except OSError as e:
-        raise ModelError(f"Cannot hash model {p}: {e.strerror or e}") from e
+        raise ModelError(f"Cannot hash model {p}: {first_line(e.strerror or e)}") from e
     with _hash_lock:
         _hash_cache[key] = digest
     return digest

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import EngineError, RequestError
+from .errors import EngineError, RequestError, first_line
 from .metadata import encode_user_comment, parameters_for
 from .requests import GenerateResult
 
@@ -128,8 +128,8 @@ def save_image(image: np.ndarray, path: str | os.PathLike, parameters: str, *, o
             os.unlink(tmp)
         if isinstance(e, FileExistsError) or not isinstance(e, (OSError, ValueError)) or isinstance(e, EngineError):
             raise
-        msg = (getattr(e, "strerror", None) or str(e) or type(e).__name__).splitlines()[0]
-        raise EngineError(f"Cannot save image {path}: {msg}") from e
+        # an OSError's strerror ("No space left on device") reads better than its "[Errno 28] ..." str
+        raise EngineError(f"Cannot save image {path}: {first_line(getattr(e, 'strerror', None) or e)}") from e
     return path
 
 

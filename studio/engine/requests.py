@@ -98,7 +98,18 @@ class StepInfo:
     step: int
     total: int
     elapsed: float  # seconds since the run started
-    preview: np.ndarray | None  # small HxWx3 uint8 RGB of image 0 of the batch (None if preview="none")
+    preview: np.ndarray | None = field(default=None, repr=False)  # small HxWx3 uint8 RGB of image 0 (None if preview="none")
+    # A run of several passes (tiles of an upscale, a hires pass) says where it is: stage "tile", part 3 of 9.
+    stage: str = ""
+    part: int = 0
+    parts: int = 0
+
+    def label(self) -> str:
+        """'step 4/20', or 'tile 3/9, step 4/20' within a multi-pass run."""
+        text = f"step {self.step}/{self.total}"
+        if self.stage and self.parts:
+            return f"{self.stage} {self.part}/{self.parts}, {text}"
+        return f"{self.stage}, {text}" if self.stage else text
 
 
 @dataclass(frozen=True)
@@ -117,3 +128,6 @@ class GenerateResult:
     model_hash: str = ""
     timings: dict[str, float] = field(default_factory=dict)  # load, sample, decode, total (seconds)
     steps_done: int = 0
+    # Small RGB previews of every step of image 0, per view ("x0", "latent"), for the step timeline.
+    # Filled by the backend: from the kept latents locally, from the server's preview frames remotely.
+    step_previews: dict[str, list[np.ndarray]] = field(default_factory=dict, repr=False)

@@ -119,14 +119,3 @@ def scheduler_spec(sampler: str, schedule: str = "Normal") -> tuple[str, dict[st
         cls, overrides = s.fallback[0], dict(s.fallback[1])
     overrides.update(SCHEDULE_OVERRIDES[sched])
     return cls, overrides
-
-
-def build_scheduler(base_config: Any, sampler: str, schedule: str = "Normal", seed: int | None = None):
-    """A fresh scheduler from the model's own config (betas, prediction_type kept) plus overrides."""
-    import diffusers
-
-    cls_name, overrides = scheduler_spec(sampler, schedule)
-    if cls_name == "DPMSolverSDEScheduler" and seed is not None:
-        overrides["noise_sampler_seed"] = seed  # its Brownian tree is otherwise seeded at random
-    cls = getattr(diffusers, cls_name)
-    return cls.from_config(base_config, **overrides)

@@ -1,8 +1,7 @@
 import os
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # shared CPU: do not spin-wait
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # shared CPU: do not spin-wait (before torch is imported)
 
-from .cli import main  # noqa: E402
+from .cli import main  # noqa: E402  (the package __init__ has already put the hub offline)
 
 main()

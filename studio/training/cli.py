@@ -112,10 +112,10 @@ def main(argv: list[str] | None = None) -> None:
     sub = parser.add_subparsers(dest="command", required=True)
     add_subcommands(sub)
     args = parser.parse_args(argv)
-    from studio.engine.errors import EngineError
+    from studio.engine.errors import EngineError, first_line
 
     try:
         args.func(args)
     except EngineError as e:  # bad input: one line, as the main CLI does
-        print(f"{parser.prog}: error: {e}", file=sys.stderr)
+        print(f"{parser.prog}: error: {first_line(e)}", file=sys.stderr)
         raise SystemExit(2) from None

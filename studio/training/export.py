@@ -9,9 +9,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from studio.paths import TOKENIZER_DIR
+
 from .common import require
 from .data import ShapesDataset, to_tensor_batch
-from .models import BETA_END, BETA_SCHEDULE, BETA_START, NUM_TRAIN_TIMESTEPS, TOKENIZER_DIR, load_tokenizer
+from .models import NOISE_SCHEDULE, load_tokenizer
 from .train_unet import models_from_checkpoint
 from .train_vae import load_trained_vae
 
@@ -22,15 +24,7 @@ def make_scheduler():
     """The shipped default sampler (Euler) with the training betas."""
     from diffusers import EulerDiscreteScheduler
 
-    return EulerDiscreteScheduler(
-        num_train_timesteps=NUM_TRAIN_TIMESTEPS,
-        beta_start=BETA_START,
-        beta_end=BETA_END,
-        beta_schedule=BETA_SCHEDULE,
-        prediction_type="epsilon",
-        timestep_spacing="linspace",
-        steps_offset=1,
-    )
+    return EulerDiscreteScheduler(**NOISE_SCHEDULE, timestep_spacing="linspace", steps_offset=1)
 
 
 def load_pipeline(folder: str | Path, dtype=torch.float32):

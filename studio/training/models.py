@@ -5,14 +5,21 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-TOKENIZER_DIR = REPO_ROOT / "resources" / "tokenizer"
+from studio.paths import TOKENIZER_DIR
 
 # The training noise schedule, like Stable Diffusion's.
 BETA_START = 0.00085
 BETA_END = 0.012
 BETA_SCHEDULE = "scaled_linear"
 NUM_TRAIN_TIMESTEPS = 1000
+# The scheduler arguments that must match between training (DDPM) and the shipped sampler (Euler).
+NOISE_SCHEDULE = dict(
+    num_train_timesteps=NUM_TRAIN_TIMESTEPS,
+    beta_start=BETA_START,
+    beta_end=BETA_END,
+    beta_schedule=BETA_SCHEDULE,
+    prediction_type="epsilon",
+)
 
 
 @dataclass

@@ -32,9 +32,7 @@ from .common import (
 )
 from .data import IMAGE_SIZE, ShapesDataset, random_mask, to_tensor_batch
 from .models import (
-    BETA_END,
-    BETA_SCHEDULE,
-    BETA_START,
+    NOISE_SCHEDULE,
     NUM_TRAIN_TIMESTEPS,
     PRESETS,
     Preset,
@@ -110,14 +108,7 @@ def loss_weights(
 def make_noise_scheduler():
     from diffusers import DDPMScheduler
 
-    return DDPMScheduler(
-        num_train_timesteps=NUM_TRAIN_TIMESTEPS,
-        beta_start=BETA_START,
-        beta_end=BETA_END,
-        beta_schedule=BETA_SCHEDULE,
-        prediction_type="epsilon",
-        clip_sample=False,
-    )
+    return DDPMScheduler(**NOISE_SCHEDULE, clip_sample=False)
 
 
 class AdaptiveThreads:

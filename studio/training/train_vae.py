@@ -10,6 +10,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from studio.engine.preview import to_uint8 as rgb_to_uint8
+
 from .common import (
     JsonLog,
     load_checkpoint,
@@ -40,9 +42,8 @@ def psnr_uint8(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def to_uint8(x: torch.Tensor) -> np.ndarray:
-    """Bx3xHxW in [-1, 1] -> BxHxWx3 uint8 (rounded)."""
-    x = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return x.permute(0, 2, 3, 1).cpu().numpy()
+    """Bx3xHxW in [-1, 1] -> BxHxWx3 uint8, clamped and rounded exactly as the engine does."""
+    return rgb_to_uint8(x.detach().permute(0, 2, 3, 1).cpu().numpy())
 
 
 @torch.no_grad()

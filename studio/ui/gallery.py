@@ -14,7 +14,7 @@ from PySide6.QtCore import QObject, QSize, Qt, Signal
 from PySide6.QtGui import QColor, QIcon, QImage, QImageReader, QPainter, QPixmap
 from PySide6.QtWidgets import QAbstractItemView, QListView, QListWidget, QListWidgetItem, QWidget
 
-from studio.worker import emit
+from studio.qtcompat import emit
 
 THUMB = 112
 PATH_ROLE = Qt.ItemDataRole.UserRole

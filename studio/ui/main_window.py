@@ -33,16 +33,14 @@ from PySide6.QtWidgets import (
 )
 
 from studio import APP_NAME, __version__
-from studio.engine.errors import EngineError
+from studio.engine.errors import EngineError, describe_error
 from studio.session import IMAGE_SUFFIXES, Session
-from studio.settings import Settings
 from studio.ui.canvas import Canvas
 from studio.ui.gallery import IMAGE_ROLE, PATH_ROLE, Gallery
 from studio.ui.preview import PreviewPanel, format_eta
 from studio.ui.prompt_panel import PromptPanel, section
 from studio.ui.queue_view import QueuePanel
 from studio.ui.theme import icon
-from studio.worker import EngineFactory, Worker, default_engine_factory, error_message
 
 
 def image_paths(mime) -> list[Path]:
@@ -87,25 +85,14 @@ class Banner(QFrame):
 
 
 class MainWindow(QMainWindow):
-    def __init__(
-        self,
-        settings: Settings,
-        model: str | None = None,
-        output_dir: str | None = None,
-        engine_factory: EngineFactory | None = None,
-        config_dir: Path | None = None,
-    ):
+    """The window binds to a session (built by `studio.app`); it never sees the worker or a backend."""
+
+    def __init__(self, session: Session, config_dir: Path | None = None):
         super().__init__()
-        self.settings = settings
+        self.session = session
+        session.setParent(self)
+        self.settings = session.settings
         self.config_dir = config_dir
-        self._model_override = str(Path(model).expanduser().resolve()) if model else None
-        self._saved_model = settings.params.get("model", "")
-        self.worker = Worker(engine_factory or default_engine_factory(settings.engine_device()))
-        self.session = Session(self.worker, settings, self)
-        if output_dir:
-            self.session.output_dir = Path(output_dir).expanduser().resolve()
-        if self._model_override:
-            self.session.params.model = self._model_override
         self._closed = False
         self._preview_on_canvas = False
         self._laid_out = False
@@ -309,7 +296,9 @@ class MainWindow(QMainWindow):
         s.running_changed.connect(self._running)
         s.engine_state.connect(self._engine_state)
         s.jobs_changed.connect(self._jobs)
-        self.worker.queued.connect(lambda _job_id: self.save_settings())  # a crash never loses the prompt
+        s.job_queued.connect(lambda _job_id: self.save_settings())  # a crash never loses the prompt
+        s.step_info.connect(self._step_info)
+        s.document.mask_changed.connect(lambda: self.canvas.set_mask(s.document.mask_image()))
         self.gallery.image_activated.connect(self._gallery_show)
         self.gallery.parameters_requested.connect(lambda p: p and s.open_image(p))
         self.gallery.customContextMenuRequested.connect(self._gallery_menu)
@@ -319,11 +308,9 @@ class MainWindow(QMainWindow):
             edit.installEventFilter(self)
 
     def start_engine(self) -> None:
-        """Import torch and build the engine on the engine thread (after the window shows)."""
+        """Start the backend on the engine thread (after the window shows: torch takes a while)."""
         if not self._closed:
-            self.engine_label.setText("Engine: loading…")
-            self.worker.start(preload=True)
-            self.session.enable_warm_up()
+            self.session.start_engine()
 
     # -- event filter: Ctrl+Enter in text boxes ------------------------------------------------
 
@@ -382,6 +369,11 @@ class MainWindow(QMainWindow):
         self.progress.setFormat(f"step {step}/{total}")
         self.eta_label.setText(format_eta(eta) if step < total else "")
 
+    def _step_info(self, info) -> None:
+        # After `progress`: a multi-pass run relabels the bar ("tile 3/9, step 4/20").
+        if info.stage:
+            self.progress.setFormat(info.label())
+
     def _running(self, running: bool) -> None:
         if not running:
             self.progress.hide()
@@ -401,7 +393,9 @@ class MainWindow(QMainWindow):
 
     def _engine_state(self, state: str) -> None:
         if state == "ready":
+            info = self.session.info
             self.engine_label.setText("Engine: ready")
+            self.engine_label.setToolTip(f"{info.name}" + (f" on {info.device}" if info.device else ""))
         elif state in ("loading", "loading model"):
             self.engine_label.setText("Engine: loading the model…" if state == "loading model" else "Engine: loading…")
         else:
@@ -462,7 +456,7 @@ class MainWindow(QMainWindow):
         try:
             dest = self.session.save_current_as(target)
         except (OSError, EngineError) as exc:
-            self.show_message(f"Could not save {Path(target).name}: {error_message(exc)}", "error")
+            self.show_message(f"Could not save {Path(target).name}: {describe_error(exc)}", "error")
             return False
         self.show_message(f"Saved {dest}")
         return True
@@ -576,8 +570,6 @@ class MainWindow(QMainWindow):
 
     def store_settings(self) -> None:
         self.session.store_settings()
-        if self._model_override and self.session.params.model == self._model_override:
-            self.settings.params["model"] = self._saved_model  # --model overrides this run only
         self.settings.geometry = base64.b64encode(bytes(self.saveGeometry())).decode("ascii")
         self.settings.splitter_state = {
             name: base64.b64encode(bytes(split.saveState())).decode("ascii")

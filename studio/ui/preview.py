@@ -144,6 +144,7 @@ class PreviewPanel(QWidget):
         ready = n > 0 and not self.session.is_running()
         self.timeline.setEnabled(ready)
         self.decode_button.setEnabled(ready and self.session.can_decode())
+        self.decode_button.setToolTip(self.session.decode_tooltip())
         if ready:
             self.session.select_step(self.timeline.value())
 

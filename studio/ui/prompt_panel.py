@@ -22,7 +22,7 @@ from PySide6.QtWidgets import (
 )
 
 from studio.engine.requests import MAX_SEED
-from studio.session import IMAGE_SUFFIXES, Params, Session, sampler_names
+from studio.session import IMAGE_SUFFIXES, Params, Session
 from studio.ui.theme import icon
 
 
@@ -100,14 +100,13 @@ class PromptPanel(QWidget):
         grid = QGridLayout()
         grid.setHorizontalSpacing(8)
         grid.setVerticalSpacing(6)
-        samplers, schedules = sampler_names()
         self.sampler = QComboBox()
-        self.sampler.addItems(list(samplers))
+        self.sampler.addItems(list(session.info.samplers))
         self.sampler.setToolTip(
             "The sampler (how noise is removed step by step). Euler a and DPM++ 2M are good defaults."
         )
         self.schedule = QComboBox()
-        self.schedule.addItems(list(schedules))
+        self.schedule.addItems(list(session.info.schedules))
         self.schedule.setToolTip("The noise schedule. Karras often gives cleaner results at low step counts.")
         grid.addWidget(self._label("Sampler"), 0, 0)
         grid.addWidget(self._label("Schedule"), 0, 1)
@@ -212,6 +211,7 @@ class PromptPanel(QWidget):
 
     def _connect(self) -> None:
         s = self.session
+        s.capabilities_changed.connect(self.set_capabilities)
         self.prompt.textChanged.connect(lambda: s.update_params(prompt=self.prompt.toPlainText()))
         self.negative.textChanged.connect(lambda: s.update_params(negative_prompt=self.negative.toPlainText()))
         self.model.currentIndexChanged.connect(lambda _i: s.update_params(model=self.model.currentData() or ""))
@@ -247,6 +247,20 @@ class PromptPanel(QWidget):
         self.cancel_button.setEnabled(bool(self.session.jobs()))
 
     # -- binding -----------------------------------------------------------------------------
+
+    def set_capabilities(self, info) -> None:
+        """The backend's own sampler and schedule names (a server may list others); the choice stays."""
+        for combo, names in ((self.sampler, info.samplers), (self.schedule, info.schedules)):
+            if not names or [combo.itemText(i) for i in range(combo.count())] == list(names):
+                continue
+            current = combo.currentText()
+            combo.blockSignals(True)
+            combo.clear()
+            combo.addItems(list(names))
+            if combo.findText(current) < 0:
+                combo.addItem(current)  # not offered by this backend: kept visible, the run says why
+            combo.setCurrentText(current)
+            combo.blockSignals(False)
 
     def refresh_models(self) -> None:
         current = self.session.params.model

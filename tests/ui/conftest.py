@@ -1,15 +1,65 @@
-"""UI tests run offscreen, with a fake engine and a throwaway config dir."""
+"""UI tests run offscreen, on the package's fake backend, with a throwaway config dir.
+
+Every UI test must leave nothing running: an autouse fixture fails a test that leaves a
+`studio-*` thread alive or an active QTimer behind (a leaked timer fires into a closed window).
+"""
 
 import os
-import sys
-from pathlib import Path
+import threading
+import time
 
 os.environ["QT_QPA_PLATFORM"] = "offscreen"  # before Qt is imported anywhere
 os.environ.setdefault("QT_LOGGING_RULES", "qt.qpa.*=false")
-sys.path.insert(0, str(Path(__file__).parent))
 
 import pytest  # noqa: E402
-from fake_engine import FakeEngine  # noqa: E402
+
+from studio.backends.fake import FakeBackend  # noqa: E402
+
+
+def studio_threads() -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name.startswith("studio-") and t.is_alive()]
+
+
+def active_timers() -> list[str]:
+    """Running QTimers owned by any live object of the application (widgets and their children)."""
+    from PySide6.QtCore import QTimer
+    from PySide6.QtWidgets import QApplication
+
+    app = QApplication.instance()
+    if app is None:
+        return []
+    roots = [app, *QApplication.topLevelWidgets()]
+    found = []
+    for root in roots:
+        for timer in root.findChildren(QTimer):
+            if timer.isActive():
+                found.append(f"{type(timer.parent()).__name__}/{timer.objectName() or 'QTimer'} ({timer.interval()} ms)")
+    return found
+
+
+def leftovers(grace_s: float = 5.0) -> list[str]:
+    """What a test left running, after letting Qt delete closed widgets and threads wind down."""
+    from PySide6.QtCore import QCoreApplication, QEvent
+    from PySide6.QtWidgets import QApplication
+
+    deadline = time.monotonic() + grace_s
+    while True:
+        if QApplication.instance() is not None:
+            QCoreApplication.sendPostedEvents(None, QEvent.Type.DeferredDelete)
+            QCoreApplication.processEvents()
+        threads = studio_threads()
+        if not threads or time.monotonic() > deadline:
+            break
+        time.sleep(0.01)
+    return [f"thread {name}" for name in threads] + [f"timer {t}" for t in active_timers()]
+
+
+@pytest.fixture(autouse=True)
+def nothing_left_running():
+    # Autouse fixtures are set up before qtbot and torn down after it has closed the test's widgets.
+    yield
+    left = leftovers()
+    assert not left, f"the test left these running: {', '.join(left)}"
 
 
 @pytest.fixture(autouse=True)
@@ -28,20 +78,21 @@ def out_dir(tmp_path):
 
 @pytest.fixture
 def fake():
-    return FakeEngine()
+    return FakeBackend()
 
 
 @pytest.fixture
 def make_window(qtbot, out_dir):
+    """Windows wired by the composition root (studio.app) on a fake backend by default."""
+    from studio.app import build_window
     from studio.settings import Settings
-    from studio.ui.main_window import MainWindow
 
     made = []
 
-    def make(engine=None, settings=None, **kw):
-        engine = engine if engine is not None else FakeEngine()
+    def make(backend=None, settings=None, **kw):
+        backend = backend if backend is not None else FakeBackend()
         kw.setdefault("output_dir", str(out_dir))
-        w = MainWindow(settings or Settings.load(), engine_factory=lambda: engine, **kw)
+        w = build_window(settings or Settings.load(), backend, **kw)
         qtbot.addWidget(w)
         w.show()
         made.append(w)
@@ -50,7 +101,7 @@ def make_window(qtbot, out_dir):
     yield make
     for w in made:
         w.close()
-        assert not w.worker.is_alive()
+        assert "studio-engine" not in studio_threads()
 
 
 @pytest.fixture

@@ -3,17 +3,16 @@
 import numpy as np
 from PySide6.QtCore import Qt
 
+from studio.app import build_window
+from studio.backends.local import LocalBackend
 from studio.engine.metadata import read_parameters, request_fields
 from studio.qimage import qimage_to_array
 from studio.settings import Settings
-from studio.ui.main_window import MainWindow
-from studio.worker import default_engine_factory
 
 
 def test_generate_with_the_real_engine(qtbot, tiny_model, out_dir):
     """tiny_model: the session-wide tiny random pipeline of tests/conftest.py."""
-    window = MainWindow(Settings(), model=str(tiny_model), output_dir=str(out_dir),
-                        engine_factory=default_engine_factory("cpu"))  # fmt: skip
+    window = build_window(Settings(), LocalBackend(device="cpu"), model=str(tiny_model), output_dir=str(out_dir))
     qtbot.addWidget(window)
     window.show()
     try:
@@ -52,4 +51,6 @@ def test_generate_with_the_real_engine(qtbot, tiny_model, out_dir):
         assert dec.args[0] == 1 and dec.args[1].size() == window.canvas.image().size()
     finally:
         window.close()
-    assert not window.worker.is_alive()
+    import threading
+
+    assert "studio-engine" not in [t.name for t in threading.enumerate()]

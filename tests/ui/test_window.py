@@ -2,11 +2,11 @@
 
 import threading
 
-from fake_engine import FakeEngine
 from PySide6.QtCore import QMimeData, QPointF, Qt, QUrl
 from PySide6.QtGui import QDropEvent, QImage
 from PySide6.QtWidgets import QApplication, QFileDialog, QWidget
 
+from studio.backends.fake import FakeBackend
 from studio.engine.errors import ModelError
 from studio.engine.metadata import read_parameters
 from studio.settings import Settings
@@ -87,7 +87,7 @@ def test_cancel_while_running_with_esc(qtbot, window, fake, out_dir):
     fake.allow(3)
     qtbot.waitUntil(lambda: 3 in steps)
     assert window.prompt_panel.cancel_button.isEnabled()
-    with qtbot.waitSignal(window.worker.cancelled):
+    with qtbot.waitSignal(window.session.job_cancelled):
         qtbot.keyClick(window.prompt_panel.prompt, Qt.Key.Key_Escape)
     assert fake.steps_run == 3
     qtbot.waitUntil(lambda: not window.session.is_running())
@@ -104,7 +104,7 @@ def test_cancel_a_queued_job_from_the_queue(qtbot, window, fake):
         ids.append(window.session.generate())
     qtbot.waitUntil(lambda: len(queue_rows(window)) == 3)
     window.queue_panel.list.setCurrentRow(1)
-    with qtbot.waitSignal(window.worker.cancelled) as blocker:
+    with qtbot.waitSignal(window.session.job_cancelled) as blocker:
         qtbot.mouseClick(window.queue_panel.remove_button, Qt.MouseButton.LeftButton)
     assert blocker.args == [ids[1]]
     assert [r.split()[-1] for r in queue_rows(window)] == ["keep1", "keep2"]
@@ -118,7 +118,7 @@ def test_cancel_a_queued_job_from_the_queue(qtbot, window, fake):
 def test_engine_error_is_shown_not_raised(qtbot, window, fake):
     fake.fail = "Model not found: /models/missing.safetensors"
     set_prompt(window, "x")
-    with qtbot.waitSignal(window.worker.failed):
+    with qtbot.waitSignal(window.session.job_failed):
         window.session.generate()
     qtbot.waitUntil(lambda: window.banner.isVisible())
     assert window.banner.label.text() == "Model not found: /models/missing.safetensors"
@@ -297,7 +297,7 @@ def test_gallery_lists_earlier_results_from_the_output_folder(qtbot, make_window
 
     for i in range(3):
         Image.new("RGB", (64, 64), (i * 50, 0, 0)).save(out_dir / f"0000{i}-1.png")
-    window = make_window(FakeEngine())
+    window = make_window(FakeBackend())
     qtbot.waitUntil(lambda: window.gallery.count() == 3)
     assert sorted(window.gallery.paths()) == sorted(str(p) for p in out_dir.glob("*.png"))
 
@@ -312,14 +312,14 @@ def test_settings_round_trip(tmp_path):
 
 
 def test_window_restores_parameters_and_geometry(qtbot, make_window, config_dir):
-    w = make_window(FakeEngine())
+    w = make_window(FakeBackend())
     set_prompt(w, "remember me", steps=33)
     w.prompt_panel.cfg.setValue(4.5)
     w.prompt_panel.sampler.setCurrentText("DDIM")
     w.resize(960, 640)  # the offscreen screen is 800x800: keep it within the min width
     w.close()
     assert (config_dir / "settings.json").is_file()
-    w2 = make_window(FakeEngine())
+    w2 = make_window(FakeBackend())
     p = w2.prompt_panel
     assert (p.prompt.toPlainText(), p.steps.value(), p.cfg.value(), p.sampler.currentText(), p.seed.text()) == (
         "remember me", 33, 4.5, "DDIM", "7")  # fmt: skip
@@ -330,7 +330,7 @@ def test_model_override_is_for_this_run_only(qtbot, make_window, config_dir, tmp
     model = tmp_path / "mymodel"
     model.mkdir()
     (model / "model_index.json").write_text("{}")
-    w = make_window(FakeEngine(), model=str(model))
+    w = make_window(FakeBackend(), model=str(model))
     assert w.prompt_panel.model.currentData() == str(model)
     assert w.session.params.to_request().model == str(model)
     w.close()
@@ -344,7 +344,6 @@ def test_close_during_a_run_leaves_no_thread(qtbot, window, fake):
     fake.allow(1)
     qtbot.waitUntil(lambda: fake.steps_run == 1)
     window.close()
-    assert not window.worker.is_alive()
     assert "studio-engine" not in [t.name for t in threading.enumerate()]
     assert "studio-thumbs" not in [t.name for t in threading.enumerate() if t.is_alive()]
 
@@ -357,9 +356,9 @@ def test_ui_modules_do_not_import_torch():
         "import os, sys; os.environ['QT_QPA_PLATFORM']='offscreen'\n"
         "from PySide6.QtWidgets import QApplication\n"
         "app = QApplication([])\n"
-        "from studio.ui.main_window import MainWindow\n"
+        "from studio.app import build_window\n"
         "from studio.settings import Settings\n"
-        "w = MainWindow(Settings(), engine_factory=lambda: None); w.show(); app.processEvents()\n"
+        "w = build_window(Settings()); w.show(); app.processEvents()\n"
         "w.close()\n"
         "bad = [m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules]\n"
         "print('BAD', bad) if bad else print('OK')\n"
@@ -422,7 +421,7 @@ def test_every_control_in_the_window_has_a_tooltip(window):
 def test_an_unexpected_error_in_the_window_becomes_a_message(window, monkeypatch):
     import sys
 
-    from studio.ui.app import install_excepthook
+    from studio.app import install_excepthook
 
     monkeypatch.setattr(sys, "excepthook", sys.excepthook)
     install_excepthook(window)
@@ -445,7 +444,7 @@ def test_an_image_that_cannot_be_saved_is_still_shown_and_can_be_saved_elsewhere
 ):
     blocker_file = tmp_path / "not-a-folder"
     blocker_file.write_text("x")
-    fake = FakeEngine(auto=True)
+    fake = FakeBackend(auto=True)
     window = make_window(fake, output_dir=str(blocker_file / "out"))
     set_prompt(window, "keep me anyway")
     with qtbot.waitSignal(window.session.image_saved) as blocker:

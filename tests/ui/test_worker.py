@@ -3,8 +3,8 @@
 import threading
 
 import pytest
-from fake_engine import FakeEngine
 
+from studio.backends.fake import FakeBackend
 from studio.engine.requests import GenerateRequest
 from studio.worker import Worker
 
@@ -14,7 +14,7 @@ def worker(qtbot):
     engines = []
 
     def make(engine):
-        engines.append(w := Worker(lambda: engine))
+        engines.append(w := Worker(engine))
         return w
 
     yield make
@@ -27,7 +27,7 @@ def req(prompt, steps=3, **kw):
 
 
 def test_jobs_run_in_submit_order_on_one_engine_thread(qtbot, worker):
-    fake = FakeEngine(auto=True)
+    fake = FakeBackend(auto=True)
     w = worker(fake)
     done = []
     w.finished.connect(lambda job_id, out: done.append((job_id, out.result.request.prompt)))
@@ -39,10 +39,10 @@ def test_jobs_run_in_submit_order_on_one_engine_thread(qtbot, worker):
 
 
 def test_cancel_running_job_stops_at_next_step(qtbot, worker):
-    fake = FakeEngine()
+    fake = FakeBackend()
     w = worker(fake)
     steps, finished = [], []
-    w.step.connect(lambda job_id, step, total, elapsed, preview: steps.append(step))
+    w.step.connect(lambda job_id, info: steps.append(info.step))
     w.finished.connect(lambda *a: finished.append(a))
     job = w.submit(req("x", steps=10))
     fake.allow(2)
@@ -55,7 +55,7 @@ def test_cancel_running_job_stops_at_next_step(qtbot, worker):
 
 
 def test_cancel_queued_job_is_dropped_at_once(qtbot, worker):
-    fake = FakeEngine()
+    fake = FakeBackend()
     w = worker(fake)
     first = w.submit(req("first"))
     second = w.submit(req("second"))
@@ -69,14 +69,14 @@ def test_cancel_queued_job_is_dropped_at_once(qtbot, worker):
 
 
 def test_engine_error_becomes_a_message(qtbot, worker):
-    w = worker(FakeEngine(auto=True, fail="Model not found: /nowhere"))
+    w = worker(FakeBackend(auto=True, fail="Model not found: /nowhere"))
     with qtbot.waitSignal(w.failed) as blocker:
         job = w.submit(req("x"))
     assert blocker.args == [job, "Model not found: /nowhere"]
 
 
 def test_unexpected_exception_is_one_readable_line(qtbot, worker):
-    class Broken(FakeEngine):
+    class Broken(FakeBackend):
         def generate(self, *a, **k):
             raise RuntimeError("CUDA exploded\nTraceback (most recent call last): ...")
 
@@ -87,10 +87,9 @@ def test_unexpected_exception_is_one_readable_line(qtbot, worker):
 
 
 def test_engine_that_cannot_start_fails_jobs_with_a_message(qtbot):
-    def factory():
-        raise ImportError("No module named 'torch'")
-
-    w = Worker(factory)
+    backend = FakeBackend(auto=True)
+    backend.start_error = ImportError("No module named 'torch'")
+    w = Worker(backend)
     with qtbot.waitSignal(w.failed) as blocker:
         w.submit(req("x"))
     assert "Could not start the engine" in blocker.args[1] and "torch" in blocker.args[1]
@@ -98,10 +97,10 @@ def test_engine_that_cannot_start_fails_jobs_with_a_message(qtbot):
 
 
 def test_previews_coalesce_when_the_ui_is_behind(qtbot, worker):
-    fake = FakeEngine()
+    fake = FakeBackend()
     w = worker(fake)
     got = []
-    w.step.connect(lambda job_id, step, total, elapsed, preview: got.append((step, int(preview[0, 0, 0]))))
+    w.step.connect(lambda job_id, info: got.append((info.step, int(info.preview[0, 0, 0]))))
     ended = threading.Event()
     finished = []
     w.finished.connect(lambda *a: finished.append(a))
@@ -122,8 +121,8 @@ def test_previews_coalesce_when_the_ui_is_behind(qtbot, worker):
 
 
 def test_shutdown_cancels_running_and_queued_and_joins(qtbot, worker):
-    fake = FakeEngine()
-    w = Worker(lambda: fake)
+    fake = FakeBackend()
+    w = Worker(fake)
     cancelled = []
     w.cancelled.connect(cancelled.append)
     running = w.submit(req("a", steps=50))
@@ -135,23 +134,3 @@ def test_shutdown_cancels_running_and_queued_and_joins(qtbot, worker):
     assert "studio-engine" not in [t.name for t in threading.enumerate()]
     qtbot.waitUntil(lambda: running in cancelled)
     assert queued in cancelled
-
-
-def test_emit_keeps_the_reference_count_of_true(qtbot):
-    """PySide6 6.12.0's emit() takes a reference from True each call; thousands abort the app."""
-    import sys
-
-    from PySide6.QtCore import QObject, Signal
-
-    from studio.worker import emit
-
-    class Source(QObject):
-        ping = Signal(int)
-
-    src, got = Source(), []
-    src.ping.connect(got.append)
-    before = sys.getrefcount(True)
-    for i in range(5000):
-        emit(src.ping, i)
-    assert len(got) == 5000
-    assert abs(sys.getrefcount(True) - before) < 100

@@ -1,0 +1,477 @@
+"""The session: the observable state the widgets bind to, and the actions they call.
+
+Widgets talk to the session only; the session talks to the worker, by typed job requests, and
+knows no concrete backend. It composes the parts: parameters (`params`), the document (image
+and mask), the job book (routing worker signals by job kind) and the step timeline.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PySide6.QtCore import QObject, Signal
+from PySide6.QtGui import QImage
+
+from studio.backends.base import BackendInfo
+from studio.engine.errors import EngineError, describe_error
+from studio.engine.requests import StepInfo
+from studio.jobs import DecodedStep, JobKind, JobOutput, LoadModel, ModelLoaded
+from studio.qimage import array_to_qimage, qimage_to_array
+from studio.qtcompat import emit
+from studio.settings import Settings
+from studio.worker import Worker
+
+from . import library
+from .document import Document
+from .jobs import JobBook, JobView, TrackedJob
+from .params import Params
+from .timeline import VIEWS, StepTimeline
+
+log = logging.getLogger(__name__)
+
+
+class Session(QObject):
+    params_changed = Signal(object)  # Params, when set from outside the panel (a PNG, settings)
+    jobs_changed = Signal()
+    job_queued = Signal(int)
+    job_cancelled = Signal(int)
+    job_failed = Signal(int, str)
+    running_changed = Signal(bool)
+    progress = Signal(int, int, float)  # step, total, ETA seconds (-1 unknown)
+    step_info = Signal(object)  # StepInfo of the running generation (stage and pass included)
+    preview_changed = Signal(QImage)  # the live preview (small)
+    image_saved = Signal(str, QImage)  # a finished image, already on disk
+    current_image_changed = Signal(QImage)  # what the canvas shows
+    timeline_changed = Signal(int)  # number of steps the timeline can scrub (0: none)
+    timeline_image = Signal(int, QImage)  # step (1-based), its preview
+    decoded = Signal(int, QImage)  # step (1-based), its full decode
+    message = Signal(str, str)  # text, level: info / warning / error
+    engine_state = Signal(str)  # loading / loading model / ready / error text
+    capabilities_changed = Signal(object)  # BackendInfo, once the backend has started
+
+    def __init__(
+        self,
+        worker: Worker,
+        settings: Settings,
+        parent: QObject | None = None,
+        model_override: str | None = None,
+        output_dir: str | Path | None = None,
+    ):
+        super().__init__(parent)
+        self._worker = worker
+        self.settings = settings
+        self.params = Params.from_dict(settings.params)
+        # --model is for this run only: the saved choice is put back when settings are stored.
+        self._model_override = str(Path(model_override).expanduser().resolve()) if model_override else None
+        self._saved_model = settings.params.get("model", "")
+        if self._model_override:
+            self.params.model = self._model_override
+        self.output_dir: Path = (
+            Path(output_dir).expanduser().resolve() if output_dir else settings.resolved_output_dir()
+        )
+        self.document = Document(self)
+        self.timeline = StepTimeline(settings.preview_kind)
+        self.book = JobBook()
+        self.last_seed: int | None = None
+        self._warm_enabled = False
+        self._warm_model: str | None = None
+        self._unsaved_text: dict[int, str] = {}  # QImage.cacheKey() -> parameters, for images not on disk
+        self._run_started = 0.0
+        self._first_step: tuple[int, float] | None = None
+
+        self.document.image_changed.connect(lambda image: emit(self.current_image_changed, image))
+        w = worker
+        w.queued.connect(self._on_queued)
+        w.queue_changed.connect(self._on_jobs)
+        w.started.connect(self._on_started)
+        w.step.connect(self._on_step)
+        w.finished.connect(self._on_finished)
+        w.decoded.connect(self._on_decoded)
+        w.model_loaded.connect(self._on_model_loaded)
+        w.cancelled.connect(self._on_cancelled)
+        w.failed.connect(self._on_failed)
+        w.engine_ready.connect(self._on_engine_ready)
+        w.engine_failed.connect(self._on_engine_failed)
+
+    # -- what the backend can do --------------------------------------------------------------
+
+    @property
+    def info(self) -> BackendInfo:
+        return self._worker.info()
+
+    # -- parameters -------------------------------------------------------------------------
+
+    def update_params(self, **changes: Any) -> None:
+        """From the panel: no params_changed echo."""
+        model_before = self.params.model
+        for k, v in changes.items():
+            if not hasattr(self.params, k):
+                raise AttributeError(k)
+            setattr(self.params, k, v)
+        if self.params.model != model_before:
+            self.warm_up()
+
+    def set_params(self, params: Params) -> None:
+        model_before = self.params.model
+        self.params = params
+        if params.model != model_before:
+            self.warm_up()
+        emit(self.params_changed, params)
+
+    def random_seed(self) -> None:
+        self.update_params(seed=-1)
+        emit(self.params_changed, self.params)
+
+    def reuse_seed(self) -> None:
+        if self.last_seed is not None:
+            self.update_params(seed=self.last_seed)
+            emit(self.params_changed, self.params)
+
+    @property
+    def preview_kind(self) -> str:
+        return self.timeline.view
+
+    def set_preview_kind(self, kind: str) -> None:
+        if kind in VIEWS and kind != self.timeline.view:
+            before = self.timeline_length()
+            self.timeline.view = kind
+            self.settings.preview_kind = kind
+            if self.timeline_length() != before:
+                emit(self.timeline_changed, self.timeline_length())
+            elif self.timeline.selected and not self.is_running():
+                self.select_step(self.timeline.selected)
+
+    # -- actions ------------------------------------------------------------------------------
+
+    def start_engine(self) -> None:
+        """Start the backend in the background (torch, or a connection) and load the chosen model."""
+        emit(self.engine_state, "loading")
+        self._worker.start(preload=True)
+        self.enable_warm_up()
+
+    def generate(self) -> int | None:
+        """Queue a generation from the current parameters. None (and a message) if invalid."""
+        try:
+            request = self.params.to_request(self.preview_kind)
+            request.validate()
+        except EngineError as exc:
+            emit(self.message, describe_error(exc), "error")
+            return None
+        out_dir = self.output_dir
+        label = " ".join(request.prompt.split()) or "(no prompt)"
+        job_id = self._worker.submit(request, save=lambda result: library.save_result(result, out_dir), label=label)
+        self.book.add(TrackedJob(job_id, JobKind.GENERATE, label, total=request.steps,
+                                 width=request.width or 0, height=request.height or 0))  # fmt: skip
+        self._on_jobs()
+        return job_id
+
+    def enable_warm_up(self) -> None:
+        """From now on, load the chosen model in the background (once the engine is wanted)."""
+        self._warm_enabled = True
+        self.warm_up()
+
+    def warm_up(self) -> int | None:
+        """Load the chosen model on the engine thread while the artist writes the prompt."""
+        if not self._warm_enabled or self._warm_model == self.params.model:
+            return None
+        self._warm_model = model = self.params.model
+        job_id = self._worker.submit(LoadModel(model or None), label="load model")
+        self.book.add(TrackedJob(job_id, JobKind.LOAD_MODEL, "load model", detail=model))
+        return job_id
+
+    def cancel(self) -> bool:
+        """Esc / the Cancel button: stop the running job (queued ones stay)."""
+        jobs = [j for j in self._worker.jobs() if j.kind is not JobKind.LOAD_MODEL]
+        if not jobs:
+            return False
+        return self._worker.cancel(jobs[0].id)
+
+    def cancel_job(self, job_id: int) -> bool:
+        return self._worker.cancel(job_id)
+
+    def cancel_all(self) -> None:
+        self._worker.cancel_all()
+
+    def jobs(self) -> list[JobView]:
+        return self.book.views(self._worker.jobs())
+
+    def running_size(self) -> tuple[int, int]:
+        """Width and height the running job asked for; (0, 0) for the model's native size or no job."""
+        job = self.book.get(self.book.running) if self.book.running is not None else None
+        return (job.width, job.height) if job is not None else (0, 0)
+
+    def is_running(self) -> bool:
+        return self.book.running is not None
+
+    # -- timeline -----------------------------------------------------------------------------
+
+    @property
+    def selected_step(self) -> int:
+        return self.timeline.selected
+
+    @property
+    def last_output(self) -> JobOutput | None:
+        return self.timeline.output
+
+    def timeline_length(self) -> int:
+        return self.timeline.length()
+
+    def step_preview(self, step: int) -> np.ndarray | None:
+        return self.timeline.preview(step)
+
+    def select_step(self, step: int) -> None:
+        self.timeline.selected = step
+        arr = self.timeline.preview(step)
+        if arr is not None:
+            emit(self.timeline_image, step, array_to_qimage(arr))
+
+    def can_decode(self) -> bool:
+        return self.info.decodes_steps and self.timeline.has_latents()
+
+    def decode_tooltip(self) -> str:
+        """Why 'Decode this step' is off, or what it does."""
+        return self.info.why_no_decode() or "Fully decode the selected step with the VAE and show it on the canvas"
+
+    def decode_step(self, step: int) -> int | None:
+        """Full decode of the selected step of the last run, as a job on the engine thread."""
+        if not self.info.decodes_steps:
+            emit(self.message, self.info.why_no_decode(), "warning")
+            return None
+        request = self.timeline.decode_request(step)
+        if isinstance(request, str):
+            emit(self.message, request, "warning")
+            return None
+        job_id = self._worker.submit(request, label=f"decode {step}")
+        self.book.add(TrackedJob(job_id, JobKind.DECODE_STEP, f"decode {step}", detail=step))
+        emit(self.message, f"Decoding step {step}…", "info")
+        return job_id
+
+    # -- images -------------------------------------------------------------------------------
+
+    @property
+    def current_image(self) -> QImage | None:
+        return self.document.image
+
+    @property
+    def current_path(self) -> Path | None:
+        return self.document.path
+
+    @property
+    def current_caption(self) -> str:
+        return self.document.caption
+
+    def show_image(self, image: QImage, path: Path | None = None, caption: str = "") -> None:
+        self.document.set_image(image, path, caption)
+
+    def save_current_as(self, dest: Path | str) -> Path:
+        """Save the image on the canvas as a PNG that keeps its generation parameters.
+
+        Raises OSError or EngineError with a readable message.
+        """
+        image, src = self.document.image, self.document.path
+        if image is None or image.isNull():
+            raise OSError("there is no image to save yet")
+        dest = Path(dest)
+        if dest.suffix.lower() != ".png":
+            dest = dest.with_suffix(".png")
+        if src is not None and src.is_file() and src.suffix.lower() == ".png":
+            if src.resolve() != dest.resolve():
+                shutil.copyfile(src, dest)  # byte for byte: the stored parameters stay
+            return dest
+        text = self._unsaved_text.get(image.cacheKey())
+        if text is not None:
+            from studio.engine.output import save_image
+
+            return save_image(qimage_to_array(image), dest, text)
+        if not image.save(str(dest), "PNG"):
+            raise OSError(f"{dest.name} could not be written")
+        return dest
+
+    def open_image(self, path: Path | str) -> bool:
+        """Show a PNG and fill the panel with its stored parameters (ours or A1111's)."""
+        path = Path(path)
+        image = QImage(str(path))
+        if image.isNull():
+            emit(self.message, f"Could not open {path.name}: not an image Latent Studio can read", "error")
+            return False
+        self.show_image(image, path)
+        try:
+            found = library.read_png_fields(path)
+        except Exception as exc:  # noqa: BLE001 - a broken chunk is a message, not a crash
+            log.exception("reading parameters of %s", path)
+            emit(self.message, f"Could not read the parameters of {path.name}: {describe_error(exc)}", "warning")
+            return True
+        if not found:
+            emit(self.message, f"Opened {path.name}: it stores no generation parameters", "info")
+            return True
+        self.apply_fields(found)
+        emit(self.message, f"Parameters loaded from {path.name}", "info")
+        return True
+
+    def apply_fields(self, found: dict[str, Any]) -> None:
+        self.set_params(self.params.with_fields(found))
+
+    def output_images(self, limit: int = 400) -> list[Path]:
+        return library.output_images(self.output_dir, limit)
+
+    def model_choices(self) -> list[tuple[str, str]]:
+        return library.model_choices(self.settings.model_folders, self.params.model)
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def store_settings(self) -> None:
+        self.settings.params = self.params.to_dict()
+        if self._model_override and self.params.model == self._model_override:
+            self.settings.params["model"] = self._saved_model  # --model overrides this run only
+        self.settings.preview_kind = self.preview_kind
+
+    def shutdown(self, timeout: float | None = 30.0) -> bool:
+        self.store_settings()
+        return self._worker.shutdown(timeout)
+
+    # -- worker signals ------------------------------------------------------------------------
+
+    def _on_jobs(self, *_: Any) -> None:
+        emit(self.jobs_changed)
+
+    def _on_queued(self, job_id: int) -> None:
+        emit(self.job_queued, job_id)
+        emit(self.jobs_changed)
+
+    def _on_engine_ready(self, info: BackendInfo) -> None:
+        emit(self.capabilities_changed, info)
+        emit(self.engine_state, "ready")
+
+    def _on_engine_failed(self, text: str) -> None:
+        emit(self.engine_state, text)
+        emit(self.message, text, "error")
+
+    def _on_started(self, job_id: int) -> None:
+        kind = self.book.kind(job_id)
+        if kind is JobKind.LOAD_MODEL:
+            emit(self.engine_state, "loading model")
+        elif kind is JobKind.GENERATE:
+            self._start_run(job_id)
+
+    def _start_run(self, job_id: int) -> None:
+        job = self.book.get(job_id)
+        self.book.running = job_id
+        self._run_started = time.monotonic()
+        self._first_step = None
+        self.timeline.reset()
+        emit(self.timeline_changed, 0)
+        emit(self.running_changed, True)
+        emit(self.progress, 0, job.total if job else 0, -1.0)
+        emit(self.message, f"Generating: {job.label if job else ''}", "info")
+        emit(self.jobs_changed)
+
+    def _on_step(self, job_id: int, info: StepInfo) -> None:
+        job = self.book.get(job_id)
+        if job is None or job_id != self.book.running:
+            return
+        job.step, job.total = info.step, info.total
+        emit(self.progress, info.step, info.total, self._eta(info.step, info.total, info.elapsed))
+        emit(self.step_info, info)
+        if info.preview is not None:
+            arr = np.asarray(info.preview)
+            self.timeline.add_live(info.step, arr)
+            emit(self.preview_changed, array_to_qimage(arr))
+        emit(self.jobs_changed)
+
+    def _eta(self, step: int, total: int, elapsed: float) -> float:
+        """Seconds left, from the pace since the first step (the first one carries the prompt
+        encoding and any model load, and would inflate the estimate)."""
+        if step <= 0:
+            return -1.0
+        if self._first_step is None or step <= self._first_step[0]:
+            self._first_step = (step, elapsed)
+            return elapsed / step * (total - step)
+        s0, e0 = self._first_step
+        return (elapsed - e0) / (step - s0) * (total - step)
+
+    def _end_run(self, job_id: int) -> None:
+        was_running = job_id == self.book.running
+        self.book.pop(job_id)
+        if was_running:
+            emit(self.running_changed, False)
+        emit(self.jobs_changed)
+
+    def _on_finished(self, job_id: int, out: JobOutput) -> None:
+        result = out.result
+        self.timeline.finish(out)
+        if result.seeds:
+            self.last_seed = int(result.seeds[0])
+        images = [array_to_qimage(np.asarray(a)) for a in result.images]
+        for i, image in enumerate(images):
+            path = out.paths[i] if i < len(out.paths) else None
+            if path is None:  # not on disk: keep its parameters for Save as
+                self._unsaved_text[image.cacheKey()] = library.parameters_text(result, i)
+            emit(self.image_saved, str(path) if path else "", image)
+        if images:
+            self.show_image(images[0], out.paths[0] if out.paths else None)
+        n = self.timeline_length()
+        total = result.request.steps
+        emit(self.progress, total, total, 0.0)
+        self._end_run(job_id)
+        emit(self.timeline_changed, n)
+        if n:
+            self.select_step(n)
+        secs = result.timings.get("total") or (time.monotonic() - self._run_started)
+        if out.save_error:
+            emit(self.message, f"Not saved ({out.save_error}): use Save as to keep it", "error")
+            return
+        where = f" → {out.paths[0].parent}" if out.paths else ""
+        emit(self.message, f"Done in {secs:.1f} s, seed {self.last_seed}{where}", "info")
+
+    def _on_decoded(self, job_id: int, out: DecodedStep) -> None:
+        self.book.pop(job_id)
+        try:
+            image = array_to_qimage(np.asarray(out.image, dtype=np.uint8))
+        except (TypeError, ValueError) as exc:
+            emit(self.message, f"Could not show the decoded step: {exc}", "error")
+            return
+        emit(self.decoded, out.step, image)
+        self.show_image(image, None, caption=f"step {out.step}, fully decoded")
+        emit(self.message, f"Step {out.step}, fully decoded", "info")
+
+    def _on_model_loaded(self, job_id: int, out: ModelLoaded) -> None:
+        self.book.pop(job_id)
+        emit(self.engine_state, "ready")
+        emit(self.message, f"Model ready: {Path(out.model).name if out.model else 'built-in'}", "info")
+
+    def _on_cancelled(self, job_id: int) -> None:
+        emit(self.job_cancelled, job_id)
+        kind = self.book.kind(job_id)
+        if kind is JobKind.LOAD_MODEL:
+            self.book.pop(job_id)
+            self._warm_model = None
+            return
+        if kind is JobKind.DECODE_STEP:
+            self.book.pop(job_id)
+            return
+        was_running = job_id == self.book.running
+        self._end_run(job_id)
+        if was_running:
+            emit(self.progress, 0, 0, -1.0)
+            emit(self.timeline_changed, self.timeline_length())
+            emit(self.message, "Cancelled", "info")
+
+    def _on_failed(self, job_id: int, text: str) -> None:
+        emit(self.job_failed, job_id, text)
+        kind = self.book.kind(job_id)
+        if kind is JobKind.LOAD_MODEL:
+            self.book.pop(job_id)
+            self._warm_model = None  # try again when it is next wanted
+            emit(self.engine_state, "ready")
+            emit(self.message, text, "error")
+            return
+        was_running = job_id == self.book.running
+        self._end_run(job_id)
+        if was_running:
+            emit(self.progress, 0, 0, -1.0)
+        emit(self.message, text, "error")

@@ -1,0 +1,80 @@
+"""Files the session reads and writes: results with their metadata, earlier images, the model list.
+
+No Qt and no torch (studio.engine.output / .metadata use numpy and Pillow only).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from studio import __version__
+from studio.engine.requests import GenerateResult
+from studio.paths import BUILTIN_MODEL, MODELS_DIR
+
+MODEL_SUFFIXES = (".safetensors", ".ckpt")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+
+
+def save_result(result: GenerateResult, out_dir: Path) -> list[Path]:
+    """Write every image of a run with its `parameters` text, atomically; returns the paths."""
+    from studio.engine.output import save_result as engine_save
+
+    return [Path(p) for p in engine_save(result, out_dir, __version__)]
+
+
+def parameters_text(result: GenerateResult, i: int) -> str:
+    """The `parameters` text image i of a run would be saved with."""
+    import numpy as np
+
+    from studio.engine.metadata import parameters_for
+
+    req = result.request
+    if not (req.width and req.height) and i < len(result.images):
+        h, w = np.asarray(result.images[i]).shape[:2]
+        req = req.replace(width=int(w), height=int(h))
+    seed = result.seeds[i] if i < len(result.seeds) else (req.seed or 0)
+    return parameters_for(req, seed, result.model_name, result.model_hash, __version__)
+
+
+def read_png_fields(path: Path) -> dict[str, Any] | None:
+    """GenerateRequest field names -> values from an image's stored parameters (ours or A1111's)."""
+    from studio.engine.metadata import read_parameters, request_fields
+
+    text = read_parameters(path)
+    return request_fields(text) if text else None
+
+
+def output_images(folder: Path, limit: int = 400) -> list[Path]:
+    """Earlier results in the output folder, newest first."""
+    try:
+        files = [p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()]
+    except OSError:
+        return []
+    files.sort(key=lambda p: p.stat().st_mtime, reverse=True)
+    return files[:limit]
+
+
+def model_choices(folders: list[str], current: str = "") -> list[tuple[str, str]]:
+    """(label, value) for the model picker; value "" is the built-in model."""
+    builtin = "Built-in" if (BUILTIN_MODEL / "model_index.json").is_file() else "Built-in (not installed yet)"
+    out: list[tuple[str, str]] = [(builtin, "")]
+    seen: set[str] = set()
+    for folder in [MODELS_DIR, *map(Path, folders)]:
+        try:
+            entries = sorted(Path(folder).expanduser().iterdir())
+        except OSError:
+            continue
+        for entry in entries:
+            if entry.resolve() == BUILTIN_MODEL.resolve():
+                continue
+            if (entry.is_dir() and (entry / "model_index.json").is_file()) or (
+                entry.is_file() and entry.suffix.lower() in MODEL_SUFFIXES
+            ):
+                key = str(entry.resolve())
+                if key not in seen:
+                    seen.add(key)
+                    out.append((entry.stem if entry.is_file() else entry.name, str(entry)))
+    if current and str(Path(current).resolve()) not in seen:
+        out.append((Path(current).name, current))
+    return out

@@ -1,0 +1,76 @@
+"""The prompt panel's values and how they become a request (no Qt)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from studio.engine.requests import GenerateRequest
+
+# Fields a stored PNG's parameters can restore into the panel (the model only if it is here).
+RESTORED_FIELDS = ("prompt", "negative_prompt", "sampler", "schedule", "steps", "cfg", "seed", "width", "height")
+
+
+@dataclass
+class Params:
+    """The prompt panel's values. seed -1 = random; width/height 0 = the model's native size."""
+
+    prompt: str = ""
+    negative_prompt: str = ""
+    model: str = ""  # a model folder or file; "" = the built-in model
+    sampler: str = "Euler a"
+    schedule: str = "Normal"
+    steps: int = 20
+    cfg: float = 7.0
+    seed: int = -1
+    width: int = 0
+    height: int = 0
+    batch: int = 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def copy(self) -> Params:
+        return Params.from_dict(self.to_dict())
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> Params:
+        p = cls()
+        for f in fields(cls):
+            if data and f.name in data and data[f.name] is not None:
+                value = data[f.name]
+                try:
+                    setattr(p, f.name, type(getattr(p, f.name))(value))
+                except (TypeError, ValueError):
+                    pass
+        return p
+
+    def with_fields(self, found: dict[str, Any]) -> Params:
+        """These parameters with what an image's metadata stores (request field names -> values)."""
+        p = self.copy()
+        for name in RESTORED_FIELDS:
+            if found.get(name) is not None:
+                setattr(p, name, type(getattr(p, name))(found[name]))
+        if found.get("batch"):
+            p.batch = int(found["batch"])
+        model = found.get("model")
+        if model and Path(str(model)).exists():
+            p.model = str(model)
+        return p
+
+    def to_request(self, preview: str = "x0") -> GenerateRequest:
+        return GenerateRequest(
+            prompt=self.prompt,
+            negative_prompt=self.negative_prompt,
+            model=self.model or None,
+            sampler=self.sampler,
+            schedule=self.schedule,
+            steps=int(self.steps),
+            cfg=float(self.cfg),
+            seed=None if self.seed < 0 else int(self.seed),
+            width=int(self.width) or None,
+            height=int(self.height) or None,
+            batch=int(self.batch),
+            preview=preview,
+        )
