@@ -1,0 +1,200 @@
+"""The backend wall: typed jobs through the worker, capabilities, a backend without latents, the document."""
+
+import threading
+
+import numpy as np
+import pytest
+from conftest import leftovers
+from PySide6.QtCore import Qt, QTimer
+from PySide6.QtGui import QImage
+from PySide6.QtWidgets import QWidget
+
+from studio.backends import Backend
+from studio.backends.fake import DemoBackend, FakeBackend
+from studio.engine.requests import GenerateRequest, StepInfo
+from studio.jobs import DecodedStep, DecodeStep, JobKind, JobState, LoadModel, ModelLoaded
+from studio.worker import Worker
+
+
+@pytest.fixture
+def worker(qtbot):
+    made = []
+
+    def make(backend):
+        made.append(w := Worker(backend))
+        return w
+
+    yield make
+    for w in made:
+        assert w.shutdown(10)
+
+
+def test_the_fake_backends_implement_the_protocol():
+    assert isinstance(FakeBackend(), Backend) and isinstance(DemoBackend(), Backend)
+
+
+def test_the_worker_takes_typed_requests_only(worker):
+    w = worker(FakeBackend(auto=True))
+    with pytest.raises(TypeError, match="not a job request"):
+        w.submit(lambda backend: None)
+
+
+def test_job_statuses_carry_kind_and_state(qtbot, worker):
+    fake = FakeBackend()
+    w = worker(fake)
+    gen = w.submit(GenerateRequest(prompt="held", steps=3, seed=1))
+    load = w.submit(LoadModel("/models/x"))
+    qtbot.waitUntil(fake.in_step.is_set)
+    assert [(j.id, j.kind, j.state) for j in w.jobs()] == [
+        (gen, JobKind.GENERATE, JobState.RUNNING), (load, JobKind.LOAD_MODEL, JobState.QUEUED)]  # fmt: skip
+    fake.run_free()
+    qtbot.waitUntil(lambda: w.jobs() == [])
+
+
+def test_decode_and_load_jobs_run_on_the_engine_thread_with_typed_outputs(qtbot, worker):
+    fake = FakeBackend(auto=True)
+    w = worker(fake)
+    with qtbot.waitSignal(w.model_loaded) as loaded:
+        w.submit(LoadModel("/models/other"))
+    assert loaded.args[1] == ModelLoaded("/models/other") and fake.loaded == ["/models/other"]
+    with qtbot.waitSignal(w.decoded) as decoded:
+        job = w.submit(DecodeStep(None, 3, np.full((4, 8, 8), 103, np.float16)))
+    out = decoded.args[1]
+    assert decoded.args[0] == job and isinstance(out, DecodedStep) and out.step == 3
+    assert out.image.shape == (32, 32, 3) and out.image[0, 0, 0] == 103
+    assert set(fake.thread_names) == {"studio-engine"}  # start, load and decode alike
+
+
+def test_the_backend_starts_once_and_is_closed_at_shutdown(qtbot):
+    fake = FakeBackend(auto=True)
+    w = Worker(fake)
+    assert w.info().device == ""  # before start: only what is known without loading
+    with qtbot.waitSignal(w.engine_ready) as ready:
+        w.start(preload=True)
+    assert ready.args[0].device == "cpu" and w.info().device == "cpu"
+    with qtbot.waitSignal(w.finished):
+        w.submit(GenerateRequest(prompt="x", steps=2, seed=1))
+    assert fake.thread_names.count("studio-engine") == 2  # one start, one run
+    assert w.shutdown(10) and fake.closed
+
+
+def test_step_info_labels_a_pass():
+    assert StepInfo(4, 20, 1.0).label() == "step 4/20"
+    assert StepInfo(4, 20, 1.0, stage="tile", part=3, parts=9).label() == "tile 3/9, step 4/20"
+    assert StepInfo(2, 10, 1.0, stage="hires").label() == "hires, step 2/10"
+
+
+def test_a_multi_pass_run_shows_its_pass_in_the_progress_bar(qtbot, make_window):
+    class Tiled(FakeBackend):
+        def generate(self, request, on_step=None, cancel=None):
+            def tiled(info):
+                on_step(StepInfo(info.step, info.total, info.elapsed, info.preview, stage="tile", part=2, parts=4))
+
+            return super().generate(request, tiled, cancel)
+
+    fake = Tiled()
+    window = make_window(fake)
+    window.prompt_panel.steps.setValue(5)
+    window.session.generate()
+    fake.allow(2)
+    qtbot.waitUntil(lambda: window.progress.format() == "tile 2/4, step 2/5")
+    fake.run_free()
+    qtbot.waitUntil(lambda: not window.session.is_running())
+
+
+def test_the_window_follows_the_backend_samplers_once_started(qtbot, make_window):
+    class FewSamplers(FakeBackend):
+        def info(self):
+            import dataclasses
+
+            info = super().info()
+            return dataclasses.replace(info, samplers=("Euler", "DDIM") if self.started else info.samplers)
+
+    window = make_window(FewSamplers())
+    window.prompt_panel.sampler.setCurrentText("DDIM")
+    with qtbot.waitSignal(window.session.capabilities_changed):
+        window.start_engine()
+    combo = window.prompt_panel.sampler
+    assert [combo.itemText(i) for i in range(combo.count())] == ["Euler", "DDIM"]
+    assert combo.currentText() == "DDIM" and window.session.params.sampler == "DDIM"
+    qtbot.waitUntil(lambda: window.engine_label.text() == "Engine: ready")
+    assert "Fake backend on cpu" in window.engine_label.toolTip()
+
+
+def test_a_backend_that_keeps_no_latents_still_scrubs_previews_but_cannot_decode(qtbot, make_window):
+    fake = FakeBackend(auto=True, keeps_latents=False)
+    window = make_window(fake)
+    window.prompt_panel.steps.setValue(4)
+    with qtbot.waitSignal(window.session.image_saved):
+        window.session.generate()
+    timeline, decode = window.preview_panel.timeline, window.preview_panel.decode_button
+    qtbot.waitUntil(timeline.isEnabled)
+    timeline.setValue(2)
+    assert window.preview_panel.view.image().pixelColor(0, 0).red() == 102  # the kept preview of step 2
+    assert not decode.isEnabled()
+    assert "keeps no latents" in decode.toolTip()
+    assert window.session.decode_step(2) is None  # asked anyway (a shortcut): a message, no job
+    assert "keeps no latents" in window.status_label.text()
+
+
+def test_the_document_holds_the_image_and_its_mask(qtbot, window):
+    doc = window.session.document
+    image = QImage(64, 48, QImage.Format.Format_RGB888)
+    image.fill(Qt.GlobalColor.white)
+    window.session.show_image(image)
+    assert window.canvas.image().size() == image.size()
+    mask = np.zeros((48, 64), np.uint8)
+    mask[10:20, 5:25] = 255
+    doc.set_mask(mask)
+    mask[:] = 0  # the document keeps its own copy
+    assert doc.mask[15, 10] == 255
+    overlay = window.canvas.mask()
+    assert overlay is not None and overlay.pixelColor(10, 15).red() == 255 and overlay.pixelColor(0, 0).red() == 0
+    same = QImage(64, 48, QImage.Format.Format_RGB888)
+    same.fill(Qt.GlobalColor.black)
+    window.session.show_image(same)  # a new result of the same size: the mask is reused
+    assert doc.mask is not None and window.canvas.mask() is not None
+    with pytest.raises(ValueError, match="64x48"):
+        doc.set_mask(np.zeros((10, 10), np.uint8))
+    other = QImage(32, 32, QImage.Format.Format_RGB888)
+    other.fill(Qt.GlobalColor.gray)
+    window.session.show_image(other)
+    assert doc.mask is None and window.canvas.mask() is None
+    arr = doc.image_array()
+    assert arr.shape == (32, 32, 3) and arr[0, 0, 0] == other.pixelColor(0, 0).red()
+
+
+def test_the_demo_backend_runs_the_window_without_a_model(qtbot, out_dir):
+    from studio.app import build_window
+    from studio.settings import Settings
+
+    window = build_window(Settings(), demo=True, output_dir=str(out_dir))
+    qtbot.addWidget(window)
+    window.show()
+    assert isinstance(window.session._worker._backend, DemoBackend)
+    window.prompt_panel.prompt.setPlainText("a sunset")
+    window.prompt_panel.steps.setValue(2)
+    with qtbot.waitSignal(window.session.image_saved, timeout=20_000) as saved:
+        window.session.generate()
+    pixels = saved.args[1]
+    assert pixels.width() == 512 and pixels.pixelColor(0, 0) != pixels.pixelColor(256, 256)  # a picture, not flat
+    window.close()
+
+
+def test_the_leftover_check_sees_threads_and_timers(qtbot):
+    stop = threading.Event()
+    thread = threading.Thread(target=stop.wait, name="studio-straggler", daemon=True)
+    thread.start()
+    widget = QWidget()
+    timer = QTimer(widget)
+    timer.start(1000)
+    try:
+        found = leftovers(grace_s=0.05)
+        assert "thread studio-straggler" in found
+        assert any(item.startswith("timer QWidget") for item in found)
+    finally:
+        stop.set()
+        thread.join(5)
+        timer.stop()
+        widget.deleteLater()
+    assert leftovers(grace_s=1.0) == []
