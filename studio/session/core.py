@@ -78,6 +78,7 @@ class Session(QObject):
         self.timeline = StepTimeline(settings.preview_kind)
         self.book = JobBook()
         self.last_seed: int | None = None
+        self._engine_ready = False
         self._warm_enabled = False
         self._warm_model: str | None = None
         self._unsaved_text: dict[int, str] = {}  # QImage.cacheKey() -> parameters, for images not on disk
@@ -150,7 +151,8 @@ class Session(QObject):
 
     def start_engine(self) -> None:
         """Start the backend in the background (torch, or a connection) and load the chosen model."""
-        emit(self.engine_state, "loading")
+        if not self._engine_ready:  # a run queued before this may have started it already
+            emit(self.engine_state, "loading")
         self._worker.start(preload=True)
         self.enable_warm_up()
 
@@ -344,6 +346,7 @@ class Session(QObject):
         emit(self.jobs_changed)
 
     def _on_engine_ready(self, info: BackendInfo) -> None:
+        self._engine_ready = True
         emit(self.capabilities_changed, info)
         emit(self.engine_state, "ready")
 

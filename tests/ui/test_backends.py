@@ -198,3 +198,16 @@ def test_the_leftover_check_sees_threads_and_timers(qtbot):
         timer.stop()
         widget.deleteLater()
     assert leftovers(grace_s=1.0) == []
+
+
+def test_the_engine_label_says_ready_when_a_run_started_the_backend_first(qtbot, make_window):
+    fake = FakeBackend()
+    window = make_window(fake)
+    window.session.generate()  # starts the backend before the delayed start_engine
+    qtbot.waitUntil(fake.in_step.is_set)
+    qtbot.waitUntil(lambda: window.engine_label.text() == "Engine: ready")
+    window.start_engine()  # the warm-up load queues behind the held run
+    qtbot.wait(20)
+    assert window.engine_label.text() == "Engine: ready"  # not "loading" while it is plainly running
+    fake.run_free()
+    qtbot.waitUntil(lambda: fake.loaded == [None] and not window.session.is_running())
