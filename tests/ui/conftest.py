@@ -82,6 +82,22 @@ def fake():
 
 
 @pytest.fixture
+def worker(qtbot):
+    """Workers over a given backend, shut down (and joined) after the test."""
+    from studio.worker import Worker
+
+    made = []
+
+    def make(backend):
+        made.append(w := Worker(backend))
+        return w
+
+    yield make
+    for w in made:
+        assert w.shutdown(10)
+
+
+@pytest.fixture
 def make_window(qtbot, out_dir):
     """Windows wired by the composition root (studio.app) on a fake backend by default."""
     from studio.app import build_window

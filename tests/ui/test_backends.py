@@ -16,19 +16,6 @@ from studio.jobs import DecodedStep, DecodeStep, JobKind, JobState, LoadModel, M
 from studio.worker import Worker
 
 
-@pytest.fixture
-def worker(qtbot):
-    made = []
-
-    def make(backend):
-        made.append(w := Worker(backend))
-        return w
-
-    yield make
-    for w in made:
-        assert w.shutdown(10)
-
-
 def test_the_fake_backends_implement_the_protocol():
     assert isinstance(FakeBackend(), Backend) and isinstance(DemoBackend(), Backend)
 

@@ -2,24 +2,9 @@
 
 import threading
 
-import pytest
-
 from studio.backends.fake import FakeBackend
 from studio.engine.requests import GenerateRequest
 from studio.worker import Worker
-
-
-@pytest.fixture
-def worker(qtbot):
-    engines = []
-
-    def make(engine):
-        engines.append(w := Worker(engine))
-        return w
-
-    yield make
-    for w in engines:
-        assert w.shutdown(10)
 
 
 def req(prompt, steps=3, **kw):
