@@ -13,6 +13,8 @@ from .errors import RequestError
 Mode = Literal["txt2img", "img2img", "inpaint", "upscale"]
 PreviewKind = Literal["x0", "latent", "none"]
 MODES: tuple[str, ...] = ("txt2img", "img2img", "inpaint", "upscale")
+INPAINT_AREAS: tuple[str, ...] = ("whole", "masked")
+MASKED_CONTENTS: tuple[str, ...] = ("original", "fill", "noise")
 MAX_SEED = 2**32 - 1
 
 
@@ -51,6 +53,11 @@ class GenerateRequest:
     mask: np.ndarray | None = field(default=None, repr=False, compare=False)  # HxW uint8, 255 = repaint
     preview: str = "x0"  # what the per-step preview shows: x0 estimate, the noisy latent, or nothing
     clip_skip: int = 1  # A1111 convention: 1 = last layer
+    # Inpainting (A1111's options and defaults). The mask is white (255) where to repaint.
+    mask_blur: int = 4  # px: Gaussian feather of the mask's edge
+    inpaint_area: str = "whole"  # "whole" picture, or only the "masked" area at full working resolution
+    inpaint_padding: int = 32  # px around the blurred mask's box, for inpaint_area "masked"
+    masked_content: str = "original"  # what the masked area starts from: "original", "fill" or "noise"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "init_image", _frozen_copy(self.init_image, (3,), "The init image"))
@@ -83,12 +90,31 @@ class GenerateRequest:
             raise RequestError(f"{self.mode} needs an input image")
         if self.mode in ("img2img", "inpaint") and not 0.0 < self.strength <= 1.0:
             raise RequestError(f"Denoising strength must be in (0, 1], got {self.strength}")
-        if self.mode == "inpaint" and self.mask is None:
-            raise RequestError("Inpainting needs a mask: paint the area to repaint")
+        if self.mode == "inpaint":
+            self._validate_inpaint()
         if self.preview not in ("x0", "latent", "none"):
             raise RequestError(f"Unknown preview kind {self.preview!r}")
         if not 1 <= self.clip_skip <= 12:
             raise RequestError(f"Clip skip must be between 1 and 12, got {self.clip_skip}")
+
+
+    def _validate_inpaint(self) -> None:
+        if self.mask is None:
+            raise RequestError("Inpainting needs a mask: paint the area to repaint")
+        ih, iw = self.init_image.shape[:2]
+        if self.mask.shape != (ih, iw):
+            mh, mw = self.mask.shape
+            raise RequestError(f"The mask is {mw}x{mh} but the image is {iw}x{ih}: they must be the same size")
+        if not self.mask.any():
+            raise RequestError("The mask is empty: paint the area to repaint")
+        if not 0 <= self.mask_blur <= 256:
+            raise RequestError(f"Mask blur must be between 0 and 256 px, got {self.mask_blur}")
+        if self.inpaint_area not in INPAINT_AREAS:
+            raise RequestError(f"Unknown inpaint area {self.inpaint_area!r}; use whole or masked")
+        if not 0 <= self.inpaint_padding <= 1024:
+            raise RequestError(f"Masked area padding must be between 0 and 1024 px, got {self.inpaint_padding}")
+        if self.masked_content not in MASKED_CONTENTS:
+            raise RequestError(f"Unknown masked content {self.masked_content!r}; use original, fill or noise")
 
 
 @dataclass(frozen=True)

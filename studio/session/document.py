@@ -1,12 +1,16 @@
-"""The document: the image being worked on and its mask. The canvas shows it; it does not own it.
+"""The document: the image being worked on, its mask, and their undo history.
 
-The mask is an HxW uint8 array the size of the image (255 = repaint, as the engine takes it),
-or None. A new image of another size drops the mask; one of the same size keeps it, so a mask
-painted once is reused across runs.
+The canvas shows it and paints into it; it does not own it. The mask is an HxW uint8 array the
+size of the image (255 = repaint, as the engine takes it), or None. A new image of another size
+drops the mask; one of the same size keeps it, so a mask painted once is reused across runs.
+
+Every change that an artist would want back is recorded: strokes (as the rectangle they touched),
+mask fill / clear / invert / load, and image replacements (results, a new canvas, an outpaint).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -16,10 +20,29 @@ from PySide6.QtGui import QImage
 from studio.qimage import array_to_qimage, qimage_to_array
 from studio.qtcompat import emit
 
+from .history import History, ImageEdit, MaskEdit, Rect, clip_rect, patch, union
+
+
+@dataclass(frozen=True)
+class DocState:
+    """One whole state of the document (what an image edit keeps before and after)."""
+
+    image: QImage | None = field(repr=False)
+    mask: np.ndarray | None = field(repr=False)
+    path: Path | None = None
+    caption: str = ""
+
+    @property
+    def nbytes(self) -> int:
+        n = self.image.sizeInBytes() if self.image is not None else 0
+        return n + (self.mask.nbytes if self.mask is not None else 0)
+
 
 class Document(QObject):
     image_changed = Signal(QImage)
-    mask_changed = Signal()
+    mask_changed = Signal(object)  # the Rect (x, y, w, h) that changed, or None: all of it
+    history_changed = Signal()
+    changed = Signal()  # anything an autosave should write (image, mask or history)
 
     def __init__(self, parent: QObject | None = None):
         super().__init__(parent)
@@ -27,18 +50,42 @@ class Document(QObject):
         self.path: Path | None = None  # where the image is on disk, if it is
         self.caption = ""
         self._mask: np.ndarray | None = None
+        self.history = History(on_change=lambda: emit(self.history_changed))
+        self._stroke: tuple[str, np.ndarray | None, Rect | None] | None = None  # label, mask before, touched
 
     # -- image --------------------------------------------------------------------------------
 
-    def set_image(self, image: QImage | None, path: Path | None = None, caption: str = "") -> None:
+    def state(self) -> DocState:
+        return DocState(self.image, self._mask, self.path, self.caption)
+
+    def set_image(self, image: QImage | None, path: Path | None = None, caption: str = "",
+                  record: str | None = None) -> None:  # fmt: skip
+        """Show a new image. record: an undo label ("Result", "Open image"...), None: not undoable."""
+        before = self.state()
         same_size = image is not None and self.image is not None and image.size() == self.image.size()
-        self.image = image
-        self.path = path
-        self.caption = caption
-        if self._mask is not None and not same_size:
-            self._mask = None
-            emit(self.mask_changed)
-        emit(self.image_changed, image if image is not None else QImage())
+        mask = self._mask if same_size else None
+        self._apply(DocState(image, mask, path, caption))
+        if record:
+            self.history.push(ImageEdit(record, before, self.state()))
+        emit(self.changed)
+
+    def replace(self, image: QImage, mask: np.ndarray | None, label: str, path: Path | None = None,
+                caption: str = "") -> None:  # fmt: skip
+        """Image and mask together, undoably (an outpaint's larger canvas and its new mask)."""
+        if mask is not None:
+            mask = self._checked(mask, image.width(), image.height())
+        before = self.state()
+        self._apply(DocState(image, mask, path, caption))
+        self.history.push(ImageEdit(label, before, self.state()))
+        emit(self.changed)
+
+    def _apply(self, state: DocState) -> None:
+        mask_before = self._mask
+        self.image, self.path, self.caption = state.image, state.path, state.caption
+        self._mask = state.mask
+        emit(self.image_changed, state.image if state.image is not None else QImage())
+        if mask_before is not state.mask:
+            emit(self.mask_changed, None)
 
     def has_image(self) -> bool:
         return self.image is not None and not self.image.isNull()
@@ -51,8 +98,7 @@ class Document(QObject):
         """A copy of the image as HxWx3 uint8 RGB (what a request takes)."""
         if not self.has_image():
             return None
-        a = qimage_to_array(self.image.convertToFormat(QImage.Format.Format_RGB888))
-        return a[..., :3].copy()
+        return qimage_to_array(self.image.convertToFormat(QImage.Format.Format_RGB888))[..., :3].copy()
 
     # -- mask ---------------------------------------------------------------------------------
 
@@ -60,21 +106,122 @@ class Document(QObject):
     def mask(self) -> np.ndarray | None:
         return self._mask
 
-    def set_mask(self, mask: np.ndarray | None) -> None:
-        """Replace the mask (copied). Raises ValueError when it is not HxW uint8 of the image's size."""
+    def has_mask(self) -> bool:
+        return self._mask is not None and bool(self._mask.any())
+
+    def _checked(self, mask: np.ndarray, w: int, h: int) -> np.ndarray:
+        mask = np.asarray(mask)
+        if mask.dtype != np.uint8 or mask.shape != (h, w):
+            raise ValueError(f"the mask must be {w}x{h} uint8, got {mask.shape[::-1]} {mask.dtype}")
+        return mask.copy()
+
+    def set_mask(self, mask: np.ndarray | None, label: str | None = None) -> None:
+        """Replace the mask (copied); label makes it undoable. ValueError when it is not HxW uint8
+        of the image's size."""
         if mask is not None:
-            mask = np.asarray(mask)
-            w, h = self.size()
-            if mask.dtype != np.uint8 or mask.shape != (h, w):
-                raise ValueError(f"the mask must be {w}x{h} uint8, got {mask.shape[::-1]} {mask.dtype}")
-            mask = mask.copy()
+            mask = self._checked(mask, *self.size())
+        before = self._mask
         self._mask = mask
-        emit(self.mask_changed)
+        if label:
+            self.history.push(MaskEdit(label, None, before, mask))
+        emit(self.mask_changed, None)
+        emit(self.changed)
 
     def clear_mask(self) -> None:
         if self._mask is not None:
-            self.set_mask(None)
+            self.set_mask(None, "Clear mask")
+
+    def fill_mask(self) -> None:
+        if self.has_image():
+            w, h = self.size()
+            self.set_mask(np.full((h, w), 255, np.uint8), "Fill mask")
+
+    def invert_mask(self) -> None:
+        if self.has_image():
+            w, h = self.size()
+            current = self._mask if self._mask is not None else np.zeros((h, w), np.uint8)
+            self.set_mask(255 - current, "Invert mask")
 
     def mask_image(self) -> QImage | None:
-        """The mask as a Grayscale8 QImage (for the canvas overlay), or None."""
+        """The mask as a Grayscale8 QImage, or None."""
         return array_to_qimage(self._mask) if self._mask is not None else None
+
+    # -- strokes: a tool paints into the working mask in place -------------------------------
+
+    def begin_stroke(self, label: str = "Brush stroke") -> np.ndarray | None:
+        """The mask to paint into, in place (created empty if there is none); None without an image.
+        Call stroke_updated(rect) after each dab or segment and end_stroke() at the end."""
+        if not self.has_image():
+            return None
+        if self._stroke is not None:
+            self.end_stroke()
+        before = self._mask.copy() if self._mask is not None else None
+        if self._mask is None:
+            w, h = self.size()
+            self._mask = np.zeros((h, w), np.uint8)
+        self._stroke = (label, before, None)
+        return self._mask
+
+    def stroke_updated(self, rect: Rect) -> None:
+        if self._stroke is None:
+            return
+        w, h = self.size()
+        rect = clip_rect(rect, w, h)
+        if rect is None:
+            return
+        label, before, touched = self._stroke
+        self._stroke = (label, before, union(touched, rect))
+        emit(self.mask_changed, rect)
+
+    def end_stroke(self) -> None:
+        if self._stroke is None:
+            return
+        label, before, touched = self._stroke
+        self._stroke = None
+        if touched is None:  # a click that painted nothing
+            if before is None and self._mask is not None and not self._mask.any():
+                self._mask = None
+            return
+        if before is None:  # the mask was created by this stroke: undo removes it again
+            self.history.push(MaskEdit(label, None, None, self._mask.copy()))
+        else:
+            self.history.push(MaskEdit(label, touched, patch(before, touched), patch(self._mask, touched)))
+        emit(self.changed)
+
+    def in_stroke(self) -> bool:
+        return self._stroke is not None
+
+    # -- undo / redo --------------------------------------------------------------------------
+
+    def undo(self) -> str:
+        """Undo the last change; returns its label ("" when there was nothing to undo)."""
+        if self._stroke is not None:
+            self.end_stroke()
+        entry = self.history.undo()
+        if entry is None:
+            return ""
+        self._revert(entry, entry_state="before")
+        return entry.label
+
+    def redo(self) -> str:
+        entry = self.history.redo()
+        if entry is None:
+            return ""
+        self._revert(entry, entry_state="after")
+        return entry.label
+
+    def _revert(self, entry, entry_state: str) -> None:
+        value = getattr(entry, entry_state)
+        if isinstance(entry, ImageEdit):
+            self._apply(value)
+        elif entry.rect is None:
+            self._mask = value.copy() if value is not None else None
+            emit(self.mask_changed, None)
+        else:
+            x, y, w, h = entry.rect
+            if self._mask is None:  # cannot happen after a patch edit, but never crash on undo
+                iw, ih = self.size()
+                self._mask = np.zeros((ih, iw), np.uint8)
+            self._mask[y : y + h, x : x + w] = value
+            emit(self.mask_changed, entry.rect)
+        emit(self.changed)

@@ -69,6 +69,11 @@ class Canvas(QWidget):
     def has_image(self) -> bool:
         return not self._image.isNull()
 
+    def set_document(self, document) -> None:
+        """Show the document's mask as an overlay (painting comes with the brush tools)."""
+        self.document = document
+        document.mask_changed.connect(lambda _rect=None: self.set_mask(document.mask_image()))
+
     def mask(self) -> QImage | None:
         return self._mask
 

@@ -298,7 +298,7 @@ class MainWindow(QMainWindow):
         s.jobs_changed.connect(self._jobs)
         s.job_queued.connect(lambda _job_id: self.save_settings())  # a crash never loses the prompt
         s.step_info.connect(self._step_info)
-        s.document.mask_changed.connect(lambda: self.canvas.set_mask(s.document.mask_image()))
+        self.canvas.set_document(s.document)  # the mask overlay and painting work on the document
         self.gallery.image_activated.connect(self._gallery_show)
         self.gallery.parameters_requested.connect(lambda p: p and s.open_image(p))
         self.gallery.customContextMenuRequested.connect(self._gallery_menu)
