@@ -191,6 +191,15 @@ class Document(QObject):
     def in_stroke(self) -> bool:
         return self._stroke is not None
 
+    def restore(self, state: DocState, entries: list | None = None, cursor: int | None = None) -> None:
+        """Put back a saved document (the autosave after a crash): its state and its undo history."""
+        self._stroke = None
+        self._apply(state)
+        self.history.entries = list(entries or [])
+        self.history.cursor = len(self.history.entries) if cursor is None else max(0, min(cursor, len(self.history.entries)))
+        emit(self.history_changed)
+        emit(self.changed)
+
     # -- undo / redo --------------------------------------------------------------------------
 
     def undo(self) -> str:
