@@ -47,7 +47,7 @@ def build_window(settings=None, backend=None, *, model: str | None = None, outpu
 
 
 def run_app(argv: list[str] | None = None, *, model: str | None = None, output_dir: str | None = None,
-            demo: bool = False, backend=None) -> int:  # fmt: skip
+            demo: bool = False, backend=None, image: str | None = None) -> int:  # fmt: skip
     """Create the QApplication, show the window, run the event loop; return the exit code."""
     from PySide6.QtCore import QTimer
     from PySide6.QtWidgets import QApplication
@@ -64,6 +64,8 @@ def run_app(argv: list[str] | None = None, *, model: str | None = None, output_d
     window = build_window(backend=backend, model=model, output_dir=output_dir, demo=demo)
     install_excepthook(window)
     window.show()
+    if image:
+        window.session.open_image(image)
     if os.environ.get(EXIT_ON_SHOW_ENV):
 
         def shown() -> None:

@@ -2,7 +2,8 @@
 
 Pixel code: the latent kept at step k has the value k and its x0 estimate 100 + k; the preview
 of either (live or on the timeline) is a flat image whose red channel is that value. A finished
-image is flat with red = seed % 256. A decoded step is 32x32 with red = its value.
+image is flat with red = seed % 256 (image to image and inpaint: at the input's size; an inpaint keeps
+the input's pixels where the mask is 0). A decoded step is 32x32 with red = its value.
 
 Steps can be held: unless `auto`, each step waits until `allow()` lets it go, so "cancel while
 running" and "the UI is behind" are exact in tests.
@@ -109,6 +110,8 @@ class FakeBackend:
         t0 = time.perf_counter()
         seed = request.seed if request.seed is not None else 4242
         w, h = request.width or self.size, request.height or self.size
+        if request.init_image is not None and request.mode != "txt2img":
+            h, w = request.init_image.shape[:2]  # like the engine: the result has the input's size
         used = request.replace(seed=seed, width=w, height=h)
         n, b = request.steps, request.batch
         latents = np.zeros((n, b, 4, LATENT, LATENT), dtype=np.float16)
@@ -126,6 +129,9 @@ class FakeBackend:
                 preview = None if request.preview == "none" else self.preview_image(value)
                 on_step(StepInfo(i, n, time.perf_counter() - t0, preview))
         images = [self.picture(w, h, seed + j) for j in range(b)]
+        if request.mode == "inpaint":  # like the engine: pixels outside the mask are the input's
+            keep = (request.mask == 0)[..., None]
+            images = [np.where(keep, request.init_image, img) for img in images]
         previews = {}
         if request.preview != "none":
             previews["x0"] = [self.preview_image(100 + i) for i in range(1, n + 1)]

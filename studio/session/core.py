@@ -14,14 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PySide6.QtCore import QObject, Signal
-from PySide6.QtGui import QImage
+from PySide6.QtCore import QObject, Qt, Signal
+from PySide6.QtGui import QColor, QImage
 
 from studio.backends.base import BackendInfo
-from studio.engine.errors import EngineError, describe_error
+from studio.engine.errors import EngineError, RequestError, describe_error
 from studio.engine.requests import StepInfo
 from studio.jobs import DecodedStep, JobKind, JobOutput, LoadModel, ModelLoaded
-from studio.qimage import array_to_qimage, qimage_to_array
+from studio.qimage import array_to_qimage, qimage_to_array, qimage_to_gray
 from studio.qtcompat import emit
 from studio.settings import Settings
 from studio.worker import Worker
@@ -29,10 +29,12 @@ from studio.worker import Worker
 from . import library
 from .document import Document
 from .jobs import JobBook, JobView, TrackedJob
-from .params import Params
+from .params import MODES, Params
+from .runplan import CROP_FIELDS, MODE_LABELS, RunPlan, crop_rect
 from .timeline import VIEWS, StepTimeline
 
 log = logging.getLogger(__name__)
+MAX_CANVAS = 4096  # px on a side: what a request accepts
 
 
 class Session(QObject):
@@ -53,6 +55,8 @@ class Session(QObject):
     message = Signal(str, str)  # text, level: info / warning / error
     engine_state = Signal(str)  # loading / loading model / ready / error text
     capabilities_changed = Signal(object)  # BackendInfo, once the backend has started
+    crop_changed = Signal(object)  # the "only masked" inpaint area (x, y, w, h) a run would use, or None
+    live_overlay = Signal(object, object)  # QImage (ARGB, alpha = feathered mask) and its rect, or None, None
 
     def __init__(
         self,
@@ -86,6 +90,8 @@ class Session(QObject):
         self._first_step: tuple[int, float] | None = None
 
         self.document.image_changed.connect(lambda image: emit(self.current_image_changed, image))
+        self.document.changed.connect(self._update_crop)
+        self._crop: tuple[int, int, int, int] | None = None
         w = worker
         w.queued.connect(self._on_queued)
         w.queue_changed.connect(self._on_jobs)
@@ -116,6 +122,8 @@ class Session(QObject):
             setattr(self.params, k, v)
         if self.params.model != model_before:
             self.warm_up()
+        if CROP_FIELDS.intersection(changes):
+            self._update_crop()
 
     def set_params(self, params: Params) -> None:
         model_before = self.params.model
@@ -123,6 +131,13 @@ class Session(QObject):
         if params.model != model_before:
             self.warm_up()
         emit(self.params_changed, params)
+        self._update_crop()
+
+    def set_mode(self, mode: str) -> None:
+        """The panel's mode switch: txt2img, img2img or inpaint."""
+        if mode in MODES and mode != self.params.mode:
+            self.update_params(mode=mode)
+            emit(self.params_changed, self.params)
 
     def random_seed(self) -> None:
         self.update_params(seed=-1)
@@ -160,17 +175,54 @@ class Session(QObject):
         """Queue a generation from the current parameters. None (and a message) if invalid."""
         try:
             request = self.params.to_request(self.preview_kind)
+            if request.mode != "txt2img":
+                request = self._with_canvas(request)
             request.validate()
         except EngineError as exc:
             emit(self.message, describe_error(exc), "error")
             return None
         out_dir = self.output_dir
         label = " ".join(request.prompt.split()) or "(no prompt)"
+        if request.mode != "txt2img":
+            label = f"{MODE_LABELS[request.mode].lower()}: {label}"
         job_id = self._worker.submit(request, save=lambda result: library.save_result(result, out_dir), label=label)
-        self.book.add(TrackedJob(job_id, JobKind.GENERATE, label, total=request.steps,
-                                 width=request.width or 0, height=request.height or 0))  # fmt: skip
+        job = self.book.add(TrackedJob(job_id, JobKind.GENERATE, label, total=request.steps,
+                                       width=request.width or 0, height=request.height or 0,
+                                       detail=RunPlan.for_request(request)))  # fmt: skip
+        if request.mode != "txt2img":  # the run keeps the canvas size
+            job.height, job.width = request.init_image.shape[:2]
         self._on_jobs()
         return job_id
+
+    def inpaint(self) -> int | None:
+        """The Inpaint button: switch to inpaint mode and run it on the canvas and its mask."""
+        self.set_mode("inpaint")
+        return self.generate()
+
+    def _with_canvas(self, request):
+        doc = self.document
+        what = MODE_LABELS[request.mode]
+        if not doc.has_image():
+            raise RequestError(f"{what} works on the canvas: open, paste or generate an image first")
+        mask = None
+        if request.mode == "inpaint":
+            if not doc.has_mask():
+                raise RequestError("Paint a mask over the area to repaint first (the brush: B)")
+            mask = doc.mask
+        return request.replace(init_image=doc.image_array(), mask=mask)
+
+    def inpaint_crop(self) -> tuple[int, int, int, int] | None:
+        """The rectangle an "only masked" inpaint would work on (image px), or None."""
+        return self._crop
+
+    def _update_crop(self, *_: Any) -> None:
+        crop = None
+        p, doc = self.params, self.document
+        if p.mode == "inpaint" and p.inpaint_area == "masked" and doc.has_mask() and not doc.in_stroke():
+            crop = crop_rect(doc.mask, p.mask_blur, p.inpaint_padding, doc.size(), (p.width or 1, p.height or 1))
+        if crop != self._crop:
+            self._crop = crop
+            emit(self.crop_changed, crop)
 
     def enable_warm_up(self) -> None:
         """From now on, load the chosen model in the background (once the engine is wanted)."""
@@ -201,6 +253,11 @@ class Session(QObject):
 
     def jobs(self) -> list[JobView]:
         return self.book.views(self._worker.jobs())
+
+    def running_mode(self) -> str:
+        """The mode of the generation on screen ("" when none runs)."""
+        job = self.book.get(self.book.running) if self.book.running is not None else None
+        return job.detail.mode if job is not None and isinstance(job.detail, RunPlan) else ""
 
     def running_size(self) -> tuple[int, int]:
         """Width and height the running job asked for; (0, 0) for the model's native size or no job."""
@@ -294,6 +351,99 @@ class Session(QObject):
             raise OSError(f"{dest.name} could not be written")
         return dest
 
+    # -- the canvas: an image to work on, its mask, undo ----------------------------------------
+
+    def use_as_input(self, image: QImage, path: Path | None = None, label: str = "Use as input") -> None:
+        """Put an image on the canvas to work on (a gallery image, a pasted one), undoably."""
+        if image is None or image.isNull():
+            emit(self.message, "There is no image to use", "warning")
+            return
+        self.document.set_image(image, path, caption="" if path else "pasted", record=label)
+        if self.params.mode == "txt2img":
+            self.set_mode("img2img")
+
+    def paste_image(self, image: QImage | None) -> bool:
+        if image is None or image.isNull():
+            emit(self.message, "The clipboard holds no image", "warning")
+            return False
+        self.use_as_input(image.convertToFormat(QImage.Format.Format_RGB888), None, "Paste image")
+        emit(self.message, f"Pasted a {image.width()}×{image.height()} image onto the canvas", "info")
+        return True
+
+    def new_canvas(self, width: int, height: int, color: tuple[int, int, int] = (255, 255, 255)) -> bool:
+        if not (8 <= width <= MAX_CANVAS and 8 <= height <= MAX_CANVAS):
+            emit(self.message, f"A canvas must be 8 to {MAX_CANVAS} pixels on a side, not {width}×{height}", "error")
+            return False
+        image = QImage(width, height, QImage.Format.Format_RGB888)
+        image.fill(QColor(*color))
+        self.document.set_image(image, None, caption="new canvas", record="New canvas")
+        emit(self.message, f"New {width}×{height} canvas", "info")
+        return True
+
+    def extend_canvas(self, left: int, top: int, right: int, bottom: int, overlap: int = 16) -> bool:
+        """Outpainting: a larger canvas whose new area is the mask (filled, blended into the old edge)."""
+        from studio.engine.inpaint import outpaint_canvas
+
+        arr = self.document.image_array()
+        if arr is None:
+            emit(self.message, "Open, paste or generate an image before extending it", "error")
+            return False
+        try:
+            image, mask = outpaint_canvas(arr, left, top, right, bottom, overlap=overlap)
+        except (EngineError, ValueError) as exc:
+            emit(self.message, describe_error(exc), "error")
+            return False
+        h, w = image.shape[:2]
+        self.document.replace(array_to_qimage(image), mask, "Extend canvas", caption="extended")
+        self.update_params(mode="inpaint", inpaint_area="whole")
+        emit(self.params_changed, self.params)
+        emit(self.message, f"Canvas extended to {w}×{h}: the new area is masked, ready to inpaint", "info")
+        return True
+
+    def undo(self) -> None:
+        label = self.document.undo()
+        emit(self.message, f"Undid: {label}" if label else "Nothing to undo", "info")
+
+    def redo(self) -> None:
+        label = self.document.redo()
+        emit(self.message, f"Redid: {label}" if label else "Nothing to redo", "info")
+
+    def save_mask(self, dest: Path | str) -> Path | None:
+        """The mask as a greyscale PNG (white = repaint), written atomically."""
+        mask = self.document.mask
+        if mask is None:
+            emit(self.message, "There is no mask to save: paint one first", "warning")
+            return None
+        dest = Path(dest)
+        if dest.suffix.lower() != ".png":
+            dest = dest.with_suffix(".png")
+        try:
+            library.write_png_atomic(mask, dest)
+        except OSError as exc:
+            emit(self.message, f"Could not save the mask: {describe_error(exc)}", "error")
+            return None
+        emit(self.message, f"Mask saved to {dest}", "info")
+        return dest
+
+    def load_mask(self, path: Path | str) -> bool:
+        """A mask PNG (white = repaint; its luminance). Another size is scaled to the image, and said."""
+        path = Path(path)
+        if not self.document.has_image():
+            emit(self.message, "Open or paste the image before its mask", "error")
+            return False
+        image = QImage(str(path))
+        if image.isNull():
+            emit(self.message, f"Could not open {path.name}: not an image Latent Studio can read", "error")
+            return False
+        w, h = self.document.size()
+        note = ""
+        if (image.width(), image.height()) != (w, h):
+            note = f" (it was {image.width()}×{image.height()}: scaled to the image's {w}×{h})"
+            image = image.scaled(w, h, Qt.AspectRatioMode.IgnoreAspectRatio, Qt.TransformationMode.SmoothTransformation)
+        self.document.set_mask(qimage_to_gray(image), "Load mask")
+        emit(self.message, f"Mask loaded from {path.name}{note}", "info")
+        return True
+
     def open_image(self, path: Path | str) -> bool:
         """Show a PNG and fill the panel with its stored parameters (ours or A1111's)."""
         path = Path(path)
@@ -301,7 +451,7 @@ class Session(QObject):
         if image.isNull():
             emit(self.message, f"Could not open {path.name}: not an image Latent Studio can read", "error")
             return False
-        self.show_image(image, path)
+        self.document.set_image(image, path, record="Open image")
         try:
             found = library.read_png_fields(path)
         except Exception as exc:  # noqa: BLE001 - a broken chunk is a message, not a crash
@@ -384,6 +534,11 @@ class Session(QObject):
             arr = np.asarray(info.preview)
             self.timeline.add_live(info.step, arr)
             emit(self.preview_changed, array_to_qimage(arr))
+            plan = job.detail
+            if isinstance(plan, RunPlan) and plan.mode == "inpaint":
+                overlay = plan.overlay(arr)
+                if overlay is not None:
+                    emit(self.live_overlay, overlay, plan.rect)
         emit(self.jobs_changed)
 
     def _eta(self, step: int, total: int, elapsed: float) -> float:
@@ -399,8 +554,10 @@ class Session(QObject):
 
     def _end_run(self, job_id: int) -> None:
         was_running = job_id == self.book.running
-        self.book.pop(job_id)
+        job = self.book.pop(job_id)
         if was_running:
+            if job is not None and isinstance(job.detail, RunPlan) and job.detail.mode == "inpaint":
+                emit(self.live_overlay, None, None)
             emit(self.running_changed, False)
         emit(self.jobs_changed)
 
@@ -416,7 +573,8 @@ class Session(QObject):
                 self._unsaved_text[image.cacheKey()] = library.parameters_text(result, i)
             emit(self.image_saved, str(path) if path else "", image)
         if images:
-            self.show_image(images[0], out.paths[0] if out.paths else None)
+            mode = result.request.mode
+            self.document.set_image(images[0], out.paths[0] if out.paths else None, record=MODE_LABELS.get(mode, "Result"))
         n = self.timeline_length()
         total = result.request.steps
         emit(self.progress, total, total, 0.0)
@@ -439,7 +597,7 @@ class Session(QObject):
             emit(self.message, f"Could not show the decoded step: {exc}", "error")
             return
         emit(self.decoded, out.step, image)
-        self.show_image(image, None, caption=f"step {out.step}, fully decoded")
+        self.document.set_image(image, None, caption=f"step {out.step}, fully decoded", record="Decode a step")
         emit(self.message, f"Step {out.step}, fully decoded", "info")
 
     def _on_model_loaded(self, job_id: int, out: ModelLoaded) -> None:

@@ -78,3 +78,22 @@ def model_choices(folders: list[str], current: str = "") -> list[tuple[str, str]
     if current and str(Path(current).resolve()) not in seen:
         out.append((Path(current).name, current))
     return out
+
+
+def write_png_atomic(array, dest: Path) -> Path:
+    """A plain PNG (a mask: HxW uint8) written to a temporary file and renamed: never half a file."""
+    import os
+    import tempfile
+
+    from PIL import Image
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            Image.fromarray(array).save(f, format="PNG")
+        os.replace(tmp, dest)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return dest

@@ -9,7 +9,9 @@ from typing import Any
 from studio.engine.requests import GenerateRequest
 
 # Fields a stored PNG's parameters can restore into the panel (the model only if it is here).
-RESTORED_FIELDS = ("prompt", "negative_prompt", "sampler", "schedule", "steps", "cfg", "seed", "width", "height")
+RESTORED_FIELDS = ("prompt", "negative_prompt", "sampler", "schedule", "steps", "cfg", "seed", "width", "height",
+                   "strength", "mask_blur", "inpaint_area", "inpaint_padding", "masked_content")
+MODES = ("txt2img", "img2img", "inpaint")  # what the panel's mode switch offers
 
 
 @dataclass
@@ -27,6 +29,12 @@ class Params:
     width: int = 0
     height: int = 0
     batch: int = 1
+    mode: str = "txt2img"  # txt2img, img2img (the canvas image as a start) or inpaint (its masked area)
+    strength: float = 0.75  # denoising strength for img2img and inpaint
+    mask_blur: int = 4
+    inpaint_area: str = "whole"  # "whole" picture or only the "masked" area (at full working resolution)
+    inpaint_padding: int = 32
+    masked_content: str = "original"  # original, fill, noise
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -73,4 +81,10 @@ class Params:
             height=int(self.height) or None,
             batch=int(self.batch),
             preview=preview,
+            mode=self.mode if self.mode in MODES else "txt2img",
+            strength=float(self.strength),
+            mask_blur=int(self.mask_blur),
+            inpaint_area=self.inpaint_area,
+            inpaint_padding=int(self.inpaint_padding),
+            masked_content=self.masked_content,
         )

@@ -248,7 +248,15 @@ class MainWindow(QMainWindow):
                                         "Save the current image under a new name (Ctrl+S)")  # fmt: skip
         self.copy_action = self._action("&Copy image", self.copy_image, QKeySequence("Ctrl+Shift+C"), "copy",
                                         "Copy the current image to the clipboard")  # fmt: skip
-        file_menu.addActions([self.open_action, self.save_action, self.copy_action])
+        self.new_canvas_action = self._action("&New canvas…", self.new_canvas_dialog, QKeySequence.StandardKey.New,
+                                              "image", "A blank canvas of a chosen size to paint and inpaint on")  # fmt: skip
+        file_menu.addActions([self.open_action, self.new_canvas_action, self.save_action, self.copy_action])
+        file_menu.addSeparator()
+        self.load_mask_action = self._action("Load &mask…", self.load_mask_dialog, None, "open",
+                                             "Load a mask PNG (white = repaint) for the canvas image")  # fmt: skip
+        self.save_mask_action = self._action("Save mask &as…", self.save_mask_dialog, None, "save",
+                                             "Save the mask as a PNG (white = repaint)")  # fmt: skip
+        file_menu.addActions([self.load_mask_action, self.save_mask_action])
         file_menu.addSeparator()
         file_menu.addAction(self._action("Open output &folder", self.open_output_folder, None, "folder"))
         file_menu.addAction(self._action("Choose output folder…", self.choose_output_folder))
@@ -267,6 +275,27 @@ class MainWindow(QMainWindow):
         file_menu.addSeparator()
         file_menu.addAction(self._action("&Quit", self.close, QKeySequence.StandardKey.Quit))
 
+        edit_menu = mb.addMenu("&Edit")
+        self.undo_action = self._action("&Undo", s.undo, QKeySequence.StandardKey.Undo, "undo",
+                                        "Undo the last stroke, mask change or image change (Ctrl+Z)")  # fmt: skip
+        self.redo_action = self._action("&Redo", s.redo, [QKeySequence("Ctrl+Shift+Z"), QKeySequence("Ctrl+Y")], "redo",
+                                        "Redo what was undone (Ctrl+Shift+Z)")  # fmt: skip
+        self.paste_action = self._action("&Paste image", self.paste_image, QKeySequence.StandardKey.Paste, "paste",
+                                         "Paste an image from the clipboard onto the canvas (Ctrl+V)")  # fmt: skip
+        self.extend_action = self._action("&Extend canvas (outpaint)…", self.extend_canvas_dialog,
+                                          QKeySequence("Ctrl+E"), "extend",
+                                          "Add pixels on any side; the new area is masked and inpainted")  # fmt: skip
+        self.fill_mask_action = self._action("&Fill mask", s.document.fill_mask, None, "", "Mask the whole image")
+        self.clear_mask_action = self._action("C&lear mask", s.document.clear_mask, QKeySequence("Ctrl+Shift+X"), "",
+                                              "Remove the mask")  # fmt: skip
+        self.invert_mask_action = self._action("&Invert mask", s.document.invert_mask, QKeySequence("Ctrl+I"), "",
+                                               "Swap masked and unmasked areas")  # fmt: skip
+        edit_menu.addActions([self.undo_action, self.redo_action])
+        edit_menu.addSeparator()
+        edit_menu.addActions([self.paste_action, self.extend_action])
+        edit_menu.addSeparator()
+        edit_menu.addActions([self.fill_mask_action, self.clear_mask_action, self.invert_mask_action])
+
         gen_menu = mb.addMenu("&Generate")
         self.generate_action = self._action("&Generate", s.generate, [QKeySequence("Ctrl+Return"), QKeySequence("Ctrl+Enter")],
                                             "generate", "Generate from the prompt (Ctrl+Enter)")  # fmt: skip
@@ -275,7 +304,17 @@ class MainWindow(QMainWindow):
         self.cancel_all_action = self._action("Cancel &all", s.cancel_all, None, "clear", "Stop and empty the queue")
         self.random_action = self._action("&Random seed", s.random_seed, None, "dice")
         self.reuse_action = self._action("Reuse &last seed", s.reuse_seed, None, "reuse")
-        gen_menu.addActions([self.generate_action, self.cancel_action, self.cancel_all_action])
+        self.inpaint_action = self._action("&Inpaint", s.inpaint, QKeySequence("Ctrl+Shift+Return"), "generate",
+                                           "Repaint the masked area of the canvas from the prompt")  # fmt: skip
+        gen_menu.addActions([self.generate_action, self.inpaint_action, self.cancel_action, self.cancel_all_action])
+        gen_menu.addSeparator()
+        self.mode_actions = []
+        for n, (mode, label) in enumerate((("txt2img", "&Text to image"), ("img2img", "I&mage to image"),
+                                           ("inpaint", "I&npaint mode")), 1):  # fmt: skip
+            act = self._action(label, lambda m=mode: s.set_mode(m), QKeySequence(f"Ctrl+{n}"), "",
+                               f"Switch the panel to {label.replace('&', '').lower()} (Ctrl+{n})")  # fmt: skip
+            self.mode_actions.append(act)
+        gen_menu.addActions(self.mode_actions)
         gen_menu.addSeparator()
         gen_menu.addActions([self.random_action, self.reuse_action])
 
@@ -283,7 +322,7 @@ class MainWindow(QMainWindow):
         help_menu.addAction(self._action("&Keyboard shortcuts", self.show_shortcuts, QKeySequence("F1")))
         help_menu.addAction(self._action("&About Latent Studio", self.about))
 
-        for menu in (file_menu, gen_menu, help_menu):
+        for menu in (file_menu, edit_menu, gen_menu, help_menu):
             menu.setToolTipsVisible(True)
 
     def _connect(self) -> None:
@@ -298,6 +337,12 @@ class MainWindow(QMainWindow):
         s.jobs_changed.connect(self._jobs)
         s.job_queued.connect(lambda _job_id: self.save_settings())  # a crash never loses the prompt
         s.step_info.connect(self._step_info)
+        s.crop_changed.connect(lambda rect: self.canvas.set_crop_rect(rect))
+        s.live_overlay.connect(lambda image, rect: self.canvas.set_live_overlay(image, rect))
+        s.document.history_changed.connect(self._history_changed)
+        s.document.mask_changed.connect(lambda _rect=None: self._mask_actions())
+        self._history_changed()
+        self._mask_actions()
         self.canvas.set_document(s.document)  # the mask overlay and painting work on the document
         self.gallery.image_activated.connect(self._gallery_show)
         self.gallery.parameters_requested.connect(lambda p: p and s.open_image(p))
@@ -348,8 +393,22 @@ class MainWindow(QMainWindow):
         self.save_action.setEnabled(not image.isNull())
         self.copy_action.setEnabled(not image.isNull())
 
+    def _history_changed(self) -> None:
+        h = self.session.document.history
+        self.undo_action.setEnabled(h.can_undo())
+        self.redo_action.setEnabled(h.can_redo())
+        self.undo_action.setText(f"&Undo {h.undo_label()}".rstrip())
+        self.redo_action.setText(f"&Redo {h.redo_label()}".rstrip())
+
+    def _mask_actions(self) -> None:
+        doc = self.session.document
+        self.save_mask_action.setEnabled(doc.mask is not None)
+        self.clear_mask_action.setEnabled(doc.mask is not None)
+
     def _show_preview(self, image: QImage) -> None:
-        """While a run goes, the canvas shows its live preview, enlarged."""
+        """While a run goes, the canvas shows its live preview, enlarged (an inpaint: over its area)."""
+        if self.session.running_mode() == "inpaint":
+            return  # drawn over the canvas image through the mask (live_overlay)
         if self.session.is_running():
             self._preview_on_canvas = True
             w, h = self.session.running_size()
@@ -422,6 +481,7 @@ class MainWindow(QMainWindow):
         path = item.data(PATH_ROLE) or ""
         menu = QMenu(self)
         menu.addAction(icon("image"), "Show", lambda: self._gallery_show(path))
+        menu.addAction(icon("open"), "Use as input", lambda: self._gallery_use(path, item))
         act = menu.addAction(icon("reuse"), "Reuse parameters", lambda: self.session.open_image(path))
         act.setEnabled(bool(path))
         menu.addAction(icon("copy"), "Copy image", lambda: (self._gallery_show(path), self.copy_image()))
@@ -434,7 +494,56 @@ class MainWindow(QMainWindow):
         act.setEnabled(bool(path))
         menu.exec(self.gallery.viewport().mapToGlobal(pos))
 
+    def _gallery_use(self, path: str, item) -> None:
+        image = QImage(path) if path else item.data(IMAGE_ROLE)
+        if not isinstance(image, QImage) or image.isNull():
+            self.show_message(f"Could not read {Path(path).name}" if path else "This image is gone", "error")
+            return
+        self.session.use_as_input(image, Path(path) if path else None)
+
     # -- file actions --------------------------------------------------------------------------
+
+    def paste_image(self) -> None:
+        mime = QApplication.clipboard().mimeData()
+        if mime is not None and mime.hasImage():
+            self.session.paste_image(QImage(QApplication.clipboard().image()))
+            return
+        paths = image_paths(mime) if mime is not None else []
+        if paths:
+            self.session.open_image(paths[0])
+            return
+        self.session.paste_image(None)
+
+    def new_canvas_dialog(self) -> None:
+        from studio.ui.dialogs import NewCanvasDialog
+
+        w, h = self.session.document.size()
+        dialog = NewCanvasDialog(w or 512, h or 512, self)
+        if dialog.exec():
+            self.session.new_canvas(*dialog.values())
+
+    def extend_canvas_dialog(self) -> None:
+        from studio.ui.dialogs import ExtendCanvasDialog
+
+        if not self.session.document.has_image():
+            self.show_message("Open, paste or generate an image before extending it", "warning")
+            return
+        dialog = ExtendCanvasDialog(self.session.document.size(), self)
+        if dialog.exec() and self.session.extend_canvas(*dialog.values()) and dialog.inpaint_now:
+            self.session.inpaint()
+
+    def load_mask_dialog(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Load a mask", str(self.session.output_dir),
+                                              "Images (*.png *.jpg *.jpeg *.webp);;All files (*)")  # fmt: skip
+        if path:
+            self.session.load_mask(path)
+
+    def save_mask_dialog(self) -> None:
+        src = self.session.current_path
+        suggested = str(Path.home() / ((src.stem + "-mask.png") if src else "mask.png"))
+        path, _ = QFileDialog.getSaveFileName(self, "Save the mask as", suggested, "PNG image (*.png)")
+        if path:
+            self.session.save_mask(path)
 
     def open_dialog(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "Open image", str(self.session.output_dir),
@@ -494,7 +603,15 @@ class MainWindow(QMainWindow):
         self.show_message("The engine device changes the next time the studio starts")
 
     SHORTCUTS = (
-        ("Ctrl+Enter", "Generate (again to queue more)"),
+        ("Ctrl+Enter", "Generate (again to queue more); in inpaint mode, inpaint"),
+        ("Ctrl+1 / 2 / 3", "Text to image / image to image / inpaint mode"),
+        ("B / E / H", "Brush, eraser, pan (on the canvas)"),
+        ("[ and ]", "Smaller or larger brush"),
+        ("Ctrl+Z / Ctrl+Shift+Z", "Undo / redo strokes, masks and images"),
+        ("Ctrl+V", "Paste an image onto the canvas"),
+        ("Ctrl+N", "A new blank canvas"),
+        ("Ctrl+E", "Extend the canvas (outpaint)"),
+        ("Ctrl+I", "Invert the mask"),
         ("Esc", "Cancel the running image"),
         ("Ctrl+S", "Save the image as…"),
         ("Ctrl+O", "Open an image and its parameters"),

@@ -23,7 +23,14 @@ from PySide6.QtWidgets import (
 
 from studio.engine.requests import MAX_SEED
 from studio.session import IMAGE_SUFFIXES, Params, Session
+from studio.ui.inpaint_options import CanvasOptions, ModeSwitch
 from studio.ui.theme import icon
+
+GENERATE_LABELS = {
+    "txt2img": ("  Generate", "Generate from the prompt (Ctrl+Enter). Click again to queue more runs."),
+    "img2img": ("  Transform", "Change the canvas image by the prompt (Ctrl+Enter)"),
+    "inpaint": ("  Inpaint", "Repaint the masked area of the canvas from the prompt (Ctrl+Enter)"),
+}
 
 
 def section(text: str) -> QLabel:
@@ -73,6 +80,10 @@ class PromptPanel(QWidget):
         lay = QVBoxLayout(body)
         lay.setContentsMargins(12, 12, 12, 8)
         lay.setSpacing(6)
+
+        self.mode_switch = ModeSwitch(session)
+        lay.addWidget(self.mode_switch)
+        lay.addSpacing(4)
 
         # Prompts
         lay.addWidget(section("Prompt"))
@@ -167,6 +178,11 @@ class PromptPanel(QWidget):
         lay.addSpacing(4)
         lay.addWidget(section("Sampling"))
         lay.addLayout(grid)
+        self.canvas_section = section("Canvas")
+        lay.addSpacing(4)
+        lay.addWidget(self.canvas_section)
+        self.canvas_options = CanvasOptions(session)
+        lay.addWidget(self.canvas_options)
         lay.addStretch(0)
 
         # Generate / Cancel: outside the scroll area, always visible.
@@ -190,6 +206,7 @@ class PromptPanel(QWidget):
         self.refresh_models()
         self.set_params(session.params)
         self._connect()
+        self._show_mode(session.params)
 
     # -- construction helpers ------------------------------------------------------------------
 
@@ -230,6 +247,15 @@ class PromptPanel(QWidget):
         self.cancel_button.clicked.connect(s.cancel)
         s.params_changed.connect(self.set_params)
         s.jobs_changed.connect(self._update_buttons)
+        s.params_changed.connect(self._show_mode)
+
+    def _show_mode(self, p: Params) -> None:
+        self.mode_switch.show_mode(p.mode)
+        self.canvas_options.set_params(p)
+        self.canvas_section.setVisible(p.mode != "txt2img")
+        text, tip = GENERATE_LABELS.get(p.mode, GENERATE_LABELS["txt2img"])
+        self.generate_button.setText(text)
+        self.generate_button.setToolTip(tip)
 
     def _seed_edited(self, text: str) -> None:
         try:

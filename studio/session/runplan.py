@@ -1,0 +1,74 @@
+"""What the session knows of a generation before it runs: its mode, and for an inpaint the area it
+works on, so the canvas can show that area before the run and the masked region forming during it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from PySide6.QtGui import QImage
+
+from studio.engine.requests import GenerateRequest
+from studio.qimage import array_to_qimage
+
+Rect = tuple[int, int, int, int]  # x, y, w, h in image pixels
+MODE_LABELS = {"txt2img": "Generate", "img2img": "Image to image", "inpaint": "Inpaint"}
+CROP_FIELDS = frozenset({"mode", "inpaint_area", "inpaint_padding", "mask_blur", "width", "height"})
+
+
+def crop_rect(mask: np.ndarray, blur: int, padding: int, image_size: tuple[int, int],
+              aspect: tuple[int, int]) -> Rect | None:  # fmt: skip
+    """The engine's own "only masked" box (studio.engine.inpaint.crop_box) as (x, y, w, h)."""
+    from studio.engine.inpaint import crop_box
+
+    try:
+        box = crop_box(mask, blur, padding, image_size=image_size, aspect=aspect)
+    except ValueError:
+        return None
+    if box is None:
+        return None
+    x0, y0, x1, y1 = (int(v) for v in box)
+    return (x0, y0, x1 - x0, y1 - y0)
+
+
+@dataclass
+class RunPlan:
+    mode: str
+    rect: Rect | None = None  # the image area an inpaint works on (the whole image for "whole")
+    mask: np.ndarray | None = field(default=None, repr=False)  # the mask inside rect
+    blur: int = 0
+    _alpha: dict[tuple[int, int], np.ndarray] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def for_request(cls, r: GenerateRequest) -> RunPlan:
+        if r.mode != "inpaint" or r.mask is None or r.init_image is None:
+            return cls(r.mode)
+        h, w = r.mask.shape
+        rect: Rect | None = (0, 0, w, h)
+        if r.inpaint_area == "masked":
+            rect = crop_rect(r.mask, r.mask_blur, r.inpaint_padding, (w, h), (r.width or 1, r.height or 1)) or rect
+        x, y, cw, ch = rect
+        return cls(r.mode, rect, np.array(r.mask[y : y + ch, x : x + cw]), int(r.mask_blur))
+
+    def overlay(self, preview: np.ndarray) -> QImage | None:
+        """The live preview as an ARGB image whose alpha is the feathered mask, at the preview's size."""
+        if self.mask is None or preview.ndim != 3:
+            return None
+        ph, pw = preview.shape[:2]
+        alpha = self._alpha.get((pw, ph))
+        if alpha is None:
+            alpha = self._alpha[(pw, ph)] = self._small_alpha(pw, ph)
+        rgba = np.empty((ph, pw, 4), np.uint8)
+        rgba[..., :3] = preview[..., :3]
+        rgba[..., 3] = alpha
+        return array_to_qimage(rgba)
+
+    def _small_alpha(self, pw: int, ph: int) -> np.ndarray:
+        # Feathered at the preview's scale: cheap, and the preview is that coarse anyway.
+        from PIL import Image, ImageFilter
+
+        small = Image.fromarray(self.mask, "L").resize((pw, ph), Image.Resampling.BILINEAR)
+        radius = self.blur * pw / max(1, self.mask.shape[1])
+        if radius >= 0.5:
+            small = small.filter(ImageFilter.GaussianBlur(radius))
+        return np.asarray(small, np.uint8)
