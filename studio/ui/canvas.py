@@ -1,47 +1,107 @@
-"""The canvas: shows the current image, fitted and centred, on a neutral backdrop.
+"""The canvas: the current image, zoomable and pannable, and mask painting on the session's document.
 
-Built to grow mask painting: it keeps the image and a same-sized mask (Grayscale8,
-255 = repaint) in image coordinates, maps widget <-> image coordinates, and routes mouse
-events to a `tool` (None today; a brush/eraser later). The mask is drawn as a tinted,
-semi-transparent overlay when present.
+Coordinates: "image px" are the pixels of the image being laid out (the shown image, or the
+logical size a small live preview stands in for); the document's mask has that size when it can
+be shown and painted. Pixel (i, j) covers [i, i+1) x [j, j+1) (see studio.session.brush).
+
+Tools (`set_tool`): "pan" (left-drag pans), "brush" and "eraser" (left-drag paints the document's
+mask: begin_stroke / a segment per mouse move / stroke_updated / end_stroke on release). In every
+tool the middle button and Space + left-drag pan, the wheel zooms about the cursor and a double
+click (left in pan mode, middle in any) fits. `[` and `]` shrink and grow the brush while the
+canvas has focus or the pointer is over it (unless a text box has the keyboard).
+
+The mask overlay is a persistent ARGB image the size of the mask: `mask_changed(rect)` recomputes
+only that rectangle of it and repaints only the widget area over it, so painting a 2048x2048 mask
+stays smooth (benchmarks/bench_canvas.py); `mask_changed(None)` rebuilds it all.
 """
 
 from __future__ import annotations
 
-from PySide6.QtCore import QPointF, QRectF, QSize, Qt, Signal
-from PySide6.QtGui import QColor, QImage, QMouseEvent, QPainter, QPaintEvent, QPen, QWheelEvent
-from PySide6.QtWidgets import QSizePolicy, QWidget
+import math
 
+import numpy as np
+from PySide6.QtCore import QEvent, QObject, QPointF, QRect, QRectF, QSize, Qt, Signal
+from PySide6.QtGui import (
+    QColor,
+    QFont,
+    QImage,
+    QKeyEvent,
+    QMouseEvent,
+    QPainter,
+    QPaintEvent,
+    QPen,
+    QWheelEvent,
+)
+from PySide6.QtWidgets import QApplication, QSizePolicy, QWidget
+
+from studio.qimage import array_to_qimage, qimage_to_gray
 from studio.qtcompat import emit
+from studio.session.brush import MAX_SIZE, MIN_SIZE, Stroke
+
+Rect = tuple[int, int, int, int]  # x, y, w, h in image px
+
+TOOLS = ("pan", "brush", "eraser")
+TOOLTIPS = {
+    "pan": "The current image. Wheel: zoom, drag: pan, double-click: fit. Drop a PNG here to load its parameters.",
+    "brush": "Brush: drag to paint the mask (the area to repaint). [ and ]: smaller / larger brush. "
+    "Middle-drag or Space + drag: pan, wheel: zoom, middle double-click: fit.",
+    "eraser": "Eraser: drag to remove the mask. [ and ]: smaller / larger brush. "
+    "Middle-drag or Space + drag: pan, wheel: zoom, middle double-click: fit.",
+}
+_TEXT_INPUTS = ("QLineEdit", "QTextEdit", "QPlainTextEdit", "QAbstractSpinBox")
+
+
+def _tint_lut(tint: QColor) -> np.ndarray:
+    """uint32 premultiplied ARGB for every mask value: the tint at alpha tint.alpha * m / 255."""
+    m = np.arange(256, dtype=np.float64)
+    a = np.rint(m * tint.alpha() / 255.0)
+    r, g, b = (np.rint(c * a / 255.0) for c in (tint.red(), tint.green(), tint.blue()))
+    return (a.astype(np.uint32) << 24) | (r.astype(np.uint32) << 16) | (g.astype(np.uint32) << 8) | b.astype(np.uint32)
 
 
 class Canvas(QWidget):
     image_changed = Signal()
-    mask_changed = Signal()
+    mask_changed = Signal(object)  # the overlay changed: its Rect (image px), or None for all of it
+    tool_changed = Signal(str)
+    brush_changed = Signal()  # size or hardness
+    mask_visible_changed = Signal(bool)
 
     MASK_TINT = QColor(124, 92, 255, 110)
+    BACKDROP = QColor("#141518")
 
     def __init__(self, parent: QWidget | None = None):
         super().__init__(parent)
         self._image = QImage()
-        self._mask: QImage | None = None
-        self._overlay: QImage | None = None  # the mask tinted for display, rebuilt when it changes
         self._caption = ""
         self._smooth = False
         self._logical: QSize | None = None
         self._zoom = 1.0  # relative to the fitted size
         self._pan = QPointF()  # offset of the image centre from the fitted centre, widget pixels
-        self._drag_from: QPointF | None = None
-        self.tool = None  # later: an object with press(canvas, pos), move(...), release(...)
+        self._drag_from: QPointF | None = None  # panning: the last pointer position
+        self._drag_button = Qt.MouseButton.NoButton
+        self.document = None  # the session's Document, once set_document is called
+        self._own_mask: np.ndarray | None = None  # set_mask without a document
+        self._overlay: QImage | None = None  # the mask tinted, kept and updated by rectangle
+        self._lut = _tint_lut(self.MASK_TINT)
+        self._mask_visible = True
+        self._tool = "pan"
+        self._brush_size = 64
+        self._hardness = 1.0
+        self._stroke: Stroke | None = None
+        self._hover: QPointF | None = None  # the pointer, for the brush outline
+        self._space = False  # Space held: left-drag pans
+        self._filtering = False  # the application key filter, while the pointer is over the canvas
+        self._crop: Rect | None = None
+        self._live: tuple[QImage, Rect] | None = None
         self.setMinimumSize(240, 240)
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
         self.setMouseTracking(True)
         self.setAutoFillBackground(False)
-        self.setToolTip(
-            "The current image. Wheel: zoom, drag: pan, double-click: fit. Drop a PNG here to load its parameters."
-        )
+        self.setAttribute(Qt.WidgetAttribute.WA_OpaquePaintEvent)  # paintEvent fills every pixel it is given
+        self.setFocusPolicy(Qt.FocusPolicy.ClickFocus)
+        self.setToolTip(TOOLTIPS["pan"])
 
-    # -- image and mask ----------------------------------------------------------------------
+    # -- image ---------------------------------------------------------------------------------
 
     def image(self) -> QImage:
         return self._image
@@ -54,37 +114,196 @@ class Canvas(QWidget):
         logical_size: lay the image out as if it had this size (a small live preview takes the
         place the final image will take).
         """
-        before = self._logical or self._image.size()
+        before = self._layout_size()
         self._image = QImage(image) if image is not None else QImage()
         self._caption = caption
         self._smooth = smooth
         self._logical = logical_size if logical_size is not None and not logical_size.isEmpty() else None
-        if (self._logical or self._image.size()) != before:
+        if self._layout_size() != before:
             self._zoom, self._pan = 1.0, QPointF()  # same size: keep the zoom, to compare images
-        if self._mask is not None and self._mask.size() != self._image.size():
-            self.clear_mask()
+            if self._stroke is not None:
+                self._end_stroke()
+        if self.document is None and self._own_mask is not None and not self._mask_fits():
+            self.set_mask(None)
         emit(self.image_changed)
         self.update()
 
     def has_image(self) -> bool:
         return not self._image.isNull()
 
+    def _layout_size(self) -> QSize:
+        return self._logical or self._image.size()
+
+    # -- the document and its mask ------------------------------------------------------------
+
     def set_document(self, document) -> None:
-        """Show the document's mask as an overlay (painting comes with the brush tools)."""
+        """Show the document's mask and paint into it (the window passes the session's document)."""
+        if self.document is document:
+            return
+        if self._stroke is not None:
+            self._end_stroke()
+        if self.document is not None:
+            self.document.mask_changed.disconnect(self._on_mask_changed)
         self.document = document
-        document.mask_changed.connect(lambda _rect=None: self.set_mask(document.mask_image()))
+        self._own_mask = None
+        if document is not None:
+            document.mask_changed.connect(self._on_mask_changed)
+        self._on_mask_changed(None)
+
+    def _mask_array(self) -> np.ndarray | None:
+        return self.document.mask if self.document is not None else self._own_mask
 
     def mask(self) -> QImage | None:
-        return self._mask
+        """The mask as a Grayscale8 QImage (a copy), or None."""
+        m = self._mask_array()
+        return array_to_qimage(m) if m is not None else None
 
     def set_mask(self, mask: QImage | None) -> None:
-        self._mask = mask.convertToFormat(QImage.Format.Format_Grayscale8) if mask is not None else None
-        self._overlay = None
-        emit(self.mask_changed)
-        self.update()
+        """Replace the mask (not undoable: the document's own methods are). With a document, its
+        mask; without one, a mask the canvas keeps for the image shown."""
+        array = qimage_to_gray(mask) if mask is not None else None
+        if self.document is not None:
+            self.document.set_mask(array)
+        else:
+            self._own_mask = array
+            self._on_mask_changed(None)
 
     def clear_mask(self) -> None:
         self.set_mask(None)
+
+    def overlay(self) -> QImage | None:
+        """The tinted overlay as drawn (premultiplied ARGB, the mask's size), or None without a mask."""
+        return self._overlay
+
+    def _mask_fits(self) -> bool:
+        """The mask can be shown and painted over what is laid out (the same size)."""
+        m = self._mask_array()
+        size = self._layout_size()
+        return m is not None and not size.isEmpty() and m.shape == (size.height(), size.width())
+
+    def _on_mask_changed(self, rect: Rect | None) -> None:
+        mask = self._mask_array()
+        if mask is None:
+            self._overlay = None
+            self.update()
+        elif rect is None or self._overlay is None or self._overlay.size() != QSize(mask.shape[1], mask.shape[0]):
+            h, w = mask.shape
+            if self._overlay is None or self._overlay.size() != QSize(w, h):
+                self._overlay = QImage(w, h, QImage.Format.Format_ARGB32_Premultiplied)
+            np.take(self._lut, mask, out=self._overlay_view(), mode="clip")
+            rect = None
+            self.update()
+        else:
+            x, y, w, h = rect
+            view = self._overlay_view()
+            view[y : y + h, x : x + w] = self._lut[mask[y : y + h, x : x + w]]
+            if self._mask_visible:
+                self._update_image_area(rect)
+        emit(self.mask_changed, rect)
+
+    def _overlay_view(self) -> np.ndarray:
+        """The overlay's pixels as an HxW uint32 array (writes reach the image)."""
+        o = self._overlay
+        return np.frombuffer(o.bits(), np.uint32).reshape(o.height(), o.bytesPerLine() // 4)[:, : o.width()]
+
+    def mask_visible(self) -> bool:
+        return self._mask_visible
+
+    def set_mask_visible(self, visible: bool) -> None:
+        """Show or hide the mask overlay (painting still works while it is hidden)."""
+        visible = bool(visible)
+        if visible != self._mask_visible:
+            self._mask_visible = visible
+            self.update()
+            emit(self.mask_visible_changed, visible)
+
+    # -- what the window draws over the image ---------------------------------------------------
+
+    def crop_rect(self) -> Rect | None:
+        return self._crop
+
+    def set_crop_rect(self, rect: Rect | None) -> None:
+        """A dashed rectangle labelled "inpaint area" over the image (x, y, w, h in image px), or None."""
+        rect = tuple(int(v) for v in rect) if rect is not None else None
+        if rect != self._crop:
+            self._crop = rect
+            self.update()
+
+    def live_overlay(self) -> tuple[QImage, Rect] | None:
+        return self._live
+
+    def set_live_overlay(self, image: QImage | None, rect: Rect | None) -> None:
+        """Draw image (with its own alpha) scaled smoothly into rect (image px) over the image;
+        None clears it. For the live preview of an inpaint."""
+        old = self._live[1] if self._live is not None else None
+        if image is None or image.isNull() or rect is None:
+            self._live = None
+        else:
+            rect = tuple(int(v) for v in rect)
+            self._live = (QImage(image), rect)
+        for r in (old, rect if self._live is not None else None):
+            if r is not None:
+                self._update_image_area(r)
+
+    # -- tools -----------------------------------------------------------------------------------
+
+    def tool(self) -> str:
+        return self._tool
+
+    def set_tool(self, tool: str) -> None:
+        """Choose the tool: "pan", "brush" or "eraser" (ValueError for anything else)."""
+        if tool not in TOOLS:
+            raise ValueError(f"unknown canvas tool {tool!r}: expected one of {', '.join(TOOLS)}")
+        if tool == self._tool:
+            return
+        if self._stroke is not None:
+            self._end_stroke()
+        self._tool = tool
+        self.setToolTip(TOOLTIPS[tool])
+        self._refresh_cursor()
+        self.update()
+        emit(self.tool_changed, tool)
+
+    def brush_size(self) -> int:
+        """The brush's diameter in image px (1..1024)."""
+        return self._brush_size
+
+    def set_brush_size(self, size: float) -> None:
+        size = int(min(MAX_SIZE, max(MIN_SIZE, round(size))))
+        if size != self._brush_size:
+            old = self._outline_rect()
+            self._brush_size = size
+            self._update_outline(old)
+            emit(self.brush_changed)
+
+    def hardness(self) -> float:
+        """1 = a hard edge; lower = a softer falloff towards the edge (0..1)."""
+        return self._hardness
+
+    def set_hardness(self, hardness: float) -> None:
+        hardness = float(min(1.0, max(0.0, hardness)))
+        if hardness != self._hardness:
+            self._hardness = hardness
+            emit(self.brush_changed)
+
+    def grow_brush(self) -> None:
+        """About 10% larger, at least 1 px (the `]` key)."""
+        self.set_brush_size(max(self._brush_size + 1, round(self._brush_size * 1.1)))
+
+    def shrink_brush(self) -> None:
+        """About 10% smaller, at least 1 px (the `[` key)."""
+        self.set_brush_size(min(self._brush_size - 1, round(self._brush_size / 1.1)))
+
+    def _paints(self) -> bool:
+        return self._tool in ("brush", "eraser")
+
+    def can_paint(self) -> bool:
+        """A stroke would reach the document: an image is shown and the document's is its size."""
+        doc = self.document
+        if doc is None or self._image.isNull() or not doc.has_image():
+            return False
+        w, h = doc.size()
+        return self._layout_size() == QSize(w, h)
 
     # -- geometry --------------------------------------------------------------------------
 
@@ -93,7 +312,7 @@ class Canvas(QWidget):
         if self._image.isNull():
             return QRectF()
         margin, below = 12, 22 if self._caption else 0  # room for the caption under the image
-        size = self._logical or self._image.size()
+        size = self._layout_size()
         w, h = size.width(), size.height()
         avail_w, avail_h = max(1, self.width() - 2 * margin), max(1, self.height() - 2 * margin - below)
         scale = min(avail_w / w, avail_h / h, 8.0)
@@ -133,12 +352,46 @@ class Canvas(QWidget):
         self.update()
 
     def to_image(self, pos: QPointF) -> QPointF:
+        """A widget point in the shown image's own pixels."""
         r = self.image_rect()
         if r.isEmpty():
             return QPointF()
         return QPointF(
             (pos.x() - r.x()) * self._image.width() / r.width(), (pos.y() - r.y()) * self._image.height() / r.height()
         )
+
+    def to_layout(self, pos: QPointF) -> QPointF:
+        """A widget point in image px of the laid-out size (the mask's pixels)."""
+        r, size = self.image_rect(), self._layout_size()
+        if r.isEmpty():
+            return QPointF()
+        return QPointF((pos.x() - r.x()) * size.width() / r.width(), (pos.y() - r.y()) * size.height() / r.height())
+
+    def from_image(self, x: float, y: float) -> QPointF:
+        """Image px (of the laid-out size) -> widget coordinates."""
+        r, size = self.image_rect(), self._layout_size()
+        if r.isEmpty():
+            return QPointF()
+        return QPointF(r.x() + x * r.width() / size.width(), r.y() + y * r.height() / size.height())
+
+    def widget_rect(self, rect: Rect) -> QRectF:
+        """An image-px rectangle (x, y, w, h) in widget coordinates."""
+        x, y, w, h = rect
+        a, b = self.from_image(x, y), self.from_image(x + w, y + h)
+        return QRectF(a, b)
+
+    def _scale(self) -> float:
+        """Widget pixels per image px."""
+        r, size = self.image_rect(), self._layout_size()
+        return r.width() / size.width() if not r.isEmpty() and size.width() else 1.0
+
+    def _update_image_area(self, rect: Rect, margin: int = 2) -> None:
+        """Repaint only the widget area over an image-px rectangle."""
+        if self._image.isNull():
+            return
+        area = self.widget_rect(rect).toAlignedRect().adjusted(-margin, -margin, margin, margin) & self.rect()
+        if not area.isEmpty():
+            self.update(area)
 
     def sizeHint(self) -> QSize:
         return QSize(512, 512)
@@ -147,7 +400,8 @@ class Canvas(QWidget):
 
     def paintEvent(self, event: QPaintEvent) -> None:
         p = QPainter(self)
-        p.fillRect(self.rect(), QColor("#141518"))
+        exposed = event.rect()
+        p.fillRect(exposed, self.BACKDROP)
         if self._image.isNull():
             p.setPen(QColor("#5c616b"))
             p.drawText(self.rect(), Qt.AlignmentFlag.AlignCenter, "Your image appears here\n\nCtrl+Enter to generate")
@@ -158,22 +412,128 @@ class Canvas(QWidget):
         p.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform, smooth)
         p.setPen(QPen(QColor("#2e3036"), 1))
         p.drawRect(r.adjusted(-1, -1, 0, 0))
-        p.drawImage(r, self._image)
-        if self._mask is not None:
-            if self._overlay is None:
-                self._overlay = self._tinted(self._mask)
-            p.drawImage(r, self._overlay)
+        self._draw_part(p, r, self._image, exposed)
+        if self._overlay is not None and self._mask_visible and self._mask_fits():
+            p.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform, r.width() < self._overlay.width())
+            self._draw_part(p, r, self._overlay, exposed)
+        if self._live is not None:
+            image, rect = self._live
+            p.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform, True)
+            p.drawImage(self.widget_rect(rect), image)
+        if self._crop is not None:
+            self._draw_crop(p, self.widget_rect(self._crop))
         if self._caption:
             p.setPen(QColor("#8a909a"))
             p.drawText(QRectF(0, r.bottom() + 4, self.width(), 18), Qt.AlignmentFlag.AlignHCenter, self._caption)
+        outline = self._outline()
+        if outline is not None:
+            centre, radius = outline
+            p.setRenderHint(QPainter.RenderHint.Antialiasing, True)
+            p.setBrush(Qt.BrushStyle.NoBrush)
+            p.setPen(QPen(QColor(0, 0, 0, 230), 2))  # dark under white dashes: visible on any image
+            p.drawEllipse(centre, radius, radius)
+            dashed = QPen(QColor(255, 255, 255, 240), 1)
+            dashed.setDashPattern([3, 3])
+            p.setPen(dashed)
+            p.drawEllipse(centre, radius, radius)
 
-    def _tinted(self, mask: QImage) -> QImage:
-        overlay = QImage(mask.size(), QImage.Format.Format_ARGB32_Premultiplied)
-        overlay.fill(self.MASK_TINT)
-        overlay.setAlphaChannel(mask)
-        return overlay
+    @staticmethod
+    def _draw_part(p: QPainter, target: QRectF, image: QImage, exposed: QRect) -> None:
+        """Draw image into target, but only the source pixels under the exposed area (plus a pixel
+        of margin for smoothing), so a small repaint of a large image costs a small area."""
+        if QRectF(exposed).contains(target):
+            p.drawImage(target, image)
+            return
+        sx, sy = image.width() / target.width(), image.height() / target.height()
+        x0 = max(0, math.floor((exposed.left() - target.left()) * sx) - 1)
+        y0 = max(0, math.floor((exposed.top() - target.top()) * sy) - 1)
+        x1 = min(image.width(), math.ceil((exposed.right() + 1 - target.left()) * sx) + 1)
+        y1 = min(image.height(), math.ceil((exposed.bottom() + 1 - target.top()) * sy) + 1)
+        if x1 <= x0 or y1 <= y0:
+            return
+        dest = QRectF(target.left() + x0 / sx, target.top() + y0 / sy, (x1 - x0) / sx, (y1 - y0) / sy)
+        p.drawImage(dest, image, QRectF(x0, y0, x1 - x0, y1 - y0))
 
-    # -- tools (mask painting comes later) ---------------------------------------------------
+    def _draw_crop(self, p: QPainter, rect: QRectF) -> None:
+        p.save()
+        p.setRenderHint(QPainter.RenderHint.Antialiasing, False)
+        p.setBrush(Qt.BrushStyle.NoBrush)
+        p.setPen(QPen(QColor(0, 0, 0, 200), 1))
+        p.drawRect(rect)
+        dashed = QPen(QColor(255, 255, 255, 230), 1)
+        dashed.setDashPattern([5, 4])
+        p.setPen(dashed)
+        p.drawRect(rect)
+        font = QFont(p.font())
+        font.setPointSizeF(max(6.0, font.pointSizeF() * 0.8))
+        p.setFont(font)
+        label = "inpaint area"
+        fm = p.fontMetrics()
+        w, h = fm.horizontalAdvance(label) + 8, fm.height() + 2
+        top = rect.top() - h - 1 if rect.top() - h - 1 >= 0 else rect.top() + 1
+        box = QRectF(rect.left(), top, w, h)
+        p.fillRect(box, QColor(20, 21, 24, 200))
+        p.setPen(QColor("#e4e6eb"))
+        p.drawText(box, Qt.AlignmentFlag.AlignCenter, label)
+        p.restore()
+
+    # -- the brush outline -------------------------------------------------------------------------
+
+    def _outline(self) -> tuple[QPointF, float] | None:
+        """Centre and radius (widget px) of the brush outline, when it shows."""
+        if (
+            self._hover is None
+            or not self._paints()
+            or self._image.isNull()
+            or self._space
+            or self._drag_from is not None
+            or not self.image_rect().adjusted(-2, -2, 2, 2).contains(self._hover)
+        ):
+            return None
+        return self._hover, max(1.5, self._brush_size * self._scale() / 2)
+
+    def _outline_rect(self) -> QRect | None:
+        o = self._outline()
+        if o is None:
+            return None
+        c, radius = o
+        reach = math.ceil(radius) + 3
+        return QRect(math.floor(c.x()) - reach, math.floor(c.y()) - reach, 2 * reach + 2, 2 * reach + 2)
+
+    def _update_outline(self, old: QRect | None) -> None:
+        for area in (old, self._outline_rect()):
+            if area is not None:
+                self.update(area)
+
+    # -- painting strokes ---------------------------------------------------------------------
+
+    def _begin_stroke(self, pos: QPointF) -> None:
+        if not self.can_paint():
+            return
+        erase = self._tool == "eraser"
+        mask = self.document.begin_stroke("Erase" if erase else "Brush stroke")
+        if mask is None:
+            return
+        self._stroke = Stroke(mask, self._brush_size, self._hardness, erase=erase)
+        self._paint_to(pos)
+
+    def _paint_to(self, pos: QPointF) -> None:
+        doc, stroke = self.document, self._stroke
+        if doc is None or not doc.in_stroke() or doc.mask is not stroke.mask:
+            self._stroke = None  # the document ended it (an undo, a new image): stop painting
+            return
+        p = self.to_layout(pos)
+        rect = stroke.to((p.x(), p.y()))
+        if rect is not None:
+            doc.stroke_updated(rect)
+
+    def _end_stroke(self) -> None:
+        stroke, self._stroke = self._stroke, None
+        doc = self.document
+        if stroke is not None and doc is not None and doc.in_stroke() and doc.mask is stroke.mask:
+            doc.end_stroke()
+
+    # -- events ----------------------------------------------------------------------------------
 
     def wheelEvent(self, event: QWheelEvent) -> None:
         if self._image.isNull():
@@ -184,32 +544,145 @@ class Canvas(QWidget):
         event.accept()
 
     def mouseDoubleClickEvent(self, event: QMouseEvent) -> None:
-        self.fit()
+        if event.button() == Qt.MouseButton.MiddleButton or not (self._paints() and not self._space):
+            self.fit()
+        else:  # painting: the second click of a quick double tap is just another dab
+            self.mousePressEvent(event)
 
     def mousePressEvent(self, event: QMouseEvent) -> None:
-        if self.tool is not None and hasattr(self.tool, "press"):
-            self.tool.press(self, self.to_image(event.position()))
-        elif event.button() in (Qt.MouseButton.LeftButton, Qt.MouseButton.MiddleButton) and not self._image.isNull():
-            self._drag_from = event.position()
+        button = event.button()
+        left = button == Qt.MouseButton.LeftButton
+        if self._stroke is not None:
+            event.accept()  # another button while painting: ignored
+        elif self._pans(button) and not self._image.isNull():
+            old = self._outline_rect()
+            self._drag_from, self._drag_button = event.position(), button
             self.setCursor(Qt.CursorShape.ClosedHandCursor)
+            self._update_outline(old)
+        elif left and self._paints():
+            self._begin_stroke(event.position())
+            event.accept()
         else:
             super().mousePressEvent(event)
 
+    def _pans(self, button: Qt.MouseButton) -> bool:
+        """A press of this button starts panning (middle always, left in pan mode or with Space)."""
+        left = button == Qt.MouseButton.LeftButton
+        return button == Qt.MouseButton.MiddleButton or left and (self._tool == "pan" or self._space)
+
     def mouseMoveEvent(self, event: QMouseEvent) -> None:
-        if self.tool is not None and hasattr(self.tool, "move"):
-            self.tool.move(self, self.to_image(event.position()))
-        elif self._drag_from is not None:
-            self._pan += event.position() - self._drag_from
-            self._drag_from = event.position()
+        pos = event.position()
+        old = self._outline_rect()
+        self._hover = pos
+        if self._drag_from is not None:
+            self._pan += pos - self._drag_from
+            self._drag_from = pos
             self.update()
-        else:
-            super().mouseMoveEvent(event)
+            return
+        if self._stroke is not None:
+            if event.buttons() & Qt.MouseButton.LeftButton:
+                self._paint_to(pos)
+            else:  # the release went elsewhere
+                self._end_stroke()
+        self._update_outline(old)
 
     def mouseReleaseEvent(self, event: QMouseEvent) -> None:
-        if self.tool is not None and hasattr(self.tool, "release"):
-            self.tool.release(self, self.to_image(event.position()))
-        elif self._drag_from is not None:
-            self._drag_from = None
-            self.unsetCursor()
+        if self._drag_from is not None and event.button() == self._drag_button:
+            self._drag_from, self._drag_button = None, Qt.MouseButton.NoButton
+            self._refresh_cursor()
+            self._update_outline(None)
+        elif self._stroke is not None and event.button() == Qt.MouseButton.LeftButton:
+            self._paint_to(event.position())
+            self._end_stroke()
         else:
             super().mouseReleaseEvent(event)
+
+    def _refresh_cursor(self) -> None:
+        if self._drag_from is not None:
+            self.setCursor(Qt.CursorShape.ClosedHandCursor)
+        elif self._space:
+            self.setCursor(Qt.CursorShape.OpenHandCursor)
+        elif self._paints():
+            self.setCursor(Qt.CursorShape.CrossCursor)
+        else:
+            self.unsetCursor()
+
+    def _key(self, event: QKeyEvent, pressed: bool) -> bool:
+        """[ / ] resize the brush, Space held pans; True when the key was taken."""
+        key, mods = event.key(), event.modifiers()
+        shortcut = bool(mods & (Qt.KeyboardModifier.ControlModifier | Qt.KeyboardModifier.MetaModifier)) and not (
+            mods & Qt.KeyboardModifier.AltModifier  # Ctrl+Alt is AltGr, which types [ on some layouts
+        )
+        if key in (Qt.Key.Key_BracketLeft, Qt.Key.Key_BracketRight) and not shortcut:
+            if pressed:
+                self.grow_brush() if key == Qt.Key.Key_BracketRight else self.shrink_brush()
+            return True
+        if key == Qt.Key.Key_Space and self._paints() and not mods:
+            if not event.isAutoRepeat() and self._space != pressed:
+                old = self._outline_rect()
+                self._space = pressed
+                self._refresh_cursor()
+                self._update_outline(old)
+            return True
+        return False
+
+    def keyPressEvent(self, event: QKeyEvent) -> None:
+        if not self._key(event, True):
+            super().keyPressEvent(event)
+
+    def keyReleaseEvent(self, event: QKeyEvent) -> None:
+        if not self._key(event, False):
+            super().keyReleaseEvent(event)
+
+    def eventFilter(self, obj: QObject, event: QEvent) -> bool:
+        # Installed on the application while the pointer is over the canvas: [, ] and Space reach
+        # the canvas although another widget has the keyboard, unless that widget takes text.
+        kind = event.type()
+        if kind in (QEvent.Type.KeyPress, QEvent.Type.KeyRelease) and obj is not self:
+            focus = obj if isinstance(obj, QWidget) else QApplication.focusWidget()  # the window's: its focus
+            typing = focus is not None and (
+                any(focus.inherits(name) for name in _TEXT_INPUTS) or focus.inherits("QComboBox") and focus.isEditable()
+            )
+            if not typing and self.isVisible() and self._key(event, kind == QEvent.Type.KeyPress):
+                return True
+        return False
+
+    def _set_key_filter(self, on: bool) -> None:
+        app = QApplication.instance()
+        if app is None or on == self._filtering:
+            return
+        self._filtering = on
+        if on:
+            app.installEventFilter(self)
+        else:
+            app.removeEventFilter(self)
+
+    def enterEvent(self, event) -> None:
+        self._set_key_filter(True)
+        self._refresh_cursor()
+        super().enterEvent(event)
+
+    def leaveEvent(self, event) -> None:
+        self._set_key_filter(False)
+        old = self._outline_rect()
+        self._hover = None
+        if self._space and self._drag_from is None:
+            self._space = False  # its release may go to another widget
+            self._refresh_cursor()
+        self._update_outline(old)
+        super().leaveEvent(event)
+
+    def hideEvent(self, event) -> None:
+        self._set_key_filter(False)
+        if self._stroke is not None:
+            self._end_stroke()
+        self._drag_from, self._hover, self._space = None, None, False
+        super().hideEvent(event)
+
+    def event(self, event: QEvent) -> bool:
+        # While painting over the image, no tooltip pops up under the brush (it still shows over
+        # the backdrop, and toolTip() always says what the tool does).
+        if event.type() == QEvent.Type.ToolTip and self._paints() and self.image_rect().contains(event.pos()):
+            event.ignore()
+            return True
+        return super().event(event)
