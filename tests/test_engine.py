@@ -301,7 +301,8 @@ def test_inpaint_keeps_unmasked_pixels_exactly(engine, request, which):
     init = rng.integers(0, 255, (SIZE, SIZE, 3), dtype=np.uint8)
     mask = np.zeros((SIZE, SIZE), np.uint8)
     mask[8:24, 8:24] = 255
-    r = engine.generate(req(model, mode="inpaint", init_image=init, mask=mask, strength=1.0))
+    # mask_blur=0: the mask itself is the composite's mask (a blur feathers it outwards: tests/test_inpaint.py)
+    r = engine.generate(req(model, mode="inpaint", init_image=init, mask=mask, strength=1.0, mask_blur=0))
     out = r.images[0]
     assert np.array_equal(out[mask == 0], init[mask == 0])
     assert not np.array_equal(out[mask == 255], init[mask == 255])
@@ -415,7 +416,7 @@ def test_a_failing_run_is_one_engine_error_line(tiny_model, monkeypatch, kind):
         raise raised
 
     e = Engine(device="cpu")
-    monkeypatch.setattr(e, "_pipeline_call", lambda model, r, seeds: (pipe, {}))
+    monkeypatch.setattr(e, "_pipeline_call", lambda model, r, seeds, plan=None: (pipe, {}))
     with pytest.raises(EngineError) as info:
         e.generate(req(tiny_model, steps=1))
     expected = OUT_OF_MEMORY if kind != "other" else "Generation failed: shapes do not match"

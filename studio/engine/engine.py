@@ -5,6 +5,7 @@ The only module that imports diffusers for generation. Threads live in the worke
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import os
@@ -17,6 +18,7 @@ from collections.abc import Callable
 import numpy as np
 
 from ..paths import BUILTIN_MODEL
+from . import inpaint
 from .errors import OUT_OF_MEMORY, EngineError, RequestError, first_line
 from .loader import LoadedModel, load_model, model_key, resolve_model_path
 from .preview import latent_to_rgb, to_uint8
@@ -203,7 +205,8 @@ class Engine:
             width, height = self._size_for(request, model)
             used = request.replace(seed=seed, width=width, height=height)
             seeds = [(seed + i) % (MAX_SEED + 1) for i in range(request.batch)]
-            pipe, kwargs = self._pipeline_call(model, used, seeds)
+            plan = _InpaintPlan.make(used, seed) if used.mode == "inpaint" else None
+            pipe, kwargs = self._pipeline_call(model, used, seeds, plan)
             scheduler = build_scheduler(model.scheduler_config, used.sampler, used.schedule, seed)
             pipe.scheduler = scheduler
             tracker = _StepTracker(scheduler, used, model, on_step, cancel, time.perf_counter())
@@ -211,7 +214,7 @@ class Engine:
                 with torch.inference_mode():
                     latents = pipe(**kwargs, callback_on_step_end=tracker.callback).images
             except _Cancelled:
-                return self._result(used, seeds, model, tracker, [], cancelled=True, t=(t_start, t_loaded))
+                return self._result(used, seeds, model, tracker, [], cancelled=True, t=(t_start, t_loaded), plan=plan)
             except EngineError:
                 raise
             except (torch.cuda.OutOfMemoryError, MemoryError) as e:
@@ -221,18 +224,18 @@ class Engine:
             finally:
                 tracker.restore()
             if cancel is not None and cancel.is_set():
-                return self._result(used, seeds, model, tracker, [], cancelled=True, t=(t_start, t_loaded))
+                return self._result(used, seeds, model, tracker, [], cancelled=True, t=(t_start, t_loaded), plan=plan)
             t_sampled = time.perf_counter()
             images = self._decode(model, latents)
-            if used.mode == "inpaint":
-                images = [_composite(used.init_image, img, used.mask) for img in images]
-            res = self._result(used, seeds, model, tracker, images, cancelled=False, t=(t_start, t_loaded))
+            if plan is not None:
+                images = [plan.paste(img) for img in images]
+            res = self._result(used, seeds, model, tracker, images, cancelled=False, t=(t_start, t_loaded), plan=plan)
             res.timings["sample"] = t_sampled - t_loaded
             res.timings["decode"] = time.perf_counter() - t_sampled
             res.timings["total"] = time.perf_counter() - t_start
             return res
 
-    def _result(self, used, seeds, model, tracker, images, cancelled, t) -> GenerateResult:
+    def _result(self, used, seeds, model, tracker, images, cancelled, t, plan=None) -> GenerateResult:
         stack = (lambda xs: np.stack(xs)) if tracker.latents else (lambda xs: None)
         return GenerateResult(
             images=images,
@@ -245,10 +248,29 @@ class Engine:
             model_hash=model.hash,
             timings={"load": t[1] - t[0], "preview": tracker.preview_s, "total": time.perf_counter() - t[0]},
             steps_done=len(tracker.latents),
+            crop=plan.box if plan is not None and plan.cropped else None,
         )
 
     def _size_for(self, request: GenerateRequest, model: LoadedModel) -> tuple[int, int]:
-        if request.width and request.height:
+        """The working size: what the model runs at.
+
+        txt2img: the request's width/height, else the model's native size. img2img: the request's, else
+        the image's size less its remainder of 8. inpaint "only masked": the request's, else the model's
+        native size (the crop is scaled to it). inpaint "whole": the request's, else the image's size
+        rounded to the nearest multiple of the model's size multiple (the result is scaled back to the
+        image's size, so any image size works). A size given in the request must be a multiple of the
+        model's size multiple.
+        """
+        m = model.size_multiple
+        if request.mode == "inpaint" and request.init_image is not None and not (request.width and request.height):
+            if request.inpaint_area == "masked":
+                nw, nh = model.native_size
+                w, h = request.width or nw, request.height or nh
+            else:
+                ih, iw = request.init_image.shape[:2]
+                w = request.width or max(m, int(round(iw / m)) * m)
+                h = request.height or max(m, int(round(ih / m)) * m)
+        elif request.width and request.height:
             w, h = request.width, request.height
         elif request.init_image is not None and request.mode != "txt2img":
             ih, iw = request.init_image.shape[:2]
@@ -256,15 +278,19 @@ class Engine:
         else:
             nw, nh = model.native_size
             w, h = request.width or nw, request.height or nh
-        m = model.size_multiple
         if w % m or h % m:
             raise RequestError(f"{model.name} needs sizes that are multiples of {m}; got {w}x{h}")
         if w < 8 or h < 8:
             raise RequestError(f"The image is too small ({w}x{h}): use at least 8x8 pixels")
         return w, h
 
-    def _pipeline_call(self, model: LoadedModel, r: GenerateRequest, seeds: list[int]):
+    def _pipeline_call(
+        self, model: LoadedModel, r: GenerateRequest, seeds: list[int], plan: _InpaintPlan | None = None
+    ):
         from PIL import Image
+
+        if r.mode == "inpaint" and plan is None:
+            plan = _InpaintPlan.make(r, seeds[0])
 
         generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
         kwargs: dict = {
@@ -294,7 +320,7 @@ class Engine:
             elif r.mode == "img2img":
                 kwargs.update(image=init_pil(), mask_image=full, strength=r.strength)
             else:
-                kwargs.update(image=init_pil(), mask_image=_mask_pil(r.mask, size), strength=r.strength)
+                kwargs.update(image=plan.image_pil(), mask_image=plan.mask_pil(), strength=r.strength)
             kwargs.update(width=r.width, height=r.height)
             return model.pipe("inpaint"), kwargs
         if r.mode == "txt2img":
@@ -303,8 +329,10 @@ class Engine:
         if r.mode == "img2img":
             kwargs.update(image=init_pil(), strength=r.strength)
             return model.pipe("img2img"), kwargs
+        # A 4-channel U-Net inpaints through the same pipeline: it re-imposes the known region, noised to
+        # the current level, at every step.
         kwargs.update(
-            image=init_pil(), mask_image=_mask_pil(r.mask, size), strength=r.strength, width=r.width, height=r.height
+            image=plan.image_pil(), mask_image=plan.mask_pil(), strength=r.strength, width=r.width, height=r.height
         )
         return model.pipe("inpaint"), kwargs
 
@@ -353,29 +381,76 @@ class Engine:
         return latent_to_rgb(latent, *self.load(model).latent_rgb)
 
 
-def _mask_pil(mask: np.ndarray | None, size: tuple[int, int]):
-    from PIL import Image
+@dataclasses.dataclass
+class _InpaintPlan:
+    """One inpaint, in pixels: the area it works on, what the model is given, how the result goes back.
 
-    if mask is None:
-        raise RequestError("Inpainting needs a mask")
-    img = Image.fromarray(np.ascontiguousarray(mask), "L")
-    return img if img.size == size else img.resize(size, Image.Resampling.BILINEAR)
+    The mask is feathered by mask_blur (`inpaint.feather`). The model repaints where the mask or its
+    feather is at least half (the pipelines binarise at 0.5; taking the larger of the two keeps a thin
+    painted stroke that the blur would fade below half). "only masked" works on `inpaint.crop_box` of
+    the mask (the working size's aspect), scaled to the working size; "whole" on the whole image scaled
+    to the working size. Masked content (`inpaint.fill_masked`) is applied to the working image. The
+    result is scaled back to the box and composited into the full original through the feathered mask,
+    in pixel space: where the feather is 0 the original's pixels are kept, bit for bit.
+    """
 
+    original: np.ndarray  # HxWx3, the request's init image
+    feathered: np.ndarray  # HxW, the composite's mask
+    box: tuple[int, int, int, int]  # x0, y0, x1, y1 in image pixels
+    cropped: bool
+    work_image: np.ndarray  # the model's input image at the working size
+    work_mask: np.ndarray  # the model's mask at the working size
 
-def _composite(original: np.ndarray | None, generated: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
-    """Pixels outside the mask are the original's, exactly (the VAE round trip is lossy)."""
-    if original is None or mask is None:
-        return generated
-    from PIL import Image
+    @classmethod
+    def make(cls, r: GenerateRequest, seed: int) -> _InpaintPlan:
+        from PIL import Image
 
-    h, w = generated.shape[:2]
-    orig = original
-    if orig.shape[:2] != (h, w):
-        orig = np.asarray(Image.fromarray(orig).resize((w, h), Image.Resampling.LANCZOS))
-    m = mask if mask.shape == (h, w) else np.asarray(Image.fromarray(mask).resize((w, h), Image.Resampling.BILINEAR))
-    a = (m.astype(np.float32) / 255.0)[..., None]
-    out = orig.astype(np.float32) * (1 - a) + generated.astype(np.float32) * a
-    return np.rint(out).astype(np.uint8)
+        image, mask = r.init_image, r.mask
+        if image is None or mask is None:
+            raise RequestError("Inpainting needs an image and a mask")
+        ih, iw = image.shape[:2]
+        size = (int(r.width), int(r.height))
+        feathered = inpaint.feather(mask, r.mask_blur)
+        paint = np.maximum(mask, feathered)
+        box = (0, 0, iw, ih)
+        cropped = r.inpaint_area == "masked"
+        if cropped:
+            found = inpaint.crop_box(mask, r.mask_blur, r.inpaint_padding, image_size=(iw, ih), aspect=size)
+            if found is None:
+                raise RequestError("The mask is empty: paint the area to repaint")
+            box = found
+        x0, y0, x1, y1 = box
+        crop = Image.fromarray(np.ascontiguousarray(image[y0:y1, x0:x1]))
+        crop_mask = Image.fromarray(np.ascontiguousarray(paint[y0:y1, x0:x1]), "L")
+        if crop.size != size:
+            crop = crop.resize(size, Image.Resampling.LANCZOS)
+            crop_mask = crop_mask.resize(size, Image.Resampling.BILINEAR)
+        work_mask = np.asarray(crop_mask, np.uint8)
+        work_image = inpaint.fill_masked(np.asarray(crop, np.uint8), work_mask, r.masked_content, seed)
+        return cls(image, feathered, box, cropped, work_image, work_mask)
+
+    def image_pil(self):
+        from PIL import Image
+
+        return Image.fromarray(self.work_image)
+
+    def mask_pil(self):
+        from PIL import Image
+
+        return Image.fromarray(self.work_mask, "L")
+
+    def paste(self, generated: np.ndarray) -> np.ndarray:
+        """A decoded working-size image -> the full-size result: scaled to the box, composited."""
+        from PIL import Image
+
+        x0, y0, x1, y1 = self.box
+        size = (x1 - x0, y1 - y0)
+        g = generated
+        if (g.shape[1], g.shape[0]) != size:
+            g = np.asarray(Image.fromarray(g).resize(size, Image.Resampling.LANCZOS), np.uint8)
+        full = np.array(self.original, copy=True)
+        full[y0:y1, x0:x1] = g
+        return inpaint.composite(self.original, full, self.feathered)
 
 
 __all__ = ["Engine", "pick_device", "to_uint8"]

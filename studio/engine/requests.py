@@ -157,3 +157,9 @@ class GenerateResult:
     # Small RGB previews of every step of image 0, per view ("x0", "latent"), for the step timeline.
     # Filled by the backend: from the kept latents locally, from the server's preview frames remotely.
     step_previews: dict[str, list[np.ndarray]] = field(default_factory=dict, repr=False)
+    # An "only masked" inpaint: the box (x0, y0, x1, y1, image pixels, x1/y1 exclusive) of the input image the
+    # run worked on, at the working size (request.width x request.height); None = the whole image. The images
+    # above always have the input image's size. The step previews and latents are of the working area: a UI
+    # places a preview by scaling it to this box (before the run, studio.engine.inpaint.crop_box gives the same
+    # box from the request's mask, mask_blur, inpaint_padding and working size).
+    crop: tuple[int, int, int, int] | None = None
