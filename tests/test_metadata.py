@@ -357,6 +357,90 @@ def test_defaults_unknown_values_and_automatic():
     assert (f["prompt"], f["negative_prompt"], f["steps"], f["cfg"]) == ("a", "b", 9, 2.5)
 
 
+# ---------------------------------------------------------------- inpainting keys
+
+INPAINT_BASE = dict(prompt="a cat", mode="inpaint", steps=20, cfg=7.0, width=512, height=512, strength=0.75,
+                    init_image=np.zeros((8, 8, 3), np.uint8), mask=np.full((8, 8), 255, np.uint8))  # fmt: skip
+
+
+def _tail(text: str) -> str:
+    return text.split("Model: m, ")[1]
+
+
+@pytest.mark.parametrize(
+    ("options", "tail"),
+    [
+        ({}, "Denoising strength: 0.75, Mask blur: 4, Version: v"),
+        ({"mask_blur": 0}, "Denoising strength: 0.75, Mask blur: 0, Version: v"),
+        ({"inpaint_area": "masked", "inpaint_padding": 32},
+         "Denoising strength: 0.75, Mask blur: 4, Inpaint area: Only masked, Masked area padding: 32, Version: v"),
+        ({"masked_content": "fill"}, "Denoising strength: 0.75, Mask blur: 4, Masked content: fill, Version: v"),
+        ({"masked_content": "noise", "mask_blur": 8, "inpaint_area": "masked", "inpaint_padding": 0},
+         "Denoising strength: 0.75, Mask blur: 8, Inpaint area: Only masked, Masked area padding: 0, "
+         "Masked content: latent noise, Version: v"),
+        ({"inpaint_area": "whole", "inpaint_padding": 64, "masked_content": "original"},
+         "Denoising strength: 0.75, Mask blur: 4, Version: v"),  # A1111 writes neither for these
+    ],
+)
+def test_inpaint_keys_as_a1111_writes_them(options, tail):
+    req = GenerateRequest(**INPAINT_BASE, **options)
+    assert _tail(parameters_for(req, 1, "m", "0123456789", "v")) == tail
+
+
+def test_img2img_writes_no_inpaint_keys():
+    req = GenerateRequest(**{**INPAINT_BASE, "mode": "img2img", "mask": None}, mask_blur=9, inpaint_area="masked")
+    text = parameters_for(req, 1, "m", "0123456789", "v")
+    assert _tail(text) == "Denoising strength: 0.75, Version: v"
+    assert "mode" not in request_fields(text)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"mask_blur": 0},
+        {"mask_blur": 12, "inpaint_area": "masked", "inpaint_padding": 48},
+        {"masked_content": "fill", "inpaint_area": "masked", "inpaint_padding": 0},
+        {"masked_content": "noise", "mask_blur": 2},
+    ],
+)
+def test_inpaint_png_round_trip(tmp_path, options):
+    req = GenerateRequest(**INPAINT_BASE, **options)
+    text = parameters_for(req, 99, "m", "0123456789", "v")
+    path = save_image(IMG, tmp_path / "in.png", text)
+    fields = request_fields(read_parameters(path))
+    assert fields["mode"] == "inpaint"
+    for name in ("mask_blur", "inpaint_area", "masked_content", "strength", "width", "height"):
+        assert fields[name] == getattr(req, name), name
+    if req.inpaint_area == "masked":
+        assert fields["inpaint_padding"] == req.inpaint_padding
+    else:
+        assert "inpaint_padding" not in fields  # not written for the whole picture: the caller keeps its own
+    restored = GenerateRequest(init_image=req.init_image, mask=req.mask).replace(**fields)
+    for name in ("mode", "mask_blur", "inpaint_area", "masked_content", "inpaint_padding"):
+        assert getattr(restored, name) == getattr(req, name), name
+
+
+def test_reads_a1111_inpaint_texts():
+    base = "p\nSteps: 20, Sampler: Euler a, CFG scale: 7, Seed: 1, Size: 512x512, Denoising strength: 0.6"
+    f = request_fields(base + ", Mask blur: 4, Inpaint area: Only masked, Masked area padding: 32, "
+                       "Masked content: latent noise")  # fmt: skip
+    assert (f["mode"], f["mask_blur"], f["inpaint_area"], f["inpaint_padding"], f["masked_content"]) == (
+        "inpaint", 4, "masked", 32, "noise")  # fmt: skip
+    # A1111 leaves Mask blur out at 0 and Masked content out for "original"
+    f = request_fields(base + ", Inpaint area: Only masked, Masked area padding: 8")
+    assert (f["mode"], f["mask_blur"], f["masked_content"]) == ("inpaint", 0, "original")
+    f = request_fields(base + ", Mask blur: 6")
+    assert (f["mode"], f["mask_blur"], f["inpaint_area"], f["masked_content"]) == ("inpaint", 6, "whole", "original")
+    assert "inpaint_padding" not in f
+    # A1111's fourth masked content, which we do not have: left out (the caller keeps its own)
+    f = request_fields(base + ", Mask blur: 4, Masked content: latent nothing")
+    assert f["mode"] == "inpaint" and "masked_content" not in f
+    # a plain img2img text: no inpaint fields at all
+    f = request_fields(base)
+    assert not {"mode", "mask_blur", "inpaint_area", "masked_content", "inpaint_padding"} & set(f)
+
+
 # ---------------------------------------------------------------- atomic writer
 
 

@@ -120,14 +120,31 @@ def format_parameters(prompt: str, negative: str, params: Mapping[str, object]) 
     return f"{prompt}{negative_text}\n{', '.join(pairs)}".strip()
 
 
-# Inpaint options, if the request carries them (attribute name -> A1111 key).
-_INPAINT_ATTRS: tuple[tuple[str, str], ...] = (
-    ("mask_blur", "Mask blur"),
-    ("inpaint_area", "Inpaint area"),
-    ("inpaint_padding", "Masked area padding"),
-    ("masked_area_padding", "Masked area padding"),
-    ("masked_content", "Masked content"),
-)
+#: Our masked content -> A1111's "Masked content" value. "original" (A1111's default) is not written.
+MASKED_CONTENT_NAMES: dict[str, str] = {"fill": "fill", "noise": "latent noise"}
+#: The keys A1111 writes for an inpaint only (any one of them makes a text an inpaint's).
+INPAINT_KEYS: tuple[str, ...] = ("Mask blur", "Inpaint area", "Masked area padding", "Masked content")
+
+
+def inpaint_parameters(request: GenerateRequest) -> dict[str, object]:
+    """The inpaint keys of a request, as A1111 (modules/processing.py, img2img init) writes them:
+
+    - "Mask blur": the blur in px. A1111 writes it only when it is above 0; we write it always (also 0),
+      so that our inpaint PNGs say they are inpaints and a reader restores 0, not A1111's default 4.
+    - "Inpaint area": "Only masked", and "Masked area padding": the padding in px, only for only-masked
+      (A1111 writes neither for the whole picture).
+    - "Masked content": "fill" or "latent noise" (our "noise", pixel-space noise standing in for it);
+      nothing for "original" (A1111 writes nothing for original either; its 4th choice, "latent nothing",
+      we do not have).
+    """
+    out: dict[str, object] = {"Mask blur": int(request.mask_blur)}
+    if request.inpaint_area == "masked":
+        out["Inpaint area"] = "Only masked"
+        out["Masked area padding"] = int(request.inpaint_padding)
+    content = MASKED_CONTENT_NAMES.get(request.masked_content)
+    if content:
+        out["Masked content"] = content
+    return out
 
 
 def parameters_for(
@@ -141,8 +158,9 @@ def parameters_for(
     """The `parameters` text for one image of a run (image i of a batch: pass its own seed).
 
     Size is WxH (left out when the request has none); Schedule type is always our schedule name;
-    Denoising strength only for img2img / inpaint / upscale; Clip skip only when > 1. `extra` adds
-    keys (e.g. "Hires upscale") in A1111's order; a None value removes a key.
+    Denoising strength only for img2img / inpaint / upscale; Clip skip only when > 1; an inpaint adds
+    the keys of `inpaint_parameters`. `extra` adds keys (e.g. "Hires upscale") in A1111's order; a None
+    value removes a key.
     """
     size = f"{request.width}x{request.height}" if request.width and request.height else None
     params: dict[str, object] = {
@@ -160,10 +178,7 @@ def parameters_for(
     if request.clip_skip > 1:
         params["Clip skip"] = request.clip_skip
     if request.mode == "inpaint":
-        for attr, key in _INPAINT_ATTRS:
-            v = getattr(request, attr, None)
-            if v is not None and key not in params:
-                params[key] = v
+        params.update(inpaint_parameters(request))
     if extra:
         params.update(extra)
     params["Version"] = version
@@ -308,11 +323,17 @@ def request_fields(text: str) -> dict:
     """GenerateRequest fields restored from `parameters` text, ready for `request.replace(**fields)`.
 
     Keys: prompt, negative_prompt, steps, sampler, schedule, cfg, seed, width, height, strength,
-    clip_skip. A1111's defaults fill missing keys (Steps 20, Sampler "Euler a" (our default), CFG 7,
+    clip_skip, and for an inpaint's text (one with any of INPAINT_KEYS) mode "inpaint", mask_blur,
+    inpaint_area, masked_content and (when the text has it) inpaint_padding. A1111's defaults fill missing keys (Steps 20, Sampler "Euler a" (our default), CFG 7,
     Clip skip 1, Schedule type "Automatic" = the sampler's default, which for a name without a
     schedule is our "Normal"). Seed, Size and Denoising strength are present only when the text has
     them (A1111 leaves the UI as it is). A value we cannot use (an unknown sampler or schedule, a
     number that does not parse) is left out, so the caller keeps its current value.
+
+    Inpaint keys are read as A1111 writes them: no "Mask blur" means 0 (A1111 leaves it out at 0), no
+    "Inpaint area" means "whole" ("Only masked" -> "masked"), no "Masked content" means "original"
+    ("fill" -> "fill", "latent noise" -> "noise"; "latent nothing" is left out); "Masked area padding"
+    is restored only when present (it is written for only-masked alone).
     """
     parsed = parse_parameters(text)
     p: dict[str, str] = parsed["params"]
@@ -364,6 +385,31 @@ def request_fields(text: str) -> dict:
     clip_skip = _to_int(p.get("Clip skip")) if "Clip skip" in p else 1
     if clip_skip is not None and clip_skip >= 1:
         out["clip_skip"] = clip_skip
+    out.update(_inpaint_fields(p))
+    return out
+
+
+_AREAS = {"only masked": "masked", "whole picture": "whole"}
+_CONTENTS = {"original": "original", "fill": "fill", "latent noise": "noise"}
+
+
+def _inpaint_fields(p: Mapping[str, str]) -> dict[str, object]:
+    if not any(k in p for k in INPAINT_KEYS):
+        return {}
+    out: dict[str, object] = {"mode": "inpaint"}
+    blur = _to_int(p["Mask blur"]) if "Mask blur" in p else 0
+    if blur is not None and blur >= 0:
+        out["mask_blur"] = blur
+    area = _AREAS.get(p.get("Inpaint area", "Whole picture").strip().lower())
+    if area is not None:
+        out["inpaint_area"] = area
+    if "Masked area padding" in p:
+        padding = _to_int(p["Masked area padding"])
+        if padding is not None and padding >= 0:
+            out["inpaint_padding"] = padding
+    content = _CONTENTS.get(p.get("Masked content", "original").strip().lower())
+    if content is not None:
+        out["masked_content"] = content
     return out
 
 
