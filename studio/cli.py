@@ -1,4 +1,4 @@
-"""The command-line interface: `studio generate | img2img | samplers | info | make-tiny-model | ...`.
+"""The command-line interface: `studio generate | img2img | inpaint | outpaint | samplers | info | ...`.
 
 stdout carries only results (paths, names, parameters); messages go to stderr. Bad input exits with
 code 2 and one line on stderr, never a traceback.
@@ -43,6 +43,12 @@ def _add_generation_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
 
 
+def _add_inpaint_options(p: argparse.ArgumentParser, mask_blur: int) -> None:
+    p.add_argument("--mask-blur", type=int, default=mask_blur, help=f"px of Gaussian feather (default {mask_blur})")
+    p.add_argument("--fill", choices=("original", "fill", "noise"), default="original",
+                   help="what the masked area starts from (A1111's masked content)")  # fmt: skip
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(
         prog="studio",
@@ -58,6 +64,25 @@ def build_parser() -> argparse.ArgumentParser:
     _add_generation_options(i)
     i.add_argument("--image", required=True, help="the input image (PNG, JPEG, WebP)")
     i.add_argument("--strength", type=float, default=0.75, help="denoising strength, 0 < x <= 1")
+
+    ip = sub.add_parser("inpaint", help="repaint the masked area of an image")
+    _add_generation_options(ip)
+    ip.add_argument("--image", required=True, help="the input image (PNG, JPEG, WebP)")
+    ip.add_argument("--mask", required=True, help="the mask, the image's size: white (luminance) = repaint")
+    ip.add_argument("--strength", type=float, default=0.75, help="denoising strength, 0 < x <= 1")
+    _add_inpaint_options(ip, mask_blur=4)
+    ip.add_argument("--area", choices=("whole", "masked"), default="whole",
+                    help="inpaint the whole picture, or only the masked area at the working size")  # fmt: skip
+    ip.add_argument("--padding", type=int, default=32, help="px around the masked area (--area masked)")
+
+    op = sub.add_parser("outpaint", help="extend an image on its sides and paint the new area")
+    _add_generation_options(op)
+    op.add_argument("--image", required=True, help="the input image (PNG, JPEG, WebP)")
+    for side in ("left", "right", "top", "bottom"):
+        op.add_argument(f"--{side}", type=int, default=0, help=f"px to add on the {side}")
+    op.add_argument("--overlap", type=int, default=16, help="px of the old image repainted along the seam")
+    op.add_argument("--strength", type=float, default=1.0, help="denoising strength, 0 < x <= 1")
+    _add_inpaint_options(op, mask_blur=0)
 
     sub.add_parser("samplers", help="list the sampler names")
     sub.add_parser("schedules", help="list the schedule names")
@@ -96,18 +121,35 @@ def unknown_command(word: str, parser: argparse.ArgumentParser | None = None) ->
     return f"studio: error: unknown command {word!r} (commands: {', '.join(commands)})"
 
 
-def _read_image(path: str):
+def _read_image(path: str, what: str = "image"):
     import numpy as np
     from PIL import Image, UnidentifiedImageError
 
     p = Path(path)
     if not p.is_file():
-        raise RequestError(f"Image not found: {p}")
+        raise RequestError(f"{what.capitalize()} not found: {p}")
     try:
         with Image.open(p) as im:
+            im.load()
+            if what == "mask":
+                return _mask_array(im)
             return np.asarray(im.convert("RGB")).copy()
-    except (UnidentifiedImageError, OSError, ValueError) as e:
-        raise RequestError(f"Cannot read image {p}: {e}") from e
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+        raise RequestError(f"Cannot read {what} {p}: {first_line(e)}") from e
+
+
+def _mask_array(im):
+    """A mask image of any mode -> HxW uint8, 255 = repaint: its luminance, times its alpha where it has one
+    (a transparent pixel is not painted)."""
+    import numpy as np
+
+    has_alpha = im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info)
+    if not has_alpha:
+        return np.asarray(im.convert("L")).copy()
+    rgba = im.convert("RGBA")
+    lum = np.asarray(rgba.convert("L"), np.uint32)
+    alpha = np.asarray(rgba.getchannel("A"), np.uint32)
+    return ((lum * alpha + 127) // 255).astype(np.uint8)
 
 
 def _progress(quiet: bool):
@@ -126,7 +168,18 @@ def _run_generation(args: argparse.Namespace, mode: str) -> int:
     from .engine.output import save_result
     from .paths import default_output_dir
 
-    init = _read_image(args.image) if mode == "img2img" else None
+    init = _read_image(args.image) if mode in ("img2img", "inpaint", "outpaint") else None
+    inpaint: dict = {}
+    if mode == "inpaint":
+        inpaint.update(mask=_read_image(args.mask, "mask"), inpaint_area=args.area, inpaint_padding=args.padding)
+    elif mode == "outpaint":
+        from .engine.inpaint import outpaint_canvas
+
+        init, mask = outpaint_canvas(init, args.left, args.top, args.right, args.bottom, overlap=args.overlap)
+        inpaint.update(mask=mask, inpaint_area="whole")
+        mode = "inpaint"
+    if mode == "inpaint":
+        inpaint.update(mask_blur=args.mask_blur, masked_content=args.fill)
     request = GenerateRequest(
         prompt=args.prompt,
         negative_prompt=args.negative,
@@ -143,6 +196,7 @@ def _run_generation(args: argparse.Namespace, mode: str) -> int:
         strength=getattr(args, "strength", 0.75),
         init_image=init,
         clip_skip=args.clip_skip,
+        **inpaint,
     )
     request.validate()  # before torch is imported: bad input answers at once
     from .engine.samplers import scheduler_spec
@@ -185,8 +239,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "generate":
             return _run_generation(args, "txt2img")
-        if args.command == "img2img":
-            return _run_generation(args, "img2img")
+        if args.command in ("img2img", "inpaint", "outpaint"):
+            return _run_generation(args, args.command)
         if args.command == "samplers":
             from .engine.samplers import SAMPLER_NAMES
 

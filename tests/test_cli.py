@@ -113,6 +113,103 @@ def test_info_on_image_without_parameters(capsys, tmp_path):
 
 
 # --------------------------------------------------------------------------------------------
+# inpaint and outpaint
+
+
+def _inpaint_files(tmp_path, size=(48, 40), mode="L"):
+    rng = np.random.default_rng(3)
+    w, h = size
+    src = tmp_path / "in.png"
+    image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    Image.fromarray(image).save(src)
+    m = np.zeros((h, w), np.uint8)
+    m[12:28, 16:32] = 255
+    mask = tmp_path / "mask.png"
+    if mode == "RGBA":  # white paint on a transparent sheet: where alpha is 0 nothing is painted
+        rgba = np.zeros((h, w, 4), np.uint8)
+        rgba[..., :3] = 255
+        rgba[..., 3] = m
+        Image.fromarray(rgba, "RGBA").save(mask)
+    else:
+        Image.fromarray(m).convert(mode).save(mask)
+    return src, mask, image, m
+
+
+@pytest.mark.parametrize("mask_mode", ["L", "RGB", "RGBA"])
+def test_inpaint_prints_the_path_keeps_the_size_and_the_rest_of_the_image(capsys, tiny_inpaint_model, tmp_path,
+                                                                           mask_mode):  # fmt: skip
+    from studio.engine.inpaint import feather
+
+    src, mask, image, m = _inpaint_files(tmp_path, mode=mask_mode)
+    code, out, err = run(
+        capsys, "inpaint", "--model", tiny_inpaint_model, "--image", str(src), "--mask", str(mask), "--prompt", "x",
+        "--steps", "2", "--seed", "5", "--mask-blur", "2", "--area", "masked", "--padding", "4", "--fill", "fill",
+        "--strength", "0.9", "--width", "32", "--height", "32", "--out", str(tmp_path / "o"), "-q",
+    )  # fmt: skip
+    assert code == 0, err
+    p = Path(out.strip())
+    assert out == f"{p}\n" and p.is_file()
+    result = np.asarray(Image.open(p).convert("RGB"))
+    assert result.shape == image.shape
+    outside = feather(m, 2) == 0
+    assert np.array_equal(result[outside], image[outside])
+    assert not np.array_equal(result[m == 255], image[m == 255])
+    text = read_parameters(p)
+    assert ("Denoising strength: 0.9, Mask blur: 2, Inpaint area: Only masked, Masked area padding: 4, "
+            "Masked content: fill") in text  # fmt: skip
+    f = request_fields(text)
+    assert (f["mode"], f["mask_blur"], f["inpaint_area"], f["inpaint_padding"], f["masked_content"]) == (
+        "inpaint", 2, "masked", 4, "fill")  # fmt: skip
+
+
+def test_outpaint_extends_the_image(capsys, tiny_model, tmp_path):
+    src, _, image, _ = _inpaint_files(tmp_path)
+    code, out, err = run(
+        capsys, "outpaint", "--model", tiny_model, "--image", str(src), "--right", "16", "--top", "8",
+        "--overlap", "8", "--prompt", "x", "--steps", "2", "--seed", "1", "--out", str(tmp_path / "o"), "-q",
+    )  # fmt: skip
+    assert code == 0, err
+    result = np.asarray(Image.open(out.strip()).convert("RGB"))
+    assert result.shape == (48, 64, 3)
+    assert np.array_equal(result[8 + 8 :, : 48 - 8], image[8:, : 48 - 8])  # the old image, away from the seams
+    assert not np.array_equal(result[:8], np.zeros_like(result[:8]))
+    assert "Mask blur: 0" in read_parameters(out.strip())
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["inpaint", "--mask", "{small}"], "The mask is 10x8 but the image is 48x40"),
+        (["inpaint", "--mask", "{empty}"], "The mask is empty"),
+        (["inpaint", "--mask", "{junk}"], "Cannot read mask"),
+        (["inpaint", "--mask", "{missing}"], "Mask not found"),
+        (["inpaint", "--mask", "{mask}", "--image", "{junk}"], "Cannot read image"),
+        (["inpaint", "--mask", "{mask}", "--padding", "-3"], "Masked area padding"),
+        (["outpaint", "--right", "4100"], "at most 4096"),
+        (["outpaint", "--left", "-8"], "0 or more"),
+        (["outpaint"], "Nothing to outpaint"),
+        (["outpaint", "--image", "{junk}", "--left", "8"], "Cannot read image"),
+    ],
+)
+def test_inpaint_and_outpaint_bad_input_exit_2_and_write_nothing(capsys, tiny_inpaint_model, tmp_path, argv, message):
+    src, mask, _, _ = _inpaint_files(tmp_path)
+    files = {"mask": mask, "missing": tmp_path / "nope.png", "junk": tmp_path / "junk.png",
+             "small": tmp_path / "small.png", "empty": tmp_path / "empty.png"}  # fmt: skip
+    files["junk"].write_bytes(b"this is not an image")
+    Image.new("L", (10, 8), 255).save(files["small"])
+    Image.new("L", (48, 40), 0).save(files["empty"])
+    argv = [a.format(**files) for a in argv]
+    if "--image" not in argv:
+        argv += ["--image", str(src)]
+    out_dir = tmp_path / "out"
+    code, out, err = run(capsys, *argv, "--model", tiny_inpaint_model, "--prompt", "x", "--out", str(out_dir), "-q")
+    assert code == 2
+    assert out == ""
+    assert message in err and len(err.strip().splitlines()) == 1, err
+    assert not out_dir.exists()
+
+
+# --------------------------------------------------------------------------------------------
 # `studio` / `python -m studio`: an unknown command or window option is an error, never the window
 
 _NO_QT = (
@@ -191,6 +288,8 @@ def test_command_names_come_from_the_parser():
 _REQUIRED = {
     "generate": ["--prompt", "x"],
     "img2img": ["--prompt", "x", "--image", "x.png"],
+    "inpaint": ["--prompt", "x", "--image", "x.png", "--mask", "m.png"],
+    "outpaint": ["--prompt", "x", "--image", "x.png"],
     "info": ["x.png"],
     "make-tiny-model": ["out"],
 }
