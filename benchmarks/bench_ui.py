@@ -29,6 +29,7 @@ sys.path.insert(0, str(ROOT))
 if not os.environ.get("DISPLAY") and not os.environ.get("WAYLAND_DISPLAY"):
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 os.environ.setdefault("LATENT_STUDIO_CONFIG_DIR", tempfile.mkdtemp(prefix="studio-bench-config-"))
+os.environ.setdefault("LATENT_STUDIO_DATA_DIR", tempfile.mkdtemp(prefix="studio-bench-data-"))
 
 PROBE_MS = 5
 

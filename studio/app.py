@@ -76,6 +76,12 @@ def run_app(argv: list[str] | None = None, *, model: str | None = None, output_d
 
         QTimer.singleShot(0, shown)
     else:
+        from studio.session.autosave import default_folder
+
+        if not image:  # an image given at launch is what the artist wants now, not last session's canvas
+            window.start_autosave(default_folder())
+        else:
+            window.start_autosave(default_folder(), ask=lambda info: False)
         QTimer.singleShot(ENGINE_START_DELAY_MS, window.start_engine)
     return app.exec()
 

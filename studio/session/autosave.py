@@ -498,13 +498,8 @@ class Autosaver(QObject):
 
     def _stable_mask(self):
         """The mask to save: during a stroke, the one from before it (or _POSTPONE if unknown)."""
-        doc = self.document
-        if not doc.in_stroke():
-            return doc.mask
-        stroke = getattr(doc, "_stroke", None)  # (label, mask before the stroke, touched rect)
-        if isinstance(stroke, tuple) and len(stroke) == 3 and (stroke[1] is None or isinstance(stroke[1], np.ndarray)):
-            return stroke[1]
-        return _POSTPONE
+        in_stroke, before = self.document.stroke_base()
+        return before if in_stroke else self.document.mask
 
     def _snapshot(self, clean: bool = False, postpone: bool = True):
         doc = self.document

@@ -56,7 +56,9 @@ class Document(QObject):
     # -- image --------------------------------------------------------------------------------
 
     def state(self) -> DocState:
-        return DocState(self.image, self._mask, self.path, self.caption)
+        """A snapshot: the mask is copied (strokes paint into the live one in place)."""
+        mask = self._mask.copy() if self._mask is not None else None
+        return DocState(self.image, mask, self.path, self.caption)
 
     def set_image(self, image: QImage | None, path: Path | None = None, caption: str = "",
                   record: str | None = None) -> None:  # fmt: skip
@@ -82,7 +84,7 @@ class Document(QObject):
     def _apply(self, state: DocState) -> None:
         mask_before = self._mask
         self.image, self.path, self.caption = state.image, state.path, state.caption
-        self._mask = state.mask
+        self._mask = state.mask.copy() if state.mask is not None else None  # never paint into a history entry
         emit(self.image_changed, state.image if state.image is not None else QImage())
         if mask_before is not state.mask:
             emit(self.mask_changed, None)
@@ -123,7 +125,7 @@ class Document(QObject):
         before = self._mask
         self._mask = mask
         if label:
-            self.history.push(MaskEdit(label, None, before, mask))
+            self.history.push(MaskEdit(label, None, before, mask.copy() if mask is not None else None))
         emit(self.mask_changed, None)
         emit(self.changed)
 
@@ -190,6 +192,12 @@ class Document(QObject):
 
     def in_stroke(self) -> bool:
         return self._stroke is not None
+
+    def stroke_base(self) -> tuple[bool, np.ndarray | None]:
+        """(in a stroke, the mask as it was before the stroke began): what an autosave keeps mid-stroke."""
+        if self._stroke is None:
+            return False, None
+        return True, self._stroke[1]
 
     def restore(self, state: DocState, entries: list | None = None, cursor: int | None = None) -> None:
         """Put back a saved document (the autosave after a crash): its state and its undo history."""

@@ -36,6 +36,7 @@ from studio import APP_NAME, __version__
 from studio.engine.errors import EngineError, describe_error
 from studio.session import IMAGE_SUFFIXES, Session
 from studio.ui.canvas import Canvas
+from studio.ui.canvas_tools import CanvasToolbar
 from studio.ui.gallery import IMAGE_ROLE, PATH_ROLE, Gallery
 from studio.ui.preview import PreviewPanel, format_eta
 from studio.ui.prompt_panel import PromptPanel, section
@@ -94,6 +95,7 @@ class MainWindow(QMainWindow):
         self.settings = session.settings
         self.config_dir = config_dir
         self._closed = False
+        self.autosaver = None
         self._preview_on_canvas = False
         self._laid_out = False
 
@@ -149,6 +151,8 @@ class MainWindow(QMainWindow):
         fit.clicked.connect(self.canvas.fit)
         head.addWidget(fit)
         cl.addLayout(head)
+        self.canvas_toolbar = CanvasToolbar(self.canvas, s.document)
+        cl.addWidget(self.canvas_toolbar)
         cl.addWidget(self.banner)
         cl.addWidget(self.canvas, 1)
 
@@ -337,8 +341,10 @@ class MainWindow(QMainWindow):
         s.jobs_changed.connect(self._jobs)
         s.job_queued.connect(lambda _job_id: self.save_settings())  # a crash never loses the prompt
         s.step_info.connect(self._step_info)
-        s.crop_changed.connect(lambda rect: self.canvas.set_crop_rect(rect))
-        s.live_overlay.connect(lambda image, rect: self.canvas.set_live_overlay(image, rect))
+        s.crop_changed.connect(self.canvas.set_crop_rect)
+        s.live_overlay.connect(self.canvas.set_live_overlay)
+        s.params_changed.connect(self._mode_tools)
+        s.document.image_changed.connect(self._fit_brush)
         s.document.history_changed.connect(self._history_changed)
         s.document.mask_changed.connect(lambda _rect=None: self._mask_actions())
         self._history_changed()
@@ -351,6 +357,44 @@ class MainWindow(QMainWindow):
         # Ctrl+Enter inside the prompt boxes: they would otherwise take the key as a new line.
         for edit in (self.prompt_panel.prompt, self.prompt_panel.negative):
             edit.installEventFilter(self)
+
+    def start_autosave(self, folder: Path, ask=None) -> bool:
+        """Offer to restore what an unclean exit left in `folder`, then keep the canvas saved there.
+        ask(info) -> bool decides (default: a question box). Returns whether a document was restored."""
+        from studio.session import autosave
+
+        restored = False
+        info = autosave.pending_restore(folder)
+        if info is not None:
+            ask = ask or self._ask_restore
+            if ask(info):
+                loaded = autosave.load(folder)
+                if loaded is not None:
+                    state, entries, cursor = loaded
+                    self.session.document.restore(state, entries, cursor)
+                    restored = True
+                    self.show_message(f"Restored the canvas ({info.size[0]}×{info.size[1]}, "
+                                      f"{info.undo_steps} undo steps) from the last session")  # fmt: skip
+                else:
+                    self.show_message("The saved canvas could not be read; starting empty", "warning")
+            else:
+                autosave.discard(folder)
+        self.autosaver = autosave.Autosaver(self.session.document, folder, parent=self)
+        self.autosaver.failed.connect(lambda text: self.show_message(f"Autosave failed: {text}", "error"))
+        return restored
+
+    def _ask_restore(self, info) -> bool:
+        import datetime
+
+        when = datetime.datetime.fromtimestamp(info.saved_at).strftime("%H:%M:%S on %d %b")
+        mask = " with its mask" if info.has_mask else ""
+        answer = QMessageBox.question(
+            self, "Restore the canvas?",
+            f"Latent Studio did not close cleanly last time. Restore the canvas{mask} "
+            f"({info.size[0]}×{info.size[1]}, {info.undo_steps} undo steps), saved at {when}?",
+            QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No, QMessageBox.StandardButton.Yes,
+        )  # fmt: skip
+        return answer == QMessageBox.StandardButton.Yes
 
     def start_engine(self) -> None:
         """Start the backend on the engine thread (after the window shows: torch takes a while)."""
@@ -392,6 +436,17 @@ class MainWindow(QMainWindow):
         self.canvas.set_image(image, caption)
         self.save_action.setEnabled(not image.isNull())
         self.copy_action.setEnabled(not image.isNull())
+
+    def _fit_brush(self, image: QImage) -> None:
+        # A brush wider than a quarter of the image masks it all in one dab: scale it to a new image.
+        side = min(image.width(), image.height())
+        if side > 0 and self.canvas.brush_size() > side / 4:
+            self.canvas.set_brush_size(max(1, round(side / 8)))
+
+    def _mode_tools(self, params) -> None:
+        # Inpaint mode is about painting the mask: hand the artist the brush.
+        if params.mode == "inpaint" and self.canvas.tool() == "pan" and self.session.document.has_image():
+            self.canvas.set_tool("brush")
 
     def _history_changed(self) -> None:
         h = self.session.document.history
@@ -707,4 +762,6 @@ class MainWindow(QMainWindow):
             self.hide()  # a run can take a moment to stop: do not leave a frozen window on screen
             self.session.shutdown()
             self.gallery.shutdown()
+            if self.autosaver is not None:
+                self.autosaver.close()  # the last save, marked clean: nothing to restore next time
         event.accept()

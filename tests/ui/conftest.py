@@ -66,6 +66,7 @@ def nothing_left_running():
 def config_dir(tmp_path, monkeypatch):
     d = tmp_path / "config"
     monkeypatch.setenv("LATENT_STUDIO_CONFIG_DIR", str(d))
+    monkeypatch.setenv("LATENT_STUDIO_DATA_DIR", str(tmp_path / "data"))  # autosaves never reach the user's
     return d
 
 

@@ -198,3 +198,29 @@ def test_the_engine_label_says_ready_when_a_run_started_the_backend_first(qtbot,
     assert window.engine_label.text() == "Engine: ready"  # not "loading" while it is plainly running
     fake.run_free()
     qtbot.waitUntil(lambda: fake.loaded == [None] and not window.session.is_running())
+
+
+def test_history_entries_never_change_after_they_are_pushed(window):
+    doc = window.session.document
+    image = QImage(32, 32, QImage.Format.Format_RGB888)
+    image.fill(Qt.GlobalColor.white)
+    window.session.show_image(image)
+    loaded = np.zeros((32, 32), np.uint8)
+    loaded[:8] = 255
+    doc.set_mask(loaded, "Load mask")
+    same = QImage(image)
+    doc.set_image(same, None, record="Result")  # keeps the mask
+    work = doc.begin_stroke()
+    work[20:, :] = 255  # a stroke paints into the live mask in place
+    doc.stroke_updated((0, 20, 32, 12))
+    doc.end_stroke()
+    mask_entry, image_entry = doc.history.entries[0], doc.history.entries[1]
+    assert np.array_equal(mask_entry.after, loaded)
+    assert np.array_equal(image_entry.after.mask, loaded) and np.array_equal(image_entry.before.mask, loaded)
+    doc.undo()
+    doc.undo()
+    work = doc.begin_stroke()  # painting after an undo must not reach the entry it restored
+    work[:] = 255
+    doc.stroke_updated((0, 0, 32, 32))
+    doc.end_stroke()
+    assert np.array_equal(image_entry.before.mask, loaded)

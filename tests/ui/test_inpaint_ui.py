@@ -184,3 +184,31 @@ def test_the_crop_rectangle_follows_mask_and_options(qtbot, window, area):
     assert rects[-1] == (x, y, w, h)
     s.update_params(mode="txt2img")
     assert s.inpaint_crop() is None and rects[-1] is None
+
+
+def test_the_window_offers_the_canvas_back_after_a_crash(qtbot, make_window, tmp_path):
+    import shutil
+
+    folder = tmp_path / "autosave"
+    first = make_window()
+    first.start_autosave(folder, ask=lambda info: pytest.fail("nothing to restore yet"))
+    doc = first.session.document
+    first.session.show_image(canvas_image())
+    doc.set_mask(square_mask(), "Brush stroke")
+    first.session.new_canvas(64, 48, (10, 20, 30))
+    first.session.undo()  # back to the masked image: one redo step waits
+    assert first.autosaver.flush(10)
+    crashed = tmp_path / "crashed"
+    shutil.copytree(folder, crashed, ignore=shutil.ignore_patterns("lock"))  # files without a clean shutdown
+    asked = []
+    second = make_window()
+    assert second.start_autosave(crashed, ask=lambda info: asked.append(info) or True)
+    restored = second.session.document
+    assert asked[0].size == (96, 80) and asked[0].has_mask
+    assert np.array_equal(rgb(restored.image), rgb(doc.image)) and np.array_equal(restored.mask, square_mask())
+    assert second.redo_action.isEnabled()
+    second.session.redo()
+    assert restored.size() == (64, 48)
+    first.close()
+    third = make_window()
+    assert not third.start_autosave(folder, ask=lambda info: pytest.fail("a clean close leaves nothing to offer"))
