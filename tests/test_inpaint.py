@@ -318,3 +318,28 @@ def test_bad_inpaint_requests_are_clear_errors(engine, tiny_inpaint_model):
         engine.generate(inpaint_req(tiny_inpaint_model, image, None))
     with pytest.raises(RequestError, match="inpaint area"):
         engine.generate(inpaint_req(tiny_inpaint_model, image, rect_mask(32, 32, 0, 0, 4, 4), inpaint_area="crop"))
+
+
+# ---------------------------------------------------------------- the evaluator's "remove an object" measure
+
+
+def test_remove_an_object_cases_and_score_on_true_images():
+    pytest.importorskip("scipy")
+    from studio.training.data import COLORS
+    from studio.training.evaluate import REMOVE_GROW, eval_prompts, remove_cases, score_removal
+
+    items = eval_prompts(12)
+    src, masks, prompts = remove_cases(items)
+    for img, m, p, it in zip(src, masks, prompts, items, strict=True):
+        assert p == f"on a {it['background']} background"
+        bg = np.array(COLORS[it["background"]], np.int16)
+        drawn = np.abs(img.astype(np.int16) - bg).max(axis=2) > 8
+        assert drawn.any() and (m[drawn] == 1).all()  # the hole covers the object
+        ys, xs = np.nonzero(m)
+        assert ys.max() - ys.min() + 1 <= np.ptp(np.nonzero(drawn)[0]) + 1 + 2 * REMOVE_GROW
+    clean = [np.full_like(s, COLORS[it["background"]]) for s, it in zip(src, items, strict=True)]
+    r = score_removal(clean, src, masks, items)
+    assert r["removed"] == 1.0 and r["hole_background_fraction"] == 1.0
+    assert r["outside_mean_abs_change"] == 0.0  # only the object was there: outside, the pictures are the same
+    kept = score_removal(src, src, masks, items)  # nothing removed
+    assert kept["removed"] == 0.0 and kept["hole_background_fraction"] < 0.9

@@ -102,7 +102,9 @@ def add_subcommands(subparsers) -> None:
     p.add_argument("--psnr-images", type=int, default=256)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--grid", default=None, help="save the generated images as a PNG grid")
-    p.add_argument("--no-inpaint", action="store_true", help="skip the inpainting measure (9-channel models)")
+    p.add_argument("--no-inpaint", action="store_true", help="skip the inpainting measures (9-channel models)")
+    p.add_argument("--remove-n", type=int, default=None,
+                   help="pictures for the 'remove an object' measure (default: all the prompts)")
     p.add_argument("--json", default=None, help="write the result as JSON")
     p.set_defaults(func=_evaluate)
 

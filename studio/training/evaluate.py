@@ -35,7 +35,8 @@ def eval_prompts(n: int | None = None, seed: int = 0, repeats: int = 2) -> list[
         bg = bgs[int(rng.integers(len(bgs)))]
         obj = ShapesDataset._place(rng, shape, color, ("medium", "large")[k % 2], position)
         prompt = caption_for((obj,), bg, say_size=True, say_position=True, say_background=True)
-        items.append({"prompt": prompt, "color": color, "shape": shape, "position": position, "background": bg})
+        items.append({"prompt": prompt, "color": color, "shape": shape, "position": position, "background": bg,
+                      "object": obj})  # fmt: skip
     if n is not None:
         items = items[:n]
     return items
@@ -96,6 +97,61 @@ def inpaint_cases(items: list[dict]) -> tuple[list[np.ndarray], list[np.ndarray]
         m[max(0, cy - h) : cy + h, max(0, cx - h) : cx + h] = 1.0
         masks.append(m)
     return images, masks
+
+
+REMOVE_GROW = 3  # px the "remove an object" mask reaches past the object's bounding box
+REMOVED_FRACTION = 0.95  # an object counts as removed when this much of its hole is background-coloured
+
+
+def background_prompt(background: str) -> str:
+    """A prompt naming only the background, the way the captions name it: "on a white background"."""
+    return caption_for((), background, say_size=False, say_position=False, say_background=True).strip()
+
+
+def remove_cases(items: list[dict]) -> tuple[list[np.ndarray], list[np.ndarray], list[str]]:
+    """For each prompt: its object drawn on its background, a mask over the object (its bounding box grown
+    by REMOVE_GROW px) and a prompt naming only the background. Inpainting is asked to remove the object."""
+    from .data import COLORS, Scene, render
+
+    images, masks, prompts = [], [], []
+    for it in items:
+        img = render(Scene(it["background"], (it["object"],), it["prompt"]))
+        drawn = np.abs(img.astype(np.int16) - np.array(COLORS[it["background"]], np.int16)).max(axis=2) > 8
+        ys, xs = np.nonzero(drawn)
+        m = np.zeros((IMAGE_SIZE, IMAGE_SIZE), np.float32)
+        g = REMOVE_GROW
+        m[max(0, ys.min() - g) : ys.max() + 1 + g, max(0, xs.min() - g) : xs.max() + 1 + g] = 1.0
+        images.append(img)
+        masks.append(m)
+        prompts.append(background_prompt(it["background"]))
+    return images, masks, prompts
+
+
+def score_removal(painted: list[np.ndarray], src: list[np.ndarray], masks: list[np.ndarray],
+                  items: list[dict]) -> dict:  # fmt: skip
+    """How well objects were removed: per picture, the fraction of the hole's pixels whose nearest named colour
+    (the analysis' own classifier) is the background's; "removed" = the share of pictures where that is at
+    least REMOVED_FRACTION; and the mean change outside the hole."""
+    from .analysis import nearest_color
+
+    fractions, outside = [], []
+    for p, s, m, it in zip(painted, src, masks, items, strict=True):
+        hole = p[m >= 0.5].astype(np.float32)
+        names = [nearest_color(px) for px in hole]
+        fractions.append(sum(n == it["background"] for n in names) / max(1, len(names)))
+        outside.append(float(np.abs(p.astype(np.float32) - s.astype(np.float32))[m < 0.5].mean()))
+    f = np.array(fractions)
+    bgs = np.array([it["background"] for it in items])
+    by_bg = {b: round(float((f[bgs == b] >= REMOVED_FRACTION).mean()), 4) for b in sorted(set(bgs.tolist()))}
+    return {
+        "n": len(items),
+        "removed": float((f >= REMOVED_FRACTION).mean()),
+        "removed_by_background": by_bg,
+        "hole_background_fraction": round(float(f.mean()), 4),
+        "outside_mean_abs_change": round(float(np.mean(outside)), 2),
+        "grow_px": REMOVE_GROW,
+        "prompt": "on a <background> background",
+    }
 
 
 def set_sampler(pipe, name: str) -> None:
@@ -162,6 +218,7 @@ def evaluate(
     psnr_images: int = 256,
     save_grid: str | None = None,
     inpaint: bool = True,
+    remove_n: int | None = None,
 ) -> dict:
     t0 = time.time()
     result: dict = {"model": str(model_dir), "steps": steps, "cfg": cfg, "sampler": sampler}
@@ -181,6 +238,10 @@ def evaluate(
                    for p, s, m in zip(painted, src, masks, strict=True)]
         r["outside_mean_abs_change"] = round(float(np.mean(outside)), 2)
         result["inpaint"] = r
+        rm_items = items[:remove_n] if remove_n is not None else items
+        src, masks, rm_prompts = remove_cases(rm_items)
+        painted = generate(pipe, rm_prompts, seeds[: len(rm_items)], steps, cfg, images=src, masks=masks)
+        result["remove"] = score_removal(painted, src, masks, rm_items)
     result["shapes"] = list(SHAPES)
     result["seconds"] = round(time.time() - t0, 1)
     if save_grid:
@@ -201,7 +262,7 @@ def main_evaluate(args) -> None:
     r = evaluate(args.model, n=args.n, steps=args.steps, cfg=args.cfg, sampler=args.sampler, seed=args.seed,
                  repeats=args.repeats,
                  psnr_images=args.psnr_images, save_grid=args.grid,
-                 inpaint=not args.no_inpaint)
+                 inpaint=not args.no_inpaint, remove_n=args.remove_n)
     h = r["held_out"]
     print(json.dumps(r, indent=2))
     print(
@@ -215,6 +276,15 @@ def main_evaluate(args) -> None:
             f"inpainting the named object into an empty picture's hole over its cell: colour {ip['color']:.1%}  "
             f"shape {ip['shape']:.1%}  in the hole {ip['position']:.1%}; "
             f"mean change outside the hole {ip['outside_mean_abs_change']} / 255"
+        )
+    if "remove" in r:
+        rm = r["remove"]
+        by_bg = ", ".join(f"{b} {v:.1%}" for b, v in rm["removed_by_background"].items())
+        print(
+            f"removing the object (mask = its box + {rm['grow_px']} px, prompt naming only the background, "
+            f"{rm['n']} pictures): removed {rm['removed']:.1%} (hole >= {REMOVED_FRACTION:.0%} background-coloured; "
+            f"{by_bg}), hole background-coloured {rm['hole_background_fraction']:.1%} on average; "
+            f"mean change outside the hole {rm['outside_mean_abs_change']} / 255"
         )
     if args.json:
         Path(args.json).write_text(json.dumps(r, indent=2) + "\n")
