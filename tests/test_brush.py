@@ -129,3 +129,17 @@ def test_tiny_brushes_paint_at_least_the_pixel_under_them(size):
     assert mask[4, 4] == 255
     if size == 1:
         assert int((mask > 0).sum()) == 1
+
+
+def test_the_eraser_rounds_exactly_for_every_mask_and_alpha_value():
+    from studio.session.brush import apply_alpha
+
+    mask = np.repeat(np.arange(256, dtype=np.uint8), 256).reshape(256, 256)
+    alpha = mask.T.copy()
+    out = mask.copy()
+    apply_alpha(out, alpha, erase=True)
+    exact = np.rint(mask.astype(np.float64) * (255 - alpha.astype(np.float64)) / 255).astype(np.uint8)
+    assert np.array_equal(out, exact)
+    brushed = mask.copy()
+    apply_alpha(brushed, alpha, erase=False)
+    assert np.array_equal(brushed, np.maximum(mask, alpha))

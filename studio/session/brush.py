@@ -34,12 +34,22 @@ def dab_alpha(dx: np.ndarray, dy: np.ndarray, size: float, hardness: float) -> n
     """Alpha (float32, 0..1) of a dab centred at the origin, at offsets dx, dy (broadcastable)."""
     r = max(0.5, float(size) / 2.0)
     h = min(1.0, max(0.0, float(hardness)))
-    d = np.sqrt(dx * dx + dy * dy, dtype=np.float32)
+    dx, dy = np.asarray(dx, np.float32), np.asarray(dy, np.float32)
+    d = np.add(dx * dx, dy * dy, dtype=np.float32)  # in place from here on: a large dab is a few passes
+    np.sqrt(d, out=d)
     inner = r * h
     if r - inner < 1.0:  # hard: a one-pixel antialiased edge centred on the radius
-        return np.clip(np.float32(r + 0.5) - d, 0.0, 1.0)
-    t = np.clip((np.float32(r) - d) / np.float32(r - inner), 0.0, 1.0)
-    return t * t * (3.0 - 2.0 * t)
+        np.subtract(np.float32(r + 0.5), d, out=d)
+        return np.clip(d, 0.0, 1.0, out=d)
+    t = d
+    np.subtract(np.float32(r), t, out=t)
+    t *= np.float32(1.0 / (r - inner))
+    np.clip(t, 0.0, 1.0, out=t)
+    square = t * t
+    t *= np.float32(-2.0)
+    t += np.float32(3.0)
+    t *= square  # smoothstep: t^2 (3 - 2t)
+    return t
 
 
 def _extent(size: float, hardness: float) -> float:
@@ -79,11 +89,21 @@ def segment_alpha(
         dy = (np.arange(c, d, dtype=np.float32) + np.float32(0.5 - cy))[:, None]
         window = alpha[c - top : d - top, a - left : b - left]
         np.maximum(window, dab_alpha(dx, dy, size, hardness), out=window)
-    a8 = np.rint(alpha * 255.0).astype(np.uint8)
-    cols, rows = np.flatnonzero(a8.any(axis=0)), np.flatnonzero(a8.any(axis=1))
-    if not cols.size:
+    alpha *= np.float32(255.0)
+    np.rint(alpha, out=alpha)
+    a8 = alpha.astype(np.uint8)
+    # trim the rows and columns whose alpha rounded to 0 (at most a pixel or so on each side)
+    r0, r1, c0, c1 = 0, a8.shape[0], 0, a8.shape[1]
+    while r0 < r1 and not a8[r0, c0:c1].any():
+        r0 += 1
+    while r1 > r0 and not a8[r1 - 1, c0:c1].any():
+        r1 -= 1
+    if r0 == r1:
         return None
-    c0, c1, r0, r1 = int(cols[0]), int(cols[-1]) + 1, int(rows[0]), int(rows[-1]) + 1
+    while not a8[r0:r1, c0].any():
+        c0 += 1
+    while not a8[r0:r1, c1 - 1].any():
+        c1 -= 1
     return (left + c0, top + r0, c1 - c0, r1 - r0), a8[r0:r1, c0:c1]
 
 
@@ -94,7 +114,12 @@ def apply_alpha(target: np.ndarray, a8: np.ndarray, erase: bool, source: np.ndar
         np.maximum(target, a8, out=target)
         return
     src = target if source is None else source
-    target[...] = (src.astype(np.uint32) * (255 - a8.astype(np.uint32)) + 127) // 255
+    v = np.subtract(255, a8, dtype=np.uint16)
+    v *= src  # <= 255 * 255: fits 16 bits
+    v += 128
+    v += v >> 8
+    v >>= 8  # = (src * (255 - a8) + 127) // 255, exactly, for every value
+    target[...] = v
 
 
 def paint_segment(mask: np.ndarray, p0, p1, size: float, hardness: float, erase: bool = False) -> Rect | None:
