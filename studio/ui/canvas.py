@@ -187,12 +187,13 @@ class Canvas(QWidget):
             self._overlay = None
             self.update()
         elif rect is None or self._overlay is None or self._overlay.size() != QSize(mask.shape[1], mask.shape[0]):
-            h, w = mask.shape
-            if self._overlay is None or self._overlay.size() != QSize(w, h):
-                self._overlay = QImage(w, h, QImage.Format.Format_ARGB32_Premultiplied)
-            np.take(self._lut, mask, out=self._overlay_view(), mode="clip")
+            first = self._overlay is None and rect is not None  # a stroke's first dab made the mask
+            box = self._rebuild_overlay(mask)
+            if not first:
+                self.update()
+            elif box is not None and self._mask_visible:  # nothing was drawn before: only what is masked now
+                self._update_image_area(box)
             rect = None
-            self.update()
         else:
             x, y, w, h = rect
             view = self._overlay_view()
@@ -200,6 +201,24 @@ class Canvas(QWidget):
             if self._mask_visible:
                 self._update_image_area(rect)
         emit(self.mask_changed, rect)
+
+    def _rebuild_overlay(self, mask: np.ndarray) -> Rect | None:
+        """The whole overlay from the mask: transparent, then the tint inside the bounding box of
+        what is masked (a new mask's first dab costs a fill, not a pass over every pixel), which
+        it returns (None: nothing is masked)."""
+        h, w = mask.shape
+        if self._overlay is None or self._overlay.size() != QSize(w, h):
+            self._overlay = QImage(w, h, QImage.Format.Format_ARGB32_Premultiplied)
+        self._overlay.fill(0)  # the LUT's value for 0: transparent
+        rows = np.flatnonzero(mask.any(axis=1))
+        if not rows.size:
+            return None
+        y0, y1 = int(rows[0]), int(rows[-1]) + 1
+        cols = np.flatnonzero(mask[y0:y1].any(axis=0))
+        x0, x1 = int(cols[0]), int(cols[-1]) + 1
+        view = self._overlay_view()
+        view[y0:y1, x0:x1] = self._lut[mask[y0:y1, x0:x1]]
+        return (x0, y0, x1 - x0, y1 - y0)
 
     def _overlay_view(self) -> np.ndarray:
         """The overlay's pixels as an HxW uint32 array (writes reach the image)."""
