@@ -70,6 +70,7 @@ class CanvasToolbar(QWidget):
         self.size_box.setRange(MIN_SIZE, MAX_SIZE)
         self.size_box.setSuffix(" px")
         self.size_box.setKeyboardTracking(False)
+        self.size_box.setFixedWidth(self.size_box.fontMetrics().horizontalAdvance("1024 px") + 44)
         self.size_box.setToolTip("Brush size: the diameter in image pixels. [ and ] on the canvas: smaller / larger")
         self.size_box.valueChanged.connect(self.canvas.set_brush_size)
         row.addWidget(self.size_box)
