@@ -1,12 +1,16 @@
 """The desktop studio window (PySide6). Widgets talk to studio.session only; no torch here.
+The window is wired by the composition root, studio/app.py.
 
-app.py          run_app(): QApplication, dark theme, the window; torch loads after it shows
-main_window.py  MainWindow: prompt panel | canvas over gallery | live preview over queue,
-                menus, shortcuts (Ctrl+Enter, Esc, Ctrl+S, Ctrl+O, F1), drops, settings
-prompt_panel.py PromptPanel: prompts, model, sampler/schedule, steps, CFG, seed, size, batch
-canvas.py       Canvas: the current image (ready for mask painting: mask, overlay, tool hooks)
-preview.py      PreviewPanel: live steps, step i/n, ETA, step timeline, decode this step
-gallery.py      Gallery: results, thumbnails of earlier files read on a background thread
-queue_view.py   QueuePanel: the running job and the queued ones (removable)
-theme.py        palette, resources/styles/dark.qss, SVG icons from resources/icons
+main_window.py     MainWindow: prompt panel | canvas over gallery | live preview over queue,
+                   menus, shortcuts, drops, settings, the autosave offer after a crash
+prompt_panel.py    PromptPanel: mode, prompts, model, sampler/schedule, steps, CFG, seed, size, batch
+inpaint_options.py ModeSwitch (text / image / inpaint) and CanvasOptions (strength, inpaint options)
+canvas.py          Canvas: the document's image and mask; brush / eraser / pan, overlay by rectangle,
+                   the "only masked" crop rectangle and the live inpaint overlay
+canvas_tools.py    CanvasToolbar: tools, brush size and hardness, show / fill / clear / invert mask
+dialogs.py         New canvas, Extend canvas (outpaint)
+preview.py         PreviewPanel: live steps, step i/n, ETA, step timeline, decode this step
+gallery.py         Gallery: results, thumbnails of earlier files read on a background thread
+queue_view.py      QueuePanel: the running job and the queued ones (removable)
+theme.py           palette, resources/styles/dark.qss, SVG icons from resources/icons
 """
