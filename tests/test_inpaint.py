@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from studio.engine import GenerateRequest, RequestError
-from studio.engine.inpaint import composite, crop_box, feather, fill_masked, outpaint_canvas
+from studio.engine.inpaint import blend_mask, composite, crop_box, feather, fill_masked, outpaint_canvas
 
 
 def rect_mask(w: int, h: int, x: int, y: int, mw: int, mh: int) -> np.ndarray:
@@ -120,6 +120,17 @@ def test_feather():
     assert 0 < f[32, 14] < 128 < f[32, 17] < 255  # a ramp across the painted edge
     fi = f.astype(int)
     assert np.array_equal(f, f[:, ::-1]) and np.abs(fi - fi.T).max() <= 1  # symmetric like the square (rounding)
+
+
+def test_blend_mask_is_the_feather_doubled():
+    m = rect_mask(64, 64, 16, 16, 32, 32)
+    f, b = feather(m, 3).astype(int), blend_mask(m, 3).astype(int)
+    assert np.array_equal(b == 0, f == 0)  # zero exactly where the feather is: the outside is kept
+    assert np.array_equal(b, np.minimum(255, 2 * f))
+    assert (b[m == 255][f[m == 255] >= 128] == 255).all()
+    assert (b[18:46, 18:46] == 255).all() and (b[16:48, 16:48] > 128).all()  # the painted area: all new but its corners
+    assert b[32, 16] == 255 and b[32, 15] == 2 * f[32, 15] < 255  # the blend is outside the painted area
+    assert np.array_equal(blend_mask(m, 0), m)
 
 
 def test_composite_is_exact_where_the_mask_is_0_or_255():

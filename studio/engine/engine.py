@@ -390,12 +390,14 @@ class _InpaintPlan:
     painted stroke that the blur would fade below half). "only masked" works on `inpaint.crop_box` of
     the mask (the working size's aspect), scaled to the working size; "whole" on the whole image scaled
     to the working size. Masked content (`inpaint.fill_masked`) is applied to the working image. The
-    result is scaled back to the box and composited into the full original through the feathered mask,
-    in pixel space: where the feather is 0 the original's pixels are kept, bit for bit.
+    result is scaled back to the box and composited into the full original in pixel space through
+    `inpaint.blend_mask` (the feather doubled, A1111's whole-picture overlay: the painted area all new,
+    the blend over the blur's reach outside it): where the feather is 0 the original's pixels are kept,
+    bit for bit.
     """
 
     original: np.ndarray  # HxWx3, the request's init image
-    feathered: np.ndarray  # HxW, the composite's mask
+    feathered: np.ndarray  # HxW, the composite's mask (inpaint.blend_mask)
     box: tuple[int, int, int, int]  # x0, y0, x1, y1 in image pixels
     cropped: bool
     work_image: np.ndarray  # the model's input image at the working size
@@ -412,6 +414,7 @@ class _InpaintPlan:
         size = (int(r.width), int(r.height))
         feathered = inpaint.feather(mask, r.mask_blur)
         paint = np.maximum(mask, feathered)
+        blend = inpaint.blend_mask(mask, r.mask_blur)
         box = (0, 0, iw, ih)
         cropped = r.inpaint_area == "masked"
         if cropped:
@@ -427,7 +430,7 @@ class _InpaintPlan:
             crop_mask = crop_mask.resize(size, Image.Resampling.BILINEAR)
         work_mask = np.asarray(crop_mask, np.uint8)
         work_image = inpaint.fill_masked(np.asarray(crop, np.uint8), work_mask, r.masked_content, seed)
-        return cls(image, feathered, box, cropped, work_image, work_mask)
+        return cls(image, blend, box, cropped, work_image, work_mask)
 
     def image_pil(self):
         from PIL import Image

@@ -42,6 +42,18 @@ def feather(mask: np.ndarray, blur_px: int | float) -> np.ndarray:
     return np.asarray(out, dtype=np.uint8).copy()
 
 
+def blend_mask(mask: np.ndarray, blur_px: int | float) -> np.ndarray:
+    """The mask the engine composites through: the feather doubled and clipped, min(255, 2 * feather).
+
+    This is A1111's whole-picture overlay mask. The painted area (where the feather is at least half) is
+    all generated, so nothing of what was under the painted edge shows through; the blend happens over
+    the blur's reach outside it. It is 0 exactly where `feather` is 0: pixels outside the feathered mask
+    stay the original's. With blur 0 it is the mask with every painted value doubled (255 stays 255).
+    """
+    f = feather(mask, blur_px).astype(np.uint16)
+    return np.minimum(255, f * 2).astype(np.uint8)
+
+
 def _grow(lo: int, hi: int, target: int, limit: int) -> tuple[int, int]:
     """Widen [lo, hi) to `target` pixels, centred, shifted to stay within [0, limit); never shrinks it.
     A target wider than the image gives the whole [0, limit)."""
@@ -263,4 +275,4 @@ def composite(original: np.ndarray, generated: np.ndarray, feathered_mask: np.nd
     return out.astype(np.uint8)
 
 
-__all__ = ["MAX_SIDE", "composite", "crop_box", "feather", "fill_masked", "outpaint_canvas"]
+__all__ = ["MAX_SIDE", "blend_mask", "composite", "crop_box", "feather", "fill_masked", "outpaint_canvas"]
