@@ -345,6 +345,7 @@ class MainWindow(QMainWindow):
         s.live_overlay.connect(self.canvas.set_live_overlay)
         s.params_changed.connect(self._mode_tools)
         s.document.image_changed.connect(self._fit_brush)
+        s.document.image_changed.connect(lambda _image: self._mode_tools(s.params))
         s.document.history_changed.connect(self._history_changed)
         s.document.mask_changed.connect(lambda _rect=None: self._mask_actions())
         self._history_changed()

@@ -212,3 +212,36 @@ def test_the_window_offers_the_canvas_back_after_a_crash(qtbot, make_window, tmp
     first.close()
     third = make_window()
     assert not third.start_autosave(folder, ask=lambda info: pytest.fail("a clean close leaves nothing to offer"))
+
+
+def test_extend_canvas_masks_the_new_area_and_refuses_too_much(qtbot, window):
+    s, doc = window.session, window.session.document
+    s.show_image(canvas_image(96, 80))
+    before = rgb(doc.image)
+    assert s.extend_canvas(16, 0, 32, 8, overlap=8)
+    assert doc.size() == (96 + 48, 80 + 8) and s.params.mode == "inpaint"
+    m = doc.mask
+    assert (m[:, :16] == 255).all() and (m[:, -32:] == 255).all() and (m[-8:, :] == 255).all()
+    assert (m[10:60, 30:100] == 0).all()  # the old image's inside is kept
+    assert np.array_equal(rgb(doc.image)[0:80, 16:112], before)  # and its pixels, where not masked, are the old ones
+    assert not s.extend_canvas(4000, 0, 0, 0)
+    assert "4096" in window.banner.label.text() and doc.size() == (144, 88)  # nothing changed
+    s.undo()
+    assert doc.size() == (96, 80) and doc.mask is None
+
+
+def test_an_inpainted_png_gives_its_options_back_to_the_panel(qtbot, window, tmp_path):
+    from studio.engine.metadata import parameters_for
+    from studio.engine.output import save_image
+    from studio.engine.requests import GenerateRequest
+
+    req = GenerateRequest(prompt="a cat", mode="inpaint", init_image=np.zeros((64, 64, 3), np.uint8),
+                          mask=np.full((64, 64), 255, np.uint8), strength=0.55, mask_blur=9, inpaint_area="masked",
+                          inpaint_padding=48, masked_content="noise", width=64, height=64, seed=3)  # fmt: skip
+    path = save_image(np.zeros((64, 64, 3), np.uint8), tmp_path / "inpainted.png",
+                      parameters_for(req, 3, "builtin", "", "0.1.0"))  # fmt: skip
+    assert window.session.open_image(path)
+    p, opts = window.session.params, window.prompt_panel.canvas_options
+    assert (p.strength, p.mask_blur, p.inpaint_area, p.inpaint_padding, p.masked_content) == (
+        0.55, 9, "masked", 48, "noise")  # fmt: skip
+    assert opts.mask_blur.value() == 9 and opts.area.currentData() == "masked" and opts.content.currentData() == "noise"

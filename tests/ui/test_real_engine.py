@@ -6,7 +6,7 @@ from PySide6.QtCore import Qt
 from studio.app import build_window
 from studio.backends.local import LocalBackend
 from studio.engine.metadata import read_parameters, request_fields
-from studio.qimage import qimage_to_array
+from studio.qimage import array_to_qimage, qimage_to_array
 from studio.settings import Settings
 
 
@@ -54,3 +54,41 @@ def test_generate_with_the_real_engine(qtbot, tiny_model, out_dir):
     import threading
 
     assert "studio-engine" not in [t.name for t in threading.enumerate()]
+
+
+def test_inpaint_only_masked_from_the_window_with_the_real_engine(qtbot, tiny_inpaint_model, out_dir):
+    """The crop drawn before the run is the one the engine worked on; unmasked pixels stay exact."""
+    from PySide6.QtGui import QImage
+
+    window = build_window(Settings(), LocalBackend(device="cpu"), model=str(tiny_inpaint_model),
+                          output_dir=str(out_dir))  # fmt: skip
+    qtbot.addWidget(window)
+    window.show()
+    try:
+        rng = np.random.default_rng(0)
+        pixels = rng.integers(0, 255, (96, 128, 3), np.uint8)
+        s = window.session
+        s.show_image(QImage(array_to_qimage(pixels)))
+        mask = np.zeros((96, 128), np.uint8)
+        mask[40:52, 70:84] = 255
+        s.document.set_mask(mask, "Brush stroke")
+        s.update_params(prompt="a red dot", steps=2, seed=5, mode="inpaint", inpaint_area="masked",
+                        inpaint_padding=8, mask_blur=2)  # fmt: skip
+        drawn = window.canvas.crop_rect()
+        assert drawn is not None and drawn == s.inpaint_crop()
+        finished = []
+        s._worker.finished.connect(lambda job_id, out: finished.append(out))
+        with qtbot.waitSignal(s.image_saved, timeout=180_000):
+            s.generate()
+        qtbot.waitUntil(lambda: len(finished) == 1)
+        x0, y0, x1, y1 = finished[0].result.crop
+        assert (x0, y0, x1 - x0, y1 - y0) == drawn
+        result = qimage_to_array(s.document.image)
+        assert result.shape == pixels.shape
+        from studio.engine.inpaint import blend_mask
+
+        outside = blend_mask(mask, 2) == 0
+        assert outside.sum() > 0.8 * mask.size
+        assert np.array_equal(result[outside], pixels[outside])
+    finally:
+        window.close()
