@@ -15,6 +15,11 @@ PreviewKind = Literal["x0", "latent", "none"]
 MODES: tuple[str, ...] = ("txt2img", "img2img", "inpaint", "upscale")
 INPAINT_AREAS: tuple[str, ...] = ("whole", "masked")
 MASKED_CONTENTS: tuple[str, ...] = ("original", "fill", "noise")
+# Upscaling: "resize" (Lanczos only), "model" (an upscaler model file: ESRGAN, SwinIR... through spandrel),
+# "diffusion" (resize, then tiled img2img at low strength with the loaded model), "latent" (the x4 upscaler layout).
+UPSCALE_MODES: tuple[str, ...] = ("resize", "model", "diffusion", "latent")
+MAX_UPSCALE_SIDE = 8192  # px: an upscale past this is refused before any work starts
+MAX_UPSCALE_PIXELS = 8192 * 8192
 MAX_SEED = 2**32 - 1
 
 
@@ -58,6 +63,12 @@ class GenerateRequest:
     inpaint_area: str = "whole"  # "whole" picture, or only the "masked" area at full working resolution
     inpaint_padding: int = 32  # px around the blurred mask's box, for inpaint_area "masked"
     masked_content: str = "original"  # what the masked area starts from: "original", "fill" or "noise"
+    # Upscaling (mode "upscale"): the init image grown by `scale`, or to width x height when both are set.
+    upscale_mode: str = "diffusion"
+    scale: float = 2.0
+    upscaler: str | None = None  # an upscaler model file: mode "model", and the resize step of "diffusion"
+    tile: int = 0  # tile size in output px; 0: automatic (the model's working size, or the upscaler's advice)
+    tile_overlap: int = 0  # px; 0: automatic
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "init_image", _frozen_copy(self.init_image, (3,), "The init image"))
@@ -70,11 +81,12 @@ class GenerateRequest:
         """Raise RequestError with a message an artist understands."""
         if self.mode not in MODES:
             raise RequestError(f"Unknown mode {self.mode!r}; expected one of {', '.join(MODES)}")
+        top = MAX_UPSCALE_SIDE if self.mode == "upscale" else 4096  # an upscale's width x height is its target
         for name, v in (("Width", self.width), ("Height", self.height)):
             if v is None:
                 continue
-            if v < 8 or v > 4096:
-                raise RequestError(f"{name} {v} is out of range: use 8 to 4096 pixels")
+            if v < 8 or v > top:
+                raise RequestError(f"{name} {v} is out of range: use 8 to {top} pixels")
             if v % 8:
                 lo, hi = v - v % 8, v - v % 8 + 8
                 raise RequestError(f"{name} {v} is not a multiple of 8: use {lo or 8} or {hi}")
@@ -92,6 +104,8 @@ class GenerateRequest:
             raise RequestError(f"Denoising strength must be in (0, 1], got {self.strength}")
         if self.mode == "inpaint":
             self._validate_inpaint()
+        if self.mode == "upscale":
+            self._validate_upscale()
         if self.preview not in ("x0", "latent", "none"):
             raise RequestError(f"Unknown preview kind {self.preview!r}")
         if not 1 <= self.clip_skip <= 12:
@@ -117,6 +131,32 @@ class GenerateRequest:
             raise RequestError(f"Unknown masked content {self.masked_content!r}; use original, fill or noise")
 
 
+    def upscale_size(self) -> tuple[int, int]:
+        """The output size of an upscale: width x height when both are set, else the input times scale."""
+        ih, iw = self.init_image.shape[:2]
+        if self.width and self.height:
+            return int(self.width), int(self.height)
+        return max(1, round(iw * self.scale)), max(1, round(ih * self.scale))
+
+    def _validate_upscale(self) -> None:
+        if self.upscale_mode not in UPSCALE_MODES:
+            raise RequestError(f"Unknown upscale mode {self.upscale_mode!r}; use one of {', '.join(UPSCALE_MODES)}")
+        if not (self.width and self.height) and not 1.0 <= self.scale <= 8.0:
+            raise RequestError(f"The upscale factor must be between 1 and 8, got {self.scale:g}")
+        w, h = self.upscale_size()
+        if max(w, h) > MAX_UPSCALE_SIDE or w * h > MAX_UPSCALE_PIXELS:
+            ih, iw = self.init_image.shape[:2]
+            raise RequestError(f"Upscaling {iw}x{ih} to {w}x{h} is too large: at most {MAX_UPSCALE_SIDE} px a side")
+        if self.upscale_mode == "model" and not self.upscaler:
+            raise RequestError("The model upscale needs an upscaler model: pick one, or use resize or diffusion")
+        if self.tile and not 64 <= self.tile <= 4096:
+            raise RequestError(f"The tile size must be between 64 and 4096 px, got {self.tile}")
+        if not 0 <= self.tile_overlap <= 512:
+            raise RequestError(f"The tile overlap must be between 0 and 512 px, got {self.tile_overlap}")
+        if self.upscale_mode in ("diffusion", "latent") and not 0.0 < self.strength <= 1.0:
+            raise RequestError(f"Denoising strength must be in (0, 1], got {self.strength}")
+
+
 @dataclass(frozen=True)
 class StepInfo:
     """Handed to on_step after every sampler step (steps as the artist set them, 1-based)."""
@@ -129,6 +169,8 @@ class StepInfo:
     stage: str = ""
     part: int = 0
     parts: int = 0
+    # Where in the output this preview belongs (x, y, w, h in output px): a tile of an upscale. None: all of it.
+    region: tuple[int, int, int, int] | None = None
 
     def label(self) -> str:
         """'step 4/20', or 'tile 3/9, step 4/20' within a multi-pass run."""
