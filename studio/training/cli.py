@@ -42,6 +42,72 @@ def _evaluate(args) -> None:
     main_evaluate(args)
 
 
+def _train_swinir(args) -> None:
+    from .train_swinir import main_train_swinir
+
+    main_train_swinir(args)
+
+
+def _export_swinir(args) -> None:
+    from .train_swinir import main_export_swinir
+
+    main_export_swinir(args)
+
+
+def _train_latent_upscaler(args) -> None:
+    from .train_upscaler import main_train_upscaler
+
+    main_train_upscaler(args)
+
+
+def _export_latent_upscaler(args) -> None:
+    from .train_upscaler import main_export_upscaler
+
+    main_export_upscaler(args)
+
+
+def add_upscaler_subcommands(subparsers) -> None:
+    """The built-in upscalers: SwinIR x4 and the x4 latent upscaler (StableDiffusionUpscalePipeline layout)."""
+    p = subparsers.add_parser("train-swinir", help="train the built-in SwinIR x4 (L1, shapes at 4x)")
+    p.add_argument("--out", default="runs/swinir", help="run folder (checkpoint, log, result)")
+    p.add_argument("--preset", default="cpu", choices=["cpu", "gpu", "tiny"])
+    p.add_argument("--steps", type=int, default=None, help="a fixed number of steps instead of the time budget")
+    p.add_argument("--time-budget-minutes", type=float, default=None)
+    p.add_argument("--batch", type=int, default=None)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-minutes", type=float, default=None, help="stop (and save) after this much wall time")
+    p.add_argument("--eval-images", type=int, default=32)
+    p.set_defaults(func=_train_swinir)
+
+    p = subparsers.add_parser("export-swinir", help="write the SwinIR x4 .safetensors (EMA weights)")
+    p.add_argument("--run-dir", default="runs/swinir")
+    p.add_argument("--out", default="models/swinir-x4/swinir-x4.safetensors")
+    p.add_argument("--no-ema", action="store_true")
+    p.set_defaults(func=_export_swinir)
+
+    p = subparsers.add_parser("train-latent-upscaler",
+                              help="train the built-in x4 latent upscaler (its VAE, then text encoder + UNet)")
+    p.add_argument("--out", default="runs/latent-up", help="run folder (vae/, unet/)")
+    p.add_argument("--preset", default="cpu", choices=["cpu", "gpu", "tiny"])
+    p.add_argument("--vae-steps", type=int, default=None)
+    p.add_argument("--unet-steps", type=int, default=None, help="a fixed number of UNet steps instead of the budget")
+    p.add_argument("--time-budget-minutes", type=float, default=None, help="UNet training time")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-minutes", type=float, default=None, help="stop (and save) after this much wall time")
+    p.add_argument("--eval-images", type=int, default=16)
+    p.set_defaults(func=_train_latent_upscaler)
+
+    p = subparsers.add_parser("export-latent-upscaler", help="write the x4 latent upscaler's diffusers folder")
+    p.add_argument("--run-dir", default="runs/latent-up")
+    p.add_argument("--out", default="models/latent-upscaler-x4")
+    p.add_argument("--no-ema", action="store_true")
+    p.add_argument("--fp32", action="store_true", help="store float32 weights (default float16)")
+    p.set_defaults(func=_export_latent_upscaler)
+
+
 def add_subcommands(subparsers) -> None:
     p = subparsers.add_parser("train-vae", help="stage (a): train the built-in model's AutoencoderKL")
     p.add_argument("--run-dir", default=DEFAULT_RUN_DIR)
@@ -107,6 +173,8 @@ def add_subcommands(subparsers) -> None:
                    help="pictures for the 'remove an object' measure (default: all the prompts)")
     p.add_argument("--json", default=None, help="write the result as JSON")
     p.set_defaults(func=_evaluate)
+
+    add_upscaler_subcommands(subparsers)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,0 +1,124 @@
+"""Super-resolution pairs of the built-in model's domain, and shared helpers of the two upscalers.
+
+A pair is a scene of ``data.ShapesDataset`` drawn at 4x its size (``render(scene, 256)``: the same
+supersampled, box-filtered drawing at 256x256) and its bicubic downsampling to 64x64 (PIL, as an image
+editor would). Like the data set, every pair is a pure function of ``(seed, index)``.
+
+Held-out scenes (the benchmarks and the measured quality of the model cards) use seeds that no training
+run draws from: ``HELDOUT_SEED``.
+"""
+
+from __future__ import annotations
+
+import sys
+import types
+
+import numpy as np
+from PIL import Image
+
+from .data import IMAGE_SIZE, ShapesDataset, render
+
+SCALE = 4
+HR_SIZE = IMAGE_SIZE * SCALE  # 256
+TRAIN_SEED = 11
+HELDOUT_SEED = 4_000_037
+
+
+def bicubic(img: np.ndarray, size: int) -> np.ndarray:
+    """uint8 HxWx3 -> uint8 size x size x 3, PIL bicubic (antialiased when shrinking)."""
+    return np.asarray(Image.fromarray(img).resize((size, size), Image.Resampling.BICUBIC), dtype=np.uint8).copy()
+
+
+class SRPairs:
+    """``pair(i)`` -> (high-res 256x256 uint8, low-res 64x64 uint8, caption)."""
+
+    def __init__(self, seed: int = TRAIN_SEED, hr_size: int = HR_SIZE, scale: int = SCALE):
+        self.ds = ShapesDataset(seed)
+        self.hr_size = hr_size
+        self.scale = scale
+
+    def pair(self, index: int) -> tuple[np.ndarray, np.ndarray, str]:
+        scene = self.ds.scene(index)
+        hr = render(scene, self.hr_size)
+        lr = bicubic(hr, self.hr_size // self.scale)
+        return hr, lr, scene.caption
+
+
+def heldout_pairs(n: int, seed: int = HELDOUT_SEED) -> list[tuple[np.ndarray, np.ndarray, str]]:
+    src = SRPairs(seed)
+    return [src.pair(i) for i in range(n)]
+
+
+# ---- metrics (on uint8 RGB, per image) ----
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float(10 * np.log10(255.0**2 / max(mse, 1e-10)))
+
+
+def _gauss_filter(x: np.ndarray, sigma: float = 1.5, radius: int = 5) -> np.ndarray:
+    """Separable Gaussian 'valid' filtering of a HxW float64 array (11x11 window, sigma 1.5)."""
+    k = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
+    k /= k.sum()
+    from numpy.lib.stride_tricks import sliding_window_view
+
+    x = (sliding_window_view(x, k.size, axis=0) * k).sum(-1)
+    return (sliding_window_view(x, k.size, axis=1) * k).sum(-1)
+
+
+def ssim(a: np.ndarray, b: np.ndarray) -> float:
+    """SSIM (Wang et al. 2004: 11x11 Gaussian window, sigma 1.5, K1 0.01, K2 0.03, L 255) on the luma
+    (BT.601 Y of the RGB values), the usual way super-resolution papers report it."""
+
+    def luma(x):
+        x = x.astype(np.float64)
+        return 0.299 * x[..., 0] + 0.587 * x[..., 1] + 0.114 * x[..., 2]
+
+    x, y = luma(a), luma(b)
+    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+    mx, my = _gauss_filter(x), _gauss_filter(y)
+    sxx = _gauss_filter(x * x) - mx * mx
+    syy = _gauss_filter(y * y) - my * my
+    sxy = _gauss_filter(x * y) - mx * my
+    m = ((2 * mx * my + c1) * (2 * sxy + c2)) / ((mx * mx + my * my + c1) * (sxx + syy + c2))
+    return float(m.mean())
+
+
+# ---- spandrel without torchvision ----
+
+
+def import_spandrel():
+    """``import spandrel`` with a stand-in ``torchvision.transforms.functional`` when torchvision is missing
+    (spandrel imports it only for two architectures we never use, LaMa and RestoreFormer)."""
+    try:
+        import spandrel
+
+        return spandrel
+    except ModuleNotFoundError as e:
+        if e.name is None or not e.name.startswith("torchvision"):
+            raise
+    for name in [k for k in sys.modules if k.startswith("spandrel")]:
+        del sys.modules[name]
+    tv = types.ModuleType("torchvision")
+    tr = types.ModuleType("torchvision.transforms")
+    fn = types.ModuleType("torchvision.transforms.functional")
+
+    class InterpolationMode:  # noqa: D401 - a stand-in
+        NEAREST = "nearest"
+        BILINEAR = "bilinear"
+        BICUBIC = "bicubic"
+
+    def _missing(*_a, **_k):
+        raise RuntimeError("torchvision is not installed")
+
+    fn.InterpolationMode = InterpolationMode
+    fn.rotate = _missing
+    fn.normalize = _missing
+    tr.functional = fn
+    tv.transforms = tr
+    for name, mod in (("torchvision", tv), ("torchvision.transforms", tr), ("torchvision.transforms.functional", fn)):
+        sys.modules.setdefault(name, mod)
+    import spandrel
+
+    return spandrel

@@ -1,0 +1,287 @@
+"""The built-in SwinIR x4: a small SwinIR (spandrel's architecture, so spandrel loads the shipped file)
+trained with an L1 loss on pairs of the built-in model's domain (``sr_data.SRPairs``: 256 px renders and
+their bicubic 64 px downsamplings), random low-res crops.
+
+``train-swinir`` is resumable (model, optimizer, EMA, step, training time and RNG state saved every few
+minutes); the data and crops of step k are a pure function of the seed and k. ``export-swinir`` writes the
+EMA weights as a float32 ``.safetensors`` state dict with exactly SwinIR's own keys.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .common import (
+    EMA,
+    JsonLog,
+    load_checkpoint,
+    lr_at,
+    require,
+    rng_state,
+    save_checkpoint,
+    seed_everything,
+    set_rng_state,
+    set_threads,
+)
+from .sr_data import SCALE, TRAIN_SEED, SRPairs, bicubic, heldout_pairs, import_spandrel, psnr, ssim
+
+
+@dataclass
+class SwinIRConfig:
+    embed_dim: int = 60
+    depths: tuple[int, ...] = (2, 2, 2, 2)
+    num_heads: tuple[int, ...] = (6, 6, 6, 6)
+    window_size: int = 8
+    mlp_ratio: float = 2.0
+    upsampler: str = "pixelshuffledirect"  # one conv + pixel shuffle (SwinIR's lightweight x4 head)
+    img_size: int = 64  # the low-res size the attention masks are built for (spandrel reads it back)
+
+
+@dataclass
+class SwinIRPreset:
+    name: str
+    model: SwinIRConfig = field(default_factory=SwinIRConfig)
+    batch: int = 8
+    lr_patch: int = 32  # low-res crop side (high-res: 4x)
+    lr: float = 5e-4
+    warmup: int = 100
+    steps: int = 3000
+    time_budget_minutes: float | None = 25.0  # the cosine schedule follows the training time spent
+    ema_decay: float = 0.995
+    threads: int = 1
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+SWINIR_PRESETS: dict[str, SwinIRPreset] = {
+    # ~25 minutes on one CPU core
+    "cpu": SwinIRPreset(name="cpu"),
+    # seconds: the tests
+    "tiny": SwinIRPreset(
+        name="tiny",
+        model=SwinIRConfig(embed_dim=12, depths=(1,), num_heads=(2,), mlp_ratio=1.0, img_size=16),
+        batch=2, lr_patch=16, steps=4, time_budget_minutes=None, warmup=1, ema_decay=0.9,
+    ),
+    # SwinIR-S-like body with the classical pixel-shuffle head, for one GPU (config only: never run here)
+    "gpu": SwinIRPreset(
+        name="gpu",
+        model=SwinIRConfig(embed_dim=96, depths=(6, 6, 6, 6), num_heads=(6, 6, 6, 6), mlp_ratio=2.0,
+                           upsampler="pixelshuffle"),
+        batch=32, lr_patch=48, lr=2e-4, warmup=500, steps=100_000, time_budget_minutes=None,
+        ema_decay=0.999, threads=8,
+    ),
+}
+
+
+def build_swinir(cfg: SwinIRConfig | dict):
+    if isinstance(cfg, dict):
+        cfg = SwinIRConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()})
+    import_spandrel()
+    from spandrel.architectures.SwinIR.__arch.SwinIR import SwinIR
+
+    return SwinIR(
+        img_size=cfg.img_size,
+        patch_size=1,
+        in_chans=3,
+        embed_dim=cfg.embed_dim,
+        depths=list(cfg.depths),
+        num_heads=list(cfg.num_heads),
+        window_size=cfg.window_size,
+        mlp_ratio=cfg.mlp_ratio,
+        upscale=SCALE,
+        img_range=1.0,  # what spandrel assumes for window sizes other than 7
+        upsampler=cfg.upsampler,
+        resi_connection="1conv",
+        drop_path_rate=0.0,
+    )
+
+
+def _to01(imgs: list[np.ndarray]) -> torch.Tensor:
+    return torch.from_numpy(np.stack(imgs).astype(np.float32) / 255.0).permute(0, 3, 1, 2).contiguous()
+
+
+def batch_at(src: SRPairs, step: int, batch: int, lr_patch: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Low-res and high-res crops of step ``step`` (a pure function of seed and step). Half the crops are
+    centred near an object (most of a picture is flat background, which teaches little)."""
+    rng = np.random.default_rng([seed, step, 0xC80])
+    lrs, hrs = [], []
+    n_lr = src.hr_size // src.scale
+    for j in range(batch):
+        index = step * batch + j
+        scene = src.ds.scene(index)
+        hr, lr, _ = src.pair(index)
+        if rng.random() < 0.5 and scene.objects:
+            obj = scene.objects[int(rng.integers(len(scene.objects)))]
+            cx = obj.cx * n_lr / 64 + rng.uniform(-lr_patch / 3, lr_patch / 3)
+            cy = obj.cy * n_lr / 64 + rng.uniform(-lr_patch / 3, lr_patch / 3)
+            x0 = int(np.clip(round(cx - lr_patch / 2), 0, n_lr - lr_patch))
+            y0 = int(np.clip(round(cy - lr_patch / 2), 0, n_lr - lr_patch))
+        else:
+            x0, y0 = (int(v) for v in rng.integers(0, n_lr - lr_patch + 1, size=2))
+        s = src.scale
+        lrs.append(lr[y0 : y0 + lr_patch, x0 : x0 + lr_patch])
+        hrs.append(hr[y0 * s : (y0 + lr_patch) * s, x0 * s : (x0 + lr_patch) * s])
+    return _to01(lrs), _to01(hrs)
+
+
+def upscale_uint8(model, lr: np.ndarray) -> np.ndarray:
+    """One uint8 HxWx3 image through the model -> uint8 (4H)x(4W)x3 (spandrel's own padding inside)."""
+    with torch.no_grad():
+        y = model(_to01([lr]))[0].clamp(0, 1)
+    return (y.permute(1, 2, 0).numpy() * 255.0 + 0.5).astype(np.uint8)
+
+
+def evaluate_sr(fn, n: int = 32) -> dict:
+    """Mean PSNR / SSIM of ``fn(lr_uint8) -> hr_uint8`` and of bicubic on ``n`` held-out pairs."""
+    pm, sm, pb, sb = [], [], [], []
+    for hr, lr, _cap in heldout_pairs(n):
+        out = fn(lr)
+        bic = bicubic(lr, hr.shape[0])
+        pm.append(psnr(hr, out))
+        sm.append(ssim(hr, out))
+        pb.append(psnr(hr, bic))
+        sb.append(ssim(hr, bic))
+    return {"n": n, "psnr": float(np.mean(pm)), "ssim": float(np.mean(sm)),
+            "bicubic_psnr": float(np.mean(pb)), "bicubic_ssim": float(np.mean(sb))}
+
+
+def train_swinir(
+    run_dir: Path,
+    preset: SwinIRPreset,
+    seed: int = 0,
+    checkpoint_every_s: float = 180.0,
+    max_minutes: float | None = None,
+    eval_images: int = 32,
+    progress: bool = True,
+) -> dict:
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    set_threads(preset.threads)
+    seed_everything(seed)
+    model = build_swinir(preset.model)
+    opt = torch.optim.AdamW(model.parameters(), lr=preset.lr, weight_decay=0.0, betas=(0.9, 0.99))
+    ema = EMA({"model": model}, preset.ema_decay)
+    ckpt_path = run_dir / "checkpoint.pt"
+    start, trained_s = 0, 0.0
+    ck = load_checkpoint(ckpt_path)
+    if ck is not None:
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        ema.load_state_dict(ck["ema"])
+        start, trained_s = int(ck["step"]), float(ck.get("trained_s", 0.0))
+        set_rng_state(ck["rng"])
+        print(f"resumed SwinIR training at step {start}")
+    (run_dir / "train_config.json").write_text(json.dumps({"preset": preset.to_dict(), "seed": seed}, indent=2))
+    log = JsonLog(run_dir / "log.jsonl")
+    src = SRPairs(TRAIN_SEED + seed)
+    budget_s = preset.time_budget_minutes * 60 if preset.time_budget_minutes else None
+    steps = preset.steps
+
+    def save(step: int, done: bool = False) -> None:
+        save_checkpoint(ckpt_path, {"model": model.state_dict(), "optimizer": opt.state_dict(),
+                                    "ema": ema.state_dict(), "step": step, "trained_s": trained_s,
+                                    "rng": rng_state(), "preset": preset.to_dict(), "done": done})
+
+    if ck is not None and ck.get("done"):
+        print("training already finished")
+    else:
+        model.train()
+        it = itertools.count(start) if budget_s else range(start, steps)
+        bar = tqdm(it, initial=start, total=None if budget_s else steps, desc="train-swinir", disable=not progress,
+                   mininterval=5)
+        t_start, last_save, ema_loss, step = time.time(), time.time(), None, start
+        for step in bar:
+            t0 = time.time()
+            if budget_s:
+                lr = lr_at(int(trained_s / budget_s * 100_000), 100_000, 0, preset.lr) * min(1.0, (step + 1) / preset.warmup)
+            else:
+                lr = lr_at(step, steps, preset.warmup, preset.lr)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            x, y = batch_at(src, step, preset.batch, preset.lr_patch, seed)
+            loss = (model(x) - y).abs().mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            ema.update({"model": model})
+            trained_s += time.time() - t0
+            ema_loss = loss.item() if ema_loss is None else 0.98 * ema_loss + 0.02 * loss.item()
+            if step % 25 == 0:
+                log.write(step=step, loss=round(loss.item(), 5), loss_ema=round(ema_loss, 5), lr=lr,
+                          trained_min=round(trained_s / 60, 2))
+                bar.set_postfix(loss=f"{ema_loss:.4f}")
+            if time.time() - last_save > checkpoint_every_s:
+                save(step + 1)
+                last_save = time.time()
+            if budget_s and trained_s >= budget_s:
+                break
+            if max_minutes is not None and time.time() - t_start > max_minutes * 60:
+                save(step + 1)
+                print(f"stopped at step {step + 1} (--max-minutes)")
+                return {"steps": step + 1, "stopped_early": True}
+        start = step + 1
+        save(start, done=True)
+    model.load_state_dict(ema.shadow["model"])
+    model.eval()
+    result = {"steps": start, "training_minutes": round(trained_s / 60, 1),
+              "params": sum(p.numel() for p in model.parameters())}
+    if eval_images:
+        result.update(evaluate_sr(lambda lr: upscale_uint8(model, lr), n=eval_images))
+    (run_dir / "result.json").write_text(json.dumps(result, indent=2) + "\n")
+    log.write(**result)
+    print(json.dumps(result))
+    return result
+
+
+def export_swinir(run_dir: str | Path, out_file: str | Path, use_ema: bool = True) -> Path:
+    """Write the run's weights as a float32 safetensors state dict with SwinIR's own keys."""
+    from safetensors.torch import save_file
+
+    run_dir, out_file = Path(run_dir), Path(out_file)
+    ck = load_checkpoint(require(run_dir / "checkpoint.pt", "SwinIR checkpoint",
+                                 f"run train-swinir --out {run_dir} first"))
+    model = build_swinir(ck["preset"]["model"])
+    model.load_state_dict(ck["ema"]["shadow"]["model"] if use_ema else ck["model"])
+    sd = {k: v.detach().float().contiguous() if v.dtype.is_floating_point else v.contiguous()
+          for k, v in model.state_dict().items()}
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"architecture": "SwinIR", "scale": str(SCALE), "training_step": str(ck["step"]),
+            "config": json.dumps(ck["preset"]["model"])}
+    save_file(sd, str(out_file), metadata=meta)
+    return out_file
+
+
+def load_swinir_file(path: str | Path):
+    """Load a SwinIR file through spandrel (what the studio does): -> ImageModelDescriptor."""
+    from safetensors.torch import load_file
+
+    spandrel = import_spandrel()
+    return spandrel.ModelLoader().load_from_state_dict(load_file(str(path)))
+
+
+def main_train_swinir(args) -> None:
+    preset = SWINIR_PRESETS[args.preset]
+    for flag, name in (("batch", "batch"), ("threads", "threads"), ("lr", "lr"), ("steps", "steps")):
+        if getattr(args, flag, None) is not None:
+            setattr(preset, name, getattr(args, flag))
+    if args.steps is not None:
+        preset.time_budget_minutes = None
+    if args.time_budget_minutes is not None:
+        preset.time_budget_minutes = args.time_budget_minutes
+    train_swinir(Path(args.out), preset, seed=args.seed, max_minutes=args.max_minutes, eval_images=args.eval_images)
+
+
+def main_export_swinir(args) -> None:
+    out = export_swinir(args.run_dir, args.out, use_ema=not args.no_ema)
+    desc = load_swinir_file(out)
+    print(f"exported {out} ({out.stat().st_size / 1e6:.2f} MB): spandrel sees {desc.architecture.id} x{desc.scale}")
