@@ -27,7 +27,7 @@ def make_backend(settings, demo: bool = False):
         return DemoBackend()
     from studio.backends.local import LocalBackend
 
-    return LocalBackend(device=settings.engine_device())
+    return LocalBackend(device=settings.engine_device(), model_folders=settings.model_folders)
 
 
 def build_window(settings=None, backend=None, *, model: str | None = None, output_dir: str | None = None,

@@ -89,7 +89,7 @@ class Worker(QObject):
         self._stop = False
         self._preload = False
         self._thread: threading.Thread | None = None
-        self._pending_step: tuple[int, StepInfo] | None = None
+        self._pending_steps: list[tuple[int, StepInfo]] = []
         self._step_lock = threading.Lock()
         self._step_ready.connect(self._deliver_step)
 
@@ -188,15 +188,20 @@ class Worker(QObject):
     @Slot()
     def _deliver_step(self) -> None:
         with self._step_lock:
-            pending, self._pending_step = self._pending_step, None
-        if pending is not None:
-            emit(self.step, *pending)
+            pending, self._pending_steps = self._pending_steps, []
+        for item in pending:
+            emit(self.step, *item)
 
     def _post_step(self, job: _Job, info: StepInfo) -> None:
-        # Coalesce: if the UI has not taken the last preview yet, the newer one replaces it.
+        # Coalesce: if the UI has not taken the last preview yet, the newer one replaces it, within one
+        # part of a run; a tile's last preview is kept, so every finished tile shows in place.
         with self._step_lock:
-            had_pending = self._pending_step is not None
-            self._pending_step = (job.id, info)
+            had_pending = bool(self._pending_steps)
+            last = self._pending_steps[-1] if had_pending else None
+            if last is not None and last[0] == job.id and (last[1].stage, last[1].part) == (info.stage, info.part):
+                self._pending_steps[-1] = (job.id, info)
+            else:
+                self._pending_steps.append((job.id, info))
         if not had_pending:
             emit(self._step_ready)
 

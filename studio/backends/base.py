@@ -35,7 +35,7 @@ class BackendInfo:
     keeps_latents: bool = False  # results carry every step's latent
     decodes_steps: bool = False  # decode_step() works on a kept latent
     preview_kinds: tuple[str, ...] = ("x0",)  # per-step preview views it can send
-    upscalers: tuple[str, ...] = ()
+    upscalers: tuple[tuple[str, str], ...] = ()  # (id to put in a request, label: name, architecture, scale)
     devices: tuple[str, ...] = ()
     device: str = ""  # the one in use, once started
     version: str = ""

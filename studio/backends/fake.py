@@ -110,6 +110,9 @@ class FakeBackend:
         t0 = time.perf_counter()
         seed = request.seed if request.seed is not None else 4242
         w, h = request.width or self.size, request.height or self.size
+        if request.mode == "upscale":
+            w, h = request.upscale_size()
+            return self._upscale(request, request.replace(seed=seed), w, h, on_step, cancel, t0)
         if request.init_image is not None and request.mode != "txt2img":
             h, w = request.init_image.shape[:2]  # like the engine: the result has the input's size
         used = request.replace(seed=seed, width=w, height=h)
@@ -142,6 +145,28 @@ class FakeBackend:
             latents=latents if self.keeps_latents else None, x0=x0 if self.keeps_latents else None,
             model_name="fake", timings={"total": time.perf_counter() - t0}, steps_done=n, step_previews=previews,
         )  # fmt: skip
+
+    def _upscale(self, request, used, w, h, on_step, cancel, t0) -> GenerateResult:
+        """Four tiles (2x2) of `steps` steps each, previews placed by region; the result is the input,
+        nearest-neighbour enlarged (red + 1 so a test can tell it from the input)."""
+        tiles = [(x, y, w // 2 if x == 0 else w - w // 2, h // 2 if y == 0 else h - h // 2)
+                 for y in (0, h // 2) for x in (0, w // 2)]  # fmt: skip
+        n = request.steps
+        for part, region in enumerate(tiles, 1):
+            for i in range(1, n + 1):
+                if not self._wait_step(cancel):
+                    return GenerateResult([], used, [], cancelled=True, steps_done=i - 1)
+                self.steps_run += 1
+                if on_step is not None:
+                    on_step(StepInfo(i, n, time.perf_counter() - t0, self.preview_image(100 + part), stage="tile",
+                                     part=part, parts=len(tiles), region=region))  # fmt: skip
+        src = request.init_image
+        ys = np.arange(h) * src.shape[0] // h
+        xs = np.arange(w) * src.shape[1] // w
+        out = src[ys][:, xs].copy()
+        out[..., 0] = np.minimum(out[..., 0].astype(np.int16) + 1, 255).astype(np.uint8)
+        return GenerateResult([out], used.replace(width=w, height=h), [used.seed], model_name="fake",
+                              timings={"total": time.perf_counter() - t0}, steps_done=n * len(tiles))  # fmt: skip
 
     def decode_step(self, model: str | None, latent: np.ndarray) -> np.ndarray:
         self.thread_names.append(threading.current_thread().name)

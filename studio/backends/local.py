@@ -3,24 +3,29 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import threading
+from pathlib import Path
 
 import numpy as np
 
 from studio.engine.requests import GenerateRequest, GenerateResult
 from studio.engine.samplers import SAMPLER_NAMES, SCHEDULE_NAMES
+from studio.paths import MODELS_DIR
 
 from .base import BackendInfo, StepCallback
 
-MODES = ("txt2img", "img2img", "inpaint")
+log = logging.getLogger(__name__)
+MODES = ("txt2img", "img2img", "inpaint", "upscale")
 
 
 class LocalBackend:
     """studio.engine.Engine behind the Backend protocol; the engine is built on first use."""
 
-    def __init__(self, device: str | None = None, threads: int | None = None):
+    def __init__(self, device: str | None = None, threads: int | None = None, model_folders=()):
         self._device = device
         self._threads = threads
+        self._folders = [Path(f) for f in model_folders]
         self._engine = None
         self._info = BackendInfo(
             name="Local engine", modes=MODES, samplers=tuple(SAMPLER_NAMES), schedules=tuple(SCHEDULE_NAMES),
@@ -36,8 +41,19 @@ class LocalBackend:
 
             self._engine = Engine(device=self._device, threads=self._threads)
             self._info = dataclasses.replace(self._info, devices=_available_devices(),
-                                             device=str(self._engine.device))  # fmt: skip
+                                             device=str(self._engine.device), upscalers=self._upscalers())  # fmt: skip
         return self._info
+
+    def _upscalers(self) -> tuple[tuple[str, str], ...]:
+        """Upscaler model files in the model folders (spandrel knows them), as (path, label)."""
+        try:
+            from studio.engine.upscalers import scan_upscalers
+
+            found = scan_upscalers([MODELS_DIR, *self._folders])
+        except Exception:  # noqa: BLE001 - no upscaler list is no reason to refuse to start
+            log.exception("scanning for upscaler models")
+            return ()
+        return tuple((str(u.path), f"{u.name} ({u.architecture} x{u.scale:g})") for u in found)
 
     @property
     def engine(self):

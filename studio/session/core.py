@@ -57,6 +57,7 @@ class Session(QObject):
     capabilities_changed = Signal(object)  # BackendInfo, once the backend has started
     crop_changed = Signal(object)  # the "only masked" inpaint area (x, y, w, h) a run would use, or None
     live_overlay = Signal(object, object)  # QImage (ARGB, alpha = feathered mask) and its rect, or None, None
+    live_canvas = Signal(QImage)  # an upscale forming: the output with its finished tiles in place
 
     def __init__(
         self,
@@ -189,7 +190,9 @@ class Session(QObject):
         job = self.book.add(TrackedJob(job_id, JobKind.GENERATE, label, total=request.steps,
                                        width=request.width or 0, height=request.height or 0,
                                        detail=RunPlan.for_request(request)))  # fmt: skip
-        if request.mode != "txt2img":  # the run keeps the canvas size
+        if request.mode == "upscale":
+            job.width, job.height = request.upscale_size()
+        elif request.mode != "txt2img":  # the run keeps the canvas size
             job.height, job.width = request.init_image.shape[:2]
         self._on_jobs()
         return job_id
@@ -209,7 +212,11 @@ class Session(QObject):
             if not doc.has_mask():
                 raise RequestError("Paint a mask over the area to repaint first (the brush: B)")
             mask = doc.mask
-        return request.replace(init_image=doc.image_array(), mask=mask)
+        image = doc.image_array()
+        if request.mode == "upscale" and doc.selection is not None:
+            x, y, w, h = doc.selection  # a region of the image: it becomes the upscaled canvas
+            image = image[y : y + h, x : x + w]
+        return request.replace(init_image=image, mask=mask)
 
     def inpaint_crop(self) -> tuple[int, int, int, int] | None:
         """The rectangle an "only masked" inpaint would work on (image px), or None."""
@@ -513,6 +520,11 @@ class Session(QObject):
 
     def _start_run(self, job_id: int) -> None:
         job = self.book.get(job_id)
+        plan = job.detail if job is not None else None
+        if isinstance(plan, RunPlan) and plan.mode == "upscale":
+            plan.start_canvas(job.width, job.height)  # the input, resized: tiles form over it
+            if plan.canvas is not None:
+                emit(self.live_canvas, plan.canvas)
         self.book.running = job_id
         self._run_started = time.monotonic()
         self._first_step = None
@@ -539,6 +551,9 @@ class Session(QObject):
                 overlay = plan.overlay(arr)
                 if overlay is not None:
                     emit(self.live_overlay, overlay, plan.rect)
+            elif isinstance(plan, RunPlan) and plan.mode == "upscale" and plan.canvas is not None:
+                plan.paint(arr, info.region)
+                emit(self.live_canvas, plan.canvas)
         emit(self.jobs_changed)
 
     def _eta(self, step: int, total: int, elapsed: float) -> float:

@@ -43,6 +43,7 @@ class Document(QObject):
     mask_changed = Signal(object)  # the Rect (x, y, w, h) that changed, or None: all of it
     history_changed = Signal()
     changed = Signal()  # anything an autosave should write (image, mask or history)
+    selection_changed = Signal(object)  # the selected rectangle (x, y, w, h in image px), or None
 
     def __init__(self, parent: QObject | None = None):
         super().__init__(parent)
@@ -52,6 +53,7 @@ class Document(QObject):
         self._mask: np.ndarray | None = None
         self.history = History(on_change=lambda: emit(self.history_changed))
         self._stroke: tuple[str, np.ndarray | None, Rect | None] | None = None  # label, mask before, touched
+        self.selection: Rect | None = None  # a region to work on (upscale it), not part of the undo history
 
     # -- image --------------------------------------------------------------------------------
 
@@ -81,7 +83,20 @@ class Document(QObject):
         self.history.push(ImageEdit(label, before, self.state()))
         emit(self.changed)
 
+    def set_selection(self, rect: Rect | None) -> None:
+        """Select a rectangle of the image (clipped to it; None or an empty one clears the selection)."""
+        if rect is not None:
+            w, h = self.size()
+            rect = clip_rect(tuple(int(v) for v in rect), w, h)
+            if rect is not None and (rect[2] < 2 or rect[3] < 2):
+                rect = None
+        if rect != self.selection:
+            self.selection = rect
+            emit(self.selection_changed, rect)
+
     def _apply(self, state: DocState) -> None:
+        if self.image is None or state.image is None or self.image.size() != state.image.size():
+            self.set_selection(None)  # a selection belongs to an image of its size
         mask_before = self._mask
         self.image, self.path, self.caption = state.image, state.path, state.caption
         self._mask = state.mask.copy() if state.mask is not None else None  # never paint into a history entry

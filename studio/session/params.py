@@ -10,8 +10,9 @@ from studio.engine.requests import GenerateRequest
 
 # Fields a stored PNG's parameters can restore into the panel (the model only if it is here).
 RESTORED_FIELDS = ("prompt", "negative_prompt", "sampler", "schedule", "steps", "cfg", "seed", "width", "height",
-                   "strength", "mask_blur", "inpaint_area", "inpaint_padding", "masked_content")
-MODES = ("txt2img", "img2img", "inpaint")  # what the panel's mode switch offers
+                   "strength", "mask_blur", "inpaint_area", "inpaint_padding", "masked_content", "scale",
+                   "upscale_mode")
+MODES = ("txt2img", "img2img", "inpaint", "upscale")  # what the panel's mode switch offers
 
 
 @dataclass
@@ -35,6 +36,12 @@ class Params:
     inpaint_area: str = "whole"  # "whole" picture or only the "masked" area (at full working resolution)
     inpaint_padding: int = 32
     masked_content: str = "original"  # original, fill, noise
+    upscale_mode: str = "diffusion"  # resize, model, diffusion, latent
+    scale: float = 2.0
+    upscaler: str = ""  # an upscaler the backend lists (a file locally); "": Lanczos
+    tile: int = 0  # px; 0: automatic
+    tile_overlap: int = 0
+    upscale_strength: float = 0.3  # a diffusion upscale keeps the composition: low strength
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -68,6 +75,8 @@ class Params:
         return p
 
     def to_request(self, preview: str = "x0") -> GenerateRequest:
+        if self.mode == "upscale":
+            return self._upscale_request(preview)
         return GenerateRequest(
             prompt=self.prompt,
             negative_prompt=self.negative_prompt,
@@ -88,3 +97,13 @@ class Params:
             inpaint_padding=int(self.inpaint_padding),
             masked_content=self.masked_content,
         )
+
+    def _upscale_request(self, preview: str) -> GenerateRequest:
+        # The panel's width x height is the text-to-image size; an upscale goes by its factor.
+        return GenerateRequest(
+            prompt=self.prompt, negative_prompt=self.negative_prompt, model=self.model or None, mode="upscale",
+            sampler=self.sampler, schedule=self.schedule, steps=int(self.steps), cfg=float(self.cfg),
+            seed=None if self.seed < 0 else int(self.seed), preview=preview, strength=float(self.upscale_strength),
+            upscale_mode=self.upscale_mode, scale=float(self.scale), upscaler=self.upscaler or None,
+            tile=int(self.tile), tile_overlap=int(self.tile_overlap),
+        )  # fmt: skip

@@ -6,13 +6,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-from PySide6.QtGui import QImage
+from PySide6.QtCore import QRect, Qt
+from PySide6.QtGui import QImage, QPainter
 
 from studio.engine.requests import GenerateRequest
 from studio.qimage import array_to_qimage
 
 Rect = tuple[int, int, int, int]  # x, y, w, h in image pixels
-MODE_LABELS = {"txt2img": "Generate", "img2img": "Image to image", "inpaint": "Inpaint"}
+MODE_LABELS = {"txt2img": "Generate", "img2img": "Image to image", "inpaint": "Inpaint", "upscale": "Upscale"}
 CROP_FIELDS = frozenset({"mode", "inpaint_area", "inpaint_padding", "mask_blur", "width", "height"})
 
 
@@ -38,9 +39,13 @@ class RunPlan:
     mask: np.ndarray | None = field(default=None, repr=False)  # the mask inside rect
     blur: int = 0
     _alpha: dict[tuple[int, int], np.ndarray] = field(default_factory=dict, repr=False)
+    source: np.ndarray | None = field(default=None, repr=False)  # an upscale's input
+    canvas: QImage | None = field(default=None, repr=False)  # an upscale forming at its output size
 
     @classmethod
     def for_request(cls, r: GenerateRequest) -> RunPlan:
+        if r.mode == "upscale" and r.init_image is not None:
+            return cls(r.mode, source=r.init_image)
         if r.mode != "inpaint" or r.mask is None or r.init_image is None:
             return cls(r.mode)
         h, w = r.mask.shape
@@ -72,3 +77,23 @@ class RunPlan:
         if radius >= 0.5:
             small = small.filter(ImageFilter.GaussianBlur(radius))
         return np.asarray(small, np.uint8)
+
+    # -- an upscale forming ---------------------------------------------------------------------
+
+    def start_canvas(self, width: int, height: int) -> None:
+        if self.source is None or width <= 0 or height <= 0:
+            return
+        base = array_to_qimage(self.source)
+        self.canvas = base.scaled(width, height, Qt.AspectRatioMode.IgnoreAspectRatio,
+                                  Qt.TransformationMode.SmoothTransformation).convertToFormat(
+                                      QImage.Format.Format_RGB888)  # fmt: skip
+
+    def paint(self, preview: np.ndarray, region: Rect | None) -> None:
+        """A tile's preview into its place on the forming output (the whole output when region is None)."""
+        if self.canvas is None:
+            return
+        x, y, w, h = region if region is not None else (0, 0, self.canvas.width(), self.canvas.height())
+        painter = QPainter(self.canvas)
+        painter.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform, True)
+        painter.drawImage(QRect(int(x), int(y), int(w), int(h)), array_to_qimage(np.ascontiguousarray(preview)))
+        painter.end()

@@ -40,13 +40,15 @@ from studio.session.brush import MAX_SIZE, MIN_SIZE, Stroke
 
 Rect = tuple[int, int, int, int]  # x, y, w, h in image px
 
-TOOLS = ("pan", "brush", "eraser")
+TOOLS = ("pan", "brush", "eraser", "select")
 TOOLTIPS = {
     "pan": "The current image. Wheel: zoom, drag: pan, double-click: fit. Drop a PNG here to load its parameters.",
     "brush": "Brush: drag to paint the mask (the area to repaint). [ and ]: smaller / larger brush. "
     "Middle-drag or Space + drag: pan, wheel: zoom, middle double-click: fit.",
     "eraser": "Eraser: drag to remove the mask. [ and ]: smaller / larger brush. "
     "Middle-drag or Space + drag: pan, wheel: zoom, middle double-click: fit.",
+    "select": "Select: drag a rectangle (a region to upscale); a click without dragging clears it. "
+    "Middle-drag: pan, wheel: zoom.",
 }
 _TEXT_INPUTS = ("QLineEdit", "QTextEdit", "QPlainTextEdit", "QAbstractSpinBox")
 
@@ -92,6 +94,8 @@ class Canvas(QWidget):
         self._space = False  # Space held: left-drag pans
         self._filtering = False  # the application key filter, while the pointer is over the canvas
         self._crop: Rect | None = None
+        self._select_from: tuple[int, int] | None = None  # a selection being dragged: its first corner
+        self._select_rect: Rect | None = None
         self._live: tuple[QImage, Rect] | None = None
         self.setMinimumSize(240, 240)
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
@@ -148,6 +152,7 @@ class Canvas(QWidget):
         self._own_mask = None
         if document is not None:
             document.mask_changed.connect(self._on_mask_changed)
+            document.selection_changed.connect(lambda _rect: self.update())
         self._on_mask_changed(None)
 
     def _mask_array(self) -> np.ndarray | None:
@@ -441,6 +446,10 @@ class Canvas(QWidget):
             p.drawImage(self.widget_rect(rect), image)
         if self._crop is not None:
             self._draw_crop(p, self.widget_rect(self._crop))
+        selection = self.selection_rect()
+        if selection is not None:
+            self._draw_crop(p, self.widget_rect(selection), f"selection {selection[2]}×{selection[3]}",
+                            QColor(124, 92, 255, 255))  # fmt: skip
         if self._caption:
             p.setPen(QColor("#8a909a"))
             p.drawText(QRectF(0, r.bottom() + 4, self.width(), 18), Qt.AlignmentFlag.AlignHCenter, self._caption)
@@ -473,20 +482,19 @@ class Canvas(QWidget):
         dest = QRectF(target.left() + x0 / sx, target.top() + y0 / sy, (x1 - x0) / sx, (y1 - y0) / sy)
         p.drawImage(dest, image, QRectF(x0, y0, x1 - x0, y1 - y0))
 
-    def _draw_crop(self, p: QPainter, rect: QRectF) -> None:
+    def _draw_crop(self, p: QPainter, rect: QRectF, label: str = "inpaint area", colour: QColor | None = None) -> None:
         p.save()
         p.setRenderHint(QPainter.RenderHint.Antialiasing, False)
         p.setBrush(Qt.BrushStyle.NoBrush)
         p.setPen(QPen(QColor(0, 0, 0, 200), 1))
         p.drawRect(rect)
-        dashed = QPen(QColor(255, 255, 255, 230), 1)
+        dashed = QPen(colour or QColor(255, 255, 255, 230), 1)
         dashed.setDashPattern([5, 4])
         p.setPen(dashed)
         p.drawRect(rect)
         font = QFont(p.font())
         font.setPointSizeF(max(6.0, font.pointSizeF() * 0.8))
         p.setFont(font)
-        label = "inpaint area"
         fm = p.fontMetrics()
         w, h = fm.horizontalAdvance(label) + 8, fm.height() + 2
         top = rect.top() - h - 1 if rect.top() - h - 1 >= 0 else rect.top() + 1
@@ -581,6 +589,10 @@ class Canvas(QWidget):
         elif left and self._paints():
             self._begin_stroke(event.position())
             event.accept()
+        elif left and self._tool == "select" and self.document is not None and not self._image.isNull():
+            self._select_from = self._image_point(event.position())
+            self._select_rect = None
+            event.accept()
         else:
             super().mousePressEvent(event)
 
@@ -603,6 +615,9 @@ class Canvas(QWidget):
                 self._paint_to(pos)
             else:  # the release went elsewhere
                 self._end_stroke()
+        if self._select_from is not None:
+            self._select_rect = self._rect_between(self._select_from, self._image_point(pos))
+            self.update()
         self._update_outline(old)
 
     def mouseReleaseEvent(self, event: QMouseEvent) -> None:
@@ -613,8 +628,30 @@ class Canvas(QWidget):
         elif self._stroke is not None and event.button() == Qt.MouseButton.LeftButton:
             self._paint_to(event.position())
             self._end_stroke()
+        elif self._select_from is not None and event.button() == Qt.MouseButton.LeftButton:
+            rect = self._rect_between(self._select_from, self._image_point(event.position()))
+            self._select_from = self._select_rect = None
+            self.document.set_selection(rect)  # a click (no drag) clears it
+            self.update()
         else:
             super().mouseReleaseEvent(event)
+
+    def _image_point(self, pos: QPointF) -> tuple[int, int]:
+        p = self.to_image(pos)
+        w, h = self._image.width(), self._image.height()
+        return (min(max(0, round(p.x())), w), min(max(0, round(p.y())), h))
+
+    @staticmethod
+    def _rect_between(a: tuple[int, int], b: tuple[int, int]) -> Rect | None:
+        x0, x1 = sorted((a[0], b[0]))
+        y0, y1 = sorted((a[1], b[1]))
+        return (x0, y0, x1 - x0, y1 - y0) if x1 - x0 >= 2 and y1 - y0 >= 2 else None
+
+    def selection_rect(self) -> Rect | None:
+        """The selection shown: the one being dragged, else the document's."""
+        if self._select_from is not None:
+            return self._select_rect
+        return self.document.selection if self.document is not None else None
 
     def _refresh_cursor(self) -> None:
         if self._drag_from is not None:

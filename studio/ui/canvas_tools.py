@@ -25,7 +25,7 @@ from studio.session.brush import MAX_SIZE, MIN_SIZE
 from studio.ui.canvas import Canvas
 from studio.ui.theme import icon
 
-SHORTCUTS = {"pan": "H", "brush": "B", "eraser": "E"}
+SHORTCUTS = {"pan": "H", "brush": "B", "eraser": "E", "select": "M"}
 
 
 class CanvasToolbar(QWidget):
@@ -47,7 +47,8 @@ class CanvasToolbar(QWidget):
             "eraser": "Eraser (E): remove the mask. [ and ]: smaller / larger",
         }
         self.tool_buttons: dict[str, QToolButton] = {}
-        for name in ("pan", "brush", "eraser"):
+        tips["select"] = "Select (M): drag a rectangle, a region to upscale; a click clears it"
+        for name in ("pan", "brush", "eraser", "select"):
             b = self._button(name, tips[name], checkable=True)
             b.setText(name.capitalize())
             self.tools.addButton(b)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from PySide6.QtCore import Qt
 from PySide6.QtWidgets import (
     QButtonGroup,
     QComboBox,
@@ -22,6 +23,13 @@ MODE_BUTTONS = (
     ("txt2img", "Text", "Text to image: a new image from the prompt (Ctrl+1)"),
     ("img2img", "Image", "Image to image: the canvas image as the start, changed by the prompt (Ctrl+2)"),
     ("inpaint", "Inpaint", "Inpaint: repaint the masked area of the canvas from the prompt (Ctrl+3)"),
+    ("upscale", "Upscale", "Upscale the canvas image, or the selected region of it (Ctrl+4)"),
+)
+METHODS = (
+    ("diffusion", "Diffusion upscale", "Resize, then repaint in tiles with the model at a low strength: new detail"),
+    ("model", "Upscaler model", "An upscaler model (ESRGAN, SwinIR...) from the model folders, in tiles"),
+    ("latent", "Latent upscaler (x4)", "The x4 latent upscaler: pick a model of that layout in Model"),
+    ("resize", "Resize (Lanczos)", "Plain Lanczos resampling: fast, no new detail"),
 )
 AREAS = (("whole", "Whole picture"), ("masked", "Only masked"))
 CONTENTS = (("original", "Original"), ("fill", "Fill"), ("noise", "Latent noise"))
@@ -150,4 +158,115 @@ class CanvasOptions(QWidget):
                 w.blockSignals(False)
         for w in self.inpaint_only:
             w.setVisible(p.mode == "inpaint")
-        self.setVisible(p.mode != "txt2img")
+        self.setVisible(p.mode in ("img2img", "inpaint"))
+
+
+class UpscaleOptions(QWidget):
+    """How to upscale: the method, the factor, the upscaler model, the strength and the tiles."""
+
+    def __init__(self, session: Session, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.session = session
+        grid = QGridLayout(self)
+        grid.setContentsMargins(0, 0, 0, 0)
+        grid.setHorizontalSpacing(8)
+        grid.setVerticalSpacing(6)
+        self.method = QComboBox()
+        for value, label, tip in METHODS:
+            self.method.addItem(label, value)
+            self.method.setItemData(self.method.count() - 1, tip, Qt.ItemDataRole.ToolTipRole)
+        self.method.setToolTip("How to upscale. Diffusion adds detail with the model; an upscaler model sharpens")
+        self.scale = QDoubleSpinBox()
+        self.scale.setRange(1.0, 8.0)
+        self.scale.setSingleStep(0.5)
+        self.scale.setDecimals(1)
+        self.scale.setSuffix("×")
+        self.scale.setToolTip("The upscale factor: 2× doubles width and height")
+        self.upscaler = QComboBox()
+        self.upscaler.setToolTip(
+            "The upscaler model: for the Upscaler model method, and the resize step of a diffusion upscale "
+            "(Lanczos otherwise). Files in the model folders that spandrel knows (ESRGAN, SwinIR, HAT...)"
+        )
+        self.strength = QDoubleSpinBox()
+        self.strength.setRange(0.01, 1.0)
+        self.strength.setSingleStep(0.05)
+        self.strength.setDecimals(2)
+        self.strength.setToolTip("Denoising strength of a diffusion upscale: 0.3 keeps the picture, higher invents")
+        self.tile = QSpinBox()
+        self.tile.setRange(0, 4096)
+        self.tile.setSingleStep(64)
+        self.tile.setSpecialValueText("Auto")
+        self.tile.setSuffix(" px")
+        self.tile.setToolTip("Tile size in output pixels (Auto: the model's working size, or the upscaler's advice)")
+        self.overlap = QSpinBox()
+        self.overlap.setRange(0, 512)
+        self.overlap.setSingleStep(8)
+        self.overlap.setSpecialValueText("Auto")
+        self.overlap.setSuffix(" px")
+        self.overlap.setToolTip("How much neighbouring tiles overlap, blended so no seam shows (Auto: a good default)")
+        self.target = QLabel()
+        self.target.setObjectName("Muted")
+        self.target.setToolTip("What will be upscaled, and to what size")
+        rows = (("Method", self.method, 0, 0, 2), ("Factor", self.scale, 2, 0, 1), ("Strength", self.strength, 2, 1, 1),
+                ("Upscaler", self.upscaler, 4, 0, 2), ("Tile", self.tile, 6, 0, 1), ("Overlap", self.overlap, 6, 1, 1))
+        for label, widget, row, col, span in rows:
+            grid.addWidget(CanvasOptions._label(label), row, col, 1, span)
+            grid.addWidget(widget, row + 1, col, 1, span)
+        grid.addWidget(self.target, 8, 0, 1, 2)
+
+        s = session
+        self.method.currentIndexChanged.connect(lambda _i: s.update_params(upscale_mode=self.method.currentData()))
+        self.scale.valueChanged.connect(lambda v: s.update_params(scale=float(v)))
+        self.upscaler.currentIndexChanged.connect(lambda _i: s.update_params(upscaler=self.upscaler.currentData() or ""))
+        self.strength.valueChanged.connect(lambda v: s.update_params(upscale_strength=float(v)))
+        self.tile.valueChanged.connect(lambda v: s.update_params(tile=int(v)))
+        self.overlap.valueChanged.connect(lambda v: s.update_params(tile_overlap=int(v)))
+        for signal in (self.method.currentIndexChanged, self.scale.valueChanged):
+            signal.connect(lambda *_: self._update_target())
+        s.capabilities_changed.connect(lambda info: self.set_upscalers(info.upscalers))
+        s.document.image_changed.connect(lambda _image: self._update_target())
+        s.document.selection_changed.connect(lambda _rect: self._update_target())
+        self.set_upscalers(s.info.upscalers)
+        self.set_params(s.params)
+
+    def set_upscalers(self, choices) -> None:
+        current = self.session.params.upscaler
+        self.upscaler.blockSignals(True)
+        self.upscaler.clear()
+        self.upscaler.addItem("Lanczos (no model)", "")
+        for value, label in choices:
+            self.upscaler.addItem(label, value)
+            self.upscaler.setItemData(self.upscaler.count() - 1, value, Qt.ItemDataRole.ToolTipRole)
+        if current and self.upscaler.findData(current) < 0:
+            self.upscaler.addItem(current.rsplit("/", 1)[-1], current)
+        self.upscaler.setCurrentIndex(max(0, self.upscaler.findData(current)))
+        self.upscaler.blockSignals(False)
+
+    def set_params(self, p: Params) -> None:
+        widgets = (self.method, self.scale, self.upscaler, self.strength, self.tile, self.overlap)
+        for w in widgets:
+            w.blockSignals(True)
+        try:
+            self.method.setCurrentIndex(max(0, self.method.findData(p.upscale_mode)))
+            self.scale.setValue(p.scale)
+            if p.upscaler and self.upscaler.findData(p.upscaler) < 0:
+                self.upscaler.addItem(p.upscaler.rsplit("/", 1)[-1], p.upscaler)
+            self.upscaler.setCurrentIndex(max(0, self.upscaler.findData(p.upscaler)))
+            self.strength.setValue(p.upscale_strength)
+            self.tile.setValue(p.tile)
+            self.overlap.setValue(p.tile_overlap)
+        finally:
+            for w in widgets:
+                w.blockSignals(False)
+        self.setVisible(p.mode == "upscale")
+        self._update_target()
+
+    def _update_target(self) -> None:
+        doc, p = self.session.document, self.session.params
+        self.strength.setEnabled(p.upscale_mode in ("diffusion", "latent"))
+        if not doc.has_image():
+            self.target.setText("Put an image on the canvas first")
+            return
+        x, y, w, h = doc.selection or (0, 0, *doc.size())
+        what = f"the selection {w}×{h}" if doc.selection else f"the image {w}×{h}"
+        self.target.setText(f"Upscales {what} to {round(w * p.scale)}×{round(h * p.scale)}")

@@ -314,7 +314,7 @@ class MainWindow(QMainWindow):
         gen_menu.addSeparator()
         self.mode_actions = []
         for n, (mode, label) in enumerate((("txt2img", "&Text to image"), ("img2img", "I&mage to image"),
-                                           ("inpaint", "I&npaint mode")), 1):  # fmt: skip
+                                           ("inpaint", "I&npaint mode"), ("upscale", "&Upscale mode")), 1):  # fmt: skip
             act = self._action(label, lambda m=mode: s.set_mode(m), QKeySequence(f"Ctrl+{n}"), "",
                                f"Switch the panel to {label.replace('&', '').lower()} (Ctrl+{n})")  # fmt: skip
             self.mode_actions.append(act)
@@ -343,6 +343,7 @@ class MainWindow(QMainWindow):
         s.step_info.connect(self._step_info)
         s.crop_changed.connect(self.canvas.set_crop_rect)
         s.live_overlay.connect(self.canvas.set_live_overlay)
+        s.live_canvas.connect(self._show_live_canvas)
         s.params_changed.connect(self._mode_tools)
         s.document.image_changed.connect(self._fit_brush)
         s.document.image_changed.connect(lambda _image: self._mode_tools(s.params))
@@ -463,8 +464,8 @@ class MainWindow(QMainWindow):
 
     def _show_preview(self, image: QImage) -> None:
         """While a run goes, the canvas shows its live preview, enlarged (an inpaint: over its area)."""
-        if self.session.running_mode() == "inpaint":
-            return  # drawn over the canvas image through the mask (live_overlay)
+        if self.session.running_mode() in ("inpaint", "upscale"):
+            return  # drawn over the canvas image through the mask (live_overlay), or as tiles (live_canvas)
         if self.session.is_running():
             self._preview_on_canvas = True
             w, h = self.session.running_size()
@@ -483,6 +484,12 @@ class MainWindow(QMainWindow):
         self.progress.setValue(step)
         self.progress.setFormat(f"step {step}/{total}")
         self.eta_label.setText(format_eta(eta) if step < total else "")
+
+    def _show_live_canvas(self, image: QImage) -> None:
+        """An upscale forming: its output, the finished tiles in place, over the resized input."""
+        if self.session.is_running():
+            self._preview_on_canvas = True
+            self.canvas.set_image(image, f"upscaling · {self.progress.format()}", smooth=True)
 
     def _step_info(self, info) -> None:
         # After `progress`: a multi-pass run relabels the bar ("tile 3/9, step 4/20").

@@ -23,13 +23,14 @@ from PySide6.QtWidgets import (
 
 from studio.engine.requests import MAX_SEED
 from studio.session import IMAGE_SUFFIXES, Params, Session
-from studio.ui.inpaint_options import CanvasOptions, ModeSwitch
+from studio.ui.inpaint_options import CanvasOptions, ModeSwitch, UpscaleOptions
 from studio.ui.theme import icon
 
 GENERATE_LABELS = {
     "txt2img": ("  Generate", "Generate from the prompt (Ctrl+Enter). Click again to queue more runs."),
     "img2img": ("  Transform", "Change the canvas image by the prompt (Ctrl+Enter)"),
     "inpaint": ("  Inpaint", "Repaint the masked area of the canvas from the prompt (Ctrl+Enter)"),
+    "upscale": ("  Upscale", "Upscale the canvas image or its selected region (Ctrl+Enter)"),
 }
 
 
@@ -183,6 +184,8 @@ class PromptPanel(QWidget):
         lay.addWidget(self.canvas_section)
         self.canvas_options = CanvasOptions(session)
         lay.addWidget(self.canvas_options)
+        self.upscale_options = UpscaleOptions(session)
+        lay.addWidget(self.upscale_options)
         lay.addStretch(0)
 
         # Generate / Cancel: outside the scroll area, always visible.
@@ -252,6 +255,7 @@ class PromptPanel(QWidget):
     def _show_mode(self, p: Params) -> None:
         self.mode_switch.show_mode(p.mode)
         self.canvas_options.set_params(p)
+        self.upscale_options.set_params(p)
         self.canvas_section.setVisible(p.mode != "txt2img")
         text, tip = GENERATE_LABELS.get(p.mode, GENERATE_LABELS["txt2img"])
         self.generate_button.setText(text)

@@ -119,3 +119,25 @@ def test_shutdown_cancels_running_and_queued_and_joins(qtbot, worker):
     assert "studio-engine" not in [t.name for t in threading.enumerate()]
     qtbot.waitUntil(lambda: running in cancelled)
     assert queued in cancelled
+
+
+def test_coalescing_keeps_the_last_preview_of_every_part(qtbot, worker):
+    from studio.engine.requests import GenerateResult, StepInfo
+
+    ended = threading.Event()
+
+    class Parts(FakeBackend):
+        def generate(self, request, on_step=None, cancel=None):
+            for part in (1, 2, 3):
+                for step in (1, 2, 3):
+                    on_step(StepInfo(step, 3, 0.0, None, stage="tile", part=part, parts=3))
+            ended.set()
+            return GenerateResult([], request, [], cancelled=True)
+
+    w = worker(Parts(auto=True))
+    got = []
+    w.step.connect(lambda job_id, info: got.append((info.part, info.step)))
+    with qtbot.waitSignal(w.cancelled):
+        w.submit(req("x"))
+        assert ended.wait(10)  # all nine steps happened while this (UI) thread handled no events
+    assert got == [(1, 3), (2, 3), (3, 3)]
