@@ -545,6 +545,7 @@ class MainWindow(QMainWindow):
         menu = QMenu(self)
         menu.addAction(icon("image"), "Show", lambda: self._gallery_show(path))
         menu.addAction(icon("open"), "Use as input", lambda: self._gallery_use(path, item))
+        menu.addAction(icon("extend"), "Upscale…", lambda: self._gallery_upscale(path, item))
         act = menu.addAction(icon("reuse"), "Reuse parameters", lambda: self.session.open_image(path))
         act.setEnabled(bool(path))
         menu.addAction(icon("copy"), "Copy image", lambda: (self._gallery_show(path), self.copy_image()))
@@ -563,6 +564,12 @@ class MainWindow(QMainWindow):
             self.show_message(f"Could not read {Path(path).name}" if path else "This image is gone", "error")
             return
         self.session.use_as_input(image, Path(path) if path else None)
+
+    def _gallery_upscale(self, path: str, item) -> None:
+        """Put the image on the canvas and switch to Upscale: the artist checks the options, then runs it."""
+        self._gallery_use(path, item)
+        self.session.set_mode("upscale")
+        self.show_message("Upscale mode: check the method and factor, then press Upscale (Ctrl+Enter)")
 
     # -- file actions --------------------------------------------------------------------------
 
