@@ -25,6 +25,13 @@ if [ $test_mode = 1 ]; then
 else
   "${pip[@]}" install -e .
 fi
+# Upscaler models (ESRGAN, SwinIR, HAT...) load through spandrel, installed with --no-deps: it requires torchvision,
+# and PyPI's torchvision is a multi-GB CUDA build that fails beside the CPU torch ("operator torchvision::nms does not
+# exist"). spandrel uses torchvision only for LaMa and RestoreFormer, which studio.engine.upscalers refuses without
+# it (a working torchvision, when there is one, is used). Its other needs: einops and typing_extensions here,
+# torch, numpy and safetensors with the studio. Pinned: the stand-in for torchvision knows what this version imports.
+"${pip[@]}" install --no-deps "spandrel==0.4.2"
+"${pip[@]}" install "einops>=0.7" "typing_extensions>=4.5"
 
 # Qt's xcb platform plugin needs these on Linux to open a real window (offscreen tests don't).
 if [ $test_mode = 0 ] && [ "$(uname -s)" = Linux ] && command -v dpkg >/dev/null 2>&1; then
