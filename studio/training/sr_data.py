@@ -90,7 +90,8 @@ def ssim(a: np.ndarray, b: np.ndarray) -> float:
 
 def import_spandrel():
     """``import spandrel`` with a stand-in ``torchvision.transforms.functional`` when torchvision is missing
-    (spandrel imports it only for two architectures we never use, LaMa and RestoreFormer)."""
+    (spandrel imports it only for two architectures we never use, LaMa and RestoreFormer). The stand-in is
+    in ``sys.modules`` only while spandrel is imported."""
     try:
         import spandrel
 
@@ -117,8 +118,16 @@ def import_spandrel():
     fn.normalize = _missing
     tr.functional = fn
     tv.transforms = tr
+    added = []
     for name, mod in (("torchvision", tv), ("torchvision.transforms", tr), ("torchvision.transforms.functional", fn)):
-        sys.modules.setdefault(name, mod)
-    import spandrel
-
+        if name not in sys.modules:
+            sys.modules[name] = mod
+            added.append(name)
+    try:
+        import spandrel
+    finally:
+        # out again at once: a module without __spec__ under that name breaks importlib.util.find_spec, which
+        # diffusers and transformers call to see whether torchvision is installed
+        for name in added:
+            sys.modules.pop(name, None)
     return spandrel
