@@ -11,7 +11,7 @@ import numpy as np
 
 from studio.engine.requests import GenerateRequest, GenerateResult
 from studio.engine.samplers import SAMPLER_NAMES, SCHEDULE_NAMES
-from studio.paths import MODELS_DIR
+from studio.paths import BUILTIN_UPSCALERS_DIR, MODELS_DIR
 
 from .base import BackendInfo, StepCallback
 
@@ -49,7 +49,7 @@ class LocalBackend:
         try:
             from studio.engine.upscalers import scan_upscalers
 
-            found = scan_upscalers([MODELS_DIR, *self._folders])
+            found = scan_upscalers([MODELS_DIR, BUILTIN_UPSCALERS_DIR, *self._folders])
         except Exception:  # noqa: BLE001 - no upscaler list is no reason to refuse to start
             log.exception("scanning for upscaler models")
             return ()

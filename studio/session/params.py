@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from studio.engine.requests import GenerateRequest
+from studio.paths import BUILTIN_LATENT_UPSCALER
 
 # Fields a stored PNG's parameters can restore into the panel (the model only if it is here).
 RESTORED_FIELDS = ("prompt", "negative_prompt", "sampler", "schedule", "steps", "cfg", "seed", "width", "height",
@@ -99,9 +100,13 @@ class Params:
         )
 
     def _upscale_request(self, preview: str) -> GenerateRequest:
-        # The panel's width x height is the text-to-image size; an upscale goes by its factor.
+        # The panel's width x height is the text-to-image size; an upscale goes by its factor. The latent
+        # method needs a model of the x4 upscaler layout: with the built-in model chosen, the built-in one.
+        model = self.model or None
+        if self.upscale_mode == "latent" and model is None and (BUILTIN_LATENT_UPSCALER / "model_index.json").is_file():
+            model = str(BUILTIN_LATENT_UPSCALER)
         return GenerateRequest(
-            prompt=self.prompt, negative_prompt=self.negative_prompt, model=self.model or None, mode="upscale",
+            prompt=self.prompt, negative_prompt=self.negative_prompt, model=model, mode="upscale",
             sampler=self.sampler, schedule=self.schedule, steps=int(self.steps), cfg=float(self.cfg),
             seed=None if self.seed < 0 else int(self.seed), preview=preview, strength=float(self.upscale_strength),
             upscale_mode=self.upscale_mode, scale=float(self.scale), upscaler=self.upscaler or None,
