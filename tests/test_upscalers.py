@@ -139,6 +139,12 @@ def test_upscale_output_size(files, key, tile):
     assert covered.all()
 
 
+def test_half_precision_only_on_cuda(files):
+    assert up.use_half("cuda", True) and not up.use_half("cuda", False)  # SwinIR: supports_half is False
+    assert not up.use_half("cpu", True) and not up.use_half("mps", True)
+    assert load_upscaler(files["esrgan_x4"], device="cpu").dtype == torch.float32
+
+
 def test_whole_run_equals_spandrel_call(files):
     """One tile: exactly what spandrel's own call gives (its padding and ours agree), to the uint8 rounding."""
     for key in ("swinir_x2", "esrgan_x4"):
@@ -238,6 +244,14 @@ def test_unknown_layout_is_named(tmp_path):
     torch.save({"state_dict": {"a": torch.zeros(3)}}, q)
     with pytest.raises(UpscalerError, match=r"random\.pth: spandrel does not know"):
         describe_upscaler(q)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")
+def test_torchscript_is_refused(tmp_path):
+    p = tmp_path / "scripted.pt"
+    torch.jit.script(torch.nn.Conv2d(3, 3, 3)).save(str(p))
+    with pytest.raises(UpscalerError, match=r"scripted\.pt: a TorchScript file, which is not supported"):
+        describe_upscaler(p)
 
 
 def test_restoration_model_is_not_an_upscaler(tmp_path):

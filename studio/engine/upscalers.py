@@ -65,6 +65,7 @@ __all__ = [
     "read_state_dict",
     "scan_upscalers",
     "torchvision_available",
+    "use_half",
 ]
 
 UPSCALER_EXTENSIONS = (".safetensors", ".pth", ".pt", ".ckpt")
@@ -477,6 +478,11 @@ def scan_upscalers(folders: Iterable[str | os.PathLike]) -> list[UpscalerInfo]:
 # ---- running one ----
 
 
+def use_half(device_type: str, supports_half: bool) -> bool:
+    """fp16 on CUDA for a model that supports it; fp32 on the CPU (and MPS, and any other device) always."""
+    return device_type == "cuda" and supports_half
+
+
 def load_upscaler(path: str | os.PathLike, device: str = "cpu") -> LoadedUpscaler:
     """Load an upscaler file onto ``device`` ("cpu", "cuda", "cuda:1", "mps"): fp16 on CUDA when the model
     supports it, fp32 everywhere else. Raises UpscalerError."""
@@ -487,7 +493,7 @@ def load_upscaler(path: str | os.PathLike, device: str = "cpu") -> LoadedUpscale
     desc = _build(_detect(sd, path), sd, path)
     info = _info(path, desc, path.stat().st_size)
     dev = torch.device(device)
-    dtype = torch.float16 if dev.type == "cuda" and desc.supports_half else torch.float32
+    dtype = torch.float16 if use_half(dev.type, desc.supports_half) else torch.float32
     desc = desc.to(dev)
     if dtype == torch.float16:
         desc = desc.half()
