@@ -65,3 +65,29 @@ def engine():
     from studio.engine.engine import Engine
 
     return Engine(device="cpu")
+
+
+@pytest.fixture(scope="session")
+def tiny_x4_model(tmp_path_factory) -> str:
+    """A random-weight pipeline of the SD x4 upscaler's layout (7-channel U-Net, 4x VAE; 32 px input tiles)."""
+    from studio.engine.tiny import build_tiny_upscaler
+
+    return str(build_tiny_upscaler(tmp_path_factory.mktemp("models") / "tiny-x4", seed=2))
+
+
+@pytest.fixture(scope="session")
+def tiny_sr_file(tmp_path_factory) -> str:
+    """A random-weight Real-ESRGAN Compact x4 upscaler file (spandrel's SRVGGNetCompact, ~10 KB safetensors)."""
+    import torch
+    from safetensors.torch import save_file
+
+    from studio.engine.upscalers import import_spandrel
+
+    import_spandrel()
+    import spandrel.architectures.Compact as compact
+
+    torch.manual_seed(0)
+    net = compact.Compact(num_in_ch=3, num_out_ch=3, num_feat=8, num_conv=2, upscale=4)
+    path = tmp_path_factory.mktemp("upscalers") / "tiny-compact-x4.safetensors"
+    save_file({k: v.detach().clone().contiguous() for k, v in net.state_dict().items()}, str(path))
+    return str(path)
