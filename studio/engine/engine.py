@@ -8,19 +8,29 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import math
 import os
 import secrets
 import threading
 import time
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 
 from ..paths import BUILTIN_MODEL
 from . import inpaint
-from .errors import OUT_OF_MEMORY, EngineError, RequestError, first_line
-from .loader import LoadedModel, load_model, model_key, resolve_model_path
+from .errors import OUT_OF_MEMORY, EngineError, ModelError, RequestError, first_line
+from .loader import (
+    LoadedModel,
+    ModelLayout,
+    check_mode,
+    load_model,
+    model_key,
+    read_layout,
+    resolve_model_path,
+)
 from .preview import latent_to_rgb, to_uint8
 from .requests import MAX_SEED, GenerateRequest, GenerateResult, StepInfo
 from .schedulers import build_scheduler
@@ -69,7 +79,19 @@ def effective_steps(r: GenerateRequest) -> int:
 class _StepTracker:
     """Follows one run: counts steps as the artist set them, keeps x_t and the x0 estimate of each."""
 
-    def __init__(self, scheduler, request: GenerateRequest, model: LoadedModel, on_step, cancel, t0: float):
+    def __init__(
+        self,
+        scheduler,
+        request: GenerateRequest,
+        model: LoadedModel,
+        on_step,
+        cancel,
+        t0: float,
+        *,
+        total: int | None = None,
+        part: dict | None = None,
+        preview_crop: tuple[float, float] = (1.0, 1.0),
+    ):
         self.scheduler = scheduler
         self.request = request
         self.model = model
@@ -79,8 +101,13 @@ class _StepTracker:
         self.last_x0: torch.Tensor | None = None
         self.latents: list[np.ndarray] = []
         self.x0: list[np.ndarray] = []
-        self.total = effective_steps(request)
+        self.total = effective_steps(request) if total is None else total
         self.preview_s = 0.0
+        # One part of a multi-pass run (a tile of an upscale): StepInfo's stage, part, parts and region.
+        self.part = part or {}
+        # The share (height, width) of the latent that is real image: a tile padded to the model's multiple
+        # previews only its own pixels.
+        self.preview_crop = preview_crop
         self._orig_step = scheduler.step
 
         # functools.wraps keeps step's signature visible: the pipelines inspect it to decide whether
@@ -134,7 +161,18 @@ class _StepTracker:
         # second-order samplers call the model twice per step, and count once.
         if not (i == n_calls - 1 or ((i + 1) > warmup and (i + 1) % order == 0)):
             return {}
-        latents = kwargs["latents"]
+        self.record(kwargs["latents"])
+        return {}
+
+    def legacy_callback(self, step: int, timestep, latents) -> None:
+        """The legacy `callback(step, t, latents)` (StableDiffusionUpscalePipeline has only this one); the
+        pipeline calls it once per artist step (callback_steps=1). Raises _Cancelled to leave the loop."""
+        if self.cancel is not None and self.cancel.is_set():
+            raise _Cancelled
+        self.record(latents)
+
+    def record(self, latents: torch.Tensor) -> None:
+        """One artist step done: keep x_t and the x0 estimate, hand out the preview, honour cancel."""
         x0 = self.last_x0 if self.last_x0 is not None and self.last_x0.shape == latents.shape else latents
         self.latents.append(latents.detach().to("cpu", torch.float16).numpy())
         self.x0.append(x0.detach().to("cpu", torch.float16).numpy())
@@ -143,12 +181,16 @@ class _StepTracker:
             preview = None
             if self.request.preview != "none":
                 src = self.x0[-1] if self.request.preview == "x0" else self.latents[-1]
-                preview = latent_to_rgb(src[0], *self.model.latent_rgb)
+                lat = src[0]
+                fh, fw = self.preview_crop
+                if fh < 1.0 or fw < 1.0:
+                    lat = lat[:, : max(1, math.ceil(lat.shape[1] * fh)), : max(1, math.ceil(lat.shape[2] * fw))]
+                preview = latent_to_rgb(lat, *self.model.latent_rgb)
             self.preview_s += time.perf_counter() - p0
-            self.on_step(StepInfo(len(self.latents), self.total, time.perf_counter() - self.t0, preview))
+            step = StepInfo(len(self.latents), self.total, time.perf_counter() - self.t0, preview, **self.part)
+            self.on_step(step)
         if self.cancel is not None and self.cancel.is_set():
             raise _Cancelled
-        return {}
 
     def restore(self) -> None:
         self.scheduler.__dict__.pop("step", None)
@@ -166,6 +208,7 @@ class Engine:
         self._model: LoadedModel | None = None
         self._lock = threading.Lock()  # guards against misuse from two threads, never held across threads
         self.loads = 0  # how many times weights were read from disk (tests check caching)
+        self._upscaler: tuple[tuple, object] | None = None  # the last upscaler model: (file key, LoadedUpscaler)
 
     # -- models -------------------------------------------------------------------------------------
     def load(self, model: str | None) -> LoadedModel:
@@ -183,9 +226,39 @@ class Engine:
 
     def unload(self) -> None:
         self._model = None
+        self._upscaler = None
+
+    def upscaler(self, path: str):
+        """The upscaler model file loaded on the engine's device (studio.engine.upscalers), the last one cached
+        by path, size and mtime. Raises UpscalerError (a ModelError) for a file that is not an upscaler."""
+        from .upscalers import load_upscaler
+
+        p = Path(path).expanduser().resolve()
+        try:
+            st = p.stat()
+        except OSError as e:
+            raise ModelError(f"Upscaler not found: {path}") from e
+        key = (str(p), st.st_size, st.st_mtime_ns, str(self.device))
+        if self._upscaler is not None and self._upscaler[0] == key:
+            return self._upscaler[1]
+        self._upscaler = None
+        loaded = load_upscaler(p, device=str(self.device))
+        self._upscaler = (key, loaded)
+        return loaded
 
     def native_size(self, model: str | None) -> tuple[int, int]:
         return self.load(model).native_size
+
+    def layout(self, model: str | None) -> ModelLayout:
+        """What a model is, from its json files (the loaded model's when it is the one asked for)."""
+        path = resolve_model_path(model, BUILTIN_MODEL)
+        if self._model is not None and self._model.key == model_key(path):
+            return self._model.layout
+        return read_layout(path)
+
+    def check_family(self, model: str | None, mode: str, upscale_mode: str = "") -> None:
+        """Refuse, before any weights are read, a model that cannot do the mode (loader.check_mode)."""
+        check_mode(self.layout(model), mode, upscale_mode)
 
     # -- generation ---------------------------------------------------------------------------------
     def generate(
@@ -198,6 +271,12 @@ class Engine:
         t_start = time.perf_counter()
         if cancel is not None and cancel.is_set():
             return GenerateResult(images=[], request=request, seeds=[], cancelled=True)
+        if request.mode == "upscale":
+            from . import upscale  # resize / upscaler model / tiled diffusion / the x4 latent upscaler
+
+            with self._lock:
+                return upscale.run(self, request, on_step, cancel, t_start)
+        self.check_family(request.model, request.mode)  # from the json files: no weights read to refuse
         with self._lock:
             model = self.load(request.model)
             t_loaded = time.perf_counter()
@@ -310,8 +389,8 @@ class Engine:
             img = Image.fromarray(np.ascontiguousarray(r.init_image)).convert("RGB")
             return img if img.size == size else img.resize(size, Image.Resampling.LANCZOS)
 
-        if model.family == "upscale" or r.mode == "upscale":
-            raise RequestError("Upscaling is not available yet")
+        if model.family == "upscale":
+            raise RequestError(f"{model.name} is an x4 upscaler model: it only upscales an image (upscale method latent)")
         if model.inpainting_unet:
             # A 9-channel U-Net always gets a mask: all ones (with a blank masked image) for txt2img and img2img.
             full = Image.new("L", size, 255)

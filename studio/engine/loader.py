@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ModelError, first_line
+from .errors import ModelError, RequestError, first_line
 
 # model_index.json _class_name -> (family, layout)
 _KNOWN = {
@@ -113,6 +113,24 @@ def read_layout(path: Path) -> ModelLayout:
     return ModelLayout(path, family, layout, in_ch, cls)
 
 
+def check_mode(layout: ModelLayout, mode: str, upscale_mode: str = "") -> None:
+    """Refuse a model that cannot do the mode, from its layout alone (no weights read): the x4 upscaler layout
+    only upscales (upscale method "latent"), and the latent upscale needs that layout."""
+    name = layout.path.name
+    if mode == "upscale" and upscale_mode == "latent":
+        if layout.family != "upscale":
+            raise RequestError(
+                f"The latent upscale needs an x4 upscaler model (StableDiffusionUpscalePipeline); {name} is a "
+                "text-to-image model: use the diffusion upscale with it"
+            )
+    elif layout.family == "upscale" and not (mode == "upscale" and upscale_mode in ("resize", "model")):
+        what = "a diffusion upscale" if mode == "upscale" else mode
+        raise RequestError(
+            f"{name} is an x4 upscaler model: it only upscales an image (upscale method latent); "
+            f"pick a text-to-image model for {what}"
+        )
+
+
 def model_key(path: Path) -> tuple[str, int]:
     idx = path / "model_index.json"
     mtime = idx.stat().st_mtime_ns if idx.exists() else path.stat().st_mtime_ns
@@ -191,8 +209,10 @@ def load_model(path: Path, device, dtype) -> LoadedModel:
     if layout.family == "sd":
         cls = getattr(diffusers, _PIPES["sd"][layout.layout])
     extra: dict[str, Any] = {}
-    if layout.family != "sdxl":
+    if layout.family == "sd":
         extra.update(safety_checker=None, requires_safety_checker=False, feature_extractor=None)
+    elif layout.family == "upscale":  # StableDiffusionUpscalePipeline takes no requires_safety_checker
+        extra.update(safety_checker=None, feature_extractor=None, watermarker=None)
     try:
         pipe = cls.from_pretrained(path, dtype=dtype, local_files_only=True, **extra)
     except Exception as e:  # noqa: BLE001 - corrupt weights raise many kinds; the artist gets one line

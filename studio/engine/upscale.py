@@ -1,0 +1,394 @@
+"""Upscaling (mode "upscale"), called by Engine.generate: resize, an upscaler model, tiled diffusion, the x4
+latent upscaler.
+
+The output size is ``request.upscale_size()`` (the input times ``scale``, or ``width x height``). Methods
+(``request.upscale_mode``):
+
+- ``resize``: Lanczos to the output size. No model, no steps, no previews.
+- ``model``: an upscaler model file (``studio.engine.upscalers``: ESRGAN, SwinIR... through spandrel), in the
+  upscaler's own tiles, then Lanczos to the exact output size where the model's factor differs. One StepInfo
+  per finished tile: stage "tile", step = part = the tile's number, total = parts = the tiles, preview = the
+  tile's upscaled pixels, region = where they go in the output.
+- ``diffusion``: resize to the output size (Lanczos, or the upscaler model when ``upscaler`` is set: its
+  tiles report stage "upscaler"), then img2img at ``strength`` with the loaded model (txt2img or 9-channel
+  inpaint) in overlapping tiles of the model's working size (its native size unless ``tile`` is set; the
+  overlap ``tile_overlap`` or an eighth of the tile), blended by ``tiling.TileBlender``'s linear ramps so no
+  seam shows. Each tile is its own img2img run: its steps go out as StepInfo(step, total, elapsed, the tile's
+  x0 preview, stage="tile", part=i, parts=n, region=the tile in output px).
+- ``latent``: a model of the SD x4 upscaler layout (``StableDiffusionUpscalePipeline``): the low-res input is
+  the condition (noised to ``X4_NOISE_LEVEL``), cut into input tiles of the U-Net's sample size (128 px for
+  stabilityai's model: 512 px out; ``tile``/``tile_overlap`` are output px, divided by 4), each 4x'd, blended
+  in the 4x image, which is Lanczos-resized to the output size when ``scale`` is not 4. ``strength`` 1 is the
+  pipeline as diffusers runs it (from pure noise); below 1 the 4x Lanczos image, encoded by the upscaler's
+  VAE, is noised to that level and only the last ``int(steps * strength)`` steps run (img2img's rule), so
+  the input's composition and colours are kept. Steps as for diffusion.
+
+Seeds: tile i (0-based, row by row) runs with ``seed + i`` (mod 2**32), so tiles draw different noise (one
+seed for all would print the same noise pattern into every tile) and the run is reproducible from its seed.
+``GenerateResult.seeds`` is ``[seed]``.
+
+The step timeline: a run of one tile (the output fits in one working tile, no padding) keeps its latents and
+x0 estimates as any run does (``result.latents``/``x0``: the whole image). A run of several tiles keeps none
+(``None``): the live previews, placed by ``region``, showed it forming; the timeline gets no steps.
+
+The result's request is the request with the seed filled in and ``batch`` 1 (an upscale makes one image);
+width/height stay as given (``None`` for an upscale by ``scale``): the image has the output size.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import secrets
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from .errors import OUT_OF_MEMORY, EngineError, ModelError, RequestError, first_line
+from .requests import MAX_SEED, GenerateRequest, GenerateResult, StepInfo
+from .tiling import Rect, TileBlender, tile_grid
+
+X4_NOISE_LEVEL = 20  # diffusers' default noise_level of the x4 upscaler's condition (at most max_noise_level 350)
+
+
+def lanczos(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """HxWx3 uint8 -> size (width, height), Lanczos; the same array when the size already matches."""
+    h, w = image.shape[:2]
+    if (w, h) == tuple(size):
+        return image
+    return np.asarray(Image.fromarray(np.ascontiguousarray(image)).resize(size, Image.Resampling.LANCZOS), np.uint8)
+
+
+def auto_overlap(tile: int) -> int:
+    """The default overlap of diffusion tiles: an eighth of the tile (64 px for 512), a multiple of 8, >= 8."""
+    return max(8, (tile // 8) // 8 * 8)
+
+
+def tile_seed(seed: int, i: int) -> int:
+    return (seed + i) % (MAX_SEED + 1)
+
+
+def scale_rect(rect: Rect, sx: float, sy: float) -> Rect:
+    """A rectangle in one image -> the same area in an image sx, sy times the size (edges rounded)."""
+    x, y, w, h = rect
+    x0, y0 = round(x * sx), round(y * sy)
+    x1, y1 = round((x + w) * sx), round((y + h) * sy)
+    return x0, y0, max(1, x1 - x0), max(1, y1 - y0)
+
+
+def pad_to(image: np.ndarray, multiple: int) -> np.ndarray:
+    """Pad on the right and bottom (edge pixels repeated) to multiples of `multiple`."""
+    h, w = image.shape[:2]
+    ph, pw = -h % multiple, -w % multiple
+    if not ph and not pw:
+        return image
+    return np.pad(image, ((0, ph), (0, pw), (0, 0)), mode="edge")
+
+
+def diffusion_tiles(size: tuple[int, int], tile: int, overlap: int, multiple: int, px: int = 1) -> list[Rect]:
+    """The tiles of an upscale (see studio.engine.tiling.tile_grid); RequestError when the overlap is more than
+    half the tile (`px`: output px per unit, for the message: 4 for the x4 upscaler's input tiles)."""
+    if overlap * 2 > tile:
+        raise RequestError(
+            f"The tile overlap {overlap * px} px leaves no room in a {tile * px} px tile: use at most {tile * px // 2} px"
+        )
+    try:
+        return tile_grid(size[0], size[1], tile, overlap, multiple)
+    except ValueError as e:
+        raise RequestError(
+            f"The tile overlap {overlap * px} px leaves no room in a {tile * px} px tile: use less overlap"
+        ) from e
+
+
+def run(engine, request: GenerateRequest, on_step, cancel, t_start: float) -> GenerateResult:
+    """One upscale on `engine` (the caller holds its lock and has validated the request)."""
+    mode = request.upscale_mode
+    if mode in ("diffusion", "latent"):
+        engine.check_family(request.model, "upscale", mode)  # from the json files: nothing loaded to refuse
+        _check_steps(request)
+    if request.upscaler and mode in ("model", "diffusion") and not Path(request.upscaler).expanduser().exists():
+        raise ModelError(f"Upscaler not found: {request.upscaler}")
+    seed = request.seed if request.seed is not None else secrets.randbelow(MAX_SEED + 1)
+    job = _Upscale(engine, request.replace(seed=seed, batch=1), on_step, cancel, t_start)
+    try:
+        if mode == "resize":
+            image = lanczos(job.image, job.size)
+        elif mode == "model":
+            image = job.upscaler_pass(job.image, stage="tile")
+        elif mode == "diffusion":
+            base = job.upscaler_pass(job.image, stage="upscaler") if request.upscaler else lanczos(job.image, job.size)
+            image = job.diffusion(base)
+        else:
+            image = job.latent()
+    except _cancelled():
+        return job.result([], cancelled=True)
+    except EngineError:
+        raise
+    except MemoryError as e:
+        raise EngineError(OUT_OF_MEMORY) from e
+    except Exception as e:  # noqa: BLE001 - one readable line for the artist; the chain keeps the cause
+        if type(e).__name__ == "OutOfMemoryError":
+            raise EngineError(OUT_OF_MEMORY) from e
+        raise EngineError(f"Upscale failed: {first_line(e)}") from e
+    if job.cancelled():
+        return job.result([], cancelled=True)
+    return job.result([image])
+
+
+def _cancelled():
+    from .engine import _Cancelled
+
+    return _Cancelled
+
+
+def _check_steps(r: GenerateRequest) -> None:
+    if r.strength < 1.0 and int(r.steps * r.strength) < 1:
+        raise RequestError(
+            f"{r.steps} steps at denoising strength {r.strength:g} run no step: use more steps or a higher strength"
+        )
+
+
+class _Upscale:
+    """One upscale run: the request, the output size, the model when one is needed, what was done."""
+
+    def __init__(self, engine, used: GenerateRequest, on_step, cancel, t_start: float):
+        self.engine = engine
+        self.r = used
+        self.on_step = on_step
+        self.cancel = cancel
+        self.t0 = t_start
+        self.image = np.array(used.init_image, dtype=np.uint8, copy=True)  # writable: torch.from_numpy takes it
+        self.size = used.upscale_size()
+        self.model = None
+        self.t_loaded = t_start
+        self.sample_s = 0.0
+        self.decode_s = 0.0
+        self.preview_s = 0.0
+        self.steps_done = 0
+        self.kept: tuple[np.ndarray, np.ndarray] | None = None  # (latents, x0) of a one-tile run
+
+    def cancelled(self) -> bool:
+        return self.cancel is not None and self.cancel.is_set()
+
+    def result(self, images: list[np.ndarray], cancelled: bool = False) -> GenerateResult:
+        total = time.perf_counter() - self.t0
+        timings = {"load": self.t_loaded - self.t0, "sample": self.sample_s, "decode": self.decode_s,
+                   "preview": self.preview_s, "total": total}  # fmt: skip
+        kept = self.kept if not cancelled else None
+        return GenerateResult(
+            images=images,
+            request=self.r,
+            seeds=[int(self.r.seed)],
+            cancelled=cancelled,
+            latents=kept[0] if kept else None,
+            x0=kept[1] if kept else None,
+            model_name=self.model.name if self.model is not None else "",
+            model_hash=self.model.hash if self.model is not None else "",
+            timings=timings,
+            steps_done=self.steps_done,
+        )
+
+    def load(self):
+        self.model = self.engine.load(self.r.model)
+        self.t_loaded = time.perf_counter()
+        return self.model
+
+    def emit(self, info: StepInfo) -> None:
+        if self.on_step is not None:
+            self.on_step(info)
+
+    # -- an upscaler model ------------------------------------------------------------------------------
+    def upscaler_pass(self, image: np.ndarray, stage: str) -> np.ndarray:
+        """The upscaler model over `image` in its tiles, then Lanczos to the output size; a StepInfo per tile."""
+        from .upscalers import UpscaleCancelled
+
+        up = self.engine.upscaler(self.r.upscaler)
+        self.t_loaded = time.perf_counter()
+        scale = max(1, int(getattr(up, "scale", 1) or 1))
+        ih, iw = image.shape[:2]
+        sx, sy = self.size[0] / (iw * scale), self.size[1] / (ih * scale)
+        # The request's tile and overlap are output px; the upscaler cuts its input.
+        tile = self.r.tile // scale if self.r.tile and stage == "tile" else 0
+        overlap = self.r.tile_overlap // scale if self.r.tile_overlap and stage == "tile" else 0
+        want_preview = self.r.preview != "none"
+
+        def on_tile(part: int, parts: int, rect: Rect, pixels: np.ndarray | None) -> None:
+            # studio.engine.upscalers: after tile `part` of `parts`, its rectangle in the upscaler's output px.
+            if self.cancelled():
+                raise _cancelled()()
+            preview = np.asarray(pixels, np.uint8) if want_preview and pixels is not None else None
+            region = scale_rect(tuple(int(v) for v in rect), sx, sy)
+            self.emit(StepInfo(part, parts, time.perf_counter() - self.t0, preview, stage=stage, part=part,
+                               parts=parts, region=region))  # fmt: skip
+
+        t = time.perf_counter()
+        try:
+            out = up.upscale(image, tile, overlap, on_tile, self.cancel)
+        except UpscaleCancelled as e:
+            raise _cancelled()() from e
+        finally:
+            self.sample_s += time.perf_counter() - t
+        if out is None or self.cancelled():
+            raise _cancelled()()
+        return lanczos(np.asarray(out, np.uint8), self.size)
+
+    # -- tiled img2img ------------------------------------------------------------------------------------
+    def diffusion(self, base: np.ndarray) -> np.ndarray:
+        """img2img at the request's strength over `base` (already the output size) in blended tiles."""
+        model = self.load()
+        m = model.size_multiple
+        tile = self.r.tile or max(model.native_size)
+        tile = max(m, tile - tile % m)
+        overlap = self.r.tile_overlap or auto_overlap(tile)
+        rects = diffusion_tiles(self.size, tile, overlap, m)
+        blender = TileBlender(self.size[0], self.size[1], 3, overlap)
+        for i, rect in enumerate(rects):
+            x, y, w, h = rect
+            padded = pad_to(base[y : y + h, x : x + w], m)
+            ph, pw = padded.shape[:2]
+            s = tile_seed(int(self.r.seed), i)
+            tile_req = self.r.replace(mode="img2img", init_image=padded, width=pw, height=ph, seed=s, batch=1)
+            part = dict(stage="tile", part=i + 1, parts=len(rects), region=rect)
+            pipe, kwargs = self.engine._pipeline_call(model, tile_req, [s])
+            pixels = self._sample(model, pipe, kwargs, tile_req, s, part, keep=len(rects) == 1 and (pw, ph) == (w, h),
+                                  crop=(h / ph, w / pw))  # fmt: skip
+            blender.add(rect, pixels[:h, :w])
+        return blender.result()
+
+    def _sample(self, model, pipe, kwargs: dict, req: GenerateRequest, seed: int, part: dict, keep: bool,
+                crop: tuple[float, float] = (1.0, 1.0), legacy: bool = False, total: int | None = None,
+                patches=None) -> np.ndarray:  # fmt: skip
+        """One pipeline call with the step tracker (previews, kept steps, cancel) -> the decoded image.
+
+        legacy: the pipeline has only the legacy `callback(step, t, latents)` (the x4 upscaler)."""
+        import torch
+
+        from .engine import _StepTracker
+        from .schedulers import build_scheduler
+
+        scheduler = build_scheduler(model.scheduler_config, req.sampler, req.schedule, seed)
+        pipe.scheduler = scheduler
+        tracker = _StepTracker(scheduler, req, model, self.on_step, self.cancel, self.t0, total=total, part=part,
+                              preview_crop=crop)  # fmt: skip
+        t = time.perf_counter()
+        try:
+            with torch.inference_mode(), (patches(pipe, scheduler) if patches else contextlib.nullcontext()):
+                if legacy:
+                    latents = pipe(**kwargs, callback=tracker.legacy_callback, callback_steps=1).images
+                else:
+                    latents = pipe(**kwargs, callback_on_step_end=tracker.callback).images
+        finally:
+            tracker.restore()
+            self.steps_done += len(tracker.latents)
+            self.preview_s += tracker.preview_s
+            self.sample_s += time.perf_counter() - t
+        if self.cancelled():
+            raise _cancelled()()
+        if keep and tracker.latents:
+            self.kept = (np.stack(tracker.latents), np.stack(tracker.x0))
+        t = time.perf_counter()
+        image = self.engine._decode(model, latents)[0]
+        self.decode_s += time.perf_counter() - t
+        return image
+
+    # -- the x4 latent upscaler -----------------------------------------------------------------------------
+    def latent(self) -> np.ndarray:
+        import torch
+
+        model = self.load()
+        f = model.vae_scale_factor  # 4: the latents have the low-res image's size, the VAE decodes 4x
+        unet = model.base.unet.config
+        sample = unet.sample_size[0] if isinstance(unet.sample_size, (list, tuple)) else unet.sample_size
+        m = math.lcm(2 ** (len(unet.block_out_channels) - 1), f)  # the U-Net's and the image processor's multiple
+        tile = self.r.tile // f if self.r.tile else int(sample)
+        tile = max(m, tile - tile % m)
+        overlap = self.r.tile_overlap // f if self.r.tile_overlap else max(m, (tile // 8) // m * m)
+        ih, iw = self.image.shape[:2]
+        rects = diffusion_tiles((iw, ih), tile, overlap, m, px=f)
+        big = (iw * f, ih * f)
+        blender = TileBlender(big[0], big[1], 3, overlap * f)
+        sx, sy = self.size[0] / big[0], self.size[1] / big[1]
+        pipe = model.pipe("upscale")
+        strength = float(self.r.strength)
+        n = self.r.steps
+        total = n if strength >= 1.0 else min(int(n * strength), n)
+        for i, rect in enumerate(rects):
+            x, y, w, h = rect
+            padded = pad_to(self.image[y : y + h, x : x + w], m)
+            ph, pw = padded.shape[:2]
+            s = tile_seed(int(self.r.seed), i)
+            kwargs: dict = {
+                "prompt": self.r.prompt,
+                "negative_prompt": self.r.negative_prompt or None,
+                "image": Image.fromarray(np.ascontiguousarray(padded)),
+                "num_inference_steps": n,
+                "guidance_scale": self.r.cfg,
+                "noise_level": X4_NOISE_LEVEL,
+                "generator": torch.Generator("cpu").manual_seed(s),
+                "output_type": "latent",
+            }
+            if self.r.clip_skip > 1:
+                kwargs["clip_skip"] = self.r.clip_skip - 1
+            patches = None
+            if strength < 1.0:
+                patches = _PartialDenoise(model, padded, n, strength, f).patches
+            x4 = (x * f, y * f, w * f, h * f)
+            part = dict(stage="tile", part=i + 1, parts=len(rects), region=scale_rect(x4, sx, sy))
+            keep = len(rects) == 1 and (pw, ph) == (w, h)
+            pixels = self._sample(model, pipe, kwargs, self.r, s, part, keep, crop=(h / ph, w / pw), legacy=True,
+                                  total=total, patches=patches)  # fmt: skip
+            blender.add(x4, pixels[: h * f, : w * f])
+        return lanczos(blender.result(), self.size)
+
+
+class _PartialDenoise:
+    """img2img for the x4 upscaler pipeline, which has no strength: for the length of one call, the scheduler's
+    timesteps are cut to the last int(steps * strength) (as diffusers' img2img get_timesteps does), and the
+    pipeline's starting latents are the 4x Lanczos image, encoded by the upscaler's VAE, noised to the first of
+    them (instead of pure noise)."""
+
+    def __init__(self, model, low_res: np.ndarray, steps: int, strength: float, factor: int):
+        self.model = model
+        self.low_res = low_res
+        self.steps = steps
+        self.strength = strength
+        self.factor = factor
+
+    @contextlib.contextmanager
+    def patches(self, pipe, scheduler):
+        import torch
+        from diffusers.utils.torch_utils import randn_tensor
+
+        orig_set = scheduler.set_timesteps
+        steps, strength = self.steps, self.strength
+        init_timestep = min(int(steps * strength), steps)
+        t_start = max(steps - init_timestep, 0)
+
+        def set_timesteps(*args, **kwargs):
+            orig_set(*args, **kwargs)
+            order = getattr(scheduler, "order", 1)
+            scheduler.timesteps = scheduler.timesteps[t_start * order :]
+            if hasattr(scheduler, "set_begin_index"):
+                scheduler.set_begin_index(t_start * order)
+
+        vae = self.model.vae
+        h, w = self.low_res.shape[:2]
+        big = lanczos(self.low_res, (w * self.factor, h * self.factor))
+
+        def prepare_latents(batch_size, num_channels_latents, height, width, dtype, device, generator, latents=None):
+            x = torch.from_numpy(big.astype(np.float32) / 127.5 - 1.0).permute(2, 0, 1)[None]
+            x = x.to(device=device, dtype=vae.dtype)
+            init = vae.encode(x).latent_dist.mode() * vae.config.scaling_factor
+            init = init.to(dtype).repeat(batch_size, 1, 1, 1)
+            noise = randn_tensor(init.shape, generator=generator, device=torch.device(device), dtype=dtype)
+            return scheduler.add_noise(init, noise, scheduler.timesteps[:1].repeat(batch_size))
+
+        scheduler.set_timesteps = set_timesteps  # instance attributes: only this call's objects are patched
+        pipe.prepare_latents = prepare_latents
+        try:
+            yield
+        finally:
+            scheduler.__dict__.pop("set_timesteps", None)
+            pipe.__dict__.pop("prepare_latents", None)
