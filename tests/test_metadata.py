@@ -441,6 +441,95 @@ def test_reads_a1111_inpaint_texts():
     assert not {"mode", "mask_blur", "inpaint_area", "masked_content", "inpaint_padding"} & set(f)
 
 
+# ---------------------------------------------------------------- upscale keys
+
+UP_IMG = np.zeros((24, 32, 3), np.uint8)
+UP_BASE = dict(mode="upscale", init_image=UP_IMG, prompt="a cat", negative_prompt="blur", steps=20, seed=5)
+SAMPLED = "Steps: 20, Sampler: Euler a, Schedule type: Normal, CFG scale: 7, Seed: 5, Size: 32x24, "
+
+
+@pytest.mark.parametrize(
+    "options,text",
+    [
+        ({"upscale_mode": "diffusion", "strength": 0.3},
+         "a cat\nNegative prompt: blur\n" + SAMPLED + "Model hash: 0123456789, Model: m, Denoising strength: 0.3, "
+         "Hires upscale: 2, Hires upscaler: Lanczos, Upscale mode: diffusion, Version: v"),
+        ({"upscale_mode": "diffusion", "strength": 0.25, "upscaler": "/models/ESRGAN/4x-UltraSharp.pth", "scale": 1.5,
+          "tile": 768, "tile_overlap": 96},
+         "a cat\nNegative prompt: blur\n" + SAMPLED + "Model hash: 0123456789, Model: m, Denoising strength: 0.25, "
+         "Hires upscale: 1.5, Hires upscaler: 4x-UltraSharp, Upscale mode: diffusion, Upscale tile: 768, "
+         "Upscale overlap: 96, Version: v"),
+        ({"upscale_mode": "latent", "strength": 1.0, "scale": 4},
+         "a cat\nNegative prompt: blur\n" + SAMPLED + "Model hash: 0123456789, Model: m, Denoising strength: 1, "
+         "Hires upscale: 4, Hires upscaler: Latent, Upscale mode: latent, Version: v"),
+        # no sampler, no prompt: only how it was enlarged
+        ({"upscale_mode": "resize", "scale": 3},
+         "Size: 32x24, Hires upscale: 3, Hires upscaler: Lanczos, Upscale mode: resize, Version: v"),
+        ({"upscale_mode": "model", "upscaler": "C:\\up\\RealESRGAN_x4plus.safetensors", "scale": 4, "tile": 256},
+         "Size: 32x24, Hires upscale: 4, Hires upscaler: RealESRGAN_x4plus, Upscale mode: model, Upscale tile: 256, "
+         "Version: v"),  # a Windows path's file name, on any system
+        # a target size that is not the input times the factor: A1111's Hires resize instead of Hires upscale
+        ({"upscale_mode": "resize", "width": 100, "height": 60},
+         "Size: 32x24, Hires resize: 100x60, Hires upscaler: Lanczos, Upscale mode: resize, Version: v"),
+    ],
+)  # fmt: skip
+def test_upscale_keys(options, text):
+    req = GenerateRequest(**UP_BASE, **options)
+    assert parameters_for(req, 5, "m", "0123456789", "v") == text
+    # as save_result passes it: width x height filled from the image (the output), same text
+    w, h = req.upscale_size()
+    assert parameters_for(req.replace(width=w, height=h), 5, "m", "0123456789", "v") == text
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"upscale_mode": "diffusion", "strength": 0.3},
+        {"upscale_mode": "diffusion", "strength": 0.45, "upscaler": "/m/4x-UltraSharp.pth", "scale": 4, "tile": 512,
+         "tile_overlap": 48},
+        {"upscale_mode": "latent", "strength": 1.0, "scale": 4},
+        {"upscale_mode": "resize", "scale": 1.5},
+        {"upscale_mode": "model", "upscaler": "/m/RealESRGAN_x4plus.pth", "scale": 2},
+        {"upscale_mode": "resize", "width": 96, "height": 40},
+    ],
+)  # fmt: skip
+def test_upscale_png_round_trip(tmp_path, options):
+    req = GenerateRequest(**UP_BASE, **options)
+    w, h = req.upscale_size()
+    out = np.zeros((h, w, 3), np.uint8)
+    res = GenerateResult(images=[out], request=req, seeds=[5], model_name="m", model_hash="0123456789")
+    (path,) = save_result(res, tmp_path, "v")
+    f = request_fields(read_parameters(path))
+    assert (f["mode"], f["upscale_mode"]) == ("upscale", req.upscale_mode)
+    sampled = req.upscale_mode in ("diffusion", "latent")
+    if req.width:
+        assert (f["width"], f["height"]) == (req.width, req.height) and "scale" not in f
+    else:
+        assert f["scale"] == req.scale and "width" not in f and "height" not in f  # Size is the input's
+    expect_upscaler = None if req.upscale_mode in ("resize", "latent") else Path(req.upscaler or "").stem or None
+    assert f["upscaler"] == expect_upscaler  # a name, never a path
+    assert (f["tile"], f["tile_overlap"]) == (req.tile, req.tile_overlap)
+    if sampled:
+        assert (f["prompt"], f["negative_prompt"], f["strength"], f["seed"]) == ("a cat", "blur", req.strength, 5)
+    else:
+        assert f["prompt"] == "" and "strength" not in f and "seed" not in f
+    restored = GenerateRequest(init_image=UP_IMG).replace(**f)
+    restored.validate()
+    assert restored.upscale_size() == (w, h)
+
+
+def test_a1111_hires_text_is_no_upscale():
+    """A1111's hires fix (a txt2img run) has Hires keys but no Upscale mode: nothing of an upscale is restored."""
+    f = request_fields(A1111_HIRES)
+    assert not {"mode", "upscale_mode", "scale", "upscaler", "tile"} & set(f)
+    assert (f["width"], f["height"]) == (512, 768)
+
+
+def test_unknown_upscale_mode_restores_nothing_of_it():
+    f = request_fields("p\nSteps: 20, Seed: 1, Size: 64x64, Hires upscale: 2, Upscale mode: sideways")
+    assert not {"mode", "upscale_mode", "scale"} & set(f)
+
+
 # ---------------------------------------------------------------- atomic writer
 
 

@@ -19,7 +19,7 @@ import re
 import threading
 from collections.abc import Mapping
 from dataclasses import fields
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 
 from .errors import ModelError, RequestError, first_line
 from .requests import GenerateRequest
@@ -52,8 +52,12 @@ EXTRA_KEYS: tuple[str, ...] = (
     "Masked area padding",
     "Masked content",
     "Hires upscale",
+    "Hires resize",
     "Hires steps",
     "Hires upscaler",
+    "Upscale mode",
+    "Upscale tile",
+    "Upscale overlap",
     "Lora hashes",
     "TI hashes",
 )
@@ -147,6 +151,56 @@ def inpaint_parameters(request: GenerateRequest) -> dict[str, object]:
     return out
 
 
+#: Our upscale methods (GenerateRequest.upscale_mode), as written after "Upscale mode:".
+UPSCALE_MODES: tuple[str, ...] = ("resize", "model", "diffusion", "latent")
+#: "Hires upscaler" values that name no upscaler file (A1111's Lanczos, and its latent-space upscalers).
+PLAIN_UPSCALERS = ("lanczos", "latent", "none", "")
+
+
+def upscaler_name(request: GenerateRequest) -> str:
+    """What "Hires upscaler" says for an upscale: the upscaler file's name (no folder, no suffix), "Lanczos" for
+    a plain resize (also the resize step of a diffusion upscale without an upscaler), "Latent" for the x4
+    latent upscaler."""
+    mode = request.upscale_mode
+    if mode == "latent":
+        return "Latent"
+    if mode in ("model", "diffusion") and request.upscaler:
+        return PureWindowsPath(str(request.upscaler)).stem or "Lanczos"  # "/" and "\\" both separate folders
+    return "Lanczos"
+
+
+def upscale_parameters(request: GenerateRequest) -> dict[str, object]:
+    """The upscale keys of an upscale request, A1111's hires-fix keys where they fit:
+
+    - "Hires upscale": the factor (scale), or "Hires resize": "WxH" when the output size was given and is not
+      the input times the factor (A1111 writes one or the other);
+    - "Hires upscaler": see `upscaler_name`;
+    - ours: "Upscale mode" (resize, model, diffusion, latent: it makes a text an upscale's), "Upscale tile" and
+      "Upscale overlap" (output px) when they were set (0, automatic, is not written).
+    """
+    out: dict[str, object] = {}
+    image = request.init_image
+    target = (request.width, request.height) if request.width and request.height else None
+    if image is not None:
+        ih, iw = image.shape[:2]
+        by_scale = (max(1, round(iw * request.scale)), max(1, round(ih * request.scale)))
+        if target is not None and tuple(target) != by_scale:
+            out["Hires resize"] = f"{target[0]}x{target[1]}"
+        else:
+            out["Hires upscale"] = float(request.scale)
+    elif target is not None:
+        out["Hires resize"] = f"{target[0]}x{target[1]}"
+    else:
+        out["Hires upscale"] = float(request.scale)
+    out["Hires upscaler"] = upscaler_name(request)
+    out["Upscale mode"] = request.upscale_mode
+    if request.tile:
+        out["Upscale tile"] = int(request.tile)
+    if request.tile_overlap:
+        out["Upscale overlap"] = int(request.tile_overlap)
+    return out
+
+
 def parameters_for(
     request: GenerateRequest,
     seed: int,
@@ -158,10 +212,17 @@ def parameters_for(
     """The `parameters` text for one image of a run (image i of a batch: pass its own seed).
 
     Size is WxH (left out when the request has none); Schedule type is always our schedule name;
-    Denoising strength only for img2img / inpaint / upscale; Clip skip only when > 1; an inpaint adds
-    the keys of `inpaint_parameters`. `extra` adds keys (e.g. "Hires upscale") in A1111's order; a None
-    value removes a key.
+    Denoising strength only for img2img / inpaint and a diffusion / latent upscale; Clip skip only when > 1;
+    an inpaint adds the keys of `inpaint_parameters`. `extra` adds keys (e.g. "Hires upscale") in A1111's
+    order; a None value removes a key.
+
+    An upscale (mode "upscale") is written as A1111 writes a hires fix: Size is the input image's size, the
+    keys of `upscale_parameters` say how it was enlarged. A diffusion or latent upscale has the usual keys
+    besides; a resize or an upscaler-model upscale ran no sampler and no prompt, so its text is only Size, the
+    upscale keys and Version.
     """
+    if request.mode == "upscale":
+        return _upscale_text(request, seed, model_name, model_hash, version, extra)
     size = f"{request.width}x{request.height}" if request.width and request.height else None
     params: dict[str, object] = {
         "Steps": request.steps,
@@ -182,6 +243,43 @@ def parameters_for(
     if extra:
         params.update(extra)
     params["Version"] = version
+    return format_parameters(request.prompt, request.negative_prompt, params)
+
+
+def _upscale_text(
+    request: GenerateRequest,
+    seed: int,
+    model_name: str,
+    model_hash: str,
+    version: str,
+    extra: Mapping[str, object] | None,
+) -> str:
+    image = request.init_image
+    if image is not None:
+        size: str | None = f"{image.shape[1]}x{image.shape[0]}"
+    else:
+        size = f"{request.width}x{request.height}" if request.width and request.height else None
+    sampled = request.upscale_mode in ("diffusion", "latent")
+    params: dict[str, object] = {}
+    if sampled:
+        params.update({
+            "Steps": request.steps,
+            "Sampler": request.sampler,
+            "Schedule type": request.schedule,
+            "CFG scale": request.cfg,
+            "Seed": seed,
+        })  # fmt: skip
+    params["Size"] = size
+    if sampled:
+        params.update({"Model hash": model_hash, "Model": model_name, "Denoising strength": request.strength})
+        if request.clip_skip > 1:
+            params["Clip skip"] = request.clip_skip
+    params.update(upscale_parameters(request))
+    if extra:
+        params.update(extra)
+    params["Version"] = version
+    if not sampled:
+        return format_parameters("", "", params)
     return format_parameters(request.prompt, request.negative_prompt, params)
 
 
@@ -330,6 +428,11 @@ def request_fields(text: str) -> dict:
     them (A1111 leaves the UI as it is). A value we cannot use (an unknown sampler or schedule, a
     number that does not parse) is left out, so the caller keeps its current value.
 
+    An upscale's text (one with "Upscale mode"): mode "upscale", upscale_mode, scale ("Hires upscale"), the
+    target width/height only from "Hires resize" (its Size is the input's, so Size is not restored), upscaler:
+    the name "Hires upscaler" gives (None for Lanczos / Latent: a name, never a path, so the caller looks it
+    up), tile and tile_overlap (0 when absent). A1111's hires-fix keys alone (a txt2img text) restore nothing.
+
     Inpaint keys are read as A1111 writes them: no "Mask blur" means 0 (A1111 leaves it out at 0), no
     "Inpaint area" means "whole" ("Only masked" -> "masked"), no "Masked content" means "original"
     ("fill" -> "fill", "latent noise" -> "noise"; "latent nothing" is left out); "Masked area padding"
@@ -386,6 +489,33 @@ def request_fields(text: str) -> dict:
     if clip_skip is not None and clip_skip >= 1:
         out["clip_skip"] = clip_skip
     out.update(_inpaint_fields(p))
+    if "Upscale mode" in p:
+        out.pop("width", None)  # an upscale's Size is its input's; width x height would be its target
+        out.pop("height", None)
+        out.update(_upscale_fields(p))
+    return out
+
+
+def _upscale_fields(p: Mapping[str, str]) -> dict[str, object]:
+    out: dict[str, object] = {}
+    mode = p["Upscale mode"].strip().lower()
+    if mode not in UPSCALE_MODES:
+        return out
+    out.update(mode="upscale", upscale_mode=mode)
+    if "Hires resize" in p:
+        m = _RE_SIZE.match(p["Hires resize"])
+        if m:
+            out["width"], out["height"] = int(m.group(1)), int(m.group(2))
+    scale = _to_float(p.get("Hires upscale"))
+    if scale is not None and 1.0 <= scale <= 8.0:
+        out["scale"] = scale
+    name = p.get("Hires upscaler", "").strip()
+    # A name, never a path: the caller finds the upscaler file of that name (or has none).
+    out["upscaler"] = None if name.lower() in PLAIN_UPSCALERS or mode in ("resize", "latent") else name
+    for key, field_name in (("Upscale tile", "tile"), ("Upscale overlap", "tile_overlap")):
+        v = _to_int(p.get(key)) if key in p else 0
+        if v is not None and v >= 0:
+            out[field_name] = v
     return out
 
 
