@@ -1,4 +1,4 @@
-"""The command-line interface: `studio generate | img2img | inpaint | outpaint | samplers | info | ...`.
+"""The command-line interface: `studio generate | img2img | inpaint | outpaint | upscale | samplers | info | ...`.
 
 stdout carries only results (paths, names, parameters); messages go to stderr. Bad input exits with
 code 2 and one line on stderr, never a traceback.
@@ -14,6 +14,8 @@ from . import __version__
 from .engine.errors import OUT_OF_MEMORY, EngineError, RequestError, first_line, is_out_of_memory
 
 EXIT_BAD_INPUT = 2
+UPSCALE_METHODS = ("resize", "model", "diffusion", "latent")  # studio.engine.requests.UPSCALE_MODES
+UPSCALE_STRENGTH = {"diffusion": 0.3, "latent": 1.0}  # --strength when not given
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -23,20 +25,27 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(EXIT_BAD_INPUT, f"studio: error: {message}\n")
 
 
-def _add_generation_options(p: argparse.ArgumentParser) -> None:
+def _add_generation_options(p: argparse.ArgumentParser, upscale: bool = False) -> None:
     from .engine.samplers import DEFAULT_SAMPLER, DEFAULT_SCHEDULE
 
     p.add_argument("--model", help="a diffusers model folder (default: the built-in model)")
-    p.add_argument("--prompt", required=True, help="what to draw")
+    if upscale:
+        p.add_argument("--prompt", default="", help="what the image shows (diffusion and latent upscales)")
+    else:
+        p.add_argument("--prompt", required=True, help="what to draw")
     p.add_argument("--negative", default="", help="what to avoid")
     p.add_argument("--sampler", default=DEFAULT_SAMPLER, help="sampler name (see `studio samplers`)")
     p.add_argument("--schedule", default=DEFAULT_SCHEDULE, help="Normal, Karras, Exponential or SGM Uniform")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--cfg", type=float, default=7.0, help="classifier-free guidance scale")
     p.add_argument("--seed", type=int, default=None, help="default: a random seed, written in the metadata")
-    p.add_argument("--width", type=int, default=None, help="multiple of 8 (default: the model's native size)")
-    p.add_argument("--height", type=int, default=None, help="multiple of 8 (default: the model's native size)")
-    p.add_argument("--batch", type=int, default=1, help="images per run; image i uses seed + i")
+    if upscale:
+        p.add_argument("--width", type=int, default=None, help="the output width, with --height (instead of --scale)")
+        p.add_argument("--height", type=int, default=None, help="the output height, with --width")
+    else:
+        p.add_argument("--width", type=int, default=None, help="multiple of 8 (default: the model's native size)")
+        p.add_argument("--height", type=int, default=None, help="multiple of 8 (default: the model's native size)")
+        p.add_argument("--batch", type=int, default=1, help="images per run; image i uses seed + i")
     p.add_argument("--clip-skip", type=int, default=1)
     p.add_argument("--out", default=None, help="output folder (default: the studio's output folder)")
     p.add_argument("--device", default=None, help="auto, cpu, cuda or mps")
@@ -84,13 +93,28 @@ def build_parser() -> argparse.ArgumentParser:
     op.add_argument("--strength", type=float, default=1.0, help="denoising strength, 0 < x <= 1")
     _add_inpaint_options(op, mask_blur=0)
 
+    up = sub.add_parser("upscale", help="enlarge an image: Lanczos, an upscaler model, diffusion or the x4 upscaler")
+    _add_generation_options(up, upscale=True)
+    up.add_argument("--image", required=True, help="the input image (PNG, JPEG, WebP)")
+    up.add_argument("--scale", type=float, default=2.0, help="the factor, 1 to 8 (default 2)")
+    up.add_argument("--mode", choices=UPSCALE_METHODS, default="diffusion",
+                    help="resize: Lanczos; model: an --upscaler model; diffusion: resize, then tiled img2img with "
+                         "--model; latent: an x4 upscaler --model (default diffusion)")  # fmt: skip
+    up.add_argument("--upscaler", default=None, help="an upscaler model file (ESRGAN, SwinIR...): --mode model, "
+                    "and the resize step of --mode diffusion (default: Lanczos)")  # fmt: skip
+    up.add_argument("--tile", type=int, default=0, help="tile size in output px (default: the model's own)")
+    up.add_argument("--overlap", type=int, default=0, help="tile overlap in output px (default: automatic)")
+    up.add_argument("--strength", type=float, default=None,
+                    help="denoising strength, 0 < x <= 1 (default 0.3 for diffusion; 1 for latent: the x4 "
+                         "upscaler from noise)")  # fmt: skip
+
     sub.add_parser("samplers", help="list the sampler names")
     sub.add_parser("schedules", help="list the schedule names")
     info = sub.add_parser("info", help="print the generation parameters stored in an image")
     info.add_argument("image")
     tiny = sub.add_parser("make-tiny-model", help="write a tiny random-weight model folder (tests, demos)")
     tiny.add_argument("path")
-    tiny.add_argument("--kind", choices=("txt2img", "inpaint"), default="txt2img")
+    tiny.add_argument("--kind", choices=("txt2img", "inpaint", "upscale"), default="txt2img")
     tiny.add_argument("--seed", type=int, default=0)
 
     try:  # training commands, when that package is present
@@ -157,8 +181,9 @@ def _progress(quiet: bool):
         return None
 
     def on_step(info) -> None:
-        end = "\n" if info.step == info.total else ""
-        print(f"\rstep {info.step}/{info.total}  {info.elapsed:.1f}s", end=end, file=sys.stderr, flush=True)
+        last = info.step == info.total and (not info.parts or info.part == info.parts)
+        end = "\n" if last else ""
+        print(f"\r{info.label()}  {info.elapsed:.1f}s", end=end, file=sys.stderr, flush=True)
 
     return on_step
 
@@ -215,6 +240,60 @@ def _run_generation(args: argparse.Namespace, mode: str) -> int:
     return 0
 
 
+def _run_upscale(args: argparse.Namespace) -> int:
+    from .engine import GenerateRequest
+    from .engine.output import save_result
+    from .paths import BUILTIN_MODEL, default_output_dir
+
+    if (args.width is None) != (args.height is None):
+        raise RequestError("Give --width and --height together (or --scale)")
+    if args.upscaler and args.mode not in ("model", "diffusion"):
+        raise RequestError(f"--upscaler is for --mode model or diffusion, not {args.mode}")
+    init = _read_image(args.image)
+    strength = args.strength if args.strength is not None else UPSCALE_STRENGTH.get(args.mode, 0.3)
+    request = GenerateRequest(
+        prompt=args.prompt,
+        negative_prompt=args.negative,
+        model=args.model,
+        mode="upscale",
+        sampler=args.sampler,
+        schedule=args.schedule,
+        steps=args.steps,
+        cfg=args.cfg,
+        seed=args.seed,
+        width=args.width,
+        height=args.height,
+        strength=strength,
+        init_image=init,
+        clip_skip=args.clip_skip,
+        upscale_mode=args.mode,
+        scale=args.scale,
+        upscaler=args.upscaler,
+        tile=args.tile,
+        tile_overlap=args.overlap,
+    )
+    request.validate()  # before torch is imported: bad input answers at once
+    if args.upscaler is not None and not Path(args.upscaler).is_file():
+        raise EngineError(f"Upscaler not found: {args.upscaler}")
+    if args.mode in ("diffusion", "latent"):
+        from .engine.loader import check_mode, read_layout, resolve_model_path
+        from .engine.samplers import scheduler_spec
+
+        scheduler_spec(request.sampler, request.schedule)
+        if args.model is not None and not Path(args.model).exists():
+            raise EngineError(f"Model not found: {args.model}")
+        check_mode(read_layout(resolve_model_path(args.model, BUILTIN_MODEL)), "upscale", args.mode)
+
+    from .engine.engine import Engine
+
+    engine = Engine(device=args.device)
+    result = engine.generate(request, on_step=_progress(args.quiet))
+    out = Path(args.out) if args.out else default_output_dir()
+    for path in save_result(result, out, __version__):
+        print(path, flush=True)
+    return 0
+
+
 def _info(path: str) -> int:
     from .engine.metadata import read_parameters
 
@@ -241,6 +320,8 @@ def main(argv: list[str] | None = None) -> int:
             return _run_generation(args, "txt2img")
         if args.command in ("img2img", "inpaint", "outpaint"):
             return _run_generation(args, args.command)
+        if args.command == "upscale":
+            return _run_upscale(args)
         if args.command == "samplers":
             from .engine.samplers import SAMPLER_NAMES
 
@@ -254,9 +335,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "info":
             return _info(args.image)
         if args.command == "make-tiny-model":
-            from .engine.tiny import build_tiny_pipeline
+            from .engine.tiny import build_tiny_pipeline, build_tiny_upscaler
 
-            print(build_tiny_pipeline(args.path, args.kind, args.seed))
+            if args.kind == "upscale":
+                print(build_tiny_upscaler(args.path, args.seed))
+            else:
+                print(build_tiny_pipeline(args.path, args.kind, args.seed))
             return 0
         if hasattr(args, "func"):
             return int(args.func(args) or 0)

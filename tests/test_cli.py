@@ -290,6 +290,7 @@ _REQUIRED = {
     "img2img": ["--prompt", "x", "--image", "x.png"],
     "inpaint": ["--prompt", "x", "--image", "x.png", "--mask", "m.png"],
     "outpaint": ["--prompt", "x", "--image", "x.png"],
+    "upscale": ["--image", "x.png"],
     "info": ["x.png"],
     "make-tiny-model": ["out"],
 }
@@ -339,3 +340,112 @@ def test_cli_parser_imports_no_torch_or_qt():
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert p.returncode == 0, p.stderr
     assert p.stdout.strip() == "[]"
+
+
+# --------------------------------------------------------------------------------------------
+# upscale
+
+
+def _smooth_png(tmp_path, size=(32, 24), name="low.png") -> tuple[Path, np.ndarray]:
+    w, h = size
+    yy, xx = np.mgrid[0:h, 0:w]
+    a = np.stack([40 + 160 * xx / (w - 1), 40 + 160 * yy / (h - 1), 100 + 0 * xx], -1).round().astype(np.uint8)
+    p = tmp_path / name
+    Image.fromarray(a).save(p)
+    return p, a
+
+
+def _lanczos(a: np.ndarray, size) -> np.ndarray:
+    return np.asarray(Image.fromarray(a).resize(size, Image.Resampling.LANCZOS))
+
+
+def test_upscale_resize_prints_the_path_and_records_the_upscale(capsys, tmp_path):
+    src, a = _smooth_png(tmp_path)
+    code, out, err = run(capsys, "upscale", "--image", str(src), "--mode", "resize", "--scale", "2.5",
+                         "--out", str(tmp_path / "o"), "-q")  # fmt: skip
+    assert code == 0, err
+    assert err == ""
+    (p,) = [Path(x) for x in out.splitlines()]
+    with Image.open(p) as im:
+        assert np.array_equal(np.asarray(im), _lanczos(a, (80, 60)))
+    f = request_fields(read_parameters(p))
+    assert (f["mode"], f["upscale_mode"], f["scale"], f["upscaler"]) == ("upscale", "resize", 2.5, None)
+    code, out, err = run(capsys, "upscale", "--image", str(src), "--mode", "resize", "--width", "72", "--height", "40",
+                         "--out", str(tmp_path / "o"), "-q")  # fmt: skip
+    assert code == 0, err
+    assert Image.open(out.strip()).size == (72, 40)
+    f = request_fields(read_parameters(out.strip()))
+    assert (f["width"], f["height"]) == (72, 40)
+
+
+def test_upscale_diffusion_defaults_to_strength_0_3(capsys, tmp_path, tiny_model):
+    src, _ = _smooth_png(tmp_path, (32, 32))
+    code, out, err = run(capsys, "upscale", "--image", str(src), "--model", tiny_model, "--prompt", "a cat",
+                         "--steps", "4", "--seed", "3", "--sampler", "Euler", "--out", str(tmp_path / "o"))  # fmt: skip
+    assert code == 0, err
+    assert "tile 1/1, step 1/1" in err  # progress on stderr, the path alone on stdout
+    (p,) = out.splitlines()
+    assert Image.open(p).size == (64, 64)
+    text = read_parameters(p)
+    assert "Denoising strength: 0.3" in text and "Upscale mode: diffusion" in text and "Size: 32x32" in text
+    f = request_fields(text)
+    assert (f["prompt"], f["seed"], f["steps"], f["sampler"], f["scale"]) == ("a cat", 3, 4, "Euler", 2.0)
+
+
+def test_upscale_latent_with_the_x4_layout(capsys, tmp_path, tiny_x4_model):
+    src, _ = _smooth_png(tmp_path, (16, 16))
+    code, out, err = run(capsys, "upscale", "--image", str(src), "--model", tiny_x4_model, "--mode", "latent",
+                         "--scale", "4", "--steps", "2", "--seed", "1", "--out", str(tmp_path / "o"), "-q")  # fmt: skip
+    assert code == 0, err
+    assert Image.open(out.strip()).size == (64, 64)
+    text = read_parameters(out.strip())
+    assert "Hires upscaler: Latent" in text and "Denoising strength: 1," in text and "Model: tiny-x4" in text
+
+
+def test_upscale_with_an_upscaler_model(capsys, tmp_path, tiny_sr_file):
+    src, _ = _smooth_png(tmp_path)
+    code, out, err = run(capsys, "upscale", "--image", str(src), "--mode", "model", "--upscaler", tiny_sr_file,
+                         "--scale", "4", "--out", str(tmp_path / "o"), "-q")  # fmt: skip
+    assert code == 0, err
+    assert Image.open(out.strip()).size == (128, 96)
+    assert "Hires upscaler: tiny-compact-x4" in read_parameters(out.strip())
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--scale", "9"], "between 1 and 8"),
+        (["--image", "/nonexistent/low.png"], "Image not found"),
+        (["--mode", "model"], "needs an upscaler model"),
+        (["--mode", "model", "--upscaler", "/nonexistent/4x.pth"], "Upscaler not found"),
+        (["--mode", "model", "--upscaler", "JUNK"], "junk.safetensors"),
+        (["--mode", "latent", "--model", "SD"], "needs an x4 upscaler model"),
+        (["--mode", "diffusion", "--model", "X4"], "is an x4 upscaler model"),
+        (["--mode", "diffusion", "--model", "SD", "--steps", "2"], "run no step"),  # 2 x 0.3 < 1
+        (["--mode", "resize", "--upscaler", "JUNK"], "--upscaler is for --mode model or diffusion"),
+        (["--width", "64"], "--width and --height together"),
+        (["--mode", "resize", "--width", "9000", "--height", "64"], "out of range"),
+        (["--image", "BIG", "--scale", "5"], "too large"),
+        (["--mode", "resize", "--tile", "16"], "tile size"),
+        (["--mode", "sideways"], "invalid choice"),
+    ],
+)
+def test_upscale_bad_input_exits_2_and_writes_nothing(capsys, tmp_path, request, args, message):
+    src, _ = _smooth_png(tmp_path)
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"not an upscaler")
+    names = {"JUNK": str(junk), "BIG": str(_smooth_png(tmp_path, (1700, 1000), "big.png")[0])}
+    if "SD" in args:
+        names["SD"] = request.getfixturevalue("tiny_model")
+    if "X4" in args:
+        names["X4"] = request.getfixturevalue("tiny_x4_model")
+    argv = ["upscale", "--image", str(src), *[names.get(a, a) for a in args], "--out", str(tmp_path / "o"), "-q"]
+    try:
+        code = main(argv)
+    except SystemExit as e:  # argparse's own errors (OneLineParser: one line, exit 2)
+        code = e.code
+    out, err = capsys.readouterr()
+    assert code == 2, err
+    assert out == ""
+    assert message in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "o").exists()  # nothing written
