@@ -422,3 +422,18 @@ def test_a_failing_run_is_one_engine_error_line(tiny_model, monkeypatch, kind):
     expected = OUT_OF_MEMORY if kind != "other" else "Generation failed: shapes do not match"
     assert str(info.value) == expected
     assert info.value.__cause__ is raised
+
+
+@pytest.mark.parametrize("mode", ["txt2img", "img2img", "inpaint"])
+def test_an_x4_upscaler_model_is_refused_outside_upscale_without_loading(tiny_x4_model, mode):
+    from studio.engine.engine import Engine
+
+    e = Engine(device="cpu")
+    extra = {}
+    if mode != "txt2img":
+        extra["init_image"] = np.zeros((SIZE, SIZE, 3), np.uint8)
+    if mode == "inpaint":
+        extra["mask"] = np.full((SIZE, SIZE), 255, np.uint8)
+    with pytest.raises(RequestError, match=f"tiny-x4 is an x4 upscaler model: it only upscales.*for {mode}"):
+        e.generate(req(tiny_x4_model, mode=mode, **extra))
+    assert e.loads == 0  # told from its json files alone

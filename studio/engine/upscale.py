@@ -379,8 +379,16 @@ class _PartialDenoise:
 
         def prepare_latents(batch_size, num_channels_latents, height, width, dtype, device, generator, latents=None):
             x = torch.from_numpy(big.astype(np.float32) / 127.5 - 1.0).permute(2, 0, 1)[None]
-            x = x.to(device=device, dtype=vae.dtype)
-            init = vae.encode(x).latent_dist.mode() * vae.config.scaling_factor
+            # an fp16 VAE that asks for it encodes in fp32, as the pipelines decode (force_upcast)
+            upcast = vae.dtype == torch.float16 and vae.config.get("force_upcast", False)
+            if upcast:
+                vae.to(torch.float32)
+            try:
+                x = x.to(device=device, dtype=vae.dtype)
+                init = vae.encode(x).latent_dist.mode() * vae.config.scaling_factor
+            finally:
+                if upcast:
+                    vae.to(torch.float16)
             init = init.to(dtype).repeat(batch_size, 1, 1, 1)
             noise = randn_tensor(init.shape, generator=generator, device=torch.device(device), dtype=dtype)
             return scheduler.add_noise(init, noise, scheduler.timesteps[:1].repeat(batch_size))
