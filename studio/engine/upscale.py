@@ -195,7 +195,7 @@ class _Upscale:
         self.t_loaded = time.perf_counter()
         return self.model
 
-    def emit(self, info: StepInfo) -> None:
+    def send(self, info: StepInfo) -> None:
         if self.on_step is not None:
             self.on_step(info)
 
@@ -220,7 +220,7 @@ class _Upscale:
                 raise _cancelled()()
             preview = np.asarray(pixels, np.uint8) if want_preview and pixels is not None else None
             region = scale_rect(tuple(int(v) for v in rect), sx, sy)
-            self.emit(StepInfo(part, parts, time.perf_counter() - self.t0, preview, stage=stage, part=part,
+            self.send(StepInfo(part, parts, time.perf_counter() - self.t0, preview, stage=stage, part=part,
                                parts=parts, region=region))  # fmt: skip
 
         t = time.perf_counter()

@@ -108,7 +108,8 @@ class Params:
         return GenerateRequest(
             prompt=self.prompt, negative_prompt=self.negative_prompt, model=model, mode="upscale",
             sampler=self.sampler, schedule=self.schedule, steps=int(self.steps), cfg=float(self.cfg),
-            seed=None if self.seed < 0 else int(self.seed), preview=preview, strength=float(self.upscale_strength),
+            seed=None if self.seed < 0 else int(self.seed), preview=preview,
+            strength=float(self.upscale_strength) if self.upscale_mode == "diffusion" else 1.0,  # latent: as trained
             upscale_mode=self.upscale_mode, scale=float(self.scale), upscaler=self.upscaler or None,
             tile=int(self.tile), tile_overlap=int(self.tile_overlap),
         )  # fmt: skip

@@ -263,7 +263,7 @@ class UpscaleOptions(QWidget):
 
     def _update_target(self) -> None:
         doc, p = self.session.document, self.session.params
-        self.strength.setEnabled(p.upscale_mode in ("diffusion", "latent"))
+        self.strength.setEnabled(p.upscale_mode == "diffusion")  # the latent upscaler runs all its steps
         if not doc.has_image():
             self.target.setText("Put an image on the canvas first")
             return
