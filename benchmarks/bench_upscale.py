@@ -8,7 +8,7 @@ the scene drawn at 256 px, the input its bicubic downsampling to 64 px. Methods:
 - bicubic (PIL);
 - the built-in SwinIR x4 (models/swinir-x4, loaded through spandrel, whole picture);
 - the built-in latent upscaler (models/latent-upscaler-x4) through diffusers' StableDiffusionUpscalePipeline
-  directly: noise_level 20, DDIM, --steps steps (default 4), no guidance, empty prompt;
+  directly: noise_level 20, DDIM, --steps steps (default 4), no guidance, the scene's caption as the prompt;
 - the engine's diffusion upscale with the built-in model (``Engine().generate(GenerateRequest(mode="upscale",
   upscale_mode="diffusion", ...))``), where the engine has it; else skipped with a note.
 
@@ -87,7 +87,7 @@ def rss_child(factor: int) -> None:
     print(json.dumps({"factor": factor, "out": list(out.shape[:2]), "seconds": round(dt, 1), "peak_rss_mb": round(peak_mb)}))
 
 
-def engine_diffusion_upscale(lr, seed: int, steps: int):
+def engine_diffusion_upscale(lr, caption: str, seed: int, steps: int):
     """The engine's diffusion upscale (resize, then low-strength img2img) of the built-in model, x4."""
     from studio.engine import GenerateRequest
     from studio.engine.engine import Engine
@@ -96,7 +96,7 @@ def engine_diffusion_upscale(lr, seed: int, steps: int):
     if "_ENGINE" not in globals():
         _ENGINE = Engine()
     req = GenerateRequest(mode="upscale", upscale_mode="diffusion", model=str(BUILTIN), init_image=lr, scale=4.0,
-                          prompt="", steps=steps, strength=0.3, seed=seed)
+                          prompt=caption, steps=steps, strength=0.3, seed=seed)
     return _ENGINE.generate(req).images[0]
 
 
@@ -123,11 +123,11 @@ def main() -> int:
     from studio.training.sr_data import bicubic, heldout_pairs, psnr, ssim
 
     pairs = heldout_pairs(a.n)
-    methods = {"bicubic": lambda lr, i: bicubic(lr, 256)}
+    methods = {"bicubic": lambda lr, i, cap: bicubic(lr, 256)}
     notes = []
     if SWINIR.exists():
         model = load_swinir()
-        methods["SwinIR x4 (built-in)"] = lambda lr, i: swinir_tiled(model, lr, tile=64)
+        methods["SwinIR x4 (built-in)"] = lambda lr, i, cap: swinir_tiled(model, lr, tile=64)
     else:
         notes.append(f"SwinIR skipped: {SWINIR} missing")
     if (LATENT_UP / "model_index.json").exists():
@@ -135,14 +135,14 @@ def main() -> int:
 
         pipe = load_upscale_pipeline(LATENT_UP)
         methods[f"latent upscaler x4 (built-in, {a.steps} DDIM steps, noise {a.noise_level})"] = (
-            lambda lr, i: upscale_with_pipeline(pipe, lr, "", steps=a.steps, noise_level=a.noise_level, seed=i))
+            lambda lr, i, cap: upscale_with_pipeline(pipe, lr, cap, steps=a.steps, noise_level=a.noise_level, seed=i))
     else:
         notes.append(f"latent upscaler skipped: {LATENT_UP} missing")
     if not a.no_engine:
         try:
-            engine_diffusion_upscale(pairs[0][1], 0, 2)
+            engine_diffusion_upscale(pairs[0][1], pairs[0][2], 0, a.engine_steps)
             methods[f"engine diffusion upscale (built-in model, {a.engine_steps} steps, strength 0.3)"] = (
-                lambda lr, i: engine_diffusion_upscale(lr, i, a.engine_steps))
+                lambda lr, i, cap: engine_diffusion_upscale(lr, cap, i, a.engine_steps))
         except Exception as e:  # noqa: BLE001 - not in the engine yet, or it fails: say so
             notes.append(f"engine diffusion upscale skipped: {type(e).__name__}: {str(e).splitlines()[0][:160]}")
 
@@ -150,8 +150,8 @@ def main() -> int:
     for name, fn in methods.items():
         t0 = time.time()
         ps, ss = [], []
-        for i, (hr, lr, _cap) in enumerate(pairs):
-            out = fn(lr, i)
+        for i, (hr, lr, cap) in enumerate(pairs):
+            out = fn(lr, i, cap)
             assert out.shape == hr.shape, (name, out.shape)
             ps.append(psnr(hr, out))
             ss.append(ssim(hr, out))
