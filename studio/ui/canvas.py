@@ -444,9 +444,12 @@ class Canvas(QWidget):
             image, rect = self._live
             p.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform, True)
             p.drawImage(self.widget_rect(rect), image)
-        if self._crop is not None:
+        # Both are in the document image's pixels: not drawn over a preview of another size (an upscale).
+        same = self.document is None or self.document.image is None or self.document.image.size() == (
+            self._logical or self._image.size())
+        if self._crop is not None and same:
             self._draw_crop(p, self.widget_rect(self._crop))
-        selection = self.selection_rect()
+        selection = self.selection_rect() if same else None
         if selection is not None:
             self._draw_crop(p, self.widget_rect(selection), f"selection {selection[2]}×{selection[3]}",
                             QColor(124, 92, 255, 255))  # fmt: skip

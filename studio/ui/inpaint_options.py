@@ -167,10 +167,18 @@ class UpscaleOptions(QWidget):
     def __init__(self, session: Session, parent: QWidget | None = None):
         super().__init__(parent)
         self.session = session
-        grid = QGridLayout(self)
-        grid.setContentsMargins(0, 0, 0, 0)
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(0, 0, 0, 0)
+        outer.setSpacing(6)
+        self.target = QLabel()
+        self.target.setObjectName("Muted")
+        self.target.setWordWrap(True)
+        self.target.setToolTip("What will be upscaled, and to what size (select a region on the canvas: M)")
+        outer.addWidget(self.target)
+        grid = QGridLayout()
         grid.setHorizontalSpacing(8)
         grid.setVerticalSpacing(6)
+        outer.addLayout(grid)
         self.method = QComboBox()
         for value, label, tip in METHODS:
             self.method.addItem(label, value)
@@ -204,15 +212,11 @@ class UpscaleOptions(QWidget):
         self.overlap.setSpecialValueText("Auto")
         self.overlap.setSuffix(" px")
         self.overlap.setToolTip("How much neighbouring tiles overlap, blended so no seam shows (Auto: a good default)")
-        self.target = QLabel()
-        self.target.setObjectName("Muted")
-        self.target.setToolTip("What will be upscaled, and to what size")
         rows = (("Method", self.method, 0, 0, 2), ("Factor", self.scale, 2, 0, 1), ("Strength", self.strength, 2, 1, 1),
                 ("Upscaler", self.upscaler, 4, 0, 2), ("Tile", self.tile, 6, 0, 1), ("Overlap", self.overlap, 6, 1, 1))
         for label, widget, row, col, span in rows:
             grid.addWidget(CanvasOptions._label(label), row, col, 1, span)
             grid.addWidget(widget, row + 1, col, 1, span)
-        grid.addWidget(self.target, 8, 0, 1, 2)
 
         s = session
         self.method.currentIndexChanged.connect(lambda _i: s.update_params(upscale_mode=self.method.currentData()))

@@ -446,9 +446,14 @@ class MainWindow(QMainWindow):
             self.canvas.set_brush_size(max(1, round(side / 8)))
 
     def _mode_tools(self, params) -> None:
-        # Inpaint mode is about painting the mask: hand the artist the brush.
-        if params.mode == "inpaint" and self.canvas.tool() == "pan" and self.session.document.has_image():
+        # Inpaint mode is about painting the mask: hand the artist the brush; Upscale mode about picking a
+        # region (or none: the whole image): the selection tool. Middle-drag or Space pans with either.
+        if not self.session.document.has_image():
+            return
+        if params.mode == "inpaint" and self.canvas.tool() in ("pan", "select"):
             self.canvas.set_tool("brush")
+        elif params.mode == "upscale" and self.canvas.tool() != "select":
+            self.canvas.set_tool("select")
 
     def _history_changed(self) -> None:
         h = self.session.document.history
