@@ -18,6 +18,7 @@ from PySide6.QtWidgets import (
 )
 
 from studio.session import Params, Session
+from studio.ui.theme import muted_label
 
 MODE_BUTTONS = (
     ("txt2img", "Text", "Text to image: a new image from the prompt (Ctrl+1)"),
@@ -132,11 +133,7 @@ class CanvasOptions(QWidget):
         self.content.currentIndexChanged.connect(lambda _i: s.update_params(masked_content=self.content.currentData()))
         self.set_params(session.params)
 
-    @staticmethod
-    def _label(text: str) -> QLabel:
-        label = QLabel(text)
-        label.setObjectName("Muted")
-        return label
+    _label = staticmethod(muted_label)
 
     def _area_changed(self) -> None:
         self.padding.setEnabled(self.area.currentData() == "masked")
@@ -215,7 +212,7 @@ class UpscaleOptions(QWidget):
         rows = (("Method", self.method, 0, 0, 2), ("Factor", self.scale, 2, 0, 1), ("Strength", self.strength, 2, 1, 1),
                 ("Upscaler", self.upscaler, 4, 0, 2), ("Tile", self.tile, 6, 0, 1), ("Overlap", self.overlap, 6, 1, 1))
         for label, widget, row, col, span in rows:
-            grid.addWidget(CanvasOptions._label(label), row, col, 1, span)
+            grid.addWidget(muted_label(label), row, col, 1, span)
             grid.addWidget(widget, row + 1, col, 1, span)
 
         s = session

@@ -24,7 +24,7 @@ from PySide6.QtWidgets import (
 from studio.engine.requests import MAX_SEED
 from studio.session import IMAGE_SUFFIXES, Params, Session
 from studio.ui.inpaint_options import CanvasOptions, ModeSwitch, UpscaleOptions
-from studio.ui.theme import icon
+from studio.ui.theme import icon, muted_label
 
 GENERATE_LABELS = {
     "txt2img": ("  Generate", "Generate from the prompt (Ctrl+Enter). Click again to queue more runs."),
@@ -213,11 +213,7 @@ class PromptPanel(QWidget):
 
     # -- construction helpers ------------------------------------------------------------------
 
-    @staticmethod
-    def _label(text: str) -> QLabel:
-        label = QLabel(text)
-        label.setObjectName("Muted")
-        return label
+    _label = staticmethod(muted_label)
 
     @staticmethod
     def _size_box(tip: str) -> QSpinBox:

@@ -53,3 +53,12 @@ def apply_dark_theme(app: QApplication) -> None:
     app.setPalette(pal)
     app.setStyleSheet(stylesheet("dark"))
     app.setWindowIcon(icon("app"))
+
+
+def muted_label(text: str):
+    """A small grey label over a control (the panels' field names)."""
+    from PySide6.QtWidgets import QLabel
+
+    label = QLabel(text)
+    label.setObjectName("Muted")
+    return label
