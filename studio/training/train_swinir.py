@@ -209,6 +209,8 @@ def train_swinir(
     opt = torch.optim.AdamW(model.parameters(), lr=preset.lr, weight_decay=0.0, betas=(0.9, 0.99))
     ema = EMA({"model": model}, preset.ema_decay)
     ckpt_path = run_dir / "checkpoint.pt"
+    budget_s = preset.time_budget_minutes * 60 if preset.time_budget_minutes else None
+    steps = preset.steps
     start, trained_s = 0, 0.0
     ck = load_checkpoint(ckpt_path)
     if ck is not None:
@@ -221,15 +223,14 @@ def train_swinir(
     (run_dir / "train_config.json").write_text(json.dumps({"preset": preset.to_dict(), "seed": seed}, indent=2))
     log = JsonLog(run_dir / "log.jsonl")
     src = SRPairs(TRAIN_SEED + seed)
-    budget_s = preset.time_budget_minutes * 60 if preset.time_budget_minutes else None
-    steps = preset.steps
 
     def save(step: int, done: bool = False) -> None:
         save_checkpoint(ckpt_path, {"model": model.state_dict(), "optimizer": opt.state_dict(),
                                     "ema": ema.state_dict(), "step": step, "trained_s": trained_s,
                                     "rng": rng_state(), "preset": preset.to_dict(), "done": done})
 
-    if ck is not None and ck.get("done"):
+    # finished: done, and the budget (or step count) not raised since (a raised one continues the run)
+    if ck is not None and ck.get("done") and (trained_s >= budget_s if budget_s else start >= steps):
         print("training already finished")
     else:
         model.train()
