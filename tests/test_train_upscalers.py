@@ -51,9 +51,12 @@ def test_swinir_trains_resumes_and_exports_for_spandrel(tmp_path):
     torch.save(ck, run / "checkpoint.pt")
     r2 = train_swinir(run, preset, eval_images=0, progress=False)
     assert r2["steps"] == 6
-    out = export_swinir(run, tmp_path / "x4.safetensors")
+    out = export_swinir(run, tmp_path / "x4.safetensors", fp32=True)
     desc = load_swinir_file(out)
     assert desc.architecture.id == "SwinIR" and desc.scale == 4
+    half = load_swinir_file(export_swinir(run, tmp_path / "x4-fp16.safetensors"))  # the shipped default
+    assert half.architecture.id == "SwinIR" and half.scale == 4
+    assert (tmp_path / "x4-fp16.safetensors").stat().st_size < 0.7 * out.stat().st_size
     # spandrel's model computes what ours does
     ours = build_swinir(torch.load(run / "checkpoint.pt", weights_only=True)["preset"]["model"])
     ours.load_state_dict(torch.load(run / "checkpoint.pt", weights_only=True)["ema"]["shadow"]["model"])
@@ -62,6 +65,7 @@ def test_swinir_trains_resumes_and_exports_for_spandrel(tmp_path):
     x = torch.from_numpy(lr.astype(np.float32) / 255).permute(2, 0, 1)[None]
     with torch.no_grad():
         assert torch.allclose(desc.model.eval()(x), ours(x), atol=1e-5)
+        assert torch.allclose(half.model.eval()(x), ours(x), atol=2e-2)
     assert upscale_uint8(ours, lr).shape == (96, 96, 3)
 
 

@@ -85,6 +85,7 @@ def add_upscaler_subcommands(subparsers) -> None:
     p.add_argument("--run-dir", default="runs/swinir")
     p.add_argument("--out", default="models/swinir-x4/swinir-x4.safetensors")
     p.add_argument("--no-ema", action="store_true")
+    p.add_argument("--fp32", action="store_true", help="store float32 weights (default float16)")
     p.set_defaults(func=_export_swinir)
 
     p = subparsers.add_parser("train-latent-upscaler",

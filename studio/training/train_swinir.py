@@ -282,8 +282,8 @@ def train_swinir(
     return result
 
 
-def export_swinir(run_dir: str | Path, out_file: str | Path, use_ema: bool = True) -> Path:
-    """Write the run's weights as a float32 safetensors state dict with SwinIR's own keys."""
+def export_swinir(run_dir: str | Path, out_file: str | Path, use_ema: bool = True, fp32: bool = False) -> Path:
+    """Write the run's weights as a safetensors state dict with SwinIR's own keys (float16 unless ``fp32``)."""
     from safetensors.torch import save_file
 
     run_dir, out_file = Path(run_dir), Path(out_file)
@@ -298,7 +298,9 @@ def export_swinir(run_dir: str | Path, out_file: str | Path, use_ema: bool = Tru
     missing, unexpected = model.load_state_dict(
         {k: v for k, v in weights.items() if not k.endswith("attn_mask")}, strict=False)
     assert all(k.endswith("attn_mask") for k in missing) and not unexpected, (missing, unexpected)
-    sd = {k: v.detach().float().contiguous() if v.dtype.is_floating_point else v.contiguous()
+    # float16 weights and int32 indices by default (half the size); spandrel copies them into its float32 model
+    ftype, itype = (torch.float32, torch.int64) if fp32 else (torch.float16, torch.int32)
+    sd = {k: v.detach().to(ftype if v.dtype.is_floating_point else itype).contiguous()
           for k, v in model.state_dict().items()}
     out_file.parent.mkdir(parents=True, exist_ok=True)
     meta = {"architecture": "SwinIR", "scale": str(SCALE), "training_step": str(ck["step"]),
@@ -328,6 +330,6 @@ def main_train_swinir(args) -> None:
 
 
 def main_export_swinir(args) -> None:
-    out = export_swinir(args.run_dir, args.out, use_ema=not args.no_ema)
+    out = export_swinir(args.run_dir, args.out, use_ema=not args.no_ema, fp32=getattr(args, "fp32", False))
     desc = load_swinir_file(out)
     print(f"exported {out} ({out.stat().st_size / 1e6:.2f} MB): spandrel sees {desc.architecture.id} x{desc.scale}")

@@ -540,13 +540,23 @@ def export_upscaler(run_dir: str | Path, out_dir: str | Path, use_ema: bool = Tr
             if child.name != "README.md":
                 shutil.rmtree(child) if child.is_dir() else child.unlink()
     pipe.save_pretrained(out_dir, safe_serialization=True)
+    if fp16:
+        # the text encoder's weights as float16 too (its 49408-word embedding is most of it), its config still
+        # saying float32: transformers then loads it as float32, so a plain from_pretrained stays all-float32
+        from safetensors.torch import load_file, save_file
+
+        for f in (out_dir / "text_encoder").glob("*.safetensors"):
+            sd = load_file(str(f))
+            save_file({k: v.half() if v.dtype.is_floating_point else v for k, v in sd.items()}, str(f),
+                      metadata={"format": "pt"})
     tok_dir = out_dir / "tokenizer"
     shutil.rmtree(tok_dir, ignore_errors=True)
     tok_dir.mkdir(parents=True)
     for name in ("vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json"):
         shutil.copy2(TOKENIZER_DIR / name, tok_dir / name)
     info = {"training_step": int(ck["step"]), "training_minutes": round(float(ck.get("trained_s", 0)) / 60, 1),
-            "ema": use_ema, "weights_dtype": "unet, vae: float16; text_encoder: float32" if fp16 else "float32"}
+            "ema": use_ema,
+            "weights_dtype": "float16 (text_encoder config float32: loaded as float32)" if fp16 else "float32"}
     (out_dir / "training_info.json").write_text(json.dumps(info, indent=2) + "\n")
     return out_dir
 
