@@ -188,11 +188,31 @@ def _progress(quiet: bool):
     return on_step
 
 
-def _run_generation(args: argparse.Namespace, mode: str) -> int:
+def _request(args: argparse.Namespace, mode: str, **fields):
+    """The GenerateRequest of a generation command: the options they all share, plus this mode's fields."""
     from .engine import GenerateRequest
+
+    shared = dict(prompt=args.prompt, negative_prompt=args.negative, model=args.model, mode=mode,
+                  sampler=args.sampler, schedule=args.schedule, steps=args.steps, cfg=args.cfg, seed=args.seed,
+                  width=args.width, height=args.height, clip_skip=args.clip_skip)  # fmt: skip
+    return GenerateRequest(**{**shared, **fields})
+
+
+def _generate_and_save(args: argparse.Namespace, request) -> int:
+    """Torch only from here on: the engine runs the request, the paths go to stdout."""
+    from .engine.engine import Engine
     from .engine.output import save_result
     from .paths import default_output_dir
 
+    engine = Engine(device=args.device)
+    result = engine.generate(request, on_step=_progress(args.quiet))
+    out = Path(args.out) if args.out else default_output_dir()
+    for path in save_result(result, out, __version__):
+        print(path, flush=True)
+    return 0
+
+
+def _run_generation(args: argparse.Namespace, mode: str) -> int:
     init = _read_image(args.image) if mode in ("img2img", "inpaint", "outpaint") else None
     inpaint: dict = {}
     if mode == "inpaint":
@@ -205,45 +225,19 @@ def _run_generation(args: argparse.Namespace, mode: str) -> int:
         mode = "inpaint"
     if mode == "inpaint":
         inpaint.update(mask_blur=args.mask_blur, masked_content=args.fill)
-    request = GenerateRequest(
-        prompt=args.prompt,
-        negative_prompt=args.negative,
-        model=args.model,
-        mode=mode,
-        sampler=args.sampler,
-        schedule=args.schedule,
-        steps=args.steps,
-        cfg=args.cfg,
-        seed=args.seed,
-        width=args.width,
-        height=args.height,
-        batch=args.batch,
-        strength=getattr(args, "strength", 0.75),
-        init_image=init,
-        clip_skip=args.clip_skip,
-        **inpaint,
-    )
+    request = _request(args, mode, batch=args.batch, strength=getattr(args, "strength", 0.75), init_image=init,
+                       **inpaint)  # fmt: skip
     request.validate()  # before torch is imported: bad input answers at once
     from .engine.samplers import scheduler_spec
 
     scheduler_spec(request.sampler, request.schedule)
     if args.model is not None and not Path(args.model).exists():
         raise EngineError(f"Model not found: {args.model}")
-
-    from .engine.engine import Engine
-
-    engine = Engine(device=args.device)
-    result = engine.generate(request, on_step=_progress(args.quiet))
-    out = Path(args.out) if args.out else default_output_dir()
-    for path in save_result(result, out, __version__):
-        print(path, flush=True)
-    return 0
+    return _generate_and_save(args, request)
 
 
 def _run_upscale(args: argparse.Namespace) -> int:
-    from .engine import GenerateRequest
-    from .engine.output import save_result
-    from .paths import BUILTIN_MODEL, default_output_dir
+    from .paths import BUILTIN_MODEL
 
     if (args.width is None) != (args.height is None):
         raise RequestError("Give --width and --height together (or --scale)")
@@ -251,27 +245,8 @@ def _run_upscale(args: argparse.Namespace) -> int:
         raise RequestError(f"--upscaler is for --mode model or diffusion, not {args.mode}")
     init = _read_image(args.image)
     strength = args.strength if args.strength is not None else UPSCALE_STRENGTH.get(args.mode, 0.3)
-    request = GenerateRequest(
-        prompt=args.prompt,
-        negative_prompt=args.negative,
-        model=args.model,
-        mode="upscale",
-        sampler=args.sampler,
-        schedule=args.schedule,
-        steps=args.steps,
-        cfg=args.cfg,
-        seed=args.seed,
-        width=args.width,
-        height=args.height,
-        strength=strength,
-        init_image=init,
-        clip_skip=args.clip_skip,
-        upscale_mode=args.mode,
-        scale=args.scale,
-        upscaler=args.upscaler,
-        tile=args.tile,
-        tile_overlap=args.overlap,
-    )
+    request = _request(args, "upscale", strength=strength, init_image=init, upscale_mode=args.mode,
+                       scale=args.scale, upscaler=args.upscaler, tile=args.tile, tile_overlap=args.overlap)  # fmt: skip
     request.validate()  # before torch is imported: bad input answers at once
     if args.upscaler is not None and not Path(args.upscaler).is_file():
         raise EngineError(f"Upscaler not found: {args.upscaler}")
@@ -283,15 +258,7 @@ def _run_upscale(args: argparse.Namespace) -> int:
         if args.model is not None and not Path(args.model).exists():
             raise EngineError(f"Model not found: {args.model}")
         check_mode(read_layout(resolve_model_path(args.model, BUILTIN_MODEL)), "upscale", args.mode)
-
-    from .engine.engine import Engine
-
-    engine = Engine(device=args.device)
-    result = engine.generate(request, on_step=_progress(args.quiet))
-    out = Path(args.out) if args.out else default_output_dir()
-    for path in save_result(result, out, __version__):
-        print(path, flush=True)
-    return 0
+    return _generate_and_save(args, request)
 
 
 def _info(path: str) -> int:
