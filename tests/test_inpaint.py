@@ -354,3 +354,18 @@ def test_remove_an_object_cases_and_score_on_true_images():
     assert r["outside_mean_abs_change"] == 0.0  # only the object was there: outside, the pictures are the same
     kept = score_removal(src, src, masks, items)  # nothing removed
     assert kept["removed"] == 0.0 and kept["hole_background_fraction"] < 0.9
+
+
+def test_the_crop_box_feathers_only_around_the_mask_yet_equals_the_whole_mask_feathered():
+    from studio.engine.inpaint import _box, _feathered_box, feather
+
+    rng = np.random.default_rng(3)
+    for trial in range(40):
+        h, w = int(rng.integers(16, 300)), int(rng.integers(16, 300))
+        m = np.zeros((h, w), np.uint8)
+        for _ in range(int(rng.integers(1, 4))):
+            x, y = int(rng.integers(0, w)), int(rng.integers(0, h))
+            m[y : y + int(rng.integers(1, 40)), x : x + int(rng.integers(1, 40))] = int(rng.integers(1, 256))
+        blur = [0, 0.5, 1, 2, 4, 7.5, 16, 40][trial % 8]
+        whole = (m > 0) | (feather(m, blur) > 0) if blur > 0 else m > 0
+        assert _feathered_box(m, blur) == _box(whole), (trial, blur)
