@@ -155,7 +155,7 @@ def test_missing_and_bad_models_are_clear_errors(engine, tmp_path):
         engine.generate(req(str(tmp_path / "empty")))
     f = tmp_path / "model.safetensors"
     f.write_bytes(b"x")
-    with pytest.raises(ModelError, match="single-file"):
+    with pytest.raises(ModelError, match="model.safetensors is truncated"):
         engine.generate(req(str(f)))
 
 

@@ -211,22 +211,32 @@ class Engine:
         self._upscaler: tuple[tuple, object] | None = None  # the last upscaler model: (file key, LoadedUpscaler)
 
     # -- models -------------------------------------------------------------------------------------
-    def load(self, model: str | None) -> LoadedModel:
+    def load(self, model: str | None, prediction: str = "auto") -> LoadedModel:
         path = resolve_model_path(model, BUILTIN_MODEL)
-        key = model_key(path)
+        key = model_key(path, prediction)
         if self._model is not None and self._model.key == key:
             return self._model
-        self._model = None  # free the old weights before reading the new ones
-        if self.device.type == "cuda":
-            torch.cuda.empty_cache()
-        loaded = load_model(path, self.device, self.dtype)
+        self._free_model()  # the old weights go before the new ones are read: two never share the memory
+        loaded = load_model(path, self.device, self.dtype, prediction)
         self.loads += 1
         self._model = loaded
         return loaded
 
     def unload(self) -> None:
-        self._model = None
+        self._free_model()
         self._upscaler = None
+
+    def _free_model(self) -> None:
+        if self._model is None:
+            return
+        self._model = None
+        import gc
+
+        gc.collect()  # pipelines hold reference cycles (from_pipe, hooks): free them now, not at some later gc
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        elif self.device.type == "mps":
+            torch.mps.empty_cache()
 
     def upscaler(self, path: str):
         """The upscaler model file loaded on the engine's device (studio.engine.upscalers), the last one cached
@@ -252,7 +262,7 @@ class Engine:
     def layout(self, model: str | None) -> ModelLayout:
         """What a model is, from its json files (the loaded model's when it is the one asked for)."""
         path = resolve_model_path(model, BUILTIN_MODEL)
-        if self._model is not None and self._model.key == model_key(path):
+        if self._model is not None and self._model.key[:3] == model_key(path)[:3]:
             return self._model.layout
         return read_layout(path)
 

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from .errors import ModelError, RequestError, first_line
+from .modelfiles import ARCHS, FAMILY, MODEL_FILE_SUFFIXES, classify_header, read_header
 
 # model_index.json _class_name -> (family, layout)
 _KNOWN = {
@@ -49,6 +50,8 @@ class ModelLayout:
     layout: str  # txt2img, inpaint, upscale
     unet_in_channels: int
     class_name: str
+    arch: str = ""  # an ARCHS id (modelfiles); single files always have one
+    single_file: bool = False
 
     @property
     def modes(self) -> tuple[str, ...]:
@@ -73,9 +76,7 @@ def resolve_model_path(model: str | os.PathLike | None, builtin: Path) -> Path:
 def read_layout(path: Path) -> ModelLayout:
     """Recognise a diffusers pipeline folder: txt2img, 9-channel inpainting, the x4 upscaler, SDXL."""
     if path.is_file():
-        if path.suffix.lower() in (".safetensors", ".ckpt", ".pt", ".bin"):
-            raise ModelError(f"{path.name}: single-file checkpoints are not supported yet; use a diffusers model folder")
-        raise ModelError(f"{path.name} is not a model: expected a diffusers model folder")
+        return _file_layout(path)
     index = path / "model_index.json"
     if not index.is_file():
         raise ModelError(f"{path} is not a diffusers model folder (no model_index.json)")
@@ -110,7 +111,39 @@ def read_layout(path: Path) -> ModelLayout:
         layout = "inpaint" if in_ch == 9 else "txt2img"
         if in_ch not in (4, 9):
             raise ModelError(f"{path.name}: a U-Net with {in_ch} input channels is not supported")
-    return ModelLayout(path, family, layout, in_ch, cls)
+    return ModelLayout(path, family, layout, in_ch, cls, arch=_diffusers_arch(path))
+
+
+_KIND_ADVICE = {
+    "lora": "a LoRA: add it to the prompt as <lora:{name}:1> instead",
+    "vae": "a VAE: choose it as the VAE of a checkpoint instead",
+    "embedding": "a textual-inversion embedding: write its name, {name}, in the prompt instead",
+    "upscaler": "an upscaler model: use it in the Upscale mode instead",
+}
+
+
+def _file_layout(path: Path) -> ModelLayout:
+    """A single-file checkpoint's layout from its safetensors header (or a pickle's key names) alone."""
+    if path.suffix.lower() not in MODEL_FILE_SUFFIXES:
+        raise ModelError(f"{path.name} is not a model: expected a .safetensors or .ckpt checkpoint, or a diffusers folder")
+    header = read_header(path)
+    found = classify_header(header)
+    if found.kind == "unknown":
+        raise ModelError(found.note or f"{path.name} is not a Stable Diffusion checkpoint")
+    if found.kind != "checkpoint":
+        advice = _KIND_ADVICE.get(found.kind, "not a checkpoint").format(name=path.stem)
+        raise ModelError(f"{path.name} is not a checkpoint but {advice}")
+    arch = found.arch
+    family = FAMILY[arch]
+    in_ch = 9 if arch.endswith("inpaint") else 7 if arch == "x4-upscaler" else 4
+    layout = "inpaint" if in_ch == 9 else "upscale" if family == "upscale" else "txt2img"
+    return ModelLayout(path, family, layout, in_ch, ARCHS[arch][1], arch=arch, single_file=True)
+
+
+def _diffusers_arch(path: Path) -> str:
+    from .modelfiles import classify
+
+    return classify(path).arch
 
 
 def check_mode(layout: ModelLayout, mode: str, upscale_mode: str = "") -> None:
@@ -131,15 +164,15 @@ def check_mode(layout: ModelLayout, mode: str, upscale_mode: str = "") -> None:
         )
 
 
-def model_key(path: Path) -> tuple[str, int]:
+def model_key(path: Path, prediction: str = "auto") -> tuple:
     idx = path / "model_index.json"
-    mtime = idx.stat().st_mtime_ns if idx.exists() else path.stat().st_mtime_ns
-    return (str(path), mtime)
+    st = idx.stat() if idx.exists() else path.stat()
+    return (str(path), st.st_size, st.st_mtime_ns, prediction)
 
 
 @dataclass
 class LoadedModel:
-    key: tuple[str, int]
+    key: tuple
     layout: ModelLayout
     base: Any  # the pipeline as loaded
     device: Any
@@ -147,6 +180,7 @@ class LoadedModel:
     scheduler_config: Any
     latent_rgb: tuple[np.ndarray, np.ndarray]
     hash: str = ""
+    prediction: str = "epsilon"  # the scheduler's prediction type as loaded (SD 2.x: detected or the user's)
     _pipes: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -193,8 +227,8 @@ class LoadedModel:
         return self._pipes[mode]
 
 
-def load_model(path: Path, device, dtype) -> LoadedModel:
-    """Read a model folder from disk, offline, and place it on the device."""
+def load_model(path: Path, device, dtype, prediction: str = "auto") -> LoadedModel:
+    """Read a model folder or single-file checkpoint from disk, offline, and place it on the device."""
     import diffusers
     import transformers
 
@@ -205,6 +239,46 @@ def load_model(path: Path, device, dtype) -> LoadedModel:
     from .preview import factors_for
 
     layout = read_layout(path)
+    if layout.single_file:
+        from .singlefile import load_single_file
+
+        pipe, _ = load_single_file(path, layout.arch, dtype=dtype, prediction=prediction)
+        in_ch = int(pipe.unet.config.in_channels)
+        if in_ch != layout.unet_in_channels:  # a pickle: its shapes were unknown until now
+            if in_ch == 9 and layout.family != "upscale":
+                arch = layout.arch + "-inpaint"
+                layout = ModelLayout(path, layout.family, "inpaint", 9, ARCHS[arch][1], arch=arch, single_file=True)
+            else:
+                raise ModelError(f"{path.name}: a U-Net with {in_ch} input channels is not supported")
+    else:
+        pipe = _load_folder(path, layout, dtype)
+        if prediction in ("epsilon", "v_prediction") and pipe.scheduler.config.get("prediction_type") != prediction:
+            pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, prediction_type=prediction)
+    pipe.to(device)
+    pipe.set_progress_bar_config(disable=True)
+    try:
+        digest = model_hash(path)
+    except (OSError, ModelError):
+        digest = ""  # a hash is nice to have in the metadata, never a reason to refuse a model
+    loaded = LoadedModel(
+        key=model_key(path, prediction),
+        layout=layout,
+        base=pipe,
+        device=device,
+        dtype=dtype,
+        scheduler_config=pipe.scheduler.config,
+        latent_rgb=factors_for(path, layout.family),
+        hash=digest,
+        prediction=str(pipe.scheduler.config.get("prediction_type", "epsilon")),
+    )
+    mode = "inpaint" if layout.layout == "inpaint" else layout.layout
+    loaded._pipes[mode] = pipe
+    return loaded
+
+
+def _load_folder(path: Path, layout: ModelLayout, dtype):
+    import diffusers
+
     cls = getattr(diffusers, layout.class_name)
     if layout.family == "sd":
         cls = getattr(diffusers, _PIPES["sd"][layout.layout])
@@ -214,25 +288,6 @@ def load_model(path: Path, device, dtype) -> LoadedModel:
     elif layout.family == "upscale":  # StableDiffusionUpscalePipeline takes no requires_safety_checker
         extra.update(safety_checker=None, feature_extractor=None, watermarker=None)
     try:
-        pipe = cls.from_pretrained(path, dtype=dtype, local_files_only=True, **extra)
+        return cls.from_pretrained(path, dtype=dtype, local_files_only=True, **extra)
     except Exception as e:  # noqa: BLE001 - corrupt weights raise many kinds; the artist gets one line
         raise ModelError(f"Cannot load model {path.name}: {first_line(e)}") from e
-    pipe.to(device)
-    pipe.set_progress_bar_config(disable=True)
-    try:
-        digest = model_hash(path)
-    except (OSError, ModelError):
-        digest = ""  # a hash is nice to have in the metadata, never a reason to refuse a model
-    loaded = LoadedModel(
-        key=model_key(path),
-        layout=layout,
-        base=pipe,
-        device=device,
-        dtype=dtype,
-        scheduler_config=pipe.scheduler.config,
-        latent_rgb=factors_for(path, layout.family),
-        hash=digest,
-    )
-    mode = "inpaint" if layout.layout == "inpaint" else layout.layout
-    loaded._pipes[mode] = pipe
-    return loaded

@@ -1,0 +1,139 @@
+"""Single-file checkpoints (A1111 / ComfyUI ``.safetensors``, pickle ``.ckpt``) loaded offline.
+
+``from_single_file`` is always given ``config=`` one of the diffusers-format folders shipped in
+``resources/configs/`` (without it diffusers reaches for the hub, whatever ``local_files_only`` says), and the
+tokenizers built here from the one shared CLIP BPE in ``resources/tokenizer/`` plus that folder's settings. A
+pickle is scanned first (``modelfiles.pickle_globals``: its imports, read without running it) and then read by
+diffusers with ``torch.load(weights_only=True)``; anything needing more than tensors is refused.
+
+SD 2.x v-prediction is not in the keys: A1111's test decides (the U-Net run once on a constant input at
+t = 999: a v-model's output is about minus its input), unless the user set it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import pickle
+import re
+from pathlib import Path
+from typing import Any
+
+from ..paths import CONFIGS_DIR, TOKENIZER_DIR
+from .errors import ModelError, first_line
+from .modelfiles import ARCHS, PICKLE_SUFFIXES, pickle_globals
+
+log = logging.getLogger(__name__)
+PREDICTIONS = ("auto", "epsilon", "v_prediction")
+
+
+def config_folder(arch: str, root: Path | None = None) -> Path:
+    folder = Path(root or CONFIGS_DIR) / arch
+    if not (folder / "model_index.json").is_file():
+        raise ModelError(f"The configuration for {ARCHS.get(arch, (arch,))[0]} models is missing ({folder})")
+    return folder
+
+
+def make_tokenizer(settings_dir: Path):
+    """A CLIPTokenizer from the shared BPE files and one folder's tokenizer settings (pad token, lengths)."""
+    from transformers import CLIPTokenizer
+
+    try:
+        settings = json.loads((settings_dir / "tokenizer_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        settings = {}
+    keep = ("model_max_length", "bos_token", "eos_token", "unk_token", "pad_token", "do_lower_case", "errors")
+    kwargs = {k: settings[k] for k in keep if isinstance(settings.get(k), (str, int, bool))}
+    return CLIPTokenizer(
+        vocab_file=str(TOKENIZER_DIR / "vocab.json"), merges_file=str(TOKENIZER_DIR / "merges.txt"), **kwargs
+    )
+
+
+def check_pickle(path: Path) -> None:
+    """Refuse a pickle that imports anything but tensor rebuilding (before torch opens it)."""
+    bad = [g for g in pickle_globals(path) if not _allowed_global(g)]
+    if bad:
+        raise ModelError(
+            f"{path.name} holds Python objects besides weights ({', '.join(sorted(set(bad))[:3])}); a pickle can run "
+            "code, so it was not opened. Use a .safetensors version of this model"
+        )
+
+
+# What a plain state dict's pickle imports (torch's weights_only unpickler allows about these). Anything else
+# (pytorch_lightning callbacks, builtins.eval, os.system...) is refused before torch opens the file.
+_ALLOWED = re.compile(
+    r"^(torch\._utils\._rebuild_[a-z_0-9]+|torch\.[A-Za-z0-9]*Storage|torch\.storage\.(TypedStorage|UntypedStorage)"
+    r"|torch\._tensor\._rebuild_from_type_v2|torch\.nn\.parameter\.Parameter|torch\.Size|torch\.device"
+    r"|torch\.(float|bfloat|half|int|uint|bool|complex|double|long|short)[0-9]*"
+    r"|collections\.OrderedDict|builtins\.(set|dict|list|tuple|int|float|str|bytearray)|_codecs\.encode"
+    r"|numpy\.core\.multiarray\._reconstruct|numpy\.(ndarray|dtype))$"
+)
+
+
+def _allowed_global(name: str) -> bool:
+    return bool(_ALLOWED.match(name))
+
+
+def load_single_file(
+    path: Path,
+    arch: str,
+    *,
+    dtype: Any,
+    prediction: str = "auto",
+    configs_root: Path | None = None,
+) -> tuple[Any, str]:
+    """The pipeline for a checkpoint of architecture ``arch`` (on the CPU), and the prediction type used."""
+    import diffusers
+
+    if arch not in ARCHS:
+        raise ModelError(f"{path.name}: unknown architecture {arch!r}")
+    if path.suffix.lower() in PICKLE_SUFFIXES:
+        check_pickle(path)
+    folder = config_folder(arch, configs_root)
+    cls = getattr(diffusers, ARCHS[arch][1])
+    kwargs: dict[str, Any] = {"tokenizer": make_tokenizer(folder / "tokenizer")}
+    if (folder / "tokenizer_2").is_dir():
+        kwargs["tokenizer_2"] = make_tokenizer(folder / "tokenizer_2")
+    if arch.startswith(("sd1", "sd2")):
+        kwargs.update(safety_checker=None, requires_safety_checker=False, feature_extractor=None)
+    elif arch == "x4-upscaler":
+        kwargs.update(safety_checker=None, feature_extractor=None, watermarker=None)
+    try:
+        pipe = cls.from_single_file(str(path), config=str(folder), local_files_only=True, torch_dtype=dtype, **kwargs)
+    except pickle.UnpicklingError as e:
+        raise ModelError(
+            f"{path.name} needs more than plain weights to load (torch refused it with weights_only=True); "
+            "use a .safetensors version of this model"
+        ) from e
+    except ModelError:
+        raise
+    except Exception as e:  # noqa: BLE001 - shape mismatches, corrupt tensors: one line for the artist
+        raise ModelError(f"Cannot load {path.name} as {ARCHS[arch][0]}: {first_line(e)}") from e
+    used = pipe.scheduler.config.get("prediction_type", "epsilon")
+    if arch in ("sd2", "sd2-inpaint"):
+        want = prediction if prediction in ("epsilon", "v_prediction") else detect_v_prediction(pipe.unet)
+        if want != used:
+            pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, prediction_type=want)
+            if want == "v_prediction" and arch == "sd2":
+                pipe.unet.register_to_config(sample_size=96)  # the 768-v models' native size
+            used = want
+    elif prediction in ("epsilon", "v_prediction") and prediction != used:
+        pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, prediction_type=prediction)
+        used = prediction
+    return pipe, used
+
+
+def detect_v_prediction(unet) -> str:
+    """A1111's test: run the U-Net once on 0.5 everywhere at t = 999; an output below the input by more than 1
+    on average is a v-prediction model (it predicts about -x0 there), an epsilon model gives about the noise."""
+    import torch
+
+    p = next(unet.parameters())
+    width = int(unet.config.cross_attention_dim)
+    with torch.no_grad():
+        x = torch.full((1, int(unet.config.in_channels), 8, 8), 0.5, dtype=p.dtype, device=p.device)
+        cond = torch.full((1, 2, width), 0.5, dtype=p.dtype, device=p.device)
+        out = unet(x, torch.tensor([999], device=p.device), encoder_hidden_states=cond).sample
+        score = float((out.float() - x[:, : out.shape[1]].float()).mean())
+    log.info("v-prediction test: %.3f (< -1 means v-prediction)", score)
+    return "v_prediction" if score < -1 else "epsilon"
