@@ -108,6 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="denoising strength, 0 < x <= 1 (default 0.3 for diffusion; 1 for latent: the x4 "
                          "upscaler from noise)")  # fmt: skip
 
+    models = sub.add_parser("models", help="list every model file: checkpoints, VAEs, LoRAs, embeddings, upscalers")
+    models.add_argument("--folder", action="append", default=[],
+                        help="also scan this folder (an A1111 or ComfyUI models folder); repeatable")  # fmt: skip
+    models.add_argument("--hashes", action="store_true", help="also print A1111's short hashes (reads each file once)")
     sub.add_parser("samplers", help="list the sampler names")
     sub.add_parser("schedules", help="list the schedule names")
     info = sub.add_parser("info", help="print the generation parameters stored in an image")
@@ -274,6 +278,47 @@ def _info(path: str) -> int:
     return 0
 
 
+def model_folders(extra: list[str] | None = None) -> list[Path]:
+    """models/ first, then the folders the settings name, then the command line's."""
+    from .paths import MODELS_DIR
+    from .settings import Settings
+
+    return [MODELS_DIR, *map(Path, Settings.load().model_folders), *map(Path, extra or [])]
+
+
+def _list_models(extra: list[str], hashes: bool) -> int:
+    from .engine import filehash
+    from .engine.modelfiles import human_size
+    from .engine.modellibrary import scan
+
+    folders = model_folders(extra)
+    missing = [str(f) for f in map(Path, extra) if not f.is_dir()]
+    if missing:
+        print(f"studio: error: not a folder: {', '.join(missing)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    items = scan(folders)
+    for m in items:
+        short = ""
+        if hashes:
+            try:
+                if m.kind == "diffusers":
+                    from .engine.metadata import model_hash
+
+                    short = model_hash(m.path)
+                elif m.kind == "lora":
+                    short = filehash.lora_short_hash(m.path)
+                else:
+                    short = filehash.file_hash(m.path)[: 12 if m.kind == "embedding" else 10]
+            except (OSError, EngineError):
+                short = "?"
+        cols = [m.kind, m.arch_label or "-", human_size(m.size), *([short] if hashes else []), m.name, str(m.path)]
+        print("\t".join(cols))
+        if m.note:
+            print(f"  {m.note}", file=sys.stderr)
+    print(f"{len(items)} model files in {len(folders)} folders", file=sys.stderr)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
@@ -289,6 +334,8 @@ def main(argv: list[str] | None = None) -> int:
             return _run_generation(args, args.command)
         if args.command == "upscale":
             return _run_upscale(args)
+        if args.command == "models":
+            return _list_models(args.folder, args.hashes)
         if args.command == "samplers":
             from .engine.samplers import SAMPLER_NAMES
 

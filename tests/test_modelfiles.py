@@ -210,3 +210,32 @@ def test_hashes_as_a1111_and_cached_on_disk(tmp_path, monkeypatch):
     os.utime(f, ns=(5, 5))
     assert filehash.file_hash(f) == hashlib.sha256(f.read_bytes()).hexdigest()
     filehash.forget()
+
+
+def test_cli_lists_every_kind_and_the_picker_only_checkpoints(tmp_path, capsys, monkeypatch):
+    from studio.cli import main
+    from studio.session.library import model_choices
+
+    monkeypatch.setenv("LATENT_STUDIO_CONFIG_DIR", str(tmp_path / "config"))
+    monkeypatch.setenv("LATENT_STUDIO_DATA_DIR", str(tmp_path / "data"))
+    root = tmp_path / "ComfyUI" / "models"
+    checkpoint(root / "checkpoints" / "dream.safetensors", [SD1_TEXT])
+    checkpoint(root / "checkpoints" / "xl-inpaint.safetensors", [XL_L, XL_G], 9)
+    write(root / "loras" / "ink.safetensors", {"lora_te1_text_model_encoder_layers_0_self_attn_q_proj.lora_down.weight": (4, 768)})
+    write(root / "vae" / "ft.safetensors", {"encoder.conv_in.weight": (1,), "decoder.conv_in.weight": (1,)})
+    assert main(["models", "--folder", str(root), "--hashes"]) == 0
+    rows = [line.split("\t") for line in capsys.readouterr().out.splitlines()]
+    by_name = {r[4]: r for r in rows}
+    assert by_name["dream"][:2] == ["checkpoint", "SD 1.x"]
+    assert by_name["xl-inpaint"][:2] == ["checkpoint", "SDXL inpainting"]
+    assert by_name["ink"][:2] == ["lora", "SDXL"] and len(by_name["ink"][3]) == 12
+    assert by_name["ft"][0] == "vae" and len(by_name["ft"][3]) == 10
+    assert main(["models", "--folder", str(tmp_path / "nowhere")]) == 2
+    assert "not a folder" in capsys.readouterr().err
+
+    labels = dict((v, label) for label, v in model_choices([str(root)]))
+    picked = {Path(v).name for v in labels if v}
+    assert {"dream.safetensors", "xl-inpaint.safetensors"} <= picked
+    assert not picked & {"ink.safetensors", "ft.safetensors", "swinir-x4.safetensors"}
+    dream = next(v for v in labels if v.endswith("dream.safetensors"))
+    assert "SD 1.x" in labels[dream] and "KB" in labels[dream]

@@ -11,7 +11,7 @@
 from .core import Session
 from .document import Document
 from .jobs import JobView
-from .library import IMAGE_SUFFIXES, MODEL_SUFFIXES
+from .library import IMAGE_SUFFIXES
 from .params import Params
 
-__all__ = ["IMAGE_SUFFIXES", "MODEL_SUFFIXES", "Document", "JobView", "Params", "Session"]
+__all__ = ["IMAGE_SUFFIXES", "Document", "JobView", "Params", "Session"]

@@ -12,7 +12,6 @@ from studio import __version__
 from studio.engine.requests import GenerateResult
 from studio.paths import BUILTIN_MODEL, MODELS_DIR
 
-MODEL_SUFFIXES = (".safetensors", ".ckpt")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
 
@@ -56,26 +55,21 @@ def output_images(folder: Path, limit: int = 400) -> list[Path]:
 
 
 def model_choices(folders: list[str], current: str = "") -> list[tuple[str, str]]:
-    """(label, value) for the model picker; value "" is the built-in model."""
+    """(label, value) for the model picker: checkpoints and diffusers folders only (no LoRA, VAE or upscaler),
+    each with its architecture and size; value "" is the built-in model."""
+    from studio.engine.modelfiles import human_size
+    from studio.engine.modellibrary import by_kind, scan
+
     builtin = "Built-in" if (BUILTIN_MODEL / "model_index.json").is_file() else "Built-in (not installed yet)"
     out: list[tuple[str, str]] = [(builtin, "")]
     seen: set[str] = set()
-    for folder in [MODELS_DIR, *map(Path, folders)]:
-        try:
-            entries = sorted(Path(folder).expanduser().iterdir())
-        except OSError:
+    for m in by_kind(scan([MODELS_DIR, *map(Path, folders)]), "checkpoint", "diffusers"):
+        key = str(m.path.resolve())
+        if m.path.resolve() == BUILTIN_MODEL.resolve() or key in seen:
             continue
-        for entry in entries:
-            if entry.resolve() == BUILTIN_MODEL.resolve():
-                continue
-            if (entry.is_dir() and (entry / "model_index.json").is_file()) or (
-                entry.is_file() and entry.suffix.lower() in MODEL_SUFFIXES
-            ):
-                key = str(entry.resolve())
-                if key not in seen:
-                    seen.add(key)
-                    out.append((entry.stem if entry.is_file() else entry.name, str(entry)))
-    if current and str(Path(current).resolve()) not in seen:
+        seen.add(key)
+        out.append((f"{m.name}  ·  {m.arch_label}  ·  {human_size(m.size)}", str(m.path)))
+    if current and str(Path(current).resolve()) not in seen and Path(current).resolve() != BUILTIN_MODEL.resolve():
         out.append((Path(current).name, current))
     return out
 
