@@ -43,6 +43,10 @@ class Settings:
     output_dir: str = ""  # empty: default_output_dir()
     device: str = "auto"  # auto, cuda, mps, cpu
     preview_kind: str = "x0"
+    # Memory (studio.engine.memory): applied to the next run.
+    attention_slicing: bool = False
+    vae_tiling: bool = False
+    offload: str = "none"  # none, model, sequential
 
     def resolved_output_dir(self) -> Path:
         return Path(self.output_dir).expanduser() if self.output_dir else default_output_dir()
@@ -70,6 +74,8 @@ class Settings:
             if isinstance(value, type(default)):
                 setattr(s, f.name, value)
         s.model_folders = [str(p) for p in s.model_folders if isinstance(p, str)]
+        if s.offload not in ("none", "model", "sequential"):
+            s.offload = "none"
         return s
 
     def save(self, directory: Path | str | None = None) -> Path:

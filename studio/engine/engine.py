@@ -21,7 +21,7 @@ import numpy as np
 
 from ..paths import BUILTIN_MODEL
 from . import inpaint
-from .errors import OUT_OF_MEMORY, EngineError, ModelError, RequestError, first_line
+from .errors import OUT_OF_MEMORY, EngineError, ModelError, RequestError, first_line, is_out_of_memory
 from .loader import (
     LoadedModel,
     ModelLayout,
@@ -31,6 +31,7 @@ from .loader import (
     read_layout,
     resolve_model_path,
 )
+from .memory import MemoryOptions, out_of_memory_advice
 from .preview import latent_to_rgb, to_uint8
 from .requests import MAX_SEED, GenerateRequest, GenerateResult, StepInfo
 from .schedulers import build_scheduler
@@ -199,8 +200,9 @@ class _StepTracker:
 class Engine:
     """Headless diffusion engine. Not thread-safe by contract: call it from one thread."""
 
-    def __init__(self, device: str | None = None, threads: int | None = None):
+    def __init__(self, device: str | None = None, threads: int | None = None, memory: MemoryOptions | None = None):
         self.device, self.dtype = pick_device(device)
+        self.memory = memory or MemoryOptions()
         threads = threads or int(os.environ.get("STUDIO_THREADS", "0") or 0)
         if threads > 0 and self.device.type == "cpu":
             # On a busy CPU fewer threads than cores keeps steps steady (oversubscription stalls).
@@ -211,16 +213,47 @@ class Engine:
         self._upscaler: tuple[tuple, object] | None = None  # the last upscaler model: (file key, LoadedUpscaler)
 
     # -- models -------------------------------------------------------------------------------------
-    def load(self, model: str | None, prediction: str = "auto") -> LoadedModel:
+    def load(self, model: str | None, prediction: str | None = None) -> LoadedModel:
+        """The model, loaded once. prediction None: the loaded one as it is, whatever its prediction type."""
         path = resolve_model_path(model, BUILTIN_MODEL)
-        key = model_key(path, prediction)
-        if self._model is not None and self._model.key == key:
+        key = model_key(path, prediction or "auto")
+        if self._model is not None and (
+            self._model.key == key or (prediction is None and self._model.key[:3] == key[:3])
+        ):
             return self._model
+        prediction = prediction or "auto"
         self._free_model()  # the old weights go before the new ones are read: two never share the memory
-        loaded = load_model(path, self.device, self.dtype, prediction)
+        try:
+            loaded = load_model(path, self.device, self.dtype, prediction, self.memory)
+        except Exception as e:
+            if is_out_of_memory(e):
+                self._free_model()
+                raise EngineError(self.out_of_memory()) from e
+            raise
         self.loads += 1
         self._model = loaded
         return loaded
+
+    def set_memory(self, memory: MemoryOptions) -> None:
+        """New memory options: slicing and VAE tiling switch on the loaded model; a new offload drops it (the
+        next run loads it with the new placement)."""
+        if memory == self.memory:
+            return
+        old, self.memory = self.memory, memory
+        if memory.offload != old.offload:
+            self._free_model()
+            return
+        if self._model is not None:
+            for pipe in {id(p): p for p in [self._model.base, *self._model._pipes.values()]}.values():
+                if memory.attention_slicing:
+                    pipe.enable_attention_slicing()
+                else:
+                    pipe.disable_attention_slicing()
+            vae = self._model.base.vae
+            vae.enable_tiling() if memory.vae_tiling else vae.disable_tiling()
+
+    def out_of_memory(self) -> str:
+        return OUT_OF_MEMORY if self.device.type == "cpu" else out_of_memory_advice(self.memory, self.device.type)
 
     def unload(self) -> None:
         self._free_model()
@@ -279,6 +312,7 @@ class Engine:
     ) -> GenerateResult:
         request.validate()
         t_start = time.perf_counter()
+        self.set_memory(MemoryOptions(request.attention_slicing, request.vae_tiling, request.offload))
         if cancel is not None and cancel.is_set():
             return GenerateResult(images=[], request=request, seeds=[], cancelled=True)
         if request.mode == "upscale":
@@ -288,7 +322,7 @@ class Engine:
                 return upscale.run(self, request, on_step, cancel, t_start)
         self.check_family(request.model, request.mode)  # from the json files: no weights read to refuse
         with self._lock:
-            model = self.load(request.model)
+            model = self.load(request.model, request.prediction)
             t_loaded = time.perf_counter()
             seed = request.seed if request.seed is not None else secrets.randbelow(MAX_SEED + 1)
             width, height = self._size_for(request, model)
@@ -307,7 +341,7 @@ class Engine:
             except EngineError:
                 raise
             except (torch.cuda.OutOfMemoryError, MemoryError) as e:
-                raise EngineError(OUT_OF_MEMORY) from e
+                raise EngineError(self.out_of_memory()) from e
             except Exception as e:  # noqa: BLE001 - one readable line for the artist; the chain keeps the cause
                 raise EngineError(f"Generation failed: {first_line(e)}") from e
             finally:

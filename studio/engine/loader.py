@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ModelError, RequestError, first_line
+from .errors import ModelError, RequestError, first_line, is_out_of_memory
 from .modelfiles import ARCHS, FAMILY, MODEL_FILE_SUFFIXES, classify_header, read_header
 
 # model_index.json _class_name -> (family, layout)
@@ -227,7 +227,7 @@ class LoadedModel:
         return self._pipes[mode]
 
 
-def load_model(path: Path, device, dtype, prediction: str = "auto") -> LoadedModel:
+def load_model(path: Path, device, dtype, prediction: str = "auto", memory=None) -> LoadedModel:
     """Read a model folder or single-file checkpoint from disk, offline, and place it on the device."""
     import diffusers
     import transformers
@@ -254,7 +254,9 @@ def load_model(path: Path, device, dtype, prediction: str = "auto") -> LoadedMod
         pipe = _load_folder(path, layout, dtype)
         if prediction in ("epsilon", "v_prediction") and pipe.scheduler.config.get("prediction_type") != prediction:
             pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, prediction_type=prediction)
-    pipe.to(device)
+    from .memory import MemoryOptions, apply
+
+    apply(pipe, memory or MemoryOptions(), device)
     pipe.set_progress_bar_config(disable=True)
     try:
         digest = model_hash(path)
@@ -290,4 +292,6 @@ def _load_folder(path: Path, layout: ModelLayout, dtype):
     try:
         return cls.from_pretrained(path, dtype=dtype, local_files_only=True, **extra)
     except Exception as e:  # noqa: BLE001 - corrupt weights raise many kinds; the artist gets one line
+        if is_out_of_memory(e):
+            raise
         raise ModelError(f"Cannot load model {path.name}: {first_line(e)}") from e

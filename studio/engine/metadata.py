@@ -421,7 +421,7 @@ def request_fields(text: str) -> dict:
     """GenerateRequest fields restored from `parameters` text, ready for `request.replace(**fields)`.
 
     Keys: prompt, negative_prompt, steps, sampler, schedule, cfg, seed, width, height, strength,
-    clip_skip, and for an inpaint's text (one with any of INPAINT_KEYS) mode "inpaint", mask_blur,
+    clip_skip, vae (the "VAE" name, when the text has one: the caller looks it up), and for an inpaint's text (one with any of INPAINT_KEYS) mode "inpaint", mask_blur,
     inpaint_area, masked_content and (when the text has it) inpaint_padding. A1111's defaults fill missing keys (Steps 20, Sampler "Euler a" (our default), CFG 7,
     Clip skip 1, Schedule type "Automatic" = the sampler's default, which for a name without a
     schedule is our "Normal"). Seed, Size and Denoising strength are present only when the text has
@@ -488,6 +488,8 @@ def request_fields(text: str) -> dict:
     clip_skip = _to_int(p.get("Clip skip")) if "Clip skip" in p else 1
     if clip_skip is not None and clip_skip >= 1:
         out["clip_skip"] = clip_skip
+    if p.get("VAE", "").strip():  # A1111 writes the chosen VAE's file name; the caller looks it up
+        out["vae"] = p["VAE"].strip()
     out.update(_inpaint_fields(p))
     if "Upscale mode" in p:
         out.pop("width", None)  # an upscale's Size is its input's; width x height would be its target

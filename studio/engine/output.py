@@ -189,7 +189,7 @@ def save_result(result: GenerateResult, out_dir: str | os.PathLike, version: str
             h, w = np.asarray(img).shape[:2]
             req = req.replace(width=int(w), height=int(h))
         seed = result.seeds[i] if i < len(result.seeds) else (result.seeds[0] if result.seeds else 0) + i
-        text = parameters_for(req, seed, result.model_name, result.model_hash, version)
+        text = parameters_for(req, seed, result.model_name, result.model_hash, version, result.extra_params)
         for _attempt in range(100):
             target = next_paths(out_dir, 1, seed, ext=ext)[0]
             try:

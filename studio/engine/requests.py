@@ -69,6 +69,17 @@ class GenerateRequest:
     upscaler: str | None = None  # an upscaler model file: mode "model", and the resize step of "diffusion"
     tile: int = 0  # tile size in output px; 0: automatic (the model's working size, or the upscaler's advice)
     tile_overlap: int = 0  # px; 0: automatic
+    # Add-ons and model options. LoRAs also come from the prompt as A1111 writes them (<lora:name:0.8>);
+    # these are (file or library name, weight) pairs on top of those. vae: a VAE file or library name, "" = the
+    # model's own. prediction: "auto" (SD 2.x: detected), "epsilon" or "v_prediction" for a model that needs it.
+    loras: tuple[tuple[str, float], ...] = ()
+    vae: str = ""
+    prediction: str = "auto"
+    # Memory settings (studio.engine.memory), carried by every request so a change applies to the next run:
+    # slicing and tiling at once, a new offload by reloading the model.
+    attention_slicing: bool = False
+    vae_tiling: bool = False
+    offload: str = "none"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "init_image", _frozen_copy(self.init_image, (3,), "The init image"))
@@ -110,6 +121,13 @@ class GenerateRequest:
             raise RequestError(f"Unknown preview kind {self.preview!r}")
         if not 1 <= self.clip_skip <= 12:
             raise RequestError(f"Clip skip must be between 1 and 12, got {self.clip_skip}")
+        if self.offload not in ("none", "model", "sequential"):
+            raise RequestError(f"Unknown offload {self.offload!r}; use none, model or sequential")
+        if self.prediction not in ("auto", "epsilon", "v_prediction"):
+            raise RequestError(f"Unknown prediction type {self.prediction!r}; use auto, epsilon or v_prediction")
+        for name, weight in self.loras:
+            if not isinstance(name, str) or not name or not -10.0 <= float(weight) <= 10.0:
+                raise RequestError(f"A LoRA needs a name and a weight between -10 and 10, got {name!r}: {weight!r}")
 
 
     def _validate_inpaint(self) -> None:
@@ -205,3 +223,5 @@ class GenerateResult:
     # places a preview by scaling it to this box (before the run, studio.engine.inpaint.crop_box gives the same
     # box from the request's mask, mask_blur, inpaint_padding and working size).
     crop: tuple[int, int, int, int] | None = None
+    # Metadata keys the run adds, as A1111 writes them: "Lora hashes", "TI hashes", "VAE", "VAE hash".
+    extra_params: dict[str, str] = field(default_factory=dict)

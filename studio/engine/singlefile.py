@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..paths import CONFIGS_DIR, TOKENIZER_DIR
-from .errors import ModelError, first_line
+from .errors import ModelError, first_line, is_out_of_memory
 from .modelfiles import ARCHS, PICKLE_SUFFIXES, pickle_globals
 
 log = logging.getLogger(__name__)
@@ -44,9 +44,9 @@ def make_tokenizer(settings_dir: Path):
         settings = {}
     keep = ("model_max_length", "bos_token", "eos_token", "unk_token", "pad_token", "do_lower_case", "errors")
     kwargs = {k: settings[k] for k in keep if isinstance(settings.get(k), (str, int, bool))}
-    return CLIPTokenizer(
-        vocab_file=str(TOKENIZER_DIR / "vocab.json"), merges_file=str(TOKENIZER_DIR / "merges.txt"), **kwargs
-    )
+    # from_pretrained, not the constructor: transformers 5 renamed its vocab_file/merges_file arguments and
+    # silently ignores the old names (a 3-token vocabulary).
+    return CLIPTokenizer.from_pretrained(str(TOKENIZER_DIR), local_files_only=True, **kwargs)
 
 
 def check_pickle(path: Path) -> None:
@@ -108,6 +108,8 @@ def load_single_file(
     except ModelError:
         raise
     except Exception as e:  # noqa: BLE001 - shape mismatches, corrupt tensors: one line for the artist
+        if is_out_of_memory(e):
+            raise
         raise ModelError(f"Cannot load {path.name} as {ARCHS[arch][0]}: {first_line(e)}") from e
     used = pipe.scheduler.config.get("prediction_type", "epsilon")
     if arch in ("sd2", "sd2-inpaint"):
@@ -115,7 +117,10 @@ def load_single_file(
         if want != used:
             pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, prediction_type=want)
             if want == "v_prediction" and arch == "sd2":
-                pipe.unet.register_to_config(sample_size=96)  # the 768-v models' native size
+                pipe.unet.register_to_config(sample_size=96, upcast_attention=True)  # as SD 2.x 768-v ships
+                for module in pipe.unet.modules():
+                    if hasattr(module, "upcast_attention"):
+                        module.upcast_attention = True  # fp16 attention overflows in these models otherwise
             used = want
     elif prediction in ("epsilon", "v_prediction") and prediction != used:
         pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, prediction_type=prediction)

@@ -46,7 +46,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .errors import OUT_OF_MEMORY, EngineError, ModelError, RequestError, first_line
+from .errors import EngineError, ModelError, RequestError, first_line
 from .requests import MAX_SEED, GenerateRequest, GenerateResult, StepInfo
 from .tiling import Rect, TileBlender, tile_grid
 
@@ -127,10 +127,10 @@ def run(engine, request: GenerateRequest, on_step, cancel, t_start: float) -> Ge
     except EngineError:
         raise
     except MemoryError as e:
-        raise EngineError(OUT_OF_MEMORY) from e
+        raise EngineError(engine.out_of_memory()) from e
     except Exception as e:  # noqa: BLE001 - one readable line for the artist; the chain keeps the cause
         if type(e).__name__ == "OutOfMemoryError":
-            raise EngineError(OUT_OF_MEMORY) from e
+            raise EngineError(engine.out_of_memory()) from e
         raise EngineError(f"Upscale failed: {first_line(e)}") from e
     if job.cancelled():
         return job.result([], cancelled=True)
@@ -191,7 +191,7 @@ class _Upscale:
         )
 
     def load(self):
-        self.model = self.engine.load(self.r.model)
+        self.model = self.engine.load(self.r.model, self.r.prediction)
         self.t_loaded = time.perf_counter()
         return self.model
 

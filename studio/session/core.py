@@ -175,7 +175,10 @@ class Session(QObject):
     def generate(self) -> int | None:
         """Queue a generation from the current parameters. None (and a message) if invalid."""
         try:
-            request = self.params.to_request(self.preview_kind)
+            request = self.params.to_request(self.preview_kind).replace(
+                attention_slicing=self.settings.attention_slicing, vae_tiling=self.settings.vae_tiling,
+                offload=self.settings.offload,
+            )
             if request.mode != "txt2img":
                 request = self._with_canvas(request)
             request.validate()

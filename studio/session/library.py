@@ -33,7 +33,7 @@ def parameters_text(result: GenerateResult, i: int) -> str:
         h, w = np.asarray(result.images[i]).shape[:2]
         req = req.replace(width=int(w), height=int(h))
     seed = result.seeds[i] if i < len(result.seeds) else (req.seed or 0)
-    return parameters_for(req, seed, result.model_name, result.model_hash, __version__)
+    return parameters_for(req, seed, result.model_name, result.model_hash, __version__, result.extra_params)
 
 
 def read_png_fields(path: Path) -> dict[str, Any] | None:
@@ -68,7 +68,10 @@ def model_choices(folders: list[str], current: str = "") -> list[tuple[str, str]
         if m.path.resolve() == BUILTIN_MODEL.resolve() or key in seen:
             continue
         seen.add(key)
-        out.append((f"{m.name}  ·  {m.arch_label}  ·  {human_size(m.size)}", str(m.path)))
+        details = [d for d in (m.arch if m.arch else "", human_size(m.size) if m.size else "") if d]
+        if m.arch:
+            details[0] = m.arch_label
+        out.append(("  ·  ".join([m.name, *details]), str(m.path)))
     if current and str(Path(current).resolve()) not in seen and Path(current).resolve() != BUILTIN_MODEL.resolve():
         out.append((Path(current).name, current))
     return out

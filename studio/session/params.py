@@ -12,7 +12,7 @@ from studio.paths import BUILTIN_LATENT_UPSCALER
 # Fields a stored PNG's parameters can restore into the panel (the model only if it is here).
 RESTORED_FIELDS = ("prompt", "negative_prompt", "sampler", "schedule", "steps", "cfg", "seed", "width", "height",
                    "strength", "mask_blur", "inpaint_area", "inpaint_padding", "masked_content", "scale",
-                   "upscale_mode")
+                   "upscale_mode", "vae")
 MODES = ("txt2img", "img2img", "inpaint", "upscale")  # what the panel's mode switch offers
 
 
@@ -43,6 +43,7 @@ class Params:
     tile: int = 0  # px; 0: automatic
     tile_overlap: int = 0
     upscale_strength: float = 0.3  # a diffusion upscale keeps the composition: low strength
+    vae: str = ""  # a VAE file, or a name the model library knows; "" = the model's own
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -97,6 +98,7 @@ class Params:
             inpaint_area=self.inpaint_area,
             inpaint_padding=int(self.inpaint_padding),
             masked_content=self.masked_content,
+            vae=self.vae,
         )
 
     def _upscale_request(self, preview: str) -> GenerateRequest:

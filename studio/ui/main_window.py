@@ -276,6 +276,7 @@ class MainWindow(QMainWindow):
             act.triggered.connect(lambda _c=False, d=dev: self._set_device(d))
             group.addAction(act)
             device_menu.addAction(act)
+        self._build_memory_menu(file_menu.addMenu("&Memory"))
         file_menu.addSeparator()
         file_menu.addAction(self._action("&Quit", self.close, QKeySequence.StandardKey.Quit))
 
@@ -672,6 +673,35 @@ class MainWindow(QMainWindow):
             self.settings.model_folders.append(folder)
             self.prompt_panel.refresh_models()
             self.show_message(f"Models from {folder} added")
+
+    def _build_memory_menu(self, menu) -> None:
+        """Attention slicing, VAE tiling and CPU offload: for large models on small GPUs; from the next run."""
+        from studio.engine.memory import OFFLOAD_LABELS
+
+        menu.setToolTipsVisible(True)
+        for attr, label, tip in (
+            ("attention_slicing", "&Attention slicing", "Less memory for attention, a little slower"),
+            ("vae_tiling", "&VAE tiling", "Decode large images in tiles: much less memory at large sizes"),
+        ):
+            act = QAction(label, self, checkable=True)
+            act.setChecked(bool(getattr(self.settings, attr)))
+            act.setToolTip(tip + " (from the next run)")
+            act.toggled.connect(lambda on, a=attr: self._set_memory(a, on))
+            menu.addAction(act)
+            setattr(self, f"{attr}_action", act)
+        menu.addSeparator()
+        group = QActionGroup(self)
+        for value, label in OFFLOAD_LABELS.items():
+            act = QAction(label, self, checkable=True)
+            act.setChecked(self.settings.offload == value)
+            act.setToolTip("GPU only; the model reloads at the next run")
+            act.triggered.connect(lambda _c=False, v=value: self._set_memory("offload", v))
+            group.addAction(act)
+            menu.addAction(act)
+
+    def _set_memory(self, attr: str, value) -> None:
+        setattr(self.settings, attr, value)
+        self.show_message("Memory settings apply from the next run")
 
     def _set_device(self, device: str) -> None:
         self.settings.device = device

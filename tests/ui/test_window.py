@@ -381,7 +381,7 @@ def test_the_chosen_model_loads_in_the_background(qtbot, window, fake, tmp_path)
     window.prompt_panel.refresh_models()
     window.prompt_panel.model.setCurrentIndex(window.prompt_panel.model.findData(str(model)))
     qtbot.waitUntil(lambda: loaded == [None, str(model)])
-    assert window.prompt_panel.model.currentText() == "other"
+    assert window.prompt_panel.model.currentText() == "other"  # no architecture or weights known: the name alone
 
 
 def test_a_model_that_fails_to_load_says_so_at_once(qtbot, window, fake):
