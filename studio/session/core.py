@@ -484,6 +484,10 @@ class Session(QObject):
     def model_choices(self) -> list[tuple[str, str]]:
         return library.model_choices(self.settings.model_folders, self.params.model)
 
+    def addon_choices(self, kind: str) -> list[tuple[str, str]]:
+        """(label, path) of the "vae", "lora" or "embedding" files in the model folders."""
+        return library.addon_choices(self.settings.model_folders, kind)
+
     # -- lifecycle ----------------------------------------------------------------------------
 
     def store_settings(self) -> None:

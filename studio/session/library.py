@@ -94,3 +94,13 @@ def write_png_atomic(array, dest: Path) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return dest
+
+
+def addon_choices(folders: list[str], kind: str) -> list[tuple[str, str]]:
+    """(label, path) of the VAEs, LoRAs or embeddings in the model folders, for the panel's pickers."""
+    from studio.engine.modellibrary import by_kind, scan
+
+    out = []
+    for m in by_kind(scan([MODELS_DIR, *map(Path, folders)]), kind):
+        out.append((f"{m.name}  ·  {m.arch_label}" if m.arch else m.name, str(m.path)))
+    return out

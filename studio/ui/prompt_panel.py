@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from PySide6.QtCore import QRegularExpression, Qt
 from PySide6.QtGui import QRegularExpressionValidator
 from PySide6.QtWidgets import (
@@ -11,6 +13,7 @@ from PySide6.QtWidgets import (
     QHBoxLayout,
     QLabel,
     QLineEdit,
+    QMenu,
     QPlainTextEdit,
     QPushButton,
     QScrollArea,
@@ -108,6 +111,25 @@ class PromptPanel(QWidget):
         self.model.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
         self.model.setMinimumContentsLength(12)
         lay.addWidget(self.model)
+        addons = QHBoxLayout()
+        addons.setSpacing(6)
+        self.vae = QComboBox()
+        self.vae.setToolTip("The VAE that turns latents into pixels: the model's own (Automatic) or a VAE file "
+                            "from the model folders")  # fmt: skip
+        self.vae.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.vae.setMinimumContentsLength(8)
+        self.extras = QToolButton()
+        self.extras.setText("LoRA / embedding")
+        self.extras.setToolTip("Add a LoRA (as <lora:name:1>, the weight after the colon) or a textual-inversion "
+                               "embedding (its name) to the prompt, from the model folders")  # fmt: skip
+        self.extras.setPopupMode(QToolButton.ToolButtonPopupMode.InstantPopup)
+        self.extras_menu = QMenu(self.extras)
+        self.extras_menu.setToolTipsVisible(True)
+        self.extras_menu.aboutToShow.connect(self._fill_extras)
+        self.extras.setMenu(self.extras_menu)
+        addons.addWidget(self.vae, 1)
+        addons.addWidget(self.extras)
+        lay.addLayout(addons)
 
         grid = QGridLayout()
         grid.setHorizontalSpacing(8)
@@ -231,6 +253,7 @@ class PromptPanel(QWidget):
         self.prompt.textChanged.connect(lambda: s.update_params(prompt=self.prompt.toPlainText()))
         self.negative.textChanged.connect(lambda: s.update_params(negative_prompt=self.negative.toPlainText()))
         self.model.currentIndexChanged.connect(lambda _i: s.update_params(model=self.model.currentData() or ""))
+        self.vae.currentIndexChanged.connect(lambda _i: s.update_params(vae=self.vae.currentData() or ""))
         self.sampler.currentTextChanged.connect(lambda t: s.update_params(sampler=t))
         self.schedule.currentTextChanged.connect(lambda t: s.update_params(schedule=t))
         self.steps.valueChanged.connect(lambda v: s.update_params(steps=v))
@@ -302,10 +325,56 @@ class PromptPanel(QWidget):
         idx = self.model.findData(current)
         self.model.setCurrentIndex(max(idx, 0))
         self.model.blockSignals(False)
+        self.vae.blockSignals(True)
+        self.vae.clear()
+        self.vae.addItem("VAE: Automatic", "")
+        self.vae.setItemData(0, "The model's own VAE", Qt.ItemDataRole.ToolTipRole)
+        for label, value in self.session.addon_choices("vae"):
+            self.vae.addItem(f"VAE: {label}", value)
+            self.vae.setItemData(self.vae.count() - 1, value, Qt.ItemDataRole.ToolTipRole)
+        self._show_vae(self.session.params.vae)
+        self.vae.blockSignals(False)
+
+    def _show_vae(self, vae: str) -> None:
+        idx = self.vae.findData(vae)
+        if idx < 0 and vae:
+            # A name from an image's metadata, or a file outside the folders: match by name, else keep it visible.
+            idx = next((i for i in range(self.vae.count()) if self.vae.itemData(i) and
+                        Path(self.vae.itemData(i)).stem.lower() == Path(vae).stem.lower()), -1)  # fmt: skip
+            if idx < 0:
+                self.vae.addItem(f"VAE: {Path(vae).stem}", vae)
+                idx = self.vae.count() - 1
+        self.vae.setCurrentIndex(max(idx, 0))
+
+    def _fill_extras(self) -> None:
+        """The LoRAs and embeddings of the model folders, read when the menu opens (new files show up)."""
+        menu = self.extras_menu
+        menu.clear()
+        for kind, title in (("lora", "LoRAs"), ("embedding", "Embeddings")):
+            menu.addSection(title)
+            items = self.session.addon_choices(kind)
+            if not items:
+                none = menu.addAction(f"No {title.lower()} in the model folders")
+                none.setEnabled(False)
+            for label, path in items:
+                name = Path(path).stem
+                text = f"<lora:{name}:1>" if kind == "lora" else name
+                act = menu.addAction(label)
+                act.setToolTip(f"Adds {text} to the prompt ({path})")
+                act.triggered.connect(lambda _c=False, t=text: self.insert_in_prompt(t))
+
+    def insert_in_prompt(self, text: str) -> None:
+        """Insert at the prompt's cursor, with a separating space when the text around needs one."""
+        cursor = self.prompt.textCursor()
+        before = self.prompt.toPlainText()[: cursor.position()]
+        sep = " " if before and not before.endswith((" ", "\n", ",")) else ""
+        cursor.insertText(sep + text)
+        self.prompt.setTextCursor(cursor)
+        self.prompt.setFocus()
 
     def set_params(self, p: Params) -> None:
         """Show p in the widgets without echoing every change back to the session."""
-        widgets = (self.prompt, self.negative, self.model, self.sampler, self.schedule, self.steps, self.cfg,
+        widgets = (self.prompt, self.negative, self.model, self.vae, self.sampler, self.schedule, self.steps, self.cfg,
                    self.width_box, self.height_box, self.batch, self.seed)  # fmt: skip
         for w in widgets:
             w.blockSignals(True)
@@ -317,6 +386,7 @@ class PromptPanel(QWidget):
             if self.model.findData(p.model) < 0 and p.model:
                 self.model.addItem(p.model.rsplit("/", 1)[-1], p.model)
             self.model.setCurrentIndex(max(self.model.findData(p.model), 0))
+            self._show_vae(p.vae)
             for combo, value in ((self.sampler, p.sampler), (self.schedule, p.schedule)):
                 if combo.findText(value) < 0:
                     combo.addItem(value)  # a name from a PNG we do not list: keep it, the engine judges
@@ -333,7 +403,7 @@ class PromptPanel(QWidget):
         # Values the widgets clamped are what the session holds.
         self.session.update_params(
             prompt=self.prompt.toPlainText(), negative_prompt=self.negative.toPlainText(),
-            model=self.model.currentData() or "", sampler=self.sampler.currentText(),
+            model=self.model.currentData() or "", vae=self.vae.currentData() or "", sampler=self.sampler.currentText(),
             schedule=self.schedule.currentText(), steps=self.steps.value(), cfg=float(self.cfg.value()),
             width=self.width_box.value(), height=self.height_box.value(), batch=self.batch.value(),
         )  # fmt: skip
