@@ -410,6 +410,22 @@ class Engine:
     def _pipeline_call(
         self, model: LoadedModel, r: GenerateRequest, seeds: list[int], plan: _InpaintPlan | None = None
     ):
+        """The pipeline for the request's mode and its call's arguments, the prompts already encoded with
+        A1111's syntax (weights, BREAK, any length: studio.engine.conditioning)."""
+        from .conditioning import encode
+
+        pipe, kwargs = self._pipeline_args(model, r, seeds, plan)
+        prompt, negative = kwargs.pop("prompt"), kwargs.pop("negative_prompt") or ""
+        kwargs.pop("clip_skip", None)
+        try:
+            kwargs.update(encode(pipe, prompt, negative, clip_skip=r.clip_skip))
+        except ValueError as e:  # a malformed <lora:...> weight
+            raise RequestError(f"The prompt cannot be read: {first_line(e)}") from e
+        return pipe, kwargs
+
+    def _pipeline_args(
+        self, model: LoadedModel, r: GenerateRequest, seeds: list[int], plan: _InpaintPlan | None = None
+    ):
         from PIL import Image
 
         if r.mode == "inpaint" and plan is None:
