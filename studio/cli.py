@@ -47,6 +47,15 @@ def _add_generation_options(p: argparse.ArgumentParser, upscale: bool = False) -
         p.add_argument("--height", type=int, default=None, help="multiple of 8 (default: the model's native size)")
         p.add_argument("--batch", type=int, default=1, help="images per run; image i uses seed + i")
     p.add_argument("--clip-skip", type=int, default=1)
+    p.add_argument("--vae", default="", help="a VAE file, or the name of one in the model folders")
+    p.add_argument("--lora", action="append", default=[], metavar="NAME:WEIGHT",
+                   help="a LoRA (file or name) and its weight; repeatable; or <lora:name:0.8> in the prompt")  # fmt: skip
+    p.add_argument("--prediction", choices=("auto", "epsilon", "v_prediction"), default="auto",
+                   help="SD 2.x models: auto detects epsilon or v-prediction; set it when a model looks wrong")  # fmt: skip
+    p.add_argument("--attention-slicing", action="store_true", help="less GPU memory for attention")
+    p.add_argument("--vae-tiling", action="store_true", help="decode large images in tiles (less memory)")
+    p.add_argument("--offload", choices=("none", "model", "sequential"), default="none",
+                   help="CPU offload on a GPU: model (moderate) or sequential (least memory, slowest)")  # fmt: skip
     p.add_argument("--out", default=None, help="output folder (default: the studio's output folder)")
     p.add_argument("--device", default=None, help="auto, cpu, cuda or mps")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
@@ -198,8 +207,21 @@ def _request(args: argparse.Namespace, mode: str, **fields):
 
     shared = dict(prompt=args.prompt, negative_prompt=args.negative, model=args.model, mode=mode,
                   sampler=args.sampler, schedule=args.schedule, steps=args.steps, cfg=args.cfg, seed=args.seed,
-                  width=args.width, height=args.height, clip_skip=args.clip_skip)  # fmt: skip
+                  width=args.width, height=args.height, clip_skip=args.clip_skip, vae=args.vae,
+                  loras=tuple(_lora_arg(a) for a in args.lora), prediction=args.prediction,
+                  attention_slicing=args.attention_slicing, vae_tiling=args.vae_tiling, offload=args.offload)  # fmt: skip
     return GenerateRequest(**{**shared, **fields})
+
+
+def _lora_arg(text: str) -> tuple[str, float]:
+    """NAME[:WEIGHT] (the name may be a path; the weight is what follows the last colon, if it is a number)."""
+    name, sep, weight = text.rpartition(":")
+    if sep and name:
+        try:
+            return name, float(weight)
+        except ValueError:
+            pass
+    return text, 1.0
 
 
 def _generate_and_save(args: argparse.Namespace, request) -> int:
@@ -208,7 +230,7 @@ def _generate_and_save(args: argparse.Namespace, request) -> int:
     from .engine.output import save_result
     from .paths import default_output_dir
 
-    engine = Engine(device=args.device)
+    engine = Engine(device=args.device, model_folders=model_folders()[1:])
     result = engine.generate(request, on_step=_progress(args.quiet))
     out = Path(args.out) if args.out else default_output_dir()
     for path in save_result(result, out, __version__):

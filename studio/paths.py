@@ -14,6 +14,15 @@ BUILTIN_LATENT_UPSCALER = MODELS_DIR / "latent-upscaler-x4"  # the x4 upscaler l
 BUILTIN_UPSCALERS_DIR = MODELS_DIR / "swinir-x4"  # the built-in SwinIR x4 (a spandrel-loadable state dict)
 
 
+def configs_dir() -> Path:
+    """The diffusers config folders single-file checkpoints load with; LATENT_STUDIO_CONFIGS_DIR overrides it
+    (tests load tiny checkpoints with tiny configs through the same path)."""
+    import os
+
+    env = os.environ.get("LATENT_STUDIO_CONFIGS_DIR")
+    return Path(env) if env else CONFIGS_DIR
+
+
 def default_output_dir() -> Path:
     """Where images go unless the settings or --out say otherwise: the user's pictures folder."""
     from platformdirs import user_data_path, user_pictures_path

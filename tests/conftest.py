@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import os
 import socket
+import tempfile
 
 import pytest
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("STUDIO_DEVICE", "cpu")
+# The hash cache and autosaves go to a folder of the run, never the user's (tests that care set their own).
+os.environ.setdefault("LATENT_STUDIO_DATA_DIR", tempfile.mkdtemp(prefix="studio-test-data-"))
 
 _real_connect = socket.socket.connect
 _real_connect_ex = socket.socket.connect_ex

@@ -39,7 +39,7 @@ class LocalBackend:
         if self._engine is None:
             from studio.engine.engine import Engine  # torch: only here, on the engine thread
 
-            self._engine = Engine(device=self._device, threads=self._threads)
+            self._engine = Engine(device=self._device, threads=self._threads, model_folders=self._folders)
             self._info = dataclasses.replace(self._info, devices=_available_devices(),
                                              device=str(self._engine.device), upscalers=self._upscalers())  # fmt: skip
         return self._info

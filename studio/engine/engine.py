@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..paths import BUILTIN_MODEL
-from . import inpaint
+from ..paths import BUILTIN_MODEL, MODELS_DIR
+from . import addons, inpaint, runaddons
 from .errors import OUT_OF_MEMORY, EngineError, ModelError, RequestError, first_line, is_out_of_memory
 from .loader import (
     LoadedModel,
@@ -200,8 +200,16 @@ class _StepTracker:
 class Engine:
     """Headless diffusion engine. Not thread-safe by contract: call it from one thread."""
 
-    def __init__(self, device: str | None = None, threads: int | None = None, memory: MemoryOptions | None = None):
+    def __init__(
+        self,
+        device: str | None = None,
+        threads: int | None = None,
+        memory: MemoryOptions | None = None,
+        model_folders=(),
+    ):
         self.device, self.dtype = pick_device(device)
+        # Where LoRAs, embeddings and VAEs named in a request are looked up (the model library's folders).
+        self.folders = [MODELS_DIR, *(Path(f).expanduser() for f in model_folders)]
         self.memory = memory or MemoryOptions()
         threads = threads or int(os.environ.get("STUDIO_THREADS", "0") or 0)
         if threads > 0 and self.device.type == "cpu":
@@ -329,6 +337,7 @@ class Engine:
             used = request.replace(seed=seed, width=width, height=height)
             seeds = [(seed + i) % (MAX_SEED + 1) for i in range(request.batch)]
             plan = _InpaintPlan.make(used, seed) if used.mode == "inpaint" else None
+            extra = runaddons.prepare(model, used, self.folders)
             pipe, kwargs = self._pipeline_call(model, used, seeds, plan)
             scheduler = build_scheduler(model.scheduler_config, used.sampler, used.schedule, seed)
             pipe.scheduler = scheduler
@@ -353,6 +362,7 @@ class Engine:
             if plan is not None:
                 images = [plan.paste(img) for img in images]
             res = self._result(used, seeds, model, tracker, images, cancelled=False, t=(t_start, t_loaded), plan=plan)
+            res.extra_params.update(extra)
             res.timings["sample"] = t_sampled - t_loaded
             res.timings["decode"] = time.perf_counter() - t_sampled
             res.timings["total"] = time.perf_counter() - t_start
@@ -416,6 +426,7 @@ class Engine:
 
         pipe, kwargs = self._pipeline_args(model, r, seeds, plan)
         prompt, negative = kwargs.pop("prompt"), kwargs.pop("negative_prompt") or ""
+        prompt, negative = addons.prompt_with_embeddings(pipe, prompt), addons.prompt_with_embeddings(pipe, negative)
         kwargs.pop("clip_skip", None)
         try:
             kwargs.update(encode(pipe, prompt, negative, clip_skip=r.clip_skip))

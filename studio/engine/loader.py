@@ -185,7 +185,8 @@ class LoadedModel:
 
     @property
     def name(self) -> str:
-        return self.layout.path.name
+        """As A1111 writes "Model:": a file's name without its suffix."""
+        return self.layout.path.stem if self.layout.single_file else self.layout.path.name
 
     @property
     def family(self) -> str:

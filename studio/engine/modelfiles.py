@@ -344,7 +344,7 @@ def classify_header(header: Header) -> ModelFile:
         return ModelFile(p, "vae", "", size)
     if any(k.startswith(_UPSCALER_HINTS) for k in keys):
         return ModelFile(p, "upscaler", "", size)
-    return ModelFile(p, "unknown", "", size, note=f"not a model this studio knows: {describe_found(header)}")
+    return ModelFile(p, "unknown", "", size, note=f"{p.name} is not a model this studio knows: {describe_found(header)}")
 
 
 def classify(path: str | Path) -> ModelFile:

@@ -19,7 +19,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from ..paths import CONFIGS_DIR, TOKENIZER_DIR
+from ..paths import TOKENIZER_DIR, configs_dir
 from .errors import ModelError, first_line, is_out_of_memory
 from .modelfiles import ARCHS, PICKLE_SUFFIXES, pickle_globals
 
@@ -28,7 +28,7 @@ PREDICTIONS = ("auto", "epsilon", "v_prediction")
 
 
 def config_folder(arch: str, root: Path | None = None) -> Path:
-    folder = Path(root or CONFIGS_DIR) / arch
+    folder = Path(root or configs_dir()) / arch
     if not (folder / "model_index.json").is_file():
         raise ModelError(f"The configuration for {ARCHS.get(arch, (arch,))[0]} models is missing ({folder})")
     return folder

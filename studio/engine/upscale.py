@@ -188,6 +188,7 @@ class _Upscale:
             model_hash=self.model.hash if self.model is not None else "",
             timings=timings,
             steps_done=self.steps_done,
+            extra_params=dict(getattr(self, "extra", {})),
         )
 
     def load(self):
@@ -237,7 +238,10 @@ class _Upscale:
     # -- tiled img2img ------------------------------------------------------------------------------------
     def diffusion(self, base: np.ndarray) -> np.ndarray:
         """img2img at the request's strength over `base` (already the output size) in blended tiles."""
+        from . import runaddons
+
         model = self.load()
+        self.extra = runaddons.prepare(model, self.r, self.engine.folders)
         m = model.size_multiple
         tile = self.r.tile or max(model.native_size)
         tile = max(m, tile - tile % m)
