@@ -686,7 +686,9 @@ def model_hash(path: str | os.PathLike) -> str:
             if not files:
                 raise ModelError(f"Cannot hash model {p}: the folder has no weight files")
         else:
-            files = [resolved]
+            from .filehash import model_short_hash
+
+            return model_short_hash(resolved)  # a single file: A1111's hash, kept on disk across sessions
         stats = tuple((str(f), st.st_size, st.st_mtime_ns) for f in files for st in (f.stat(),))
         key = (str(resolved), stats)
         with _hash_lock:

@@ -86,6 +86,7 @@ class Session(QObject):
         self._engine_ready = False
         self._warm_enabled = False
         self._warm_model: str | None = None
+        self._loaded_model: str | None = None  # the last model the backend loaded ("" = built-in)
         self._unsaved_text: dict[int, str] = {}  # QImage.cacheKey() -> parameters, for images not on disk
         self._run_started = 0.0
         self._first_step: tuple[int, float] | None = None
@@ -624,6 +625,7 @@ class Session(QObject):
 
     def _on_model_loaded(self, job_id: int, out: ModelLoaded) -> None:
         self.book.pop(job_id)
+        self._loaded_model = out.model or ""
         emit(self.engine_state, "ready")
         emit(self.message, f"Model ready: {Path(out.model).name if out.model else 'built-in'}", "info")
 
@@ -651,6 +653,14 @@ class Session(QObject):
             self.book.pop(job_id)
             self._warm_model = None  # try again when it is next wanted
             emit(self.engine_state, "ready")
+            kept = self._loaded_model
+            if kept is not None and kept != self.params.model:
+                # The backend still holds the model it had: the picker goes back to it, so Generate works.
+                self._warm_model = kept
+                p = self.params.copy()
+                p.model = kept
+                self.set_params(p)
+                text = f"{text}. Still using {Path(kept).stem if kept else 'the built-in model'}"
             emit(self.message, text, "error")
             return
         was_running = job_id == self.book.running

@@ -63,11 +63,17 @@ def model_choices(folders: list[str], current: str = "") -> list[tuple[str, str]
     builtin = "Built-in" if (BUILTIN_MODEL / "model_index.json").is_file() else "Built-in (not installed yet)"
     out: list[tuple[str, str]] = [(builtin, "")]
     seen: set[str] = set()
-    for m in by_kind(scan([MODELS_DIR, *map(Path, folders)]), "checkpoint", "diffusers"):
+    items = scan([MODELS_DIR, *map(Path, folders)])
+    # Checkpoints, then files no one can load, listed so that choosing one says why (a truncated download).
+    broken = [m for m in by_kind(items, "unknown") if m.path.suffix.lower() in (".safetensors", ".ckpt")]
+    for m in [*by_kind(items, "checkpoint", "diffusers"), *broken]:
         key = str(m.path.resolve())
         if m.path.resolve() == BUILTIN_MODEL.resolve() or key in seen:
             continue
         seen.add(key)
+        if m.kind == "unknown":
+            out.append((f"{m.name}  ·  not loadable", str(m.path)))
+            continue
         details = [d for d in (m.arch if m.arch else "", human_size(m.size) if m.size else "") if d]
         if m.arch:
             details[0] = m.arch_label

@@ -63,3 +63,37 @@ def test_a_vae_named_in_an_image_is_matched_by_name(make_window, fake, tmp_path)
     assert window.session.params.vae.endswith("ft-mse.safetensors")
     window.session.apply_fields({"prompt": "x", "vae": "elsewhere"})
     assert window.prompt_panel.vae.currentText() == "VAE: elsewhere"
+
+
+def test_a_checkpoint_that_fails_to_load_leaves_the_model_it_had(qtbot, make_window, fake, tmp_path):
+    from studio.engine.errors import ModelError
+
+    bad = tmp_path / "models" / "broken.safetensors"
+    bad.parent.mkdir()
+    bad.write_bytes(b"\x00" * 32)
+    loads = []
+
+    def load(model):
+        if model and model.endswith("broken.safetensors"):
+            raise ModelError("broken.safetensors is not a safetensors file, or it is truncated")
+        loads.append(model)
+
+    fake.load = load
+    settings = Settings.load()
+    settings.model_folders = [str(bad.parent)]
+    window = make_window(fake, settings=settings)
+    window.session.enable_warm_up()
+    qtbot.waitUntil(lambda: loads == [None])
+    panel = window.prompt_panel
+    idx = panel.model.findData(str(bad))
+    assert idx > 0  # listed (the library cannot read it either, but it is a .safetensors in a model folder)
+    panel.model.setCurrentIndex(idx)
+    qtbot.waitUntil(lambda: window.banner.isVisible())
+    assert window.banner.label.text() == (
+        "broken.safetensors is not a safetensors file, or it is truncated. Still using the built-in model"
+    )
+    assert window.session.params.model == "" and panel.model.currentIndex() == 0
+    fake.run_free()
+    with qtbot.waitSignal(window.session.image_saved):
+        qtbot.mouseClick(panel.generate_button, Qt.MouseButton.LeftButton)
+    assert fake.requests[-1].model is None
