@@ -119,7 +119,8 @@ class PromptPanel(QWidget):
         self.vae.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
         self.vae.setMinimumContentsLength(8)
         self.extras = QToolButton()
-        self.extras.setText("LoRA / embedding")
+        self.extras.setText("LoRA / TI  ▾")
+        self.extras.setStyleSheet("QToolButton::menu-indicator { image: none; width: 0px; }")  # the ▾ says it
         self.extras.setToolTip("Add a LoRA (as <lora:name:1>, the weight after the colon) or a textual-inversion "
                                "embedding (its name) to the prompt, from the model folders")  # fmt: skip
         self.extras.setPopupMode(QToolButton.ToolButtonPopupMode.InstantPopup)
@@ -351,7 +352,10 @@ class PromptPanel(QWidget):
         menu = self.extras_menu
         menu.clear()
         for kind, title in (("lora", "LoRAs"), ("embedding", "Embeddings")):
-            menu.addSection(title)
+            if menu.actions():
+                menu.addSeparator()
+            heading = menu.addAction(title.upper())
+            heading.setEnabled(False)  # a heading: the theme draws sections as bare lines
             items = self.session.addon_choices(kind)
             if not items:
                 none = menu.addAction(f"No {title.lower()} in the model folders")

@@ -38,6 +38,7 @@ def test_vae_picker_and_extras_menu(qtbot, make_window, fake, tmp_path):
     panel.prompt.setTextCursor(cursor)
     panel._fill_extras()
     actions = {a.text(): a for a in panel.extras_menu.actions() if a.text()}
+    assert [a.text() for a in panel.extras_menu.actions() if not a.isEnabled()] == ["LORAS", "EMBEDDINGS"]
     assert "ink  ·  SD 1.x" in actions and "easyneg  ·  SD 1.x" in actions
     actions["ink  ·  SD 1.x"].trigger()
     assert panel.prompt.toPlainText() == "a castle <lora:ink:1>"
