@@ -28,7 +28,7 @@ class OneLineParser(argparse.ArgumentParser):
 def _add_generation_options(p: argparse.ArgumentParser, upscale: bool = False) -> None:
     from .engine.samplers import DEFAULT_SAMPLER, DEFAULT_SCHEDULE
 
-    p.add_argument("--model", help="a diffusers model folder (default: the built-in model)")
+    p.add_argument("--model", help="a checkpoint (.safetensors, .ckpt) or a diffusers folder (default: the built-in model)")
     if upscale:
         p.add_argument("--prompt", default="", help="what the image shows (diffusion and latent upscales)")
     else:
