@@ -25,6 +25,10 @@ def make_backend(settings, demo: bool = False):
         from studio.backends.fake import DemoBackend
 
         return DemoBackend()
+    if settings.backend == "comfyui":
+        from studio.backends.comfyui.backend import ComfyUIBackend
+
+        return ComfyUIBackend(settings.server_url, settings.server_token)
     from studio.backends.local import LocalBackend
 
     return LocalBackend(device=settings.engine_device(), model_folders=settings.model_folders)
@@ -41,7 +45,8 @@ def build_window(settings=None, backend=None, *, model: str | None = None, outpu
     settings = settings if settings is not None else Settings.load(config_dir)
     backend = backend if backend is not None else make_backend(settings, demo)
     worker = Worker(backend)
-    session = Session(worker, settings, model_override=model, output_dir=output_dir)
+    factory = None if demo else make_backend  # a given backend (tests) can still be switched to a made one
+    session = Session(worker, settings, model_override=model, output_dir=output_dir, backend_factory=factory)
     worker.setParent(session)
     return MainWindow(session, config_dir=config_dir)
 

@@ -47,6 +47,11 @@ class Settings:
     attention_slicing: bool = False
     vae_tiling: bool = False
     offload: str = "none"  # none, model, sequential
+    # The engine: "local" (this machine) or "comfyui" (a ComfyUI server; the token goes in its requests'
+    # Authorization header, for a reverse proxy in front of it).
+    backend: str = "local"
+    server_url: str = "http://127.0.0.1:8188"
+    server_token: str = ""
 
     def resolved_output_dir(self) -> Path:
         return Path(self.output_dir).expanduser() if self.output_dir else default_output_dir()
@@ -76,6 +81,8 @@ class Settings:
         s.model_folders = [str(p) for p in s.model_folders if isinstance(p, str)]
         if s.offload not in ("none", "model", "sequential"):
             s.offload = "none"
+        if s.backend not in ("local", "comfyui"):
+            s.backend = "local"
         return s
 
     def save(self, directory: Path | str | None = None) -> Path:

@@ -90,6 +90,7 @@ class Worker(QObject):
         self._preload = False
         self._thread: threading.Thread | None = None
         self._pending_steps: list[tuple[int, StepInfo]] = []
+        self._next_backend: Backend | None = None  # a switch asked for, done on the engine thread between jobs
         self._step_lock = threading.Lock()
         self._step_ready.connect(self._deliver_step)
 
@@ -98,6 +99,17 @@ class Worker(QObject):
     def info(self) -> BackendInfo:
         """What the backend can do (complete once `engine_ready` has been emitted)."""
         return self._info
+
+    def switch_backend(self, backend: Backend) -> None:
+        """Use another backend from the next job on: the running job finishes on the old one, which is then
+        closed; the new one starts at once (engine_ready or engine_failed follows). Queued jobs run on it."""
+        with self._cond:
+            if self._thread is None:
+                self._backend, self._info = backend, backend.info()
+                self._started, self._engine_error = False, None
+                return
+            self._next_backend = backend
+            self._cond.notify_all()
 
     def start(self, preload: bool = True) -> None:
         """Start the engine thread; with preload, start the backend (torch, a connection) right away."""
@@ -224,10 +236,17 @@ class Worker(QObject):
                 self._ensure_started()
             while True:
                 with self._cond:
-                    while not self._queue and not self._stop:
+                    while not self._queue and not self._stop and self._next_backend is None:
                         self._cond.wait()
                     if self._stop:
                         break
+                    nxt, self._next_backend = self._next_backend, None
+                if nxt is not None:
+                    self._swap(nxt)
+                    continue
+                with self._cond:
+                    if not self._queue:
+                        continue
                     job = self._queue.popleft()
                     job.state = JobState.RUNNING
                     self._current = job
@@ -245,6 +264,16 @@ class Worker(QObject):
                     self._backend.close()
                 except Exception:  # noqa: BLE001 - closing must not keep the window from quitting
                     log.exception("closing the backend")
+
+    def _swap(self, backend: Backend) -> None:
+        if self._started:
+            try:
+                self._backend.close()
+            except Exception:  # noqa: BLE001 - the old backend's trouble is not the new one's
+                log.exception("closing the backend")
+        self._backend, self._info = backend, backend.info()
+        self._started, self._engine_error = False, None
+        self._ensure_started()
 
     def _run_job(self, job: _Job) -> None:
         if not self._ensure_started():

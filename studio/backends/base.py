@@ -39,6 +39,14 @@ class BackendInfo:
     devices: tuple[str, ...] = ()
     device: str = ""  # the one in use, once started
     version: str = ""
+    # A remote backend lists its own files as (id to put in a request, label); a local one leaves these empty
+    # and the studio lists the model folders itself.
+    remote_files: bool = False
+    models: tuple[tuple[str, str], ...] = ()
+    vaes: tuple[tuple[str, str], ...] = ()
+    loras: tuple[tuple[str, str], ...] = ()
+    embeddings: tuple[tuple[str, str], ...] = ()
+    notice: str = ""  # said once to the artist when it starts (e.g. why another backend was not used)
 
     def why_no_decode(self) -> str:
         return "" if self.decodes_steps else f"{self.name} keeps no latents: a step can only be shown as previewed"

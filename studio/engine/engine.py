@@ -5,7 +5,6 @@ The only module that imports diffusers for generation. Threads live in the worke
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import logging
 import math
@@ -336,7 +335,7 @@ class Engine:
             width, height = self._size_for(request, model)
             used = request.replace(seed=seed, width=width, height=height)
             seeds = [(seed + i) % (MAX_SEED + 1) for i in range(request.batch)]
-            plan = _InpaintPlan.make(used, seed) if used.mode == "inpaint" else None
+            plan = inpaint.InpaintPlan.make(used, seed) if used.mode == "inpaint" else None
             extra = runaddons.prepare(model, used, self.folders)
             pipe, kwargs = self._pipeline_call(model, used, seeds, plan)
             scheduler = build_scheduler(model.scheduler_config, used.sampler, used.schedule, seed)
@@ -418,7 +417,7 @@ class Engine:
         return w, h
 
     def _pipeline_call(
-        self, model: LoadedModel, r: GenerateRequest, seeds: list[int], plan: _InpaintPlan | None = None
+        self, model: LoadedModel, r: GenerateRequest, seeds: list[int], plan: inpaint.InpaintPlan | None = None
     ):
         """The pipeline for the request's mode and its call's arguments, the prompts already encoded with
         A1111's syntax (weights, BREAK, any length: studio.engine.conditioning)."""
@@ -435,12 +434,12 @@ class Engine:
         return pipe, kwargs
 
     def _pipeline_args(
-        self, model: LoadedModel, r: GenerateRequest, seeds: list[int], plan: _InpaintPlan | None = None
+        self, model: LoadedModel, r: GenerateRequest, seeds: list[int], plan: inpaint.InpaintPlan | None = None
     ):
         from PIL import Image
 
         if r.mode == "inpaint" and plan is None:
-            plan = _InpaintPlan.make(r, seeds[0])
+            plan = inpaint.InpaintPlan.make(r, seeds[0])
 
         generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
         kwargs: dict = {
@@ -529,81 +528,6 @@ class Engine:
     def latent_preview(self, model: str | None, latent: np.ndarray) -> np.ndarray:
         """The cheap linear-map preview of one (C, h, w) latent."""
         return latent_to_rgb(latent, *self.load(model).latent_rgb)
-
-
-@dataclasses.dataclass
-class _InpaintPlan:
-    """One inpaint, in pixels: the area it works on, what the model is given, how the result goes back.
-
-    The mask is feathered by mask_blur (`inpaint.feather`). The model repaints where the mask or its
-    feather is at least half (the pipelines binarise at 0.5; taking the larger of the two keeps a thin
-    painted stroke that the blur would fade below half). "only masked" works on `inpaint.crop_box` of
-    the mask (the working size's aspect), scaled to the working size; "whole" on the whole image scaled
-    to the working size. Masked content (`inpaint.fill_masked`) is applied to the working image. The
-    result is scaled back to the box and composited into the full original in pixel space through
-    `inpaint.blend_mask` (the feather doubled, A1111's whole-picture overlay: the painted area all new,
-    the blend over the blur's reach outside it): where the feather is 0 the original's pixels are kept,
-    bit for bit.
-    """
-
-    original: np.ndarray  # HxWx3, the request's init image
-    feathered: np.ndarray  # HxW, the composite's mask (inpaint.blend_mask)
-    box: tuple[int, int, int, int]  # x0, y0, x1, y1 in image pixels
-    cropped: bool
-    work_image: np.ndarray  # the model's input image at the working size
-    work_mask: np.ndarray  # the model's mask at the working size
-
-    @classmethod
-    def make(cls, r: GenerateRequest, seed: int) -> _InpaintPlan:
-        from PIL import Image
-
-        image, mask = r.init_image, r.mask
-        if image is None or mask is None:
-            raise RequestError("Inpainting needs an image and a mask")
-        ih, iw = image.shape[:2]
-        size = (int(r.width), int(r.height))
-        feathered = inpaint.feather(mask, r.mask_blur)
-        paint = np.maximum(mask, feathered)
-        blend = inpaint.blend_mask(mask, r.mask_blur)
-        box = (0, 0, iw, ih)
-        cropped = r.inpaint_area == "masked"
-        if cropped:
-            found = inpaint.crop_box(mask, r.mask_blur, r.inpaint_padding, image_size=(iw, ih), aspect=size)
-            if found is None:
-                raise RequestError("The mask is empty: paint the area to repaint")
-            box = found
-        x0, y0, x1, y1 = box
-        crop = Image.fromarray(np.ascontiguousarray(image[y0:y1, x0:x1]))
-        crop_mask = Image.fromarray(np.ascontiguousarray(paint[y0:y1, x0:x1]), "L")
-        if crop.size != size:
-            crop = crop.resize(size, Image.Resampling.LANCZOS)
-            crop_mask = crop_mask.resize(size, Image.Resampling.BILINEAR)
-        work_mask = np.asarray(crop_mask, np.uint8)
-        work_image = inpaint.fill_masked(np.asarray(crop, np.uint8), work_mask, r.masked_content, seed)
-        return cls(image, blend, box, cropped, work_image, work_mask)
-
-    def image_pil(self):
-        from PIL import Image
-
-        return Image.fromarray(self.work_image)
-
-    def mask_pil(self):
-        from PIL import Image
-
-        return Image.fromarray(self.work_mask, "L")
-
-    def paste(self, generated: np.ndarray) -> np.ndarray:
-        """A decoded working-size image -> the full-size result: scaled to the box, composited."""
-        from PIL import Image
-
-        x0, y0, x1, y1 = self.box
-        size = (x1 - x0, y1 - y0)
-        g = generated
-        if (g.shape[1], g.shape[0]) != size:
-            g = np.asarray(Image.fromarray(g).resize(size, Image.Resampling.LANCZOS), np.uint8)
-        full = np.array(self.original, copy=True)
-        full[y0:y1, x0:x1] = g
-        return inpaint.composite(self.original, full, self.feathered)
 
 
 __all__ = ["Engine", "pick_device", "to_uint8"]

@@ -11,11 +11,13 @@ boxes are (x0, y0, x1, y1) in image pixels, x1/y1 exclusive (so the box is x1 - 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 from PIL import Image, ImageFilter
 
 from .errors import RequestError
-from .requests import MASKED_CONTENTS
+from .requests import MASKED_CONTENTS, GenerateRequest
 
 Box = tuple[int, int, int, int]
 MAX_SIDE = 4096  # the largest image side the engine takes (GenerateRequest's width/height limit)
@@ -297,3 +299,78 @@ def composite(original: np.ndarray, generated: np.ndarray, feathered_mask: np.nd
 
 
 __all__ = ["MAX_SIDE", "blend_mask", "composite", "crop_box", "feather", "fill_masked", "outpaint_canvas"]
+
+
+@dataclass
+class InpaintPlan:
+    """One inpaint, in pixels: the area it works on, what the model is given, how the result goes back.
+
+    The mask is feathered by mask_blur (`feather`). The model repaints where the mask or its
+    feather is at least half (the pipelines binarise at 0.5; taking the larger of the two keeps a thin
+    painted stroke that the blur would fade below half). "only masked" works on `crop_box` of
+    the mask (the working size's aspect), scaled to the working size; "whole" on the whole image scaled
+    to the working size. Masked content (`fill_masked`) is applied to the working image. The
+    result is scaled back to the box and composited into the full original in pixel space through
+    `blend_mask` (the feather doubled, A1111's whole-picture overlay: the painted area all new,
+    the blend over the blur's reach outside it): where the feather is 0 the original's pixels are kept,
+    bit for bit.
+    """
+
+    original: np.ndarray  # HxWx3, the request's init image
+    feathered: np.ndarray  # HxW, the composite's mask (blend_mask)
+    box: tuple[int, int, int, int]  # x0, y0, x1, y1 in image pixels
+    cropped: bool
+    work_image: np.ndarray  # the model's input image at the working size
+    work_mask: np.ndarray  # the model's mask at the working size
+
+    @classmethod
+    def make(cls, r: GenerateRequest, seed: int) -> InpaintPlan:
+        from PIL import Image
+
+        image, mask = r.init_image, r.mask
+        if image is None or mask is None:
+            raise RequestError("Inpainting needs an image and a mask")
+        ih, iw = image.shape[:2]
+        size = (int(r.width), int(r.height))
+        feathered = feather(mask, r.mask_blur)
+        paint = np.maximum(mask, feathered)
+        blend = blend_mask(mask, r.mask_blur)
+        box = (0, 0, iw, ih)
+        cropped = r.inpaint_area == "masked"
+        if cropped:
+            found = crop_box(mask, r.mask_blur, r.inpaint_padding, image_size=(iw, ih), aspect=size)
+            if found is None:
+                raise RequestError("The mask is empty: paint the area to repaint")
+            box = found
+        x0, y0, x1, y1 = box
+        crop = Image.fromarray(np.ascontiguousarray(image[y0:y1, x0:x1]))
+        crop_mask = Image.fromarray(np.ascontiguousarray(paint[y0:y1, x0:x1]), "L")
+        if crop.size != size:
+            crop = crop.resize(size, Image.Resampling.LANCZOS)
+            crop_mask = crop_mask.resize(size, Image.Resampling.BILINEAR)
+        work_mask = np.asarray(crop_mask, np.uint8)
+        work_image = fill_masked(np.asarray(crop, np.uint8), work_mask, r.masked_content, seed)
+        return cls(image, blend, box, cropped, work_image, work_mask)
+
+    def image_pil(self):
+        from PIL import Image
+
+        return Image.fromarray(self.work_image)
+
+    def mask_pil(self):
+        from PIL import Image
+
+        return Image.fromarray(self.work_mask, "L")
+
+    def paste(self, generated: np.ndarray) -> np.ndarray:
+        """A decoded working-size image -> the full-size result: scaled to the box, composited."""
+        from PIL import Image
+
+        x0, y0, x1, y1 = self.box
+        size = (x1 - x0, y1 - y0)
+        g = generated
+        if (g.shape[1], g.shape[0]) != size:
+            g = np.asarray(Image.fromarray(g).resize(size, Image.Resampling.LANCZOS), np.uint8)
+        full = np.array(self.original, copy=True)
+        full[y0:y1, x0:x1] = g
+        return composite(self.original, full, self.feathered)

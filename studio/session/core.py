@@ -7,9 +7,11 @@ and mask), the job book (routing worker signals by job kind) and the step timeli
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -66,9 +68,14 @@ class Session(QObject):
         parent: QObject | None = None,
         model_override: str | None = None,
         output_dir: str | Path | None = None,
+        backend_factory: Callable[[Settings], Any] | None = None,
     ):
         super().__init__(parent)
         self._worker = worker
+        # Makes the backend the settings name (the composition root's): switching engines, and the fallback to
+        # the local one when a server is not there.
+        self._backend_factory = backend_factory
+        self._fallen_back = False
         self.settings = settings
         self.params = Params.from_dict(settings.params)
         # --model is for this run only: the saved choice is put back when settings are stored.
@@ -483,11 +490,39 @@ class Session(QObject):
         return library.output_images(self.output_dir, limit)
 
     def model_choices(self) -> list[tuple[str, str]]:
+        info = self.info
+        if info.remote_files:  # the server's checkpoints; "" = its first one
+            first = info.models[0][1] if info.models else "none on the server"
+            return [(f"Server default ({first})", ""), *((label, mid) for mid, label in info.models)]
         return library.model_choices(self.settings.model_folders, self.params.model)
 
     def addon_choices(self, kind: str) -> list[tuple[str, str]]:
-        """(label, path) of the "vae", "lora" or "embedding" files in the model folders."""
+        """(label, id) of the "vae", "lora" or "embedding" files: the model folders', or the server's."""
+        info = self.info
+        if info.remote_files:
+            files = {"vae": info.vaes, "lora": info.loras, "embedding": info.embeddings}.get(kind, ())
+            return [(label, fid) for fid, label in files]
         return library.addon_choices(self.settings.model_folders, kind)
+
+    # -- engines ------------------------------------------------------------------------------
+
+    def switch_engine(self, backend: str, url: str = "", token: str | None = None) -> bool:
+        """Use the local engine or a ComfyUI server from the next job on (the settings keep the choice)."""
+        if self._backend_factory is None:
+            emit(self.message, "This window cannot switch engines", "error")
+            return False
+        self.settings.backend = backend
+        if url:
+            self.settings.server_url = url
+        if token is not None:
+            self.settings.server_token = token
+        self._fallen_back = False
+        self._engine_ready = False
+        self._warm_model = None
+        emit(self.engine_state, "loading")
+        self._worker.switch_backend(self._backend_factory(self.settings))
+        self._worker.start(preload=True)
+        return True
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -512,10 +547,24 @@ class Session(QObject):
 
     def _on_engine_ready(self, info: BackendInfo) -> None:
         self._engine_ready = True
+        if info.remote_files and self.params.model and self.params.model not in {m for m, _ in info.models}:
+            self.params.model = ""  # a local file the server does not have: its default model instead
+        if info.remote_files and self.params.vae and self.params.vae not in {v for v, _ in info.vaes}:
+            self.params.vae = ""
         emit(self.capabilities_changed, info)
         emit(self.engine_state, "ready")
+        if info.notice:
+            emit(self.message, info.notice, "warning")
+        self.warm_up()
 
     def _on_engine_failed(self, text: str) -> None:
+        if self.settings.backend != "local" and self._backend_factory is not None and not self._fallen_back:
+            # A server that is not there: say so once and keep working on this machine.
+            self._fallen_back = True
+            emit(self.message, f"{text}. Using the local engine instead", "error")
+            local = dataclasses.replace(self.settings, backend="local")
+            self._worker.switch_backend(self._backend_factory(local))
+            return
         emit(self.engine_state, text)
         emit(self.message, text, "error")
 

@@ -109,3 +109,36 @@ class ExtendCanvasDialog(QDialog):
         ok = (left + top + right + bottom) > 0 and not warn
         self.extend_button.setEnabled(ok)
         self.inpaint_button.setEnabled(ok)
+
+
+class ServerDialog(QDialog):
+    """The ComfyUI server to use: its address, and a token when a reverse proxy in front of it wants one."""
+
+    def __init__(self, url: str, token: str = "", parent: QWidget | None = None):
+        from PySide6.QtWidgets import QLineEdit
+
+        super().__init__(parent)
+        self.setWindowTitle("ComfyUI server")
+        form = QFormLayout(self)
+        self.url = QLineEdit(url or "http://127.0.0.1:8188")
+        self.url.setToolTip("The server's address, as its web page opens: http://127.0.0.1:8188 for a local one")
+        self.url.setMinimumWidth(320)
+        self.token = QLineEdit(token)
+        self.token.setEchoMode(QLineEdit.EchoMode.Password)
+        self.token.setPlaceholderText("none")
+        self.token.setToolTip("A bearer token, if the server sits behind a proxy that asks for one (rented GPUs)")
+        form.addRow("Address", self.url)
+        form.addRow("Token", self.token)
+        note = QLabel("The server runs every job; the studio keeps the canvas, the queue and the metadata.")
+        note.setWordWrap(True)
+        note.setObjectName("Muted")
+        form.addRow(note)
+        buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel)
+        for b in buttons.buttons():
+            b.setToolTip(b.text().replace("&", ""))
+        buttons.accepted.connect(self.accept)
+        buttons.rejected.connect(self.reject)
+        form.addRow(buttons)
+
+    def values(self) -> tuple[str, str]:
+        return self.url.text().strip().rstrip("/"), self.token.text().strip()

@@ -323,11 +323,24 @@ class MainWindow(QMainWindow):
         gen_menu.addSeparator()
         gen_menu.addActions([self.random_action, self.reuse_action])
 
+        engine_menu = mb.addMenu("E&ngine")
+        group = QActionGroup(self)
+        self.local_engine_action = QAction("&Local engine", self, checkable=True)
+        self.local_engine_action.setToolTip("Run on this machine's CPU or GPU")
+        self.local_engine_action.triggered.connect(lambda: self.session.switch_engine("local"))
+        self.server_engine_action = QAction("&ComfyUI server…", self, checkable=True)
+        self.server_engine_action.setToolTip("Run on a ComfyUI server (a GPU elsewhere): its address and token")
+        self.server_engine_action.triggered.connect(self.choose_server)
+        for act in (self.local_engine_action, self.server_engine_action):
+            group.addAction(act)
+            engine_menu.addAction(act)
+        (self.server_engine_action if self.settings.backend == "comfyui" else self.local_engine_action).setChecked(True)
+
         help_menu = mb.addMenu("&Help")
         help_menu.addAction(self._action("&Keyboard shortcuts", self.show_shortcuts, QKeySequence("F1")))
         help_menu.addAction(self._action("&About Latent Studio", self.about))
 
-        for menu in (file_menu, edit_menu, gen_menu, help_menu):
+        for menu in (file_menu, edit_menu, gen_menu, engine_menu, help_menu):
             menu.setToolTipsVisible(True)
 
     def _connect(self) -> None:
@@ -522,8 +535,13 @@ class MainWindow(QMainWindow):
     def _engine_state(self, state: str) -> None:
         if state == "ready":
             info = self.session.info
-            self.engine_label.setText("Engine: ready")
-            self.engine_label.setToolTip(f"{info.name}" + (f" on {info.device}" if info.device else ""))
+            self.engine_label.setText(f"{info.name}: ready" if info.remote_files else "Engine: ready")
+            where = f" on {info.device}" if info.device else ""
+            self.engine_label.setToolTip(f"{info.name}{where}" + (f" (version {info.version})" if info.version else ""))
+            remote = info.remote_files
+            self.local_engine_action.setChecked(not remote)
+            self.server_engine_action.setChecked(remote)
+            self.prompt_panel.refresh_models()
         elif state in ("loading", "loading model"):
             self.engine_label.setText("Engine: loading the model…" if state == "loading model" else "Engine: loading…")
         else:
@@ -702,6 +720,23 @@ class MainWindow(QMainWindow):
     def _set_memory(self, attr: str, value) -> None:
         setattr(self.settings, attr, value)
         self.show_message("Memory settings apply from the next run")
+
+    def choose_server(self) -> None:
+        from studio.ui.dialogs import ServerDialog
+
+        dialog = ServerDialog(self.settings.server_url, self.settings.server_token, self)
+        if dialog.exec() != ServerDialog.DialogCode.Accepted:
+            (self.server_engine_action if self.settings.backend == "comfyui" else self.local_engine_action).setChecked(
+                True
+            )
+            return
+        url, token = dialog.values()
+        if not url.startswith(("http://", "https://")):
+            self.show_message(f"{url or 'An empty address'} is not a server address: use http://host:port", "error")
+            self.local_engine_action.setChecked(self.settings.backend != "comfyui")
+            return
+        self.session.switch_engine("comfyui", url, token)
+        self.show_message(f"Connecting to {url}…")
 
     def _set_device(self, device: str) -> None:
         self.settings.device = device
