@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -179,7 +180,7 @@ class LoadedModel:
     dtype: Any
     scheduler_config: Any
     latent_rgb: tuple[np.ndarray, np.ndarray]
-    hash: str = ""
+    hash_job: Any = None  # the A1111 hash, computed beside the first run (hashing 4 GB takes seconds)
     prediction: str = "epsilon"  # the scheduler's prediction type as loaded (SD 2.x: detected or the user's)
     _pipes: dict[str, Any] = field(default_factory=dict)
 
@@ -187,6 +188,15 @@ class LoadedModel:
     def name(self) -> str:
         """As A1111 writes "Model:": a file's name without its suffix."""
         return self.layout.path.stem if self.layout.single_file else self.layout.path.name
+
+    @property
+    def hash(self) -> str:
+        """The model's A1111 hash ("" when the files cannot be read); waits for the hashing thread if needed."""
+        job = self.hash_job
+        if job is None:
+            return ""
+        job.join()
+        return job.digest
 
     @property
     def family(self) -> str:
@@ -233,8 +243,6 @@ def load_model(path: Path, device, dtype, prediction: str = "auto", memory=None)
     import diffusers
     import transformers
 
-    from .metadata import model_hash
-
     diffusers.utils.logging.disable_progress_bar()
     transformers.utils.logging.disable_progress_bar()
     from .preview import factors_for
@@ -259,10 +267,7 @@ def load_model(path: Path, device, dtype, prediction: str = "auto", memory=None)
 
     apply(pipe, memory or MemoryOptions(), device)
     pipe.set_progress_bar_config(disable=True)
-    try:
-        digest = model_hash(path)
-    except (OSError, ModelError):
-        digest = ""  # a hash is nice to have in the metadata, never a reason to refuse a model
+    job = _HashJob(path)
     loaded = LoadedModel(
         key=model_key(path, prediction),
         layout=layout,
@@ -271,12 +276,31 @@ def load_model(path: Path, device, dtype, prediction: str = "auto", memory=None)
         dtype=dtype,
         scheduler_config=pipe.scheduler.config,
         latent_rgb=factors_for(path, layout.family),
-        hash=digest,
+        hash_job=job,
         prediction=str(pipe.scheduler.config.get("prediction_type", "epsilon")),
     )
     mode = "inpaint" if layout.layout == "inpaint" else layout.layout
     loaded._pipes[mode] = pipe
     return loaded
+
+
+class _HashJob(threading.Thread):
+    """The model hash on its own thread: the load does not wait for it, the first result's metadata does
+    (a cached hash, the usual case after the first time, is back at once)."""
+
+    def __init__(self, path: Path):
+        super().__init__(name="model-hash", daemon=True)  # short-lived: not a studio-* thread
+        self.path = path
+        self.digest = ""
+        self.start()
+
+    def run(self) -> None:
+        from .metadata import model_hash
+
+        try:
+            self.digest = model_hash(self.path)
+        except (OSError, ModelError):
+            self.digest = ""  # a hash is nice to have in the metadata, never a reason to refuse a model
 
 
 def _load_folder(path: Path, layout: ModelLayout, dtype):
