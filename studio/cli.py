@@ -58,6 +58,9 @@ def _add_generation_options(p: argparse.ArgumentParser, upscale: bool = False) -
                    help="CPU offload on a GPU: model (moderate) or sequential (least memory, slowest)")  # fmt: skip
     p.add_argument("--out", default=None, help="output folder (default: the studio's output folder)")
     p.add_argument("--device", default=None, help="auto, cpu, cuda or mps")
+    p.add_argument("--server", default=None, metavar="URL",
+                   help="run on a ComfyUI server (e.g. http://127.0.0.1:8188) instead of this machine")  # fmt: skip
+    p.add_argument("--token", default=None, help="a bearer token for the server's proxy (or STUDIO_SERVER_TOKEN)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
 
 
@@ -225,13 +228,26 @@ def _lora_arg(text: str) -> tuple[str, float]:
 
 
 def _generate_and_save(args: argparse.Namespace, request) -> int:
-    """Torch only from here on: the engine runs the request, the paths go to stdout."""
-    from .engine.engine import Engine
+    """Torch only from here on (or a server): the request runs, the paths go to stdout."""
     from .engine.output import save_result
     from .paths import default_output_dir
 
-    engine = Engine(device=args.device, model_folders=model_folders()[1:])
-    result = engine.generate(request, on_step=_progress(args.quiet))
+    if getattr(args, "server", None):
+        import os
+
+        from .backends.comfyui.backend import ComfyUIBackend
+
+        backend = ComfyUIBackend(args.server, args.token or os.environ.get("STUDIO_SERVER_TOKEN", ""))
+        try:
+            backend.start()
+            result = backend.generate(request, on_step=_progress(args.quiet))
+        finally:
+            backend.close()
+    else:
+        from .engine.engine import Engine
+
+        engine = Engine(device=args.device, model_folders=model_folders()[1:])
+        result = engine.generate(request, on_step=_progress(args.quiet))
     out = Path(args.out) if args.out else default_output_dir()
     for path in save_result(result, out, __version__):
         print(path, flush=True)
@@ -256,9 +272,10 @@ def _run_generation(args: argparse.Namespace, mode: str) -> int:
     request.validate()  # before torch is imported: bad input answers at once
     from .engine.samplers import scheduler_spec
 
-    scheduler_spec(request.sampler, request.schedule)
-    if args.model is not None and not Path(args.model).exists():
-        raise EngineError(f"Model not found: {args.model}")
+    if not args.server:  # a server checks its own names and files
+        scheduler_spec(request.sampler, request.schedule)
+        if args.model is not None and not Path(args.model).exists():
+            raise EngineError(f"Model not found: {args.model}")
     return _generate_and_save(args, request)
 
 
@@ -274,9 +291,9 @@ def _run_upscale(args: argparse.Namespace) -> int:
     request = _request(args, "upscale", strength=strength, init_image=init, upscale_mode=args.mode,
                        scale=args.scale, upscaler=args.upscaler, tile=args.tile, tile_overlap=args.overlap)  # fmt: skip
     request.validate()  # before torch is imported: bad input answers at once
-    if args.upscaler is not None and not Path(args.upscaler).is_file():
+    if args.upscaler is not None and not args.server and not Path(args.upscaler).is_file():
         raise EngineError(f"Upscaler not found: {args.upscaler}")
-    if args.mode in ("diffusion", "latent"):
+    if args.mode in ("diffusion", "latent") and not args.server:
         from .engine.loader import check_mode, read_layout, resolve_model_path
         from .engine.samplers import scheduler_spec
 

@@ -340,6 +340,8 @@ def _prompts(request: GenerateRequest) -> tuple[str, str, list[tuple[str, float]
     try:
         positive, tags = extract_loras(request.prompt or "")
         negative, negative_tags = extract_loras(request.negative_prompt or "")
+        # A removed tag leaves its spaces behind: "a fox  easyneg" -> "a fox easyneg".
+        positive, negative = (re.sub(r"[ \t]{2,}", " ", t).strip() for t in (positive, negative))
     except ValueError as e:
         raise RequestError(f"The prompt cannot be read: {e}") from e
     loras = [*tags, *negative_tags, *((n, float(w)) for n, w in request.loras)]

@@ -1,0 +1,359 @@
+"""A ComfyUI server behind the studio's Backend protocol.
+
+One job = one or more API-format graphs (``graphs.build_graph``) queued with the studio's own prompt id;
+the socket brings progress and preview frames; the images come from ``SaveImage`` through ``/view`` (not over
+the socket: a result saved on the server survives a dropped connection and proxies that cap frame sizes, and
+``/history`` finds it again after a reconnect). Inpainting keeps the studio's own crop and pixel-space
+composite (``studio.engine.inpaint.InpaintPlan``), so unmasked pixels are the input's exactly. The server
+keeps no latents for us: the step timeline holds its preview frames and "decode this step" is off.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import secrets
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+
+from studio.engine.errors import EngineError, ModelError, RequestError, first_line
+from studio.engine.requests import MAX_SEED, GenerateRequest, GenerateResult, StepInfo
+
+from ..base import BackendInfo, StepCallback, UnsupportedError
+from . import graphs
+from .client import ComfyClient, ComfyError, SocketClosed, output_images
+
+log = logging.getLogger(__name__)
+MODES = ("txt2img", "img2img", "inpaint", "upscale")
+MIN_VERSION = (0, 3, 0)  # the protocol facts were checked on 0.27; older servers lack routes and nodes we use
+RECONNECT_FOR = 30.0  # seconds a dropped socket is retried before the job fails
+DEFAULT_SIZE = 512  # the server does not say a checkpoint's native size
+
+
+def _version(text: str) -> tuple[int, ...]:
+    parts = []
+    for p in str(text).lstrip("v").split("."):
+        digits = "".join(ch for ch in p if ch.isdigit())
+        parts.append(int(digits) if digits else 0)
+    return tuple(parts)
+
+
+def _png(image: np.ndarray, mode: str | None = None) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(image), mode).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def _decode(data: bytes) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as im:
+        return np.asarray(im.convert("RGB"), np.uint8)
+
+
+class ComfyUIBackend:
+    """The studio's jobs on a ComfyUI server at ``url`` (a bearer ``token`` for a proxy in front of it)."""
+
+    def __init__(self, url: str, token: str = "", client_factory=ComfyClient):
+        self.url = url.rstrip("/")
+        self._token = token
+        self._factory = client_factory
+        self._client: ComfyClient | None = None
+        self._objects: graphs.ObjectInfo | None = None
+        self._lock = threading.Lock()
+        self._info = BackendInfo(name="ComfyUI server", modes=MODES, keeps_latents=False, decodes_steps=False,
+                                 preview_kinds=("x0",), remote_files=True)  # fmt: skip
+
+    # -- Backend -------------------------------------------------------------------------------
+
+    def info(self) -> BackendInfo:
+        return self._info
+
+    def start(self) -> BackendInfo:
+        if self._client is not None:
+            return self._info
+        client = self._factory(self.url, self._token)
+        try:
+            stats = client.system_stats()
+            version = str(stats.get("system", {}).get("comfyui_version", "") or "")
+            if version and _version(version) < MIN_VERSION:
+                raise EngineError(f"ComfyUI {version} at {self.url} is too old: the studio needs 0.3 or newer")
+            objects = graphs.ObjectInfo(client.object_info())
+            missing = objects.missing(graphs.REQUIRED_NODES)
+            if missing:
+                raise EngineError(f"The ComfyUI server at {self.url} lacks the core nodes {', '.join(missing)}: update it")
+            if not objects.checkpoints:
+                raise EngineError(f"The ComfyUI server at {self.url} has no checkpoint in models/checkpoints")
+            embeddings = self._embeddings(client)
+            client.open_socket()
+        except Exception:
+            client.close()
+            raise
+        devices = tuple(str(d.get("name", "")) for d in stats.get("devices", []) if isinstance(d, dict))
+        self._client, self._objects = client, objects
+        files = lambda names: tuple((n, Path(n).stem) for n in names)  # noqa: E731
+        self._info = BackendInfo(
+            name=f"ComfyUI {version}".strip(), modes=MODES, samplers=graphs.studio_samplers(objects),
+            schedules=graphs.studio_schedules(objects), keeps_latents=False, decodes_steps=False,
+            preview_kinds=("x0",), upscalers=tuple((n, f"{Path(n).stem} (on the server)") for n in objects.upscalers),
+            devices=devices, device=devices[0] if devices else "", version=version, remote_files=True,
+            models=files(objects.checkpoints), vaes=files(objects.vaes), loras=files(objects.loras),
+            embeddings=files(embeddings),
+        )  # fmt: skip
+        return self._info
+
+    def _embeddings(self, client) -> list[str]:
+        try:
+            return [str(n) for n in client.models("embeddings")]
+        except ComfyError:
+            return []  # an older server without /models: embeddings still work by name, just not listed
+
+    def load(self, model: str | None) -> None:
+        """ComfyUI loads a checkpoint when a graph first needs it: here the name is only checked."""
+        self._checkpoint(model)
+
+    def decode_step(self, model, latent):
+        raise UnsupportedError(self._info.why_no_decode())
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    # -- generation ----------------------------------------------------------------------------
+
+    def _checkpoint(self, model: str | None) -> str:
+        objects = self._require()
+        if not model:
+            return objects.checkpoints[0]
+        return graphs.pick(objects.checkpoints, Path(model).name if "/" in model or "\\" in model else model,
+                           "checkpoint")  # fmt: skip
+
+    def _require(self) -> graphs.ObjectInfo:
+        if self._objects is None or self._client is None:
+            self.start()
+        assert self._objects is not None
+        return self._objects
+
+    def generate(
+        self, request: GenerateRequest, on_step: StepCallback | None = None, cancel: threading.Event | None = None
+    ) -> GenerateResult:
+        request.validate()
+        objects = self._require()
+        if request.mode == "upscale" and request.upscale_mode == "latent":
+            raise UnsupportedError("The x4 latent upscaler runs on the local engine only; pick another upscale method")
+        graphs.comfy_names(request.sampler, request.schedule, objects)  # a name the server lacks: said at once
+        try:
+            ckpt = self._checkpoint(request.model)
+        except RequestError:
+            objects = self._refresh()  # a file added on the server since we asked: look again once
+            ckpt = self._checkpoint(request.model)
+        seed = request.seed if request.seed is not None else secrets.randbelow(MAX_SEED + 1)
+        used, plan = self._sized(request.replace(seed=seed))
+        run = _Run(self, used, on_step, cancel)
+        images: list[np.ndarray] = []
+        seeds: list[int] = []
+        uploads = self._uploads(used, plan)
+        # txt2img batches in one graph (EmptyLatentImage's batch); the others run once per image, seed + i.
+        passes = 1 if used.mode == "txt2img" else used.batch
+        for i in range(passes):
+            s = (seed + i) % (MAX_SEED + 1)
+            one = used if used.mode == "txt2img" else used.replace(batch=1)
+            graph = graphs.build_graph(self._with_embeddings(one), objects, checkpoint=ckpt, images=uploads, output="save", seed=s,
+                                       inpaint_model="inpaint" in Path(ckpt).stem.lower())  # fmt: skip
+            graphs.validate(graph, objects)
+            out = run.execute(graph, part=(i + 1, passes) if passes > 1 else None)
+            if out is None:
+                return GenerateResult([], used, [], cancelled=True, steps_done=run.steps_done,
+                                      step_previews=run.previews(), model_name=Path(ckpt).stem)  # fmt: skip
+            for k, image in enumerate(out):
+                images.append(plan.paste(image) if plan is not None else image)
+                seeds.append(s + k if used.mode == "txt2img" else s)
+        return GenerateResult(
+            images=images, request=used, seeds=seeds, model_name=Path(ckpt).stem, model_hash="",
+            timings={"total": time.perf_counter() - run.t0}, steps_done=run.steps_done,
+            step_previews=run.previews(), crop=plan.box if plan is not None and plan.cropped else None,
+        )  # fmt: skip
+
+    def _refresh(self) -> graphs.ObjectInfo:
+        assert self._client is not None
+        self._objects = graphs.ObjectInfo(self._client.object_info())
+        return self._objects
+
+    def _with_embeddings(self, r: GenerateRequest) -> GenerateRequest:
+        """An embedding's name in a prompt, as A1111 writes it, becomes ComfyUI's `embedding:name`."""
+        import re
+
+        names = [label for _fid, label in self._info.embeddings]
+        if not names:
+            return r
+
+        def convert(text: str) -> str:
+            for name in names:
+                pattern = r"(?<![0-9A-Za-z_:])" + re.escape(name) + r"(?![0-9A-Za-z_])"
+                text = re.sub(pattern, lambda _m, n=name: f"embedding:{n}", text, flags=re.IGNORECASE)
+            return text
+
+        return r.replace(prompt=convert(r.prompt), negative_prompt=convert(r.negative_prompt))
+
+    def _sized(self, r: GenerateRequest):
+        """The working size, as the local engine picks it (multiples of 8), and an inpaint's plan."""
+        from studio.engine.inpaint import InpaintPlan
+
+        if r.mode == "txt2img":
+            return r.replace(width=r.width or DEFAULT_SIZE, height=r.height or DEFAULT_SIZE), None
+        if r.mode == "upscale":
+            return r, None
+        ih, iw = r.init_image.shape[:2]
+        if r.mode == "inpaint" and r.inpaint_area == "masked" and not (r.width and r.height):
+            w, h = DEFAULT_SIZE, DEFAULT_SIZE
+        else:
+            w, h = r.width or max(8, iw - iw % 8), r.height or max(8, ih - ih % 8)
+        r = r.replace(width=w, height=h)
+        return r, (InpaintPlan.make(r, int(r.seed)) if r.mode == "inpaint" else None)
+
+    def _uploads(self, r: GenerateRequest, plan) -> dict[str, str]:
+        from PIL import Image
+
+        client = self._client
+        assert client is not None
+        tag = uuid.uuid4().hex[:12]  # our own names: two studios on one server never overwrite each other
+        if plan is not None:
+            return {"init": client.upload_image(_png(plan.work_image), f"studio-{tag}-image.png"),
+                    "mask": client.upload_image(_png(plan.work_mask, "L"), f"studio-{tag}-mask.png")}  # fmt: skip
+        if r.mode in ("img2img", "upscale"):
+            image = r.init_image
+            if r.mode == "img2img" and (image.shape[1], image.shape[0]) != (r.width, r.height):
+                image = np.asarray(Image.fromarray(image).resize((r.width, r.height), Image.Resampling.LANCZOS))
+            return {"init": client.upload_image(_png(image), f"studio-{tag}-image.png")}
+        return {}
+
+
+class _Run:
+    """One job's graphs on the server: events in, steps and previews out, cancel and reconnects handled."""
+
+    def __init__(self, backend: ComfyUIBackend, request: GenerateRequest, on_step, cancel):
+        self.b = backend
+        self.r = request
+        self.on_step = on_step
+        self.cancel = cancel
+        self.t0 = time.perf_counter()
+        self.steps_done = 0
+        self._previews: list[np.ndarray] = []
+        self._last_preview: np.ndarray | None = None
+
+    def previews(self) -> dict[str, list[np.ndarray]]:
+        return {"x0": list(self._previews)} if self._previews else {}
+
+    def execute(self, graph: dict, part: tuple[int, int] | None) -> list[np.ndarray] | None:
+        """Queue one graph and follow it to its end: its images, or None when cancelled."""
+        client = self.b._client
+        assert client is not None
+        prompt_id = str(uuid.uuid4())
+        extra = {"preview_method": "latent2rgb"} if self.r.preview != "none" else None
+        try:
+            client.queue_prompt(graph, prompt_id, extra)
+        except ComfyError as e:
+            body = getattr(e, "body", None)
+            if isinstance(body, dict) and (body.get("node_errors") or body.get("error")):
+                raise RequestError(graphs.describe_errors(body)) from e
+            raise
+        saved: list[dict] = []
+        started = False
+        cancelled_at: float | None = None
+        dropped_at: float | None = None
+        while True:
+            if self.cancel is not None and self.cancel.is_set() and cancelled_at is None:
+                cancelled_at = time.perf_counter()
+                try:
+                    client.cancel(prompt_id)
+                except ComfyError:
+                    log.warning("cancel of %s failed", prompt_id, exc_info=True)
+                if not started:
+                    return None  # still queued: removed from the server's queue, which says nothing more
+            if cancelled_at is not None and time.perf_counter() - cancelled_at > 5.0:
+                return None  # the server did not confirm; the studio's side of the job is over anyway
+            try:
+                event = client.next_event(timeout=0.1)
+            except SocketClosed:
+                dropped_at = dropped_at or time.perf_counter()
+                result = self._recover(prompt_id, dropped_at)
+                if result is not None:
+                    return None if cancelled_at is not None else self._fetch(result)
+                continue
+            dropped_at = None
+            if event is None:
+                continue
+            kind, data = event.type, event.data if isinstance(event.data, dict) else {}
+            if data.get("prompt_id") not in (None, prompt_id):
+                continue
+            if kind == "execution_start":
+                started = True
+            elif kind == "preview":
+                self._preview(event.data)
+            elif kind == "progress":
+                self._progress(int(data.get("value", 0)), int(data.get("max", 0)), part)
+            elif kind == "executed":
+                saved += list((data.get("output") or {}).get("images", []))
+            elif kind == "execution_error":
+                node = data.get("node_type") or "a node"
+                raise EngineError(f"ComfyUI failed in {node}: {first_line(str(data.get('exception_message', '')))}")
+            elif kind == "execution_interrupted":
+                return None
+            elif kind == "executing" and data.get("node") is None and data.get("prompt_id") == prompt_id:
+                if cancelled_at is not None:
+                    return None
+                return self._fetch(saved)
+
+    def _recover(self, prompt_id: str, since: float) -> list[dict] | None:
+        """After a drop: reconnect (same client id) and ask /history; the images once the prompt is done."""
+        client = self.b._client
+        assert client is not None
+        if time.perf_counter() - since > RECONNECT_FOR:
+            raise EngineError(f"Lost the ComfyUI server at {self.b.url} during the job (no answer for "
+                              f"{RECONNECT_FOR:.0f} s)")  # fmt: skip
+        try:
+            client.reconnect()
+            entry = client.history(prompt_id)
+        except (ComfyError, OSError):
+            time.sleep(0.5)
+            return None
+        if not entry:
+            return None  # still running: its progress comes over the new socket
+        status = entry.get("status", {})
+        if status.get("status_str") == "error":
+            raise EngineError("The job failed on the ComfyUI server (see its log)")
+        return output_images(entry)
+
+    def _fetch(self, saved: list[dict]) -> list[np.ndarray]:
+        client = self.b._client
+        assert client is not None
+        out = []
+        for img in saved:
+            if img.get("type", "output") != "output":
+                continue
+            out.append(_decode(client.view(img["filename"], img.get("subfolder", ""), img.get("type", "output"))))
+        if not out:
+            raise ModelError("The ComfyUI server finished the job but returned no image")
+        return out
+
+    def _preview(self, data) -> None:
+        try:
+            image = _decode(data["image"])
+        except Exception:  # noqa: BLE001 - a bad preview frame is not worth failing the job
+            return
+        self._last_preview = image
+        self._previews.append(image)
+
+    def _progress(self, value: int, total: int, part: tuple[int, int] | None) -> None:
+        self.steps_done = max(self.steps_done, value)
+        if self.on_step is None or total <= 0:
+            return
+        stage, n, parts = ("image", part[0], part[1]) if part else ("", 0, 0)
+        self.on_step(StepInfo(value, total, time.perf_counter() - self.t0, self._last_preview, stage, n, parts))

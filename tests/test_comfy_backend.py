@@ -1,0 +1,182 @@
+"""The ComfyUI backend against the fake server (tests/fake_comfyui.py, the protocol of ComfyUI 0.27): every mode,
+progress and previews, cancel, a dropped socket recovered from history, a server that dies, a 400 as one line."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+from fake_comfyui import FakeComfy, allow_loopback
+
+from studio.backends.base import UnsupportedError
+from studio.backends.comfyui.backend import ComfyUIBackend
+from studio.backends.comfyui.client import ComfyError
+from studio.engine.errors import EngineError, RequestError
+from studio.engine.requests import GenerateRequest
+
+MODELS = {
+    "checkpoints": ["tiny-sd15.safetensors", "sd15-inpainting.safetensors"],
+    "loras": ["styles/ink.safetensors"],
+    "vae": ["ft-mse.safetensors"],
+    "upscale_models": ["4x-tiny.pth"],
+    "embeddings": ["easyneg.safetensors"],
+}
+
+
+@pytest.fixture
+def server():
+    with allow_loopback():
+        fake = FakeComfy(models={k: list(v) for k, v in MODELS.items()}, cache=False).start()
+        try:
+            yield fake
+        finally:
+            fake.stop()
+
+
+@pytest.fixture
+def backend(server):
+    b = ComfyUIBackend(server.url)
+    try:
+        yield b
+    finally:
+        b.close()
+
+
+def req(**kw) -> GenerateRequest:
+    base = dict(prompt="a red fox", steps=4, cfg=6.0, seed=300, width=64, height=48, sampler="DPM++ 2M",
+                schedule="Karras")  # fmt: skip
+    return GenerateRequest(**{**base, **kw})
+
+
+def test_start_reports_the_server_and_its_files(backend):
+    info = backend.start()
+    assert info.name == "ComfyUI 0.27.0" and info.version == "0.27.0" and info.remote_files
+    assert not info.keeps_latents and not info.decodes_steps and "keeps no latents" in info.why_no_decode()
+    assert ("tiny-sd15.safetensors", "tiny-sd15") in info.models
+    assert ("styles/ink.safetensors", "ink") in info.loras and ("easyneg.safetensors", "easyneg") in info.embeddings
+    assert "Euler a" in info.samplers and "PLMS" not in info.samplers and "Karras" in info.schedules
+    assert info.upscalers and info.upscalers[0][0] == "4x-tiny.pth"
+
+
+def test_txt2img_runs_on_the_server_with_progress_and_previews(backend, server):
+    steps = []
+    result = backend.generate(req(prompt="a red fox <lora:ink:0.7> easyneg"), on_step=steps.append)
+    assert len(result.images) == 1 and result.images[0].shape == (48, 64, 3)
+    px = result.images[0][0, 0]
+    assert (px[0], px[1]) == (300 % 256, 4)  # the fake paints red = seed % 256, green = steps
+    assert [s.step for s in steps] == [1, 2, 3, 4] and all(s.total == 4 for s in steps)
+    assert steps[-1].preview is not None and len(result.step_previews["x0"]) == 4
+    assert result.seeds == [300] and result.model_name == "tiny-sd15" and result.request.width == 64
+    graph = server.prompts[-1]["prompt"]
+    by_class = {n["class_type"]: n["inputs"] for n in graph.values()}
+    assert by_class["KSampler"]["sampler_name"] == "dpmpp_2m" and by_class["KSampler"]["scheduler"] == "karras"
+    assert by_class["LoraLoader"]["lora_name"] == "styles/ink.safetensors"
+    assert by_class["LoraLoader"]["strength_model"] == pytest.approx(0.7)
+    texts = sorted(n["inputs"]["text"] for n in graph.values() if n["class_type"] == "CLIPTextEncode")
+    assert texts == ["", "a red fox embedding:easyneg"]
+    assert server.prompts[-1]["extra_data"]["preview_method"] == "latent2rgb"
+    # The metadata keeps the artist's own words.
+    assert result.request.prompt == "a red fox <lora:ink:0.7> easyneg"
+
+
+def test_img2img_batch_runs_once_per_image_with_seed_plus_i(backend, server):
+    init = np.full((40, 56, 3), 90, np.uint8)
+    result = backend.generate(req(mode="img2img", init_image=init, strength=0.5, width=None, height=None, batch=2))
+    assert [im.shape for im in result.images] == [(40, 56, 3)] * 2
+    assert [int(im[0, 0, 0]) for im in result.images] == [300 % 256, 301 % 256] and result.seeds == [300, 301]
+    assert int(result.images[0][0, 0, 2]) == round(255 * 0.5)  # blue = denoise
+    assert len(server.uploads) == 1  # the image went up once for both
+
+
+def test_inpaint_keeps_every_unmasked_pixel_exactly(backend, server):
+    rng = np.random.default_rng(0)
+    init = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    mask = np.zeros((64, 64), np.uint8)
+    mask[20:40, 20:40] = 255
+    result = backend.generate(req(mode="inpaint", init_image=init, mask=mask, strength=0.8, width=None,
+                                  height=None, mask_blur=2, model="sd15-inpainting"))  # fmt: skip
+    out = result.images[0]
+    far = np.ones((64, 64), bool)
+    far[14:46, 14:46] = False  # outside the mask and its feather
+    assert np.array_equal(out[far], init[far])
+    assert int(out[30, 30, 0]) == 300 % 256  # the fake's picture inside the mask
+    graph = server.prompts[-1]["prompt"]
+    assert any(n["class_type"] == "InpaintModelConditioning" for n in graph.values())  # an inpainting checkpoint
+
+
+def test_upscale_with_a_server_model(backend, server):
+    init = np.full((16, 24, 3), 50, np.uint8)
+    result = backend.generate(req(mode="upscale", init_image=init, upscale_mode="model", scale=2.0, width=None, height=None,
+                                  upscaler="4x-tiny.pth"))  # fmt: skip
+    assert result.images[0].shape == (32, 48, 3)
+    with pytest.raises(UnsupportedError, match="local engine only"):
+        backend.generate(req(mode="upscale", init_image=init, upscale_mode="latent", scale=2.0))
+
+
+def test_cancel_stops_the_running_prompt_within_a_step(backend, server):
+    server.step_delay = 0.2
+    cancel = threading.Event()
+
+    def on_step(info):
+        if info.step == 2:
+            cancel.set()
+
+    t0 = time.perf_counter()
+    result = backend.generate(req(steps=30), on_step=on_step, cancel=cancel)
+    assert result.cancelled and not result.images
+    assert time.perf_counter() - t0 < 3.0
+    assert server.cancels or server.interrupts
+
+
+def test_a_dropped_socket_is_reconnected_and_the_result_recovered(backend, server):
+    server.drop_socket_at_step = 2
+    result = backend.generate(req(steps=5))
+    assert len(result.images) == 1 and int(result.images[0][0, 0, 1]) == 5
+    ids = [c["client_id"] for c in server.connections]
+    assert len(ids) >= 2 and len(set(ids)) == 1  # the same client id
+
+
+def test_a_server_that_dies_fails_the_job_with_a_message(backend, server, monkeypatch):
+    import studio.backends.comfyui.backend as mod
+
+    monkeypatch.setattr(mod, "RECONNECT_FOR", 2.0)
+    backend.start()
+    server.die_at_step = 2
+    t0 = time.perf_counter()
+    with pytest.raises(EngineError, match="Lost the ComfyUI server"):
+        backend.generate(req(steps=10))
+    assert time.perf_counter() - t0 < 8
+
+
+def test_a_refused_graph_is_one_readable_line(backend, server, monkeypatch):
+    import studio.backends.comfyui.graphs as graphs
+
+    monkeypatch.setattr(graphs, "validate", lambda graph, info: None)  # let the server judge
+    with pytest.raises(RequestError) as err:
+        backend.generate(req(width=8, height=8))
+    text = str(err.value)
+    assert text.startswith("ComfyUI refused the job") and "\n" not in text and "EmptyLatentImage" in text
+
+
+def test_names_the_server_lacks_are_said_before_anything_runs(backend, server):
+    with pytest.raises(RequestError, match="no sampler PLMS"):
+        backend.generate(req(sampler="PLMS"))
+    with pytest.raises(RequestError, match="no checkpoint 'dreamshaper'"):
+        backend.generate(req(model="dreamshaper"))
+    assert server.prompts == []
+
+
+def test_unreachable_and_token_protected_servers(server):
+    with pytest.raises(ComfyError, match="Cannot reach the ComfyUI server"):
+        ComfyUIBackend("http://127.0.0.1:9").start()
+    server.token = "s3cret"
+    with pytest.raises(ComfyError, match="check the token"):
+        ComfyUIBackend(server.url, "wrong").start()
+    ok = ComfyUIBackend(server.url, "s3cret")
+    try:
+        assert ok.start().name == "ComfyUI 0.27.0"
+        assert ok.generate(req()).images
+    finally:
+        ok.close()
