@@ -180,3 +180,55 @@ def test_unreachable_and_token_protected_servers(server):
         assert ok.generate(req()).images
     finally:
         ok.close()
+
+
+class _StubClient:
+    """Only what start() asks before it refuses: stats and object_info."""
+
+    def __init__(self, version="0.27.0", drop=()):
+        import json
+        from pathlib import Path
+
+        self.version = version
+        data = json.loads((Path(__file__).parent / "data" / "comfyui" / "object_info-0.27.json").read_text())
+        data["CheckpointLoaderSimple"]["input"]["required"]["ckpt_name"][0] = ["a.safetensors"]
+        self.objects = {k: v for k, v in data.items() if k not in drop}
+        self.closed = False
+
+    def system_stats(self):
+        return {"system": {"comfyui_version": self.version}, "devices": []}
+
+    def object_info(self):
+        return self.objects
+
+    def close(self):
+        self.closed = True
+
+
+def test_a_server_too_old_or_missing_a_core_node_is_refused_with_a_message():
+    old = _StubClient("0.2.7")
+    with pytest.raises(EngineError, match=r"ComfyUI 0.2.7 at http://gpu:8188 is too old"):
+        ComfyUIBackend("http://gpu:8188", client_factory=lambda url, token: old).start()
+    assert old.closed
+    lacking = _StubClient(drop=("InpaintModelConditioning", "SetLatentNoiseMask"))
+    with pytest.raises(EngineError, match="lacks the core nodes SetLatentNoiseMask, InpaintModelConditioning: update it"):
+        ComfyUIBackend("http://gpu:8188", client_factory=lambda url, token: lacking).start()
+
+
+def test_the_cli_runs_on_a_server_and_writes_the_metadata(server, tmp_path):
+    import subprocess
+    import sys
+
+    from studio.engine.metadata import read_parameters
+
+    cmd = [sys.executable, "-m", "studio", "generate", "--server", server.url, "--prompt", "a lighthouse",
+           "--steps", "3", "--seed", "11", "--width", "64", "--height", "64", "--out", str(tmp_path), "-q"]  # fmt: skip
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    (path,) = p.stdout.split()
+    text = read_parameters(path)
+    assert text.startswith("a lighthouse\n") and "Seed: 11" in text and "Steps: 3" in text
+    p = subprocess.run([*cmd[:5], "http://127.0.0.1:9", *cmd[6:]], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and p.stderr.strip() == (
+        "studio: error: Cannot reach the ComfyUI server at http://127.0.0.1:9: connection refused"
+    )

@@ -551,6 +551,8 @@ class Session(QObject):
             self.params.model = ""  # a local file the server does not have: its default model instead
         if info.remote_files and self.params.vae and self.params.vae not in {v for v, _ in info.vaes}:
             self.params.vae = ""
+        if not info.remote_files and self.params.model and not Path(self.params.model).exists():
+            self.params.model = ""  # a server's file name, back on this machine: the built-in model
         emit(self.capabilities_changed, info)
         emit(self.engine_state, "ready")
         if info.notice:
