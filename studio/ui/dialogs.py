@@ -27,6 +27,15 @@ def _px_box(value: int, lo: int, hi: int, tip: str, step: int = 64) -> QSpinBox:
     return box
 
 
+def _ok_cancel(dialog: QDialog) -> QDialogButtonBox:
+    buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel)
+    for b in buttons.buttons():
+        b.setToolTip(b.text().replace("&", ""))
+    buttons.accepted.connect(dialog.accept)
+    buttons.rejected.connect(dialog.reject)
+    return buttons
+
+
 class NewCanvasDialog(QDialog):
     def __init__(self, width: int = 512, height: int = 512, parent: QWidget | None = None):
         super().__init__(parent)
@@ -41,12 +50,7 @@ class NewCanvasDialog(QDialog):
         form.addRow("Width", self.width_box)
         form.addRow("Height", self.height_box)
         form.addRow("Colour", self.colour)
-        buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel)
-        for b in buttons.buttons():
-            b.setToolTip(b.text().replace("&", ""))
-        buttons.accepted.connect(self.accept)
-        buttons.rejected.connect(self.reject)
-        form.addRow(buttons)
+        form.addRow(_ok_cancel(self))
 
     def values(self) -> tuple[int, int, tuple[int, int, int]]:
         return self.width_box.value(), self.height_box.value(), self.colour.currentData()
@@ -133,12 +137,7 @@ class ServerDialog(QDialog):
         note.setWordWrap(True)
         note.setObjectName("Muted")
         form.addRow(note)
-        buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel)
-        for b in buttons.buttons():
-            b.setToolTip(b.text().replace("&", ""))
-        buttons.accepted.connect(self.accept)
-        buttons.rejected.connect(self.reject)
-        form.addRow(buttons)
+        form.addRow(_ok_cancel(self))
 
     def values(self) -> tuple[str, str]:
         return self.url.text().strip().rstrip("/"), self.token.text().strip()

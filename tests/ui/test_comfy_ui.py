@@ -73,3 +73,25 @@ def test_a_server_that_is_not_there_falls_back_to_the_local_engine(qtbot, make_w
     text = window.banner.label.text()
     assert "Cannot reach the ComfyUI server at http://127.0.0.1:9" in text and text.endswith("Using the local engine instead")
     assert window.local_engine_action.isChecked()
+
+
+def test_the_server_dialog_switches_and_a_bad_address_is_refused(qtbot, make_window, fake, server, monkeypatch):
+    from studio.ui.dialogs import ServerDialog
+
+    window = make_window(fake)
+    _local_is_fake(window)
+    answers = iter([("gpu-box:8188", ""), (server.url, "")])
+
+    def fake_exec(dialog):
+        url, token = next(answers)
+        dialog.url.setText(url)
+        dialog.token.setText(token)
+        return ServerDialog.DialogCode.Accepted
+
+    monkeypatch.setattr(ServerDialog, "exec", fake_exec)
+    window.choose_server()
+    assert "gpu-box:8188 is not a server address" in window.banner.label.text()
+    assert window.session.settings.backend == "local"
+    window.choose_server()
+    qtbot.waitUntil(lambda: window.engine_label.text() == "ComfyUI 0.27.0: ready", timeout=10000)
+    assert window.session.settings.server_url == server.url
