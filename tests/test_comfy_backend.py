@@ -232,3 +232,12 @@ def test_the_cli_runs_on_a_server_and_writes_the_metadata(server, tmp_path):
     assert p.returncode == 2 and p.stderr.strip() == (
         "studio: error: Cannot reach the ComfyUI server at http://127.0.0.1:9: connection refused"
     )
+
+
+def test_sizes_follow_the_checkpoint_family_when_the_panel_leaves_them_native(backend, server):
+    from studio.backends.comfyui.backend import native_size
+
+    assert native_size("sdxl-base-1.0.safetensors") == 1024 and native_size("ponyDiffusionV6XL.safetensors") == 1024
+    assert native_size("dreamshaper-8.safetensors") == 512
+    result = backend.generate(req(width=None, height=None, steps=1))
+    assert result.images[0].shape == (512, 512, 3) and (result.request.width, result.request.height) == (512, 512)

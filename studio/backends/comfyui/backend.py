@@ -42,6 +42,13 @@ def _version(text: str) -> tuple[int, ...]:
     return tuple(parts)
 
 
+def native_size(checkpoint: str) -> int:
+    """The server does not say a checkpoint's size: SDXL-family names (xl, pony, illustrious) work at 1024,
+    others at 512, as the artist would pick; a size set in the panel always wins."""
+    stem = Path(checkpoint).stem.lower()
+    return 1024 if any(k in stem for k in ("xl", "pony", "illustrious", "noob")) else DEFAULT_SIZE
+
+
 def _png(image: np.ndarray, mode: str | None = None) -> bytes:
     from PIL import Image
 
@@ -155,7 +162,7 @@ class ComfyUIBackend:
             objects = self._refresh()  # a file added on the server since we asked: look again once
             ckpt = self._checkpoint(request.model)
         seed = request.seed if request.seed is not None else secrets.randbelow(MAX_SEED + 1)
-        used, plan = self._sized(request.replace(seed=seed))
+        used, plan = self._sized(request.replace(seed=seed), native_size(ckpt))
         run = _Run(self, used, on_step, cancel)
         images: list[np.ndarray] = []
         seeds: list[int] = []
@@ -202,17 +209,17 @@ class ComfyUIBackend:
 
         return r.replace(prompt=convert(r.prompt), negative_prompt=convert(r.negative_prompt))
 
-    def _sized(self, r: GenerateRequest):
+    def _sized(self, r: GenerateRequest, native: int = DEFAULT_SIZE):
         """The working size, as the local engine picks it (multiples of 8), and an inpaint's plan."""
         from studio.engine.inpaint import InpaintPlan
 
         if r.mode == "txt2img":
-            return r.replace(width=r.width or DEFAULT_SIZE, height=r.height or DEFAULT_SIZE), None
+            return r.replace(width=r.width or native, height=r.height or native), None
         if r.mode == "upscale":
             return r, None
         ih, iw = r.init_image.shape[:2]
         if r.mode == "inpaint" and r.inpaint_area == "masked" and not (r.width and r.height):
-            w, h = DEFAULT_SIZE, DEFAULT_SIZE
+            w, h = native, native
         else:
             w, h = r.width or max(8, iw - iw % 8), r.height or max(8, ih - ih % 8)
         r = r.replace(width=w, height=h)
