@@ -279,3 +279,20 @@ def _settings_with(folder: Path, library: Path) -> Path:
     s.model_folders = [str(library)]
     s.save(folder)
     return folder
+
+
+def test_an_x4_upscaler_single_file_upscales(tiny_x4_model, tmp_path, monkeypatch):
+    folder = Path(tiny_x4_model)
+    configs = tmp_path / "configs"
+    write_config_folder(folder, configs / "x4-upscaler")
+    single = write_single_file(folder, tmp_path / "x4.safetensors")
+    monkeypatch.setenv("LATENT_STUDIO_CONFIGS_DIR", str(configs))
+    assert read_layout(single).arch == "x4-upscaler"
+    engine = Engine(device="cpu")
+    image = np.random.default_rng(1).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    r = GenerateRequest(mode="upscale", upscale_mode="latent", model=str(single), init_image=image, scale=4.0,
+                        steps=2, seed=1, strength=1.0, prediction="auto")  # fmt: skip
+    a = engine.generate(r).images[0]
+    b = engine.generate(r.replace(model=str(folder))).images[0]
+    assert a.shape == (128, 128, 3)
+    np.testing.assert_allclose(a.astype(int), b.astype(int), atol=1)
