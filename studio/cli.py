@@ -124,6 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--folder", action="append", default=[],
                         help="also scan this folder (an A1111 or ComfyUI models folder); repeatable")  # fmt: skip
     models.add_argument("--hashes", action="store_true", help="also print A1111's short hashes (reads each file once)")
+    models.add_argument("--add", action="append", default=[], metavar="DIR",
+                        help="add a folder to the settings for good (the window and every command use it)")  # fmt: skip
     sub.add_parser("samplers", help="list the sampler names")
     sub.add_parser("schedules", help="list the schedule names")
     info = sub.add_parser("info", help="print the generation parameters stored in an image")
@@ -325,16 +327,25 @@ def model_folders(extra: list[str] | None = None) -> list[Path]:
     return [MODELS_DIR, *map(Path, Settings.load().model_folders), *map(Path, extra or [])]
 
 
-def _list_models(extra: list[str], hashes: bool) -> int:
+def _list_models(extra: list[str], hashes: bool, add: list[str] = ()) -> int:
     from .engine import filehash
     from .engine.modelfiles import human_size
     from .engine.modellibrary import scan
+    from .settings import Settings
 
-    folders = model_folders(extra)
-    missing = [str(f) for f in map(Path, extra) if not f.is_dir()]
+    missing = [str(f) for f in map(Path, [*extra, *add]) if not f.expanduser().is_dir()]
     if missing:
         print(f"studio: error: not a folder: {', '.join(missing)}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    if add:
+        settings = Settings.load()
+        for folder in add:
+            resolved = str(Path(folder).expanduser().resolve())
+            if resolved not in settings.model_folders:
+                settings.model_folders.append(resolved)
+        settings.save()
+        print(f"Model folders: {', '.join(settings.model_folders)}", file=sys.stderr)
+    folders = model_folders(extra)
     items = scan(folders)
     for m in items:
         short = ""
@@ -374,7 +385,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "upscale":
             return _run_upscale(args)
         if args.command == "models":
-            return _list_models(args.folder, args.hashes)
+            return _list_models(args.folder, args.hashes, args.add)
         if args.command == "samplers":
             from .engine.samplers import SAMPLER_NAMES
 

@@ -239,3 +239,19 @@ def test_cli_lists_every_kind_and_the_picker_only_checkpoints(tmp_path, capsys, 
     assert not picked & {"ink.safetensors", "ft.safetensors", "swinir-x4.safetensors"}
     dream = next(v for v in labels if v.endswith("dream.safetensors"))
     assert "SD 1.x" in labels[dream] and "KB" in labels[dream]
+
+
+def test_cli_adds_a_model_folder_to_the_settings(tmp_path, capsys, monkeypatch):
+    from studio.cli import main
+    from studio.settings import Settings
+
+    monkeypatch.setenv("LATENT_STUDIO_CONFIG_DIR", str(tmp_path / "config"))
+    root = tmp_path / "webui" / "models"
+    checkpoint(root / "Stable-diffusion" / "dream.safetensors", [SD1_TEXT])
+    assert main(["models", "--add", str(root)]) == 0
+    assert Settings.load().model_folders == [str(root.resolve())]
+    assert "dream" in capsys.readouterr().out
+    assert main(["models"]) == 0  # from the settings now, with no --folder
+    assert "dream" in capsys.readouterr().out
+    assert main(["models", "--add", str(tmp_path / "nowhere")]) == 2
+    assert Settings.load().model_folders == [str(root.resolve())]
