@@ -541,7 +541,9 @@ class MainWindow(QMainWindow):
             remote = info.remote_files
             self.local_engine_action.setChecked(not remote)
             self.server_engine_action.setChecked(remote)
-            self.prompt_panel.refresh_models()
+            if getattr(self, "_models_from", None) != (info.name, remote):
+                self._models_from = (info.name, remote)  # another engine: its files (a rescan costs a folder walk)
+                self.prompt_panel.refresh_models()
         elif state in ("loading", "loading model"):
             self.engine_label.setText("Engine: loading the model…" if state == "loading model" else "Engine: loading…")
         else:
