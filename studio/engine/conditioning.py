@@ -100,8 +100,14 @@ def tokenize_chunks(pipe, tokenizer, text: str) -> list[Chunk]:
             pieces.append(None)
         else:
             pieces.append((_units(list(next(it)), tokenizer, multi), w))
-    comma = tokenizer.get_vocab().get(",</w>")
-    return split_chunks(pieces, comma)
+    return split_chunks(pieces, _comma_id(tokenizer))
+
+
+def _comma_id(tokenizer) -> int | None:
+    """The id of "," as a word end. Not get_vocab(): it builds a 49k-entry dict holding the GIL (16 ms a call,
+    a stall of the window while the engine thread encodes)."""
+    tid = tokenizer.convert_tokens_to_ids(",</w>")
+    return None if tid is None or tid == tokenizer.unk_token_id else int(tid)
 
 
 def _frame(chunk: Chunk, tokenizer) -> tuple[list[int], list[float]]:
