@@ -94,6 +94,7 @@ class Session(QObject):
         self._warm_enabled = False
         self._warm_model: str | None = None
         self._loaded_model: str | None = None  # the last model the backend loaded ("" = built-in)
+        self._runs_done = 0  # finished runs: a warm-up that ends after one has nothing to announce
         self._unsaved_text: dict[int, str] = {}  # QImage.cacheKey() -> parameters, for images not on disk
         self._run_started = 0.0
         self._first_step: tuple[int, float] | None = None
@@ -252,6 +253,7 @@ class Session(QObject):
         if not self._warm_enabled or self._warm_model == self.params.model:
             return None
         self._warm_model = model = self.params.model
+        self._runs_at_warm_up = self._runs_done
         job_id = self._worker.submit(LoadModel(model or None), label="load model")
         self.book.add(TrackedJob(job_id, JobKind.LOAD_MODEL, "load model", detail=model))
         return job_id
@@ -662,6 +664,7 @@ class Session(QObject):
             return
         where = f" → {out.paths[0].parent}" if out.paths else ""
         emit(self.message, f"Done in {secs:.1f} s, seed {self.last_seed}{where}", "info")
+        self._runs_done += 1
 
     def _on_decoded(self, job_id: int, out: DecodedStep) -> None:
         self.book.pop(job_id)
@@ -678,7 +681,8 @@ class Session(QObject):
         self.book.pop(job_id)
         self._loaded_model = out.model or ""
         emit(self.engine_state, "ready")
-        emit(self.message, f"Model ready: {Path(out.model).name if out.model else 'built-in'}", "info")
+        if self._runs_done == getattr(self, "_runs_at_warm_up", 0):  # else "Done in ..." stays on show
+            emit(self.message, f"Model ready: {Path(out.model).name if out.model else 'built-in'}", "info")
 
     def _on_cancelled(self, job_id: int) -> None:
         emit(self.job_cancelled, job_id)

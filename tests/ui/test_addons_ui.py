@@ -98,3 +98,18 @@ def test_a_checkpoint_that_fails_to_load_leaves_the_model_it_had(qtbot, make_win
     with qtbot.waitSignal(window.session.image_saved):
         qtbot.mouseClick(panel.generate_button, Qt.MouseButton.LeftButton)
     assert fake.requests[-1].model is None
+
+
+def test_a_warm_up_that_ends_after_a_run_leaves_the_runs_message(qtbot, make_window, fake):
+    window = make_window(fake)
+    session = window.session
+    session.update_params(prompt="a fox", steps=2)
+    with qtbot.waitSignal(session.progress, timeout=5000):
+        session.generate()  # the artist pressed Ctrl+Enter before the engine's delayed start
+    session.enable_warm_up()  # the load job queues behind the run
+    fake.run_free()
+    with qtbot.waitSignal(session._worker.model_loaded, timeout=5000):
+        pass
+    qtbot.waitUntil(lambda: window.status_label.text().startswith("Done in"))
+    qtbot.wait(50)
+    assert window.status_label.text().startswith("Done in")
