@@ -296,3 +296,26 @@ def test_an_x4_upscaler_single_file_upscales(tiny_x4_model, tmp_path, monkeypatc
     b = engine.generate(r.replace(model=str(folder))).images[0]
     assert a.shape == (128, 128, 3)
     np.testing.assert_allclose(a.astype(int), b.astype(int), atol=1)
+
+
+def test_an_fp16_file_on_the_cpu_is_converted_tensor_by_tensor_to_the_same_weights(tiny, configs, tmp_path,
+                                                                                   monkeypatch):  # fmt: skip
+    import diffusers.loaders.single_file as single_file
+
+    import studio.engine.singlefile as sf
+
+    folder = tiny[0]["sd1"][0]
+    half = write_single_file(folder, tmp_path / "half.safetensors", dtype=torch.float16)
+    real_loader = single_file.load_single_file_checkpoint
+    used = []
+    real = sf._read_converted
+    monkeypatch.setattr(sf, "_read_converted", lambda p, d: used.append(d) or real(p, d))
+    engine = Engine(device="cpu")
+    converted = engine.generate(req(half)).images[0]
+    assert used == [torch.float32] and single_file.load_single_file_checkpoint is real_loader
+    assert all(p.dtype == torch.float32 for p in engine._model.base.unet.parameters())
+    monkeypatch.setattr(sf, "_read_converted", lambda p, d: None)  # diffusers' own path: the mapped file
+    engine.unload()
+    plain = engine.generate(req(half)).images[0]
+    np.testing.assert_array_equal(converted, plain)
+    assert real(tiny[0]["sd1"][1], torch.float32) is None  # an fp32 file stays memory-mapped

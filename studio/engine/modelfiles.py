@@ -69,6 +69,7 @@ class Header:
     metadata: Mapping[str, str] = field(default_factory=dict)
     data_offset: int = 0  # where the tensor bytes start (safetensors): the "addnet" hash skips what is before
     pickle: bool = False
+    offsets: Mapping[str, tuple[int, int]] = field(default_factory=dict)  # byte range of each tensor's data
 
     @property
     def keys(self) -> Iterable[str]:
@@ -105,6 +106,7 @@ def read_header(path: str | Path) -> Header:
         raise ModelError(f"{p.name} is not a safetensors file, or it is corrupt (header: {e})") from e
     shapes: dict[str, tuple[int, ...]] = {}
     dtypes: dict[str, str] = {}
+    offsets: dict[str, tuple[int, int]] = {}
     end = 0
     try:
         for k, v in meta.items():
@@ -112,7 +114,8 @@ def read_header(path: str | Path) -> Header:
                 continue
             shapes[k] = tuple(int(d) for d in v["shape"])
             dtypes[k] = str(v["dtype"])
-            end = max(end, int(v["data_offsets"][1]))
+            offsets[k] = (int(v["data_offsets"][0]), int(v["data_offsets"][1]))
+            end = max(end, offsets[k][1])
     except (KeyError, TypeError, ValueError, IndexError) as e:
         raise ModelError(f"{p.name}: the safetensors header is corrupt ({e})") from e
     if 8 + n + end > size:
@@ -122,7 +125,7 @@ def read_header(path: str | Path) -> Header:
             "download or copy it again"
         )
     extra = meta.get("__metadata__") or {}
-    return Header(p, shapes, dtypes, extra if isinstance(extra, dict) else {}, data_offset=8 + n)
+    return Header(p, shapes, dtypes, extra if isinstance(extra, dict) else {}, data_offset=8 + n, offsets=offsets)
 
 
 def _pickle_bytes(path: Path) -> bytes:

@@ -12,6 +12,7 @@ t = 999: a v-model's output is about minus its input), unless the user set it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import pickle
@@ -98,8 +99,11 @@ def load_single_file(
         kwargs.update(safety_checker=None, requires_safety_checker=False, feature_extractor=None)
     elif arch == "x4-upscaler":
         kwargs.update(safety_checker=None, feature_extractor=None, watermarker=None)
+    converted = _read_converted(path, dtype) if path.suffix.lower() == ".safetensors" else None
     try:
-        pipe = cls.from_single_file(str(path), config=str(folder), local_files_only=True, torch_dtype=dtype, **kwargs)
+        with _checkpoint_is(converted):
+            pipe = cls.from_single_file(str(path), config=str(folder), local_files_only=True, torch_dtype=dtype,
+                                        **kwargs)  # fmt: skip
     except pickle.UnpicklingError as e:
         raise ModelError(
             f"{path.name} needs more than plain weights to load (torch refused it with weights_only=True); "
@@ -126,6 +130,68 @@ def load_single_file(
         pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, prediction_type=prediction)
         used = prediction
     return pipe, used
+
+
+_TORCH_DTYPES = ("F16", "BF16", "F32", "F64", "I64", "I32", "I16", "I8", "U8", "BOOL")
+
+
+def _read_converted(path: Path, dtype) -> dict | None:
+    """The file's tensors read one by one and converted to `dtype`, when most of its weights are of another float
+    type (an fp16 file on the CPU's fp32); None when they already are: then diffusers memory-maps the file and
+    uses the tensors in place (1.1x the file's size at peak).
+
+    Why: given an fp16 file, diffusers keeps the whole mapped checkpoint while it builds fp32 copies of every
+    component (3.2x the file at peak, measured). Reading each tensor with read() and converting it at once leaves
+    only the converted weights in memory, plus one tensor in flight.
+    """
+    import torch
+
+    from .modelfiles import read_header
+
+    header = read_header(path)
+    names = {torch.float16: "F16", torch.bfloat16: "BF16", torch.float32: "F32"}
+    want = names.get(dtype)
+    float_bytes: dict[str, int] = {}
+    for k, d in header.dtypes.items():
+        if d in ("F16", "BF16", "F32", "F64"):
+            a, b = header.offsets[k]
+            float_bytes[d] = float_bytes.get(d, 0) + (b - a)
+    if want is None or not float_bytes or max(float_bytes, key=float_bytes.get) == want:
+        return None
+    mapping = {n: getattr(torch, t) for n, t in zip(_TORCH_DTYPES, ("float16", "bfloat16", "float32", "float64",
+               "int64", "int32", "int16", "int8", "uint8", "bool"), strict=True)}  # fmt: skip
+    out: dict = {}
+    with open(path, "rb") as f:
+        for k in sorted(header.offsets, key=lambda key: header.offsets[key][0]):  # file order: sequential reads
+            a, b = header.offsets[k]
+            src = mapping.get(header.dtypes[k])
+            if src is None:
+                return None  # an exotic dtype (F8...): leave it to diffusers
+            if b == a:
+                out[k] = torch.empty(header.shapes[k], dtype=src)
+                continue
+            f.seek(header.data_offset + a)
+            buf = bytearray(b - a)
+            f.readinto(buf)
+            t = torch.frombuffer(buf, dtype=src).reshape(header.shapes[k])
+            out[k] = t.to(dtype) if t.is_floating_point() else t.clone()
+    return out
+
+
+@contextlib.contextmanager
+def _checkpoint_is(checkpoint: dict | None):
+    """from_single_file reading `checkpoint` instead of the file (it takes a path only, never a dict)."""
+    if checkpoint is None:
+        yield
+        return
+    import diffusers.loaders.single_file as single_file
+
+    real = single_file.load_single_file_checkpoint
+    single_file.load_single_file_checkpoint = lambda *_a, **_k: checkpoint
+    try:
+        yield
+    finally:
+        single_file.load_single_file_checkpoint = real
 
 
 def detect_v_prediction(unet) -> str:
