@@ -301,11 +301,16 @@ def test_an_x4_upscaler_single_file_upscales(tiny_x4_model, tmp_path, monkeypatc
 def test_an_fp16_file_on_the_cpu_is_converted_tensor_by_tensor_to_the_same_weights(tiny, configs, tmp_path,
                                                                                    monkeypatch):  # fmt: skip
     import diffusers.loaders.single_file as single_file
+    from safetensors.torch import load_file
 
     import studio.engine.singlefile as sf
 
     folder = tiny[0]["sd1"][0]
     half = write_single_file(folder, tmp_path / "half.safetensors", dtype=torch.float16)
+    mixed = load_file(str(half))  # some tools keep a few tensors in fp32: they must not alias the read buffer
+    for k in [k for k in mixed if k.startswith("first_stage_model.decoder.")][:6]:
+        mixed[k] = mixed[k].float()
+    save_file(mixed, str(half))
     real_loader = single_file.load_single_file_checkpoint
     used = []
     real = sf._read_converted

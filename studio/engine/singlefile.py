@@ -161,7 +161,9 @@ def _read_converted(path: Path, dtype) -> dict | None:
     mapping = {n: getattr(torch, t) for n, t in zip(_TORCH_DTYPES, ("float16", "bfloat16", "float32", "float64",
                "int64", "int32", "int16", "int8", "uint8", "bool"), strict=True)}  # fmt: skip
     out: dict = {}
-    with open(path, "rb") as f:
+    # One scratch buffer for the file's bytes, reused: only the converted tensors are new memory.
+    scratch = torch.empty(max(b - a for a, b in header.offsets.values()) or 1, dtype=torch.uint8)
+    with open(path, "rb", buffering=0) as f:
         for k in sorted(header.offsets, key=lambda key: header.offsets[key][0]):  # file order: sequential reads
             a, b = header.offsets[k]
             src = mapping.get(header.dtypes[k])
@@ -171,10 +173,11 @@ def _read_converted(path: Path, dtype) -> dict | None:
                 out[k] = torch.empty(header.shapes[k], dtype=src)
                 continue
             f.seek(header.data_offset + a)
-            buf = bytearray(b - a)
-            f.readinto(buf)
-            t = torch.frombuffer(buf, dtype=src).reshape(header.shapes[k])
-            out[k] = t.to(dtype) if t.is_floating_point() else t.clone()
+            view = scratch[: b - a]
+            f.readinto(memoryview(view.numpy()))
+            t = view.view(src).reshape(header.shapes[k])
+            # copy=True: a tensor already of `dtype` must not stay a view of the reused scratch buffer
+            out[k] = t.to(dtype, copy=True) if t.is_floating_point() else t.clone()
     return out
 
 
