@@ -29,6 +29,7 @@ from typing import Any
 
 from .errors import ModelError, first_line
 from .filehash import embedding_short_hash, file_hash, lora_short_hash, vae_short_hash
+from .modelfiles import lora_base
 
 SAFETENSORS = ".safetensors"
 PICKLE_SUFFIXES = (".pt", ".ckpt", ".bin", ".pth")
@@ -193,23 +194,6 @@ _UNSUPPORTED = {
     "lora_mid": "a LoCon with CP decomposition (LyCORIS)",
     "diff_b": "a full-weight difference (LyCORIS) network",
 }
-_WIDTHS = {768: "sd1", 1024: "sd2", 2048: "sdxl"}
-
-
-def lora_base(shapes: Mapping[str, Sequence[int]]) -> str:
-    """sd1 / sd2 / sdxl for a LoRA from its key names and shapes, "" when the file does not tell."""
-    keys = list(shapes)
-    if any(k.startswith(("lora_te1_", "lora_te2_", "text_encoder_2.", "te2.")) for k in keys):
-        return "sdxl"
-    for k, s in shapes.items():
-        down = "lora_down" in k or "lora_A" in k or "lora.down" in k
-        if down and len(s) == 2 and ("attn2_to_k" in k or "attn2.to_k" in k or "attn2.processor.to_k" in k):
-            return _WIDTHS.get(int(s[1]), "")
-    for k, s in shapes.items():
-        down = "lora_down" in k or "lora_A" in k or "lora.down" in k
-        if down and len(s) == 2 and ("self_attn_q_proj" in k or "self_attn.q_proj" in k or "self_attn.to_q" in k):
-            return {768: "sd1", 1024: "sd2"}.get(int(s[1]), "")
-    return ""
 
 
 def _base_layer(module):

@@ -289,17 +289,22 @@ _UPSCALER_HINTS = (
 )
 
 
-def lora_base(header: Header) -> str:
-    """sd1 / sd2 / sdxl for a LoRA, from its text-encoder widths and U-Net names; "" when it cannot tell."""
-    keys = list(header.keys)
+def lora_base(shapes: Mapping[str, tuple[int, ...]]) -> str:
+    """sd1 / sd2 / sdxl for a LoRA from its key names and shapes (kohya, diffusers and PEFT names); "" when the
+    file does not tell. The library lists by it; the loader refuses a LoRA of another base with it."""
+    keys = list(shapes)
     if any(k.startswith(("lora_te1_", "lora_te2_", "te1.", "te2.", "text_encoder_2.")) for k in keys):
         return "sdxl"
-    for k, s in header.shapes.items():
-        if ("attn2_to_k" in k or "attn2.to_k" in k) and ("lora_down" in k or "lora_A" in k) and len(s) == 2:
-            return {768: "sd1", 1024: "sd2", 2048: "sdxl"}.get(s[1], "")
-    for k, s in header.shapes.items():
-        if ("self_attn_q_proj" in k or "self_attn.q_proj" in k) and ("lora_down" in k or "lora_A" in k) and s:
-            return {768: "sd1", 1024: "sd2"}.get(s[-1], "")
+
+    def down(k: str, s) -> bool:
+        return ("lora_down" in k or "lora_A" in k or "lora.down" in k) and len(s) == 2
+
+    for k, s in shapes.items():
+        if down(k, s) and ("attn2_to_k" in k or "attn2.to_k" in k or "attn2.processor.to_k" in k):
+            return {768: "sd1", 1024: "sd2", 2048: "sdxl"}.get(int(s[1]), "")
+    for k, s in shapes.items():
+        if down(k, s) and ("self_attn_q_proj" in k or "self_attn.q_proj" in k or "self_attn.to_q" in k):
+            return {768: "sd1", 1024: "sd2"}.get(int(s[1]), "")
     if any("input_blocks_7_1_transformer_blocks_9" in k or "input_blocks.7.1.transformer_blocks.9" in k for k in keys):
         return "sdxl"
     return ""
@@ -334,7 +339,7 @@ def classify_header(header: Header) -> ModelFile:
         except ModelError as e:
             return ModelFile(p, "unknown", "", size, note=str(e))
     if any(_LORA.search(k) for k in keys[:200]):
-        return ModelFile(p, "lora", "" if header.pickle else lora_base(header), size)
+        return ModelFile(p, "lora", "" if header.pickle else lora_base(header.shapes), size)
     if header.pickle and ("string_to_param" in keys or "string_to_token" in keys):
         return ModelFile(p, "embedding", "", size)
     vectors = {} if header.pickle else embedding_vectors(header)
