@@ -183,6 +183,7 @@ class LoadedModel:
     hash_job: Any = None  # the A1111 hash, computed beside the first run (hashing 4 GB takes seconds)
     prediction: str = "epsilon"  # the scheduler's prediction type as loaded (SD 2.x: detected or the user's)
     _pipes: dict[str, Any] = field(default_factory=dict)
+    vae_override: dict[tuple, Any] = field(default_factory=dict)  # the VAE file chosen last, by file version
 
     @property
     def name(self) -> str:

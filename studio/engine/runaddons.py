@@ -95,9 +95,8 @@ def prepare(model: Any, request: Any, folders: list[Path]) -> dict[str, str]:
 
 
 def _cached_vae(model: Any, path: Path):
-    st = path.stat()
-    key = (str(path), st.st_size, st.st_mtime_ns)
-    cache = model.__dict__.setdefault("_vae_file", {})
+    key = addons.file_key(path, "VAE")
+    cache = model.vae_override
     if key not in cache:
         cache.clear()  # one override kept: another VAE file replaces it
         if model.layout.single_file:
