@@ -76,6 +76,32 @@ def load_checkpoint(path: Path) -> dict | None:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
+def resume(ck: dict | None, modules: dict, opt, ema=None, what: str = "training") -> tuple[int, float]:
+    """Put a checkpoint back: each module by its name, the optimizer, the EMA and the RNG streams.
+    Returns (step, seconds trained); (0, 0.0) with no checkpoint."""
+    if ck is None:
+        return 0, 0.0
+    for name, module in modules.items():
+        module.load_state_dict(ck[name])
+    opt.load_state_dict(ck["optimizer"])
+    if ema is not None:
+        ema.load_state_dict(ck["ema"])
+    set_rng_state(ck["rng"])
+    step = int(ck["step"])
+    print(f"resumed {what} at step {step}")
+    return step, float(ck.get("trained_s", 0.0))
+
+
+def training_state(modules: dict, opt, ema=None, **fields) -> dict:
+    """What a checkpoint holds (the mirror of `resume`): each module's state by name, the optimizer, the EMA, the
+    RNG streams, and the caller's fields (step, trained_s, preset...)."""
+    state = {name: module.state_dict() for name, module in modules.items()}
+    state.update(optimizer=opt.state_dict(), rng=rng_state(), **fields)
+    if ema is not None:
+        state["ema"] = ema.state_dict()
+    return state
+
+
 class EMA:
     """Exponential moving average of a set of parameters (with the usual warm-up of the decay)."""
 

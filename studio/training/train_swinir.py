@@ -25,11 +25,11 @@ from .common import (
     load_checkpoint,
     lr_at,
     require,
-    rng_state,
+    resume,
     save_checkpoint,
     seed_everything,
-    set_rng_state,
     set_threads,
+    training_state,
 )
 from .sr_data import SCALE, TRAIN_SEED, SRPairs, bicubic, heldout_pairs, import_spandrel, psnr, ssim
 
@@ -211,23 +211,15 @@ def train_swinir(
     ckpt_path = run_dir / "checkpoint.pt"
     budget_s = preset.time_budget_minutes * 60 if preset.time_budget_minutes else None
     steps = preset.steps
-    start, trained_s = 0, 0.0
     ck = load_checkpoint(ckpt_path)
-    if ck is not None:
-        model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optimizer"])
-        ema.load_state_dict(ck["ema"])
-        start, trained_s = int(ck["step"]), float(ck.get("trained_s", 0.0))
-        set_rng_state(ck["rng"])
-        print(f"resumed SwinIR training at step {start}")
+    start, trained_s = resume(ck, {"model": model}, opt, ema, "SwinIR training")
     (run_dir / "train_config.json").write_text(json.dumps({"preset": preset.to_dict(), "seed": seed}, indent=2))
     log = JsonLog(run_dir / "log.jsonl")
     src = SRPairs(TRAIN_SEED + seed)
 
     def save(step: int, done: bool = False) -> None:
-        save_checkpoint(ckpt_path, {"model": model.state_dict(), "optimizer": opt.state_dict(),
-                                    "ema": ema.state_dict(), "step": step, "trained_s": trained_s,
-                                    "rng": rng_state(), "preset": preset.to_dict(), "done": done})
+        save_checkpoint(ckpt_path, training_state({"model": model}, opt, ema, step=step, trained_s=trained_s,
+                                                  preset=preset.to_dict(), done=done))
 
     # finished: done, and the budget (or step count) not raised since (a raised one continues the run)
     if ck is not None and ck.get("done") and (trained_s >= budget_s if budget_s else start >= steps):

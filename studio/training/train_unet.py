@@ -24,11 +24,11 @@ from .common import (
     load_checkpoint,
     lr_at,
     require,
-    rng_state,
+    resume,
     save_checkpoint,
     seed_everything,
-    set_rng_state,
     set_threads,
+    training_state,
 )
 from .data import IMAGE_SIZE, ShapesDataset, random_mask, to_tensor_batch
 from .models import (
@@ -216,36 +216,17 @@ def train_unet(
         ema = EMA(modules, preset.ema_decay)
         print(f"initialised from {init_from} (step {init['step']})")
     if ck is not None:
-        unet.load_state_dict(ck["unet"])
-        text_encoder.load_state_dict(ck["text_encoder"])
-        opt.load_state_dict(ck["optimizer"])
-        ema.load_state_dict(ck["ema"])
-        start = ck["step"]
-        trained_s = float(ck.get("trained_s", 0.0))
-        set_rng_state(ck["rng"])
-        print(f"resumed UNet training at step {start}")
+        start, trained_s = resume(ck, modules, opt, ema, "UNet training")
     meta = {"preset": preset.to_dict(), "scaling_factor": sf, "seed": seed,
             "init_from": str(init_from) if init_from else None}
     (out / "train_config.json").write_text(json.dumps(meta, indent=2))
     log = JsonLog(out / "log.jsonl")
 
     def save(step: int) -> None:
-        save_checkpoint(
-            ckpt_path,
-            {
-                "unet": unet.state_dict(),
-                "text_encoder": text_encoder.state_dict(),
-                "optimizer": opt.state_dict(),
-                "ema": ema.state_dict(),
-                "step": step,
-                "trained_s": trained_s,
-                "rng": rng_state(),
-                "preset": preset.to_dict(),
-                "scaling_factor": sf,
-                "unet_config": dict(unet.config),
-                "text_config": text_encoder.config.to_dict(),
-            },
-        )
+        save_checkpoint(ckpt_path, training_state(
+            modules, opt, ema, step=step, trained_s=trained_s, preset=preset.to_dict(), scaling_factor=sf,
+            unet_config=dict(unet.config), text_config=text_encoder.config.to_dict(),
+        ))  # fmt: skip
 
     threads = AdaptiveThreads() if adaptive_threads and preset.threads > 1 else None
     B = preset.unet_batch

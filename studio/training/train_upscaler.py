@@ -41,11 +41,11 @@ from .common import (
     load_checkpoint,
     lr_at,
     require,
-    rng_state,
+    resume,
     save_checkpoint,
     seed_everything,
-    set_rng_state,
     set_threads,
+    training_state,
 )
 from .models import TextConfig, VaeConfig, build_text_encoder, build_vae, load_tokenizer
 from .sr_data import HR_SIZE, SCALE, TRAIN_SEED, SRPairs, bicubic, heldout_pairs, psnr, ssim
@@ -223,22 +223,14 @@ def train_upscaler_vae(run_dir: Path, preset: UpscalerPreset, seed: int = 0, che
         vae.load_state_dict(AutoencoderKL.from_pretrained(BUILTIN_VAE, local_files_only=True).float().state_dict())
     opt = torch.optim.AdamW(vae.parameters(), lr=preset.vae_lr, weight_decay=0.0, betas=(0.9, 0.99))
     ckpt_path = out / "checkpoint.pt"
-    start = 0
-    ck = load_checkpoint(ckpt_path)
-    if ck is not None:
-        vae.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optimizer"])
-        start = int(ck["step"])
-        set_rng_state(ck["rng"])
-        print(f"resumed upscaler VAE training at step {start}")
+    start, _ = resume(load_checkpoint(ckpt_path), {"model": vae}, opt, what="upscaler VAE training")
     log = JsonLog(out / "log.jsonl")
     src = SRPairs(TRAIN_SEED + 7 + seed)
     steps, B, c = preset.vae_steps, preset.vae_batch, preset.vae_crop
     psnr0 = vae_psnr_256(vae, eval_images) if eval_images and start == 0 else None
 
     def save(step: int) -> None:
-        save_checkpoint(ckpt_path, {"model": vae.state_dict(), "optimizer": opt.state_dict(), "step": step,
-                                    "rng": rng_state(), "preset": preset.to_dict()})
+        save_checkpoint(ckpt_path, training_state({"model": vae}, opt, step=step, preset=preset.to_dict()))
 
     vae.train()
     last_save = time.time()
@@ -413,25 +405,14 @@ def train_upscaler_unet(run_dir: Path, preset: UpscalerPreset, seed: int = 0, ch
     ema = EMA(modules, preset.ema_decay)
     sched, _sample, low_res = make_schedulers()
     ckpt_path = out / "checkpoint.pt"
-    start, trained_s = 0, 0.0
     ck = load_checkpoint(ckpt_path)
-    if ck is not None:
-        unet.load_state_dict(ck["unet"])
-        text_encoder.load_state_dict(ck["text_encoder"])
-        opt.load_state_dict(ck["optimizer"])
-        ema.load_state_dict(ck["ema"])
-        start, trained_s = int(ck["step"]), float(ck.get("trained_s", 0.0))
-        set_rng_state(ck["rng"])
-        print(f"resumed upscaler UNet training at step {start}")
+    start, trained_s = resume(ck, modules, opt, ema, "upscaler UNet training")
     (out / "train_config.json").write_text(json.dumps({"preset": preset.to_dict(), "seed": seed}, indent=2))
     log = JsonLog(out / "log.jsonl")
 
     def save(step: int, done: bool = False) -> None:
-        save_checkpoint(ckpt_path, {
-            "unet": unet.state_dict(), "text_encoder": text_encoder.state_dict(), "optimizer": opt.state_dict(),
-            "ema": ema.state_dict(), "step": step, "trained_s": trained_s, "rng": rng_state(),
-            "preset": preset.to_dict(), "done": done,
-        })
+        save_checkpoint(ckpt_path, training_state(modules, opt, ema, step=step, trained_s=trained_s,
+                                                  preset=preset.to_dict(), done=done))
 
     budget_s = preset.time_budget_minutes * 60 if preset.time_budget_minutes else None
     steps = preset.unet_steps

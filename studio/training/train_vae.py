@@ -17,11 +17,11 @@ from .common import (
     load_checkpoint,
     lr_at,
     require,
-    rng_state,
+    resume,
     save_checkpoint,
     seed_everything,
-    set_rng_state,
     set_threads,
+    training_state,
 )
 from .data import ShapesDataset, to_tensor_batch
 from .models import PRESETS, Preset, VaeConfig, build_vae
@@ -90,15 +90,8 @@ def train_vae(
     seed_everything(seed)
     vae = build_vae(preset.vae)
     opt = torch.optim.AdamW(vae.parameters(), lr=preset.vae_lr, weight_decay=0.0, betas=(0.9, 0.99))
-    start = 0
     ckpt_path = out / "checkpoint.pt"
-    ck = load_checkpoint(ckpt_path)
-    if ck is not None:
-        vae.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optimizer"])
-        start = ck["step"]
-        set_rng_state(ck["rng"])
-        print(f"resumed VAE training at step {start}")
+    start, _ = resume(load_checkpoint(ckpt_path), {"model": vae}, opt, what="VAE training")
     (out / "vae_config.json").write_text(json.dumps(preset.to_dict()["vae"], indent=2))
     log = JsonLog(out / "log.jsonl")
     ds = ShapesDataset(TRAIN_SEED + seed)
@@ -109,11 +102,7 @@ def train_vae(
     ema_loss = None
 
     def save(step: int) -> None:
-        save_checkpoint(
-            ckpt_path,
-            {"model": vae.state_dict(), "optimizer": opt.state_dict(), "step": step, "rng": rng_state(),
-             "preset": preset.to_dict()},
-        )
+        save_checkpoint(ckpt_path, training_state({"model": vae}, opt, step=step, preset=preset.to_dict()))
 
     for step in bar:
         lr = lr_at(step, steps, min(100, steps // 10), preset.vae_lr)
