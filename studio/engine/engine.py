@@ -417,20 +417,28 @@ class Engine:
         return w, h
 
     def _pipeline_call(
-        self, model: LoadedModel, r: GenerateRequest, seeds: list[int], plan: inpaint.InpaintPlan | None = None
+        self,
+        model: LoadedModel,
+        r: GenerateRequest,
+        seeds: list[int],
+        plan: inpaint.InpaintPlan | None = None,
+        embeds: dict | None = None,
     ):
         """The pipeline for the request's mode and its call's arguments, the prompts already encoded with
-        A1111's syntax (weights, BREAK, any length: studio.engine.conditioning)."""
+        A1111's syntax (weights, BREAK, any length: studio.engine.conditioning). `embeds`: that encoding from an
+        earlier call of the same run (the tiles of an upscale share one prompt)."""
         from .conditioning import encode
 
         pipe, kwargs = self._pipeline_args(model, r, seeds, plan)
         prompt, negative = kwargs.pop("prompt"), kwargs.pop("negative_prompt") or ""
-        prompt, negative = addons.prompt_with_embeddings(pipe, prompt), addons.prompt_with_embeddings(pipe, negative)
         kwargs.pop("clip_skip", None)
-        try:
-            kwargs.update(encode(pipe, prompt, negative, clip_skip=r.clip_skip))
-        except ValueError as e:  # a malformed <lora:...> weight
-            raise RequestError(f"The prompt cannot be read: {first_line(e)}") from e
+        if embeds is None:
+            prompt, negative = addons.prompt_with_embeddings(pipe, prompt), addons.prompt_with_embeddings(pipe, negative)
+            try:
+                embeds = encode(pipe, prompt, negative, clip_skip=r.clip_skip)
+            except ValueError as e:  # a malformed <lora:...> weight
+                raise RequestError(f"The prompt cannot be read: {first_line(e)}") from e
+        kwargs.update(embeds)
         return pipe, kwargs
 
     def _pipeline_args(

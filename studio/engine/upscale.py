@@ -248,6 +248,7 @@ class _Upscale:
         overlap = self.r.tile_overlap or auto_overlap(tile)
         rects = diffusion_tiles(self.size, tile, overlap, m)
         blender = TileBlender(self.size[0], self.size[1], 3, overlap)
+        embeds = None
         for i, rect in enumerate(rects):
             x, y, w, h = rect
             padded = pad_to(base[y : y + h, x : x + w], m)
@@ -255,7 +256,8 @@ class _Upscale:
             s = tile_seed(int(self.r.seed), i)
             tile_req = self.r.replace(mode="img2img", init_image=padded, width=pw, height=ph, seed=s, batch=1)
             part = dict(stage="tile", part=i + 1, parts=len(rects), region=rect)
-            pipe, kwargs = self.engine._pipeline_call(model, tile_req, [s])
+            pipe, kwargs = self.engine._pipeline_call(model, tile_req, [s], embeds=embeds)
+            embeds = {k: v for k, v in kwargs.items() if k.endswith("prompt_embeds")}  # one encoding per run
             pixels = self._sample(model, pipe, kwargs, tile_req, s, part, keep=len(rects) == 1 and (pw, ph) == (w, h),
                                   crop=(h / ph, w / pw))  # fmt: skip
             blender.add(rect, pixels[:h, :w])
