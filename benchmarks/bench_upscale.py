@@ -8,7 +8,10 @@ the scene drawn at 256 px, the input its bicubic downsampling to 64 px. Methods:
 - bicubic (PIL);
 - the built-in SwinIR x4 (models/swinir-x4, loaded through spandrel, whole picture);
 - the built-in latent upscaler (models/latent-upscaler-x4) through diffusers' StableDiffusionUpscalePipeline
-  directly: noise_level 20, DDIM, --steps steps (default 4), no guidance, the scene's caption as the prompt;
+  directly: the noise level of its studio.json (0: a clean condition), DDIM, --steps steps (default 4), no
+  guidance, the scene's caption as the prompt;
+- the same model through the studio's own path (``upscale_mode="latent"``: Euler a, 20 steps, the request's
+  defaults);
 - the engine's diffusion upscale with the built-in model (``Engine().generate(GenerateRequest(mode="upscale",
   upscale_mode="diffusion", ...))``), where the engine has it; else skipped with a note.
 
@@ -87,24 +90,39 @@ def rss_child(factor: int) -> None:
     print(json.dumps({"factor": factor, "out": list(out.shape[:2]), "seconds": round(dt, 1), "peak_rss_mb": round(peak_mb)}))
 
 
-def engine_diffusion_upscale(lr, caption: str, seed: int, steps: int):
-    """The engine's diffusion upscale (resize, then low-strength img2img) of the built-in model, x4."""
-    from studio.engine import GenerateRequest
+def _engine():
     from studio.engine.engine import Engine
 
     global _ENGINE
     if "_ENGINE" not in globals():
         _ENGINE = Engine()
+    return _ENGINE
+
+
+def engine_latent_upscale(lr, caption: str, seed: int, steps: int, sampler: str):
+    """The studio's own latent upscale path (its tiling, the request's sampler and steps) on the built-in
+    latent upscaler, x4, with the request defaults otherwise (guidance 7: a no-op for a UNet without text)."""
+    from studio.engine import GenerateRequest
+
+    req = GenerateRequest(mode="upscale", upscale_mode="latent", model=str(LATENT_UP), init_image=lr, scale=4.0,
+                          prompt=caption, steps=steps, sampler=sampler, seed=seed)
+    return _engine().generate(req).images[0]
+
+
+def engine_diffusion_upscale(lr, caption: str, seed: int, steps: int):
+    """The engine's diffusion upscale (resize, then low-strength img2img) of the built-in model, x4."""
+    from studio.engine import GenerateRequest
+
     req = GenerateRequest(mode="upscale", upscale_mode="diffusion", model=str(BUILTIN), init_image=lr, scale=4.0,
                           prompt=caption, steps=steps, strength=0.3, seed=seed)
-    return _ENGINE.generate(req).images[0]
+    return _engine().generate(req).images[0]
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=16, help="held-out scenes")
     ap.add_argument("--steps", type=int, default=4, help="latent upscaler steps")
-    ap.add_argument("--noise-level", type=int, default=20)
+    ap.add_argument("--noise-level", type=int, default=None, help="default: the model folder's studio.json")
     ap.add_argument("--engine-steps", type=int, default=20, help="the engine's diffusion upscale steps")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-rss", action="store_true")
@@ -131,11 +149,17 @@ def main() -> int:
     else:
         notes.append(f"SwinIR skipped: {SWINIR} missing")
     if (LATENT_UP / "model_index.json").exists():
+        from studio.engine.upscale import x4_noise_level
         from studio.training.train_upscaler import load_upscale_pipeline, upscale_with_pipeline
 
         pipe = load_upscale_pipeline(LATENT_UP)
+        if a.noise_level is None:
+            a.noise_level = x4_noise_level(LATENT_UP)
         methods[f"latent upscaler x4 (built-in, {a.steps} DDIM steps, noise {a.noise_level})"] = (
             lambda lr, i, cap: upscale_with_pipeline(pipe, lr, cap, steps=a.steps, noise_level=a.noise_level, seed=i))
+        if not a.no_engine:
+            methods["the studio's latent upscale (built-in latent upscaler, Euler a, 20 steps)"] = (
+                lambda lr, i, cap: engine_latent_upscale(lr, cap, i, 20, "Euler a"))
     else:
         notes.append(f"latent upscaler skipped: {LATENT_UP} missing")
     if not a.no_engine:

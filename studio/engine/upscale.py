@@ -16,8 +16,10 @@ The output size is ``request.upscale_size()`` (the input times ``scale``, or ``w
   seam shows. Each tile is its own img2img run: its steps go out as StepInfo(step, total, elapsed, the tile's
   x0 preview, stage="tile", part=i, parts=n, region=the tile in output px).
 - ``latent``: a model of the SD x4 upscaler layout (``StableDiffusionUpscalePipeline``): the low-res input is
-  the condition (noised to ``X4_NOISE_LEVEL``), cut into input tiles of the U-Net's sample size (128 px for
-  stabilityai's model: 512 px out; ``tile``/``tile_overlap`` are output px, divided by 4), each 4x'd, blended
+  the condition (noised to the level in the model folder's ``studio.json``, else diffusers' 20; guidance only
+  when the U-Net reads text: without cross-attention it would only double the work), cut into input tiles
+  of the U-Net's sample size (128 px for stabilityai's model: 512 px out; ``tile``/``tile_overlap`` are
+  output px, divided by 4), each 4x'd, blended
   in the 4x image, which is Lanczos-resized to the output size when ``scale`` is not 4. ``strength`` 1 is the
   pipeline as diffusers runs it (from pure noise); below 1 the 4x Lanczos image, encoded by the upscaler's
   VAE, is noised to that level and only the last ``int(steps * strength)`` steps run (img2img's rule), so
@@ -51,6 +53,25 @@ from .requests import MAX_SEED, GenerateRequest, GenerateResult, StepInfo
 from .tiling import Rect, TileBlender, tile_grid
 
 X4_NOISE_LEVEL = 20  # diffusers' default noise_level of the x4 upscaler's condition (at most max_noise_level 350)
+X4_SETTINGS_FILE = "studio.json"  # in a model folder: {"noise_level": N}, the level that model is meant for
+
+
+def x4_noise_level(folder: Path) -> int:
+    """The condition's noise level for the x4 model in ``folder``: its ``studio.json`` says (the built-in
+    upscaler is used on a clean condition), else diffusers' default."""
+    import json
+
+    try:
+        level = json.loads((Path(folder) / X4_SETTINGS_FILE).read_text(encoding="utf-8")).get("noise_level")
+    except (OSError, ValueError, AttributeError):
+        return X4_NOISE_LEVEL
+    return int(level) if isinstance(level, int) and 0 <= level <= 350 else X4_NOISE_LEVEL
+
+
+def reads_text(unet_config) -> bool:
+    """Whether a UNet has cross-attention: without it, guidance changes nothing and only doubles the work."""
+    blocks = [*unet_config.down_block_types, *unet_config.up_block_types, unet_config.mid_block_type or ""]
+    return any("CrossAttn" in b for b in blocks)
 
 
 def lanczos(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -317,6 +338,10 @@ class _Upscale:
         blender = TileBlender(big[0], big[1], 3, overlap * f)
         sx, sy = self.size[0] / big[0], self.size[1] / big[1]
         pipe = model.pipe("upscale")
+        if model.prediction == "sample" and self.r.sampler.upper() == "PLMS":
+            raise RequestError("PLMS cannot run this upscaler (it predicts the clean latent): pick another sampler")
+        noise_level = x4_noise_level(model.layout.path)
+        guidance = self.r.cfg if reads_text(unet) else 1.0
         strength = float(self.r.strength)
         n = self.r.steps
         total = n if strength >= 1.0 else min(int(n * strength), n)
@@ -330,8 +355,8 @@ class _Upscale:
                 "negative_prompt": self.r.negative_prompt or None,
                 "image": Image.fromarray(np.ascontiguousarray(padded)),
                 "num_inference_steps": n,
-                "guidance_scale": self.r.cfg,
-                "noise_level": X4_NOISE_LEVEL,
+                "guidance_scale": guidance,
+                "noise_level": noise_level,
                 "generator": torch.Generator("cpu").manual_seed(s),
                 "output_type": "latent",
             }

@@ -92,6 +92,7 @@ def add_upscaler_subcommands(subparsers) -> None:
                               help="train the built-in x4 latent upscaler (its VAE, then text encoder + UNet)")
     p.add_argument("--out", default="runs/latent-up", help="run folder (vae/, unet/)")
     p.add_argument("--preset", default="cpu", choices=["cpu", "gpu", "tiny"])
+    p.add_argument("--stage", default="all", choices=["all", "vae", "unet"], help="run only this stage")
     p.add_argument("--vae-steps", type=int, default=None)
     p.add_argument("--unet-steps", type=int, default=None, help="a fixed number of UNet steps instead of the budget")
     p.add_argument("--time-budget-minutes", type=float, default=None, help="UNet training time")

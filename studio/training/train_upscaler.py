@@ -1,22 +1,27 @@
 """The built-in x4 latent upscaler, in diffusers' ``StableDiffusionUpscalePipeline`` layout, trained on the
 built-in model's domain at 4x (``sr_data.SRPairs``: 256 px renders and their bicubic 64 px downsamplings).
 
-The layout is Stable Diffusion x4 upscaler's, small:
-- ``vae``: an ``AutoencoderKL`` with 4x downsampling and 4 latent channels (the built-in model's VAE
-  architecture), fine-tuned from the built-in VAE on 256 px crops (stage 1, the same L1 + 2*MSE + KL loss as
-  ``train_vae``). The pipeline always uses ``scaling_factor`` 0.08333 (it overwrites any other value), so the
-  encoder's mean (and the decoder's input) are rescaled, exactly, to make ``0.08333 * latent`` unit std.
+The layout is Stable Diffusion x4 upscaler's, small, with a *structured latent* (``passthrough``): channels
+0-2 of the pipeline-scaled latent (``0.08333 * latent``) are the low-res picture itself, in [-1, 1], and
+channel 3 is a detail channel the encoder learns. So:
+- ``vae``: an ``AutoencoderKL`` with 4x downsampling and 4 latent channels, from scratch. Its decoder starts as
+  bilinear x4 upsampling of channels 0-2 and learns sharper edges (helped by the detail channel); its encoder
+  learns to give the low-res picture on channels 0-2 (so encode -> decode round-trips) and the detail.
+  Stage 1 trains it on whole 256 px pictures, the decoder fed the exact low-res picture.
 - ``unet``: a ``UNet2DConditionModel`` with 7 input channels (4 noisy latent + the 3-channel low-res image,
-  which is the latent's size: 64x64 -> 64x64x4 latents -> 256x256) and ``num_class_embeds`` 1000: the class
-  label is the noise level added to the low-res image by ``low_res_scheduler`` (0..``max_noise_level`` 350).
-  v-prediction, as SD x4; trained on random 32x32 latent crops (the network is fully convolutional).
-- ``text_encoder`` / ``tokenizer``: a tiny CLIP text model (the captions matter little here; dropped 20% of
-  the time) and the project's tokenizer. Trained jointly with the UNet, as ``train_unet`` does.
-- ``scheduler``: DDIM (v-prediction, "trailing" spacing so a few steps start at t = 999);
-  ``low_res_scheduler``: DDPM; the betas of SD x4 (scaled_linear 0.0001 -> 0.02).
+  which is the latent's size: 64x64 -> 64x64x4 latents -> 256x256) and ``num_class_embeds`` 1000 (the class
+  label is the noise level added to the low-res image by ``low_res_scheduler``, 0..``max_noise_level`` 350).
+  It predicts the clean latent (``prediction_type`` "sample") and starts by copying its condition into
+  channels 0-2: what it learns is the detail channel (and cleaning a noised condition). No cross-attention:
+  the prompt plays no part (on this domain it mattered little), so guidance is a no-op rather than noise.
+- ``text_encoder`` / ``tokenizer``: a tiny CLIP text model (untrained: the pipeline needs one) and the
+  project's tokenizer.
+- ``scheduler``: DDIM (clean-latent prediction, "trailing" spacing, the last step lands on the prediction);
+  ``low_res_scheduler``: DDPM with SD x4's betas except a near-zero first one, so noise level 0 is a clean
+  condition, the studio's default for this model.
 
-``train-latent-upscaler`` runs both stages, each resumable (checkpoints every few minutes); the data, crops,
-noise and timesteps of step k are a pure function of the seed and k.
+``train-latent-upscaler`` runs both stages, each resumable (checkpoints every few minutes); the data, noise
+and timesteps of step k are a pure function of the seed and k.
 """
 
 from __future__ import annotations
@@ -48,54 +53,61 @@ from .common import (
     training_state,
 )
 from .models import TextConfig, VaeConfig, build_text_encoder, build_vae, load_tokenizer
+from .passthrough import init_decoder_passthrough, init_encoder_passthrough, init_unet_copy
 from .sr_data import HR_SIZE, SCALE, TRAIN_SEED, SRPairs, bicubic, heldout_pairs, psnr, ssim
 from .train_unet import tokenize
 
 PIPELINE_SCALING_FACTOR = 0.08333  # StableDiffusionUpscalePipeline forces this value
 MAX_NOISE_LEVEL = 350
-# SD x4 upscaler's betas (both schedulers)
+# SD x4 upscaler's betas (the latents' schedule)
 UPSCALER_SCHEDULE = dict(num_train_timesteps=1000, beta_start=0.0001, beta_end=0.02, beta_schedule="scaled_linear")
-BUILTIN_VAE = Path("models/builtin/vae")
+# the low-res condition's: the same, but level 0 adds noise of std 1e-4 (SD's: 0.01, 1.3 grey levels)
+LOW_RES_SCHEDULE = dict(UPSCALER_SCHEDULE, beta_start=1e-8)
+NOISE_LEVEL = 0  # the noise level this model is used at (written to its folder's studio.json)
 POOL_SEED_OFFSET = 500
+LOWRES_CHANNELS = [0, 1, 2]
+DETAIL_CHANNEL = 3
+HEAD_LR_SCALE = 1 / 16
 
 
 @dataclass
 class UpUnetConfig:
     block_out_channels: tuple[int, ...] = (32, 64, 96)
-    down_block_types: tuple[str, ...] = ("DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D")
-    up_block_types: tuple[str, ...] = ("CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D")
+    down_block_types: tuple[str, ...] = ("DownBlock2D", "DownBlock2D", "DownBlock2D")
+    up_block_types: tuple[str, ...] = ("UpBlock2D", "UpBlock2D", "UpBlock2D")
+    mid_block_type: str = "UNetMidBlock2D"
     layers_per_block: int = 1
     attention_head_dim: int = 8
-    norm_num_groups: int = 16
+    norm_num_groups: int = 8  # groups of 4 channels at the last stage: the pass-through needs that
 
 
 @dataclass
 class UpscalerPreset:
     name: str
-    vae: VaeConfig = field(default_factory=VaeConfig)
+    # norm groups of 4 channels at the decoder's last stage (the pass-through needs that)
+    vae: VaeConfig = field(default_factory=lambda: VaeConfig(block_out_channels=(16, 48, 96), norm_num_groups=4))
     text: TextConfig = field(default_factory=lambda: TextConfig(
         hidden_size=8, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, projection_dim=8))
     unet: UpUnetConfig = field(default_factory=UpUnetConfig)
-    vae_init_builtin: bool = True  # fine-tune the built-in model's VAE (same architecture) instead of scratch
-    vae_steps: int = 700
+    vae_steps: int = 1300
     vae_batch: int = 4
     # whole 256 px pictures: GroupNorm's statistics are the picture's, so a VAE tuned on crops shifts the
     # colours of whole pictures (measured: crops raised the crop PSNR and lowered the whole-picture one)
     vae_crop: int = 256
     vae_lr: float = 2e-4
-    vae_kl_weight: float = 1e-7
-    latent_std: float = 1.0  # std of 0.08333 * latent the UNet sees
+    vae_warmup: int = 100  # Adam's first steps on a network that is already right: slowly
+    encoder_weight: float = 10.0  # the encoder's channels 0-2 against the low-res picture (MSE)
+    detail_noise: float = 0.05  # added to the detail channel the decoder sees: it must carry more than that
+    detail_l2: float = 1e-3  # keeps the detail channel near unit scale
     pool_size: int = 1200  # scenes encoded once
     unet_batch: int = 6
     latent_crop: int = 64  # whole latents, for the same reason as vae_crop
     unet_steps: int = 6000
-    time_budget_minutes: float | None = 25.0
-    unet_lr: float = 5e-4
-    text_lr: float = 5e-4
-    warmup: int = 100
+    time_budget_minutes: float | None = 30.0
+    unet_lr: float = 3e-4
+    warmup: int = 50
     ema_decay: float = 0.999
-    uncond_prob: float = 0.2
-    low_noise_prob: float = 0.5  # this share of noise levels drawn from 0..40 (inference uses ~20), the rest 0..350
+    clean_prob: float = 0.7  # this share at noise level 0 (the level the model is used at), the rest 0..350
     threads: int = 2
 
     def to_dict(self) -> dict:
@@ -103,28 +115,26 @@ class UpscalerPreset:
 
 
 UPSCALER_PRESETS: dict[str, UpscalerPreset] = {
-    # ~1 hour on 2 CPU cores: VAE ~30 min (700 steps of 4 whole pictures), pool ~1 min, UNet 25 min
+    # ~1.5 hours on 2 CPU cores: VAE ~40 min (1300 steps of 4 whole pictures), pool ~1 min, UNet 30 min
     "cpu": UpscalerPreset(name="cpu"),
-    # seconds: the tests (from scratch, tiny everything)
+    # seconds: the tests (tiny everything)
     "tiny": UpscalerPreset(
         name="tiny",
-        vae=VaeConfig(block_out_channels=(8, 16, 16), norm_num_groups=8),
+        vae=VaeConfig(block_out_channels=(16, 32, 32), norm_num_groups=4),
         text=TextConfig(hidden_size=8, intermediate_size=16, num_hidden_layers=1, num_attention_heads=2,
                         projection_dim=8),
-        unet=UpUnetConfig(block_out_channels=(16, 16, 32), norm_num_groups=8),
-        vae_init_builtin=False, vae_steps=3, vae_batch=2, vae_crop=32, pool_size=4, unet_batch=2,
-        latent_crop=16, unet_steps=3, time_budget_minutes=None, warmup=1, ema_decay=0.9, threads=1,
+        unet=UpUnetConfig(block_out_channels=(16, 16, 32), norm_num_groups=4),
+        vae_steps=3, vae_batch=2, vae_crop=32, pool_size=4, unet_batch=2,
+        latent_crop=16, unet_steps=3, time_budget_minutes=None, warmup=1, vae_warmup=1, ema_decay=0.9, threads=1,
     ),
     # for one GPU (config only: never run here)
     "gpu": UpscalerPreset(
         name="gpu",
-        vae=VaeConfig(block_out_channels=(64, 128, 128), layers_per_block=2, norm_num_groups=32),
-        text=TextConfig(hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
-                        projection_dim=64),
-        unet=UpUnetConfig(block_out_channels=(64, 128, 256), layers_per_block=2, norm_num_groups=32),
-        vae_init_builtin=False, vae_steps=20000, vae_batch=32, vae_crop=128, pool_size=50000, unet_batch=128,
-        latent_crop=64, unet_steps=100_000, time_budget_minutes=None, unet_lr=2e-4, text_lr=2e-4,
-        warmup=1000, ema_decay=0.9999, threads=8,
+        vae=VaeConfig(block_out_channels=(64, 128, 256), layers_per_block=2, norm_num_groups=16),
+        unet=UpUnetConfig(block_out_channels=(64, 128, 256), layers_per_block=2, norm_num_groups=16),
+        vae_steps=20000, vae_batch=32, vae_crop=256, pool_size=50000, unet_batch=64,
+        latent_crop=64, unet_steps=100_000, time_budget_minutes=None, unet_lr=2e-4,
+        warmup=1000, vae_warmup=500, ema_decay=0.9999, threads=8,
     ),
 }
 
@@ -145,18 +155,20 @@ def build_upscaler_unet(cfg: UpUnetConfig | dict, cross_attention_dim: int):
         cross_attention_dim=cross_attention_dim,
         attention_head_dim=cfg.attention_head_dim,
         norm_num_groups=cfg.norm_num_groups,
+        mid_block_type=cfg.mid_block_type,
         num_class_embeds=1000,  # the low-res noise level (SD x4's layout)
     )
 
 
 def make_schedulers():
-    """(training DDPM, shipped DDIM sampler, low-res noise DDPM), all v-prediction with SD x4's betas."""
+    """(training DDPM, shipped DDIM sampler, low-res noise DDPM): clean-latent prediction, SD x4's betas."""
     from diffusers import DDIMScheduler, DDPMScheduler
 
-    train = DDPMScheduler(**UPSCALER_SCHEDULE, prediction_type="v_prediction", clip_sample=False)
-    sample = DDIMScheduler(**UPSCALER_SCHEDULE, prediction_type="v_prediction", clip_sample=False,
-                           set_alpha_to_one=False, steps_offset=1, timestep_spacing="trailing")
-    low_res = DDPMScheduler(**UPSCALER_SCHEDULE, clip_sample=False)
+    train = DDPMScheduler(**UPSCALER_SCHEDULE, prediction_type="sample", clip_sample=False)
+    # set_alpha_to_one: the last step returns the predicted latent itself, with no noise added back
+    sample = DDIMScheduler(**UPSCALER_SCHEDULE, prediction_type="sample", clip_sample=False,
+                           set_alpha_to_one=True, timestep_spacing="trailing")
+    low_res = DDPMScheduler(**LOW_RES_SCHEDULE, clip_sample=False)
     return train, sample, low_res
 
 
@@ -195,16 +207,57 @@ def rescale_latents(vae, k: float) -> None:
     vae.post_quant_conv.weight /= k
 
 
+def new_upscaler_vae(cfg: VaeConfig | dict):
+    """A VAE whose encoder starts as a 4x4 box average into latent channels 0-2 and whose decoder as bilinear
+    x4 upsampling of them, in pipeline units."""
+    vae = _vae_from_cfg(cfg)
+    init_encoder_passthrough(vae, len(LOWRES_CHANNELS))
+    init_decoder_passthrough(vae, len(LOWRES_CHANNELS))
+    rescale_latents(vae, 1.0 / PIPELINE_SCALING_FACTOR)  # pipeline units in, raw latents out of the encoder
+    vae.register_to_config(scaling_factor=PIPELINE_SCALING_FACTOR)
+    return vae
+
+
+def head_param_groups(nets, lr: float, extra=()) -> list[dict]:
+    """Optimizer groups: the last GroupNorm and convolution of each net at ``HEAD_LR_SCALE`` of the rate.
+    They read the pass-through's shifted activations (about B_SHIFT = 16), so an Adam step of a given size
+    there moves the output 16 times as much as elsewhere. ``nets``: modules with ``conv_norm_out`` and
+    ``conv_out``; ``extra``: more parameters at the full rate."""
+    nets = nets if isinstance(nets, list) else [nets]
+    head = [p for n in nets for m in (n.conv_norm_out, n.conv_out) for p in m.parameters()]
+    ids = {id(p) for p in head}
+    rest = [p for n in nets for p in n.parameters() if id(p) not in ids] + list(extra)
+    return [{"params": rest, "lr": lr, "lr_scale": 1.0},
+            {"params": head, "lr": lr * HEAD_LR_SCALE, "lr_scale": HEAD_LR_SCALE}]
+
+
+def structured_latent(vae, hr: torch.Tensor, lr: torch.Tensor) -> torch.Tensor:
+    """The latent the UNet learns (pipeline units): the exact low-res picture, and the encoder's detail."""
+    d = vae.encode(hr).latent_dist.mean[:, DETAIL_CHANNEL : DETAIL_CHANNEL + 1] * PIPELINE_SCALING_FACTOR
+    return torch.cat([lr, d], dim=1)
+
+
+def decode_structured(vae, z: torch.Tensor) -> torch.Tensor:
+    return vae.decode(z / PIPELINE_SCALING_FACTOR).sample
+
+
 @torch.no_grad()
-def vae_psnr_256(vae, n: int = 16) -> float:
+def vae_scores(vae, n: int = 16) -> dict:
+    """PSNR on held-out whole pictures: decoding (low-res, encoder's detail), (low-res, no detail), and the
+    plain encode -> decode round trip."""
     from .train_vae import to_uint8
 
     vae.eval()
-    scores = []
-    for hr, _lr, _c in heldout_pairs(n):
-        y = vae.decode(vae.encode(_to_pm1([hr])).latent_dist.mode()).sample
-        scores.append(psnr(hr, to_uint8(y)[0]))
-    return float(np.mean(scores))
+    out: dict[str, list[float]] = {"psnr_detail": [], "psnr_no_detail": [], "psnr_roundtrip": []}
+    for hr, lr, _c in heldout_pairs(n):
+        x, lo = _to_pm1([hr]), _to_pm1([lr])
+        z = structured_latent(vae, x, lo)
+        out["psnr_detail"].append(psnr(hr, to_uint8(decode_structured(vae, z))[0]))
+        z0 = torch.cat([lo, torch.zeros_like(lo[:, :1])], dim=1)
+        out["psnr_no_detail"].append(psnr(hr, to_uint8(decode_structured(vae, z0))[0]))
+        rt = vae.decode(vae.encode(x).latent_dist.mode()).sample
+        out["psnr_roundtrip"].append(psnr(hr, to_uint8(rt)[0]))
+    return {k: round(float(np.mean(v)), 3) for k, v in out.items()}
 
 
 def train_upscaler_vae(run_dir: Path, preset: UpscalerPreset, seed: int = 0, checkpoint_every_s: float = 180.0,
@@ -215,74 +268,75 @@ def train_upscaler_vae(run_dir: Path, preset: UpscalerPreset, seed: int = 0, che
     if (final / "config.json").exists():
         return json.loads((out / "result.json").read_text())
     seed_everything(seed)
-    vae = _vae_from_cfg(preset.vae)
-    if preset.vae_init_builtin:
-        from diffusers import AutoencoderKL
-
-        require(BUILTIN_VAE / "config.json", "built-in VAE", "the repository's models/builtin")
-        vae.load_state_dict(AutoencoderKL.from_pretrained(BUILTIN_VAE, local_files_only=True).float().state_dict())
-    opt = torch.optim.AdamW(vae.parameters(), lr=preset.vae_lr, weight_decay=0.0, betas=(0.9, 0.99))
+    vae = new_upscaler_vae(preset.vae)
+    quant = [*vae.quant_conv.parameters(), *vae.post_quant_conv.parameters()]
+    opt = torch.optim.AdamW(head_param_groups([vae.decoder, vae.encoder], preset.vae_lr, quant), weight_decay=0.0,
+                            betas=(0.9, 0.99))
     ckpt_path = out / "checkpoint.pt"
     start, _ = resume(load_checkpoint(ckpt_path), {"model": vae}, opt, what="upscaler VAE training")
     log = JsonLog(out / "log.jsonl")
     src = SRPairs(TRAIN_SEED + 7 + seed)
     steps, B, c = preset.vae_steps, preset.vae_batch, preset.vae_crop
-    psnr0 = vae_psnr_256(vae, eval_images) if eval_images and start == 0 else None
+    scores0 = vae_scores(vae, eval_images) if eval_images and start == 0 else None
+    if scores0:
+        log.write(step=0, **scores0)
 
     def save(step: int) -> None:
         save_checkpoint(ckpt_path, training_state({"model": vae}, opt, step=step, preset=preset.to_dict()))
 
+    halves = [[*vae.encoder.parameters(), *vae.quant_conv.parameters()],
+              [*vae.post_quant_conv.parameters(), *vae.decoder.parameters()]]
     vae.train()
     last_save = time.time()
     bar = tqdm(range(start, steps), initial=start, total=steps, desc="upscaler-vae", disable=not progress,
                mininterval=5)
+    cl = c // SCALE
     for step in bar:
-        lr = lr_at(step, steps, min(20, steps // 10), preset.vae_lr)
+        lr_now = lr_at(step, steps, preset.vae_warmup, preset.vae_lr)
         for g in opt.param_groups:
-            g["lr"] = lr
+            g["lr"] = lr_now * g["lr_scale"]
         rng = np.random.default_rng([seed, step, 0xAE])
-        crops = []
+        his, los = [], []
         for j in range(B):
             index = step * B + j
             scene = src.ds.scene(index)
-            hr, _lr, _cap = src.pair(index)
-            x0, y0 = _crop_origin(rng, scene, HR_SIZE, c, 64.0)
-            crops.append(hr[y0 : y0 + c, x0 : x0 + c])
-        x = _to_pm1(crops)
-        post = vae.encode(x).latent_dist
-        # the posterior mean decoded: the upscaler's PSNR is bounded by this reconstruction
-        y = vae.decode(post.mode()).sample
+            hr, lr, _cap = src.pair(index)
+            x0, y0 = _crop_origin(rng, scene, HR_SIZE // SCALE, cl, 64.0)
+            his.append(hr[y0 * SCALE : (y0 + cl) * SCALE, x0 * SCALE : (x0 + cl) * SCALE])
+            los.append(lr[y0 : y0 + cl, x0 : x0 + cl])
+        x, lo = _to_pm1(his), _to_pm1(los)
+        m = vae.encode(x).latent_dist.mean * PIPELINE_SCALING_FACTOR
+        d = m[:, DETAIL_CHANNEL : DETAIL_CHANNEL + 1]
+        g = torch.Generator().manual_seed(seed * 1_000_003 + step)
+        z = torch.cat([lo, d + preset.detail_noise * torch.randn(d.shape, generator=g)], dim=1)
+        y = decode_structured(vae, z)
         rec = (y - x).abs().mean() + 2.0 * (y - x).pow(2).mean()
-        loss = rec + preset.vae_kl_weight * post.kl().mean()
+        enc = (m[:, LOWRES_CHANNELS] - lo).pow(2).mean()
+        loss = rec + preset.encoder_weight * enc + preset.detail_l2 * d.pow(2).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        # each half clipped on its own: one norm over both let the decoder's (large) gradients scale the
+        # encoder's to nothing, and it stopped learning (measured: its low-res MSE stuck at 0.3-0.8)
+        for half in halves:
+            torch.nn.utils.clip_grad_norm_(half, 1.0)
         opt.step()
         if step % 10 == 0:
             mse = (y - x).pow(2).mean().item() / 4.0
             log.write(step=step, loss=round(loss.item(), 5), psnr_batch=round(10 * np.log10(1 / max(mse, 1e-10)), 2),
-                      lr=lr)
+                      enc_mse=round(enc.item(), 6), detail_std=round(d.std().item(), 3), lr=lr_now)
             bar.set_postfix(loss=f"{loss.item():.4f}")
         if eval_images and step % 100 == 99:
-            log.write(step=step, psnr_256=round(vae_psnr_256(vae, 8), 2))
+            log.write(step=step + 1, **vae_scores(vae, 8))
             vae.train()
         if time.time() - last_save > checkpoint_every_s:
             save(step + 1)
             last_save = time.time()
     save(steps)
     vae.eval()
-    # the pipeline's fixed scaling factor: rescale so that 0.08333 * latent has std preset.latent_std
-    with torch.no_grad():
-        pairs = [SRPairs(TRAIN_SEED + 9 + seed).pair(i)[0] for i in range(32)]
-        std = float(torch.cat([vae.encode(_to_pm1(pairs[i : i + 8])).latent_dist.mean for i in range(0, 32, 8)]).std())
-    k = preset.latent_std / (PIPELINE_SCALING_FACTOR * std)
-    rescale_latents(vae, k)
-    vae.register_to_config(scaling_factor=PIPELINE_SCALING_FACTOR)
-    result = {"steps": steps, "latent_std_before": std, "rescaled_by": k,
-              "psnr_256_before": psnr0, "psnr_256": vae_psnr_256(vae, eval_images) if eval_images else None}
+    result = {"steps": steps, "before": scores0, **(vae_scores(vae, eval_images) if eval_images else {})}
     vae.save_pretrained(final)
     (out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
-    log.write(**result)
+    log.write(**{k: v for k, v in result.items() if k != "before"})
     print(json.dumps(result))
     return result
 
@@ -292,7 +346,7 @@ def train_upscaler_vae(run_dir: Path, preset: UpscalerPreset, seed: int = 0, che
 
 @torch.no_grad()
 def build_sr_pool(vae, tokenizer, size: int, seed: int, progress: bool = True) -> dict:
-    """Encode ``size`` high-res scenes to latent means (unscaled), with their low-res images and captions."""
+    """``size`` scenes as structured latents (pipeline units), with their low-res images and captions."""
     src = SRPairs(TRAIN_SEED + POOL_SEED_OFFSET + seed)
     vae.eval()
     n_lat = HR_SIZE // SCALE
@@ -302,24 +356,19 @@ def build_sr_pool(vae, tokenizer, size: int, seed: int, progress: bool = True) -
     captions = []
     for s in tqdm(range(0, size, 8), desc="encode pool", disable=not progress, mininterval=5):
         idx = range(s, min(size, s + 8))
-        his = []
+        his, los = [], []
         for i in idx:
             scene = src.ds.scene(i)
             hr, lr, cap = src.pair(i)
             his.append(hr)
+            los.append(lr)
             lrs[i] = torch.from_numpy(lr).permute(2, 0, 1)
             captions.append(cap)
             o = scene.objects[i % len(scene.objects)]
             centres[i] = torch.tensor([o.cx, o.cy])
-        lat[s : s + len(idx)] = vae.encode(_to_pm1(his)).latent_dist.mean.half()
+        lat[s : s + len(idx)] = structured_latent(vae, _to_pm1(his), _to_pm1(los)).half()
     ids = tokenize(tokenizer, captions).to(torch.int32)
     return {"lat": lat, "lr": lrs, "centres": centres, "ids": ids, "size": size, "seed": seed}
-
-
-def _min_snr_v_weights(scheduler, t: torch.Tensor, gamma: float = 5.0) -> torch.Tensor:
-    ac = scheduler.alphas_cumprod[t]
-    snr = ac / (1 - ac)
-    return torch.clamp(snr, max=gamma) / (snr + 1)
 
 
 def _pipeline(vae, text_encoder, tokenizer, unet):
@@ -335,7 +384,7 @@ def _pipeline(vae, text_encoder, tokenizer, unet):
     return pipe
 
 
-def upscale_with_pipeline(pipe, lr: np.ndarray, caption: str = "", steps: int = 4, noise_level: int = 20,
+def upscale_with_pipeline(pipe, lr: np.ndarray, caption: str = "", steps: int = 4, noise_level: int = NOISE_LEVEL,
                           seed: int = 0, guidance_scale: float = 0.0) -> np.ndarray:
     from PIL import Image
 
@@ -345,7 +394,7 @@ def upscale_with_pipeline(pipe, lr: np.ndarray, caption: str = "", steps: int = 
     return (np.clip(out, 0, 1) * 255.0 + 0.5).astype(np.uint8)
 
 
-def evaluate_pipeline(pipe, n: int = 16, steps: int = 4, noise_level: int = 20, captions: bool = False) -> dict:
+def evaluate_pipeline(pipe, n: int = 16, steps: int = 4, noise_level: int = NOISE_LEVEL, captions: bool = False) -> dict:
     pm, sm, pb, sb = [], [], [], []
     for i, (hr, lr, cap) in enumerate(heldout_pairs(n)):
         out = upscale_with_pipeline(pipe, lr, cap if captions else "", steps=steps, noise_level=noise_level, seed=i)
@@ -393,13 +442,10 @@ def train_upscaler_unet(run_dir: Path, preset: UpscalerPreset, seed: int = 0, ch
         pool = build_sr_pool(vae, tokenizer, preset.pool_size, seed, progress=progress)
         save_checkpoint(pool_path, pool)
     n_pool = pool["size"]
-    empty_ids = tokenize(tokenizer, [""])[0].long()
-    text_encoder = build_text_encoder(preset.text)
+    text_encoder = build_text_encoder(preset.text)  # untrained: the UNet has no cross-attention
     unet = build_upscaler_unet(preset.unet, preset.text.hidden_size)
-    params = [
-        {"params": list(unet.parameters()), "lr": preset.unet_lr, "base_lr": preset.unet_lr},
-        {"params": list(text_encoder.parameters()), "lr": preset.text_lr, "base_lr": preset.text_lr},
-    ]
+    init_unet_copy(unet, [4 + c for c in LOWRES_CHANNELS], LOWRES_CHANNELS)  # after the 4 latent channels
+    params = head_param_groups(unet, preset.unet_lr)
     opt = torch.optim.AdamW(params, weight_decay=1e-2, betas=(0.9, 0.99))
     modules = {"unet": unet, "text_encoder": text_encoder}
     ema = EMA(modules, preset.ema_decay)
@@ -407,6 +453,8 @@ def train_upscaler_unet(run_dir: Path, preset: UpscalerPreset, seed: int = 0, ch
     ckpt_path = out / "checkpoint.pt"
     ck = load_checkpoint(ckpt_path)
     start, trained_s = resume(ck, modules, opt, ema, "upscaler UNet training")
+    with torch.no_grad():
+        h_empty = text_encoder(tokenize(tokenizer, [""]).long()).last_hidden_state
     (out / "train_config.json").write_text(json.dumps({"preset": preset.to_dict(), "seed": seed}, indent=2))
     log = JsonLog(out / "log.jsonl")
 
@@ -443,32 +491,29 @@ def train_upscaler_unet(run_dir: Path, preset: UpscalerPreset, seed: int = 0, ch
                     x0, y0 = (int(v) for v in rng.integers(0, n_lat - c + 1, size=2))
                 zs.append(pool["lat"][i, :, y0 : y0 + c, x0 : x0 + c])
                 ls.append(pool["lr"][i, :, y0 : y0 + c, x0 : x0 + c])
-            z0 = torch.stack(zs).float() * PIPELINE_SCALING_FACTOR
+            z0 = torch.stack(zs).float()  # pipeline units already
             lr_img = torch.stack(ls).float() / 127.5 - 1.0
-            low = torch.rand(B, generator=g) < preset.low_noise_prob
-            nl = torch.where(low, torch.randint(0, 41, (B,), generator=g),
+            clean = torch.rand(B, generator=g) < preset.clean_prob
+            nl = torch.where(clean, torch.zeros(B, dtype=torch.long),
                              torch.randint(0, MAX_NOISE_LEVEL + 1, (B,), generator=g))
             lr_noisy = low_res.add_noise(lr_img, torch.randn(lr_img.shape, generator=g), nl)
-            ids = pool["ids"][idx].long()
-            ids[torch.rand(B, generator=g) < preset.uncond_prob] = empty_ids
             noise = torch.randn(z0.shape, generator=g)
             t = torch.randint(0, sched.config.num_train_timesteps, (B,), generator=g)
             zt = sched.add_noise(z0, noise, t)
-            target = sched.get_velocity(z0, noise, t)
             for gr in opt.param_groups:
+                base = preset.unet_lr * gr["lr_scale"]
                 if budget_s:
                     frac = trained_s / budget_s
-                    gr["lr"] = lr_at(int(frac * 100_000), 100_000, 0, gr["base_lr"]) * min(1.0, (step + 1) / preset.warmup)
+                    gr["lr"] = lr_at(int(frac * 100_000), 100_000, 0, base) * min(1.0, (step + 1) / preset.warmup)
                 else:
-                    gr["lr"] = lr_at(step, steps, preset.warmup, gr["base_lr"])
-            h = text_encoder(ids).last_hidden_state
+                    gr["lr"] = lr_at(step, steps, preset.warmup, base)
+            h = h_empty.expand(B, -1, -1)  # the UNet reads no text (no cross-attention)
             pred = unet(torch.cat([zt, lr_noisy], dim=1), t, encoder_hidden_states=h, class_labels=nl).sample
-            per = (pred - target).pow(2).mean(dim=(1, 2, 3))
-            loss = (per * _min_snr_v_weights(sched, t)).mean()
+            per = (pred - z0).pow(2).mean(dim=(1, 2, 3))  # the clean latent, at every noise level alike
+            loss = per.mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
-            torch.nn.utils.clip_grad_norm_(text_encoder.parameters(), 1.0)
             opt.step()
             ema.update(modules)
             dt = time.time() - t0
@@ -477,7 +522,8 @@ def train_upscaler_unet(run_dir: Path, preset: UpscalerPreset, seed: int = 0, ch
                 threads.record(step, dt)
             ema_loss = loss.item() if ema_loss is None else 0.98 * ema_loss + 0.02 * loss.item()
             if step % 20 == 0:
-                log.write(step=step, loss=round(loss.item(), 5), loss_ema=round(ema_loss, 5), v_mse=round(per.mean().item(), 5),
+                log.write(step=step, loss=round(loss.item(), 6), loss_ema=round(ema_loss, 6),
+                          detail_mse=round((pred - z0)[:, DETAIL_CHANNEL].pow(2).mean().item(), 6),
                           lr=opt.param_groups[0]["lr"], step_s=round(dt, 3), threads=torch.get_num_threads(),
                           trained_min=round(trained_s / 60, 2))
                 bar.set_postfix(loss=f"{ema_loss:.4f}")
@@ -539,6 +585,8 @@ def export_upscaler(run_dir: str | Path, out_dir: str | Path, use_ema: bool = Tr
             "ema": use_ema,
             "weights_dtype": "float16 (text_encoder config float32: loaded as float32)" if fp16 else "float32"}
     (out_dir / "training_info.json").write_text(json.dumps(info, indent=2) + "\n")
+    # the condition's noise level the studio uses with this model (upscale.x4_noise_level)
+    (out_dir / "studio.json").write_text(json.dumps({"noise_level": NOISE_LEVEL}, indent=2) + "\n")
     return out_dir
 
 
@@ -562,9 +610,12 @@ def main_train_upscaler(args) -> None:
     if args.time_budget_minutes is not None:
         preset.time_budget_minutes = args.time_budget_minutes
     set_threads(preset.threads)
-    train_upscaler_vae(Path(args.out), preset, seed=args.seed, eval_images=args.eval_images)
-    train_upscaler_unet(Path(args.out), preset, seed=args.seed, max_minutes=args.max_minutes,
-                        eval_images=args.eval_images)
+    stage = getattr(args, "stage", "all")
+    if stage in ("all", "vae"):
+        train_upscaler_vae(Path(args.out), preset, seed=args.seed, eval_images=args.eval_images)
+    if stage in ("all", "unet"):
+        train_upscaler_unet(Path(args.out), preset, seed=args.seed, max_minutes=args.max_minutes,
+                            eval_images=args.eval_images)
 
 
 def main_export_upscaler(args) -> None:

@@ -1,0 +1,123 @@
+"""The latent upscaler's starting point: a decoder that interpolates, a UNet that copies its condition."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from studio.training.models import VaeConfig, build_vae
+from studio.training.passthrough import BILINEAR_3X3, init_decoder_passthrough, init_unet_copy
+from studio.training.train_upscaler import (
+    PIPELINE_SCALING_FACTOR,
+    UPSCALER_PRESETS,
+    UpUnetConfig,
+    _pipeline,
+    build_upscaler_unet,
+    decode_structured,
+    new_upscaler_vae,
+    upscale_with_pipeline,
+)
+
+
+def _reference_x4(lo: torch.Tensor) -> torch.Tensor:
+    """Nearest x2 then the [1/4, 1/2, 1/4] kernel (zero padding), twice: what the decoder starts as."""
+    k = BILINEAR_3X3[None, None].repeat(3, 1, 1, 1)
+    x = lo
+    for _ in range(2):
+        x = F.conv2d(F.interpolate(x, scale_factor=2.0, mode="nearest"), k, padding=1, groups=3)
+    return x
+
+
+def test_decoder_starts_as_interpolation_of_channels_0_to_2():
+    torch.manual_seed(0)
+    vae = build_vae(VaeConfig(block_out_channels=(16, 32, 32), norm_num_groups=4))
+    init_decoder_passthrough(vae)
+    lo = torch.rand(2, 3, 16, 16) * 2 - 1
+    detail = torch.randn(2, 1, 16, 16) * 3  # ignored at the start
+    with torch.no_grad():
+        y = vae.decode(torch.cat([lo, detail], 1)).sample
+    assert y.shape == (2, 3, 64, 64)
+    ref = _reference_x4(lo)
+    assert (y - ref).abs().max().item() < 2e-3
+    # and away from the border (zero padding) it is plain bilinear interpolation: a ramp stays a ramp
+    ramp = torch.linspace(-0.9, 0.9, 16).repeat(16, 1)[None, None].repeat(1, 3, 1, 1)
+    with torch.no_grad():
+        out = vae.decode(torch.cat([ramp, torch.zeros(1, 1, 16, 16)], 1)).sample[0, 0, 8:-8, 8:-8]
+    steps = out[:, 1:] - out[:, :-1]
+    assert steps.std().item() < 1e-3 and steps.mean().item() == pytest.approx(1.8 / 15 / 4, rel=0.02)
+
+
+def test_decoder_init_refuses_a_layout_it_cannot_pass_through():
+    with pytest.raises(ValueError, match="groups of 4"):
+        init_decoder_passthrough(build_vae(VaeConfig(block_out_channels=(16, 32, 32), norm_num_groups=8)))
+
+
+def test_unet_starts_by_copying_its_condition():
+    torch.manual_seed(0)
+    unet = build_upscaler_unet(UpUnetConfig(block_out_channels=(16, 16, 32), norm_num_groups=4), 8)
+    init_unet_copy(unet, [4, 5, 6], [0, 1, 2])
+    x = torch.cat([torch.randn(3, 4, 16, 16), torch.rand(3, 3, 16, 16) * 2 - 1], 1)
+    with torch.no_grad():
+        out = unet(x, torch.tensor([999, 500, 0]), encoder_hidden_states=torch.randn(3, 77, 8),
+                   class_labels=torch.tensor([0, 20, 350])).sample
+    assert (out[:, :3] - x[:, 4:]).abs().max().item() < 1e-3
+    assert out[:, 3].abs().max().item() == 0.0
+    assert not any("CrossAttn" in b for b in unet.config.down_block_types + unet.config.up_block_types)
+
+
+def test_untrained_pipeline_is_its_decoder_on_the_clean_condition():
+    """Structured latent end to end through diffusers' pipeline: DDIM on clean-latent predictions lands on
+    the UNet's output, level 0 adds next to no noise, and the decoder sees the low-res picture."""
+    from studio.training.models import build_text_encoder, load_tokenizer
+    from studio.training.sr_data import heldout_pairs, psnr
+    from studio.training.train_upscaler import _to_pm1
+    from studio.training.train_vae import to_uint8
+
+    torch.manual_seed(0)
+    preset = UPSCALER_PRESETS["tiny"]
+    vae = new_upscaler_vae(preset.vae).eval()
+    unet = build_upscaler_unet(preset.unet, preset.text.hidden_size)
+    init_unet_copy(unet, [4, 5, 6], [0, 1, 2])
+    pipe = _pipeline(vae, build_text_encoder(preset.text).eval(), load_tokenizer(), unet.eval())
+    assert pipe.vae.config.scaling_factor == PIPELINE_SCALING_FACTOR
+    hr, lr, _ = heldout_pairs(1)[0]
+    out = upscale_with_pipeline(pipe, lr, "a red circle", steps=3, noise_level=0)
+    with torch.no_grad():
+        direct = to_uint8(decode_structured(vae, torch.cat([_to_pm1([lr]), torch.zeros(1, 1, 64, 64)], 1)))[0]
+    assert np.abs(out.astype(int) - direct.astype(int)).max() <= 1
+    assert psnr(hr, out) > 28  # bilinear-like already
+    noisy = upscale_with_pipeline(pipe, lr, steps=3, noise_level=150)
+    assert psnr(out, noisy) < 40  # the level does reach the condition
+
+
+def test_x4_settings_file(tmp_path):
+    from studio.engine.upscale import X4_NOISE_LEVEL, reads_text, x4_noise_level
+
+    assert x4_noise_level(tmp_path) == X4_NOISE_LEVEL
+    (tmp_path / "studio.json").write_text(json.dumps({"noise_level": 0}))
+    assert x4_noise_level(tmp_path) == 0
+    for bad in ("{", json.dumps({"noise_level": 900}), json.dumps({"noise_level": "low"}), "[]"):
+        (tmp_path / "studio.json").write_text(bad)
+        assert x4_noise_level(tmp_path) == X4_NOISE_LEVEL
+    unet = build_upscaler_unet(UpUnetConfig(block_out_channels=(16, 16, 32), norm_num_groups=4), 8)
+    assert not reads_text(unet.config)
+    text = build_upscaler_unet(UpUnetConfig(block_out_channels=(16, 16, 32), norm_num_groups=4,
+                                            down_block_types=("DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D"),
+                                            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
+                                            mid_block_type="UNetMidBlock2DCrossAttn"), 8)
+    assert reads_text(text.config)
+
+
+def test_encoder_starts_as_a_box_average_and_round_trips():
+    torch.manual_seed(0)
+    vae = new_upscaler_vae(UPSCALER_PRESETS["tiny"].vae).eval()
+    x = torch.rand(2, 3, 64, 64) * 2 - 1
+    with torch.no_grad():
+        m = vae.encode(x).latent_dist.mean * PIPELINE_SCALING_FACTOR
+        back = vae.decode(vae.encode(x).latent_dist.mode()).sample
+    assert (m[:, :3] - F.avg_pool2d(x, 4)).abs().max().item() < 2e-3
+    assert (back - _reference_x4(F.avg_pool2d(x, 4))).abs().max().item() < 5e-3
