@@ -161,8 +161,8 @@ def init_encoder_passthrough(vae, channels: int = 3) -> None:
                 raise ValueError("the encoder's downsampling is not diffusers' 3x3 stride-2 convolution")
             _copy_rows(down.conv, ch, ch, kernel=BOX_2X2.to(down.conv.weight.dtype))
     shorts = [r for r in resnets if r.conv_shortcut is not None]
-    if not shorts:
-        raise ValueError("the encoder needs a channel change (a shortcut convolution)")
+    if not shorts or shorts[-1] not in list(enc.down_blocks[-1].resnets):
+        raise ValueError("the encoder's last stage needs a channel change (a shortcut convolution)")
     for r in shorts[:-1]:
         _copy_rows(r.conv_shortcut, ch, ch)
     last = shorts[-1]

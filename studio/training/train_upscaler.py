@@ -120,7 +120,7 @@ UPSCALER_PRESETS: dict[str, UpscalerPreset] = {
     # seconds: the tests (tiny everything)
     "tiny": UpscalerPreset(
         name="tiny",
-        vae=VaeConfig(block_out_channels=(16, 32, 32), norm_num_groups=4),
+        vae=VaeConfig(block_out_channels=(16, 32, 48), norm_num_groups=4),
         text=TextConfig(hidden_size=8, intermediate_size=16, num_hidden_layers=1, num_attention_heads=2,
                         projection_dim=8),
         unet=UpUnetConfig(block_out_channels=(16, 16, 32), norm_num_groups=4),
