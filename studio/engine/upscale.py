@@ -296,12 +296,18 @@ class _Upscale:
         from .schedulers import build_scheduler
 
         scheduler = build_scheduler(model.scheduler_config, req.sampler, req.schedule, seed)
+        x0_model = scheduler.config.get("prediction_type") == "sample"
+        if x0_model:
+            # half of diffusers' samplers (Euler a, DPM2, PLMS...) refuse clean-latent predictions: they all get
+            # the epsilon those predictions imply instead (the same sampling, exactly, for those that accept both)
+            scheduler = type(scheduler).from_config(scheduler.config, prediction_type="epsilon")
         pipe.scheduler = scheduler
         tracker = _StepTracker(scheduler, req, model, self.on_step, self.cancel, self.t0, total=total, part=part,
                               preview_crop=crop)  # fmt: skip
         t = time.perf_counter()
         try:
-            with torch.inference_mode(), (patches(pipe, scheduler) if patches else contextlib.nullcontext()):
+            with torch.inference_mode(), (patches(pipe, scheduler) if patches else contextlib.nullcontext()), \
+                    (_x0_as_epsilon(pipe.unet, scheduler) if x0_model else contextlib.nullcontext()):
                 if legacy:
                     latents = pipe(**kwargs, callback=tracker.legacy_callback, callback_steps=1).images
                 else:
@@ -338,8 +344,6 @@ class _Upscale:
         blender = TileBlender(big[0], big[1], 3, overlap * f)
         sx, sy = self.size[0] / big[0], self.size[1] / big[1]
         pipe = model.pipe("upscale")
-        if model.prediction == "sample" and self.r.sampler.upper() == "PLMS":
-            raise RequestError("PLMS cannot run this upscaler (it predicts the clean latent): pick another sampler")
         noise_level = x4_noise_level(model.layout.path)
         guidance = self.r.cfg if reads_text(unet) else 1.0
         strength = float(self.r.strength)
@@ -372,6 +376,38 @@ class _Upscale:
                                   total=total, patches=patches)  # fmt: skip
             blender.add(x4, pixels[: h * f, : w * f])
         return lanczos(blender.result(), self.size)
+
+
+@contextlib.contextmanager
+def _x0_as_epsilon(unet, scheduler):
+    """For the length of one call, ``unet`` (which predicts the clean latent) returns the noise that
+    prediction implies at the timestep it is called with: eps = (x_t - sqrt(a) x0) / sqrt(1 - a), with
+    x_t its own (scaled) input and a the schedule's alpha-bar, interpolated for fractional timesteps."""
+    import torch
+
+    ac = scheduler.alphas_cumprod.to(torch.float64)
+    forward = unet.forward
+
+    def eps_forward(sample, timestep, *args, **kwargs):
+        out = forward(sample, timestep, *args, **kwargs)
+        x0 = out[0] if isinstance(out, tuple) else out.sample
+        t = float(torch.as_tensor(timestep).reshape(-1)[0]) if torch.is_tensor(timestep) else float(timestep)
+        t = min(max(t, 0.0), len(ac) - 1.0)
+        lo = int(t)
+        hi = min(lo + 1, len(ac) - 1)
+        a = float(ac[lo] + (ac[hi] - ac[lo]) * (t - lo))
+        x_t = sample[:, : x0.shape[1]]
+        eps = (x_t - math.sqrt(a) * x0) / math.sqrt(1.0 - a)
+        if isinstance(out, tuple):
+            return (eps, *out[1:])
+        out.sample = eps
+        return out
+
+    unet.forward = eps_forward  # an instance attribute: only this call
+    try:
+        yield
+    finally:
+        unet.__dict__.pop("forward", None)
 
 
 class _PartialDenoise:

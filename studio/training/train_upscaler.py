@@ -559,23 +559,23 @@ def export_upscaler(run_dir: str | Path, out_dir: str | Path, use_ema: bool = Tr
     ck = load_checkpoint(ckpt)
     text_encoder, unet = models_from_upscaler_checkpoint(ck, use_ema=use_ema)
     pipe = _pipeline(vae, text_encoder, load_tokenizer(), unet)
-    if fp16:
-        pipe.unet.to(torch.float16)
-        pipe.vae.to(torch.float16)
     if out_dir.exists():
         for child in out_dir.iterdir():
             if child.name != "README.md":
                 shutil.rmtree(child) if child.is_dir() else child.unlink()
     pipe.save_pretrained(out_dir, safe_serialization=True)
     if fp16:
-        # the text encoder's weights as float16 too (its 49408-word embedding is most of it), its config still
-        # saying float32: transformers then loads it as float32, so a plain from_pretrained stays all-float32
+        # float16 files, loaded as float32 (configs say nothing of a dtype; the text encoder's says float32):
+        # a plain from_pretrained stays all-float32. The last GroupNorm and convolution of each network stay
+        # float32: they carry the pass-through's shift of 16, where float16's spacing (1/64) would move every
+        # output by up to a grey level.
         from safetensors.torch import load_file, save_file
 
-        for f in (out_dir / "text_encoder").glob("*.safetensors"):
-            sd = load_file(str(f))
-            save_file({k: v.half() if v.dtype.is_floating_point else v for k, v in sd.items()}, str(f),
-                      metadata={"format": "pt"})
+        for part in ("text_encoder", "unet", "vae"):
+            for f in (out_dir / part).glob("*.safetensors"):
+                sd = load_file(str(f))
+                save_file({k: v.half() if v.dtype.is_floating_point and not _is_head(k) else v
+                           for k, v in sd.items()}, str(f), metadata={"format": "pt"})
     tok_dir = out_dir / "tokenizer"
     shutil.rmtree(tok_dir, ignore_errors=True)
     tok_dir.mkdir(parents=True)
@@ -583,11 +583,16 @@ def export_upscaler(run_dir: str | Path, out_dir: str | Path, use_ema: bool = Tr
         shutil.copy2(TOKENIZER_DIR / name, tok_dir / name)
     info = {"training_step": int(ck["step"]), "training_minutes": round(float(ck.get("trained_s", 0)) / 60, 1),
             "ema": use_ema,
-            "weights_dtype": "float16 (text_encoder config float32: loaded as float32)" if fp16 else "float32"}
+            "weights_dtype": "float16 but the last GroupNorm and convolution of each network (float32); loaded as float32"
+            if fp16 else "float32"}
     (out_dir / "training_info.json").write_text(json.dumps(info, indent=2) + "\n")
     # the condition's noise level the studio uses with this model (upscale.x4_noise_level)
     (out_dir / "studio.json").write_text(json.dumps({"noise_level": NOISE_LEVEL}, indent=2) + "\n")
     return out_dir
+
+
+def _is_head(key: str) -> bool:
+    return ".conv_out." in f".{key}" or ".conv_norm_out." in f".{key}"
 
 
 def load_upscale_pipeline(folder: str | Path, dtype=torch.float32):
