@@ -147,10 +147,7 @@ class _StepTracker:
         if not 0 <= t < len(ac):
             return None
         a = ac[t].to(sample.device, sample.dtype)
-        kind = self.scheduler.config.get("prediction_type", "epsilon")
-        if kind == "sample":
-            return eps  # the model's output is the clean latent itself
-        if kind == "v_prediction":
+        if self.scheduler.config.get("prediction_type", "epsilon") == "v_prediction":
             return a.sqrt() * sample - (1 - a).sqrt() * eps
         return (sample - (1 - a).sqrt() * eps) / a.sqrt()
 

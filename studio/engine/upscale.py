@@ -19,11 +19,12 @@ The output size is ``request.upscale_size()`` (the input times ``scale``, or ``w
   the condition (noised to the level in the model folder's ``studio.json``, else diffusers' 20; guidance only
   when the U-Net reads text: without cross-attention it would only double the work), cut into input tiles
   of the U-Net's sample size (128 px for stabilityai's model: 512 px out; ``tile``/``tile_overlap`` are
-  output px, divided by 4), each 4x'd, blended
-  in the 4x image, which is Lanczos-resized to the output size when ``scale`` is not 4. ``strength`` 1 is the
-  pipeline as diffusers runs it (from pure noise); below 1 the 4x Lanczos image, encoded by the upscaler's
-  VAE, is noised to that level and only the last ``int(steps * strength)`` steps run (img2img's rule), so
-  the input's composition and colours are kept. Steps as for diffusion.
+  output px, divided by 4), each 4x'd, blended in the 4x image, which is Lanczos-resized to the output size
+  when ``scale`` is not 4. ``strength`` 1 is the pipeline as diffusers runs it (from pure noise); below 1 the
+  4x Lanczos image, encoded by the upscaler's VAE, is noised to that level and only the last
+  ``int(steps * strength)`` steps run (img2img's rule), so the input's composition and colours are kept.
+  Steps as for diffusion. A model predicting the clean latent gets any sampler: the engine hands the sampler
+  the noise each prediction implies (``_x0_as_epsilon``).
 
 Seeds: tile i (0-based, row by row) runs with ``seed + i`` (mod 2**32), so tiles draw different noise (one
 seed for all would print the same noise pattern into every tile) and the run is reproducible from its seed.
@@ -391,8 +392,7 @@ def _x0_as_epsilon(unet, scheduler):
     def eps_forward(sample, timestep, *args, **kwargs):
         out = forward(sample, timestep, *args, **kwargs)
         x0 = out[0] if isinstance(out, tuple) else out.sample
-        t = float(torch.as_tensor(timestep).reshape(-1)[0]) if torch.is_tensor(timestep) else float(timestep)
-        t = min(max(t, 0.0), len(ac) - 1.0)
+        t = min(max(float(torch.as_tensor(timestep).reshape(-1)[0]), 0.0), len(ac) - 1.0)
         lo = int(t)
         hi = min(lo + 1, len(ac) - 1)
         a = float(ac[lo] + (ac[hi] - ac[lo]) * (t - lo))

@@ -42,8 +42,7 @@ def _center(conv: torch.nn.Conv2d) -> tuple[int, int]:
 
 
 @torch.no_grad()
-def _copy_rows(conv: torch.nn.Conv2d, src: list[int], dst: list[int], sign: float = 1.0,
-               kernel: torch.Tensor | None = None) -> None:
+def _copy_rows(conv: torch.nn.Conv2d, src: list[int], dst: list[int], kernel: torch.Tensor | None = None) -> None:
     """Rows ``dst`` of ``conv`` read only channel ``src[i]`` (centre tap, or ``kernel``), no bias."""
     conv.weight[dst] = 0.0
     if conv.bias is not None:
@@ -51,10 +50,10 @@ def _copy_rows(conv: torch.nn.Conv2d, src: list[int], dst: list[int], sign: floa
     cy, cx = _center(conv)
     for s, d in zip(src, dst, strict=True):
         if kernel is None:
-            conv.weight[d, s, cy, cx] = sign
+            conv.weight[d, s, cy, cx] = 1.0
         else:
             kh, kw = kernel.shape
-            conv.weight[d, s, cy - kh // 2 : cy + kh // 2 + 1, cx - kw // 2 : cx + kw // 2 + 1] = sign * kernel
+            conv.weight[d, s, cy - kh // 2 : cy + kh // 2 + 1, cx - kw // 2 : cx + kw // 2 + 1] = kernel
 
 
 @torch.no_grad()

@@ -345,30 +345,28 @@ def train_upscaler_vae(run_dir: Path, preset: UpscalerPreset, seed: int = 0, che
 
 
 @torch.no_grad()
-def build_sr_pool(vae, tokenizer, size: int, seed: int, progress: bool = True) -> dict:
-    """``size`` scenes as structured latents (pipeline units), with their low-res images and captions."""
+def build_sr_pool(vae, size: int, seed: int, progress: bool = True) -> dict:
+    """``size`` scenes as structured latents (pipeline units), with their low-res images (no captions: the
+    UNet reads no text)."""
     src = SRPairs(TRAIN_SEED + POOL_SEED_OFFSET + seed)
     vae.eval()
     n_lat = HR_SIZE // SCALE
     lat = torch.empty(size, 4, n_lat, n_lat, dtype=torch.float16)
     lrs = torch.empty(size, 3, n_lat, n_lat, dtype=torch.uint8)
     centres = torch.full((size, 2), -1.0)
-    captions = []
     for s in tqdm(range(0, size, 8), desc="encode pool", disable=not progress, mininterval=5):
         idx = range(s, min(size, s + 8))
         his, los = [], []
         for i in idx:
             scene = src.ds.scene(i)
-            hr, lr, cap = src.pair(i)
+            hr, lr, _cap = src.pair(i)
             his.append(hr)
             los.append(lr)
             lrs[i] = torch.from_numpy(lr).permute(2, 0, 1)
-            captions.append(cap)
             o = scene.objects[i % len(scene.objects)]
             centres[i] = torch.tensor([o.cx, o.cy])
         lat[s : s + len(idx)] = structured_latent(vae, _to_pm1(his), _to_pm1(los)).half()
-    ids = tokenize(tokenizer, captions).to(torch.int32)
-    return {"lat": lat, "lr": lrs, "centres": centres, "ids": ids, "size": size, "seed": seed}
+    return {"lat": lat, "lr": lrs, "centres": centres, "size": size, "seed": seed}
 
 
 def _pipeline(vae, text_encoder, tokenizer, unet):
@@ -439,7 +437,7 @@ def train_upscaler_unet(run_dir: Path, preset: UpscalerPreset, seed: int = 0, ch
     pool_path = out / "pool.pt"
     pool = load_checkpoint(pool_path)
     if pool is None or pool["size"] != preset.pool_size or pool["seed"] != seed:
-        pool = build_sr_pool(vae, tokenizer, preset.pool_size, seed, progress=progress)
+        pool = build_sr_pool(vae, preset.pool_size, seed, progress=progress)
         save_checkpoint(pool_path, pool)
     n_pool = pool["size"]
     text_encoder = build_text_encoder(preset.text)  # untrained: the UNet has no cross-attention
