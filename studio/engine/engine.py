@@ -90,7 +90,7 @@ class _StepTracker:
         *,
         total: int | None = None,
         part: dict | None = None,
-        preview_crop: tuple[float, float] = (1.0, 1.0),
+        preview_crop: tuple[float, float, float, float] = (0.0, 0.0, 1.0, 1.0),
     ):
         self.scheduler = scheduler
         self.request = request
@@ -182,9 +182,7 @@ class _StepTracker:
             if self.request.preview != "none":
                 src = self.x0[-1] if self.request.preview == "x0" else self.latents[-1]
                 lat = src[0]
-                fh, fw = self.preview_crop
-                if fh < 1.0 or fw < 1.0:
-                    lat = lat[:, : max(1, math.ceil(lat.shape[1] * fh)), : max(1, math.ceil(lat.shape[2] * fw))]
+                lat = crop_fractions(lat, self.preview_crop)
                 preview = latent_to_rgb(lat, *self.model.latent_rgb)
             self.preview_s += time.perf_counter() - p0
             step = StepInfo(len(self.latents), self.total, time.perf_counter() - self.t0, preview, **self.part)
@@ -194,6 +192,16 @@ class _StepTracker:
 
     def restore(self) -> None:
         self.scheduler.__dict__.pop("step", None)
+
+
+def crop_fractions(a: np.ndarray, box: tuple[float, float, float, float]) -> np.ndarray:
+    """The (top, left, bottom, right) fractions of the last two axes of ``a``, at least one element each."""
+    y0f, x0f, y1f, x1f = box
+    if (y0f, x0f, y1f, x1f) == (0.0, 0.0, 1.0, 1.0):
+        return a
+    h, w = a.shape[-2:]
+    y0, x0 = min(h - 1, math.floor(h * y0f)), min(w - 1, math.floor(w * x0f))
+    return a[..., y0 : max(y0 + 1, math.ceil(h * y1f)), x0 : max(x0 + 1, math.ceil(w * x1f))]
 
 
 class Engine:

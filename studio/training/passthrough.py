@@ -111,20 +111,69 @@ def _resnets(blocks) -> list:
     return out
 
 
+# fit_upsampling_kernels(lr=3e-3, 400 iterations, 96 whole training pairs, 8 px margin), each scaled to sum 1:
+# conv_in's (a slight sharpening at the latent's size), then the two upsamplings'. On 16 held-out scenes:
+# 35.63 dB as they are (zero padding), 36.98 with edges repeated; bilinear 34.05 / 35.65.
+FITTED_KERNELS = [torch.tensor(k) / torch.tensor(k).sum() for k in (
+    [[-0.0575, -0.0398, -0.0573], [-0.0432, 1.0284, -0.042], [-0.0585, -0.0414, -0.0581]],
+    [[0.072, 0.1519, 0.07], [0.1608, 0.3142, 0.1595], [0.0749, 0.155, 0.0727]],
+    [[0.0896, 0.1576, 0.0893], [0.1593, 0.2903, 0.159], [0.0911, 0.1591, 0.0908]],
+)]
+
+
+def upsample_like_decoder(x: torch.Tensor, kernels: list[torch.Tensor]) -> torch.Tensor:
+    """What the pass-through decoder does to each channel of ``x`` (N, C, H, W): ``kernels[0]`` (3x3) at the
+    latent's size (``conv_in``), then per upsampling nearest x2 and ``kernels[i]`` (3x3), zero padding."""
+    import torch.nn.functional as F
+
+    c = x.shape[1]
+    for i, k in enumerate(kernels):
+        if i:
+            x = F.interpolate(x, scale_factor=2, mode="nearest")
+        x = F.conv2d(x, k.to(x.dtype)[None, None].expand(c, 1, 3, 3), padding=1, groups=c)
+    return x
+
+
+def fit_upsampling_kernels(low: torch.Tensor, high: torch.Tensor, upsamplings: int = 2, iters: int = 400,
+                           margin: int = 8, lr: float = 3e-3) -> list[torch.Tensor]:
+    """The 3x3 kernels of :func:`upsample_like_decoder` that best map ``low`` to ``high`` (least squares on
+    pictures in [-1, 1], leaving out ``margin`` px at the borders, which zero padding spoils whatever the
+    kernels), from bilinear. Each kernel is scaled to sum to 1 (flat colours pass unchanged).
+
+    ``FITTED_KERNELS`` came out of it (torch's bicubic, edges repeated, measures 37.16 dB there)."""
+    ident = torch.zeros(3, 3)
+    ident[1, 1] = 1.0
+    ks = [torch.nn.Parameter(k.clone()) for k in [ident] + [BILINEAR_3X3] * upsamplings]
+    opt = torch.optim.Adam(ks, lr=lr)
+    with torch.enable_grad():
+        for _ in range(iters):
+            err = (upsample_like_decoder(low, ks) - high)[..., margin:-margin, margin:-margin]
+            loss = err.pow(2).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return [(k / k.sum()).detach() for k in ks]
+
+
 @torch.no_grad()
-def init_decoder_passthrough(vae, channels: int = 3) -> None:
-    """The decoder of ``vae`` (an ``AutoencoderKL``, 2 upsamplings: x4) outputs bilinear-like x4 upsampling of
-    its (post-quant) latent's first ``channels`` channels, unchanged in scale."""
+def init_decoder_passthrough(vae, channels: int = 3, kernels: list[torch.Tensor] | None = None) -> None:
+    """The decoder of ``vae`` (an ``AutoencoderKL``, 2 upsamplings: x4) outputs x4 upsampling of its
+    (post-quant) latent's first ``channels`` channels, unchanged in scale: bilinear-like, or
+    :func:`upsample_like_decoder` with ``kernels`` (one for ``conv_in``, one per upsampling)."""
     dec = vae.decoder
     ch = list(range(channels))
+    ups = [up for block in dec.up_blocks for up in block.upsamplers or []]
+    if kernels is not None and len(kernels) != len(ups) + 1:
+        raise ValueError(f"the decoder has {len(ups)} upsamplings: it needs {len(ups) + 1} kernels, not {len(kernels)}")
     if vae.post_quant_conv is not None:
         _copy_rows(vae.post_quant_conv, ch, ch)
-    _copy_rows(dec.conv_in, ch, ch)
+    dtype = dec.conv_in.weight.dtype
+    _copy_rows(dec.conv_in, ch, ch, kernel=None if kernels is None else kernels[0].to(dtype))
     for r in _resnets([dec.mid_block]) + _resnets(dec.up_blocks):
         _zero_rows(r.conv2, ch)
-    for block in dec.up_blocks:
-        for up in block.upsamplers or []:
-            _copy_rows(up.conv, ch, ch, kernel=BILINEAR_3X3.to(up.conv.weight.dtype))
+    for i, up in enumerate(ups):
+        k = BILINEAR_3X3 if kernels is None else kernels[i + 1]
+        _copy_rows(up.conv, ch, ch, kernel=k.to(dtype))
     last = list(dec.up_blocks[-1].resnets)
     first_short = next((r for r in last if r.conv_shortcut is not None), None)
     for block in dec.up_blocks[:-1]:
