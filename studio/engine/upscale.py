@@ -464,10 +464,17 @@ class _PartialDenoise:
         init_timestep = min(int(steps * strength), steps)
         t_start = max(steps - init_timestep, 0)
 
+        held: dict = {}
+
         def set_timesteps(*args, **kwargs):
+            # the pipeline reads scheduler.timesteps once, right after this: it gets the tail. The scheduler
+            # gets its whole list back in prepare_latents (next), as diffusers' img2img leaves it: multistep
+            # solvers find their last step by len(timesteps), and a short list made DPM++ 2M's final
+            # second-order step divide by zero (an all-black picture)
             orig_set(*args, **kwargs)
             order = getattr(scheduler, "order", 1)
-            scheduler.timesteps = scheduler.timesteps[t_start * order :]
+            held["all"] = scheduler.timesteps
+            held["tail"] = scheduler.timesteps = scheduler.timesteps[t_start * order :]
             if hasattr(scheduler, "set_begin_index"):
                 scheduler.set_begin_index(t_start * order)
 
@@ -489,7 +496,10 @@ class _PartialDenoise:
                     vae.to(torch.float16)
             init = init.to(dtype).repeat(batch_size, 1, 1, 1)
             noise = randn_tensor(init.shape, generator=generator, device=torch.device(device), dtype=dtype)
-            return scheduler.add_noise(init, noise, scheduler.timesteps[:1].repeat(batch_size))
+            first = held.get("tail", scheduler.timesteps)[:1]
+            if "all" in held and hasattr(scheduler, "set_begin_index"):
+                scheduler.timesteps = held["all"]  # the loop has its tail; step_index starts at the begin index
+            return scheduler.add_noise(init, noise, first.repeat(batch_size))
 
         scheduler.set_timesteps = set_timesteps  # instance attributes: only this call's objects are patched
         pipe.prepare_latents = prepare_latents
