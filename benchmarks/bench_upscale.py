@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/bench_upscale.py             # 16 scenes, all methods, then peak RSS
     .venv/bin/python benchmarks/bench_upscale.py --n 32 --no-rss
+    .venv/bin/python benchmarks/bench_upscale.py --only-latent --latent-upscaler runs/x/export   # a candidate
 
 Scenes: ``studio.training.sr_data.heldout_pairs`` (a seed no training run draws from): the true image is
 the scene drawn at 256 px, the input its bicubic downsampling to 64 px. Methods:
@@ -10,8 +11,8 @@ the scene drawn at 256 px, the input its bicubic downsampling to 64 px. Methods:
 - the built-in latent upscaler (models/latent-upscaler-x4) through diffusers' StableDiffusionUpscalePipeline
   directly: the noise level of its studio.json (0: a clean condition), DDIM, --steps steps (default 4), no
   guidance, the scene's caption as the prompt;
-- the same model through the studio's own path (``upscale_mode="latent"``: Euler a, 20 steps, the request's
-  defaults);
+- the same model through the studio's own path (``upscale_mode="latent"``: Euler a, 20 steps, and DPM++ 2M,
+  10 steps, the request's defaults otherwise; the engine mirrors a 4 px margin around the input);
 - the engine's diffusion upscale with the built-in model (``Engine().generate(GenerateRequest(mode="upscale",
   upscale_mode="diffusion", ...))``), where the engine has it; else skipped with a note.
 
@@ -128,8 +129,15 @@ def main() -> int:
     ap.add_argument("--no-rss", action="store_true")
     ap.add_argument("--no-engine", action="store_true")
     ap.add_argument("--json", default=None, help="write the results as JSON")
+    ap.add_argument("--latent-upscaler", default=None, help="another x4 latent upscaler folder (a candidate)")
+    ap.add_argument("--only-latent", action="store_true", help="bicubic and the latent upscaler rows only")
     ap.add_argument("--rss-child", type=int, default=None, help=argparse.SUPPRESS)
     a = ap.parse_args()
+    if a.latent_upscaler:
+        global LATENT_UP
+        LATENT_UP = Path(a.latent_upscaler).resolve()
+    if a.only_latent:
+        a.no_rss = True
     if a.rss_child:
         rss_child(a.rss_child)
         return 0
@@ -143,7 +151,7 @@ def main() -> int:
     pairs = heldout_pairs(a.n)
     methods = {"bicubic": lambda lr, i, cap: bicubic(lr, 256)}
     notes = []
-    if SWINIR.exists():
+    if SWINIR.exists() and not a.only_latent:
         model = load_swinir()
         methods["SwinIR x4 (built-in)"] = lambda lr, i, cap: swinir_tiled(model, lr, tile=64)
     else:
@@ -160,9 +168,11 @@ def main() -> int:
         if not a.no_engine:
             methods["the studio's latent upscale (built-in latent upscaler, Euler a, 20 steps)"] = (
                 lambda lr, i, cap: engine_latent_upscale(lr, cap, i, 20, "Euler a"))
+            methods["the studio's latent upscale (the same, DPM++ 2M, 10 steps)"] = (
+                lambda lr, i, cap: engine_latent_upscale(lr, cap, i, 10, "DPM++ 2M"))
     else:
         notes.append(f"latent upscaler skipped: {LATENT_UP} missing")
-    if not a.no_engine:
+    if not a.no_engine and not a.only_latent:
         try:
             engine_diffusion_upscale(pairs[0][1], pairs[0][2], 0, a.engine_steps)
             methods[f"engine diffusion upscale (built-in model, {a.engine_steps} steps, strength 0.3)"] = (

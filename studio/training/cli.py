@@ -94,7 +94,7 @@ def add_upscaler_subcommands(subparsers) -> None:
     p.add_argument("--preset", default="cpu", choices=["cpu", "gpu", "tiny"])
     p.add_argument("--stage", default="all", choices=["all", "vae", "unet"], help="run only this stage")
     p.add_argument("--vae-steps", type=int, default=None)
-    p.add_argument("--vae-lr", type=float, default=None, help="the VAE stage's learning rate (preset cpu: 5e-5)")
+    p.add_argument("--vae-lr", type=float, default=None, help="the VAE stage's learning rate (preset cpu: 3e-5)")
     p.add_argument("--unet-steps", type=int, default=None, help="a fixed number of UNet steps instead of the budget")
     p.add_argument("--time-budget-minutes", type=float, default=None, help="UNet training time")
     p.add_argument("--threads", type=int, default=None)
