@@ -151,7 +151,9 @@ def main() -> int:
     pairs = heldout_pairs(a.n)
     methods = {"bicubic": lambda lr, i, cap: bicubic(lr, 256)}
     notes = []
-    if SWINIR.exists() and not a.only_latent:
+    if a.only_latent:
+        pass
+    elif SWINIR.exists():
         model = load_swinir()
         methods["SwinIR x4 (built-in)"] = lambda lr, i, cap: swinir_tiled(model, lr, tile=64)
     else:

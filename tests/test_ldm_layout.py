@@ -173,7 +173,8 @@ def test_from_single_file_loads_offline_and_generates(built, name):
     out = pipe(**image_args(pipe, kind), generator=torch.Generator("cpu").manual_seed(7)).images[0]
     want = ref(**image_args(ref, kind), generator=torch.Generator("cpu").manual_seed(7)).images[0]
     assert out.shape == (SIZE, SIZE, 3) and np.isfinite(out).all()
-    np.testing.assert_array_equal(out, want)
+    # the weights are equal (above); the two runs' float sums may differ in the last bit (seen: 3e-8)
+    np.testing.assert_allclose(out, want, rtol=0, atol=1e-5)
 
 
 def test_family_layouts(built):

@@ -132,7 +132,10 @@ def _apply_emphasis(z: torch.Tensor, mults: torch.Tensor) -> torch.Tensor:
         original_mean = zf.mean()
         weighted = zf * mults[i].to(zf.device, torch.float32)[:, None]
         new_mean = weighted.mean()
-        if new_mean != 0:
+        # a chunk whose mean is next to nothing (a LayerNorm without bias) has no mean to keep: rescaling by
+        # the ratio of two roundoff errors would zero or blow up every vector
+        tiny = 1e-4 * float(zf.abs().mean())
+        if abs(float(new_mean)) > tiny and abs(float(original_mean)) > tiny:
             weighted = weighted * (original_mean / new_mean)
         out[i] = weighted.to(z.dtype)
     return out

@@ -108,6 +108,8 @@ def add_upscaler_subcommands(subparsers) -> None:
     p.add_argument("--out", default="models/latent-upscaler-x4")
     p.add_argument("--no-ema", action="store_true")
     p.add_argument("--fp32", action="store_true", help="store float32 weights (default float16)")
+    p.add_argument("--unet-copy", action="store_true",
+                   help="ship the UNet's pass-through start (a copy of its condition) instead of the trained one")
     p.set_defaults(func=_export_latent_upscaler)
 
 

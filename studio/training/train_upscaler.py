@@ -603,14 +603,37 @@ def train_upscaler_unet(run_dir: Path, preset: UpscalerPreset, seed: int = 0, ch
     return result
 
 
-def export_upscaler(run_dir: str | Path, out_dir: str | Path, use_ema: bool = True, fp16: bool = True) -> Path:
-    """Write the diffusers folder (StableDiffusionUpscalePipeline): UNet and VAE float16, text encoder float32."""
+def copy_start_models(preset: UpscalerPreset, seed: int = 0):
+    """(text encoder, UNet) as the UNet stage starts them: the UNet an exact copy of its condition into
+    channels 0-2 and zero detail."""
+    seed_everything(seed)
+    text_encoder = build_text_encoder(preset.text)
+    unet = build_upscaler_unet(preset.unet, preset.text.hidden_size)
+    init_unet_copy(unet, [4 + c for c in LOWRES_CHANNELS], LOWRES_CHANNELS)
+    return text_encoder.eval(), unet.eval()
+
+
+def export_upscaler(run_dir: str | Path, out_dir: str | Path, use_ema: bool = True, fp16: bool = True,
+                    unet_copy: bool = False) -> Path:
+    """Write the diffusers folder (StableDiffusionUpscalePipeline): UNet and VAE float16, text encoder float32.
+    ``unet_copy``: the UNet of the pass-through start rather than the trained one (the measured better one,
+    when the UNet's training cost more than the detail channel brought)."""
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     vae = load_upscaler_vae(run_dir)
-    ckpt = require(run_dir / "unet" / "checkpoint.pt", "upscaler UNet checkpoint",
-                   f"run train-latent-upscaler --out {run_dir} first")
-    ck = load_checkpoint(ckpt)
-    text_encoder, unet = models_from_upscaler_checkpoint(ck, use_ema=use_ema)
+    if unet_copy:
+        preset = UPSCALER_PRESETS["cpu"]
+        cfg = run_dir / "unet" / "train_config.json"
+        if cfg.exists():
+            d = json.loads(cfg.read_text())["preset"]
+            preset = UpscalerPreset(name=d["name"], text=TextConfig(**d["text"]), unet=UpUnetConfig(
+                **{k: tuple(v) if isinstance(v, list) else v for k, v in d["unet"].items()}))
+        text_encoder, unet = copy_start_models(preset)
+        ck = {"step": 0, "trained_s": 0.0}
+    else:
+        ckpt = require(run_dir / "unet" / "checkpoint.pt", "upscaler UNet checkpoint",
+                       f"run train-latent-upscaler --out {run_dir} first")
+        ck = load_checkpoint(ckpt)
+        text_encoder, unet = models_from_upscaler_checkpoint(ck, use_ema=use_ema)
     pipe = _pipeline(vae, text_encoder, load_tokenizer(), unet)
     if out_dir.exists():
         for child in out_dir.iterdir():
@@ -635,7 +658,8 @@ def export_upscaler(run_dir: str | Path, out_dir: str | Path, use_ema: bool = Tr
     for name in ("vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json"):
         shutil.copy2(TOKENIZER_DIR / name, tok_dir / name)
     info = {"training_step": int(ck["step"]), "training_minutes": round(float(ck.get("trained_s", 0)) / 60, 1),
-            "ema": use_ema,
+            "ema": use_ema and not unet_copy, "unet": "pass-through start (a copy of the condition)" if unet_copy
+            else "trained",
             "weights_dtype": "float16 but the last GroupNorm and convolution of each network (float32); loaded as float32"
             if fp16 else "float32"}
     (out_dir / "training_info.json").write_text(json.dumps(info, indent=2) + "\n")
@@ -679,6 +703,7 @@ def main_train_upscaler(args) -> None:
 
 
 def main_export_upscaler(args) -> None:
-    out = export_upscaler(args.run_dir, args.out, use_ema=not args.no_ema, fp16=not args.fp32)
+    out = export_upscaler(args.run_dir, args.out, use_ema=not args.no_ema, fp16=not args.fp32,
+                          unet_copy=getattr(args, "unet_copy", False))
     size = sum(p.stat().st_size for p in Path(out).rglob("*") if p.is_file())
     print(f"exported {out} ({size / 1e6:.1f} MB)")
