@@ -35,8 +35,9 @@ seed for all would print the same noise pattern into every tile) and the run is 
 ``GenerateResult.seeds`` is ``[seed]``.
 
 The step timeline: a run of one tile (the output fits in one working tile) keeps its latents and x0
-estimates as any run does (``result.latents``/``x0``: the whole image, the padding and margin cut off). A run of several tiles keeps none
-(``None``): the live previews, placed by ``region``, showed it forming; the timeline gets no steps.
+estimates as any run does (``result.latents``/``x0``: the whole image, the padding and margin cut off). A run
+of several tiles keeps none (``None``): the live previews, placed by ``region``, showed it forming; the
+timeline gets no steps.
 
 The result's request is the request with the seed filled in and ``batch`` 1 (an upscale makes one image);
 width/height stay as given (``None`` for an upscale by ``scale``): the image has the output size.

@@ -388,7 +388,8 @@ def train_upscaler_vae(run_dir: Path, preset: UpscalerPreset, seed: int = 0, che
         vae.load_state_dict(kept["model"])
         log.write(best={k: v for k, v in kept.items() if k != "model"})
     vae.eval()
-    result = {"steps": steps, "best_step": best.get("step", steps), "before": scores0, **(vae_scores(vae, eval_images) if eval_images else {})}
+    result = {"steps": steps, "best_step": best.get("step", steps), "before": scores0,
+              **(vae_scores(vae, eval_images) if eval_images else {})}
     vae.save_pretrained(final)
     (out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
     log.write(**{k: v for k, v in result.items() if k != "before"})
@@ -448,16 +449,14 @@ def upscale_with_pipeline(pipe, lr: np.ndarray, caption: str = "", steps: int = 
 
 
 def evaluate_pipeline(pipe, n: int = 16, steps: int = 4, noise_level: int = NOISE_LEVEL, captions: bool = False) -> dict:
-    pm, sm, pb, sb = [], [], [], []
+    pm, sm = [], []
     for i, (hr, lr, cap) in enumerate(heldout_pairs(n)):
         out = upscale_with_pipeline(pipe, lr, cap if captions else "", steps=steps, noise_level=noise_level, seed=i)
-        bic = bicubic(lr, hr.shape[0])
         pm.append(psnr(hr, out))
         sm.append(ssim(hr, out))
-        pb.append(psnr(hr, bic))
-        sb.append(ssim(hr, bic))
+    bic = bicubic_scores(n)
     return {"n": n, "inference_steps": steps, "noise_level": noise_level, "psnr": float(np.mean(pm)),
-            "ssim": float(np.mean(sm)), "bicubic_psnr": float(np.mean(pb)), "bicubic_ssim": float(np.mean(sb))}
+            "ssim": float(np.mean(sm)), "bicubic_psnr": bic["psnr"], "bicubic_ssim": bic["ssim"]}
 
 
 def load_upscaler_vae(run_dir: Path):
@@ -478,6 +477,16 @@ def models_from_upscaler_checkpoint(ck: dict, use_ema: bool = True):
     return text_encoder.eval(), unet.eval()
 
 
+def copy_start_models(text: TextConfig | dict, unet_cfg: UpUnetConfig | dict):
+    """(text encoder, UNet) as the UNet stage starts them: an untrained text encoder (the UNet has no
+    cross-attention) and a UNet that copies its condition into channels 0-2, with zero detail."""
+    text = TextConfig(**text) if isinstance(text, dict) else text
+    text_encoder = build_text_encoder(text)
+    unet = build_upscaler_unet(unet_cfg, text.hidden_size)
+    init_unet_copy(unet, [4 + c for c in LOWRES_CHANNELS], LOWRES_CHANNELS)  # after the 4 latent channels
+    return text_encoder, unet
+
+
 def train_upscaler_unet(run_dir: Path, preset: UpscalerPreset, seed: int = 0, checkpoint_every_s: float = 180.0,
                         max_minutes: float | None = None, eval_images: int = 16, progress: bool = True) -> dict:
     from .train_unet import AdaptiveThreads
@@ -495,9 +504,7 @@ def train_upscaler_unet(run_dir: Path, preset: UpscalerPreset, seed: int = 0, ch
         pool = build_sr_pool(vae, preset.pool_size, seed, progress=progress)
         save_checkpoint(pool_path, pool)
     n_pool = pool["size"]
-    text_encoder = build_text_encoder(preset.text)  # untrained: the UNet has no cross-attention
-    unet = build_upscaler_unet(preset.unet, preset.text.hidden_size)
-    init_unet_copy(unet, [4 + c for c in LOWRES_CHANNELS], LOWRES_CHANNELS)  # after the 4 latent channels
+    text_encoder, unet = copy_start_models(preset.text, preset.unet)
     params = head_param_groups(unet, preset.unet_lr)
     opt = torch.optim.AdamW(params, weight_decay=1e-2, betas=(0.9, 0.99))
     modules = {"unet": unet, "text_encoder": text_encoder}
@@ -603,16 +610,6 @@ def train_upscaler_unet(run_dir: Path, preset: UpscalerPreset, seed: int = 0, ch
     return result
 
 
-def copy_start_models(preset: UpscalerPreset, seed: int = 0):
-    """(text encoder, UNet) as the UNet stage starts them: the UNet an exact copy of its condition into
-    channels 0-2 and zero detail."""
-    seed_everything(seed)
-    text_encoder = build_text_encoder(preset.text)
-    unet = build_upscaler_unet(preset.unet, preset.text.hidden_size)
-    init_unet_copy(unet, [4 + c for c in LOWRES_CHANNELS], LOWRES_CHANNELS)
-    return text_encoder.eval(), unet.eval()
-
-
 def export_upscaler(run_dir: str | Path, out_dir: str | Path, use_ema: bool = True, fp16: bool = True,
                     unet_copy: bool = False) -> Path:
     """Write the diffusers folder (StableDiffusionUpscalePipeline): UNet and VAE float16, text encoder float32.
@@ -621,13 +618,10 @@ def export_upscaler(run_dir: str | Path, out_dir: str | Path, use_ema: bool = Tr
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     vae = load_upscaler_vae(run_dir)
     if unet_copy:
-        preset = UPSCALER_PRESETS["cpu"]
         cfg = run_dir / "unet" / "train_config.json"
-        if cfg.exists():
-            d = json.loads(cfg.read_text())["preset"]
-            preset = UpscalerPreset(name=d["name"], text=TextConfig(**d["text"]), unet=UpUnetConfig(
-                **{k: tuple(v) if isinstance(v, list) else v for k, v in d["unet"].items()}))
-        text_encoder, unet = copy_start_models(preset)
+        d = json.loads(cfg.read_text())["preset"] if cfg.exists() else UPSCALER_PRESETS["cpu"].to_dict()
+        seed_everything(0)  # the same files each time (the copy reads none of the random weights)
+        text_encoder, unet = (m.eval() for m in copy_start_models(d["text"], d["unet"]))
         ck = {"step": 0, "trained_s": 0.0}
     else:
         ckpt = require(run_dir / "unet" / "checkpoint.pt", "upscaler UNet checkpoint",
