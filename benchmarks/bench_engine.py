@@ -36,10 +36,10 @@ def main() -> int:
     if a.threads:
         torch.set_num_threads(a.threads)
 
-    from studio.engine import GenerateRequest  # first: puts the hub offline before diffusers is imported
+    from studio.core import GenerateRequest  # first: puts the hub offline before diffusers is imported
     from studio.engine.engine import Engine
     from studio.engine.schedulers import build_scheduler
-    from studio.engine.tiny import build_tiny_pipeline
+    from studio.testing.tiny import build_tiny_pipeline
 
     steps = a.steps or (10 if a.sd15 else 30)
     size = a.size or (256 if a.sd15 else 64)

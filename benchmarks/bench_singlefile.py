@@ -5,7 +5,7 @@
     .venv/bin/python benchmarks/bench_singlefile.py --fp16              # also an fp16 copy of the file, on the CPU
     .venv/bin/python benchmarks/bench_singlefile.py --work /tmp/sf --keep   # elsewhere; keep the diffusers folder
 
-The model: ``studio.engine.tiny.build_tiny_pipeline(size="sd15")`` (random weights, the real SD 1.5 shapes: an
+The model: ``studio.testing.tiny.build_tiny_pipeline(size="sd15")`` (random weights, the real SD 1.5 shapes: an
 860M-param U-Net, the CLIP ViT-L text encoder, the VAE) written as an original LDM / A1111 single file by
 ``tests/ldm_layout.write_single_file`` in fp32. Made once under ``--work`` (default runs/bench-singlefile/) and
 reused while ``sd15.safetensors`` is there (about a minute to remake); the diffusers folder it is made from is
@@ -230,7 +230,7 @@ def child(name: str, file: Path, threads: int) -> dict:
         from diffusers import StableDiffusionPipeline
         from transformers import CLIPTextModel, CLIPTokenizer  # noqa: F401 - imported before the clock
 
-        from studio.engine import metadata
+        from studio.core import metadata
         from studio.engine.loader import load_model
 
         imports_s = round(time.perf_counter() - t0, 2)
@@ -266,7 +266,7 @@ def child(name: str, file: Path, threads: int) -> dict:
     if name == "engine":
         import numpy as np
 
-        from studio.engine import GenerateRequest
+        from studio.core import GenerateRequest
         from studio.engine.engine import Engine
 
         engine = Engine(device="cpu", threads=threads)
@@ -293,7 +293,7 @@ def child(name: str, file: Path, threads: int) -> dict:
 def build(work: Path, keep: bool) -> None:
     import torch
 
-    from studio.engine.tiny import build_tiny_pipeline
+    from studio.testing.tiny import build_tiny_pipeline
 
     sys.path.insert(0, str(ROOT / "tests"))
     from ldm_layout import write_single_file

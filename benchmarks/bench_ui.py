@@ -179,7 +179,7 @@ def main() -> int:
                  "once, in the background after the window shows", "-"))  # fmt: skip
 
     if model is None:
-        from studio.engine.tiny import build_tiny_pipeline
+        from studio.testing.tiny import build_tiny_pipeline
 
         model = str(build_tiny_pipeline(Path(tempfile.mkdtemp(prefix="studio-bench-model-")) / "tiny"))
         size, label = size or 64, "tiny random"

@@ -103,7 +103,7 @@ def _engine():
 def engine_latent_upscale(lr, caption: str, seed: int, steps: int, sampler: str):
     """The studio's own latent upscale path (its tiling, the request's sampler and steps) on the built-in
     latent upscaler, x4, with the request defaults otherwise (guidance 7: a no-op for a UNet without text)."""
-    from studio.engine import GenerateRequest
+    from studio.core import GenerateRequest
 
     req = GenerateRequest(mode="upscale", upscale_mode="latent", model=str(LATENT_UP), init_image=lr, scale=4.0,
                           prompt=caption, steps=steps, sampler=sampler, seed=seed)
@@ -112,7 +112,7 @@ def engine_latent_upscale(lr, caption: str, seed: int, steps: int, sampler: str)
 
 def engine_diffusion_upscale(lr, caption: str, seed: int, steps: int):
     """The engine's diffusion upscale (resize, then low-strength img2img) of the built-in model, x4."""
-    from studio.engine import GenerateRequest
+    from studio.core import GenerateRequest
 
     req = GenerateRequest(mode="upscale", upscale_mode="diffusion", model=str(BUILTIN), init_image=lr, scale=4.0,
                           prompt=caption, steps=steps, strength=0.3, seed=seed)

@@ -93,7 +93,7 @@ def run_app(argv: list[str] | None = None, *, model: str | None = None, output_d
 
 def install_excepthook(window) -> None:
     """A bug in a slot becomes a message in the window (and a traceback in the log), not a crash."""
-    from studio.engine.errors import first_line
+    from studio.core.errors import first_line
 
     log = logging.getLogger("studio.ui")
     previous = sys.excepthook

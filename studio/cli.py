@@ -11,10 +11,10 @@ import sys
 from pathlib import Path
 
 from . import __version__
-from .engine.errors import OUT_OF_MEMORY, EngineError, RequestError, first_line, is_out_of_memory
+from .core.errors import OUT_OF_MEMORY, EngineError, RequestError, first_line, is_out_of_memory
 
 EXIT_BAD_INPUT = 2
-UPSCALE_METHODS = ("resize", "model", "diffusion", "latent")  # studio.engine.requests.UPSCALE_MODES
+UPSCALE_METHODS = ("resize", "model", "diffusion", "latent")  # studio.core.requests.UPSCALE_MODES
 UPSCALE_STRENGTH = {"diffusion": 0.3, "latent": 1.0}  # --strength when not given
 
 
@@ -26,7 +26,7 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def _add_generation_options(p: argparse.ArgumentParser, upscale: bool = False) -> None:
-    from .engine.samplers import DEFAULT_SAMPLER, DEFAULT_SCHEDULE
+    from .core.samplers import DEFAULT_SAMPLER, DEFAULT_SCHEDULE
 
     p.add_argument("--model", help="a checkpoint (.safetensors, .ckpt) or a diffusers folder (default: the built-in model)")
     if upscale:
@@ -208,7 +208,7 @@ def _progress(quiet: bool):
 
 def _request(args: argparse.Namespace, mode: str, **fields):
     """The GenerateRequest of a generation command: the options they all share, plus this mode's fields."""
-    from .engine import GenerateRequest
+    from .core import GenerateRequest
 
     shared = dict(prompt=args.prompt, negative_prompt=args.negative, model=args.model, mode=mode,
                   sampler=args.sampler, schedule=args.schedule, steps=args.steps, cfg=args.cfg, seed=args.seed,
@@ -231,7 +231,7 @@ def _lora_arg(text: str) -> tuple[str, float]:
 
 def _generate_and_save(args: argparse.Namespace, request) -> int:
     """Torch only from here on (or a server): the request runs, the paths go to stdout."""
-    from .engine.output import save_result
+    from .core.output import save_result
     from .paths import default_output_dir
 
     if getattr(args, "server", None):
@@ -262,7 +262,7 @@ def _run_generation(args: argparse.Namespace, mode: str) -> int:
     if mode == "inpaint":
         inpaint.update(mask=_read_image(args.mask, "mask"), inpaint_area=args.area, inpaint_padding=args.padding)
     elif mode == "outpaint":
-        from .engine.inpaint import outpaint_canvas
+        from .core.inpaint import outpaint_canvas
 
         init, mask = outpaint_canvas(init, args.left, args.top, args.right, args.bottom, overlap=args.overlap)
         inpaint.update(mask=mask, inpaint_area="whole")
@@ -272,7 +272,7 @@ def _run_generation(args: argparse.Namespace, mode: str) -> int:
     request = _request(args, mode, batch=args.batch, strength=getattr(args, "strength", 0.75), init_image=init,
                        **inpaint)  # fmt: skip
     request.validate()  # before torch is imported: bad input answers at once
-    from .engine.samplers import scheduler_spec
+    from .core.samplers import scheduler_spec
 
     if not args.server:  # a server checks its own names and files
         scheduler_spec(request.sampler, request.schedule)
@@ -296,8 +296,8 @@ def _run_upscale(args: argparse.Namespace) -> int:
     if args.upscaler is not None and not args.server and not Path(args.upscaler).is_file():
         raise EngineError(f"Upscaler not found: {args.upscaler}")
     if args.mode in ("diffusion", "latent") and not args.server:
+        from .core.samplers import scheduler_spec
         from .engine.loader import check_mode, read_layout, resolve_model_path
-        from .engine.samplers import scheduler_spec
 
         scheduler_spec(request.sampler, request.schedule)
         if args.model is not None and not Path(args.model).exists():
@@ -307,7 +307,7 @@ def _run_upscale(args: argparse.Namespace) -> int:
 
 
 def _info(path: str) -> int:
-    from .engine.metadata import read_parameters
+    from .core.metadata import read_parameters
 
     if not Path(path).is_file():
         raise RequestError(f"Image not found: {path}")
@@ -328,9 +328,9 @@ def model_folders(extra: list[str] | None = None) -> list[Path]:
 
 
 def _list_models(extra: list[str], hashes: bool, add: list[str] = ()) -> int:
-    from .engine import filehash
-    from .engine.modelfiles import human_size
-    from .engine.modellibrary import scan
+    from .core import filehash
+    from .core.modelfiles import human_size
+    from .core.modellibrary import scan
     from .settings import Settings
 
     missing = [str(f) for f in map(Path, [*extra, *add]) if not f.expanduser().is_dir()]
@@ -352,7 +352,7 @@ def _list_models(extra: list[str], hashes: bool, add: list[str] = ()) -> int:
         if hashes:
             try:
                 if m.kind == "diffusers":
-                    from .engine.metadata import model_hash
+                    from .core.metadata import model_hash
 
                     short = model_hash(m.path)
                 elif m.kind == "lora":
@@ -387,19 +387,19 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "models":
             return _list_models(args.folder, args.hashes, args.add)
         if args.command == "samplers":
-            from .engine.samplers import SAMPLER_NAMES
+            from .core.samplers import SAMPLER_NAMES
 
             print("\n".join(SAMPLER_NAMES))
             return 0
         if args.command == "schedules":
-            from .engine.samplers import SCHEDULE_NAMES
+            from .core.samplers import SCHEDULE_NAMES
 
             print("\n".join(SCHEDULE_NAMES))
             return 0
         if args.command == "info":
             return _info(args.image)
         if args.command == "make-tiny-model":
-            from .engine.tiny import build_tiny_pipeline, build_tiny_upscaler
+            from .testing.tiny import build_tiny_pipeline, build_tiny_upscaler
 
             if args.kind == "upscale":
                 print(build_tiny_upscaler(args.path, args.seed))

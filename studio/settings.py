@@ -43,7 +43,7 @@ class Settings:
     output_dir: str = ""  # empty: default_output_dir()
     device: str = "auto"  # auto, cuda, mps, cpu
     preview_kind: str = "x0"
-    # Memory (studio.engine.memory): applied to the next run.
+    # Memory (studio.core.memory): applied to the next run.
     attention_slicing: bool = False
     vae_tiling: bool = False
     offload: str = "none"  # none, model, sequential

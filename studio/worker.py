@@ -22,9 +22,8 @@ from pathlib import Path
 from PySide6.QtCore import QObject, Signal, Slot
 
 from studio.backends.base import Backend, BackendInfo
-from studio.engine.errors import EngineError, describe_error
-from studio.engine.requests import GenerateRequest, GenerateResult, StepInfo
-from studio.jobs import (
+from studio.core.errors import EngineError, describe_error
+from studio.core.jobs import (
     DecodedStep,
     DecodeStep,
     JobKind,
@@ -36,6 +35,7 @@ from studio.jobs import (
     ModelLoaded,
     kind_of,
 )
+from studio.core.requests import GenerateRequest, GenerateResult, StepInfo
 from studio.qtcompat import emit
 
 log = logging.getLogger(__name__)

@@ -50,7 +50,7 @@ socket.getaddrinfo = _getaddrinfo  # type: ignore[assignment]
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> str:
     """A random-weight SD-architecture txt2img pipeline folder (a few MB)."""
-    from studio.engine.tiny import build_tiny_pipeline
+    from studio.testing.tiny import build_tiny_pipeline
 
     return str(build_tiny_pipeline(tmp_path_factory.mktemp("models") / "tiny-sd", "txt2img", seed=0))
 
@@ -58,7 +58,7 @@ def tiny_model(tmp_path_factory) -> str:
 @pytest.fixture(scope="session")
 def tiny_inpaint_model(tmp_path_factory) -> str:
     """The same with a 9-channel inpainting U-Net."""
-    from studio.engine.tiny import build_tiny_pipeline
+    from studio.testing.tiny import build_tiny_pipeline
 
     return str(build_tiny_pipeline(tmp_path_factory.mktemp("models") / "tiny-inpaint", "inpaint", seed=1))
 
@@ -73,7 +73,7 @@ def engine():
 @pytest.fixture(scope="session")
 def tiny_x4_model(tmp_path_factory) -> str:
     """A random-weight pipeline of the SD x4 upscaler's layout (7-channel U-Net, 4x VAE; 32 px input tiles)."""
-    from studio.engine.tiny import build_tiny_upscaler
+    from studio.testing.tiny import build_tiny_upscaler
 
     return str(build_tiny_upscaler(tmp_path_factory.mktemp("models") / "tiny-x4", seed=2))
 

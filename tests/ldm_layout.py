@@ -1,7 +1,7 @@
 """Diffusers pipeline folders written back as original (LDM / A1111 / sgm) single-file checkpoints, for tests.
 
 diffusers reads those files (`from_single_file`, `diffusers.loaders.single_file_utils`) but has no writer; this
-is the reverse of its converters, for the tiny random-weight pipelines of `studio.engine.tiny`:
+is the reverse of its converters, for the tiny random-weight pipelines of `studio.testing.tiny`:
 
   family  U-Net / VAE                                   text encoder(s)
   sd1     model.diffusion_model. / first_stage_model.   cond_stage_model.transformer.text_model.  (HF CLIP-L)

@@ -11,8 +11,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from studio.core.errors import ModelError
 from studio.engine import addons
-from studio.engine.errors import ModelError
 
 PROMPT = "a red fox in the snow"
 

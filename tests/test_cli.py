@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 
 from studio.cli import main
-from studio.engine.metadata import read_parameters, request_fields
-from studio.engine.samplers import SAMPLER_NAMES
+from studio.core.metadata import read_parameters, request_fields
+from studio.core.samplers import SAMPLER_NAMES
 
 
 def run(capsys, *argv: str) -> tuple[int, str, str]:
@@ -138,7 +138,7 @@ def _inpaint_files(tmp_path, size=(48, 40), mode="L"):
 @pytest.mark.parametrize("mask_mode", ["L", "RGB", "RGBA"])
 def test_inpaint_prints_the_path_keeps_the_size_and_the_rest_of_the_image(capsys, tiny_inpaint_model, tmp_path,
                                                                            mask_mode):  # fmt: skip
-    from studio.engine.inpaint import feather
+    from studio.core.inpaint import feather
 
     src, mask, image, m = _inpaint_files(tmp_path, mode=mask_mode)
     code, out, err = run(
@@ -303,7 +303,7 @@ class OutOfMemoryError(RuntimeError):
 @pytest.mark.parametrize("exc", [MemoryError(), OutOfMemoryError("CUDA out of memory.\nTried to allocate 2 GiB")])
 def test_out_of_memory_is_the_one_message(capsys, monkeypatch, exc):
     import studio.cli
-    from studio.engine.errors import OUT_OF_MEMORY
+    from studio.core.errors import OUT_OF_MEMORY
 
     def boom(path):
         raise exc

@@ -13,8 +13,8 @@ from fake_comfyui import FakeComfy, allow_loopback
 from studio.backends.base import UnsupportedError
 from studio.backends.comfyui.backend import ComfyUIBackend
 from studio.backends.comfyui.client import ComfyError
-from studio.engine.errors import EngineError, RequestError
-from studio.engine.requests import GenerateRequest
+from studio.core.errors import EngineError, RequestError
+from studio.core.requests import GenerateRequest
 
 MODELS = {
     "checkpoints": ["tiny-sd15.safetensors", "sd15-inpainting.safetensors"],
@@ -219,7 +219,7 @@ def test_the_cli_runs_on_a_server_and_writes_the_metadata(server, tmp_path):
     import subprocess
     import sys
 
-    from studio.engine.metadata import read_parameters
+    from studio.core.metadata import read_parameters
 
     cmd = [sys.executable, "-m", "studio", "generate", "--server", server.url, "--prompt", "a lighthouse",
            "--steps", "3", "--seed", "11", "--width", "64", "--height", "64", "--out", str(tmp_path), "-q"]  # fmt: skip

@@ -24,7 +24,7 @@ from studio.backends.comfyui.client import (
     SocketClosed,
     output_images,
 )
-from studio.engine.errors import EngineError, first_line
+from studio.core.errors import EngineError, first_line
 
 
 def _inet_sockets() -> set[tuple]:

@@ -32,9 +32,9 @@ from studio.backends.comfyui.graphs import (
     studio_schedules,
     validate,
 )
-from studio.engine.errors import RequestError
-from studio.engine.requests import GenerateRequest
-from studio.engine.samplers import SAMPLER_NAMES, SCHEDULE_NAMES
+from studio.core.errors import RequestError
+from studio.core.requests import GenerateRequest
+from studio.core.samplers import SAMPLER_NAMES, SCHEDULE_NAMES
 
 DATA = Path(__file__).parent / "data" / "comfyui" / "object_info-0.27.json"
 CKPT = "tiny-sd15.safetensors"

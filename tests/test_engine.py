@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from studio.engine import GenerateRequest, ModelError, RequestError
+from studio.core import GenerateRequest, ModelError, RequestError
+from studio.core.samplers import SAMPLER_NAMES
 from studio.engine.preview import SD15_FACTORS, fit_factors, latent_to_rgb
-from studio.engine.samplers import SAMPLER_NAMES
 
 SIZE = 32  # pixels: 16x16 latents on the tiny model, fast on a CPU
 
@@ -24,7 +24,7 @@ def req(model: str, **kw) -> GenerateRequest:
     return GenerateRequest(**base)
 
 
-# The DESIGN.md table, written out independently of studio.engine.samplers.
+# The DESIGN.md table, written out independently of studio.core.samplers.
 DIFFUSERS_TABLE = {
     "Euler": ("EulerDiscreteScheduler", {}),
     "Euler a": ("EulerAncestralDiscreteScheduler", {}),
@@ -224,7 +224,7 @@ def test_cancel_stops_within_one_step_and_decodes_nothing(engine, tiny_model, mo
     def no_decode(*a, **k):
         raise AssertionError("a cancelled run must not decode")
 
-    monkeypatch.setattr(engine, "_decode", no_decode)
+    monkeypatch.setattr(engine, "decode", no_decode)
     r = engine.generate(req(tiny_model, steps=10), on_step=on_step, cancel=cancel)
     assert r.cancelled and r.images == []
     assert seen == [1, 2] and r.steps_done == 2
@@ -369,7 +369,7 @@ def test_tokenizer_files_are_reproducible(tmp_path):
 def test_engine_import_loads_no_qt():
     code = (
         "import sys; import studio.engine; assert 'torch' not in sys.modules, 'torch'; "
-        "import studio.engine.engine, studio.engine.metadata, studio.engine.output; "
+        "import studio.engine.engine, studio.core.metadata, studio.core.output; "
         "bad = [m for m in sys.modules if m.startswith('PySide6')]; assert not bad, bad; print('ok')"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
@@ -402,9 +402,9 @@ def test_a_failing_run_is_one_engine_error_line(tiny_model, monkeypatch, kind):
     """Out of memory (torch's or Python's) is the project's one message; anything else says what failed."""
     import torch
 
-    from studio.engine import EngineError
+    from studio.core import EngineError
+    from studio.core.errors import OUT_OF_MEMORY
     from studio.engine.engine import Engine
-    from studio.engine.errors import OUT_OF_MEMORY
 
     raised = {
         "cuda": torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB\n(GPU 0)"),
@@ -416,7 +416,7 @@ def test_a_failing_run_is_one_engine_error_line(tiny_model, monkeypatch, kind):
         raise raised
 
     e = Engine(device="cpu")
-    monkeypatch.setattr(e, "_pipeline_call", lambda model, r, seeds, plan=None: (pipe, {}))
+    monkeypatch.setattr(e, "pipeline_call", lambda model, r, seeds, plan=None: (pipe, {}))
     with pytest.raises(EngineError) as info:
         e.generate(req(tiny_model, steps=1))
     expected = OUT_OF_MEMORY if kind != "other" else "Generation failed: shapes do not match"

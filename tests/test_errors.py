@@ -1,11 +1,11 @@
-"""studio.engine.errors: the one-line messages the UI, the worker and the CLI show."""
+"""studio.core.errors: the one-line messages the UI, the worker and the CLI show."""
 
 import subprocess
 import sys
 
 import pytest
 
-from studio.engine.errors import (
+from studio.core.errors import (
     OUT_OF_MEMORY,
     EngineError,
     ModelError,
@@ -90,7 +90,7 @@ def test_out_of_memory_message_text():
 
 def test_errors_module_imports_neither_torch_nor_qt():
     code = (
-        "import sys, studio.engine.errors; "
+        "import sys, studio.core.errors; "
         "bad = [m for m in ('torch', 'PySide6', 'diffusers') if m in sys.modules]; "
         "print(bad); sys.exit(1 if bad else 0)"
     )

@@ -9,8 +9,8 @@ import sys
 import numpy as np
 import pytest
 
-from studio.engine import GenerateRequest, RequestError
-from studio.engine.inpaint import blend_mask, composite, crop_box, feather, fill_masked, outpaint_canvas
+from studio.core import GenerateRequest, RequestError
+from studio.core.inpaint import blend_mask, composite, crop_box, feather, fill_masked, outpaint_canvas
 
 
 def rect_mask(w: int, h: int, x: int, y: int, mw: int, mh: int) -> np.ndarray:
@@ -25,7 +25,7 @@ def noise_image(w: int, h: int, seed: int = 0) -> np.ndarray:
 
 def test_module_imports_no_torch_or_qt():
     code = (
-        "import sys, studio.engine.inpaint; "
+        "import sys, studio.core.inpaint; "
         "print([m for m in ('torch', 'diffusers', 'PySide6') if m in sys.modules])"
     )
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
@@ -357,7 +357,7 @@ def test_remove_an_object_cases_and_score_on_true_images():
 
 
 def test_the_crop_box_feathers_only_around_the_mask_yet_equals_the_whole_mask_feathered():
-    from studio.engine.inpaint import _box, _feathered_box, feather
+    from studio.core.inpaint import _box, _feathered_box, feather
 
     rng = np.random.default_rng(3)
     for trial in range(40):

@@ -36,7 +36,7 @@ SIZE = 64
 @pytest.fixture(scope="module")
 def built(tmp_path_factory, tiny_model, tiny_inpaint_model):
     """Lazily: name -> (pipeline folder, single file, config folder)."""
-    from studio.engine.tiny import build_tiny_pipeline
+    from studio.testing.tiny import build_tiny_pipeline
 
     root = tmp_path_factory.mktemp("ldm")
     cache: dict[str, tuple] = {}

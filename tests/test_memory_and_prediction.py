@@ -8,10 +8,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from studio.core.memory import MemoryOptions, out_of_memory_advice
+from studio.core.metadata import format_parameters, parameters_for, parse_parameters, request_fields
+from studio.core.requests import GenerateRequest
 from studio.engine.engine import Engine
-from studio.engine.memory import MemoryOptions, out_of_memory_advice
-from studio.engine.metadata import format_parameters, parameters_for, parse_parameters, request_fields
-from studio.engine.requests import GenerateRequest
 from studio.engine.singlefile import detect_v_prediction
 
 

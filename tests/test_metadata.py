@@ -12,9 +12,9 @@ import pytest
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-from studio.engine import metadata, output
-from studio.engine.errors import EngineError, ModelError, RequestError
-from studio.engine.metadata import (
+from studio.core import metadata, output
+from studio.core.errors import EngineError, ModelError, RequestError
+from studio.core.metadata import (
     decode_user_comment,
     format_parameters,
     model_hash,
@@ -23,8 +23,8 @@ from studio.engine.metadata import (
     read_parameters,
     request_fields,
 )
-from studio.engine.output import next_paths, save_image, save_result
-from studio.engine.requests import GenerateRequest, GenerateResult
+from studio.core.output import next_paths, save_image, save_result
+from studio.core.requests import GenerateRequest, GenerateResult
 
 IMG = (np.arange(16 * 24 * 3, dtype=np.uint32).reshape(16, 24, 3) % 251).astype(np.uint8)
 
@@ -683,7 +683,7 @@ def test_no_torch_or_qt_imported():
     import sys
 
     code = (
-        "import sys, studio.engine.metadata, studio.engine.output\n"
+        "import sys, studio.core.metadata, studio.core.output\n"
         "bad = [m for m in ('torch', 'diffusers', 'PySide6') if m in sys.modules]\n"
         "assert not bad, bad\n"
     )
@@ -691,7 +691,7 @@ def test_no_torch_or_qt_imported():
 
 
 def test_every_sampler_and_schedule_name_is_restored():
-    from studio.engine.samplers import SAMPLER_NAMES, SCHEDULE_NAMES
+    from studio.core.samplers import SAMPLER_NAMES, SCHEDULE_NAMES
 
     for name in SAMPLER_NAMES:
         text = f"x\nSteps: 20, Sampler: {name}, Schedule type: Normal, CFG scale: 7"

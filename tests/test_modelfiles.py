@@ -13,9 +13,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from studio.engine import filehash, modellibrary
-from studio.engine.errors import ModelError
-from studio.engine.modelfiles import classify, detect_checkpoint, pickle_globals, read_header
+from studio.core import filehash, modellibrary
+from studio.core.errors import ModelError
+from studio.core.modelfiles import classify, detect_checkpoint, pickle_globals, read_header
 
 U = "model.diffusion_model."
 SD1_TEXT = "cond_stage_model.transformer.text_model.embeddings.token_embedding.weight"

@@ -171,7 +171,7 @@ def test_shipped_latent_upscaler_runs_in_the_studio_with_any_sampler(sampler, fl
     """It predicts the clean latent, which Euler a and PLMS refuse: the engine hands them the implied noise."""
     from pathlib import Path
 
-    from studio.engine import GenerateRequest
+    from studio.core import GenerateRequest
     from studio.engine.engine import Engine
     from studio.training.sr_data import heldout_pairs, psnr
 
@@ -188,7 +188,7 @@ def test_shipped_latent_upscaler_runs_in_the_studio_with_any_sampler(sampler, fl
 def test_the_engine_mirrors_a_margin_so_the_decoders_zero_padding_spares_the_border(tmp_path, monkeypatch):
     """The untrained built-in layout interpolates; its decoder pads with zeros, which greys the outermost
     output pixels. The engine's mirrored margin spares them and leaves the rest as it was."""
-    from studio.engine import GenerateRequest
+    from studio.core import GenerateRequest
     from studio.engine import upscale as up
     from studio.engine.engine import Engine
     from studio.training.models import build_text_encoder, load_tokenizer
@@ -230,7 +230,7 @@ def test_shipped_latent_upscaler_beats_bicubic_in_the_studio():
     """The issue's bar, on the benchmark's 16 held-out scenes (4 alone are too few: SSIM differs by scene)."""
     from pathlib import Path
 
-    from studio.engine import GenerateRequest
+    from studio.core import GenerateRequest
     from studio.engine.engine import Engine
     from studio.training.sr_data import bicubic, heldout_pairs, psnr, ssim
 

@@ -1,10 +1,10 @@
-"""A1111 prompt syntax (studio.engine.prompts) and its conditioning tensors (studio.engine.conditioning)."""
+"""A1111 prompt syntax (studio.core.prompts) and its conditioning tensors (studio.engine.conditioning)."""
 
 from __future__ import annotations
 
 import pytest
 
-from studio.engine.prompts import BREAK, extract_loras, parse_prompt_attention, split_chunks
+from studio.core.prompts import BREAK, extract_loras, parse_prompt_attention, split_chunks
 
 # --- parsing: A1111's own docstring examples, then the rest of its rules ---------------------------------------
 

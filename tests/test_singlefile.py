@@ -18,12 +18,12 @@ import torch
 from ldm_layout import write_config_folder, write_single_file
 from safetensors.torch import save_file
 
+from studio.core.errors import EngineError, ModelError
+from studio.core.metadata import parameters_for
+from studio.core.requests import GenerateRequest
 from studio.engine.engine import Engine
-from studio.engine.errors import EngineError, ModelError
 from studio.engine.loader import read_layout
-from studio.engine.metadata import parameters_for
-from studio.engine.requests import GenerateRequest
-from studio.engine.tiny import build_tiny_pipeline
+from studio.testing.tiny import build_tiny_pipeline
 
 VARIANTS = {  # arch id -> (family, kind) of the tiny builder
     "sd1": ("sd1", "txt2img"),
@@ -262,7 +262,7 @@ def test_cli_generates_from_a_single_file_and_refuses_a_broken_one(tiny, configs
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
                        env={**env, "LATENT_STUDIO_CONFIG_DIR": str(_settings_with(tmp_path / "c3", library))})  # fmt: skip
     assert p.returncode == 0, p.stderr
-    from studio.engine.metadata import read_parameters
+    from studio.core.metadata import read_parameters
 
     text = read_parameters(Path(p.stdout.strip()))
     assert 'Lora hashes: "ink: ' in text and f"Model: {single.stem}" in text

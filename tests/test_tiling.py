@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from studio.engine.tiling import TileBlender, axis_spans, tile_grid, tile_weights
+from studio.core.tiling import TileBlender, axis_spans, tile_grid, tile_weights
 
 SIZES = [(1, 1), (1, 7), (7, 1), (63, 64), (64, 64), (65, 64), (300, 200), (513, 511), (1000, 300), (1031, 777)]
 

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from studio.engine import GenerateRequest, ModelError, RequestError
+from studio.core import GenerateRequest, ModelError, RequestError
+from studio.core.samplers import SAMPLER_NAMES
 from studio.engine import upscale as up
-from studio.engine.samplers import SAMPLER_NAMES
 from studio.engine.upscale import diffusion_tiles, edge_margin, scale_rect, visible_part
 from studio.engine.upscalers import UpscaleCancelled, UpscalerError
 
@@ -307,8 +307,8 @@ def test_diffusion_cancel_during_tile_two(engine, tiny_model, monkeypatch):
     cancel = threading.Event()
     seen = []
     decodes = []
-    real_decode = engine._decode
-    monkeypatch.setattr(engine, "_decode", lambda m, lat: decodes.append(1) or real_decode(m, lat))
+    real_decode = engine.decode
+    monkeypatch.setattr(engine, "decode", lambda m, lat: decodes.append(1) or real_decode(m, lat))
 
     def on_step(info):
         seen.append((info.part, info.step))

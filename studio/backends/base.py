@@ -14,8 +14,8 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from studio.engine.errors import EngineError
-from studio.engine.requests import GenerateRequest, GenerateResult, StepInfo
+from studio.core.errors import EngineError
+from studio.core.requests import GenerateRequest, GenerateResult, StepInfo
 
 StepCallback = Callable[[StepInfo], None]
 

@@ -17,9 +17,9 @@ import time
 
 import numpy as np
 
-from studio.engine.errors import ModelError
-from studio.engine.requests import MODES, GenerateRequest, GenerateResult, StepInfo
-from studio.engine.samplers import SAMPLER_NAMES, SCHEDULE_NAMES
+from studio.core.errors import ModelError
+from studio.core.requests import MODES, GenerateRequest, GenerateResult, StepInfo
+from studio.core.samplers import SAMPLER_NAMES, SCHEDULE_NAMES
 
 from .base import BackendInfo, StepCallback, UnsupportedError
 

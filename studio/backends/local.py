@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from studio.engine.requests import GenerateRequest, GenerateResult
-from studio.engine.samplers import SAMPLER_NAMES, SCHEDULE_NAMES
+from studio.core.requests import GenerateRequest, GenerateResult
+from studio.core.samplers import SAMPLER_NAMES, SCHEDULE_NAMES
 from studio.paths import BUILTIN_UPSCALERS_DIR, MODELS_DIR
 
 from .base import BackendInfo, StepCallback

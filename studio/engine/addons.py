@@ -27,9 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import ModelError, first_line
-from .filehash import embedding_short_hash, file_hash, lora_short_hash, vae_short_hash
-from .modelfiles import lora_base
+from ..core.errors import ModelError, first_line
+from ..core.filehash import embedding_short_hash, file_hash, lora_short_hash, vae_short_hash
+from ..core.modelfiles import lora_base
 
 SAFETENSORS = ".safetensors"
 PICKLE_SUFFIXES = (".pt", ".ckpt", ".bin", ".pth")
@@ -39,7 +39,7 @@ BASE_LABELS = {"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL"}
 # Hashes (A1111's modules/hashes.py: calculate_sha256 and addnet_hash_safetensors)
 
 
-# One implementation, cached on disk by path, size and mtime: studio.engine.filehash.
+# One implementation, cached on disk by path, size and mtime: studio.core.filehash.
 
 
 def addnet_hash(path: str | Path) -> str:

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import torch
 
-from .prompts import BREAK, CHUNK_LENGTH, extract_loras, parse_prompt_attention, split_chunks
+from ..core.prompts import BREAK, CHUNK_LENGTH, extract_loras, parse_prompt_attention, split_chunks
 
 Chunk = tuple[list[int], list[float]]
 

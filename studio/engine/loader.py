@@ -11,8 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ModelError, RequestError, first_line, is_out_of_memory
-from .modelfiles import ARCHS, FAMILY, MODEL_FILE_SUFFIXES, classify_header, read_header
+from ..core.errors import ModelError, RequestError, first_line, is_out_of_memory
+from ..core.modelfiles import ARCHS, FAMILY, MODEL_FILE_SUFFIXES, classify_header, read_header
 
 # model_index.json _class_name -> (family, layout)
 _KNOWN = {
@@ -142,7 +142,7 @@ def _file_layout(path: Path) -> ModelLayout:
 
 
 def _diffusers_arch(path: Path) -> str:
-    from .modelfiles import classify
+    from ..core.modelfiles import classify
 
     return classify(path).arch
 
@@ -264,7 +264,7 @@ def load_model(path: Path, device, dtype, prediction: str = "auto", memory=None)
         pipe = _load_folder(path, layout, dtype)
         if prediction in ("epsilon", "v_prediction") and pipe.scheduler.config.get("prediction_type") != prediction:
             pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, prediction_type=prediction)
-    from .memory import MemoryOptions, apply
+    from ..core.memory import MemoryOptions, apply
 
     apply(pipe, memory or MemoryOptions(), device)
     pipe.set_progress_bar_config(disable=True)
@@ -296,7 +296,7 @@ class _HashJob(threading.Thread):
         self.start()
 
     def run(self) -> None:
-        from .metadata import model_hash
+        from ..core.metadata import model_hash
 
         try:
             self.digest = model_hash(self.path)

@@ -12,10 +12,11 @@ import re
 from pathlib import Path
 from typing import Any
 
-from . import addons, filehash
-from .errors import ModelError, RequestError, first_line
-from .modellibrary import find, scan
-from .prompts import extract_loras
+from ..core import filehash
+from ..core.errors import ModelError, RequestError, first_line
+from ..core.modellibrary import find, scan
+from ..core.prompts import extract_loras
+from . import addons
 
 
 def _lookup(items, name: str, kind: str, what: str) -> Path:

@@ -1,10 +1,10 @@
-"""Building diffusers schedulers from the sampler table (imports diffusers; studio.engine.samplers stays pure data)."""
+"""Building diffusers schedulers from the sampler table (imports diffusers; studio.core.samplers stays pure data)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from .samplers import scheduler_spec
+from ..core.samplers import scheduler_spec
 
 
 def build_scheduler(base_config: Any, sampler: str, schedule: str = "Normal", seed: int | None = None):

@@ -20,9 +20,9 @@ import re
 from pathlib import Path
 from typing import Any
 
+from ..core.errors import ModelError, first_line, is_out_of_memory
+from ..core.modelfiles import ARCHS, PICKLE_SUFFIXES, pickle_globals
 from ..paths import TOKENIZER_DIR, configs_dir
-from .errors import ModelError, first_line, is_out_of_memory
-from .modelfiles import ARCHS, PICKLE_SUFFIXES, pickle_globals
 
 log = logging.getLogger(__name__)
 PREDICTIONS = ("auto", "epsilon", "v_prediction")
@@ -146,7 +146,7 @@ def _read_converted(path: Path, dtype) -> dict | None:
     """
     import torch
 
-    from .modelfiles import read_header
+    from ..core.modelfiles import read_header
 
     header = read_header(path)
     names = {torch.float16: "F16", torch.bfloat16: "BF16", torch.float32: "F32"}

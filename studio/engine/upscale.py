@@ -54,9 +54,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .errors import EngineError, ModelError, RequestError, first_line
-from .requests import MAX_SEED, GenerateRequest, GenerateResult, StepInfo
-from .tiling import Rect, TileBlender, tile_grid
+from ..core.errors import EngineError, ModelError, RequestError, first_line
+from ..core.requests import MAX_SEED, GenerateRequest, GenerateResult, StepInfo
+from ..core.tiling import Rect, TileBlender, tile_grid
+from .steps import Cancelled, StepTracker, crop_fractions
 
 X4_NOISE_LEVEL = 20  # diffusers' default noise_level of the x4 upscaler's condition (at most max_noise_level 350)
 X4_SETTINGS_FILE = "studio.json"  # in a model folder: {"noise_level": N}, the level that model is meant for
@@ -134,7 +135,7 @@ def visible_part(rect: Rect, margin: int, width: int, height: int) -> Rect | Non
 
 
 def diffusion_tiles(size: tuple[int, int], tile: int, overlap: int, multiple: int, px: int = 1) -> list[Rect]:
-    """The tiles of an upscale (see studio.engine.tiling.tile_grid); RequestError when the overlap is more than
+    """The tiles of an upscale (see studio.core.tiling.tile_grid); RequestError when the overlap is more than
     half the tile (`px`: output px per unit, for the message: 4 for the x4 upscaler's input tiles)."""
     if overlap * 2 > tile:
         raise RequestError(
@@ -168,7 +169,7 @@ def run(engine, request: GenerateRequest, on_step, cancel, t_start: float) -> Ge
             image = job.diffusion(base)
         else:
             image = job.latent()
-    except _cancelled():
+    except Cancelled:
         return job.result([], cancelled=True)
     except EngineError:
         raise
@@ -181,12 +182,6 @@ def run(engine, request: GenerateRequest, on_step, cancel, t_start: float) -> Ge
     if job.cancelled():
         return job.result([], cancelled=True)
     return job.result([image])
-
-
-def _cancelled():
-    from .engine import _Cancelled
-
-    return _Cancelled
 
 
 def _check_steps(r: GenerateRequest) -> None:
@@ -264,7 +259,7 @@ class _Upscale:
         def on_tile(part: int, parts: int, rect: Rect, pixels: np.ndarray | None) -> None:
             # studio.engine.upscalers: after tile `part` of `parts`, its rectangle in the upscaler's output px.
             if self.cancelled():
-                raise _cancelled()()
+                raise Cancelled
             preview = np.asarray(pixels, np.uint8) if want_preview and pixels is not None else None
             region = scale_rect(tuple(int(v) for v in rect), sx, sy)
             self.send(StepInfo(part, parts, time.perf_counter() - self.t0, preview, stage=stage, part=part,
@@ -274,11 +269,11 @@ class _Upscale:
         try:
             out = up.upscale(image, tile, overlap, on_tile, self.cancel)
         except UpscaleCancelled as e:
-            raise _cancelled()() from e
+            raise Cancelled from e
         finally:
             self.sample_s += time.perf_counter() - t
         if out is None or self.cancelled():
-            raise _cancelled()()
+            raise Cancelled
         return lanczos(np.asarray(out, np.uint8), self.size)
 
     # -- tiled img2img ------------------------------------------------------------------------------------
@@ -302,7 +297,7 @@ class _Upscale:
             s = tile_seed(int(self.r.seed), i)
             tile_req = self.r.replace(mode="img2img", init_image=padded, width=pw, height=ph, seed=s, batch=1)
             part = dict(stage="tile", part=i + 1, parts=len(rects), region=rect)
-            pipe, kwargs = self.engine._pipeline_call(model, tile_req, [s], embeds=embeds)
+            pipe, kwargs = self.engine.pipeline_call(model, tile_req, [s], embeds=embeds)
             embeds = {k: v for k, v in kwargs.items() if k.endswith("prompt_embeds")}  # one encoding per run
             pixels = self._sample(model, pipe, kwargs, tile_req, s, part, keep=len(rects) == 1,
                                   crop=(0.0, 0.0, h / ph, w / pw))  # fmt: skip
@@ -319,7 +314,6 @@ class _Upscale:
         upscaler)."""
         import torch
 
-        from .engine import _StepTracker, crop_fractions
         from .schedulers import build_scheduler
 
         scheduler = build_scheduler(model.scheduler_config, req.sampler, req.schedule, seed)
@@ -329,7 +323,7 @@ class _Upscale:
             # the epsilon those predictions imply instead (the same sampling, exactly, for those that accept both)
             scheduler = type(scheduler).from_config(scheduler.config, prediction_type="epsilon")
         pipe.scheduler = scheduler
-        tracker = _StepTracker(scheduler, req, model, self.on_step, self.cancel, self.t0, total=total, part=part,
+        tracker = StepTracker(scheduler, req, model, self.on_step, self.cancel, self.t0, total=total, part=part,
                               preview_crop=crop)  # fmt: skip
         t = time.perf_counter()
         try:
@@ -345,11 +339,11 @@ class _Upscale:
             self.preview_s += tracker.preview_s
             self.sample_s += time.perf_counter() - t
         if self.cancelled():
-            raise _cancelled()()
+            raise Cancelled
         if keep and tracker.latents:
             self.kept = (crop_fractions(np.stack(tracker.latents), crop), crop_fractions(np.stack(tracker.x0), crop))
         t = time.perf_counter()
-        image = self.engine._decode(model, latents)[0]
+        image = self.engine.decode(model, latents)[0]
         self.decode_s += time.perf_counter() - t
         return image
 

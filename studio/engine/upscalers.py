@@ -44,8 +44,8 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ModelError, first_line
-from .tiling import Rect, TileBlender, tile_grid
+from ..core.errors import ModelError, first_line
+from ..core.tiling import Rect, TileBlender, tile_grid
 
 log = logging.getLogger(__name__)
 

@@ -20,9 +20,9 @@ from PySide6.QtCore import QObject, Qt, Signal
 from PySide6.QtGui import QColor, QImage
 
 from studio.backends.base import BackendInfo
-from studio.engine.errors import EngineError, RequestError, describe_error
-from studio.engine.requests import StepInfo
-from studio.jobs import DecodedStep, JobKind, JobOutput, LoadModel, ModelLoaded
+from studio.core.errors import EngineError, RequestError, describe_error
+from studio.core.jobs import DecodedStep, JobKind, JobOutput, LoadModel, ModelLoaded
+from studio.core.requests import StepInfo
 from studio.qimage import array_to_qimage, qimage_to_array, qimage_to_gray
 from studio.qtcompat import emit
 from studio.settings import Settings
@@ -364,7 +364,7 @@ class Session(QObject):
             return dest
         text = self._unsaved_text.get(image.cacheKey())
         if text is not None:
-            from studio.engine.output import save_image
+            from studio.core.output import save_image
 
             return save_image(qimage_to_array(image), dest, text)
         if not image.save(str(dest), "PNG"):
@@ -402,7 +402,7 @@ class Session(QObject):
 
     def extend_canvas(self, left: int, top: int, right: int, bottom: int, overlap: int = 16) -> bool:
         """Outpainting: a larger canvas whose new area is the mask (filled, blended into the old edge)."""
-        from studio.engine.inpaint import outpaint_canvas
+        from studio.core.inpaint import outpaint_canvas
 
         arr = self.document.image_array()
         if arr is None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from studio.jobs import JobKind, JobState
+from studio.core.jobs import JobKind, JobState
 
 
 @dataclass

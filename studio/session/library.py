@@ -1,6 +1,6 @@
 """Files the session reads and writes: results with their metadata, earlier images, the model list.
 
-No Qt and no torch (studio.engine.output / .metadata use numpy and Pillow only).
+No Qt and no torch (studio.core.output / .metadata use numpy and Pillow only).
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from studio import __version__
-from studio.engine.requests import GenerateResult
+from studio.core.requests import GenerateResult
 from studio.paths import BUILTIN_MODEL, MODELS_DIR
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
@@ -17,7 +17,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
 def save_result(result: GenerateResult, out_dir: Path) -> list[Path]:
     """Write every image of a run with its `parameters` text, atomically; returns the paths."""
-    from studio.engine.output import save_result as engine_save
+    from studio.core.output import save_result as engine_save
 
     return [Path(p) for p in engine_save(result, out_dir, __version__)]
 
@@ -26,7 +26,7 @@ def parameters_text(result: GenerateResult, i: int) -> str:
     """The `parameters` text image i of a run would be saved with."""
     import numpy as np
 
-    from studio.engine.metadata import parameters_for
+    from studio.core.metadata import parameters_for
 
     req = result.request
     if not (req.width and req.height) and i < len(result.images):
@@ -38,7 +38,7 @@ def parameters_text(result: GenerateResult, i: int) -> str:
 
 def read_png_fields(path: Path) -> dict[str, Any] | None:
     """GenerateRequest field names -> values from an image's stored parameters (ours or A1111's)."""
-    from studio.engine.metadata import read_parameters, request_fields
+    from studio.core.metadata import read_parameters, request_fields
 
     text = read_parameters(path)
     return request_fields(text) if text else None
@@ -57,8 +57,8 @@ def output_images(folder: Path, limit: int = 400) -> list[Path]:
 def model_choices(folders: list[str], current: str = "") -> list[tuple[str, str]]:
     """(label, value) for the model picker: checkpoints and diffusers folders only (no LoRA, VAE or upscaler),
     each with its architecture and size; value "" is the built-in model."""
-    from studio.engine.modelfiles import human_size
-    from studio.engine.modellibrary import by_kind, scan
+    from studio.core.modelfiles import human_size
+    from studio.core.modellibrary import by_kind, scan
 
     builtin = "Built-in" if (BUILTIN_MODEL / "model_index.json").is_file() else "Built-in (not installed yet)"
     out: list[tuple[str, str]] = [(builtin, "")]
@@ -104,7 +104,7 @@ def write_png_atomic(array, dest: Path) -> Path:
 
 def addon_choices(folders: list[str], kind: str) -> list[tuple[str, str]]:
     """(label, path) of the VAEs, LoRAs or embeddings in the model folders, for the panel's pickers."""
-    from studio.engine.modellibrary import by_kind, scan
+    from studio.core.modellibrary import by_kind, scan
 
     out = []
     for m in by_kind(scan([MODELS_DIR, *map(Path, folders)]), kind):

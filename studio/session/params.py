@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from studio.engine.requests import GenerateRequest
+from studio.core.requests import GenerateRequest
 from studio.paths import BUILTIN_LATENT_UPSCALER
 
 # Fields a stored PNG's parameters can restore into the panel (the model only if it is here).

@@ -9,7 +9,7 @@ import numpy as np
 from PySide6.QtCore import QRect, Qt
 from PySide6.QtGui import QImage, QPainter
 
-from studio.engine.requests import GenerateRequest
+from studio.core.requests import GenerateRequest
 from studio.qimage import array_to_qimage
 
 Rect = tuple[int, int, int, int]  # x, y, w, h in image pixels
@@ -19,8 +19,8 @@ CROP_FIELDS = frozenset({"mode", "inpaint_area", "inpaint_padding", "mask_blur",
 
 def crop_rect(mask: np.ndarray, blur: int, padding: int, image_size: tuple[int, int],
               aspect: tuple[int, int]) -> Rect | None:  # fmt: skip
-    """The engine's own "only masked" box (studio.engine.inpaint.crop_box) as (x, y, w, h)."""
-    from studio.engine.inpaint import crop_box
+    """The engine's own "only masked" box (studio.core.inpaint.crop_box) as (x, y, w, h)."""
+    from studio.core.inpaint import crop_box
 
     try:
         box = crop_box(mask, blur, padding, image_size=image_size, aspect=aspect)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from studio.jobs import DecodeStep, JobOutput
+from studio.core.jobs import DecodeStep, JobOutput
 
 VIEWS = ("x0", "latent")
 

@@ -187,7 +187,7 @@ def main(argv: list[str] | None = None) -> None:
     sub = parser.add_subparsers(dest="command", required=True)
     add_subcommands(sub)
     args = parser.parse_args(argv)
-    from studio.engine.errors import EngineError, first_line
+    from studio.core.errors import EngineError, first_line
 
     try:
         args.func(args)

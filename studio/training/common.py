@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from studio.engine.errors import RequestError
+from studio.core.errors import RequestError
 
 
 class TrainingInputError(RequestError):

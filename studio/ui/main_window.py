@@ -33,7 +33,7 @@ from PySide6.QtWidgets import (
 )
 
 from studio import APP_NAME, __version__
-from studio.engine.errors import EngineError, describe_error
+from studio.core.errors import EngineError, describe_error
 from studio.session import IMAGE_SUFFIXES, Session
 from studio.ui.canvas import Canvas
 from studio.ui.canvas_tools import CanvasToolbar
@@ -696,7 +696,7 @@ class MainWindow(QMainWindow):
 
     def _build_memory_menu(self, menu) -> None:
         """Attention slicing, VAE tiling and CPU offload: for large models on small GPUs; from the next run."""
-        from studio.engine.memory import OFFLOAD_LABELS
+        from studio.core.memory import OFFLOAD_LABELS
 
         menu.setToolTipsVisible(True)
         for attr, label, tip in (

@@ -24,7 +24,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from studio.engine.requests import MAX_SEED
+from studio.core.requests import MAX_SEED
 from studio.session import IMAGE_SUFFIXES, Params, Session
 from studio.ui.inpaint_options import CanvasOptions, ModeSwitch, UpscaleOptions
 from studio.ui.theme import icon, muted_label

@@ -67,7 +67,7 @@ def test_a_vae_named_in_an_image_is_matched_by_name(make_window, fake, tmp_path)
 
 
 def test_a_checkpoint_that_fails_to_load_leaves_the_model_it_had(qtbot, make_window, fake, tmp_path):
-    from studio.engine.errors import ModelError
+    from studio.core.errors import ModelError
 
     bad = tmp_path / "models" / "broken.safetensors"
     bad.parent.mkdir()

@@ -11,8 +11,8 @@ from PySide6.QtWidgets import QWidget
 
 from studio.backends import Backend
 from studio.backends.fake import DemoBackend, FakeBackend
-from studio.engine.requests import GenerateRequest, StepInfo
-from studio.jobs import DecodedStep, DecodeStep, JobKind, JobState, LoadModel, ModelLoaded
+from studio.core.jobs import DecodedStep, DecodeStep, JobKind, JobState, LoadModel, ModelLoaded
+from studio.core.requests import GenerateRequest, StepInfo
 from studio.worker import Worker
 
 

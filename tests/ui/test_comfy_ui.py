@@ -8,7 +8,7 @@ from fake_comfyui import FakeComfy, allow_loopback
 from PySide6.QtCore import Qt
 
 from studio.backends.fake import FakeBackend
-from studio.engine.metadata import read_parameters
+from studio.core.metadata import read_parameters
 
 
 @pytest.fixture

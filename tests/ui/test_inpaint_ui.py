@@ -167,7 +167,7 @@ def test_studio_opens_an_image_given_at_launch(monkeypatch, tmp_path, capsys):
 
 @pytest.mark.parametrize("area", ["whole", "masked"])
 def test_the_crop_rectangle_follows_mask_and_options(qtbot, window, area):
-    pytest.importorskip("studio.engine.inpaint")
+    pytest.importorskip("studio.core.inpaint")
     s, doc = window.session, window.session.document
     s.show_image(canvas_image(256, 192))
     rects = []
@@ -231,9 +231,9 @@ def test_extend_canvas_masks_the_new_area_and_refuses_too_much(qtbot, window):
 
 
 def test_an_inpainted_png_gives_its_options_back_to_the_panel(qtbot, window, tmp_path):
-    from studio.engine.metadata import parameters_for
-    from studio.engine.output import save_image
-    from studio.engine.requests import GenerateRequest
+    from studio.core.metadata import parameters_for
+    from studio.core.output import save_image
+    from studio.core.requests import GenerateRequest
 
     req = GenerateRequest(prompt="a cat", mode="inpaint", init_image=np.zeros((64, 64, 3), np.uint8),
                           mask=np.full((64, 64), 255, np.uint8), strength=0.55, mask_blur=9, inpaint_area="masked",

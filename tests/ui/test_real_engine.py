@@ -5,7 +5,7 @@ from PySide6.QtCore import Qt
 
 from studio.app import build_window
 from studio.backends.local import LocalBackend
-from studio.engine.metadata import read_parameters, request_fields
+from studio.core.metadata import read_parameters, request_fields
 from studio.qimage import array_to_qimage, qimage_to_array
 from studio.settings import Settings
 
@@ -85,7 +85,7 @@ def test_inpaint_only_masked_from_the_window_with_the_real_engine(qtbot, tiny_in
         assert (x0, y0, x1 - x0, y1 - y0) == drawn
         result = qimage_to_array(s.document.image)
         assert result.shape == pixels.shape
-        from studio.engine.inpaint import blend_mask
+        from studio.core.inpaint import blend_mask
 
         outside = blend_mask(mask, 2) == 0
         assert outside.sum() > 0.8 * mask.size

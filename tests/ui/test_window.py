@@ -7,8 +7,8 @@ from PySide6.QtGui import QDropEvent, QImage
 from PySide6.QtWidgets import QApplication, QFileDialog, QWidget
 
 from studio.backends.fake import FakeBackend
-from studio.engine.errors import ModelError
-from studio.engine.metadata import read_parameters
+from studio.core.errors import ModelError
+from studio.core.metadata import read_parameters
 from studio.settings import Settings
 
 

@@ -3,7 +3,7 @@
 import threading
 
 from studio.backends.fake import FakeBackend
-from studio.engine.requests import GenerateRequest
+from studio.core.requests import GenerateRequest
 from studio.worker import Worker
 
 
@@ -122,7 +122,7 @@ def test_shutdown_cancels_running_and_queued_and_joins(qtbot, worker):
 
 
 def test_coalescing_keeps_the_last_preview_of_every_part(qtbot, worker):
-    from studio.engine.requests import GenerateResult, StepInfo
+    from studio.core.requests import GenerateResult, StepInfo
 
     ended = threading.Event()
 

@@ -4,7 +4,7 @@ One job = one or more API-format graphs (``graphs.build_graph``) queued with the
 the socket brings progress and preview frames; the images come from ``SaveImage`` through ``/view`` (not over
 the socket: a result saved on the server survives a dropped connection and proxies that cap frame sizes, and
 ``/history`` finds it again after a reconnect). Inpainting keeps the studio's own crop and pixel-space
-composite (``studio.engine.inpaint.InpaintPlan``), so unmasked pixels are the input's exactly. The server
+composite (``studio.core.inpaint.InpaintPlan``), so unmasked pixels are the input's exactly. The server
 keeps no latents for us: the step timeline holds its preview frames and "decode this step" is off.
 """
 
@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from studio.engine.errors import EngineError, ModelError, RequestError, first_line
-from studio.engine.requests import MAX_SEED, GenerateRequest, GenerateResult, StepInfo
+from studio.core.errors import EngineError, ModelError, RequestError, first_line
+from studio.core.requests import MAX_SEED, GenerateRequest, GenerateResult, StepInfo
 
 from ..base import BackendInfo, StepCallback, UnsupportedError
 from . import graphs
@@ -211,7 +211,7 @@ class ComfyUIBackend:
 
     def _sized(self, r: GenerateRequest, native: int = DEFAULT_SIZE):
         """The working size, as the local engine picks it (multiples of 8), and an inpaint's plan."""
-        from studio.engine.inpaint import InpaintPlan
+        from studio.core.inpaint import InpaintPlan
 
         if r.mode == "txt2img":
             return r.replace(width=r.width or native, height=r.height or native), None

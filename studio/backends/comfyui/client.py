@@ -46,7 +46,7 @@ from typing import Any
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI, WebSocketException
 from websockets.sync.client import ClientConnection, connect
 
-from studio.engine.errors import EngineError
+from studio.core.errors import EngineError
 
 REFUSED = "The ComfyUI server refused the connection (check the token)"
 TOO_LARGE = "The image is too large for the server's upload limit"

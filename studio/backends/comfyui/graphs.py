@@ -16,12 +16,12 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from studio.backends.base import UnsupportedError
-from studio.engine.errors import RequestError
-from studio.engine.prompts import extract_loras
-from studio.engine.samplers import SAMPLER_NAMES, SCHEDULE_NAMES, resolve_sampler, resolve_schedule
+from studio.core.errors import RequestError
+from studio.core.prompts import extract_loras
+from studio.core.samplers import SAMPLER_NAMES, SCHEDULE_NAMES, resolve_sampler, resolve_schedule
 
 if TYPE_CHECKING:
-    from studio.engine.requests import GenerateRequest
+    from studio.core.requests import GenerateRequest
 
 __all__ = [
     "GraphError",

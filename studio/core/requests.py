@@ -75,7 +75,7 @@ class GenerateRequest:
     loras: tuple[tuple[str, float], ...] = ()
     vae: str = ""
     prediction: str = "auto"
-    # Memory settings (studio.engine.memory), carried by every request so a change applies to the next run:
+    # Memory settings (studio.core.memory), carried by every request so a change applies to the next run:
     # slicing and tiling at once, a new offload by reloading the model.
     attention_slicing: bool = False
     vae_tiling: bool = False
@@ -220,7 +220,7 @@ class GenerateResult:
     # An "only masked" inpaint: the box (x0, y0, x1, y1, image pixels, x1/y1 exclusive) of the input image the
     # run worked on, at the working size (request.width x request.height); None = the whole image. The images
     # above always have the input image's size. The step previews and latents are of the working area: a UI
-    # places a preview by scaling it to this box (before the run, studio.engine.inpaint.crop_box gives the same
+    # places a preview by scaling it to this box (before the run, studio.core.inpaint.crop_box gives the same
     # box from the request's mask, mask_blur, inpaint_padding and working size).
     crop: tuple[int, int, int, int] | None = None
     # Metadata keys the run adds, as A1111 writes them: "Lora hashes", "TI hashes", "VAE", "VAE hash".

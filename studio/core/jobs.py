@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from studio.engine.requests import GenerateRequest, GenerateResult
+from .requests import GenerateRequest, GenerateResult
 
 
 class JobKind(enum.Enum):
