@@ -7,15 +7,14 @@ A1111's `PngInfo.add_text` does); JPEG and WebP get the same text as EXIF UserCo
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
-import secrets
 import struct
 from pathlib import Path
 
 import numpy as np
 
+from .atomic import atomic_write
 from .errors import EngineError, RequestError, first_line
 from .metadata import encode_user_comment, parameters_for
 from .requests import GenerateResult
@@ -56,17 +55,6 @@ def _to_pil(image: np.ndarray):
     raise RequestError(f"Cannot save an image of shape {a.shape}: expected HxWx3")
 
 
-def _fsync_dir(folder: Path) -> None:
-    if os.name != "posix":
-        return
-    with contextlib.suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
 def save_image(image: np.ndarray, path: str | os.PathLike, parameters: str, *, overwrite: bool = True) -> Path:
     """Write `image` (HxWx3 uint8; HxWx4 and HxW also accepted) with its `parameters` text, atomically.
 
@@ -100,32 +88,10 @@ def save_image(image: np.ndarray, path: str | os.PathLike, parameters: str, *, o
             kwargs.update(quality=WEBP_QUALITY)
         kwargs["exif"] = exif
 
-    folder = path.parent
-    tmp = folder / f".{path.name}.{secrets.token_hex(6)}.tmp"
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-        with os.fdopen(fd, "wb") as f:
+        with atomic_write(path, overwrite=overwrite) as f:
             im.save(f, format=fmt, **kwargs)
-            f.flush()
-            os.fsync(f.fileno())
-        if overwrite:
-            os.replace(tmp, path)
-        else:
-            try:
-                os.link(tmp, path)  # fails if path exists: no window for another writer
-            except FileExistsError:
-                raise
-            except OSError:  # no hard links on this file system (FAT, some network shares)
-                if path.exists():
-                    raise FileExistsError(f"{path} already exists") from None
-                os.replace(tmp, path)
-            else:
-                os.unlink(tmp)
-        _fsync_dir(folder)
     except BaseException as e:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
         if isinstance(e, FileExistsError) or not isinstance(e, (OSError, ValueError)) or isinstance(e, EngineError):
             raise
         # an OSError's strerror ("No space left on device") reads better than its "[Errno 28] ..." str
