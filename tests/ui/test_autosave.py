@@ -18,8 +18,9 @@ from PySide6.QtGui import QImage
 from PySide6.QtWidgets import QApplication
 
 from studio.qimage import array_to_qimage, qimage_to_array
-from studio.session import autosave
-from studio.session.autosave import Autosaver, default_folder, discard, load, pending_restore
+from studio.session.autosave import Autosaver, default_folder, discard, load, pending_restore, writer
+from studio.session.autosave.manifest import names_in
+from studio.session.autosave.writer import Writer
 from studio.session.document import Document
 from studio.session.history import ImageEdit, MaskEdit
 
@@ -162,7 +163,7 @@ def test_a_crash_restores_the_image_the_mask_and_the_undo_history(qtbot, folder,
 
 def test_saves_are_written_on_the_autosave_thread_one_at_a_time(qtbot, folder, savers, monkeypatch):
     seen, active, most = [], [0], [0]
-    real = Autosaver._write
+    real = Writer.write
 
     def spy(self, job):
         seen.append(threading.current_thread().name)
@@ -174,7 +175,7 @@ def test_saves_are_written_on_the_autosave_thread_one_at_a_time(qtbot, folder, s
         finally:
             active[0] -= 1
 
-    monkeypatch.setattr(Autosaver, "_write", spy)
+    monkeypatch.setattr(Writer, "write", spy)
     doc = Document()
     saves = []
     saver = savers(doc, folder, delay_ms=0)
@@ -195,7 +196,7 @@ def test_saves_are_written_on_the_autosave_thread_one_at_a_time(qtbot, folder, s
 
 def test_a_2048_document_saves_off_the_ui_thread(qtbot, folder, savers, monkeypatch):
     timings = {}
-    real_snapshot, real_write = Autosaver._snapshot, Autosaver._write
+    real_snapshot, real_write = Autosaver._snapshot, Writer.write
 
     def snapshot(self, *a, **kw):
         t = time.perf_counter()
@@ -213,7 +214,7 @@ def test_a_2048_document_saves_off_the_ui_thread(qtbot, folder, savers, monkeypa
             timings["write"] = time.perf_counter() - t
 
     monkeypatch.setattr(Autosaver, "_snapshot", snapshot)
-    monkeypatch.setattr(Autosaver, "_write", write)
+    monkeypatch.setattr(Writer, "write", write)
     doc = Document()
     saver = savers(doc, folder, delay_ms=0)
     y, x = np.mgrid[0:2048, 0:2048]
@@ -265,7 +266,7 @@ def test_a_broken_save_falls_back_to_the_last_valid_one_and_never_raises(qtbot, 
 
     # A file of the newest save missing: the previous save, which does not need it.
     (current / "manifest.json").write_bytes(good)
-    newest = set(autosave._names_in(json.loads(good))) - set(autosave._names_in(manifest(folder, "manifest.prev.json")))
+    newest = set(names_in(json.loads(good))) - set(names_in(manifest(folder, "manifest.prev.json")))
     assert newest
     for name in newest:
         (current / name).unlink()
@@ -279,7 +280,7 @@ def test_a_broken_save_falls_back_to_the_last_valid_one_and_never_raises(qtbot, 
     for name in newest:
         (current / name).unlink(missing_ok=True)
     assert load(folder) is None  # the current mask is among the newest files: nothing sound to restore
-    entry_files = set(autosave._names_in(json.loads(good)["entries"][1])) - set(autosave._names_in(json.loads(good)["current"]))
+    entry_files = set(names_in(json.loads(good)["entries"][1])) - set(names_in(json.loads(good)["current"]))
     saver.flush()  # puts every file back (and a manifest.prev.json)
     (current / "manifest.prev.json").unlink()
     (current / "manifest.json").write_bytes(good)
@@ -309,8 +310,8 @@ def test_a_broken_save_falls_back_to_the_last_valid_one_and_never_raises(qtbot, 
     state, entries, cursor = load(folder)
     assert same(pixels(state.image), pixels(doc.image)) and same(state.mask, doc.mask) and len(entries) == 3
     assert not list(current.glob("*.tmp"))
-    referenced = {"manifest.json", "manifest.prev.json", *autosave._names_in(manifest(folder))}
-    referenced |= set(autosave._names_in(manifest(folder, "manifest.prev.json") or {}))
+    referenced = {"manifest.json", "manifest.prev.json", *names_in(manifest(folder))}
+    referenced |= set(names_in(manifest(folder, "manifest.prev.json") or {}))
     assert {p.name for p in current.iterdir()} <= referenced
 
 
@@ -323,7 +324,7 @@ def test_a_failed_write_keeps_the_previous_save_and_reports_it(qtbot, folder, sa
     paint(doc, (0, 0, 10, 10), 255)
     qtbot.waitUntil(saved_with(folder, entries=1), timeout=5000)
     qtbot.waitUntil(lambda: not saver.is_busy(), timeout=5000)
-    real = autosave._atomic_write
+    real = writer.write_file
     calls = []
 
     def full_disk(path, data):
@@ -332,7 +333,7 @@ def test_a_failed_write_keeps_the_previous_save_and_reports_it(qtbot, folder, sa
             raise OSError(28, "No space left on device")
         real(path, data)
 
-    monkeypatch.setattr(autosave, "_atomic_write", full_disk)
+    monkeypatch.setattr(writer, "write_file", full_disk)
     paint(doc, (10, 10, 10, 10), 255)
     qtbot.waitUntil(lambda: bool(failures), timeout=5000)
     assert "No space left" in failures[0]

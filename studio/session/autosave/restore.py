@@ -1,0 +1,226 @@
+"""Reading a save back (no torch; works without a QApplication), and declining it.
+
+`pending_restore(folder)` describes what an unclean session left (`RestoreInfo`), `load(folder)` reads it
+as `(DocState, entries, cursor)` for `Document.restore`, `discard(folder)` removes it. None of them raises.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PySide6.QtGui import QImage
+
+from ..document import DocState
+from ..history import ImageEdit, MaskEdit
+from .folder import DOC_DIR, remove_save
+from .lock import locked_elsewhere
+from .manifest import manifests, names_in, pick
+
+log = logging.getLogger(__package__)
+
+
+@dataclass(frozen=True)
+class RestoreInfo:
+    """What an unclean session left behind (for the "restore your work?" question)."""
+
+    folder: Path
+    saved_at: float  # time.time() of the last save
+    size: tuple[int, int]  # the image's width, height
+    undo_steps: int
+    redo_steps: int
+    dropped_steps: int  # older steps of that session that were not kept
+    has_mask: bool
+    path: Path | None
+    caption: str
+    bytes_on_disk: int
+
+
+def discard(folder: Path) -> bool:
+    """Remove the save in folder (the artist declined to restore it). False when another running
+    studio owns the folder or the removal failed; never raises."""
+    try:
+        if locked_elsewhere(Path(folder)):
+            log.warning("autosave: not discarding %s: another running studio uses it", folder)
+            return False
+        remove_save(Path(folder))
+        return True
+    except Exception:  # noqa: BLE001
+        log.exception("autosave: could not discard %s", folder)
+        return False
+
+
+def pending_restore(folder: Path) -> RestoreInfo | None:
+    """What an unclean (crashed) session left in folder, or None: nothing, a clean shutdown, a
+    save that does not load, or a folder that another running studio is using. Never raises."""
+    try:
+        folder = Path(folder)
+        doc_dir = folder / DOC_DIR
+        if not doc_dir.is_dir():
+            return None
+        if locked_elsewhere(folder):
+            log.info("autosave: %s belongs to a running studio", folder)
+            return None
+        found = pick(doc_dir)
+        if found is None:
+            return None
+        _, m = found
+        if m.get("clean"):
+            return None
+        current = m["current"]
+        size = current.get("size") or [0, 0]
+        names = set(names_in(m))
+        nbytes = sum((doc_dir / n).stat().st_size for n in names)
+        cursor, n = int(m["cursor"]), len(m["entries"])
+        return RestoreInfo(folder=folder, saved_at=float(m.get("saved_at", 0.0)), size=(int(size[0]), int(size[1])),
+                           undo_steps=cursor, redo_steps=n - cursor, dropped_steps=int(m.get("dropped", 0)),
+                           has_mask=current.get("mask") is not None,
+                           path=Path(current["path"]) if current.get("path") else None,
+                           caption=str(current.get("caption") or ""), bytes_on_disk=nbytes)  # fmt: skip
+    except Exception:  # noqa: BLE001 - the question is only asked when this works
+        log.exception("autosave: could not read %s", folder)
+        return None
+
+
+class _Reader:
+    """Reads one manifest's files, each once (images decoded in parallel)."""
+
+    def __init__(self, doc_dir: Path, m: dict):
+        self.doc_dir = doc_dir
+        self.m = m
+        self.images: dict[str, QImage | Exception] = {}
+        self.masks: dict[str, np.ndarray | Exception] = {}
+        names = sorted({n for n in names_in(m) if n.startswith("img-")})
+        if len(names) > 1:
+            with ThreadPoolExecutor(max_workers=min(4, len(names)), thread_name_prefix="studio-autosave-load") as pool:
+                for name, img in zip(names, pool.map(self._decode, names), strict=True):
+                    self.images[name] = img
+        else:
+            for name in names:
+                self.images[name] = self._decode(name)
+
+    def _decode(self, name: str) -> QImage | Exception:
+        try:
+            img = QImage()
+            if not img.loadFromData((self.doc_dir / name).read_bytes(), "PNG") or img.isNull():
+                raise ValueError(f"{name} is not a readable PNG")
+            return img
+        except Exception as e:  # noqa: BLE001 - reported per state
+            return e
+
+    def image(self, name: str | None, fmt: Any, size: Any) -> QImage | None:
+        if name is None:
+            return None
+        img = self.images.get(name)
+        if img is None:
+            img = self.images[name] = self._decode(name)
+        if isinstance(img, Exception):
+            raise img
+        if isinstance(size, list) and len(size) == 2 and [img.width(), img.height()] != size:
+            raise ValueError(f"{name} is {img.width()}x{img.height()}, the manifest says {size[0]}x{size[1]}")
+        if isinstance(fmt, int) and fmt != img.format().value:
+            with contextlib.suppress(ValueError):
+                return img.convertToFormat(QImage.Format(fmt))
+        return QImage(img)  # each state its own (copy-on-write) instance: painting one leaves the rest
+
+    def mask(self, name: str | None, shape: tuple[int, int] | None = None) -> np.ndarray | None:
+        if name is None:
+            return None
+        a = self.masks.get(name)
+        if a is None:
+            try:
+                with np.load(self.doc_dir / name, allow_pickle=False) as z:
+                    a = np.asarray(z["mask"])
+                if a.dtype != np.uint8 or a.ndim != 2:
+                    raise ValueError(f"{name} is not an HxW uint8 mask")
+            except Exception as e:  # noqa: BLE001
+                a = e if isinstance(e, ValueError) else ValueError(f"{name}: {e}")
+            self.masks[name] = a
+        if isinstance(a, Exception):
+            raise a
+        if shape is not None and a.shape != shape:
+            raise ValueError(f"{name} is {a.shape[1]}x{a.shape[0]}, expected {shape[1]}x{shape[0]}")
+        return a.copy()  # every user gets its own array: the document paints into masks in place
+
+    def state(self, s: Any) -> DocState:
+        if not isinstance(s, dict):
+            raise ValueError("a state is not an object")
+        img = self.image(s.get("image"), s.get("format"), s.get("size"))
+        shape = (img.height(), img.width()) if img is not None else None
+        mask = self.mask(s.get("mask"), shape)
+        if img is None and mask is not None:
+            raise ValueError("a mask without an image")
+        path = s.get("path")
+        return DocState(img, mask, Path(path) if isinstance(path, str) and path else None, str(s.get("caption") or ""))
+
+    def entry(self, e: Any):
+        if not isinstance(e, dict) or not isinstance(e.get("label"), str):
+            raise ValueError("an entry is not an object with a label")
+        if e.get("kind") == "mask":
+            rect = e.get("rect")
+            if rect is not None:
+                if not (isinstance(rect, list) and len(rect) == 4 and all(isinstance(v, int) for v in rect)):
+                    raise ValueError(f"bad rect {rect!r}")
+                rect = tuple(rect)
+                shape = (rect[3], rect[2])
+                before, after = self.mask(e.get("before"), shape), self.mask(e.get("after"), shape)
+                if before is None or after is None:
+                    raise ValueError("a patch without its pixels")
+            else:
+                before, after = self.mask(e.get("before")), self.mask(e.get("after"))
+            return MaskEdit(e["label"], rect, before, after)
+        if e.get("kind") == "image":
+            return ImageEdit(e["label"], self.state(e.get("before")), self.state(e.get("after")))
+        raise ValueError(f"unknown entry kind {e.get('kind')!r}")
+
+
+def _build(doc_dir: Path, m: dict, strict: bool) -> tuple[DocState, list, int]:
+    reader = _Reader(doc_dir, m)
+    state = reader.state(m["current"])
+    if state.image is None:
+        raise ValueError("no current image")
+    entries, bad = [], []
+    for i, e in enumerate(m["entries"]):
+        try:
+            entries.append(reader.entry(e))
+        except Exception as err:  # noqa: BLE001
+            if strict:
+                raise ValueError(f"history entry {i}: {err}") from err
+            log.warning("autosave: history entry %d does not load: %s", i, err)
+            entries.append(None)
+            bad.append(i)
+    cursor = m["cursor"]
+    if bad:  # keep the run of good entries around the cursor
+        start = max([i + 1 for i in bad if i < cursor], default=0)
+        end = min([i for i in bad if i >= cursor], default=len(entries))
+        entries, cursor = entries[start:end], cursor - start
+    return state, entries, cursor
+
+
+def load(folder: Path) -> tuple[DocState, list, int] | None:
+    """The saved document as (state, history entries, cursor) for Document.restore, or None (logged).
+    Prefers manifest.json, then manifest.prev.json, then the current image of either with the part
+    of its history that loads. Never raises."""
+    try:
+        doc_dir = Path(folder) / DOC_DIR
+        if not doc_dir.is_dir():
+            return None
+        found = list(manifests(doc_dir))
+        for strict in (True, False):
+            for path, m in found:
+                try:
+                    return _build(doc_dir, m, strict)
+                except Exception as e:  # noqa: BLE001
+                    log.warning("autosave: %s does not load%s: %s", path,
+                                "" if strict else " even without its history", e)  # fmt: skip
+        if found:
+            log.warning("autosave: nothing in %s loads", doc_dir)
+        return None
+    except Exception:  # noqa: BLE001
+        log.exception("autosave: could not load %s", folder)
+        return None
