@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import platformdirs
+
+from studio.core.atomic import write_text
 
 APP_NAME = "Latent Studio"
 CONFIG_ENV = "LATENT_STUDIO_CONFIG_DIR"
@@ -86,16 +87,7 @@ class Settings:
         return s
 
     def save(self, directory: Path | str | None = None) -> Path:
-        """Write atomically (temp file + rename) so a crash never leaves half a file."""
-        d = Path(directory or config_dir())
-        d.mkdir(parents=True, exist_ok=True)
-        path = d / SETTINGS_FILE
-        fd, tmp = tempfile.mkstemp(prefix=".settings-", suffix=".json", dir=d)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(asdict(self), f, indent=2, ensure_ascii=False)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return path
+        """Write atomically (studio.core.atomic) so a crash never leaves half a file."""
+        path = Path(directory or config_dir()) / SETTINGS_FILE
+        # Owner-only, as before: the file may hold a server token.
+        return write_text(path, json.dumps(asdict(self), indent=2, ensure_ascii=False), mode=0o600)

@@ -84,21 +84,13 @@ def model_choices(folders: list[str], current: str = "") -> list[tuple[str, str]
 
 
 def write_png_atomic(array, dest: Path) -> Path:
-    """A plain PNG (a mask: HxW uint8) written to a temporary file and renamed: never half a file."""
-    import os
-    import tempfile
-
+    """A plain PNG (a mask: HxW uint8) written atomically (studio.core.atomic): never half a file."""
     from PIL import Image
 
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            Image.fromarray(array).save(f, format="PNG")
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    from studio.core.atomic import atomic_write
+
+    with atomic_write(dest) as f:
+        Image.fromarray(array).save(f, format="PNG")
     return dest
 
 
