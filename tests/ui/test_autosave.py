@@ -20,7 +20,7 @@ from PySide6.QtWidgets import QApplication
 
 from studio.qimage import array_to_qimage, qimage_to_array
 from studio.session.autosave import Autosaver, default_folder, discard, load, pending_restore, writer
-from studio.session.autosave.manifest import names_in
+from studio.session.autosave.manifest import clean_up, names_in
 from studio.session.autosave.writer import Writer
 from studio.session.document import Document
 from studio.session.history import ImageEdit, MaskEdit
@@ -331,6 +331,15 @@ def test_a_broken_save_falls_back_to_the_last_valid_one_and_never_raises(qtbot, 
     referenced = {"manifest.json", "manifest.prev.json", *names_in(manifest(folder))}
     referenced |= set(names_in(manifest(folder, "manifest.prev.json") or {}))
     assert {p.name for p in current.iterdir()} <= referenced
+
+
+def test_the_clean_up_spares_the_temporary_files_of_writes_in_flight(tmp_path):
+    (tmp_path / "manifest.json").write_text(json.dumps({"current": {"image": "img-" + "a" * 24 + ".png"}}))
+    kept = ["manifest.json", "img-" + "a" * 24 + ".png", ".mask-x.npz.0123456789ab.tmp"]
+    for name in [*kept, "mask-" + "b" * 24 + ".npz", ".manifest.json.999999.1.tmp", ".img-y.png.ba9876543210.tmp"]:
+        (tmp_path / name).touch()
+    clean_up(tmp_path, in_flight={"mask-x.npz"})  # this process is writing mask-x.npz now
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(kept)
 
 
 def test_a_failed_write_keeps_the_previous_save_and_reports_it(qtbot, folder, savers, monkeypatch):
