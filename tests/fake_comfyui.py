@@ -28,7 +28,9 @@ ignores the client's feature flag and frames every image as type 1), ``max_uploa
 HTML login page), ``models`` (folder -> file names; also fills the loaders' combos), ``cache``.
 Steps count from 1 across the whole prompt (all samplers). Records: ``prompts`` (accepted POST /prompt bodies),
 ``rejected``, ``uploads``, ``interrupts``, ``cancels``, ``deletes``, ``connections`` (each socket's client id,
-feature flags, Authorization), ``requests`` ((method, path, Authorization) of every HTTP request).
+feature flags, Authorization), ``requests`` ((method, path, Authorization) of every HTTP request). The server's
+thread writes them: a test that must see one waits with ``wait_until(predicate)`` (or ``wait_connections(n)``),
+which wakes on every change (its timeout is only a guard against a hang, never a measure of speed).
 
 Real-server details it copies: ``execution_interrupted`` goes to every socket (the rest of a prompt's messages
 only to its client's); a socket that connects while its client's prompt runs gets a catch-up
@@ -53,7 +55,7 @@ import struct
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -66,6 +68,7 @@ _UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{1
 _SAMPLERS = ("KSampler", "KSamplerAdvanced")
 _OUTPUT_FILES = {"SaveImage": "output", "PreviewImage": "temp"}
 _LOOPBACK = ("127.0.0.1", "::1", "localhost")
+HANG_GUARD = 60.0  # seconds a test waits for something that must happen: a hang guard, not a latency bar
 
 
 @contextlib.contextmanager
@@ -193,6 +196,7 @@ class FakeComfy:
         self.deletes: list[str] = []
         self.connections: list[dict[str, Any]] = []
         self.requests: list[tuple[str, str, str | None]] = []
+        self._changed = threading.Condition()  # notified by the server's thread whenever a record changes
         # state (touched on the server's loop only, read by tests)
         self.files: dict[tuple[str, str, str], bytes] = {}  # (type, subfolder, filename) -> bytes
         self.history: dict[str, dict[str, Any]] = {}
@@ -247,7 +251,8 @@ class FakeComfy:
 
         self._thread = threading.Thread(target=run, name=f"FakeComfy:{self.port}", daemon=True)
         self._thread.start()
-        ready.wait(10)
+        if not ready.wait(HANG_GUARD):
+            raise RuntimeError("the fake ComfyUI server did not start")
         if failure:
             self._thread.join(5)
             raise failure[0]
@@ -264,6 +269,23 @@ class FakeComfy:
         if thread.is_alive():
             raise RuntimeError("the fake ComfyUI server did not stop")
         self._loop = self._thread = None
+
+    def wait_until(self, predicate: Callable[[], Any], timeout: float = HANG_GUARD, what: str = "") -> None:
+        """Return once ``predicate()`` holds (checked now and after each change the server records); AssertionError
+        after ``timeout`` seconds, which only guards against a hang."""
+        with self._changed:
+            if not self._changed.wait_for(predicate, timeout):
+                raise AssertionError(f"the fake ComfyUI server: no {what or 'such change'} within {timeout:g} s")
+
+    def wait_connections(self, count: int, timeout: float = HANG_GUARD) -> list[dict[str, Any]]:
+        """The socket connections, once at least ``count`` are registered."""
+        self.wait_until(lambda: len(self.connections) >= count, timeout, f"{count} socket connection(s)")
+        return list(self.connections)
+
+    def _recorded(self) -> None:
+        """Wake the tests waiting in wait_until (called on the server's thread after a record changes)."""
+        with self._changed:
+            self._changed.notify_all()
 
     def __enter__(self) -> FakeComfy:
         return self.start()
@@ -504,6 +526,7 @@ class FakeComfy:
             self.rejected.append(body)
             return web.json_response({"error": error, "node_errors": node_errors}, status=400)
         self.prompts.append(body)
+        self._recorded()
         self._number += 1
         job = _Job(
             self._number,
@@ -537,6 +560,7 @@ class FakeComfy:
             self._pending.clear()
         for prompt_id in body.get("delete") or []:
             self.deletes.append(prompt_id)
+            self._recorded()
             self._pending = [j for j in self._pending if j.prompt_id != prompt_id]
         await self._broadcast_status()
         return web.Response(status=200)
@@ -547,6 +571,7 @@ class FakeComfy:
         except ValueError:
             body = {}
         self.interrupts.append(body)
+        self._recorded()
         wanted = body.get("prompt_id") if isinstance(body, dict) else None
         if self._running is not None and (wanted is None or wanted == self._running.prompt_id):
             self._interrupt = True
@@ -557,6 +582,7 @@ class FakeComfy:
             raise web.HTTPNotFound()
         prompt_id = request.match_info["prompt_id"]
         self.cancels.append(prompt_id)
+        self._recorded()
         cancelled = False
         if self._running is not None and self._running.prompt_id == prompt_id:
             self._interrupt = cancelled = True
@@ -595,6 +621,7 @@ class FakeComfy:
         self._sockets[client_id] = entry  # the same id again replaces the old socket
         record = {"client_id": client_id, "feature_flags": None, "authorization": request.headers.get("Authorization")}
         self.connections.append(record)
+        self._recorded()
         status = {"status": {"exec_info": {"queue_remaining": self._queue_remaining()}}, "sid": client_id}
         await ws.send_json({"type": "status", "data": status})
         if self._running is not None and self._running.client_id == client_id and self._current_node:
@@ -609,6 +636,7 @@ class FakeComfy:
                     if first and data.get("type") == "feature_flags":
                         entry.flags = dict(data.get("data") or {})
                         record["feature_flags"] = entry.flags
+                        self._recorded()
                         await ws.send_json({"type": "feature_flags", "data": self._server_features()})
                 first = False
         finally:
@@ -944,6 +972,7 @@ class FakeComfy:
             "status": {"status_str": status_str, "completed": completed, "messages": messages},
             "meta": {n: {"node_id": n, "display_node": n, "parent_node": None, "real_node_id": n} for n in ui_outputs},
         }
+        self._recorded()
         await emit("executing", {"node": None, "prompt_id": pid})
 
     async def _sample(self, job: _Job, node_id: str, inputs: dict[str, Any], steps: list[int]) -> None:

@@ -1,10 +1,12 @@
 """The ComfyUI backend against the fake server (tests/fake_comfyui.py, the protocol of ComfyUI 0.27): every mode,
-progress and previews, cancel, a dropped socket recovered from history, a server that dies, a 400 as one line."""
+progress and previews, cancel, a dropped socket recovered from history, a server that dies, a 400 as one line.
+
+Nothing here is timed: a test waits for what it needs and asserts what happened; benchmarks/bench_comfy.py measures
+how fast a cancel, a reconnect and a lost server's failure are."""
 
 from __future__ import annotations
 
 import threading
-import time
 
 import numpy as np
 import pytest
@@ -115,26 +117,31 @@ def test_upscale_with_a_server_model(backend, server):
         backend.generate(req(mode="upscale", init_image=init, upscale_mode="latent", scale=2.0))
 
 
-def test_cancel_stops_the_running_prompt_within_a_step(backend, server):
-    server.step_delay = 0.2
+def test_cancel_stops_the_running_prompt(backend, server):
+    server.step_delay = 0.1
+    steps = 1000  # 100 s uncancelled: longer than the hang guard, so only the cancel can end it early
     cancel = threading.Event()
 
     def on_step(info):
         if info.step == 2:
             cancel.set()
 
-    t0 = time.perf_counter()
-    result = backend.generate(req(steps=30), on_step=on_step, cancel=cancel)
+    result = backend.generate(req(steps=steps), on_step=on_step, cancel=cancel)
     assert result.cancelled and not result.images
-    assert time.perf_counter() - t0 < 3.0
     assert server.cancels or server.interrupts
+    # the server's sampler stopped: its prompt ends interrupted, early
+    server.wait_until(lambda: len(server.history) == 1, what="history entry of the cancelled prompt")
+    (entry,) = server.history.values()
+    assert entry["status"]["status_str"] == "error" and entry["status"]["completed"] is False
+    assert "execution_interrupted" in [kind for kind, _ in entry["status"]["messages"]]
+    assert result.steps_done < steps
 
 
 def test_a_dropped_socket_is_reconnected_and_the_result_recovered(backend, server):
     server.drop_socket_at_step = 2
     result = backend.generate(req(steps=5))
     assert len(result.images) == 1 and int(result.images[0][0, 0, 1]) == 5
-    ids = [c["client_id"] for c in server.connections]
+    ids = [c["client_id"] for c in server.wait_connections(2)]
     assert len(ids) >= 2 and len(set(ids)) == 1  # the same client id
 
 
@@ -144,10 +151,8 @@ def test_a_server_that_dies_fails_the_job_with_a_message(backend, server, monkey
     monkeypatch.setattr(mod, "RECONNECT_FOR", 2.0)
     backend.start()
     server.die_at_step = 2
-    t0 = time.perf_counter()
-    with pytest.raises(EngineError, match="Lost the ComfyUI server"):
+    with pytest.raises(EngineError, match=r"Lost the ComfyUI server .* \(no answer for 2 s\)"):
         backend.generate(req(steps=10))
-    assert time.perf_counter() - t0 < 8
 
 
 def test_a_refused_graph_is_one_readable_line(backend, server, monkeypatch):

@@ -1,4 +1,7 @@
-"""studio.backends.comfyui.client against the fake ComfyUI server (tests/fake_comfyui.py)."""
+"""studio.backends.comfyui.client against the fake ComfyUI server (tests/fake_comfyui.py).
+
+Nothing here is timed: a test waits for the event it needs (HANG_GUARD only ends a hang) and asserts what
+happened. How fast a cancel or a reconnect is, is measured by benchmarks/bench_comfy.py."""
 
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ import uuid
 
 import psutil
 import pytest
-from fake_comfyui import FakeComfy, allow_loopback, solid_png
+from fake_comfyui import HANG_GUARD, FakeComfy, allow_loopback, solid_png
 from PIL import Image
 
 from studio.backends.comfyui.client import (
@@ -36,7 +39,7 @@ def no_leftovers():
     """Every test leaves no thread and no socket behind."""
     threads, sockets = set(threading.enumerate()), _inet_sockets()
     yield
-    deadline = time.monotonic() + 3
+    deadline = time.monotonic() + HANG_GUARD
     while time.monotonic() < deadline:
         extra_threads = set(threading.enumerate()) - threads
         extra_sockets = {s for s in _inet_sockets() - sockets if s[2] not in ("TIME_WAIT", "CLOSE_WAIT", "FIN_WAIT2")}
@@ -112,7 +115,7 @@ def new_id() -> str:
     return str(uuid.uuid4())
 
 
-def run_to_end(client: ComfyClient, prompt_id: str, timeout: float = 10.0) -> list[Event]:
+def run_to_end(client: ComfyClient, prompt_id: str, timeout: float = HANG_GUARD) -> list[Event]:
     """Events until the prompt's end marker (executing with node None)."""
     events: list[Event] = []
     deadline = time.monotonic() + timeout
@@ -126,7 +129,7 @@ def run_to_end(client: ComfyClient, prompt_id: str, timeout: float = 10.0) -> li
     raise AssertionError(f"no end marker; got {[e.type for e in events]}")
 
 
-def wait_for(client: ComfyClient, kind: str, timeout: float = 5.0) -> Event:
+def wait_for(client: ComfyClient, kind: str, timeout: float = HANG_GUARD) -> Event:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         event = client.next_event(0.5)
@@ -135,7 +138,7 @@ def wait_for(client: ComfyClient, kind: str, timeout: float = 5.0) -> Event:
     raise AssertionError(f"no {kind} event")
 
 
-def until_closed(client: ComfyClient, timeout: float = 5.0) -> SocketClosed:
+def until_closed(client: ComfyClient, timeout: float = HANG_GUARD) -> SocketClosed:
     """Read events until the socket drops; the SocketClosed it raised."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -256,6 +259,7 @@ def test_events_in_order_with_metadata_previews_and_the_final_png(start, connect
     assert final.data["format"] == "png" and final.data["node"] == "11" and final.data["prompt_id"] == prompt_id
     assert pixel(final.data["image"]) == ((64, 32), (300 % 256, 4, 255))
 
+    fake.wait_until(lambda: fake.connections and fake.connections[0]["feature_flags"], what="feature flags")
     assert fake.connections[0]["feature_flags"] == {"supports_preview_metadata": True}
     entry = client.history(prompt_id)
     assert entry["status"]["status_str"] == "success" and entry["status"]["completed"] is True
@@ -393,17 +397,17 @@ def test_unknown_nodes_and_bad_prompt_ids_are_rejected(start, connect):
 
 
 @pytest.mark.parametrize("jobs_api", [True, False])
-def test_cancel_a_running_prompt_is_fast(start, connect, jobs_api):
+def test_cancel_a_running_prompt_stops_it(start, connect, jobs_api):
     fake = start(jobs_api=jobs_api)
     client = connect(fake.url)
     client.open_socket()
     prompt_id = new_id()
-    client.queue_prompt(txt2img(steps=500), prompt_id)
-    wait_for(client, "progress")
-    began = time.monotonic()
+    steps = 5000  # 100 s uncancelled: longer than the hang guard, so only a cancel can end it
+    client.queue_prompt(txt2img(steps=steps), prompt_id)
+    events = [wait_for(client, "progress")]
     assert client.cancel(prompt_id) is (True if jobs_api else None)
-    events = run_to_end(client, prompt_id, timeout=5)
-    assert time.monotonic() - began < 1.0
+    events += run_to_end(client, prompt_id)
+    assert max(e.data["value"] for e in events if e.type == "progress") < steps
     (interrupted,) = [e.data for e in events if e.type == "execution_interrupted"]
     assert interrupted["prompt_id"] == prompt_id and interrupted["node_type"] == "KSampler"
     assert "execution_success" not in [e.type for e in events]
@@ -429,9 +433,11 @@ def test_cancel_a_queued_prompt(start, connect, jobs_api):
     assert client.queue()["queue_pending"] == []
     assert client.queue()["queue_running"][0][1] == running
     client.interrupt()
-    run_to_end(client, running, timeout=5)
-    later = list(client.events(idle_timeout=0.3))  # the cancelled prompt never starts
-    assert not [e for e in later if e.data.get("prompt_id") == queued]
+    events = run_to_end(client, running)
+    after = new_id()  # queued behind the cancelled one: once it has run, the cancelled one had its turn
+    client.queue_prompt(txt2img(seed=9, steps=2), after)
+    events += run_to_end(client, after)
+    assert not [e for e in events if e.data.get("prompt_id") == queued]  # the cancelled prompt never started
     assert client.history(queued) == {} and client.queue() == {"queue_running": [], "queue_pending": []}
 
 
@@ -464,7 +470,7 @@ def test_a_token_is_required_and_sent_everywhere(start, connect):
     client.queue_prompt(txt2img(steps=2), prompt_id)
     run_to_end(client, prompt_id)
     client.history(prompt_id)
-    assert [c["authorization"] for c in fake.connections] == ["Bearer s3cret"]
+    assert [c["authorization"] for c in fake.wait_connections(1)] == ["Bearer s3cret"]
     accepted = [r for r in fake.requests if r[2] == "Bearer s3cret"]
     assert {path for _, path, _ in accepted} == {"/ws", "/upload/image", "/prompt", f"/history/{prompt_id}"}
 
@@ -483,11 +489,9 @@ def test_an_unreachable_server_is_one_line(connect):
 
 
 def test_a_silent_server_times_out(start, connect):
-    client = connect(start(http_delay=3.0).url, timeout=0.2)
-    began = time.monotonic()
+    client = connect(start(http_delay=10 * HANG_GUARD).url, timeout=0.2)  # an answer would come too late to pass
     with pytest.raises(ComfyError, match=r"No answer from the ComfyUI server at .* within 0.2 s"):
         client.system_stats()
-    assert time.monotonic() - began < 1.5
 
 
 def test_a_login_page_is_not_taken_for_comfyui(start, connect):
@@ -512,11 +516,10 @@ def test_a_dropped_socket_reconnects_and_recovers_the_result_from_history(start,
     with pytest.raises(SocketClosed):
         client.next_event(0.1)
     client.reconnect()
-    assert [c["client_id"] for c in fake.connections] == [client.client_id] * 2
-    deadline = time.monotonic() + 5
-    while not (entry := client.history(prompt_id)) and time.monotonic() < deadline:
-        client.next_event(0.05)
-    (ref,) = output_images(entry)
+    assert client.socket_open
+    assert [c["client_id"] for c in fake.wait_connections(2)] == [client.client_id] * 2
+    fake.wait_until(lambda: prompt_id in fake.history, what="history entry")
+    (ref,) = output_images(client.history(prompt_id))
     assert pixel(client.view(**ref)) == ((64, 32), (42, 8, 255))
 
 
@@ -526,9 +529,7 @@ def test_a_dying_server_is_a_clean_error(start, connect):
     client.open_socket()
     prompt_id = new_id()
     client.queue_prompt(txt2img(steps=8), prompt_id)
-    began = time.monotonic()
     assert "was lost" in str(until_closed(client))
-    assert time.monotonic() - began < 3
     with pytest.raises(ComfyError, match="Cannot reach the ComfyUI server"):
         client.reconnect()
     with pytest.raises(ComfyError, match="Cannot reach the ComfyUI server"):
@@ -558,7 +559,7 @@ def test_a_socket_that_reconnects_mid_prompt_hears_the_running_node(start, conne
     client = connect(fake.url)
     client.open_socket()
     prompt_id = new_id()
-    client.queue_prompt(txt2img(steps=40), prompt_id)
+    client.queue_prompt(txt2img(steps=5000), prompt_id)  # still running however late the reconnect comes
     wait_for(client, "progress")
     client.reconnect()
     catch_up = wait_for(client, "executing")

@@ -47,13 +47,17 @@ def raw() -> dict:
     return json.loads(DATA.read_text(encoding="utf-8"))
 
 
-@pytest.fixture
-def info(raw) -> ObjectInfo:
+def with_files(raw: dict) -> ObjectInfo:
     """The recorded server, with some LoRA and VAE files (the recorded one had none)."""
     data = copy.deepcopy(raw)
     data["LoraLoader"]["input"]["required"]["lora_name"][0] = list(LORAS)
     data["VAELoader"]["input"]["required"]["vae_name"][0] = list(VAES)
     return ObjectInfo(data)
+
+
+@pytest.fixture
+def info(raw) -> ObjectInfo:
+    return with_files(raw)
 
 
 @pytest.fixture
@@ -470,6 +474,116 @@ def test_every_required_input_is_filled(info):
     assert set(REQUIRED_NODES) <= seen | {"ImageScale"}
 
 
+# -- the graphs as recorded: every request builds exactly the graph it built before the per-mode rewrite ----------
+RECORDED = Path(__file__).parent / "data" / "comfyui" / "graphs.json"
+_LORA_TAGS = "a cat <lora:ink:0.7>, sketch <lora:Film Grain:-0.5>"
+_UP = {"mode": "upscale", "init_image": image(64, 48)}
+_DIFF = {**_UP, "upscale_mode": "diffusion", "prompt": "sharp", "strength": 0.3, "steps": 10, "seed": 4}
+_INPAINT = {"mode": "inpaint", "prompt": "a hat", "init_image": image(), "mask": mask(), "strength": 0.8, "seed": 3}
+_ADDONS = {"vae": "vae-ft-mse-840000", "clip_skip": 2, "loras": (("detail-tweaker", 0.4),)}
+_BOTH = {"images": {"init": "i.png", "mask": "m.png"}}
+_INIT = {"images": {"init": "i.png"}}
+
+# name -> (server, request fields, build_graph arguments besides the checkpoint)
+GRAPH_CASES: dict[str, tuple[str, dict, dict]] = {
+    "txt2img": ("full", {"prompt": "a (red:1.2) cat", "negative_prompt": "blurry", "sampler": "DPM++ 2M",
+                         "schedule": "Karras", "steps": 12, "cfg": 5.5, "seed": 1234, "width": 640, "height": 384,
+                         "batch": 3}, {}),
+    "txt2img-no-size": ("full", {"prompt": "x", "seed": 1}, {}),
+    "txt2img-save-seed": ("full", {"prompt": "x", "seed": 5, "width": 512, "height": 512}, {"output": "save", "seed": 77}),
+    "txt2img-server-sampler-name": ("full", {"prompt": "x", "seed": 1, "sampler": "dpmpp_2m_sde_gpu",
+                                             "schedule": "beta"}, {}),
+    "txt2img-loras": ("full", {"prompt": _LORA_TAGS, "negative_prompt": "ugly <lora:detail-tweaker>",
+                               "loras": (("styles/ink.safetensors", 0.25),), "seed": 1}, {}),
+    "txt2img-clip-skip": ("full", {"prompt": "x", "clip_skip": 2, "seed": 1}, {}),
+    "txt2img-vae": ("full", {"prompt": "x", "vae": "vae-ft-mse-840000", "seed": 1}, {}),
+    "txt2img-all-addons": ("full", {"prompt": _LORA_TAGS, **_ADDONS, "clip_skip": 3, "seed": 1}, {"output": "save"}),
+    "txt2img-no-websocket": ("no-websocket", {"prompt": "x", "seed": 1}, {"output": "save"}),
+    "img2img": ("full", {"mode": "img2img", "prompt": "p <lora:ink:1>", "negative_prompt": "n",
+                         "init_image": image(64, 48), "strength": 0.6, "steps": 30, "cfg": 4.0, "seed": 9,
+                         "sampler": "Euler", "schedule": "Exponential"}, {"images": {"init": "studio-init (1).png"}}),
+    "img2img-resized": ("full", {"mode": "img2img", "prompt": "p", "init_image": image(64, 48), "width": 128,
+                                 "height": 96, "seed": 9}, {**_INIT, "seed": 10}),
+    "img2img-same-size": ("full", {"mode": "img2img", "prompt": "p", "init_image": image(64, 48), "width": 64,
+                                   "height": 48, "seed": 9}, _INIT),
+    "img2img-addons": ("full", {"mode": "img2img", "prompt": "p", "init_image": image(), **_ADDONS, "seed": 2},
+                       {**_INIT, "output": "save"}),
+    "inpaint": ("full", _INPAINT, _BOTH),
+    "inpaint-save": ("full", _INPAINT, {**_BOTH, "output": "save"}),
+    "inpaint-model": ("full", {**_INPAINT, "negative_prompt": "bad", "strength": 1.0}, {**_BOTH, "inpaint_model": True}),
+    "inpaint-addons": ("full", {**_INPAINT, **_ADDONS}, _BOTH),
+    "inpaint-model-addons": ("full", {**_INPAINT, **_ADDONS, "prompt": _LORA_TAGS},
+                             {**_BOTH, "inpaint_model": True}),
+    "upscale-resize": ("full", {**_UP, "upscale_mode": "resize", "scale": 2.5}, _INIT),
+    "upscale-resize-size": ("full", {**_UP, "upscale_mode": "resize", "width": 100, "height": 60},
+                            {**_INIT, "output": "save"}),
+    "upscale-model": ("full", {**_UP, "upscale_mode": "model", "upscaler": "tiny-compact-x2", "width": 200,
+                               "height": 152}, {**_INIT, "output": "save"}),
+    "upscale-model-scale": ("full", {**_UP, "upscale_mode": "model", "upscaler": "tiny-compact-x2", "scale": 2.0},
+                            _INIT),
+    "upscale-diffusion": ("full", {**_DIFF, "upscaler": "tiny-compact-x2", "scale": 2.0}, _INIT),
+    "upscale-diffusion-lanczos": ("full", {**_DIFF, "scale": 1.5}, _INIT),
+    "upscale-diffusion-off8": ("full", {**_DIFF, "width": 100, "height": 60}, _INIT),
+    "upscale-diffusion-model-off8": ("full", {**_DIFF, "upscaler": "tiny-compact-x2", "width": 100, "height": 60},
+                                     {**_INIT, "output": "save", "seed": 8}),
+    "upscale-diffusion-addons": ("full", {**_DIFF, **_ADDONS, "prompt": _LORA_TAGS, "scale": 2.0}, _INIT),
+    # refusals: which one is said first is part of the behaviour
+    "error-latent": ("full", {**_UP, "upscale_mode": "latent", "seed": 1}, _INIT),
+    "error-unknown-mode": ("full", {"mode": "outpaint", "prompt": "x", "seed": 1}, {}),
+    "error-output": ("full", {"prompt": "x", "seed": 1}, {"output": "disk"}),
+    "error-no-seed": ("full", {"prompt": "x"}, {}),
+    "error-no-init": ("full", {"mode": "img2img", "init_image": image(), "seed": 1}, {}),
+    "error-no-mask": ("full", _INPAINT, _INIT),
+    "error-no-websocket": ("no-websocket", {"prompt": "<lora:nothere:1>", "sampler": "PLMS", "seed": 1}, {}),
+    "error-sampler-before-lora": ("full", {"prompt": "<lora:nothere:1>", "sampler": "PLMS", "seed": 1}, {}),
+    "error-schedule": ("full", {"prompt": "x", "schedule": "Polyexponential", "seed": 1}, {}),
+    "error-unreadable-prompt": ("full", {"prompt": "<lora:ink:heavy>", "seed": 1}, {}),
+    "error-lora": ("full", {"prompt": "<lora:nothere:1>", "seed": 1}, {}),
+    "error-vae-before-lora": ("full", {"prompt": "<lora:nothere:1>", "vae": "kl-f8", "seed": 1}, {}),
+    "error-no-lora-loader": ("no-lora-loader", {"prompt": "<lora:ink:1>", "seed": 1}, {}),
+    "error-no-clip-skip-node": ("no-clip-skip", {"prompt": "x", "clip_skip": 2, "seed": 1}, {}),
+    "error-no-inpaint-conditioning": ("no-inpaint-conditioning", _INPAINT, {**_BOTH, "inpaint_model": True}),
+    "error-no-upscaler": ("full", {**_UP, "upscale_mode": "model", "upscaler": "", "scale": 2.0}, _INIT),
+    "error-unknown-upscaler": ("full", {**_DIFF, "upscaler": "realesrgan", "scale": 2.0}, _INIT),
+    "error-no-upscale-loader": ("no-upscale-loader", {**_UP, "upscale_mode": "model", "upscaler": "x", "scale": 2.0},
+                                _INIT),
+    "error-model": ("full", {"prompt": "x", "seed": 1}, {"checkpoint": "sdxl"}),
+}  # fmt: skip
+_LACKS = {"no-websocket": "SaveImageWebsocket", "no-lora-loader": "LoraLoader", "no-clip-skip": "CLIPSetLastLayer",
+          "no-inpaint-conditioning": "InpaintModelConditioning", "no-upscale-loader": "UpscaleModelLoader"}  # fmt: skip
+
+
+def _server(info: ObjectInfo, name: str) -> ObjectInfo:
+    data = copy.deepcopy(info.data)
+    data.pop(_LACKS.get(name, ""), None)
+    return ObjectInfo(data)
+
+
+def _built(info: ObjectInfo, name: str) -> str:
+    """The case's graph as JSON text (order, ints and floats as built), or its refusal as "Type: message"."""
+    server, fields, args = GRAPH_CASES[name]
+    args = {"checkpoint": CKPT, **args}
+    try:
+        return json.dumps(build_graph(GenerateRequest(**fields), _server(info, server), **args), indent=1)
+    except (ValueError, UnsupportedError) as e:
+        return f"{type(e).__name__}: {e}"
+
+
+def record_graphs(info: ObjectInfo) -> None:
+    """Rewrite the recorded graphs (only ever from the code whose graphs are the reference)."""
+    RECORDED.write_text(json.dumps({n: _built(info, n) for n in GRAPH_CASES}, indent=1) + "\n", encoding="utf-8")
+
+
+@pytest.mark.parametrize("name", list(GRAPH_CASES))
+def test_graphs_are_the_recorded_ones(info, name):
+    recorded = json.loads(RECORDED.read_text(encoding="utf-8"))
+    assert set(recorded) == set(GRAPH_CASES)
+    assert _built(info, name) == recorded[name]
+    if not recorded[name].startswith("{"):
+        return
+    validate(json.loads(recorded[name]), _server(info, GRAPH_CASES[name][0]))
+
+
 # -- validate: one test per fault -------------------------------------------------------------------------------
 @pytest.fixture
 def good(info) -> dict:
@@ -611,3 +725,7 @@ def test_module_is_pure_python():
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() in ("[]", "['socket']")  # socket: maybe the interpreter's own; no torch, no Qt
+
+
+if __name__ == "__main__":  # PYTHONPATH=. python tests/test_comfy_graphs.py: record the reference graphs
+    record_graphs(with_files(json.loads(DATA.read_text(encoding="utf-8"))))

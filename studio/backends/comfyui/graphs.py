@@ -12,7 +12,8 @@ a fault is named before anything is sent); `describe_errors` turns a refused job
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from studio.backends.base import UnsupportedError
@@ -352,6 +353,240 @@ def _round8(v: int) -> int:
     return max(16, -(-int(v) // 8) * 8)
 
 
+def _size_of(request: GenerateRequest) -> tuple[int, int] | None:
+    image = request.init_image
+    if image is None:
+        return None
+    h, w = image.shape[:2]
+    return int(w), int(h)
+
+
+@dataclass(frozen=True)
+class _Job:
+    """One build_graph call's arguments, checked: what every mode's builder reads."""
+
+    request: GenerateRequest
+    checkpoint: str
+    images: dict[str, str]
+    inpaint_model: bool
+    output: str
+    seed: int | None
+
+
+@dataclass(frozen=True)
+class _Model:
+    """The model's three outputs after its add-ons (a VAE override, LoRAs, clip skip)."""
+
+    model: Link
+    clip: Link
+    vae: Link
+
+
+@dataclass(frozen=True)
+class _Sampling:
+    """The KSampler's settings, resolved against the server before any node is added."""
+
+    seed: int
+    steps: int
+    cfg: float
+    sampler_name: str
+    scheduler: str
+
+
+# The uploaded images each mode reads.
+_MODE_IMAGES: dict[str, tuple[str, ...]] = {"txt2img": (), "img2img": ("init",), "inpaint": ("init", "mask"),
+                                            "upscale": ("init",)}  # fmt: skip
+
+
+def _diffuses(request: GenerateRequest) -> bool:
+    return request.mode != "upscale" or request.upscale_mode == "diffusion"
+
+
+def _check_arguments(request: GenerateRequest, images: dict[str, str], output: str, seed: int | None) -> None:
+    mode = request.mode
+    if output not in OUTPUT_NODES:
+        raise ValueError(f"Unknown output {output!r}; use websocket or save")
+    if mode == "upscale" and request.upscale_mode == "latent":
+        raise UnsupportedError("The latent upscale is not available on a ComfyUI server: the x4 latent upscaler "
+                               "runs on the local engine only")  # fmt: skip
+    if mode not in MODE_NODES:
+        raise RequestError(f"Unknown mode {mode!r}")
+    if seed is None and _diffuses(request):
+        raise ValueError("build_graph needs a seed: the request's or the seed argument")
+    for key in _MODE_IMAGES[mode]:
+        if not images.get(key):
+            raise ValueError(f"build_graph needs images[{key!r}] (an uploaded image's name) for {mode}")
+
+
+# -- the shared steps: each adds its nodes in the order the graph's ids follow ----------------------------------
+def _sampling(g: _Graph, job: _Job) -> _Sampling:
+    r = job.request
+    sampler_name, scheduler = comfy_names(r.sampler, r.schedule, g.info)
+    return _Sampling(int(job.seed), int(r.steps), float(r.cfg), sampler_name, scheduler)
+
+
+def _load_checkpoint(g: _Graph, checkpoint: str, vae_name: str | None) -> _Model:
+    g.need("CheckpointLoaderSimple")
+    ckpt = g.add("CheckpointLoaderSimple", ckpt_name=pick(g.info.checkpoints, checkpoint, "model"))
+    vae: Link = [ckpt, 2]
+    if vae_name:
+        g.need("VAELoader", "a VAE override")  # before the file is picked: a missing node is said first
+        vae = [g.add("VAELoader", "a VAE override", vae_name=pick(g.info.vaes, vae_name, "VAE")), 0]
+    return _Model([ckpt, 0], [ckpt, 1], vae)
+
+
+def _apply_loras(g: _Graph, m: _Model, loras: list[tuple[str, float]]) -> _Model:
+    model, clip = m.model, m.clip
+    for name, weight in loras:
+        g.need("LoraLoader", "LoRAs")
+        lora = g.add("LoraLoader", "LoRAs", model=model, clip=clip, lora_name=pick(g.info.loras, name, "LoRA"),
+                     strength_model=float(weight), strength_clip=float(weight))  # fmt: skip
+        model, clip = [lora, 0], [lora, 1]
+    return _Model(model, clip, m.vae)
+
+
+def _clip_skip(g: _Graph, m: _Model, clip_skip: int) -> _Model:
+    if clip_skip <= 1:
+        return m
+    clip = [g.add("CLIPSetLastLayer", "clip skip", clip=m.clip, stop_at_clip_layer=-int(clip_skip)), 0]
+    return _Model(m.model, clip, m.vae)
+
+
+def _model_and_prompts(g: _Graph, job: _Job) -> tuple[_Model, Link, Link]:
+    """The model with its add-ons, and the positive and negative conditioning."""
+    positive_text, negative_text, loras = _prompts(job.request)  # an unreadable prompt: before the model
+    m = _load_checkpoint(g, job.checkpoint, job.request.vae)
+    m = _clip_skip(g, _apply_loras(g, m, loras), job.request.clip_skip)
+    positive: Link = [g.add("CLIPTextEncode", text=positive_text, clip=m.clip), 0]
+    negative: Link = [g.add("CLIPTextEncode", text=negative_text, clip=m.clip), 0]
+    return m, positive, negative
+
+
+def _load_image(g: _Graph, name: str) -> Link:
+    return [g.add("LoadImage", image=name), 0]
+
+
+def _scale(g: _Graph, image: Link, size: tuple[int, int]) -> Link:
+    w, h = size
+    return [g.add("ImageScale", image=image, upscale_method="lanczos", width=int(w), height=int(h), crop="disabled"), 0]
+
+
+def _upscale_with_model(g: _Graph, image: Link, upscaler: str | None) -> Link:
+    if not upscaler:
+        raise RequestError("The model upscale needs an upscaler model: pick one, or use resize or diffusion")
+    g.need("UpscaleModelLoader", "upscaler models")
+    name = pick(g.info.upscalers, upscaler, "upscaler model")
+    loader = g.add("UpscaleModelLoader", "upscaler models", model_name=name)
+    return [g.add("ImageUpscaleWithModel", upscale_model=[loader, 0], image=image), 0]
+
+
+def _encode(g: _Graph, image: Link, vae: Link) -> Link:
+    return [g.add("VAEEncode", pixels=image, vae=vae), 0]
+
+
+def _sample_and_decode(
+    g: _Graph, s: _Sampling, m: _Model, positive: Link, negative: Link, latent: Link, denoise: float
+) -> Link:
+    samples = g.add("KSampler", model=m.model, positive=positive, negative=negative, latent_image=latent,
+                    seed=s.seed, steps=s.steps, cfg=s.cfg, sampler_name=s.sampler_name, scheduler=s.scheduler,
+                    denoise=denoise)  # fmt: skip
+    return [g.add("VAEDecode", samples=[samples, 0], vae=m.vae), 0]
+
+
+def _save(g: _Graph, image: Link, output: str) -> dict[str, dict[str, Any]]:
+    if output == "save":
+        g.add("SaveImage", images=image, filename_prefix=SAVE_PREFIX)
+    else:
+        g.add("SaveImageWebsocket", images=image)
+    return g.nodes
+
+
+# -- one graph per mode -----------------------------------------------------------------------------------------
+def _txt2img(g: _Graph, job: _Job) -> dict[str, dict[str, Any]]:
+    r, s = job.request, _sampling(g, job)
+    m, positive, negative = _model_and_prompts(g, job)
+    # No size: the node's default (the backend fills in the model's native size when it knows it).
+    width = int(r.width or g.info.default("EmptyLatentImage", "width") or 512)
+    height = int(r.height or g.info.default("EmptyLatentImage", "height") or 512)
+    latent: Link = [g.add("EmptyLatentImage", width=width, height=height, batch_size=int(r.batch)), 0]
+    return _save(g, _sample_and_decode(g, s, m, positive, negative, latent, 1.0), job.output)
+
+
+def _img2img(g: _Graph, job: _Job) -> dict[str, dict[str, Any]]:
+    r, s = job.request, _sampling(g, job)
+    m, positive, negative = _model_and_prompts(g, job)
+    image = _load_image(g, job.images["init"])
+    if r.width and r.height and _size_of(r) != (r.width, r.height):
+        image = _scale(g, image, (r.width, r.height))  # as the local engine: the init image resized
+    latent = _encode(g, image, m.vae)
+    return _save(g, _sample_and_decode(g, s, m, positive, negative, latent, float(r.strength)), job.output)
+
+
+def _inpaint(g: _Graph, job: _Job) -> dict[str, dict[str, Any]]:
+    """The studio crops, fills and composites itself: the graph inpaints the image it is given, at its size."""
+    r, s = job.request, _sampling(g, job)
+    m, positive, negative = _model_and_prompts(g, job)
+    image = _load_image(g, job.images["init"])
+    mask: Link = [g.add("LoadImageMask", image=job.images["mask"], channel="red"), 0]
+    if job.inpaint_model:  # a 9-channel U-Net gets the masked image and the mask as its extra input channels
+        cond = g.add("InpaintModelConditioning", "inpainting models", positive=positive, negative=negative,
+                     vae=m.vae, pixels=image, mask=mask, noise_mask=True)  # fmt: skip
+        positive, negative, latent = [cond, 0], [cond, 1], [cond, 2]
+    else:  # a 4-channel one: the known area re-imposed at every step
+        latent = [g.add("SetLatentNoiseMask", samples=_encode(g, image, m.vae), mask=mask), 0]
+    return _save(g, _sample_and_decode(g, s, m, positive, negative, latent, float(r.strength)), job.output)
+
+
+# The server upscales the whole image: no tiling there (`request.tile` is the local engine's).
+def _upscale_pixels(g: _Graph, job: _Job) -> dict[str, dict[str, Any]]:
+    """Resize (Lanczos) or an upscaler model, then the exact size: no diffusion, no checkpoint."""
+    r = job.request
+    target = r.upscale_size()
+    image = _load_image(g, job.images["init"])
+    if r.upscale_mode == "model":
+        image = _upscale_with_model(g, image, r.upscaler)
+    return _save(g, _scale(g, image, target), job.output)
+
+
+def _upscale_diffusion(g: _Graph, job: _Job) -> dict[str, dict[str, Any]]:
+    """An upscaler model (or Lanczos) to the size, then img2img at the request's strength."""
+    r, s = job.request, _sampling(g, job)
+    target = r.upscale_size()
+    image = _load_image(g, job.images["init"])
+    if r.upscaler:
+        image = _upscale_with_model(g, image, r.upscaler)
+    # Diffusion works at multiples of 8 (VAEEncode would crop the rest away): back to the exact size after.
+    work = (_round8(target[0]), _round8(target[1]))
+    upscaled = _scale(g, image, work)
+    m, positive, negative = _model_and_prompts(g, job)
+    decoded = _sample_and_decode(g, s, m, positive, negative, _encode(g, upscaled, m.vae), float(r.strength))
+    if work != target:
+        decoded = _scale(g, decoded, target)
+    return _save(g, decoded, job.output)
+
+
+_UPSCALES: dict[str, Callable[[_Graph, _Job], dict[str, dict[str, Any]]]] = {
+    "resize": _upscale_pixels,
+    "model": _upscale_pixels,
+    "diffusion": _upscale_diffusion,
+}
+
+
+def _upscale(g: _Graph, job: _Job) -> dict[str, dict[str, Any]]:
+    how = job.request.upscale_mode
+    if how not in _UPSCALES:
+        raise RequestError(f"Unknown upscale mode {how!r}; use one of {', '.join(_UPSCALES)}")
+    return _UPSCALES[how](g, job)
+
+
+_MODES: dict[str, Callable[[_Graph, _Job], dict[str, dict[str, Any]]]] = {
+    "txt2img": _txt2img,
+    "img2img": _img2img,
+    "inpaint": _inpaint,
+    "upscale": _upscale,
+}
+
+
 def build_graph(
     request: GenerateRequest,
     info: ObjectInfo,
@@ -375,124 +610,12 @@ def build_graph(
     ValueError (a missing seed or image name). Check the result with `validate` before sending it.
     """
     images = dict(images or {})
-    mode = request.mode
     seed = request.seed if seed is None else seed
-    if output not in OUTPUT_NODES:
-        raise ValueError(f"Unknown output {output!r}; use websocket or save")
-    if mode == "upscale" and request.upscale_mode == "latent":
-        raise UnsupportedError("The latent upscale is not available on a ComfyUI server: the x4 latent upscaler "
-                               "runs on the local engine only")  # fmt: skip
-    if mode not in MODE_NODES:
-        raise RequestError(f"Unknown mode {mode!r}")
-    if seed is None and (mode != "upscale" or request.upscale_mode == "diffusion"):
-        raise ValueError("build_graph needs a seed: the request's or the seed argument")
-    for key in ("init", "mask") if mode == "inpaint" else ("init",) if mode != "txt2img" else ():
-        if not images.get(key):
-            raise ValueError(f"build_graph needs images[{key!r}] (an uploaded image's name) for {mode}")
-
+    _check_arguments(request, images, output, seed)
     g = _Graph(info)
     g.need(OUTPUT_NODES[output], "images over the WebSocket; use the save output" if output == "websocket" else "")
-    if mode != "upscale" or request.upscale_mode == "diffusion":  # a name the server lacks: before anything else
-        sampler_name, scheduler = comfy_names(request.sampler, request.schedule, info)
-
-    def finish(image: Link) -> dict[str, dict[str, Any]]:
-        if output == "save":
-            g.add("SaveImage", images=image, filename_prefix=SAVE_PREFIX)
-        else:
-            g.add("SaveImageWebsocket", images=image)
-        return g.nodes
-
-    def scale(image: Link, size: tuple[int, int]) -> Link:
-        w, h = size
-        node = g.add("ImageScale", image=image, upscale_method="lanczos", width=int(w), height=int(h), crop="disabled")
-        return [node, 0]
-
-    def load_init() -> Link:
-        return [g.add("LoadImage", image=images["init"]), 0]
-
-    # Upscales without diffusion need no model at all. (The server upscales the whole image: no tiling there;
-    # `request.tile` is the local engine's.)
-    upscaled: Link | None = None
-    target: tuple[int, int] = (0, 0)
-    if mode == "upscale":
-        target = request.upscale_size()
-        image = load_init()
-        if request.upscale_mode == "model" or (request.upscale_mode == "diffusion" and request.upscaler):
-            if not request.upscaler:
-                raise RequestError("The model upscale needs an upscaler model: pick one, or use resize or diffusion")
-            g.need("UpscaleModelLoader", "upscaler models")
-            name = pick(info.upscalers, request.upscaler, "upscaler model")
-            loader = g.add("UpscaleModelLoader", "upscaler models", model_name=name)
-            image = [g.add("ImageUpscaleWithModel", upscale_model=[loader, 0], image=image), 0]
-        if request.upscale_mode in ("resize", "model"):
-            return finish(scale(image, target))
-        # Diffusion works at multiples of 8 (VAEEncode would crop the rest away): back to the exact size after.
-        upscaled = scale(image, (_round8(target[0]), _round8(target[1])))
-
-    # The model, its add-ons and the prompts.
-    positive_text, negative_text, loras = _prompts(request)
-    g.need("CheckpointLoaderSimple")
-    ckpt = g.add("CheckpointLoaderSimple", ckpt_name=pick(info.checkpoints, checkpoint, "model"))
-    model: Link = [ckpt, 0]
-    clip: Link = [ckpt, 1]
-    vae: Link = [ckpt, 2]
-    if request.vae:
-        g.need("VAELoader", "a VAE override")
-        vae = [g.add("VAELoader", "a VAE override", vae_name=pick(info.vaes, request.vae, "VAE")), 0]
-    for name, weight in loras:
-        g.need("LoraLoader", "LoRAs")
-        lora = g.add("LoraLoader", "LoRAs", model=model, clip=clip, lora_name=pick(info.loras, name, "LoRA"),
-                     strength_model=float(weight), strength_clip=float(weight))  # fmt: skip
-        model, clip = [lora, 0], [lora, 1]
-    if request.clip_skip > 1:
-        clip = [g.add("CLIPSetLastLayer", "clip skip", clip=clip, stop_at_clip_layer=-int(request.clip_skip)), 0]
-    positive: Link = [g.add("CLIPTextEncode", text=positive_text, clip=clip), 0]
-    negative: Link = [g.add("CLIPTextEncode", text=negative_text, clip=clip), 0]
-
-    # The starting latent.
-    denoise = float(request.strength)
-    if mode == "txt2img":
-        # No size: the node's default (the backend fills in the model's native size when it knows it).
-        width = int(request.width or info.default("EmptyLatentImage", "width") or 512)
-        height = int(request.height or info.default("EmptyLatentImage", "height") or 512)
-        empty = g.add("EmptyLatentImage", width=width, height=height, batch_size=int(request.batch))
-        latent: Link = [empty, 0]
-        denoise = 1.0
-    elif mode == "img2img":
-        image = load_init()
-        if request.width and request.height and _size_of(request) != (request.width, request.height):
-            image = scale(image, (request.width, request.height))  # as the local engine: the init image resized
-        latent = [g.add("VAEEncode", pixels=image, vae=vae), 0]
-    elif mode == "inpaint":
-        # The studio crops, fills and composites itself: the graph inpaints the image it is given, at its size.
-        image = load_init()
-        mask: Link = [g.add("LoadImageMask", image=images["mask"], channel="red"), 0]
-        if inpaint_model:  # a 9-channel U-Net gets the masked image and the mask as its extra input channels
-            cond = g.add("InpaintModelConditioning", "inpainting models", positive=positive, negative=negative,
-                         vae=vae, pixels=image, mask=mask, noise_mask=True)  # fmt: skip
-            positive, negative, latent = [cond, 0], [cond, 1], [cond, 2]
-        else:  # a 4-channel one: the known area re-imposed at every step
-            encoded = g.add("VAEEncode", pixels=image, vae=vae)
-            latent = [g.add("SetLatentNoiseMask", samples=[encoded, 0], mask=mask), 0]
-    else:
-        assert upscaled is not None
-        latent = [g.add("VAEEncode", pixels=upscaled, vae=vae), 0]
-
-    samples = g.add("KSampler", model=model, positive=positive, negative=negative, latent_image=latent,
-                    seed=int(seed), steps=int(request.steps), cfg=float(request.cfg), sampler_name=sampler_name,
-                    scheduler=scheduler, denoise=denoise)  # fmt: skip
-    decoded: Link = [g.add("VAEDecode", samples=[samples, 0], vae=vae), 0]
-    if mode == "upscale" and (_round8(target[0]), _round8(target[1])) != target:
-        decoded = scale(decoded, target)
-    return finish(decoded)
-
-
-def _size_of(request: GenerateRequest) -> tuple[int, int] | None:
-    image = request.init_image
-    if image is None:
-        return None
-    h, w = image.shape[:2]
-    return int(w), int(h)
+    job = _Job(request, checkpoint, images, inpaint_model, output, seed)
+    return _MODES[request.mode](g, job)
 
 
 # -- validation -------------------------------------------------------------------------------------------------
