@@ -38,10 +38,11 @@ from studio.session import IMAGE_SUFFIXES, Session
 from studio.ui.canvas import Canvas
 from studio.ui.canvas_tools import CanvasToolbar
 from studio.ui.gallery import IMAGE_ROLE, PATH_ROLE, Gallery
-from studio.ui.preview import PreviewPanel, format_eta
-from studio.ui.prompt_panel import PromptPanel, section
+from studio.ui.preview import PreviewPanel
+from studio.ui.prompt_panel import PromptPanel
 from studio.ui.queue_view import QueuePanel
 from studio.ui.theme import icon
+from studio.ui.widgets import format_eta, section
 
 
 def image_paths(mime) -> list[Path]:

@@ -16,17 +16,8 @@ from PySide6.QtWidgets import (
 )
 
 from studio.session import Session
-from studio.ui.prompt_panel import section
 from studio.ui.theme import icon
-
-
-def format_eta(seconds: float) -> str:
-    if seconds < 0:
-        return ""
-    seconds = int(round(seconds))
-    if seconds < 60:
-        return f"{seconds} s left"
-    return f"{seconds // 60} min {seconds % 60:02d} s left"
+from studio.ui.widgets import format_eta, section
 
 
 class ImageView(QWidget):

@@ -7,9 +7,8 @@ from PySide6.QtGui import QKeySequence, QShortcut
 from PySide6.QtWidgets import QHBoxLayout, QLabel, QListWidgetItem, QToolButton, QVBoxLayout, QWidget
 
 from studio.session import Session
-from studio.ui.gallery import HintList
-from studio.ui.prompt_panel import section
 from studio.ui.theme import icon
+from studio.ui.widgets import HintList, section
 
 JOB_ROLE = Qt.ItemDataRole.UserRole
 

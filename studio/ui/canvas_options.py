@@ -1,4 +1,4 @@
-"""The prompt panel's mode switch (text to image, image to image, inpaint) and the canvas options."""
+"""The prompt panel's mode switch and the options of the canvas modes: image to image and inpaint, upscale."""
 
 from __future__ import annotations
 
