@@ -314,13 +314,14 @@ class MainWindow(QMainWindow):
                                            "Repaint the masked area of the canvas from the prompt")  # fmt: skip
         gen_menu.addActions([self.generate_action, self.inpaint_action, self.cancel_action, self.cancel_all_action])
         gen_menu.addSeparator()
-        self.mode_actions = []
+        self.mode_actions: dict[str, QAction] = {}
         for n, (mode, label) in enumerate((("txt2img", "&Text to image"), ("img2img", "I&mage to image"),
                                            ("inpaint", "I&npaint mode"), ("upscale", "&Upscale mode")), 1):  # fmt: skip
             act = self._action(label, lambda m=mode: s.set_mode(m), QKeySequence(f"Ctrl+{n}"), "",
                                f"Switch the panel to {label.replace('&', '').lower()} (Ctrl+{n})")  # fmt: skip
-            self.mode_actions.append(act)
-        gen_menu.addActions(self.mode_actions)
+            self.mode_actions[mode] = act
+        gen_menu.addActions(list(self.mode_actions.values()))
+        self._offer_modes(s.info)
         gen_menu.addSeparator()
         gen_menu.addActions([self.random_action, self.reuse_action])
 
@@ -348,11 +349,12 @@ class MainWindow(QMainWindow):
         s = self.session
         s.current_image_changed.connect(self._show_current)
         s.preview_changed.connect(self._show_preview)
-        s.image_saved.connect(self.gallery.add_result)
+        s.result_image.connect(self.gallery.add_result)
         s.message.connect(self.show_message)
         s.progress.connect(self._progress)
         s.running_changed.connect(self._running)
         s.engine_state.connect(self._engine_state)
+        s.capabilities_changed.connect(self._offer_modes)
         s.jobs_changed.connect(self._jobs)
         s.job_queued.connect(lambda _job_id: self.save_settings())  # a crash never loses the prompt
         s.step_info.connect(self._step_info)
@@ -533,7 +535,11 @@ class MainWindow(QMainWindow):
         self.cancel_action.setEnabled(has_jobs)
         self.cancel_all_action.setEnabled(has_jobs)
 
-    def _engine_state(self, state: str) -> None:
+    def _offer_modes(self, info) -> None:
+        for mode, act in self.mode_actions.items():
+            act.setEnabled(mode in info.modes)
+
+    def _engine_state(self, state: str, text: str) -> None:
         if state == "ready":
             info = self.session.info
             self.engine_label.setText(f"{info.name}: ready" if info.remote_files else "Engine: ready")
@@ -545,11 +551,11 @@ class MainWindow(QMainWindow):
             if getattr(self, "_models_from", None) != (info.name, remote):
                 self._models_from = (info.name, remote)  # another engine: its files (a rescan costs a folder walk)
                 self.prompt_panel.refresh_models()
-        elif state in ("loading", "loading model"):
-            self.engine_label.setText("Engine: loading the model…" if state == "loading model" else "Engine: loading…")
+        elif state in ("loading", "busy"):
+            self.engine_label.setText(f"Engine: {text or 'loading'}…")
         else:
             self.engine_label.setText("Engine: unavailable")
-            self.engine_label.setToolTip(state)
+            self.engine_label.setToolTip(text)
 
     def _gallery_show(self, path: str) -> None:
         if not path:  # a result that could not be written: the gallery keeps the image itself
