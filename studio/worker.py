@@ -323,8 +323,7 @@ class Worker(QObject):
             except Exception as exc:  # noqa: BLE001 - reported with the result
                 log.exception("saving job %s", job.id)
                 save_error = describe_error(exc)
-        out = JobOutput(result, paths, save_error=save_error)
-        out.timeline_x0 = list(result.step_previews.get("x0", []))
-        out.timeline_latent = list(result.step_previews.get("latent", []))
+        out = JobOutput(result, paths, timeline_x0=list(result.step_previews.get("x0", [])),
+                        timeline_latent=list(result.step_previews.get("latent", [])), save_error=save_error)
         job.state = JobState.DONE
         emit(self.finished, job.id, out)
