@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import html
 from pathlib import Path
 
 from PySide6.QtCore import QByteArray, QSize, Qt, QUrl
@@ -36,13 +37,19 @@ from studio import APP_NAME, __version__
 from studio.core.errors import EngineError, describe_error
 from studio.session import IMAGE_SUFFIXES, Session
 from studio.ui.canvas import Canvas
-from studio.ui.canvas_tools import CanvasToolbar
+from studio.ui.canvas_tools import CANVAS_KEYS, CanvasToolbar
 from studio.ui.gallery import IMAGE_ROLE, PATH_ROLE, Gallery
 from studio.ui.preview import PreviewPanel
 from studio.ui.prompt_panel import PromptPanel
 from studio.ui.queue_view import QueuePanel
 from studio.ui.theme import icon
 from studio.ui.widgets import format_eta, section
+
+# Keys the help lists that are no window action (the canvas's are canvas_tools.CANVAS_KEYS).
+OTHER_KEYS = (
+    ("Delete", "Remove the selected job from the queue (the queue has the keyboard)"),
+    ("Drop a PNG", "Load its image and parameters (ours or A1111's)"),
+)
 
 
 def image_paths(mime) -> list[Path]:
@@ -751,26 +758,19 @@ class MainWindow(QMainWindow):
         self.settings.device = device
         self.show_message("The engine device changes the next time the studio starts")
 
-    SHORTCUTS = (
-        ("Ctrl+Enter", "Generate (again to queue more); in inpaint mode, inpaint"),
-        ("Ctrl+1 / 2 / 3", "Text to image / image to image / inpaint mode"),
-        ("B / E / H", "Brush, eraser, pan (on the canvas)"),
-        ("[ and ]", "Smaller or larger brush"),
-        ("Ctrl+Z / Ctrl+Shift+Z", "Undo / redo strokes, masks and images"),
-        ("Ctrl+V", "Paste an image onto the canvas"),
-        ("Ctrl+N", "A new blank canvas"),
-        ("Ctrl+E", "Extend the canvas (outpaint)"),
-        ("Ctrl+I", "Invert the mask"),
-        ("Esc", "Cancel the running image"),
-        ("Ctrl+S", "Save the image as…"),
-        ("Ctrl+O", "Open an image and its parameters"),
-        ("Ctrl+Shift+C", "Copy the image"),
-        ("Delete", "Remove the selected job from the queue"),
-        ("Drop a PNG", "Load its image and parameters (ours or A1111's)"),
-    )
+    def shortcut_rows(self) -> list[tuple[str, str]]:
+        """(keys, what they do) for the help: every window action with a shortcut, then the keys that are no
+        action (the canvas's, the queue's Delete, a drop), so the help cannot drift from the menus."""
+        rows = []
+        for act in self.actions():
+            keys = [k.toString(QKeySequence.SequenceFormat.NativeText) for k in act.shortcuts() if not k.isEmpty()]
+            if keys:
+                rows.append((" or ".join(keys), act.text().replace("&", "").rstrip("…")))
+        return rows + list(CANVAS_KEYS) + list(OTHER_KEYS)
 
     def show_shortcuts(self) -> None:
-        rows = "".join(f"<tr><td><b>{k}</b></td><td>&nbsp;&nbsp;{v}</td></tr>" for k, v in self.SHORTCUTS)
+        rows = "".join(f"<tr><td><b>{html.escape(k)}</b></td><td>&nbsp;&nbsp;{html.escape(v)}</td></tr>"
+                       for k, v in self.shortcut_rows())  # fmt: skip
         QMessageBox.information(self, "Keyboard shortcuts", f"<table>{rows}</table>")
 
     def about(self) -> None:

@@ -484,6 +484,26 @@ def test_help_lists_the_shortcuts(window, monkeypatch):
     assert "Latent Studio" in shown[1][0]
 
 
+def test_the_help_lists_every_shortcut_the_window_has(window, monkeypatch):
+    from PySide6.QtGui import QAction, QKeySequence
+    from PySide6.QtWidgets import QMessageBox
+
+    from studio.ui.canvas_tools import SHORTCUTS
+
+    shown = []
+    monkeypatch.setattr(QMessageBox, "information", lambda parent, title, text: shown.append(text))
+    window.show_shortcuts()
+    text = shown[0]
+    actions = [a for a in window.findChildren(QAction) if any(not k.isEmpty() for k in a.shortcuts())]
+    assert len(actions) >= 15  # the menus' actions are found, not a few
+    for act in actions:
+        for key in act.shortcuts():
+            assert f"{key.toString(QKeySequence.SequenceFormat.NativeText)}" in text, act.text()
+        assert act.text().replace("&", "").rstrip("…") in text
+    for key in ("Ctrl+4", *SHORTCUTS.values(), "[ and ]", "Space + drag", "Delete"):
+        assert f"<b>{key}" in text or f"or {key}" in text, key
+
+
 def test_arrow_keys_browse_the_gallery(qtbot, window, fake):
     fake.run_free()
     for seed in ("1", "2"):
