@@ -309,19 +309,8 @@ class Session(QObject):
 
     # -- timeline -----------------------------------------------------------------------------
 
-    @property
-    def selected_step(self) -> int:
-        return self.timeline.selected
-
-    @property
-    def last_output(self) -> JobOutput | None:
-        return self.timeline.output
-
     def timeline_length(self) -> int:
         return self.timeline.length()
-
-    def step_preview(self, step: int) -> np.ndarray | None:
-        return self.timeline.preview(step)
 
     def select_step(self, step: int) -> None:
         self.timeline.selected = step

@@ -58,9 +58,6 @@ class QueuePanel(QWidget):
         super().resizeEvent(event)
         self.refresh()  # re-elide the prompts to the new width
 
-    def job_ids(self) -> list[int]:
-        return [self.list.item(i).data(JOB_ROLE) for i in range(self.list.count())]
-
     def refresh(self) -> None:
         jobs = self.session.jobs()
         selected = self.list.currentItem().data(JOB_ROLE) if self.list.currentItem() else None
