@@ -14,7 +14,6 @@ import collections
 import itertools
 import logging
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,7 +52,6 @@ class _Job:
     save: Saver | None = None
     cancel: threading.Event = field(default_factory=threading.Event)
     state: JobState = JobState.QUEUED
-    submitted: float = field(default_factory=time.monotonic)
 
     def status(self) -> JobStatus:
         return JobStatus(self.id, self.kind, self.state, self.label, self.request)
@@ -156,10 +154,6 @@ class Worker(QObject):
     def cancel_all(self) -> None:
         for status in self.jobs()[::-1]:
             self.cancel(status.id)
-
-    def current_job(self) -> JobStatus | None:
-        job = self._current
-        return job.status() if job is not None else None
 
     def jobs(self) -> list[JobStatus]:
         """The running job (if any) then the queued ones, in order."""
@@ -323,8 +317,7 @@ class Worker(QObject):
             except Exception as exc:  # noqa: BLE001 - reported with the result
                 log.exception("saving job %s", job.id)
                 save_error = describe_error(exc)
-        out = JobOutput(result, paths, save_error=save_error)
-        out.timeline_x0 = list(result.step_previews.get("x0", []))
-        out.timeline_latent = list(result.step_previews.get("latent", []))
+        out = JobOutput(result, paths, timeline_x0=list(result.step_previews.get("x0", [])),
+                        timeline_latent=list(result.step_previews.get("latent", [])), save_error=save_error)
         job.state = JobState.DONE
         emit(self.finished, job.id, out)

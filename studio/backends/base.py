@@ -29,14 +29,15 @@ class BackendInfo:
     """What a backend can do. Before `start()` it holds what is known without loading anything."""
 
     name: str  # shown in the status bar: "Local engine", "Demo", "ComfyUI 0.27"
-    modes: tuple[str, ...] = ("txt2img",)
+    modes: tuple[str, ...] = ("txt2img",)  # the panel offers only these (studio.core.requests.MODES)
+    upscale_modes: tuple[str, ...] = ()  # the upscale methods it runs (studio.core.requests.UPSCALE_MODES)
     samplers: tuple[str, ...] = ()
     schedules: tuple[str, ...] = ()
     keeps_latents: bool = False  # results carry every step's latent
     decodes_steps: bool = False  # decode_step() works on a kept latent
-    preview_kinds: tuple[str, ...] = ("x0",)  # per-step preview views it can send
+    preview_kinds: tuple[str, ...] = ("x0",)  # per-step preview views it can send: the preview's choices
     upscalers: tuple[tuple[str, str], ...] = ()  # (id to put in a request, label: name, architecture, scale)
-    devices: tuple[str, ...] = ()
+    devices: tuple[str, ...] = ()  # where it can run, once started (the status bar's tooltip lists them)
     device: str = ""  # the one in use, once started
     version: str = ""
     # A remote backend lists its own files as (id to put in a request, label); a local one leaves these empty

@@ -18,7 +18,7 @@ import time
 import numpy as np
 
 from studio.core.errors import ModelError
-from studio.core.requests import MODES, GenerateRequest, GenerateResult, StepInfo
+from studio.core.requests import MODES, UPSCALE_MODES, GenerateRequest, GenerateResult, StepInfo
 from studio.core.samplers import SAMPLER_NAMES, SCHEDULE_NAMES
 
 from .base import BackendInfo, StepCallback, UnsupportedError
@@ -37,13 +37,14 @@ def flat(value: int, size: int) -> np.ndarray:
 
 class FakeBackend:
     def __init__(self, auto: bool = False, step_delay: float = 0.0, fail: str | None = None, size: int = 64,
-                 keeps_latents: bool = True):  # fmt: skip
+                 keeps_latents: bool = True, upscale_modes: tuple[str, ...] = UPSCALE_MODES):  # fmt: skip
         self.auto = auto  # steps run without waiting for allow()
         self.step_delay = step_delay
         self.fail = fail  # an EngineError message every generate raises
         self.start_error: Exception | None = None  # raised by start(): a backend that cannot start
         self.size = size
         self.keeps_latents = keeps_latents  # False: behave like a remote server (previews only)
+        self.upscale_modes = tuple(upscale_modes)  # fewer: a backend that lacks a method, as a server lacks "latent"
         self.requests: list[GenerateRequest] = []
         self.loaded: list[str | None] = []
         self.thread_names: list[str] = []
@@ -82,7 +83,7 @@ class FakeBackend:
 
     def info(self) -> BackendInfo:
         return BackendInfo(
-            name="Fake backend", modes=MODES, samplers=tuple(SAMPLER_NAMES), schedules=tuple(SCHEDULE_NAMES),
+            name="Fake backend", modes=MODES, upscale_modes=self.upscale_modes, samplers=tuple(SAMPLER_NAMES), schedules=tuple(SCHEDULE_NAMES),
             keeps_latents=self.keeps_latents, decodes_steps=self.keeps_latents,
             preview_kinds=("x0", "latent") if self.keeps_latents else ("x0",), devices=("cpu",),
             device="cpu" if self.started else "",
@@ -106,6 +107,8 @@ class FakeBackend:
         request.validate()
         if self.fail:
             raise ModelError(self.fail)
+        if request.mode == "upscale" and request.upscale_mode not in self.upscale_modes:
+            raise UnsupportedError(f"The {request.upscale_mode} upscale is not available on the {self.info().name}")
         self.requests.append(request)
         t0 = time.perf_counter()
         seed = request.seed if request.seed is not None else 4242

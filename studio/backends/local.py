@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from studio.core.requests import GenerateRequest, GenerateResult
+from studio.core.requests import UPSCALE_MODES, GenerateRequest, GenerateResult
 from studio.core.samplers import SAMPLER_NAMES, SCHEDULE_NAMES
 from studio.paths import BUILTIN_UPSCALERS_DIR, MODELS_DIR
 
@@ -28,7 +28,7 @@ class LocalBackend:
         self._folders = [Path(f) for f in model_folders]
         self._engine = None
         self._info = BackendInfo(
-            name="Local engine", modes=MODES, samplers=tuple(SAMPLER_NAMES), schedules=tuple(SCHEDULE_NAMES),
+            name="Local engine", modes=MODES, upscale_modes=UPSCALE_MODES, samplers=tuple(SAMPLER_NAMES), schedules=tuple(SCHEDULE_NAMES),
             keeps_latents=True, decodes_steps=True, preview_kinds=("x0", "latent"),
         )  # fmt: skip
 

@@ -5,6 +5,7 @@ The only module that imports diffusers for generation. Threads live in the worke
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import secrets
@@ -227,11 +228,10 @@ class Engine:
             if plan is not None:
                 images = [plan.paste(img) for img in images]
             res = self._result(used, seeds, model, tracker, images, cancelled=False, t=(t_start, t_loaded), plan=plan)
-            res.extra_params.update(extra)
-            res.timings["sample"] = t_sampled - t_loaded
-            res.timings["decode"] = time.perf_counter() - t_sampled
-            res.timings["total"] = time.perf_counter() - t_start
-            return res
+            t_decoded = time.perf_counter()
+            timings = {**res.timings, "sample": t_sampled - t_loaded, "decode": t_decoded - t_sampled,
+                       "total": time.perf_counter() - t_start}  # fmt: skip
+            return dataclasses.replace(res, extra_params={**res.extra_params, **extra}, timings=timings)
 
     def _result(self, used, seeds, model, tracker, images, cancelled, t, plan=None) -> GenerateResult:
         stack = (lambda xs: np.stack(xs)) if tracker.latents else (lambda xs: None)

@@ -24,17 +24,18 @@ class Cancelled(Exception):
 
 
 def effective_steps(r: GenerateRequest) -> int:
-    """Steps the sampler will actually run: img2img and inpaint skip the first (1 - strength) of them,
-    as diffusers' get_timesteps does."""
+    """Steps the sampler will actually run: `r.steps` for text to image (and at strength 1); image to image
+    and inpaint skip the first (1 - strength) of them and run int(steps * strength), as diffusers'
+    get_timesteps does (its `num_inference_steps - t_start`)."""
     n = r.steps
     if r.mode in ("img2img", "inpaint") and r.strength < 1.0:
-        init = min(int(n * r.strength), n)
-        return n - max(n - init, 0)
+        return min(int(n * r.strength), n)
     return n
 
 
 class StepTracker:
-    """Follows one run: counts steps as the artist set them, keeps x_t and the x0 estimate of each."""
+    """Follows one run: counts the steps the sampler runs (`effective_steps`; a second-order sampler's two model
+    calls count once), keeps x_t and the x0 estimate of each."""
 
     def __init__(
         self,

@@ -37,6 +37,8 @@ from .timeline import VIEWS, StepTimeline
 
 log = logging.getLogger(__name__)
 MAX_CANVAS = 4096  # px on a side: what a request accepts
+# The engine's states: starting the backend, loading a model (the engine thread is busy), ready, failed to start.
+ENGINE_STATES = ("loading", "busy", "ready", "failed")
 
 
 class Session(QObject):
@@ -49,13 +51,13 @@ class Session(QObject):
     progress = Signal(int, int, float)  # step, total, ETA seconds (-1 unknown)
     step_info = Signal(object)  # StepInfo of the running generation (stage and pass included)
     preview_changed = Signal(QImage)  # the live preview (small)
-    image_saved = Signal(str, QImage)  # a finished image, already on disk
+    result_image = Signal(str, QImage)  # a finished image and its path; "" when it could not be written
     current_image_changed = Signal(QImage)  # what the canvas shows
     timeline_changed = Signal(int)  # number of steps the timeline can scrub (0: none)
     timeline_image = Signal(int, QImage)  # step (1-based), its preview
     decoded = Signal(int, QImage)  # step (1-based), its full decode
     message = Signal(str, str)  # text, level: info / warning / error
-    engine_state = Signal(str)  # loading / loading model / ready / error text
+    engine_state = Signal(str, str)  # one of ENGINE_STATES, and a message ("" or why it failed)
     capabilities_changed = Signal(object)  # BackendInfo, once the backend has started
     crop_changed = Signal(object)  # the "only masked" inpaint area (x, y, w, h) a run would use, or None
     live_overlay = Signal(object, object)  # QImage (ARGB, alpha = feathered mask) and its rect, or None, None
@@ -88,6 +90,9 @@ class Session(QObject):
         )
         self.document = Document(self)
         self.timeline = StepTimeline(settings.preview_kind)
+        if self.timeline.view not in self.info.preview_kinds:
+            self.timeline.view = "x0"
+        self._fit_to_backend(self.params)
         self.book = JobBook()
         self.last_seed: int | None = None
         self._engine_ready = False
@@ -121,6 +126,20 @@ class Session(QObject):
     def info(self) -> BackendInfo:
         return self._worker.info()
 
+    def _fit_to_backend(self, params: Params) -> bool:
+        """Keep the params to what the backend offers (a server has no x4 latent upscaler); True if changed."""
+        info, changed = self.info, False
+        if params.mode not in info.modes and "txt2img" in info.modes:
+            params.mode, changed = "txt2img", True
+        if params.upscale_mode not in info.upscale_modes and info.upscale_modes:
+            params.upscale_mode = "diffusion" if "diffusion" in info.upscale_modes else info.upscale_modes[0]
+            changed = True
+        return changed
+
+    def _engine_state(self, state: str, text: str = "") -> None:
+        assert state in ENGINE_STATES, state
+        emit(self.engine_state, state, text)
+
     # -- parameters -------------------------------------------------------------------------
 
     def update_params(self, **changes: Any) -> None:
@@ -137,6 +156,7 @@ class Session(QObject):
 
     def set_params(self, params: Params) -> None:
         model_before = self.params.model
+        self._fit_to_backend(params)
         self.params = params
         if params.model != model_before:
             self.warm_up()
@@ -144,8 +164,8 @@ class Session(QObject):
         self._update_crop()
 
     def set_mode(self, mode: str) -> None:
-        """The panel's mode switch: txt2img, img2img or inpaint."""
-        if mode in MODES and mode != self.params.mode:
+        """The panel's mode switch: txt2img, img2img, inpaint or upscale, where the backend offers it."""
+        if mode in MODES and mode in self.info.modes and mode != self.params.mode:
             self.update_params(mode=mode)
             emit(self.params_changed, self.params)
 
@@ -163,7 +183,7 @@ class Session(QObject):
         return self.timeline.view
 
     def set_preview_kind(self, kind: str) -> None:
-        if kind in VIEWS and kind != self.timeline.view:
+        if kind in VIEWS and kind in self.info.preview_kinds and kind != self.timeline.view:
             before = self.timeline_length()
             self.timeline.view = kind
             self.settings.preview_kind = kind
@@ -177,7 +197,7 @@ class Session(QObject):
     def start_engine(self) -> None:
         """Start the backend in the background (torch, or a connection) and load the chosen model."""
         if not self._engine_ready:  # a run queued before this may have started it already
-            emit(self.engine_state, "loading")
+            self._engine_state("loading")
         self._worker.start(preload=True)
         self.enable_warm_up()
 
@@ -289,19 +309,8 @@ class Session(QObject):
 
     # -- timeline -----------------------------------------------------------------------------
 
-    @property
-    def selected_step(self) -> int:
-        return self.timeline.selected
-
-    @property
-    def last_output(self) -> JobOutput | None:
-        return self.timeline.output
-
     def timeline_length(self) -> int:
         return self.timeline.length()
-
-    def step_preview(self, step: int) -> np.ndarray | None:
-        return self.timeline.preview(step)
 
     def select_step(self, step: int) -> None:
         self.timeline.selected = step
@@ -521,7 +530,7 @@ class Session(QObject):
         self._fallen_back = False
         self._engine_ready = False
         self._warm_model = None
-        emit(self.engine_state, "loading")
+        self._engine_state("loading")
         self._worker.switch_backend(self._backend_factory(self.settings))
         self._worker.start(preload=True)
         return True
@@ -555,8 +564,13 @@ class Session(QObject):
             self.params.vae = ""
         if not info.remote_files and self.params.model and not Path(self.params.model).exists():
             self.params.model = ""  # a server's file name, back on this machine: the built-in model
+        if self.preview_kind not in info.preview_kinds:  # a server sends estimates only
+            self.set_preview_kind("x0")
+        refit = self._fit_to_backend(self.params)
         emit(self.capabilities_changed, info)
-        emit(self.engine_state, "ready")
+        if refit:
+            emit(self.params_changed, self.params)
+        self._engine_state("ready")
         if info.notice:
             emit(self.message, info.notice, "warning")
         self.warm_up()
@@ -569,13 +583,13 @@ class Session(QObject):
             local = dataclasses.replace(self.settings, backend="local")
             self._worker.switch_backend(self._backend_factory(local))
             return
-        emit(self.engine_state, text)
+        self._engine_state("failed", text)
         emit(self.message, text, "error")
 
     def _on_started(self, job_id: int) -> None:
         kind = self.book.kind(job_id)
         if kind is JobKind.LOAD_MODEL:
-            emit(self.engine_state, "loading model")
+            self._engine_state("busy", "loading the model")
         elif kind is JobKind.GENERATE:
             self._start_run(job_id)
 
@@ -647,7 +661,7 @@ class Session(QObject):
             path = out.paths[i] if i < len(out.paths) else None
             if path is None:  # not on disk: keep its parameters for Save as
                 self._unsaved_text[image.cacheKey()] = library.parameters_text(result, i)
-            emit(self.image_saved, str(path) if path else "", image)
+            emit(self.result_image, str(path) if path else "", image)
         if images:
             mode = result.request.mode
             self.document.set_image(images[0], out.paths[0] if out.paths else None, record=MODE_LABELS.get(mode, "Result"))
@@ -680,7 +694,7 @@ class Session(QObject):
     def _on_model_loaded(self, job_id: int, out: ModelLoaded) -> None:
         self.book.pop(job_id)
         self._loaded_model = out.model or ""
-        emit(self.engine_state, "ready")
+        self._engine_state("ready")
         if self._runs_done == getattr(self, "_runs_at_warm_up", 0):  # else "Done in ..." stays on show
             emit(self.message, f"Model ready: {Path(out.model).name if out.model else 'built-in'}", "info")
 
@@ -707,7 +721,7 @@ class Session(QObject):
         if kind is JobKind.LOAD_MODEL:
             self.book.pop(job_id)
             self._warm_model = None  # try again when it is next wanted
-            emit(self.engine_state, "ready")
+            self._engine_state("ready")
             kept = self._loaded_model
             if kept is not None and kept != self.params.model:
                 # The backend still holds the model it had: the picker goes back to it, so Generate works.

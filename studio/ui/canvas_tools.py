@@ -26,6 +26,18 @@ from studio.ui.canvas import Canvas
 from studio.ui.theme import icon
 
 SHORTCUTS = {"pan": "H", "brush": "B", "eraser": "E", "select": "M"}
+TOOL_HELP = {
+    "pan": "Pan: drag to move the image; wheel zooms, double-click fits",
+    "brush": "Brush: paint the mask, the area to repaint",
+    "eraser": "Eraser: remove the mask",
+    "select": "Select: drag a rectangle, a region to upscale; a click clears it",
+}
+# The canvas's keys that are no window action (QShortcuts and keys the canvas reads), for the shortcut help.
+CANVAS_KEYS: tuple[tuple[str, str], ...] = (
+    *((SHORTCUTS[name], TOOL_HELP[name]) for name in ("brush", "eraser", "pan", "select")),
+    ("[ and ]", "Smaller or larger brush (pointer over the canvas)"),
+    ("Space + drag", "Pan while the brush or eraser is picked"),
+)
 
 
 class CanvasToolbar(QWidget):
@@ -41,15 +53,11 @@ class CanvasToolbar(QWidget):
 
         self.tools = QButtonGroup(self)
         self.tools.setExclusive(True)
-        tips = {
-            "pan": "Pan (H): drag to move the image; wheel zooms, double-click fits",
-            "brush": "Brush (B): paint the mask, the area to repaint. [ and ]: smaller / larger",
-            "eraser": "Eraser (E): remove the mask. [ and ]: smaller / larger",
-        }
+        sizes = {"brush": ". [ and ]: smaller / larger", "eraser": ". [ and ]: smaller / larger"}
         self.tool_buttons: dict[str, QToolButton] = {}
-        tips["select"] = "Select (M): drag a rectangle, a region to upscale; a click clears it"
         for name in ("pan", "brush", "eraser", "select"):
-            b = self._button(name, tips[name], checkable=True)
+            label, _, what = TOOL_HELP[name].partition(": ")
+            b = self._button(name, f"{label} ({SHORTCUTS[name]}): {what}{sizes.get(name, '')}", checkable=True)
             b.setText(name.capitalize())
             self.tools.addButton(b)
             self.tool_buttons[name] = b

@@ -11,10 +11,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 from PySide6.QtCore import QObject, QSize, Qt, Signal
-from PySide6.QtGui import QColor, QIcon, QImage, QImageReader, QPainter, QPixmap
-from PySide6.QtWidgets import QAbstractItemView, QListView, QListWidget, QListWidgetItem, QWidget
+from PySide6.QtGui import QIcon, QImage, QImageReader, QPixmap
+from PySide6.QtWidgets import QAbstractItemView, QListView, QListWidgetItem, QWidget
 
 from studio.qtcompat import emit
+from studio.ui.widgets import HintList
 
 THUMB = 112
 PATH_ROLE = Qt.ItemDataRole.UserRole
@@ -60,25 +61,6 @@ class ThumbnailLoader(QObject):
         if self._thread is not None:
             self._thread.join(5.0)
             self._thread = None
-
-
-class HintList(QListWidget):
-    """A list that says what goes in it while it is empty."""
-
-    def __init__(self, hint: str = "", parent: QWidget | None = None):
-        super().__init__(parent)
-        self.hint = hint
-
-    def paintEvent(self, event) -> None:
-        super().paintEvent(event)
-        if self.count() == 0 and self.hint:
-            p = QPainter(self.viewport())
-            p.setPen(QColor("#5c616b"))
-            p.drawText(
-                self.viewport().rect().adjusted(8, 8, -8, -8),
-                Qt.AlignmentFlag.AlignCenter | Qt.TextFlag.TextWordWrap,
-                self.hint,
-            )
 
 
 class Gallery(HintList):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import html
 from pathlib import Path
 
 from PySide6.QtCore import QByteArray, QSize, Qt, QUrl
@@ -36,12 +37,19 @@ from studio import APP_NAME, __version__
 from studio.core.errors import EngineError, describe_error
 from studio.session import IMAGE_SUFFIXES, Session
 from studio.ui.canvas import Canvas
-from studio.ui.canvas_tools import CanvasToolbar
+from studio.ui.canvas_tools import CANVAS_KEYS, CanvasToolbar
 from studio.ui.gallery import IMAGE_ROLE, PATH_ROLE, Gallery
-from studio.ui.preview import PreviewPanel, format_eta
-from studio.ui.prompt_panel import PromptPanel, section
+from studio.ui.preview import PreviewPanel
+from studio.ui.prompt_panel import PromptPanel
 from studio.ui.queue_view import QueuePanel
 from studio.ui.theme import icon
+from studio.ui.widgets import format_eta, section
+
+# Keys the help lists that are no window action (the canvas's are canvas_tools.CANVAS_KEYS).
+OTHER_KEYS = (
+    ("Delete", "Remove the selected job from the queue (the queue has the keyboard)"),
+    ("Drop a PNG", "Load its image and parameters (ours or A1111's)"),
+)
 
 
 def image_paths(mime) -> list[Path]:
@@ -313,13 +321,14 @@ class MainWindow(QMainWindow):
                                            "Repaint the masked area of the canvas from the prompt")  # fmt: skip
         gen_menu.addActions([self.generate_action, self.inpaint_action, self.cancel_action, self.cancel_all_action])
         gen_menu.addSeparator()
-        self.mode_actions = []
+        self.mode_actions: dict[str, QAction] = {}
         for n, (mode, label) in enumerate((("txt2img", "&Text to image"), ("img2img", "I&mage to image"),
                                            ("inpaint", "I&npaint mode"), ("upscale", "&Upscale mode")), 1):  # fmt: skip
             act = self._action(label, lambda m=mode: s.set_mode(m), QKeySequence(f"Ctrl+{n}"), "",
                                f"Switch the panel to {label.replace('&', '').lower()} (Ctrl+{n})")  # fmt: skip
-            self.mode_actions.append(act)
-        gen_menu.addActions(self.mode_actions)
+            self.mode_actions[mode] = act
+        gen_menu.addActions(list(self.mode_actions.values()))
+        self._offer_modes(s.info)
         gen_menu.addSeparator()
         gen_menu.addActions([self.random_action, self.reuse_action])
 
@@ -347,11 +356,12 @@ class MainWindow(QMainWindow):
         s = self.session
         s.current_image_changed.connect(self._show_current)
         s.preview_changed.connect(self._show_preview)
-        s.image_saved.connect(self.gallery.add_result)
+        s.result_image.connect(self.gallery.add_result)
         s.message.connect(self.show_message)
         s.progress.connect(self._progress)
         s.running_changed.connect(self._running)
         s.engine_state.connect(self._engine_state)
+        s.capabilities_changed.connect(self._offer_modes)
         s.jobs_changed.connect(self._jobs)
         s.job_queued.connect(lambda _job_id: self.save_settings())  # a crash never loses the prompt
         s.step_info.connect(self._step_info)
@@ -532,7 +542,11 @@ class MainWindow(QMainWindow):
         self.cancel_action.setEnabled(has_jobs)
         self.cancel_all_action.setEnabled(has_jobs)
 
-    def _engine_state(self, state: str) -> None:
+    def _offer_modes(self, info) -> None:
+        for mode, act in self.mode_actions.items():
+            act.setEnabled(mode in info.modes)
+
+    def _engine_state(self, state: str, text: str) -> None:
         if state == "ready":
             info = self.session.info
             self.engine_label.setText(f"{info.name}: ready" if info.remote_files else "Engine: ready")
@@ -544,11 +558,11 @@ class MainWindow(QMainWindow):
             if getattr(self, "_models_from", None) != (info.name, remote):
                 self._models_from = (info.name, remote)  # another engine: its files (a rescan costs a folder walk)
                 self.prompt_panel.refresh_models()
-        elif state in ("loading", "loading model"):
-            self.engine_label.setText("Engine: loading the model…" if state == "loading model" else "Engine: loading…")
+        elif state in ("loading", "busy"):
+            self.engine_label.setText(f"Engine: {text or 'loading'}…")
         else:
             self.engine_label.setText("Engine: unavailable")
-            self.engine_label.setToolTip(state)
+            self.engine_label.setToolTip(text)
 
     def _gallery_show(self, path: str) -> None:
         if not path:  # a result that could not be written: the gallery keeps the image itself
@@ -744,26 +758,19 @@ class MainWindow(QMainWindow):
         self.settings.device = device
         self.show_message("The engine device changes the next time the studio starts")
 
-    SHORTCUTS = (
-        ("Ctrl+Enter", "Generate (again to queue more); in inpaint mode, inpaint"),
-        ("Ctrl+1 / 2 / 3", "Text to image / image to image / inpaint mode"),
-        ("B / E / H", "Brush, eraser, pan (on the canvas)"),
-        ("[ and ]", "Smaller or larger brush"),
-        ("Ctrl+Z / Ctrl+Shift+Z", "Undo / redo strokes, masks and images"),
-        ("Ctrl+V", "Paste an image onto the canvas"),
-        ("Ctrl+N", "A new blank canvas"),
-        ("Ctrl+E", "Extend the canvas (outpaint)"),
-        ("Ctrl+I", "Invert the mask"),
-        ("Esc", "Cancel the running image"),
-        ("Ctrl+S", "Save the image as…"),
-        ("Ctrl+O", "Open an image and its parameters"),
-        ("Ctrl+Shift+C", "Copy the image"),
-        ("Delete", "Remove the selected job from the queue"),
-        ("Drop a PNG", "Load its image and parameters (ours or A1111's)"),
-    )
+    def shortcut_rows(self) -> list[tuple[str, str]]:
+        """(keys, what they do) for the help: every window action with a shortcut, then the keys that are no
+        action (the canvas's, the queue's Delete, a drop), so the help cannot drift from the menus."""
+        rows = []
+        for act in self.actions():
+            keys = [k.toString(QKeySequence.SequenceFormat.NativeText) for k in act.shortcuts() if not k.isEmpty()]
+            if keys:
+                rows.append((" or ".join(keys), act.text().replace("&", "").rstrip("…")))
+        return rows + list(CANVAS_KEYS) + list(OTHER_KEYS)
 
     def show_shortcuts(self) -> None:
-        rows = "".join(f"<tr><td><b>{k}</b></td><td>&nbsp;&nbsp;{v}</td></tr>" for k, v in self.SHORTCUTS)
+        rows = "".join(f"<tr><td><b>{html.escape(k)}</b></td><td>&nbsp;&nbsp;{html.escape(v)}</td></tr>"
+                       for k, v in self.shortcut_rows())  # fmt: skip
         QMessageBox.information(self, "Keyboard shortcuts", f"<table>{rows}</table>")
 
     def about(self) -> None:

@@ -16,17 +16,10 @@ from PySide6.QtWidgets import (
 )
 
 from studio.session import Session
-from studio.ui.prompt_panel import section
 from studio.ui.theme import icon
+from studio.ui.widgets import format_eta, section
 
-
-def format_eta(seconds: float) -> str:
-    if seconds < 0:
-        return ""
-    seconds = int(round(seconds))
-    if seconds < 60:
-        return f"{seconds} s left"
-    return f"{seconds // 60} min {seconds % 60:02d} s left"
+PREVIEW_KINDS = (("x0", "Estimate"), ("latent", "Noisy latent"))
 
 
 class ImageView(QWidget):
@@ -78,13 +71,11 @@ class PreviewPanel(QWidget):
         head.addWidget(section("Live preview"))
         head.addStretch(1)
         self.kind = QComboBox()
-        self.kind.addItem("Estimate", "x0")
-        self.kind.addItem("Noisy latent", "latent")
+        self.set_preview_kinds(session.info.preview_kinds)
         self.kind.setToolTip(
             "What the preview shows: the model's estimate of the final image at each step, or the noisy latent "
             "itself. A running image keeps the view it started with; after a run both views can be scrubbed."
         )
-        self.kind.setCurrentIndex(max(0, self.kind.findData(session.preview_kind)))
         head.addWidget(self.kind)
         lay.addLayout(head)
 
@@ -123,6 +114,18 @@ class PreviewPanel(QWidget):
         session.timeline_changed.connect(self._timeline_changed)
         session.timeline_image.connect(self._timeline_image)
         session.running_changed.connect(self._running)
+        session.capabilities_changed.connect(lambda info: self.set_preview_kinds(info.preview_kinds))
+
+    def set_preview_kinds(self, offered) -> None:
+        """The views the backend sends (a server: its estimates only); the session's view selected."""
+        self.kind.blockSignals(True)
+        self.kind.clear()
+        for value, label in PREVIEW_KINDS:
+            if value in offered:
+                self.kind.addItem(label, value)
+        self.kind.setCurrentIndex(max(0, self.kind.findData(self.session.preview_kind)))
+        self.kind.setEnabled(self.kind.count() > 1)
+        self.kind.blockSignals(False)
 
     def _progress(self, step: int, total: int, eta: float) -> None:
         if total <= 0:

@@ -11,7 +11,6 @@ from PySide6.QtWidgets import (
     QDoubleSpinBox,
     QGridLayout,
     QHBoxLayout,
-    QLabel,
     QLineEdit,
     QMenu,
     QPlainTextEdit,
@@ -26,8 +25,9 @@ from PySide6.QtWidgets import (
 
 from studio.core.requests import MAX_SEED
 from studio.session import IMAGE_SUFFIXES, Params, Session
-from studio.ui.inpaint_options import CanvasOptions, ModeSwitch, UpscaleOptions
+from studio.ui.canvas_options import CanvasOptions, ModeSwitch, UpscaleOptions
 from studio.ui.theme import icon, muted_label
+from studio.ui.widgets import section
 
 GENERATE_LABELS = {
     "txt2img": ("  Generate", "Generate from the prompt (Ctrl+Enter). Click again to queue more runs."),
@@ -35,12 +35,6 @@ GENERATE_LABELS = {
     "inpaint": ("  Inpaint", "Repaint the masked area of the canvas from the prompt (Ctrl+Enter)"),
     "upscale": ("  Upscale", "Upscale the canvas image or its selected region (Ctrl+Enter)"),
 }
-
-
-def section(text: str) -> QLabel:
-    label = QLabel(text.upper())
-    label.setObjectName("SectionTitle")
-    return label
 
 
 class PromptEdit(QPlainTextEdit):

@@ -7,9 +7,8 @@ from PySide6.QtGui import QKeySequence, QShortcut
 from PySide6.QtWidgets import QHBoxLayout, QLabel, QListWidgetItem, QToolButton, QVBoxLayout, QWidget
 
 from studio.session import Session
-from studio.ui.gallery import HintList
-from studio.ui.prompt_panel import section
 from studio.ui.theme import icon
+from studio.ui.widgets import HintList, section
 
 JOB_ROLE = Qt.ItemDataRole.UserRole
 
@@ -58,9 +57,6 @@ class QueuePanel(QWidget):
     def resizeEvent(self, event) -> None:
         super().resizeEvent(event)
         self.refresh()  # re-elide the prompts to the new width
-
-    def job_ids(self) -> list[int]:
-        return [self.list.item(i).data(JOB_ROLE) for i in range(self.list.count())]
 
     def refresh(self) -> None:
         jobs = self.session.jobs()

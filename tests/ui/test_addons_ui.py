@@ -48,7 +48,7 @@ def test_vae_picker_and_extras_menu(qtbot, make_window, fake, tmp_path):
     # The request carries the VAE and the memory settings.
     window.session.settings.vae_tiling = True
     fake.run_free()
-    with qtbot.waitSignal(window.session.image_saved):
+    with qtbot.waitSignal(window.session.result_image):
         qtbot.mouseClick(panel.generate_button, Qt.MouseButton.LeftButton)
     r = fake.requests[-1]
     assert r.vae.endswith("ft-mse.safetensors") and r.vae_tiling and not r.attention_slicing
@@ -95,7 +95,7 @@ def test_a_checkpoint_that_fails_to_load_leaves_the_model_it_had(qtbot, make_win
     )
     assert window.session.params.model == "" and panel.model.currentIndex() == 0
     fake.run_free()
-    with qtbot.waitSignal(window.session.image_saved):
+    with qtbot.waitSignal(window.session.result_image):
         qtbot.mouseClick(panel.generate_button, Qt.MouseButton.LeftButton)
     assert fake.requests[-1].model is None
 

@@ -112,7 +112,7 @@ def test_a_backend_that_keeps_no_latents_still_scrubs_previews_but_cannot_decode
     fake = FakeBackend(auto=True, keeps_latents=False)
     window = make_window(fake)
     window.prompt_panel.steps.setValue(4)
-    with qtbot.waitSignal(window.session.image_saved):
+    with qtbot.waitSignal(window.session.result_image):
         window.session.generate()
     timeline, decode = window.preview_panel.timeline, window.preview_panel.decode_button
     qtbot.waitUntil(timeline.isEnabled)
@@ -161,7 +161,7 @@ def test_the_demo_backend_runs_the_window_without_a_model(qtbot, out_dir):
     assert isinstance(window.session._worker._backend, DemoBackend)
     window.prompt_panel.prompt.setPlainText("a sunset")
     window.prompt_panel.steps.setValue(2)
-    with qtbot.waitSignal(window.session.image_saved, timeout=20_000) as saved:
+    with qtbot.waitSignal(window.session.result_image, timeout=20_000) as saved:
         window.session.generate()
     pixels = saved.args[1]
     assert pixels.width() == 512 and pixels.pixelColor(0, 0) != pixels.pixelColor(256, 256)  # a picture, not flat
@@ -224,3 +224,51 @@ def test_history_entries_never_change_after_they_are_pushed(window):
     doc.stroke_updated((0, 0, 32, 32))
     doc.end_stroke()
     assert np.array_equal(image_entry.before.mask, loaded)
+
+
+def test_the_panel_offers_what_the_backend_can_do_and_follows_a_switch(qtbot, make_window):
+    """A backend without the x4 latent upscaler and the noisy-latent preview (a server's): the window does not
+    offer them, and offers them again once it is back on a backend that has them."""
+    server_like = lambda: FakeBackend(keeps_latents=False, upscale_modes=("resize", "model", "diffusion"))  # noqa: E731
+    window = make_window(server_like())
+    window.session._backend_factory = lambda s: FakeBackend() if s.backend == "local" else server_like()
+    method, kind = window.prompt_panel.upscale_options.method, window.preview_panel.kind
+    methods = lambda: [method.itemData(i) for i in range(method.count())]  # noqa: E731
+    kinds = lambda: [kind.itemData(i) for i in range(kind.count())]  # noqa: E731
+
+    def switch(backend: str) -> None:
+        with qtbot.waitSignal(window.session.capabilities_changed, timeout=10000):
+            window.session.switch_engine(backend, "http://server:8188" if backend == "comfyui" else "")
+
+    assert methods() == ["diffusion", "model", "resize"] and kinds() == ["x0"]
+    window.start_engine()
+    qtbot.waitUntil(lambda: window.engine_label.text() == "Engine: ready")
+    assert methods() == ["diffusion", "model", "resize"] and kinds() == ["x0"]
+    window.session.set_preview_kind("latent")  # asked anyway (a stored setting): refused
+    assert window.session.preview_kind == "x0"
+
+    switch("local")
+    assert methods() == ["diffusion", "model", "latent", "resize"] and kinds() == ["x0", "latent"]
+    method.setCurrentIndex(method.findData("latent"))
+    kind.setCurrentIndex(kind.findData("latent"))
+    assert window.session.params.upscale_mode == "latent" and window.session.preview_kind == "latent"
+
+    switch("comfyui")  # the choices it lacks fall back to ones it has, and the widgets say so
+    assert methods() == ["diffusion", "model", "resize"] and kinds() == ["x0"]
+    assert window.session.params.upscale_mode == "diffusion" and method.currentData() == "diffusion"
+    assert window.session.preview_kind == "x0" and kind.currentData() == "x0"
+
+
+def test_a_mode_the_backend_lacks_cannot_be_picked(qtbot, make_window):
+    import dataclasses
+
+    class NoUpscale(FakeBackend):
+        def info(self):
+            return dataclasses.replace(super().info(), modes=("txt2img", "img2img", "inpaint"), upscale_modes=())
+
+    window = make_window(NoUpscale())
+    switch, action = window.prompt_panel.mode_switch.buttons["upscale"], window.mode_actions["upscale"]
+    assert not switch.isEnabled() and not action.isEnabled() and "not available" in switch.toolTip()
+    assert window.mode_actions["inpaint"].isEnabled() and window.prompt_panel.mode_switch.buttons["inpaint"].isEnabled()
+    window.session.set_mode("upscale")
+    assert window.session.params.mode == "txt2img"

@@ -47,7 +47,7 @@ def test_switch_to_a_server_run_there_and_back(qtbot, make_window, fake, server,
     panel.seed.setText("9")
     panel.width_box.setValue(64)
     panel.height_box.setValue(64)
-    with qtbot.waitSignal(session.image_saved, timeout=15000) as blocker:
+    with qtbot.waitSignal(session.result_image, timeout=15000) as blocker:
         qtbot.mouseClick(panel.generate_button, Qt.MouseButton.LeftButton)
     path, image = blocker.args
     assert image.width() == 64 and image.pixelColor(0, 0).red() == 9

@@ -65,7 +65,7 @@ def test_inpaint_sends_the_canvas_its_mask_and_the_options_and_the_result_lands_
     panel.canvas_options.content.setCurrentIndex(panel.canvas_options.content.findData("fill"))
     panel.seed.setText("9")
     before = rgb(doc.image)
-    with qtbot.waitSignal(s.image_saved) as saved:
+    with qtbot.waitSignal(s.result_image) as saved:
         qtbot.mouseClick(panel.generate_button, Qt.MouseButton.LeftButton)
     r = fake.requests[-1]
     assert r.mode == "inpaint" and np.array_equal(r.init_image, before) and np.array_equal(r.mask, mask)
@@ -88,7 +88,7 @@ def test_image_to_image_uses_the_canvas_at_its_size(qtbot, make_window):
     window = make_window(fake)
     window.session.show_image(canvas_image(72, 56))
     window.session.set_mode("img2img")
-    with qtbot.waitSignal(window.session.image_saved):
+    with qtbot.waitSignal(window.session.result_image):
         window.session.generate()
     r = fake.requests[-1]
     assert r.mode == "img2img" and r.init_image.shape == (56, 72, 3) and r.mask is None

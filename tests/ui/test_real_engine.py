@@ -23,7 +23,7 @@ def test_generate_with_the_real_engine(qtbot, tiny_model, out_dir):
         panel.sampler.setCurrentText("Euler")
         previews = []
         window.session.preview_changed.connect(lambda img: previews.append(img))
-        with qtbot.waitSignal(window.session.image_saved, timeout=180_000) as blocker:
+        with qtbot.waitSignal(window.session.result_image, timeout=180_000) as blocker:
             qtbot.mouseClick(panel.generate_button, Qt.MouseButton.LeftButton)
         path, image = blocker.args
         files = list(out_dir.glob("*.png"))
@@ -78,7 +78,7 @@ def test_inpaint_only_masked_from_the_window_with_the_real_engine(qtbot, tiny_in
         assert drawn is not None and drawn == s.inpaint_crop()
         finished = []
         s._worker.finished.connect(lambda job_id, out: finished.append(out))
-        with qtbot.waitSignal(s.image_saved, timeout=180_000):
+        with qtbot.waitSignal(s.result_image, timeout=180_000):
             s.generate()
         qtbot.waitUntil(lambda: len(finished) == 1)
         x0, y0, x1, y1 = finished[0].result.crop

@@ -50,7 +50,7 @@ def test_window_shows_title_and_every_control_has_a_tooltip(window):
 def test_generate_saves_png_with_metadata_then_shows_it(qtbot, window, fake, out_dir):
     set_prompt(window, "a red circle", steps=3)
     fake.run_free()
-    with qtbot.waitSignal(window.session.image_saved) as blocker:
+    with qtbot.waitSignal(window.session.result_image) as blocker:
         click_generate(qtbot, window)
     path, image = blocker.args
     files = sorted(out_dir.glob("*.png"))
@@ -72,7 +72,7 @@ def test_queue_order_and_visible_queue(qtbot, window, fake):
     assert "queued" in rows[1] and "queued" in rows[2]
     assert window.queue_panel.count_label.text() == "2 waiting"
     saved = []
-    window.session.image_saved.connect(lambda p, img: saved.append(p))
+    window.session.result_image.connect(lambda p, img: saved.append(p))
     fake.run_free()
     qtbot.waitUntil(lambda: len(saved) == 3)
     assert [r.prompt for r in fake.requests] == ["first", "second", "third"]
@@ -109,7 +109,7 @@ def test_cancel_a_queued_job_from_the_queue(qtbot, window, fake):
     assert blocker.args == [ids[1]]
     assert [r.split()[-1] for r in queue_rows(window)] == ["keep1", "keep2"]
     saved = []
-    window.session.image_saved.connect(lambda p, img: saved.append(p))
+    window.session.result_image.connect(lambda p, img: saved.append(p))
     fake.run_free()
     qtbot.waitUntil(lambda: len(saved) == 2)
     assert [r.prompt for r in fake.requests] == ["keep1", "keep2"]
@@ -126,7 +126,7 @@ def test_engine_error_is_shown_not_raised(qtbot, window, fake):
     # the window keeps working
     fake.fail = None
     fake.run_free()
-    with qtbot.waitSignal(window.session.image_saved):
+    with qtbot.waitSignal(window.session.result_image):
         window.session.generate()
     assert not window.banner.isVisible()
 
@@ -169,7 +169,7 @@ def test_noisy_latent_preview(qtbot, window, fake):
 def test_timeline_scrubs_every_step_and_decodes_one(qtbot, window, fake):
     set_prompt(window, "x", steps=5)
     fake.run_free()
-    with qtbot.waitSignal(window.session.image_saved):
+    with qtbot.waitSignal(window.session.result_image):
         window.session.generate()
     timeline = window.preview_panel.timeline
     qtbot.waitUntil(timeline.isEnabled)
@@ -192,7 +192,7 @@ def test_seed_buttons(qtbot, window, fake):
     set_prompt(window, "x")
     window.prompt_panel.seed.setText("")
     fake.run_free()
-    with qtbot.waitSignal(window.session.image_saved):
+    with qtbot.waitSignal(window.session.result_image):
         window.session.generate()
     assert fake.requests[-1].seed is None
     qtbot.mouseClick(window.prompt_panel.seed_reuse, Qt.MouseButton.LeftButton)
@@ -206,12 +206,12 @@ def test_ctrl_enter_generates_from_the_prompt_box_and_elsewhere(qtbot, window, f
     window.activateWindow()
     window.prompt_panel.prompt.setFocus()
     qtbot.keyClicks(window.prompt_panel.prompt, "a cat")
-    with qtbot.waitSignal(window.session.image_saved):
+    with qtbot.waitSignal(window.session.result_image):
         qtbot.keyClick(window.prompt_panel.prompt, Qt.Key.Key_Return, Qt.KeyboardModifier.ControlModifier)
     assert window.prompt_panel.prompt.toPlainText() == "a cat"  # no new line typed
     assert fake.requests[-1].prompt == "a cat"
     for widget in (window.prompt_panel.steps, window.prompt_panel.seed, window.prompt_panel.negative):
-        with qtbot.waitSignal(window.session.image_saved):
+        with qtbot.waitSignal(window.session.result_image):
             qtbot.keyClick(widget, Qt.Key.Key_Enter, Qt.KeyboardModifier.ControlModifier)
     assert len(fake.requests) == 4
     assert window.prompt_panel.negative.toPlainText() == ""
@@ -220,7 +220,7 @@ def test_ctrl_enter_generates_from_the_prompt_box_and_elsewhere(qtbot, window, f
 def test_ctrl_s_saves_a_copy_with_metadata(qtbot, window, fake, tmp_path, monkeypatch):
     set_prompt(window, "keep me")
     fake.run_free()
-    with qtbot.waitSignal(window.session.image_saved):
+    with qtbot.waitSignal(window.session.result_image):
         window.session.generate()
     target = tmp_path / "mine.png"
     monkeypatch.setattr(QFileDialog, "getSaveFileName", lambda *a, **k: (str(target), "PNG image (*.png)"))
@@ -233,7 +233,7 @@ def test_ctrl_s_saves_a_copy_with_metadata(qtbot, window, fake, tmp_path, monkey
 def test_copy_image_to_clipboard(qtbot, window, fake):
     set_prompt(window, "x")
     fake.run_free()
-    with qtbot.waitSignal(window.session.image_saved):
+    with qtbot.waitSignal(window.session.result_image):
         window.session.generate()
     window.copy_action.trigger()
     assert red(QApplication.clipboard().image()) == 7
@@ -245,7 +245,7 @@ def test_open_our_png_restores_its_parameters(qtbot, window, fake, out_dir):
     window.prompt_panel.cfg.setValue(5.5)
     window.prompt_panel.sampler.setCurrentText("DPM++ 2M")
     fake.run_free()
-    with qtbot.waitSignal(window.session.image_saved) as blocker:
+    with qtbot.waitSignal(window.session.result_image) as blocker:
         window.session.generate()
     path = blocker.args[0]
     set_prompt(window, "something else", steps=20)
@@ -447,7 +447,7 @@ def test_an_image_that_cannot_be_saved_is_still_shown_and_can_be_saved_elsewhere
     fake = FakeBackend(auto=True)
     window = make_window(fake, output_dir=str(blocker_file / "out"))
     set_prompt(window, "keep me anyway")
-    with qtbot.waitSignal(window.session.image_saved) as blocker:
+    with qtbot.waitSignal(window.session.result_image) as blocker:
         window.session.generate()
     assert blocker.args[0] == ""
     assert red(window.canvas.image()) == 7  # shown although not written
@@ -484,12 +484,32 @@ def test_help_lists_the_shortcuts(window, monkeypatch):
     assert "Latent Studio" in shown[1][0]
 
 
+def test_the_help_lists_every_shortcut_the_window_has(window, monkeypatch):
+    from PySide6.QtGui import QAction, QKeySequence
+    from PySide6.QtWidgets import QMessageBox
+
+    from studio.ui.canvas_tools import SHORTCUTS
+
+    shown = []
+    monkeypatch.setattr(QMessageBox, "information", lambda parent, title, text: shown.append(text))
+    window.show_shortcuts()
+    text = shown[0]
+    actions = [a for a in window.findChildren(QAction) if any(not k.isEmpty() for k in a.shortcuts())]
+    assert len(actions) >= 15  # the menus' actions are found, not a few
+    for act in actions:
+        for key in act.shortcuts():
+            assert f"{key.toString(QKeySequence.SequenceFormat.NativeText)}" in text, act.text()
+        assert act.text().replace("&", "").rstrip("…") in text
+    for key in ("Ctrl+4", *SHORTCUTS.values(), "[ and ]", "Space + drag", "Delete"):
+        assert f"<b>{key}" in text or f"or {key}" in text, key
+
+
 def test_arrow_keys_browse_the_gallery(qtbot, window, fake):
     fake.run_free()
     for seed in ("1", "2"):
         set_prompt(window, "x")
         window.prompt_panel.seed.setText(seed)
-        with qtbot.waitSignal(window.session.image_saved):
+        with qtbot.waitSignal(window.session.result_image):
             window.session.generate()
     assert red(window.canvas.image()) == 2  # the newest, first in the gallery
     window.gallery.setFocus()

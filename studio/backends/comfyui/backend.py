@@ -29,6 +29,7 @@ from .client import ComfyClient, ComfyError, SocketClosed, output_images
 
 log = logging.getLogger(__name__)
 MODES = ("txt2img", "img2img", "inpaint", "upscale")
+UPSCALE_MODES = ("resize", "model", "diffusion")  # not "latent": the x4 latent upscaler is the local engine's
 MIN_VERSION = (0, 3, 0)  # the protocol facts were checked on 0.27; older servers lack routes and nodes we use
 RECONNECT_FOR = 30.0  # seconds a dropped socket is retried before the job fails
 DEFAULT_SIZE = 512  # the server does not say a checkpoint's native size
@@ -74,8 +75,8 @@ class ComfyUIBackend:
         self._client: ComfyClient | None = None
         self._objects: graphs.ObjectInfo | None = None
         self._lock = threading.Lock()
-        self._info = BackendInfo(name="ComfyUI server", modes=MODES, keeps_latents=False, decodes_steps=False,
-                                 preview_kinds=("x0",), remote_files=True)  # fmt: skip
+        self._info = BackendInfo(name="ComfyUI server", modes=MODES, upscale_modes=UPSCALE_MODES, keeps_latents=False,
+                                 decodes_steps=False, preview_kinds=("x0",), remote_files=True)  # fmt: skip
 
     # -- Backend -------------------------------------------------------------------------------
 
@@ -106,8 +107,8 @@ class ComfyUIBackend:
         self._client, self._objects = client, objects
         files = lambda names: tuple((n, Path(n).stem) for n in names)  # noqa: E731
         self._info = BackendInfo(
-            name=f"ComfyUI {version}".strip(), modes=MODES, samplers=graphs.studio_samplers(objects),
-            schedules=graphs.studio_schedules(objects), keeps_latents=False, decodes_steps=False,
+            name=f"ComfyUI {version}".strip(), modes=MODES, upscale_modes=UPSCALE_MODES,
+            samplers=graphs.studio_samplers(objects), schedules=graphs.studio_schedules(objects), keeps_latents=False, decodes_steps=False,
             preview_kinds=("x0",), upscalers=tuple((n, f"{Path(n).stem} (on the server)") for n in objects.upscalers),
             devices=devices, device=devices[0] if devices else "", version=version, remote_files=True,
             models=files(objects.checkpoints), vaes=files(objects.vaes), loras=files(objects.loras),

@@ -1,4 +1,4 @@
-"""The prompt panel's mode switch (text to image, image to image, inpaint) and the canvas options."""
+"""The prompt panel's mode switch and the options of the canvas modes: image to image and inpaint, upscale."""
 
 from __future__ import annotations
 
@@ -59,7 +59,15 @@ class ModeSwitch(QWidget):
             self.buttons[mode] = b
             lay.addWidget(b, 1)
             b.clicked.connect(lambda _c=False, m=mode: session.set_mode(m))
+        self.set_capabilities(session.info)
+        session.capabilities_changed.connect(self.set_capabilities)
         self.show_mode(session.params.mode)
+
+    def set_capabilities(self, info) -> None:
+        """Only the modes the backend runs can be picked."""
+        for (mode, _text, tip), b in zip(MODE_BUTTONS, self.buttons.values(), strict=True):
+            b.setEnabled(mode in info.modes)
+            b.setToolTip(tip if mode in info.modes else f"{tip}: not available on the {info.name}")
 
     def show_mode(self, mode: str) -> None:
         b = self.buttons.get(mode) or self.buttons["txt2img"]
@@ -177,9 +185,7 @@ class UpscaleOptions(QWidget):
         grid.setVerticalSpacing(6)
         outer.addLayout(grid)
         self.method = QComboBox()
-        for value, label, tip in METHODS:
-            self.method.addItem(label, value)
-            self.method.setItemData(self.method.count() - 1, tip, Qt.ItemDataRole.ToolTipRole)
+        self.set_methods(session.info.upscale_modes)
         self.method.setToolTip("How to upscale. Diffusion adds detail with the model; an upscaler model sharpens")
         self.scale = QDoubleSpinBox()
         self.scale.setRange(1.0, 8.0)
@@ -224,11 +230,28 @@ class UpscaleOptions(QWidget):
         self.overlap.valueChanged.connect(lambda v: s.update_params(tile_overlap=int(v)))
         for signal in (self.method.currentIndexChanged, self.scale.valueChanged):
             signal.connect(lambda *_: self._update_target())
-        s.capabilities_changed.connect(lambda info: self.set_upscalers(info.upscalers))
+        s.capabilities_changed.connect(self.set_capabilities)
         s.document.image_changed.connect(lambda _image: self._update_target())
         s.document.selection_changed.connect(lambda _rect: self._update_target())
         self.set_upscalers(s.info.upscalers)
         self.set_params(s.params)
+
+    def set_capabilities(self, info) -> None:
+        self.set_methods(info.upscale_modes)
+        self.set_upscalers(info.upscalers)
+
+    def set_methods(self, offered) -> None:
+        """The upscale methods the backend runs, in METHODS' order (a server has no x4 latent upscaler)."""
+        if [self.method.itemData(i) for i in range(self.method.count())] == [m for m, *_ in METHODS if m in offered]:
+            return
+        self.method.blockSignals(True)
+        self.method.clear()
+        for value, label, tip in METHODS:
+            if value in offered:
+                self.method.addItem(label, value)
+                self.method.setItemData(self.method.count() - 1, tip, Qt.ItemDataRole.ToolTipRole)
+        self.method.setCurrentIndex(max(0, self.method.findData(self.session.params.upscale_mode)))
+        self.method.blockSignals(False)
 
     def set_upscalers(self, choices) -> None:
         current = self.session.params.upscaler
