@@ -18,6 +18,7 @@ import time
 import numpy as np
 
 from studio.core.errors import ModelError
+from studio.core.memory import MemoryOptions
 from studio.core.requests import MODES, GenerateRequest, GenerateResult, StepInfo
 from studio.core.samplers import SAMPLER_NAMES, SCHEDULE_NAMES
 
@@ -48,6 +49,7 @@ class FakeBackend:
         self.loaded: list[str | None] = []
         self.thread_names: list[str] = []
         self.steps_run = 0
+        self.memory = MemoryOptions()
         self.started = self.closed = False
         self._cond = threading.Condition()
         self._allowed = 0
@@ -167,6 +169,9 @@ class FakeBackend:
         out[..., 0] = np.minimum(out[..., 0].astype(np.int16) + 1, 255).astype(np.uint8)
         return GenerateResult([out], used.replace(width=w, height=h), [used.seed], model_name="fake",
                               timings={"total": time.perf_counter() - t0}, steps_done=n * len(tiles))  # fmt: skip
+
+    def set_memory(self, memory: MemoryOptions) -> None:
+        self.memory = memory  # nothing to slice or offload; kept so tests can see what the worker sent
 
     def decode_step(self, model: str | None, latent: np.ndarray) -> np.ndarray:
         self.thread_names.append(threading.current_thread().name)
