@@ -13,7 +13,7 @@ the scene drawn at 256 px, the input its bicubic downsampling to 64 px. Methods:
   guidance, the scene's caption as the prompt;
 - the same model through the studio's own path (``upscale_mode="latent"``: Euler a, 20 steps, and DPM++ 2M,
   10 steps, the request's defaults otherwise; the engine mirrors a 4 px margin around the input);
-- the engine's diffusion upscale with the built-in model (``Engine().generate(GenerateRequest(mode="upscale",
+- the engine's diffusion upscale with the built-in model (``Engine().generate(GenerateRequest.from_fields(mode="upscale",
   upscale_mode="diffusion", ...))``), where the engine has it; else skipped with a note.
 
 PSNR on RGB; SSIM (Wang et al. 2004, 11x11 Gaussian window, sigma 1.5, on the BT.601 luma) written in numpy
@@ -105,7 +105,7 @@ def engine_latent_upscale(lr, caption: str, seed: int, steps: int, sampler: str)
     latent upscaler, x4, with the request defaults otherwise (guidance 7: a no-op for a UNet without text)."""
     from studio.core import GenerateRequest
 
-    req = GenerateRequest(mode="upscale", upscale_mode="latent", model=str(LATENT_UP), init_image=lr, scale=4.0,
+    req = GenerateRequest.from_fields(mode="upscale", upscale_mode="latent", model=str(LATENT_UP), init_image=lr, scale=4.0,
                           prompt=caption, steps=steps, sampler=sampler, seed=seed)
     return _engine().generate(req).images[0]
 
@@ -114,7 +114,7 @@ def engine_diffusion_upscale(lr, caption: str, seed: int, steps: int):
     """The engine's diffusion upscale (resize, then low-strength img2img) of the built-in model, x4."""
     from studio.core import GenerateRequest
 
-    req = GenerateRequest(mode="upscale", upscale_mode="diffusion", model=str(BUILTIN), init_image=lr, scale=4.0,
+    req = GenerateRequest.from_fields(mode="upscale", upscale_mode="diffusion", model=str(BUILTIN), init_image=lr, scale=4.0,
                           prompt=caption, steps=steps, strength=0.3, seed=seed)
     return _engine().generate(req).images[0]
 

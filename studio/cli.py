@@ -213,9 +213,8 @@ def _request(args: argparse.Namespace, mode: str, **fields):
     shared = dict(prompt=args.prompt, negative_prompt=args.negative, model=args.model, mode=mode,
                   sampler=args.sampler, schedule=args.schedule, steps=args.steps, cfg=args.cfg, seed=args.seed,
                   width=args.width, height=args.height, clip_skip=args.clip_skip, vae=args.vae,
-                  loras=tuple(_lora_arg(a) for a in args.lora), prediction=args.prediction,
-                  attention_slicing=args.attention_slicing, vae_tiling=args.vae_tiling, offload=args.offload)  # fmt: skip
-    return GenerateRequest(**{**shared, **fields})
+                  loras=tuple(_lora_arg(a) for a in args.lora), prediction=args.prediction)  # fmt: skip
+    return GenerateRequest.from_fields(**{**shared, **fields})
 
 
 def _lora_arg(text: str) -> tuple[str, float]:
@@ -246,10 +245,15 @@ def _generate_and_save(args: argparse.Namespace, request) -> int:
         finally:
             backend.close()
     else:
-        from .engine.engine import Engine
+        from .backends.local import LocalBackend
+        from .core.memory import MemoryOptions
 
-        engine = Engine(device=args.device, model_folders=model_folders()[1:])
-        result = engine.generate(request, on_step=_progress(args.quiet))
+        memory = MemoryOptions(args.attention_slicing, args.vae_tiling, args.offload)
+        local = LocalBackend(device=args.device, model_folders=model_folders()[1:], memory=memory)
+        try:
+            result = local.generate(request, on_step=_progress(args.quiet))
+        finally:
+            local.close()
     out = Path(args.out) if args.out else default_output_dir()
     for path in save_result(result, out, __version__):
         print(path, flush=True)

@@ -34,6 +34,7 @@ from studio.core.jobs import (
     ModelLoaded,
     kind_of,
 )
+from studio.core.memory import MemoryOptions
 from studio.core.requests import GenerateRequest, GenerateResult, StepInfo
 from studio.qtcompat import emit
 
@@ -90,6 +91,7 @@ class Worker(QObject):
         self._pending_steps: list[tuple[int, StepInfo]] = []
         self._next_backend: Backend | None = None  # a switch asked for, done on the engine thread between jobs
         self._step_lock = threading.Lock()
+        self._memory = MemoryOptions()  # the artist's memory settings, handed to the backend before each run
         self._step_ready.connect(self._deliver_step)
 
     # -- UI-thread API ------------------------------------------------------------------------
@@ -108,6 +110,11 @@ class Worker(QObject):
                 return
             self._next_backend = backend
             self._cond.notify_all()
+
+    def set_memory(self, memory: MemoryOptions) -> None:
+        """Memory settings (slicing, VAE tiling, offload) for the runs that start from now on."""
+        with self._cond:
+            self._memory = memory
 
     def start(self, preload: bool = True) -> None:
         """Start the engine thread; with preload, start the backend (torch, a connection) right away."""
@@ -302,6 +309,9 @@ class Worker(QObject):
     def _generate(self, job: _Job) -> None:
         request = job.request
         assert isinstance(request, GenerateRequest)
+        with self._cond:
+            memory = self._memory
+        self._backend.set_memory(memory)
         result = self._backend.generate(request, lambda info: self._post_step(job, info), job.cancel)
         if result.cancelled:
             job.state = JobState.CANCELLED

@@ -49,7 +49,7 @@ def backend(server):
 def req(**kw) -> GenerateRequest:
     base = dict(prompt="a red fox", steps=4, cfg=6.0, seed=300, width=64, height=48, sampler="DPM++ 2M",
                 schedule="Karras")  # fmt: skip
-    return GenerateRequest(**{**base, **kw})
+    return GenerateRequest.from_fields(**{**base, **kw})
 
 
 def test_start_reports_the_server_and_its_files(backend):

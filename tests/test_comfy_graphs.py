@@ -207,7 +207,7 @@ def test_pick():
 
 # -- graphs -----------------------------------------------------------------------------------------------------
 def test_txt2img_graph(info):
-    r = GenerateRequest(prompt="a (red:1.2) cat", negative_prompt="blurry", sampler="DPM++ 2M", schedule="Karras",
+    r = GenerateRequest.from_fields(prompt="a (red:1.2) cat", negative_prompt="blurry", sampler="DPM++ 2M", schedule="Karras",
                         steps=12, cfg=5.5, seed=1234, width=640, height=384, batch=3)  # fmt: skip
     g = build_graph(r, info, checkpoint=CKPT)
     validate(g, info)
@@ -231,14 +231,14 @@ def test_txt2img_graph(info):
 
 
 def test_save_output_and_seed_override(info):
-    r = GenerateRequest(prompt="x", seed=5, width=512, height=512)
+    r = GenerateRequest.from_fields(prompt="x", seed=5, width=512, height=512)
     g = build_graph(r, info, checkpoint=CKPT, output="save", seed=77)
     validate(g, info)
     assert one(g, "SaveImage")["inputs"]["filename_prefix"] == "latent-studio"
     assert not find_nodes(g, "SaveImageWebsocket")
     assert one(g, "KSampler")["inputs"]["seed"] == 77
     with pytest.raises(ValueError, match="seed"):
-        build_graph(GenerateRequest(prompt="x"), info, checkpoint=CKPT)
+        build_graph(GenerateRequest.from_fields(prompt="x"), info, checkpoint=CKPT)
     with pytest.raises(ValueError, match="output"):
         build_graph(r, info, checkpoint=CKPT, output="disk")
 
@@ -247,21 +247,21 @@ def test_a_server_without_the_websocket_output(info):
     data = copy.deepcopy(info.data)
     del data["SaveImageWebsocket"]  # not a core node: some installs lack it
     lacking = ObjectInfo(data)
-    r = GenerateRequest(prompt="x", seed=1)
+    r = GenerateRequest.from_fields(prompt="x", seed=1)
     with pytest.raises(RequestError, match=r"no node SaveImageWebsocket \(needed for images over the WebSocket; "):
         build_graph(r, lacking, checkpoint=CKPT)
     validate(build_graph(r, lacking, checkpoint=CKPT, output="save"), lacking)
 
 
 def test_no_size_uses_the_nodes_default(info):
-    g = build_graph(GenerateRequest(prompt="x", seed=1), info, checkpoint="tiny-sd15")  # the checkpoint by stem
+    g = build_graph(GenerateRequest.from_fields(prompt="x", seed=1), info, checkpoint="tiny-sd15")  # the checkpoint by stem
     validate(g, info)
     assert one(g, "EmptyLatentImage")["inputs"]["width"] == 512
     assert one(g, "CheckpointLoaderSimple")["inputs"]["ckpt_name"] == CKPT
 
 
 def test_lora_tags_become_a_chain_of_loaders(info):
-    r = GenerateRequest(prompt="a cat <lora:ink:0.7>, sketch <lora:Film Grain:-0.5>",
+    r = GenerateRequest.from_fields(prompt="a cat <lora:ink:0.7>, sketch <lora:Film Grain:-0.5>",
                         negative_prompt="ugly <lora:detail-tweaker>", loras=(("styles/ink.safetensors", 0.25),),
                         seed=1, width=512, height=512)  # fmt: skip
     g = build_graph(r, info, checkpoint=CKPT)
@@ -286,33 +286,33 @@ def test_lora_tags_become_a_chain_of_loaders(info):
 
 def test_lora_errors(info, recorded):
     with pytest.raises(RequestError, match=r"no LoRA 'nothere' \(it has: styles/ink.safetensors"):
-        build_graph(GenerateRequest(prompt="<lora:nothere:1>", seed=1), info, checkpoint=CKPT)
+        build_graph(GenerateRequest.from_fields(prompt="<lora:nothere:1>", seed=1), info, checkpoint=CKPT)
     with pytest.raises(RequestError, match=r"no LoRA 'ink' \(it has: none\)"):
-        build_graph(GenerateRequest(prompt="<lora:ink:1>", seed=1), recorded, checkpoint=CKPT)
+        build_graph(GenerateRequest.from_fields(prompt="<lora:ink:1>", seed=1), recorded, checkpoint=CKPT)
     with pytest.raises(RequestError, match="The prompt cannot be read: the LoRA weight 'heavy'"):
-        build_graph(GenerateRequest(prompt="<lora:ink:heavy>", seed=1), info, checkpoint=CKPT)
+        build_graph(GenerateRequest.from_fields(prompt="<lora:ink:heavy>", seed=1), info, checkpoint=CKPT)
     data = copy.deepcopy(info.data)
     del data["LoraLoader"]
     with pytest.raises(RequestError, match=r"no node LoraLoader \(needed for LoRAs\)"):
-        build_graph(GenerateRequest(prompt="<lora:ink:1>", seed=1), ObjectInfo(data), checkpoint=CKPT)
+        build_graph(GenerateRequest.from_fields(prompt="<lora:ink:1>", seed=1), ObjectInfo(data), checkpoint=CKPT)
     with pytest.raises(RequestError, match=r"no model 'sdxl' \(it has: tiny-sd15.safetensors\)"):
-        build_graph(GenerateRequest(prompt="x", seed=1), info, checkpoint="sdxl")
+        build_graph(GenerateRequest.from_fields(prompt="x", seed=1), info, checkpoint="sdxl")
 
 
 def test_clip_skip(info):
-    g = build_graph(GenerateRequest(prompt="<lora:ink:0.5> x", clip_skip=2, seed=1), info, checkpoint=CKPT)
+    g = build_graph(GenerateRequest.from_fields(prompt="<lora:ink:0.5> x", clip_skip=2, seed=1), info, checkpoint=CKPT)
     validate(g, info)
     skip_id = find_nodes(g, "CLIPSetLastLayer")[0]
     skip = g[skip_id]["inputs"]
     assert skip["stop_at_clip_layer"] == -2
     assert source(g, skip["clip"])["class_type"] == "LoraLoader"  # after the LoRAs
     assert all(n["inputs"]["clip"] == [skip_id, 0] for n in nodes(g, "CLIPTextEncode"))
-    g1 = build_graph(GenerateRequest(prompt="x", clip_skip=1, seed=1), info, checkpoint=CKPT)
+    g1 = build_graph(GenerateRequest.from_fields(prompt="x", clip_skip=1, seed=1), info, checkpoint=CKPT)
     assert not find_nodes(g1, "CLIPSetLastLayer")
 
 
 def test_vae_override(info):
-    r = GenerateRequest(mode="img2img", prompt="x", vae="vae-ft-mse-840000", init_image=image(), seed=1)
+    r = GenerateRequest.from_fields(mode="img2img", prompt="x", vae="vae-ft-mse-840000", init_image=image(), seed=1)
     g = build_graph(r, info, checkpoint=CKPT, images={"init": "up.png"})
     validate(g, info)
     vae_id = find_nodes(g, "VAELoader")[0]
@@ -326,7 +326,7 @@ def test_vae_override(info):
 
 
 def test_img2img_graph(info):
-    r = GenerateRequest(mode="img2img", prompt="p <lora:ink:1>", negative_prompt="n", init_image=image(64, 48),
+    r = GenerateRequest.from_fields(mode="img2img", prompt="p <lora:ink:1>", negative_prompt="n", init_image=image(64, 48),
                         strength=0.6, steps=30, cfg=4.0, seed=9, sampler="Euler", schedule="Exponential")  # fmt: skip
     g = build_graph(r, info, checkpoint=CKPT, images={"init": "studio-init (1).png"})
     validate(g, info)
@@ -349,7 +349,7 @@ def test_img2img_graph(info):
 
 
 def test_inpaint_graph_four_channels(info):
-    r = GenerateRequest(mode="inpaint", prompt="a hat", init_image=image(), mask=mask(), strength=0.8, seed=3)
+    r = GenerateRequest.from_fields(mode="inpaint", prompt="a hat", init_image=image(), mask=mask(), strength=0.8, seed=3)
     g = build_graph(r, info, checkpoint=CKPT, images={"init": "i.png", "mask": "m.png"})
     validate(g, info)
     masks = one(g, "LoadImageMask")["inputs"]
@@ -365,7 +365,7 @@ def test_inpaint_graph_four_channels(info):
 
 
 def test_inpaint_graph_nine_channels(info):
-    r = GenerateRequest(mode="inpaint", prompt="a hat", negative_prompt="bad", init_image=image(), mask=mask(),
+    r = GenerateRequest.from_fields(mode="inpaint", prompt="a hat", negative_prompt="bad", init_image=image(), mask=mask(),
                         strength=1.0, seed=3)  # fmt: skip
     g = build_graph(r, info, checkpoint=CKPT, images={"init": "i.png", "mask": "m.png"}, inpaint_model=True)
     validate(g, info)
@@ -386,7 +386,7 @@ def test_inpaint_graph_nine_channels(info):
 
 
 def test_upscale_resize(info):
-    r = GenerateRequest(mode="upscale", upscale_mode="resize", init_image=image(64, 48), scale=2.5)
+    r = GenerateRequest.from_fields(mode="upscale", upscale_mode="resize", init_image=image(64, 48), scale=2.5)
     g = build_graph(r, info, checkpoint=CKPT, images={"init": "i.png"})  # no seed needed, no model loaded
     validate(g, info)
     assert classes(g) == ["LoadImage", "ImageScale", "SaveImageWebsocket"]
@@ -396,7 +396,7 @@ def test_upscale_resize(info):
 
 
 def test_upscale_model(info):
-    r = GenerateRequest(mode="upscale", upscale_mode="model", upscaler="tiny-compact-x2", init_image=image(64, 48),
+    r = GenerateRequest.from_fields(mode="upscale", upscale_mode="model", upscaler="tiny-compact-x2", init_image=image(64, 48),
                         width=200, height=152)  # fmt: skip
     g = build_graph(r, info, checkpoint=CKPT, images={"init": "i.png"}, output="save")
     validate(g, info)
@@ -406,11 +406,11 @@ def test_upscale_model(info):
     assert (scale["width"], scale["height"]) == (200, 152)
     assert source(g, scale["image"])["class_type"] == "ImageUpscaleWithModel"
     with pytest.raises(RequestError, match=r"no upscaler model 'realesrgan' \(it has: tiny-compact-x2"):
-        build_graph(r.replace(upscaler="realesrgan"), info, checkpoint=CKPT, images={"init": "i.png"})
+        build_graph(r.with_fields(upscaler="realesrgan"), info, checkpoint=CKPT, images={"init": "i.png"})
 
 
 def test_upscale_diffusion(info):
-    r = GenerateRequest(mode="upscale", upscale_mode="diffusion", upscaler="tiny-compact-x2", prompt="sharp",
+    r = GenerateRequest.from_fields(mode="upscale", upscale_mode="diffusion", upscaler="tiny-compact-x2", prompt="sharp",
                         init_image=image(64, 48), scale=2.0, strength=0.3, steps=10, seed=4)  # fmt: skip
     g = build_graph(r, info, checkpoint=CKPT, images={"init": "i.png"})
     validate(g, info)
@@ -423,11 +423,11 @@ def test_upscale_diffusion(info):
     assert source(g, scale["inputs"]["image"])["class_type"] == "ImageUpscaleWithModel"
     assert source(g, one(g, "SaveImageWebsocket")["inputs"]["images"])["class_type"] == "VAEDecode"
     # without an upscaler: Lanczos; a size off the multiple of 8 is worked at 8s and scaled back at the end
-    r2 = r.replace(upscaler=None, scale=1.5)  # 96 x 72
+    r2 = r.with_fields(upscaler=None, scale=1.5)  # 96 x 72
     g2 = build_graph(r2, info, checkpoint=CKPT, images={"init": "i.png"})
     validate(g2, info)
     assert not find_nodes(g2, "UpscaleModelLoader")
-    r3 = r.replace(upscaler=None, width=100, height=60)
+    r3 = r.with_fields(upscaler=None, width=100, height=60)
     g3 = build_graph(r3, info, checkpoint=CKPT, images={"init": "i.png"})
     validate(g3, info)
     sizes = [(n["inputs"]["width"], n["inputs"]["height"]) for n in nodes(g3, "ImageScale")]
@@ -437,7 +437,7 @@ def test_upscale_diffusion(info):
 
 
 def test_latent_upscale_is_local_only(info):
-    r = GenerateRequest(mode="upscale", upscale_mode="latent", init_image=image(), seed=1)
+    r = GenerateRequest.from_fields(mode="upscale", upscale_mode="latent", init_image=image(), seed=1)
     with pytest.raises(UnsupportedError, match="x4 latent upscaler runs on the local engine only"):
         build_graph(r, info, checkpoint=CKPT, images={"init": "i.png"})
 
@@ -445,19 +445,19 @@ def test_latent_upscale_is_local_only(info):
 def test_every_required_input_is_filled(info):
     """Even inputs the studio has no value for (the server refuses a missing one despite its default)."""
     reqs = [
-        (GenerateRequest(prompt="x <lora:ink:1>", clip_skip=3, vae="vae-ft-mse-840000", seed=1), {}, False),
-        (GenerateRequest(mode="img2img", init_image=image(), seed=1, width=64, height=64), {"init": "i"}, False),
-        (GenerateRequest(mode="inpaint", init_image=image(), mask=mask(), seed=1), {"init": "i", "mask": "m"}, True),
-        (GenerateRequest(mode="inpaint", init_image=image(), mask=mask(), seed=1), {"init": "i", "mask": "m"}, False),
+        (GenerateRequest.from_fields(prompt="x <lora:ink:1>", clip_skip=3, vae="vae-ft-mse-840000", seed=1), {}, False),
+        (GenerateRequest.from_fields(mode="img2img", init_image=image(), seed=1, width=64, height=64), {"init": "i"}, False),
+        (GenerateRequest.from_fields(mode="inpaint", init_image=image(), mask=mask(), seed=1), {"init": "i", "mask": "m"}, True),
+        (GenerateRequest.from_fields(mode="inpaint", init_image=image(), mask=mask(), seed=1), {"init": "i", "mask": "m"}, False),
         (
-            GenerateRequest(
+            GenerateRequest.from_fields(
                 mode="upscale", upscale_mode="diffusion", upscaler="tiny-compact-x2", init_image=image(), seed=1
             ),
             {"init": "i"},
             False,
         ),  # fmt: skip
         (
-            GenerateRequest(mode="upscale", upscale_mode="model", upscaler="tiny-compact-x2", init_image=image()),
+            GenerateRequest.from_fields(mode="upscale", upscale_mode="model", upscaler="tiny-compact-x2", init_image=image()),
             {"init": "i"},
             False,
         ),  # fmt: skip
@@ -564,7 +564,7 @@ def _built(info: ObjectInfo, name: str) -> str:
     server, fields, args = GRAPH_CASES[name]
     args = {"checkpoint": CKPT, **args}
     try:
-        return json.dumps(build_graph(GenerateRequest(**fields), _server(info, server), **args), indent=1)
+        return json.dumps(build_graph(GenerateRequest.from_fields(**fields), _server(info, server), **args), indent=1)
     except (ValueError, UnsupportedError) as e:
         return f"{type(e).__name__}: {e}"
 
@@ -587,7 +587,7 @@ def test_graphs_are_the_recorded_ones(info, name):
 # -- validate: one test per fault -------------------------------------------------------------------------------
 @pytest.fixture
 def good(info) -> dict:
-    g = build_graph(GenerateRequest(prompt="x", seed=1, width=512, height=512), info, checkpoint=CKPT)
+    g = build_graph(GenerateRequest.from_fields(prompt="x", seed=1, width=512, height=512), info, checkpoint=CKPT)
     validate(g, info)
     return g
 

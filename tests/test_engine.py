@@ -21,7 +21,7 @@ SIZE = 32  # pixels: 16x16 latents on the tiny model, fast on a CPU
 def req(model: str, **kw) -> GenerateRequest:
     base = dict(prompt="a red circle", model=model, steps=3, seed=1234, width=SIZE, height=SIZE, cfg=5.0)
     base.update(kw)
-    return GenerateRequest(**base)
+    return GenerateRequest.from_fields(**base)
 
 
 # The DESIGN.md table, written out independently of studio.core.samplers.
@@ -310,7 +310,7 @@ def test_inpaint_keeps_unmasked_pixels_exactly(engine, request, which):
 
 def test_request_copies_arrays_at_submit():
     img = np.zeros((8, 8, 3), np.uint8)
-    r = GenerateRequest(mode="img2img", init_image=img)
+    r = GenerateRequest.from_fields(mode="img2img", init_image=img)
     img[:] = 255
     assert r.init_image.max() == 0
     with pytest.raises(ValueError):

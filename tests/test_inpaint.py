@@ -217,7 +217,7 @@ def inpaint_req(model: str, image: np.ndarray, mask: np.ndarray, **kw) -> Genera
     base = dict(prompt="a red circle", model=model, mode="inpaint", steps=2, seed=7, cfg=5.0, strength=1.0,
                 init_image=image, mask=mask, sampler="Euler")  # fmt: skip
     base.update(kw)
-    return GenerateRequest(**base)
+    return GenerateRequest.from_fields(**base)
 
 
 def assert_outside_kept(out: np.ndarray, image: np.ndarray, mask: np.ndarray, blur: int) -> None:

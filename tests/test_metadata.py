@@ -35,7 +35,7 @@ BASE = {"Steps": 20, "Sampler": "Euler a", "Schedule type": "Normal", "CFG scale
 
 
 def test_known_sample_exact_text():
-    req = GenerateRequest(
+    req = GenerateRequest.from_fields(
         prompt="a castle on a hill, sunset",
         negative_prompt="blurry",
         sampler="DPM++ 2M",
@@ -58,7 +58,7 @@ def test_known_sample_exact_text():
 
 
 def test_txt2img_omits_strength_and_default_clip_skip_and_writes_clip_skip_2():
-    req = GenerateRequest(prompt="p", width=640, height=448, cfg=7.5, clip_skip=1)
+    req = GenerateRequest.from_fields(prompt="p", width=640, height=448, cfg=7.5, clip_skip=1)
     text = parameters_for(req, 7, "m", "0123456789", "v")
     assert "Denoising strength" not in text and "Clip skip" not in text
     assert text.endswith(
@@ -145,7 +145,7 @@ PROMPTS = [
 
 @pytest.mark.parametrize(("prompt", "negative"), PROMPTS)
 def test_png_round_trip(tmp_path, prompt, negative):
-    req = GenerateRequest(
+    req = GenerateRequest.from_fields(
         prompt=prompt,
         negative_prompt=negative,
         sampler="DPM++ 2M SDE",
@@ -176,7 +176,7 @@ def test_png_round_trip(tmp_path, prompt, negative):
         "height": 512,
         "clip_skip": 2,
     }
-    restored = GenerateRequest().replace(**fields)
+    restored = GenerateRequest().with_fields(**fields)
     assert restored == req
     assert parse_parameters(text)["params"]["Model"] == "my model, v2: final"
 
@@ -383,12 +383,12 @@ def _tail(text: str) -> str:
     ],
 )
 def test_inpaint_keys_as_a1111_writes_them(options, tail):
-    req = GenerateRequest(**INPAINT_BASE, **options)
+    req = GenerateRequest.from_fields(**INPAINT_BASE, **options)
     assert _tail(parameters_for(req, 1, "m", "0123456789", "v")) == tail
 
 
 def test_img2img_writes_no_inpaint_keys():
-    req = GenerateRequest(**{**INPAINT_BASE, "mode": "img2img", "mask": None}, mask_blur=9, inpaint_area="masked")
+    req = GenerateRequest.from_fields(**{**INPAINT_BASE, "mode": "img2img", "mask": None}, mask_blur=9, inpaint_area="masked")
     text = parameters_for(req, 1, "m", "0123456789", "v")
     assert _tail(text) == "Denoising strength: 0.75, Version: v"
     assert "mode" not in request_fields(text)
@@ -405,20 +405,20 @@ def test_img2img_writes_no_inpaint_keys():
     ],
 )
 def test_inpaint_png_round_trip(tmp_path, options):
-    req = GenerateRequest(**INPAINT_BASE, **options)
+    req = GenerateRequest.from_fields(**INPAINT_BASE, **options)
     text = parameters_for(req, 99, "m", "0123456789", "v")
     path = save_image(IMG, tmp_path / "in.png", text)
     fields = request_fields(read_parameters(path))
     assert fields["mode"] == "inpaint"
     for name in ("mask_blur", "inpaint_area", "masked_content", "strength", "width", "height"):
-        assert fields[name] == getattr(req, name), name
-    if req.inpaint_area == "masked":
-        assert fields["inpaint_padding"] == req.inpaint_padding
+        assert fields[name] == req.get_field(name), name
+    if req.inpaint.area == "masked":
+        assert fields["inpaint_padding"] == req.inpaint.padding
     else:
         assert "inpaint_padding" not in fields  # not written for the whole picture: the caller keeps its own
-    restored = GenerateRequest(init_image=req.init_image, mask=req.mask).replace(**fields)
+    restored = GenerateRequest.from_fields(init_image=req.init_image, mask=req.mask).with_fields(**fields)
     for name in ("mode", "mask_blur", "inpaint_area", "masked_content", "inpaint_padding"):
-        assert getattr(restored, name) == getattr(req, name), name
+        assert restored.get_field(name) == req.get_field(name), name
 
 
 def test_reads_a1111_inpaint_texts():
@@ -474,7 +474,7 @@ SAMPLED = "Steps: 20, Sampler: Euler a, Schedule type: Normal, CFG scale: 7, See
     ],
 )  # fmt: skip
 def test_upscale_keys(options, text):
-    req = GenerateRequest(**UP_BASE, **options)
+    req = GenerateRequest.from_fields(**UP_BASE, **options)
     assert parameters_for(req, 5, "m", "0123456789", "v") == text
     # as save_result passes it: width x height filled from the image (the output), same text
     w, h = req.upscale_size()
@@ -494,26 +494,26 @@ def test_upscale_keys(options, text):
     ],
 )  # fmt: skip
 def test_upscale_png_round_trip(tmp_path, options):
-    req = GenerateRequest(**UP_BASE, **options)
+    req = GenerateRequest.from_fields(**UP_BASE, **options)
     w, h = req.upscale_size()
     out = np.zeros((h, w, 3), np.uint8)
     res = GenerateResult(images=[out], request=req, seeds=[5], model_name="m", model_hash="0123456789")
     (path,) = save_result(res, tmp_path, "v")
     f = request_fields(read_parameters(path))
-    assert (f["mode"], f["upscale_mode"]) == ("upscale", req.upscale_mode)
-    sampled = req.upscale_mode in ("diffusion", "latent")
+    assert (f["mode"], f["upscale_mode"]) == ("upscale", req.upscale.method)
+    sampled = req.upscale.method in ("diffusion", "latent")
     if req.width:
         assert (f["width"], f["height"]) == (req.width, req.height) and "scale" not in f
     else:
-        assert f["scale"] == req.scale and "width" not in f and "height" not in f  # Size is the input's
-    expect_upscaler = None if req.upscale_mode in ("resize", "latent") else Path(req.upscaler or "").stem or None
+        assert f["scale"] == req.upscale.scale and "width" not in f and "height" not in f  # Size is the input's
+    expect_upscaler = None if req.upscale.method in ("resize", "latent") else Path(req.upscale.upscaler or "").stem or None
     assert f["upscaler"] == expect_upscaler  # a name, never a path
-    assert (f["tile"], f["tile_overlap"]) == (req.tile, req.tile_overlap)
+    assert (f["tile"], f["tile_overlap"]) == (req.upscale.tile, req.upscale.tile_overlap)
     if sampled:
         assert (f["prompt"], f["negative_prompt"], f["strength"], f["seed"]) == ("a cat", "blur", req.strength, 5)
     else:
         assert f["prompt"] == "" and "strength" not in f and "seed" not in f
-    restored = GenerateRequest(init_image=UP_IMG).replace(**f)
+    restored = GenerateRequest.from_fields(init_image=UP_IMG).with_fields(**f)
     restored.validate()
     assert restored.upscale_size() == (w, h)
 
@@ -610,7 +610,7 @@ def test_next_paths_continue_numbering_and_never_overwrite(tmp_path):
 
 def test_save_result_writes_each_seed(tmp_path):
     (tmp_path / "00041-9.png").write_bytes(b"existing")
-    req = GenerateRequest(prompt="fox", seed=77, batch=2, sampler="DDIM", steps=10)  # width/height None
+    req = GenerateRequest.from_fields(prompt="fox", seed=77, batch=2, sampler="DDIM", steps=10)  # width/height None
     imgs = [IMG, IMG[::-1].copy()]
     res = GenerateResult(images=imgs, request=req, seeds=[77, 78], model_name="tiny", model_hash="0011223344")
     paths = save_result(res, tmp_path, "LS 0.1")

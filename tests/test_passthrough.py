@@ -179,7 +179,7 @@ def test_shipped_latent_upscaler_runs_in_the_studio_with_any_sampler(sampler, fl
     if not (folder / "studio.json").exists():
         pytest.skip("no shipped structured-latent upscaler")
     hr, lr, cap = heldout_pairs(1)[0]
-    out = Engine().generate(GenerateRequest(mode="upscale", upscale_mode="latent", model=str(folder), init_image=lr,
+    out = Engine().generate(GenerateRequest.from_fields(mode="upscale", upscale_mode="latent", model=str(folder), init_image=lr,
                                             scale=4.0, prompt=cap, steps=6, sampler=sampler, seed=1)).images[0]
     assert out.shape == hr.shape
     assert psnr(hr, out) > floor  # PLMS's multistep lands less exactly on the prediction (28.6 dB here)
@@ -209,7 +209,7 @@ def test_the_engine_mirrors_a_margin_so_the_decoders_zero_padding_spares_the_bor
     lr = bicubic(hr, 64)
 
     def run() -> np.ndarray:
-        req = GenerateRequest(mode="upscale", upscale_mode="latent", model=str(folder), init_image=lr, scale=4.0,
+        req = GenerateRequest.from_fields(mode="upscale", upscale_mode="latent", model=str(folder), init_image=lr, scale=4.0,
                               steps=2, sampler="DDIM", seed=1)
         return Engine().generate(req).images[0]
 
@@ -240,7 +240,7 @@ def test_shipped_latent_upscaler_beats_bicubic_in_the_studio():
     engine = Engine()
     ours, bic = [], []
     for i, (hr, lr, cap) in enumerate(heldout_pairs(16)):
-        out = engine.generate(GenerateRequest(mode="upscale", upscale_mode="latent", model=str(folder), init_image=lr,
+        out = engine.generate(GenerateRequest.from_fields(mode="upscale", upscale_mode="latent", model=str(folder), init_image=lr,
                                               scale=4.0, prompt=cap, steps=10, sampler="DPM++ 2M", seed=i)).images[0]
         ours.append((psnr(hr, out), ssim(hr, out)))
         b = bicubic(lr, hr.shape[0])

@@ -56,7 +56,7 @@ def configs(tiny, monkeypatch):
 def req(model, **kw) -> GenerateRequest:
     base = dict(prompt="a red circle", model=str(model), steps=2, width=64, height=64, seed=5, cfg=5.0,
                 prediction="epsilon")  # fmt: skip
-    return GenerateRequest(**{**base, **kw})
+    return GenerateRequest.from_fields(**{**base, **kw})
 
 
 @pytest.mark.parametrize("arch", list(VARIANTS))
@@ -290,7 +290,7 @@ def test_an_x4_upscaler_single_file_upscales(tiny_x4_model, tmp_path, monkeypatc
     assert read_layout(single).arch == "x4-upscaler"
     engine = Engine(device="cpu")
     image = np.random.default_rng(1).integers(0, 256, (32, 32, 3), dtype=np.uint8)
-    r = GenerateRequest(mode="upscale", upscale_mode="latent", model=str(single), init_image=image, scale=4.0,
+    r = GenerateRequest.from_fields(mode="upscale", upscale_mode="latent", model=str(single), init_image=image, scale=4.0,
                         steps=2, seed=1, strength=1.0, prediction="auto")  # fmt: skip
     a = engine.generate(r).images[0]
     b = engine.generate(r.replace(model=str(folder))).images[0]

@@ -33,7 +33,7 @@ def lanczos(a: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 def ureq(**kw) -> GenerateRequest:
     base = dict(mode="upscale", upscale_mode="resize", init_image=smooth(24, 32), steps=2, seed=7, prompt="a cat")
     base.update(kw)
-    return GenerateRequest(**base)
+    return GenerateRequest.from_fields(**base)
 
 
 def covered(rects, w: int, h: int) -> np.ndarray:
@@ -458,7 +458,7 @@ def test_layout_refusals_read_no_weights(engine, tiny_model, tiny_x4_model):
     with pytest.raises(RequestError, match="x4 upscaler model: it only upscales"):
         engine.generate(ureq(model=tiny_x4_model, upscale_mode="diffusion", strength=0.5))
     with pytest.raises(RequestError, match="tiny-x4 is an x4 upscaler model.*txt2img"):
-        engine.generate(GenerateRequest(prompt="x", model=tiny_x4_model, steps=1, width=32, height=32))
+        engine.generate(GenerateRequest.from_fields(prompt="x", model=tiny_x4_model, steps=1, width=32, height=32))
     assert engine.loads == loads
 
 

@@ -15,6 +15,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from studio.core.errors import EngineError
+from studio.core.memory import MemoryOptions
 from studio.core.requests import GenerateRequest, GenerateResult, StepInfo
 
 StepCallback = Callable[[StepInfo], None]
@@ -72,6 +73,11 @@ class Backend(Protocol):
     ) -> GenerateResult:
         """Run one request. on_step after every step; a set `cancel` ends the run at the next step
         with `cancelled=True`. Fills `step_previews` for the timeline. Raises EngineError for the artist."""
+        ...
+
+    def set_memory(self, memory: MemoryOptions) -> None:
+        """Memory settings (attention slicing, VAE tiling, CPU offload) for the next run: the artist's settings,
+        not a run's parameters. A backend without such knobs keeps them and does nothing."""
         ...
 
     def decode_step(self, model: str | None, latent: np.ndarray) -> np.ndarray:

@@ -18,6 +18,7 @@ import time
 import numpy as np
 
 from studio.core.errors import ModelError
+from studio.core.memory import MemoryOptions
 from studio.core.requests import MODES, UPSCALE_MODES, GenerateRequest, GenerateResult, StepInfo
 from studio.core.samplers import SAMPLER_NAMES, SCHEDULE_NAMES
 
@@ -49,6 +50,7 @@ class FakeBackend:
         self.loaded: list[str | None] = []
         self.thread_names: list[str] = []
         self.steps_run = 0
+        self.memory = MemoryOptions()
         self.started = self.closed = False
         self._cond = threading.Condition()
         self._allowed = 0
@@ -107,8 +109,8 @@ class FakeBackend:
         request.validate()
         if self.fail:
             raise ModelError(self.fail)
-        if request.mode == "upscale" and request.upscale_mode not in self.upscale_modes:
-            raise UnsupportedError(f"The {request.upscale_mode} upscale is not available on the {self.info().name}")
+        if request.mode == "upscale" and request.upscale.method not in self.upscale_modes:
+            raise UnsupportedError(f"The {request.upscale.method} upscale is not available on the {self.info().name}")
         self.requests.append(request)
         t0 = time.perf_counter()
         seed = request.seed if request.seed is not None else 4242
@@ -170,6 +172,9 @@ class FakeBackend:
         out[..., 0] = np.minimum(out[..., 0].astype(np.int16) + 1, 255).astype(np.uint8)
         return GenerateResult([out], used.replace(width=w, height=h), [used.seed], model_name="fake",
                               timings={"total": time.perf_counter() - t0}, steps_done=n * len(tiles))  # fmt: skip
+
+    def set_memory(self, memory: MemoryOptions) -> None:
+        self.memory = memory  # nothing to slice or offload; kept so tests can see what the worker sent
 
     def decode_step(self, model: str | None, latent: np.ndarray) -> np.ndarray:
         self.thread_names.append(threading.current_thread().name)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from studio.core.memory import MemoryOptions
 from studio.core.requests import UPSCALE_MODES, GenerateRequest, GenerateResult
 from studio.core.samplers import SAMPLER_NAMES, SCHEDULE_NAMES
 from studio.paths import BUILTIN_UPSCALERS_DIR, MODELS_DIR
@@ -22,8 +23,10 @@ MODES = ("txt2img", "img2img", "inpaint", "upscale")
 class LocalBackend:
     """studio.engine.Engine behind the Backend protocol; the engine is built on first use."""
 
-    def __init__(self, device: str | None = None, threads: int | None = None, model_folders=()):
+    def __init__(self, device: str | None = None, threads: int | None = None, model_folders=(),
+                 memory: MemoryOptions | None = None):  # fmt: skip
         self._device = device
+        self._memory = memory or MemoryOptions()
         self._threads = threads
         self._folders = [Path(f) for f in model_folders]
         self._engine = None
@@ -40,6 +43,7 @@ class LocalBackend:
             from studio.engine.engine import Engine  # torch: only here, on the engine thread
 
             self._engine = Engine(device=self._device, threads=self._threads, model_folders=self._folders)
+            self._engine.set_memory(self._memory)
             self._info = dataclasses.replace(self._info, devices=_available_devices(),
                                              device=str(self._engine.device), upscalers=self._upscalers())  # fmt: skip
         return self._info
@@ -77,6 +81,11 @@ class LocalBackend:
                 previews[kind] = [np.asarray(engine.latent_preview(model, stack[k, 0]), np.uint8)
                                   for k in range(len(stack))]  # fmt: skip
         return dataclasses.replace(result, step_previews=previews)
+
+    def set_memory(self, memory: MemoryOptions) -> None:
+        self._memory = memory
+        if self._engine is not None:
+            self._engine.set_memory(memory)  # slicing and tiling at once; a new offload reloads at the next run
 
     def decode_step(self, model: str | None, latent: np.ndarray) -> np.ndarray:
         return self.engine.decode_latent(model, latent)

@@ -332,13 +332,13 @@ class InpaintPlan:
             raise RequestError("Inpainting needs an image and a mask")
         ih, iw = image.shape[:2]
         size = (int(r.width), int(r.height))
-        feathered = feather(mask, r.mask_blur)
+        feathered = feather(mask, r.inpaint.mask_blur)
         paint = np.maximum(mask, feathered)
-        blend = blend_mask(mask, r.mask_blur)
+        blend = blend_mask(mask, r.inpaint.mask_blur)
         box = (0, 0, iw, ih)
-        cropped = r.inpaint_area == "masked"
+        cropped = r.inpaint.area == "masked"
         if cropped:
-            found = crop_box(mask, r.mask_blur, r.inpaint_padding, image_size=(iw, ih), aspect=size)
+            found = crop_box(mask, r.inpaint.mask_blur, r.inpaint.padding, image_size=(iw, ih), aspect=size)
             if found is None:
                 raise RequestError("The mask is empty: paint the area to repaint")
             box = found
@@ -349,7 +349,7 @@ class InpaintPlan:
             crop = crop.resize(size, Image.Resampling.LANCZOS)
             crop_mask = crop_mask.resize(size, Image.Resampling.BILINEAR)
         work_mask = np.asarray(crop_mask, np.uint8)
-        work_image = fill_masked(np.asarray(crop, np.uint8), work_mask, r.masked_content, seed)
+        work_image = fill_masked(np.asarray(crop, np.uint8), work_mask, r.inpaint.masked_content, seed)
         return cls(image, blend, box, cropped, work_image, work_mask)
 
     def image_pil(self):

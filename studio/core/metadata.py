@@ -141,17 +141,17 @@ def inpaint_parameters(request: GenerateRequest) -> dict[str, object]:
       nothing for "original" (A1111 writes nothing for original either; its 4th choice, "latent nothing",
       we do not have).
     """
-    out: dict[str, object] = {"Mask blur": int(request.mask_blur)}
-    if request.inpaint_area == "masked":
+    out: dict[str, object] = {"Mask blur": int(request.inpaint.mask_blur)}
+    if request.inpaint.area == "masked":
         out["Inpaint area"] = "Only masked"
-        out["Masked area padding"] = int(request.inpaint_padding)
-    content = MASKED_CONTENT_NAMES.get(request.masked_content)
+        out["Masked area padding"] = int(request.inpaint.padding)
+    content = MASKED_CONTENT_NAMES.get(request.inpaint.masked_content)
     if content:
         out["Masked content"] = content
     return out
 
 
-#: Our upscale methods (GenerateRequest.upscale_mode), as written after "Upscale mode:".
+#: Our upscale methods (GenerateRequest.upscale.method), as written after "Upscale mode:".
 UPSCALE_MODES: tuple[str, ...] = ("resize", "model", "diffusion", "latent")
 #: "Hires upscaler" values that name no upscaler file (A1111's Lanczos, and its latent-space upscalers).
 PLAIN_UPSCALERS = ("lanczos", "latent", "none", "")
@@ -161,11 +161,11 @@ def upscaler_name(request: GenerateRequest) -> str:
     """What "Hires upscaler" says for an upscale: the upscaler file's name (no folder, no suffix), "Lanczos" for
     a plain resize (also the resize step of a diffusion upscale without an upscaler), "Latent" for the x4
     latent upscaler."""
-    mode = request.upscale_mode
+    mode = request.upscale.method
     if mode == "latent":
         return "Latent"
-    if mode in ("model", "diffusion") and request.upscaler:
-        return PureWindowsPath(str(request.upscaler)).stem or "Lanczos"  # "/" and "\\" both separate folders
+    if mode in ("model", "diffusion") and request.upscale.upscaler:
+        return PureWindowsPath(str(request.upscale.upscaler)).stem or "Lanczos"  # "/" and "\\" both separate folders
     return "Lanczos"
 
 
@@ -183,21 +183,21 @@ def upscale_parameters(request: GenerateRequest) -> dict[str, object]:
     target = (request.width, request.height) if request.width and request.height else None
     if image is not None:
         ih, iw = image.shape[:2]
-        by_scale = (max(1, round(iw * request.scale)), max(1, round(ih * request.scale)))
+        by_scale = (max(1, round(iw * request.upscale.scale)), max(1, round(ih * request.upscale.scale)))
         if target is not None and tuple(target) != by_scale:
             out["Hires resize"] = f"{target[0]}x{target[1]}"
         else:
-            out["Hires upscale"] = float(request.scale)
+            out["Hires upscale"] = float(request.upscale.scale)
     elif target is not None:
         out["Hires resize"] = f"{target[0]}x{target[1]}"
     else:
-        out["Hires upscale"] = float(request.scale)
+        out["Hires upscale"] = float(request.upscale.scale)
     out["Hires upscaler"] = upscaler_name(request)
-    out["Upscale mode"] = request.upscale_mode
-    if request.tile:
-        out["Upscale tile"] = int(request.tile)
-    if request.tile_overlap:
-        out["Upscale overlap"] = int(request.tile_overlap)
+    out["Upscale mode"] = request.upscale.method
+    if request.upscale.tile:
+        out["Upscale tile"] = int(request.upscale.tile)
+    if request.upscale.tile_overlap:
+        out["Upscale overlap"] = int(request.upscale.tile_overlap)
     return out
 
 
@@ -259,7 +259,7 @@ def _upscale_text(
         size: str | None = f"{image.shape[1]}x{image.shape[0]}"
     else:
         size = f"{request.width}x{request.height}" if request.width and request.height else None
-    sampled = request.upscale_mode in ("diffusion", "latent")
+    sampled = request.upscale.method in ("diffusion", "latent")
     params: dict[str, object] = {}
     if sampled:
         params.update({
@@ -418,7 +418,8 @@ def _to_float(s: str | None) -> float | None:
 
 
 def request_fields(text: str) -> dict:
-    """GenerateRequest fields restored from `parameters` text, ready for `request.replace(**fields)`.
+    """GenerateRequest fields restored from `parameters` text, by their flat names (the panel's), ready for
+    `request.with_fields(**fields)`, which puts the inpaint and upscale options in their nests.
 
     Keys: prompt, negative_prompt, steps, sampler, schedule, cfg, seed, width, height, strength,
     clip_skip, vae (the "VAE" name, when the text has one: the caller looks it up), and for an inpaint's text (one with any of INPAINT_KEYS) mode "inpaint", mask_blur,

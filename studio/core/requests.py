@@ -33,18 +33,60 @@ def _frozen_copy(a: np.ndarray | None, ndim: tuple[int, ...], what: str) -> np.n
     return a
 
 
+InpaintArea = Literal["whole", "masked"]
+MaskedContent = Literal["original", "fill", "noise"]
+UpscaleMethod = Literal["resize", "model", "diffusion", "latent"]
+Prediction = Literal["auto", "epsilon", "v_prediction"]
+
+
+@dataclass(frozen=True)
+class InpaintOptions:
+    """How an inpaint works (A1111's options and defaults). The request's mask is white (255) where to repaint."""
+
+    mask_blur: int = 4  # px: Gaussian feather of the mask's edge
+    area: InpaintArea = "whole"  # the "whole" picture, or only the "masked" area at full working resolution
+    padding: int = 32  # px around the blurred mask's box, for area "masked"
+    masked_content: MaskedContent = "original"  # what the masked area starts from
+
+    def replace(self, **changes) -> InpaintOptions:
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class UpscaleOptions:
+    """How an upscale works: the init image grown by `scale`, or to the request's width x height when both are set."""
+
+    method: UpscaleMethod = "diffusion"
+    scale: float = 2.0
+    upscaler: str | None = None  # an upscaler model file: method "model", and the resize step of "diffusion"
+    tile: int = 0  # tile size in output px; 0: automatic (the model's working size, or the upscaler's advice)
+    tile_overlap: int = 0  # px; 0: automatic
+
+    def replace(self, **changes) -> UpscaleOptions:
+        return dataclasses.replace(self, **changes)
+
+
+# The flat names of the nested options (the panel's, the CLI's and the metadata reader's) -> their nest's names.
+INPAINT_FIELDS = {"mask_blur": "mask_blur", "inpaint_area": "area", "inpaint_padding": "padding",
+                  "masked_content": "masked_content"}  # fmt: skip
+UPSCALE_FIELDS = {"upscale_mode": "method", "scale": "scale", "upscaler": "upscaler", "tile": "tile",
+                  "tile_overlap": "tile_overlap"}  # fmt: skip
+
+
 @dataclass(frozen=True)
 class GenerateRequest:
     """One generation. `seed=None` draws a random seed; the result reports the one used.
 
-    width/height None means the model's native size. Image i of a batch uses seed + i,
-    so any image of a batch can be reproduced alone.
+    The top-level fields are the sampling every mode shares (prompt, model, sampler, steps, CFG, seed, size, batch,
+    strength); the options of one mode nest (`inpaint`, `upscale`). width/height None means the model's native
+    size. Image i of a batch uses seed + i, so any image of a batch can be reproduced alone. Memory settings are
+    not part of a run: they are the backend's (`Backend.set_memory`).
     """
 
     prompt: str = ""
     negative_prompt: str = ""
     model: str | None = None  # a model folder or file; None: the built-in model
-    mode: str = "txt2img"
+    mode: Mode = "txt2img"
     sampler: str = "Euler a"
     schedule: str = "Normal"
     steps: int = 20
@@ -53,33 +95,19 @@ class GenerateRequest:
     width: int | None = None
     height: int | None = None
     batch: int = 1
-    strength: float = 0.75  # img2img / inpaint denoising strength
+    strength: float = 0.75  # img2img / inpaint / diffusion upscale denoising strength
     init_image: np.ndarray | None = field(default=None, repr=False, compare=False)  # HxWx3 uint8
     mask: np.ndarray | None = field(default=None, repr=False, compare=False)  # HxW uint8, 255 = repaint
-    preview: str = "x0"  # what the per-step preview shows: x0 estimate, the noisy latent, or nothing
+    preview: PreviewKind = "x0"  # what the per-step preview shows: x0 estimate, the noisy latent, or nothing
     clip_skip: int = 1  # A1111 convention: 1 = last layer
-    # Inpainting (A1111's options and defaults). The mask is white (255) where to repaint.
-    mask_blur: int = 4  # px: Gaussian feather of the mask's edge
-    inpaint_area: str = "whole"  # "whole" picture, or only the "masked" area at full working resolution
-    inpaint_padding: int = 32  # px around the blurred mask's box, for inpaint_area "masked"
-    masked_content: str = "original"  # what the masked area starts from: "original", "fill" or "noise"
-    # Upscaling (mode "upscale"): the init image grown by `scale`, or to width x height when both are set.
-    upscale_mode: str = "diffusion"
-    scale: float = 2.0
-    upscaler: str | None = None  # an upscaler model file: mode "model", and the resize step of "diffusion"
-    tile: int = 0  # tile size in output px; 0: automatic (the model's working size, or the upscaler's advice)
-    tile_overlap: int = 0  # px; 0: automatic
+    inpaint: InpaintOptions = field(default_factory=InpaintOptions)
+    upscale: UpscaleOptions = field(default_factory=UpscaleOptions)
     # Add-ons and model options. LoRAs also come from the prompt as A1111 writes them (<lora:name:0.8>);
     # these are (file or library name, weight) pairs on top of those. vae: a VAE file or library name, "" = the
     # model's own. prediction: "auto" (SD 2.x: detected), "epsilon" or "v_prediction" for a model that needs it.
     loras: tuple[tuple[str, float], ...] = ()
     vae: str = ""
-    prediction: str = "auto"
-    # Memory settings (studio.core.memory), carried by every request so a change applies to the next run:
-    # slicing and tiling at once, a new offload by reloading the model.
-    attention_slicing: bool = False
-    vae_tiling: bool = False
-    offload: str = "none"
+    prediction: Prediction = "auto"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "init_image", _frozen_copy(self.init_image, (3,), "The init image"))
@@ -87,6 +115,31 @@ class GenerateRequest:
 
     def replace(self, **changes) -> GenerateRequest:
         return dataclasses.replace(self, **changes)
+
+    def with_fields(self, **fields) -> GenerateRequest:
+        """A copy with fields given by their flat names, as the panel, the CLI and A1111's parameters text name
+        them: the inpaint and upscale options (mask_blur, inpaint_area, inpaint_padding, masked_content;
+        upscale_mode, scale, upscaler, tile, tile_overlap) go to their nests, the rest to the request."""
+        inpaint = {INPAINT_FIELDS[k]: fields.pop(k) for k in list(fields) if k in INPAINT_FIELDS}
+        upscale = {UPSCALE_FIELDS[k]: fields.pop(k) for k in list(fields) if k in UPSCALE_FIELDS}
+        if inpaint:
+            fields["inpaint"] = self.inpaint.replace(**inpaint)
+        if upscale:
+            fields["upscale"] = self.upscale.replace(**upscale)
+        return self.replace(**fields) if fields else self
+
+    def get_field(self, name: str):
+        """A field by its flat name (see with_fields)."""
+        if name in INPAINT_FIELDS:
+            return getattr(self.inpaint, INPAINT_FIELDS[name])
+        if name in UPSCALE_FIELDS:
+            return getattr(self.upscale, UPSCALE_FIELDS[name])
+        return getattr(self, name)
+
+    @classmethod
+    def from_fields(cls, **fields) -> GenerateRequest:
+        """A request from flat field names (see with_fields)."""
+        return cls().with_fields(**fields)
 
     def validate(self) -> None:
         """Raise RequestError with a message an artist understands."""
@@ -121,8 +174,6 @@ class GenerateRequest:
             raise RequestError(f"Unknown preview kind {self.preview!r}")
         if not 1 <= self.clip_skip <= 12:
             raise RequestError(f"Clip skip must be between 1 and 12, got {self.clip_skip}")
-        if self.offload not in ("none", "model", "sequential"):
-            raise RequestError(f"Unknown offload {self.offload!r}; use none, model or sequential")
         if self.prediction not in ("auto", "epsilon", "v_prediction"):
             raise RequestError(f"Unknown prediction type {self.prediction!r}; use auto, epsilon or v_prediction")
         for name, weight in self.loras:
@@ -139,14 +190,14 @@ class GenerateRequest:
             raise RequestError(f"The mask is {mw}x{mh} but the image is {iw}x{ih}: they must be the same size")
         if not self.mask.any():
             raise RequestError("The mask is empty: paint the area to repaint")
-        if not 0 <= self.mask_blur <= 256:
-            raise RequestError(f"Mask blur must be between 0 and 256 px, got {self.mask_blur}")
-        if self.inpaint_area not in INPAINT_AREAS:
-            raise RequestError(f"Unknown inpaint area {self.inpaint_area!r}; use whole or masked")
-        if not 0 <= self.inpaint_padding <= 1024:
-            raise RequestError(f"Masked area padding must be between 0 and 1024 px, got {self.inpaint_padding}")
-        if self.masked_content not in MASKED_CONTENTS:
-            raise RequestError(f"Unknown masked content {self.masked_content!r}; use original, fill or noise")
+        if not 0 <= self.inpaint.mask_blur <= 256:
+            raise RequestError(f"Mask blur must be between 0 and 256 px, got {self.inpaint.mask_blur}")
+        if self.inpaint.area not in INPAINT_AREAS:
+            raise RequestError(f"Unknown inpaint area {self.inpaint.area!r}; use whole or masked")
+        if not 0 <= self.inpaint.padding <= 1024:
+            raise RequestError(f"Masked area padding must be between 0 and 1024 px, got {self.inpaint.padding}")
+        if self.inpaint.masked_content not in MASKED_CONTENTS:
+            raise RequestError(f"Unknown masked content {self.inpaint.masked_content!r}; use original, fill or noise")
 
 
     def upscale_size(self) -> tuple[int, int]:
@@ -154,24 +205,24 @@ class GenerateRequest:
         ih, iw = self.init_image.shape[:2]
         if self.width and self.height:
             return int(self.width), int(self.height)
-        return max(1, round(iw * self.scale)), max(1, round(ih * self.scale))
+        return max(1, round(iw * self.upscale.scale)), max(1, round(ih * self.upscale.scale))
 
     def _validate_upscale(self) -> None:
-        if self.upscale_mode not in UPSCALE_MODES:
-            raise RequestError(f"Unknown upscale mode {self.upscale_mode!r}; use one of {', '.join(UPSCALE_MODES)}")
-        if not (self.width and self.height) and not 1.0 <= self.scale <= 8.0:
-            raise RequestError(f"The upscale factor must be between 1 and 8, got {self.scale:g}")
+        if self.upscale.method not in UPSCALE_MODES:
+            raise RequestError(f"Unknown upscale mode {self.upscale.method!r}; use one of {', '.join(UPSCALE_MODES)}")
+        if not (self.width and self.height) and not 1.0 <= self.upscale.scale <= 8.0:
+            raise RequestError(f"The upscale factor must be between 1 and 8, got {self.upscale.scale:g}")
         w, h = self.upscale_size()
         if max(w, h) > MAX_UPSCALE_SIDE or w * h > MAX_UPSCALE_PIXELS:
             ih, iw = self.init_image.shape[:2]
             raise RequestError(f"Upscaling {iw}x{ih} to {w}x{h} is too large: at most {MAX_UPSCALE_SIDE} px a side")
-        if self.upscale_mode == "model" and not self.upscaler:
+        if self.upscale.method == "model" and not self.upscale.upscaler:
             raise RequestError("The model upscale needs an upscaler model: pick one, or use resize or diffusion")
-        if self.tile and not 64 <= self.tile <= 4096:
-            raise RequestError(f"The tile size must be between 64 and 4096 px, got {self.tile}")
-        if not 0 <= self.tile_overlap <= 512:
-            raise RequestError(f"The tile overlap must be between 0 and 512 px, got {self.tile_overlap}")
-        if self.upscale_mode in ("diffusion", "latent") and not 0.0 < self.strength <= 1.0:
+        if self.upscale.tile and not 64 <= self.upscale.tile <= 4096:
+            raise RequestError(f"The tile size must be between 64 and 4096 px, got {self.upscale.tile}")
+        if not 0 <= self.upscale.tile_overlap <= 512:
+            raise RequestError(f"The tile overlap must be between 0 and 512 px, got {self.upscale.tile_overlap}")
+        if self.upscale.method in ("diffusion", "latent") and not 0.0 < self.strength <= 1.0:
             raise RequestError(f"Denoising strength must be in (0, 1], got {self.strength}")
 
 

@@ -186,7 +186,6 @@ class Engine:
     ) -> GenerateResult:
         request.validate()
         t_start = time.perf_counter()
-        self.set_memory(MemoryOptions(request.attention_slicing, request.vae_tiling, request.offload))
         if cancel is not None and cancel.is_set():
             return GenerateResult(images=[], request=request, seeds=[], cancelled=True)
         if request.mode == "upscale":
@@ -261,7 +260,7 @@ class Engine:
         """
         m = model.size_multiple
         if request.mode == "inpaint" and request.init_image is not None and not (request.width and request.height):
-            if request.inpaint_area == "masked":
+            if request.inpaint.area == "masked":
                 nw, nh = model.native_size
                 w, h = request.width or nw, request.height or nh
             else:

@@ -2,7 +2,7 @@
 latent upscaler.
 
 The output size is ``request.upscale_size()`` (the input times ``scale``, or ``width x height``). Methods
-(``request.upscale_mode``):
+(``request.upscale.method``):
 
 - ``resize``: Lanczos to the output size. No model, no steps, no previews.
 - ``model``: an upscaler model file (``studio.engine.upscalers``: ESRGAN, SwinIR... through spandrel), in the
@@ -151,12 +151,12 @@ def diffusion_tiles(size: tuple[int, int], tile: int, overlap: int, multiple: in
 
 def run(engine, request: GenerateRequest, on_step, cancel, t_start: float) -> GenerateResult:
     """One upscale on `engine` (the caller holds its lock and has validated the request)."""
-    mode = request.upscale_mode
+    mode = request.upscale.method
     if mode in ("diffusion", "latent"):
         engine.check_family(request.model, "upscale", mode)  # from the json files: nothing loaded to refuse
         _check_steps(request)
-    if request.upscaler and mode in ("model", "diffusion") and not Path(request.upscaler).expanduser().exists():
-        raise ModelError(f"Upscaler not found: {request.upscaler}")
+    if request.upscale.upscaler and mode in ("model", "diffusion") and not Path(request.upscale.upscaler).expanduser().exists():
+        raise ModelError(f"Upscaler not found: {request.upscale.upscaler}")
     seed = request.seed if request.seed is not None else secrets.randbelow(MAX_SEED + 1)
     job = _Upscale(engine, request.replace(seed=seed, batch=1), on_step, cancel, t_start)
     try:
@@ -165,7 +165,7 @@ def run(engine, request: GenerateRequest, on_step, cancel, t_start: float) -> Ge
         elif mode == "model":
             image = job.upscaler_pass(job.image, stage="tile")
         elif mode == "diffusion":
-            base = job.upscaler_pass(job.image, stage="upscaler") if request.upscaler else lanczos(job.image, job.size)
+            base = job.upscaler_pass(job.image, stage="upscaler") if request.upscale.upscaler else lanczos(job.image, job.size)
             image = job.diffusion(base)
         else:
             image = job.latent()
@@ -246,14 +246,14 @@ class _Upscale:
         """The upscaler model over `image` in its tiles, then Lanczos to the output size; a StepInfo per tile."""
         from .upscalers import UpscaleCancelled
 
-        up = self.engine.upscaler(self.r.upscaler)
+        up = self.engine.upscaler(self.r.upscale.upscaler)
         self.t_loaded = time.perf_counter()
         scale = max(1, int(getattr(up, "scale", 1) or 1))
         ih, iw = image.shape[:2]
         sx, sy = self.size[0] / (iw * scale), self.size[1] / (ih * scale)
         # The request's tile and overlap are output px; the upscaler cuts its input.
-        tile = self.r.tile // scale if self.r.tile and stage == "tile" else 0
-        overlap = self.r.tile_overlap // scale if self.r.tile_overlap and stage == "tile" else 0
+        tile = self.r.upscale.tile // scale if self.r.upscale.tile and stage == "tile" else 0
+        overlap = self.r.upscale.tile_overlap // scale if self.r.upscale.tile_overlap and stage == "tile" else 0
         want_preview = self.r.preview != "none"
 
         def on_tile(part: int, parts: int, rect: Rect, pixels: np.ndarray | None) -> None:
@@ -284,9 +284,9 @@ class _Upscale:
         model = self.load()
         self.extra = runaddons.prepare(model, self.r, self.engine.folders)
         m = model.size_multiple
-        tile = self.r.tile or max(model.native_size)
+        tile = self.r.upscale.tile or max(model.native_size)
         tile = max(m, tile - tile % m)
-        overlap = self.r.tile_overlap or auto_overlap(tile)
+        overlap = self.r.upscale.tile_overlap or auto_overlap(tile)
         rects = diffusion_tiles(self.size, tile, overlap, m)
         blender = TileBlender(self.size[0], self.size[1], 3, overlap)
         embeds = None
@@ -356,9 +356,9 @@ class _Upscale:
         unet = model.base.unet.config
         sample = unet.sample_size[0] if isinstance(unet.sample_size, (list, tuple)) else unet.sample_size
         m = math.lcm(2 ** (len(unet.block_out_channels) - 1), f)  # the U-Net's and the image processor's multiple
-        tile = self.r.tile // f if self.r.tile else int(sample)
+        tile = self.r.upscale.tile // f if self.r.upscale.tile else int(sample)
         tile = max(m, tile - tile % m)
-        overlap = self.r.tile_overlap // f if self.r.tile_overlap else max(m, (tile // 8) // m * m)
+        overlap = self.r.upscale.tile_overlap // f if self.r.upscale.tile_overlap else max(m, (tile // 8) // m * m)
         # A mirrored margin around the picture: the networks pad with zeros, which greys and blurs the outermost
         # pixels of whatever they are given; the margin takes that, and is cut off (a tile's margin is extra to it)
         e = edge_margin(m)

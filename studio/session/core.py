@@ -22,6 +22,7 @@ from PySide6.QtGui import QColor, QImage
 from studio.backends.base import BackendInfo
 from studio.core.errors import EngineError, RequestError, describe_error
 from studio.core.jobs import DecodedStep, JobKind, JobOutput, LoadModel, ModelLoaded
+from studio.core.memory import MemoryOptions
 from studio.core.requests import StepInfo
 from studio.qimage import array_to_qimage, qimage_to_array, qimage_to_gray
 from studio.qtcompat import emit
@@ -204,10 +205,7 @@ class Session(QObject):
     def generate(self) -> int | None:
         """Queue a generation from the current parameters. None (and a message) if invalid."""
         try:
-            request = self.params.to_request(self.preview_kind).replace(
-                attention_slicing=self.settings.attention_slicing, vae_tiling=self.settings.vae_tiling,
-                offload=self.settings.offload,
-            )
+            request = self.params.to_request(self.preview_kind)
             if request.mode != "txt2img":
                 request = self._with_canvas(request)
             request.validate()
@@ -218,6 +216,8 @@ class Session(QObject):
         label = " ".join(request.prompt.split()) or "(no prompt)"
         if request.mode != "txt2img":
             label = f"{MODE_LABELS[request.mode].lower()}: {label}"
+        self._worker.set_memory(MemoryOptions(self.settings.attention_slicing, self.settings.vae_tiling,
+                                              self.settings.offload))  # fmt: skip
         job_id = self._worker.submit(request, save=lambda result: library.save_result(result, out_dir), label=label)
         job = self.book.add(TrackedJob(job_id, JobKind.GENERATE, label, total=request.steps,
                                        width=request.width or 0, height=request.height or 0,

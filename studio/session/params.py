@@ -79,7 +79,7 @@ class Params:
     def to_request(self, preview: str = "x0") -> GenerateRequest:
         if self.mode == "upscale":
             return self._upscale_request(preview)
-        return GenerateRequest(
+        return GenerateRequest.from_fields(
             prompt=self.prompt,
             negative_prompt=self.negative_prompt,
             model=self.model or None,
@@ -107,7 +107,7 @@ class Params:
         model = self.model or None
         if self.upscale_mode == "latent" and model is None and (BUILTIN_LATENT_UPSCALER / "model_index.json").is_file():
             model = str(BUILTIN_LATENT_UPSCALER)
-        return GenerateRequest(
+        return GenerateRequest.from_fields(
             prompt=self.prompt, negative_prompt=self.negative_prompt, model=model, mode="upscale",
             sampler=self.sampler, schedule=self.schedule, steps=int(self.steps), cfg=float(self.cfg),
             seed=None if self.seed < 0 else int(self.seed), preview=preview,

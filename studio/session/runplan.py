@@ -50,10 +50,10 @@ class RunPlan:
             return cls(r.mode)
         h, w = r.mask.shape
         rect: Rect | None = (0, 0, w, h)
-        if r.inpaint_area == "masked":
-            rect = crop_rect(r.mask, r.mask_blur, r.inpaint_padding, (w, h), (r.width or 1, r.height or 1)) or rect
+        if r.inpaint.area == "masked":
+            rect = crop_rect(r.mask, r.inpaint.mask_blur, r.inpaint.padding, (w, h), (r.width or 1, r.height or 1)) or rect
         x, y, cw, ch = rect
-        return cls(r.mode, rect, np.array(r.mask[y : y + ch, x : x + cw]), int(r.mask_blur))
+        return cls(r.mode, rect, np.array(r.mask[y : y + ch, x : x + cw]), int(r.inpaint.mask_blur))
 
     def overlay(self, preview: np.ndarray) -> QImage | None:
         """The live preview as an ARGB image whose alpha is the feathered mask, at the preview's size."""

@@ -45,13 +45,14 @@ def test_vae_picker_and_extras_menu(qtbot, make_window, fake, tmp_path):
     actions["easyneg  ·  SD 1.x"].trigger()
     assert window.session.params.prompt == "a castle <lora:ink:1> easyneg"
 
-    # The request carries the VAE and the memory settings.
+    # The request carries the VAE; the memory settings go to the backend before the run.
     window.session.settings.vae_tiling = True
     fake.run_free()
     with qtbot.waitSignal(window.session.result_image):
         qtbot.mouseClick(panel.generate_button, Qt.MouseButton.LeftButton)
     r = fake.requests[-1]
-    assert r.vae.endswith("ft-mse.safetensors") and r.vae_tiling and not r.attention_slicing
+    assert r.vae.endswith("ft-mse.safetensors")
+    assert fake.memory.vae_tiling and not fake.memory.attention_slicing
     assert r.prompt == "a castle <lora:ink:1> easyneg"
 
 

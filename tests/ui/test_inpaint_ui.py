@@ -69,7 +69,7 @@ def test_inpaint_sends_the_canvas_its_mask_and_the_options_and_the_result_lands_
         qtbot.mouseClick(panel.generate_button, Qt.MouseButton.LeftButton)
     r = fake.requests[-1]
     assert r.mode == "inpaint" and np.array_equal(r.init_image, before) and np.array_equal(r.mask, mask)
-    assert (r.strength, r.mask_blur, r.inpaint_area, r.inpaint_padding, r.masked_content) == (
+    assert (r.strength, r.inpaint.mask_blur, r.inpaint.area, r.inpaint.padding, r.inpaint.masked_content) == (
         0.6, 6, "masked", 16, "fill")  # fmt: skip
     result = rgb(doc.image)
     assert result.shape == before.shape and doc.path is not None and str(doc.path) == saved.args[0]
@@ -235,7 +235,7 @@ def test_an_inpainted_png_gives_its_options_back_to_the_panel(qtbot, window, tmp
     from studio.core.output import save_image
     from studio.core.requests import GenerateRequest
 
-    req = GenerateRequest(prompt="a cat", mode="inpaint", init_image=np.zeros((64, 64, 3), np.uint8),
+    req = GenerateRequest.from_fields(prompt="a cat", mode="inpaint", init_image=np.zeros((64, 64, 3), np.uint8),
                           mask=np.full((64, 64), 255, np.uint8), strength=0.55, mask_blur=9, inpaint_area="masked",
                           inpaint_padding=48, masked_content="noise", width=64, height=64, seed=3)  # fmt: skip
     path = save_image(np.zeros((64, 64, 3), np.uint8), tmp_path / "inpainted.png",

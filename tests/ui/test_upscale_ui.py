@@ -66,7 +66,7 @@ def test_a_selected_region_is_upscaled_into_the_canvas_undoably(qtbot, make_wind
     qtbot.waitUntil(lambda: not s.is_running())
     r = fake.requests[-1]
     assert r.mode == "upscale" and np.array_equal(r.init_image, before[20:60, 10:50])
-    assert r.scale == 2.0 and r.strength == 0.3 and r.upscale_mode == "diffusion"
+    assert r.upscale.scale == 2.0 and r.strength == 0.3 and r.upscale.method == "diffusion"
     assert doc.size() == (80, 80) and doc.selection is None
     result = rgb(doc.image)
     assert result[0, 0, 0] == min(255, int(before[20, 10, 0]) + 1)  # the fake's mark: the region, enlarged
@@ -112,4 +112,4 @@ def test_the_upscaler_list_comes_from_the_backend(qtbot, make_window):
     window.session.show_image(QImage(QImage(16, 16, QImage.Format.Format_RGB888)))
     window.session.document.image.fill(QColor("white"))
     window.session.set_mode("upscale")
-    assert window.session.params.to_request().upscaler == "/m/4x-tiny.safetensors"
+    assert window.session.params.to_request().upscale.upscaler == "/m/4x-tiny.safetensors"

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from studio.core.errors import EngineError, ModelError, RequestError, first_line
+from studio.core.memory import MemoryOptions
 from studio.core.requests import MAX_SEED, GenerateRequest, GenerateResult, StepInfo
 
 from ..base import BackendInfo, StepCallback, UnsupportedError
@@ -126,6 +127,9 @@ class ComfyUIBackend:
         """ComfyUI loads a checkpoint when a graph first needs it: here the name is only checked."""
         self._checkpoint(model)
 
+    def set_memory(self, memory: MemoryOptions) -> None:
+        """The server manages its own memory (its --lowvram and friends): nothing to set from here."""
+
     def decode_step(self, model, latent):
         raise UnsupportedError(self._info.why_no_decode())
 
@@ -154,7 +158,7 @@ class ComfyUIBackend:
     ) -> GenerateResult:
         request.validate()
         objects = self._require()
-        if request.mode == "upscale" and request.upscale_mode == "latent":
+        if request.mode == "upscale" and request.upscale.method == "latent":
             raise UnsupportedError("The x4 latent upscaler runs on the local engine only; pick another upscale method")
         graphs.comfy_names(request.sampler, request.schedule, objects)  # a name the server lacks: said at once
         try:
@@ -219,7 +223,7 @@ class ComfyUIBackend:
         if r.mode == "upscale":
             return r, None
         ih, iw = r.init_image.shape[:2]
-        if r.mode == "inpaint" and r.inpaint_area == "masked" and not (r.width and r.height):
+        if r.mode == "inpaint" and r.inpaint.area == "masked" and not (r.width and r.height):
             w, h = native, native
         else:
             w, h = r.width or max(8, iw - iw % 8), r.height or max(8, ih - ih % 8)

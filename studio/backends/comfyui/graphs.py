@@ -399,14 +399,14 @@ _MODE_IMAGES: dict[str, tuple[str, ...]] = {"txt2img": (), "img2img": ("init",),
 
 
 def _diffuses(request: GenerateRequest) -> bool:
-    return request.mode != "upscale" or request.upscale_mode == "diffusion"
+    return request.mode != "upscale" or request.upscale.method == "diffusion"
 
 
 def _check_arguments(request: GenerateRequest, images: dict[str, str], output: str, seed: int | None) -> None:
     mode = request.mode
     if output not in OUTPUT_NODES:
         raise ValueError(f"Unknown output {output!r}; use websocket or save")
-    if mode == "upscale" and request.upscale_mode == "latent":
+    if mode == "upscale" and request.upscale.method == "latent":
         raise UnsupportedError("The latent upscale is not available on a ComfyUI server: the x4 latent upscaler "
                                "runs on the local engine only")  # fmt: skip
     if mode not in MODE_NODES:
@@ -537,14 +537,14 @@ def _inpaint(g: _Graph, job: _Job) -> dict[str, dict[str, Any]]:
     return _save(g, _sample_and_decode(g, s, m, positive, negative, latent, float(r.strength)), job.output)
 
 
-# The server upscales the whole image: no tiling there (`request.tile` is the local engine's).
+# The server upscales the whole image: no tiling there (`request.upscale.tile` is the local engine's).
 def _upscale_pixels(g: _Graph, job: _Job) -> dict[str, dict[str, Any]]:
     """Resize (Lanczos) or an upscaler model, then the exact size: no diffusion, no checkpoint."""
     r = job.request
     target = r.upscale_size()
     image = _load_image(g, job.images["init"])
-    if r.upscale_mode == "model":
-        image = _upscale_with_model(g, image, r.upscaler)
+    if r.upscale.method == "model":
+        image = _upscale_with_model(g, image, r.upscale.upscaler)
     return _save(g, _scale(g, image, target), job.output)
 
 
@@ -553,8 +553,8 @@ def _upscale_diffusion(g: _Graph, job: _Job) -> dict[str, dict[str, Any]]:
     r, s = job.request, _sampling(g, job)
     target = r.upscale_size()
     image = _load_image(g, job.images["init"])
-    if r.upscaler:
-        image = _upscale_with_model(g, image, r.upscaler)
+    if r.upscale.upscaler:
+        image = _upscale_with_model(g, image, r.upscale.upscaler)
     # Diffusion works at multiples of 8 (VAEEncode would crop the rest away): back to the exact size after.
     work = (_round8(target[0]), _round8(target[1]))
     upscaled = _scale(g, image, work)
@@ -573,7 +573,7 @@ _UPSCALES: dict[str, Callable[[_Graph, _Job], dict[str, dict[str, Any]]]] = {
 
 
 def _upscale(g: _Graph, job: _Job) -> dict[str, dict[str, Any]]:
-    how = job.request.upscale_mode
+    how = job.request.upscale.method
     if how not in _UPSCALES:
         raise RequestError(f"Unknown upscale mode {how!r}; use one of {', '.join(_UPSCALES)}")
     return _UPSCALES[how](g, job)
