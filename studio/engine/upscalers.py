@@ -45,7 +45,7 @@ import numpy as np
 
 from ..core.errors import ModelError, first_line
 from ..core.tiling import Rect, TileBlender, tile_grid
-from .weights import open_safetensors, read_tensors
+from .weights import file_key, open_safetensors, read_tensors
 
 log = logging.getLogger(__name__)
 
@@ -361,23 +361,17 @@ def clear_upscaler_cache() -> None:
         _describe_cache.clear()
 
 
-def _key(path: Path) -> tuple[Path, tuple[str, int, int], int]:
-    try:
-        st = path.stat()
-    except OSError as e:
-        raise UpscalerError(f"{path.name}: no such file") from e
-    return path, (str(path), st.st_size, st.st_mtime_ns), st.st_size
-
-
 def describe_upscaler(path: str | os.PathLike) -> UpscalerInfo:
     """What the file is, asked of spandrel; raises UpscalerError (cached too) when it is not an upscaler."""
-    path, key, size = _key(Path(path).resolve())
+    path = Path(path).resolve()
+    with _as_upscaler_error():
+        key = file_key(path, "upscaler")
     _check_ext(path)
     with _cache_lock:
         hit = _describe_cache.get(key)
     if hit is None:
         try:
-            hit = _describe(path, size)
+            hit = _describe(path, key[1])
         except UpscalerError as e:
             hit = e
         with _cache_lock:
