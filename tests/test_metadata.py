@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import builtins
 import hashlib
+import json
 import os
 from pathlib import Path
 
@@ -668,6 +669,27 @@ def test_model_hash_diffusers_folder_uses_unet(tmp_path):
     (root / "unet" / "diffusion_pytorch_model-00002-of-00002.safetensors").write_bytes(b"B")
     (root / "unet" / "diffusion_pytorch_model-00001-of-00002.safetensors").write_bytes(b"A")
     assert model_hash(root) == hashlib.sha256(b"AB").hexdigest()[:10]
+
+
+def test_model_hash_of_a_folder_is_cached_with_the_file_hashes(tmp_path, monkeypatch):
+    from studio.core import filehash
+
+    metadata.clear_hash_cache()
+    root = tmp_path / "model"
+    (root / "unet").mkdir(parents=True)
+    shard = root / "unet" / "diffusion_pytorch_model.safetensors"
+    shard.write_bytes(b"unet-weights")
+    expected = hashlib.sha256(b"unet-weights").hexdigest()[:10]
+    assert model_hash(root) == expected
+    stored = json.loads(filehash.cache_file().read_text(encoding="utf-8"))[str(root.resolve())]
+    assert stored["sha256"][:10] == expected and stored["files"][0][0] == str(shard.resolve())
+    metadata.clear_hash_cache()  # only the in-memory copy: the disk cache answers
+    monkeypatch.setattr(filehash, "_digest", lambda *a, **k: pytest.fail("hashed again"))
+    assert model_hash(root) == expected
+    monkeypatch.undo()
+    shard.write_bytes(b"other-weights")
+    os.utime(shard, ns=(1, 1_000_000_000))  # a new version of a shard: hashed again
+    assert model_hash(root) == hashlib.sha256(b"other-weights").hexdigest()[:10]
 
 
 def test_model_hash_missing(tmp_path):

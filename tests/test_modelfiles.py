@@ -199,6 +199,7 @@ def test_hashes_as_a1111_and_cached_on_disk(tmp_path, monkeypatch):
     assert filehash.model_short_hash(f) == hashlib.sha256(raw).hexdigest()[:10]
     stored = json.loads((tmp_path / "data" / "hashes.json").read_text())
     assert stored[str(f.resolve())]["sha256"] == hashlib.sha256(raw).hexdigest()
+    assert [p.name for p in (tmp_path / "data").iterdir()] == ["hashes.json"]  # written atomically: no temp left
     # A new process (forget) reads the digests from the disk cache, not the file.
     filehash.forget()
     monkeypatch.setattr(filehash, "_digest", lambda *a: pytest.fail("hashed again"))

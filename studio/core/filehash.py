@@ -6,6 +6,8 @@ Hashing a 7 GB checkpoint takes seconds, so a hash is computed once per file ver
   hash its first 10);
 - ``addnet``: a ``.safetensors`` file's bytes after its header (A1111's LoRA hash: the first 12 hex digits),
   so that rewriting the metadata of a LoRA does not change its hash.
+Several files hashed as one stream (a diffusers folder's U-Net shards: ``files_hash``) are kept the same way, under
+the folder's path, current while every file keeps its size and mtime. This is the studio's one sha256 of files.
 """
 
 from __future__ import annotations
@@ -14,9 +16,11 @@ import hashlib
 import json
 import os
 import struct
-import tempfile
 import threading
+from collections.abc import Sequence
 from pathlib import Path
+
+from .atomic import write_text
 
 CACHE_ENV = "LATENT_STUDIO_DATA_DIR"
 _CHUNK = 1 << 20
@@ -50,23 +54,22 @@ def _load() -> dict[str, dict]:
 def _save(data: dict[str, dict]) -> None:
     path = cache_file()
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".hashes-", suffix=".json")
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f)
-        os.replace(tmp, path)
+        write_text(path, json.dumps(data), fsync=False)  # a cache: no fsync
     except OSError:
         pass  # a cache: losing it costs time, never correctness
 
 
-def _digest(path: Path, start: int = 0) -> str:
+def _digest(*paths: Path, start: int = 0) -> str:
+    """The sha256 of the files as one stream, from byte ``start`` of the first one."""
     h = hashlib.sha256()
     buf = bytearray(_CHUNK)
     view = memoryview(buf)
-    with open(path, "rb", buffering=0) as f:
-        f.seek(start)
-        while n := f.readinto(buf):
-            h.update(view[:n])
+    for path in paths:
+        with open(path, "rb", buffering=0) as f:
+            f.seek(start)
+            start = 0
+            while n := f.readinto(buf):
+                h.update(view[:n])
     return h.hexdigest()
 
 
@@ -78,6 +81,25 @@ def _safetensors_data_start(path: Path) -> int:
     return 8 + struct.unpack("<Q", head)[0]
 
 
+def _cached(key: str, kind: str, version: dict) -> str | None:
+    with _lock:
+        entry = _load().get(key)
+        if entry and all(entry.get(k) == v for k, v in version.items()) and kind in entry:
+            return str(entry[kind])
+    return None
+
+
+def _store(key: str, kind: str, version: dict, digest: str) -> None:
+    with _lock:
+        data = _load()
+        entry = data.get(key)
+        if not entry or any(entry.get(k) != v for k, v in version.items()):
+            entry = dict(version)
+        entry[kind] = digest
+        data[key] = entry
+        _save(data)
+
+
 def file_hash(path: str | Path, kind: str = "sha256") -> str:
     """The full hex digest of ``kind`` ("sha256" or "addnet") for a file, from the cache when it is current.
 
@@ -85,25 +107,31 @@ def file_hash(path: str | Path, kind: str = "sha256") -> str:
     """
     p = Path(path).resolve()
     st = p.stat()
-    key = str(p)
-    with _lock:
-        entry = _load().get(key)
-        if entry and entry.get("size") == st.st_size and entry.get("mtime") == st.st_mtime_ns and kind in entry:
-            return str(entry[kind])
+    key, version = str(p), {"size": st.st_size, "mtime": st.st_mtime_ns}
+    cached = _cached(key, kind, version)
+    if cached is not None:
+        return cached
     if kind == "addnet" and p.suffix.lower() == ".safetensors":
-        digest = _digest(p, _safetensors_data_start(p))
+        digest = _digest(p, start=_safetensors_data_start(p))
     elif kind == "addnet":
         digest = file_hash(p, "sha256")
     else:
         digest = _digest(p)
-    with _lock:
-        data = _load()
-        entry = data.get(key)
-        if not entry or entry.get("size") != st.st_size or entry.get("mtime") != st.st_mtime_ns:
-            entry = {"size": st.st_size, "mtime": st.st_mtime_ns}
-        entry[kind] = digest
-        data[key] = entry
-        _save(data)
+    _store(key, kind, version, digest)
+    return digest
+
+
+def files_hash(key: str | Path, files: Sequence[str | Path]) -> str:
+    """The sha256 of ``files`` read as one stream, cached under ``key`` (their folder) while every file keeps its
+    size and mtime. Raises OSError when one cannot be read."""
+    paths = [Path(f) for f in files]
+    version = {"files": [[str(f), st.st_size, st.st_mtime_ns] for f in paths for st in (f.stat(),)]}
+    name = str(Path(key).resolve())
+    cached = _cached(name, "sha256", version)
+    if cached is not None:
+        return cached
+    digest = _digest(*paths)
+    _store(name, "sha256", version, digest)
     return digest
 
 

@@ -11,16 +11,15 @@ No Qt and no torch here: numpy, Pillow and the standard library only.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
 import re
-import threading
 from collections.abc import Mapping
 from dataclasses import fields
 from pathlib import Path, PureWindowsPath
 
+from . import filehash
 from .errors import ModelError, RequestError, first_line
 from .requests import GenerateRequest
 from .samplers import resolve_sampler, resolve_schedule
@@ -626,9 +625,6 @@ def read_parameters(path: str | os.PathLike) -> str | None:
 # --------------------------------------------------------------------------------------------
 # Model hashes
 
-_CHUNK = 1 << 20
-_hash_cache: dict[tuple, str] = {}
-_hash_lock = threading.Lock()
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".ckpt", ".pt", ".pth")
 
 
@@ -658,52 +654,26 @@ def _folder_weight_files(folder: Path) -> list[Path]:
     )
 
 
-def _sha256_files(files: list[Path]) -> str:
-    h = hashlib.sha256()
-    buf = bytearray(_CHUNK)
-    view = memoryview(buf)
-    for p in files:
-        with open(p, "rb", buffering=0) as f:
-            while True:
-                n = f.readinto(buf)
-                if not n:
-                    break
-                h.update(view[:n])
-    return h.hexdigest()
-
-
 def model_hash(path: str | os.PathLike) -> str:
     """A1111's model hash: the first 10 hex digits of the SHA-256 of the whole file.
 
-    For a diffusers folder: of its U-Net weight file(s), see `_folder_weight_files`. Cached by
-    resolved path, size and modification time (of every hashed file), so a second call costs a stat.
+    For a diffusers folder: of its U-Net weight file(s), see `_folder_weight_files`. Hashed by `filehash`, cached
+    on disk by resolved path, size and modification time (of every hashed file), so a second call costs a stat.
     Raises ModelError when the file or folder cannot be read.
     """
     p = Path(path)
     try:
         resolved = p.resolve()
-        if resolved.is_dir():
-            files = _folder_weight_files(resolved)
-            if not files:
-                raise ModelError(f"Cannot hash model {p}: the folder has no weight files")
-        else:
-            from .filehash import model_short_hash
-
-            return model_short_hash(resolved)  # a single file: A1111's hash, kept on disk across sessions
-        stats = tuple((str(f), st.st_size, st.st_mtime_ns) for f in files for st in (f.stat(),))
-        key = (str(resolved), stats)
-        with _hash_lock:
-            cached = _hash_cache.get(key)
-        if cached is not None:
-            return cached
-        digest = _sha256_files(files)[:10]
+        if not resolved.is_dir():
+            return filehash.model_short_hash(resolved)  # a single file: A1111's hash, kept on disk across sessions
+        files = _folder_weight_files(resolved)
+        if not files:
+            raise ModelError(f"Cannot hash model {p}: the folder has no weight files")
+        return filehash.files_hash(resolved, files)[:10]
     except OSError as e:
         raise ModelError(f"Cannot hash model {p}: {first_line(e.strerror or e)}") from e
-    with _hash_lock:
-        _hash_cache[key] = digest
-    return digest
 
 
 def clear_hash_cache() -> None:
-    with _hash_lock:
-        _hash_cache.clear()
+    """Drop the in-memory copy of the hash cache (tests point it elsewhere)."""
+    filehash.forget()

@@ -4,7 +4,8 @@
 ``resources/configs/`` (without it diffusers reaches for the hub, whatever ``local_files_only`` says), and the
 tokenizers built here from the one shared CLIP BPE in ``resources/tokenizer/`` plus that folder's settings. A
 pickle is scanned first (``modelfiles.pickle_globals``: its imports, read without running it) and then read by
-diffusers with ``torch.load(weights_only=True)``; anything needing more than tensors is refused.
+diffusers with ``torch.load(weights_only=True)``; anything needing more than tensors is refused with the one wording
+of ``weights.pickle_with_code``.
 
 SD 2.x v-prediction is not in the keys: A1111's test decides (the U-Net run once on a constant input at
 t = 999: a v-model's output is about minus its input), unless the user set it.
@@ -23,6 +24,7 @@ from typing import Any
 from ..core.errors import ModelError, first_line, is_out_of_memory
 from ..core.modelfiles import ARCHS, PICKLE_SUFFIXES, pickle_globals
 from ..paths import TOKENIZER_DIR, configs_dir
+from .weights import damaged, pickle_with_code, refused_globals
 
 log = logging.getLogger(__name__)
 PREDICTIONS = ("auto", "epsilon", "v_prediction")
@@ -54,10 +56,7 @@ def check_pickle(path: Path) -> None:
     """Refuse a pickle that imports anything but tensor rebuilding (before torch opens it)."""
     bad = [g for g in pickle_globals(path) if not _allowed_global(g)]
     if bad:
-        raise ModelError(
-            f"{path.name} holds Python objects besides weights ({', '.join(sorted(set(bad))[:3])}); a pickle can run "
-            "code, so it was not opened. Use a .safetensors version of this model"
-        )
+        raise pickle_with_code(path.name, bad)
 
 
 # What a plain state dict's pickle imports (torch's weights_only unpickler allows about these). Anything else
@@ -104,11 +103,9 @@ def load_single_file(
         with _checkpoint_is(converted):
             pipe = cls.from_single_file(str(path), config=str(folder), local_files_only=True, torch_dtype=dtype,
                                         **kwargs)  # fmt: skip
-    except pickle.UnpicklingError as e:
-        raise ModelError(
-            f"{path.name} needs more than plain weights to load (torch refused it with weights_only=True); "
-            "use a .safetensors version of this model"
-        ) from e
+    except pickle.UnpicklingError as e:  # diffusers' torch.load(weights_only=True) refused what the scan let by
+        found = refused_globals(e)
+        raise (damaged(path.name) if found is None else pickle_with_code(path.name, found)) from e
     except ModelError:
         raise
     except Exception as e:  # noqa: BLE001 - shape mismatches, corrupt tensors: one line for the artist

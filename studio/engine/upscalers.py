@@ -10,7 +10,7 @@ Public API:
     import_spandrel() -> module                         spandrel, importable without torchvision
     UpscalerError (a ModelError: the message is for the artist), UpscaleCancelled
 
-Loading is safe: ``.safetensors`` through safetensors; ``.pth`` / ``.ckpt`` / ``.pt`` only through
+Loading is safe: files are read by ``studio.engine.weights``, ``.pth`` / ``.ckpt`` / ``.pt`` only through
 ``torch.load(weights_only=True)`` (a pickle that needs more than tensors is refused unread; spandrel's own file loader,
 a restricted unpickler, is never used). The state dict is unwrapped (``params_ema``, ``params``, ``state_dict``...,
 spandrel's ``canonicalize_state_dict``) and handed to spandrel's detection.
@@ -30,10 +30,9 @@ it out again and puts back whatever was there: nothing else ever sees the stand-
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-import pickle
-import re
 import sys
 import threading
 import types
@@ -46,6 +45,7 @@ import numpy as np
 
 from ..core.errors import ModelError, first_line
 from ..core.tiling import Rect, TileBlender, tile_grid
+from .weights import file_key, open_safetensors, read_tensors
 
 log = logging.getLogger(__name__)
 
@@ -256,34 +256,15 @@ class _LazySafetensors(Mapping):
         return key in self._names
 
 
-def _torch_load(path: Path):
-    import torch
-
+@contextlib.contextmanager
+def _as_upscaler_error() -> Iterator[None]:
+    """The shared reader's ModelError (one wording for every reader) as an UpscalerError, which the scan skips."""
     try:
-        try:
-            # mmap: a large zip-format file is not read into memory before spandrel looks at its keys
-            return torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as e:
-            if "mmap" not in str(e):
-                raise
-            return torch.load(str(path), map_location="cpu", weights_only=True)  # the legacy (non-zip) format
-    except pickle.UnpicklingError as e:
-        # weights_only met something else than tensors and plain containers: "Unsupported global: GLOBAL
-        # builtins.exec ..." is a pickle that would call code; "Unsupported operand" is no pickle at all.
-        found = re.search(r"GLOBAL ([\w.]+)", str(e))
-        if found is None and "global" not in str(e).lower():
-            raise UpscalerError(f"{path.name}: not a readable model file (not a torch file)") from e
-        what = f" ({found.group(1)})" if found else ""
-        raise UpscalerError(
-            f"{path.name}: refused, it holds more than weights{what}: a pickle like this can run code when loaded; "
-            "use a .safetensors version of it"
-        ) from e
-    except RuntimeError as e:
-        if "TorchScript" in str(e):
-            raise UpscalerError(f"{path.name}: a TorchScript file, which is not supported; use .safetensors") from e
-        raise UpscalerError(f"{path.name}: not a readable model file ({first_line(e)})") from e
-    except Exception as e:  # noqa: BLE001 - truncated, not a zip, not a pickle...
-        raise UpscalerError(f"{path.name}: not a readable model file ({first_line(e)})") from e
+        yield
+    except UpscalerError:
+        raise
+    except ModelError as e:
+        raise UpscalerError(str(e)) from e
 
 
 def _check_ext(path: Path) -> None:
@@ -295,17 +276,8 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, Any]:
     """All the tensors of a model file, loaded safely, unwrapped to the state dict spandrel expects."""
     path = Path(path)
     _check_ext(path)
-    if not path.is_file():
-        raise UpscalerError(f"{path.name}: no such file")
-    if path.suffix.lower() == ".safetensors":
-        from safetensors.torch import load_file
-
-        try:
-            raw: Any = load_file(str(path), device="cpu")
-        except Exception as e:  # noqa: BLE001 - a bad header, a truncated file
-            raise UpscalerError(f"{path.name}: not a readable safetensors file ({first_line(e)})") from e
-    else:
-        raw = _torch_load(path)
+    with _as_upscaler_error():
+        raw, _meta = read_tensors(path, "upscaler", mmap=True)
     return _canonical(raw, path)
 
 
@@ -389,23 +361,17 @@ def clear_upscaler_cache() -> None:
         _describe_cache.clear()
 
 
-def _key(path: Path) -> tuple[Path, tuple[str, int, int], int]:
-    try:
-        st = path.stat()
-    except OSError as e:
-        raise UpscalerError(f"{path.name}: no such file") from e
-    return path, (str(path), st.st_size, st.st_mtime_ns), st.st_size
-
-
 def describe_upscaler(path: str | os.PathLike) -> UpscalerInfo:
     """What the file is, asked of spandrel; raises UpscalerError (cached too) when it is not an upscaler."""
-    path, key, size = _key(Path(path).resolve())
+    path = Path(path).resolve()
+    with _as_upscaler_error():
+        key = file_key(path, "upscaler")
     _check_ext(path)
     with _cache_lock:
         hit = _describe_cache.get(key)
     if hit is None:
         try:
-            hit = _describe(path, size)
+            hit = _describe(path, key[1])
         except UpscalerError as e:
             hit = e
         with _cache_lock:
@@ -417,18 +383,14 @@ def describe_upscaler(path: str | os.PathLike) -> UpscalerInfo:
 
 def _describe(path: Path, size: int) -> UpscalerInfo:
     if path.suffix.lower() == ".safetensors":
-        from safetensors import safe_open
-
-        try:
-            handle = safe_open(str(path), framework="pt", device="cpu")
-        except Exception as e:  # noqa: BLE001
-            raise UpscalerError(f"{path.name}: not a readable safetensors file ({first_line(e)})") from e
+        with _as_upscaler_error():
+            handle = open_safetensors(path)
         with handle as f:
             lazy = _LazySafetensors(f)
             support = _detect(lazy, path)  # reads a few tensors at most
             sd = _canonical(dict(lazy.items()), path)
     else:
-        sd = _canonical(_torch_load(path), path)
+        sd = read_state_dict(path)
         support = _detect(sd, path)
     return _info(path, _build(support, sd, path), size)
 
