@@ -138,8 +138,8 @@ class FakeBackend:
                 on_step(StepInfo(i, n, time.perf_counter() - t0, preview))
         images = [self.picture(w, h, seed + j) for j in range(b)]
         if request.mode == "inpaint":  # like the engine: pixels outside the mask are the input's
-            keep = (request.mask == 0)[..., None]
-            images = [np.where(keep, request.init_image, img) for img in images]
+            keep = (request.input_mask() == 0)[..., None]
+            images = [np.where(keep, request.input_image(), img) for img in images]
         previews = {}
         if request.preview != "none":
             previews["x0"] = [self.preview_image(100 + i) for i in range(1, n + 1)]

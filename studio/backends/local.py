@@ -6,6 +6,7 @@ import dataclasses
 import logging
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -15,6 +16,9 @@ from studio.core.samplers import SAMPLER_NAMES, SCHEDULE_NAMES
 from studio.paths import BUILTIN_UPSCALERS_DIR, MODELS_DIR
 
 from .base import BackendInfo, StepCallback
+
+if TYPE_CHECKING:
+    from studio.engine.engine import Engine
 
 log = logging.getLogger(__name__)
 MODES = ("txt2img", "img2img", "inpaint", "upscale")
@@ -29,7 +33,7 @@ class LocalBackend:
         self._memory = memory or MemoryOptions()
         self._threads = threads
         self._folders = [Path(f) for f in model_folders]
-        self._engine = None
+        self._engine: Engine | None = None
         self._info = BackendInfo(
             name="Local engine", modes=MODES, upscale_modes=UPSCALE_MODES, samplers=tuple(SAMPLER_NAMES), schedules=tuple(SCHEDULE_NAMES),
             keeps_latents=True, decodes_steps=True, preview_kinds=("x0", "latent"),

@@ -331,6 +331,8 @@ class InpaintPlan:
         if image is None or mask is None:
             raise RequestError("Inpainting needs an image and a mask")
         ih, iw = image.shape[:2]
+        if r.width is None or r.height is None:
+            raise RequestError("An inpaint plan needs the working size (width and height)")
         size = (int(r.width), int(r.height))
         feathered = feather(mask, r.inpaint.mask_blur)
         paint = np.maximum(mask, feathered)

@@ -78,7 +78,7 @@ def format_value(v: object) -> str:
         # str() of a numpy float32 is its shortest form ("0.1"), repr() of a Python float is.
         return str(v) if hasattr(v, "dtype") else repr(f)
     if hasattr(v, "dtype") and getattr(v.dtype, "kind", "") in "iub":  # numpy integer / bool scalars
-        return str(v.item())  # type: ignore[union-attr]
+        return str(v.item())  # type: ignore[attr-defined]
     return str(v)
 
 
@@ -556,9 +556,9 @@ def decode_user_comment(raw: bytes | str) -> str:
     """EXIF UserComment -> text. A1111 writes b"UNICODE\\0" + UTF-16BE (piexif's default); UTF-16LE,
     b"ASCII\\0\\0\\0" (often really UTF-8), JIS and an undefined (zero) prefix are accepted too."""
     if isinstance(raw, str):
-        for prefix in ("UNICODE\0", "ASCII\0\0\0"):
-            if raw.startswith(prefix):
-                raw = raw[len(prefix) :]
+        for mark in ("UNICODE\0", "ASCII\0\0\0"):
+            if raw.startswith(mark):
+                raw = raw[len(mark) :]
         return raw.rstrip("\0")
     prefix, body = raw[:8], raw[8:]
     if prefix == b"UNICODE\0":
@@ -602,7 +602,7 @@ def read_parameters(path: str | os.PathLike) -> str | None:
             text = im.info.get("parameters")
             if text is None and im.format == "PNG":
                 try:
-                    text = im.text.get("parameters")  # text chunks after the image data
+                    text = im.text.get("parameters")  # type: ignore[attr-defined]  # PngImageFile's  # text chunks after the image data
                 except Exception:  # a truncated tail: keep what the header had
                     text = None
             if text is None:

@@ -128,6 +128,18 @@ class GenerateRequest:
             fields["upscale"] = self.upscale.replace(**upscale)
         return self.replace(**fields) if fields else self
 
+    def input_image(self) -> np.ndarray:
+        """The init image of a mode that needs one (img2img, inpaint, upscale); RequestError without one."""
+        if self.init_image is None:
+            raise RequestError(f"{self.mode} needs an input image")
+        return self.init_image
+
+    def input_mask(self) -> np.ndarray:
+        """An inpaint's mask; RequestError without one."""
+        if self.mask is None:
+            raise RequestError("Inpainting needs a mask: paint the area to repaint")
+        return self.mask
+
     def get_field(self, name: str):
         """A field by its flat name (see with_fields)."""
         if name in INPAINT_FIELDS:
@@ -182,13 +194,12 @@ class GenerateRequest:
 
 
     def _validate_inpaint(self) -> None:
-        if self.mask is None:
-            raise RequestError("Inpainting needs a mask: paint the area to repaint")
-        ih, iw = self.init_image.shape[:2]
-        if self.mask.shape != (ih, iw):
-            mh, mw = self.mask.shape
+        mask = self.input_mask()
+        ih, iw = self.input_image().shape[:2]
+        if mask.shape != (ih, iw):
+            mh, mw = mask.shape
             raise RequestError(f"The mask is {mw}x{mh} but the image is {iw}x{ih}: they must be the same size")
-        if not self.mask.any():
+        if not mask.any():
             raise RequestError("The mask is empty: paint the area to repaint")
         if not 0 <= self.inpaint.mask_blur <= 256:
             raise RequestError(f"Mask blur must be between 0 and 256 px, got {self.inpaint.mask_blur}")
@@ -202,7 +213,7 @@ class GenerateRequest:
 
     def upscale_size(self) -> tuple[int, int]:
         """The output size of an upscale: width x height when both are set, else the input times scale."""
-        ih, iw = self.init_image.shape[:2]
+        ih, iw = self.input_image().shape[:2]
         if self.width and self.height:
             return int(self.width), int(self.height)
         return max(1, round(iw * self.upscale.scale)), max(1, round(ih * self.upscale.scale))
@@ -214,7 +225,7 @@ class GenerateRequest:
             raise RequestError(f"The upscale factor must be between 1 and 8, got {self.upscale.scale:g}")
         w, h = self.upscale_size()
         if max(w, h) > MAX_UPSCALE_SIDE or w * h > MAX_UPSCALE_PIXELS:
-            ih, iw = self.init_image.shape[:2]
+            ih, iw = self.input_image().shape[:2]
             raise RequestError(f"Upscaling {iw}x{ih} to {w}x{h} is too large: at most {MAX_UPSCALE_SIDE} px a side")
         if self.upscale.method == "model" and not self.upscale.upscaler:
             raise RequestError("The model upscale needs an upscaler model: pick one, or use resize or diffusion")

@@ -165,6 +165,7 @@ class Stroke:
         if not self.erase:
             apply_alpha(self.mask[y : y + h, x : x + w], a8, False)
             return (x, y, w, h)
+        assert self._coverage is not None and self._source is not None  # made for an eraser
         cov = self._coverage[y : y + h, x : x + w]
         np.maximum(cov, a8, out=cov)
         apply_alpha(self.mask[y : y + h, x : x + w], cov, True, self._source[y : y + h, x : x + w])

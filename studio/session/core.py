@@ -221,11 +221,11 @@ class Session(QObject):
         job_id = self._worker.submit(request, save=lambda result: library.save_result(result, out_dir), label=label)
         job = self.book.add(TrackedJob(job_id, JobKind.GENERATE, label, total=request.steps,
                                        width=request.width or 0, height=request.height or 0,
-                                       detail=RunPlan.for_request(request)))  # fmt: skip
+                                       plan=RunPlan.for_request(request)))  # fmt: skip
         if request.mode == "upscale":
             job.width, job.height = request.upscale_size()
         elif request.mode != "txt2img":  # the run keeps the canvas size
-            job.height, job.width = request.init_image.shape[:2]
+            job.height, job.width = request.input_image().shape[:2]
         self._on_jobs()
         return job_id
 
@@ -245,7 +245,7 @@ class Session(QObject):
                 raise RequestError("Paint a mask over the area to repaint first (the brush: B)")
             mask = doc.mask
         image = doc.image_array()
-        if request.mode == "upscale" and doc.selection is not None:
+        if image is not None and request.mode == "upscale" and doc.selection is not None:
             x, y, w, h = doc.selection  # a region of the image: it becomes the upscaled canvas
             image = image[y : y + h, x : x + w]
         return request.replace(init_image=image, mask=mask)
@@ -257,7 +257,7 @@ class Session(QObject):
     def _update_crop(self, *_: Any) -> None:
         crop = None
         p, doc = self.params, self.document
-        if p.mode == "inpaint" and p.inpaint_area == "masked" and doc.has_mask() and not doc.in_stroke():
+        if p.mode == "inpaint" and p.inpaint_area == "masked" and doc.mask is not None and not doc.in_stroke():
             crop = crop_rect(doc.mask, p.mask_blur, p.inpaint_padding, doc.size(), (p.width or 1, p.height or 1))
         if crop != self._crop:
             self._crop = crop
@@ -275,7 +275,7 @@ class Session(QObject):
         self._warm_model = model = self.params.model
         self._runs_at_warm_up = self._runs_done
         job_id = self._worker.submit(LoadModel(model or None), label="load model")
-        self.book.add(TrackedJob(job_id, JobKind.LOAD_MODEL, "load model", detail=model))
+        self.book.add(TrackedJob(job_id, JobKind.LOAD_MODEL, "load model"))
         return job_id
 
     def cancel(self) -> bool:
@@ -297,7 +297,7 @@ class Session(QObject):
     def running_mode(self) -> str:
         """The mode of the generation on screen ("" when none runs)."""
         job = self.book.get(self.book.running) if self.book.running is not None else None
-        return job.detail.mode if job is not None and isinstance(job.detail, RunPlan) else ""
+        return job.plan.mode if job is not None and job.plan is not None else ""
 
     def running_size(self) -> tuple[int, int]:
         """Width and height the running job asked for; (0, 0) for the model's native size or no job."""
@@ -335,7 +335,7 @@ class Session(QObject):
             emit(self.message, request, "warning")
             return None
         job_id = self._worker.submit(request, label=f"decode {step}")
-        self.book.add(TrackedJob(job_id, JobKind.DECODE_STEP, f"decode {step}", detail=step))
+        self.book.add(TrackedJob(job_id, JobKind.DECODE_STEP, f"decode {step}"))
         emit(self.message, f"Decoding step {step}…", "info")
         return job_id
 
@@ -376,7 +376,7 @@ class Session(QObject):
             from studio.core.output import save_image
 
             return save_image(qimage_to_array(image), dest, text)
-        if not image.save(str(dest), "PNG"):
+        if not image.save(str(dest), b"PNG"):
             raise OSError(f"{dest.name} could not be written")
         return dest
 
@@ -595,8 +595,8 @@ class Session(QObject):
 
     def _start_run(self, job_id: int) -> None:
         job = self.book.get(job_id)
-        plan = job.detail if job is not None else None
-        if isinstance(plan, RunPlan) and plan.mode == "upscale":
+        plan = job.plan if job is not None else None
+        if plan is not None and job is not None and plan.mode == "upscale":
             plan.start_canvas(job.width, job.height)  # the input, resized: tiles form over it
             if plan.canvas is not None:
                 emit(self.live_canvas, plan.canvas)
@@ -621,12 +621,12 @@ class Session(QObject):
             arr = np.asarray(info.preview)
             self.timeline.add_live(info.step, arr)
             emit(self.preview_changed, array_to_qimage(arr))
-            plan = job.detail
-            if isinstance(plan, RunPlan) and plan.mode == "inpaint":
+            plan = job.plan
+            if plan is not None and plan.mode == "inpaint":
                 overlay = plan.overlay(arr)
                 if overlay is not None:
                     emit(self.live_overlay, overlay, plan.rect)
-            elif isinstance(plan, RunPlan) and plan.mode == "upscale" and plan.canvas is not None:
+            elif plan is not None and plan.mode == "upscale" and plan.canvas is not None:
                 plan.paint(arr, info.region)
                 emit(self.live_canvas, plan.canvas)
         emit(self.jobs_changed)
@@ -646,7 +646,7 @@ class Session(QObject):
         was_running = job_id == self.book.running
         job = self.book.pop(job_id)
         if was_running:
-            if job is not None and isinstance(job.detail, RunPlan) and job.detail.mode == "inpaint":
+            if job is not None and job.plan is not None and job.plan.mode == "inpaint":
                 emit(self.live_overlay, None, None)
             emit(self.running_changed, False)
         emit(self.jobs_changed)

@@ -87,7 +87,8 @@ class Document(QObject):
         """Select a rectangle of the image (clipped to it; None or an empty one clears the selection)."""
         if rect is not None:
             w, h = self.size()
-            rect = clip_rect(tuple(int(v) for v in rect), w, h)
+            x, y, rw, rh = (int(v) for v in rect)
+            rect = clip_rect((x, y, rw, rh), w, h)
             if rect is not None and (rect[2] < 2 or rect[3] < 2):
                 rect = None
         if rect != self.selection:
@@ -109,13 +110,15 @@ class Document(QObject):
 
     def size(self) -> tuple[int, int]:
         """(width, height), (0, 0) without an image."""
-        return (self.image.width(), self.image.height()) if self.has_image() else (0, 0)
+        image = self.image
+        return (image.width(), image.height()) if image is not None and not image.isNull() else (0, 0)
 
     def image_array(self) -> np.ndarray | None:
         """A copy of the image as HxWx3 uint8 RGB (what a request takes)."""
-        if not self.has_image():
+        image = self.image
+        if image is None or image.isNull():
             return None
-        return qimage_to_array(self.image.convertToFormat(QImage.Format.Format_RGB888))[..., :3].copy()
+        return qimage_to_array(image.convertToFormat(QImage.Format.Format_RGB888))[..., :3].copy()
 
     # -- mask ---------------------------------------------------------------------------------
 
@@ -183,12 +186,12 @@ class Document(QObject):
         if self._stroke is None:
             return
         w, h = self.size()
-        rect = clip_rect(rect, w, h)
-        if rect is None:
+        clipped = clip_rect(rect, w, h)
+        if clipped is None:
             return
         label, before, touched = self._stroke
-        self._stroke = (label, before, union(touched, rect))
-        emit(self.mask_changed, rect)
+        self._stroke = (label, before, union(touched, clipped))
+        emit(self.mask_changed, clipped)
 
     def end_stroke(self) -> None:
         if self._stroke is None:
@@ -199,6 +202,7 @@ class Document(QObject):
             if before is None and self._mask is not None and not self._mask.any():
                 self._mask = None
             return
+        assert self._mask is not None  # the stroke painted: a mask exists
         if before is None:  # the mask was created by this stroke: undo removes it again
             self.history.push(MaskEdit(label, None, None, self._mask.copy()))
         else:

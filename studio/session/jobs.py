@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 from studio.core.jobs import JobKind, JobState
 
+from .runplan import RunPlan
+
 
 @dataclass
 class TrackedJob:
@@ -20,7 +22,7 @@ class TrackedJob:
     step: int = 0
     width: int = 0  # what a generation asked for; 0: the model's native size
     height: int = 0
-    detail: object = None  # per kind: the model a load is for, the step a decode is of
+    plan: RunPlan | None = None  # a generation's: where its live previews go on the canvas (loads and decodes: None)
 
 
 @dataclass

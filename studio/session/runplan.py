@@ -49,7 +49,7 @@ class RunPlan:
         if r.mode != "inpaint" or r.mask is None or r.init_image is None:
             return cls(r.mode)
         h, w = r.mask.shape
-        rect: Rect | None = (0, 0, w, h)
+        rect: Rect = (0, 0, w, h)
         if r.inpaint.area == "masked":
             rect = crop_rect(r.mask, r.inpaint.mask_blur, r.inpaint.padding, (w, h), (r.width or 1, r.height or 1)) or rect
         x, y, cw, ch = rect
@@ -72,6 +72,7 @@ class RunPlan:
         # Feathered at the preview's scale: cheap, and the preview is that coarse anyway.
         from PIL import Image, ImageFilter
 
+        assert self.mask is not None  # overlay() asks only for an inpaint's plan
         small = Image.fromarray(self.mask, "L").resize((pw, ph), Image.Resampling.BILINEAR)
         radius = self.blur * pw / max(1, self.mask.shape[1])
         if radius >= 0.5:

@@ -209,7 +209,7 @@ class ComfyUIBackend:
         def convert(text: str) -> str:
             for name in names:
                 pattern = r"(?<![0-9A-Za-z_:])" + re.escape(name) + r"(?![0-9A-Za-z_])"
-                text = re.sub(pattern, lambda _m, n=name: f"embedding:{n}", text, flags=re.IGNORECASE)
+                text = re.sub(pattern, f"embedding:{name}".replace("\\", "\\\\"), text, flags=re.IGNORECASE)
             return text
 
         return r.replace(prompt=convert(r.prompt), negative_prompt=convert(r.negative_prompt))
@@ -222,13 +222,13 @@ class ComfyUIBackend:
             return r.replace(width=r.width or native, height=r.height or native), None
         if r.mode == "upscale":
             return r, None
-        ih, iw = r.init_image.shape[:2]
+        ih, iw = r.input_image().shape[:2]
         if r.mode == "inpaint" and r.inpaint.area == "masked" and not (r.width and r.height):
             w, h = native, native
         else:
             w, h = r.width or max(8, iw - iw % 8), r.height or max(8, ih - ih % 8)
         r = r.replace(width=w, height=h)
-        return r, (InpaintPlan.make(r, int(r.seed)) if r.mode == "inpaint" else None)
+        return r, (InpaintPlan.make(r, int(r.seed or 0)) if r.mode == "inpaint" else None)
 
     def _uploads(self, r: GenerateRequest, plan) -> dict[str, str]:
         from PIL import Image
@@ -240,9 +240,10 @@ class ComfyUIBackend:
             return {"init": client.upload_image(_png(plan.work_image), f"studio-{tag}-image.png"),
                     "mask": client.upload_image(_png(plan.work_mask, "L"), f"studio-{tag}-mask.png")}  # fmt: skip
         if r.mode in ("img2img", "upscale"):
-            image = r.init_image
-            if r.mode == "img2img" and (image.shape[1], image.shape[0]) != (r.width, r.height):
-                image = np.asarray(Image.fromarray(image).resize((r.width, r.height), Image.Resampling.LANCZOS))
+            image = r.input_image()
+            size = (r.width or image.shape[1], r.height or image.shape[0])  # _sized set both for img2img
+            if r.mode == "img2img" and (image.shape[1], image.shape[0]) != size:
+                image = np.asarray(Image.fromarray(image).resize(size, Image.Resampling.LANCZOS))
             return {"init": client.upload_image(_png(image), f"studio-{tag}-image.png")}
         return {}
 

@@ -153,7 +153,7 @@ class _KeepAuthOnSameHost(urllib.request.HTTPRedirectHandler):
         self._authorization = authorization
         self._host = host
 
-    def redirect_request(self, req, fp, code, msg, headers, newurl):  # type: ignore[no-untyped-def]
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
         new = super().redirect_request(req, fp, code, msg, headers, newurl)
         if new is not None and self._authorization and urllib.parse.urlsplit(newurl).hostname == self._host:
             new.add_unredirected_header("Authorization", self._authorization)
@@ -430,7 +430,8 @@ class ComfyClient:
         self.close()
         headers = {"Authorization": self._authorization} if self._authorization else {}
         try:
-            ws = connect(
+            # **_DIRECT: a keyword only some websockets versions take, which its overloads cannot follow
+            ws = connect(  # type: ignore[call-overload]
                 self.ws_url(),
                 additional_headers=headers,
                 open_timeout=self.timeout,

@@ -422,6 +422,7 @@ def _check_arguments(request: GenerateRequest, images: dict[str, str], output: s
 def _sampling(g: _Graph, job: _Job) -> _Sampling:
     r = job.request
     sampler_name, scheduler = comfy_names(r.sampler, r.schedule, g.info)
+    assert job.seed is not None  # _check_arguments refused a diffusing graph without one
     return _Sampling(int(job.seed), int(r.steps), float(r.cfg), sampler_name, scheduler)
 
 

@@ -28,14 +28,14 @@ def image_rows(img: QImage) -> np.ndarray:
 def image_name(img: QImage) -> str:
     digest = hashlib.blake2b(digest_size=12)
     digest.update(f"qimage:{img.format().value}:{img.width()}x{img.height()}:".encode())
-    digest.update(image_rows(img))
+    digest.update(image_rows(img).data)
     return f"img-{digest.hexdigest()}.png"
 
 
 def mask_name(a: np.ndarray) -> str:
     digest = hashlib.blake2b(digest_size=12)
     digest.update(f"mask:{a.dtype.str}:{a.shape}:".encode())
-    digest.update(np.ascontiguousarray(a))
+    digest.update(np.ascontiguousarray(a).data)
     return f"mask-{digest.hexdigest()}.npz"
 
 
@@ -61,11 +61,11 @@ def png_bytes(img: QImage) -> bytes:
     data = QByteArray()
     buf = QBuffer(data)
     buf.open(QIODevice.OpenModeFlag.WriteOnly)
-    ok = img.save(buf, "PNG", PNG_QUALITY)
+    ok = img.save(buf, b"PNG", PNG_QUALITY)
     buf.close()
     if not ok:
         raise OSError(f"could not encode a {img.width()}x{img.height()} image as PNG")
-    return data.data()
+    return bytes(data.data())
 
 
 def npz_bytes(a: np.ndarray) -> bytes:

@@ -27,7 +27,7 @@ def _lock_file(f: BinaryIO, *, lock: bool) -> None:
         import msvcrt
 
         f.seek(0)
-        msvcrt.locking(f.fileno(), msvcrt.LK_NBLCK if lock else msvcrt.LK_UNLCK, 1)
+        msvcrt.locking(f.fileno(), msvcrt.LK_NBLCK if lock else msvcrt.LK_UNLCK, 1)  # type: ignore[attr-defined,unused-ignore]
     else:
         import fcntl
 

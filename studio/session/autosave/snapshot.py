@@ -40,7 +40,7 @@ def state_of(state: Any, mask_copies: dict[int, np.ndarray] | None = None) -> St
             copied = mask_copies[id(mask)]
         else:
             copied = copy_mask(mask)
-            if mask_copies is not None:
+            if mask_copies is not None and copied is not None:
                 mask_copies[id(mask)] = copied
     path = getattr(state, "path", None)
     return State(shallow(getattr(state, "image", None)), copied, str(path) if path else None,

@@ -177,6 +177,7 @@ class Writer:
                     rec.payload = None  # on disk now; the copy is no longer needed
             entries.append(files)
 
+        assert job.current is not None  # every job carries the document as it is now
         manifest = {"format": FORMAT, "version": VERSION, "saved_at": job.saved_at, "clean": job.clean,
                     "pid": os.getpid(), "cursor": job.cursor, "dropped": job.dropped, "total": job.total,
                     "current": put_state(job.current), "entries": entries}  # fmt: skip
