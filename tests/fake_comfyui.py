@@ -1,4 +1,5 @@
-"""A fake ComfyUI server for tests: the HTTP + WebSocket protocol of COMFYUI.md, with no model behind it.
+"""A fake ComfyUI server for tests: ComfyUI 0.27's HTTP + WebSocket protocol (the routes
+studio.backends.comfyui.client uses), with no model behind it.
 
 ``FakeComfy`` runs aiohttp on 127.0.0.1 (a free port) in a thread with its own event loop. It validates prompts
 against the recorded ``/object_info`` of a real ComfyUI 0.27 (tests/data/comfyui/object_info-0.27.json) and

@@ -24,7 +24,8 @@ def req(model: str, **kw) -> GenerateRequest:
     return GenerateRequest.from_fields(**base)
 
 
-# The DESIGN.md table, written out independently of studio.core.samplers.
+# The sampler table (names artists know -> diffusers schedulers, as A1111 maps them), written out independently of
+# studio.core.samplers.
 DIFFUSERS_TABLE = {
     "Euler": ("EulerDiscreteScheduler", {}),
     "Euler a": ("EulerAncestralDiscreteScheduler", {}),

@@ -1,4 +1,6 @@
-"""A client of a ComfyUI server's HTTP + WebSocket protocol (written from the interface facts in COMFYUI.md).
+"""A client of a ComfyUI server's HTTP + WebSocket protocol, as ComfyUI 0.27's server (its `server.py`) serves it:
+/prompt, /queue, /history, /view, /upload/image, /interrupt, /object_info, /system_stats, /features, /models and
+the /ws socket (see also the README's "A ComfyUI server as the engine").
 
 HTTP goes through stdlib ``urllib.request`` (one short-lived connection per call, so calls from several threads
 are safe); the WebSocket through ``websockets.sync.client``. Every failure is a :class:`ComfyError` whose message
