@@ -36,7 +36,8 @@ def main() -> int:
     if a.threads:
         torch.set_num_threads(a.threads)
 
-    from studio.core import GenerateRequest  # first: puts the hub offline before diffusers is imported
+    import studio.engine  # noqa: F401  (first: puts the hub offline before diffusers is imported)
+    from studio.core import GenerateRequest
     from studio.engine.engine import Engine
     from studio.engine.schedulers import build_scheduler
     from studio.testing.tiny import build_tiny_pipeline

@@ -23,7 +23,6 @@ from pathlib import Path
 
 from .errors import ModelError
 
-CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt")
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 MODEL_FILE_SUFFIXES = (".safetensors", *PICKLE_SUFFIXES)
 MAX_HEADER = 100 * 1024 * 1024  # safetensors' own limit

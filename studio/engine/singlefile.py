@@ -27,7 +27,6 @@ from ..paths import TOKENIZER_DIR, configs_dir
 from .weights import damaged, pickle_with_code, refused_globals
 
 log = logging.getLogger(__name__)
-PREDICTIONS = ("auto", "epsilon", "v_prediction")
 
 
 def config_folder(arch: str, root: Path | None = None) -> Path:

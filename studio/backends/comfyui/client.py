@@ -41,7 +41,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -505,11 +505,6 @@ class ComfyClient:
             event = self._parse(message)
             if event is not None:
                 return event
-
-    def events(self, idle_timeout: float) -> Iterator[Event]:
-        """next_event() in a loop, ending after ``idle_timeout`` seconds without a message."""
-        while (event := self.next_event(idle_timeout)) is not None:
-            yield event
 
     def _parse(self, message: str | bytes) -> Event | None:
         if isinstance(message, str):
