@@ -152,8 +152,8 @@ def test_vae_steps_lower_the_loss():
 
 
 def test_unet_and_text_encoder_steps_lower_the_loss():
-    from studio.training.models import build_text_encoder, build_unet, load_tokenizer
-    from studio.training.train_unet import make_noise_scheduler, tokenize
+    from studio.training.models import build_text_encoder, build_unet, load_tokenizer, tokenize
+    from studio.training.train_unet import make_noise_scheduler
 
     torch.manual_seed(0)
     preset = PRESETS["tiny"]
