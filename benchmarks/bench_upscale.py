@@ -160,7 +160,8 @@ def main() -> int:
         notes.append(f"SwinIR skipped: {SWINIR} missing")
     if (LATENT_UP / "model_index.json").exists():
         from studio.engine.upscale import x4_noise_level
-        from studio.training.train_upscaler import load_upscale_pipeline, upscale_with_pipeline
+        from studio.training.evaluate_upscaler import upscale_with_pipeline
+        from studio.training.export_upscaler import load_upscale_pipeline
 
         pipe = load_upscale_pipeline(LATENT_UP)
         if a.noise_level is None:

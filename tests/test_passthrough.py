@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from studio.training.evaluate_upscaler import upscale_with_pipeline
 from studio.training.models import VaeConfig, build_vae
 from studio.training.passthrough import (
     BILINEAR_3X3,
@@ -18,15 +19,14 @@ from studio.training.passthrough import (
     init_unet_copy,
     upsample_like_decoder,
 )
-from studio.training.train_upscaler import (
+from studio.training.upscaler_models import (
     PIPELINE_SCALING_FACTOR,
     UPSCALER_PRESETS,
     UpUnetConfig,
-    _pipeline,
     build_upscaler_unet,
     decode_structured,
     new_upscaler_vae,
-    upscale_with_pipeline,
+    upscale_pipeline,
 )
 
 
@@ -116,8 +116,7 @@ def test_untrained_pipeline_is_its_decoder_on_the_clean_condition():
     """Structured latent end to end through diffusers' pipeline: DDIM on clean-latent predictions lands on
     the UNet's output, level 0 adds next to no noise, and the decoder sees the low-res picture."""
     from studio.training.models import build_text_encoder, load_tokenizer
-    from studio.training.sr_data import heldout_pairs, psnr
-    from studio.training.train_upscaler import _to_pm1
+    from studio.training.sr_data import heldout_pairs, psnr, to_pm1
     from studio.training.train_vae import to_uint8
 
     torch.manual_seed(0)
@@ -125,12 +124,12 @@ def test_untrained_pipeline_is_its_decoder_on_the_clean_condition():
     vae = new_upscaler_vae(preset.vae).eval()
     unet = build_upscaler_unet(preset.unet, preset.text.hidden_size)
     init_unet_copy(unet, [4, 5, 6], [0, 1, 2])
-    pipe = _pipeline(vae, build_text_encoder(preset.text).eval(), load_tokenizer(), unet.eval())
+    pipe = upscale_pipeline(vae, build_text_encoder(preset.text).eval(), load_tokenizer(), unet.eval())
     assert pipe.vae.config.scaling_factor == PIPELINE_SCALING_FACTOR
     hr, lr, _ = heldout_pairs(1)[0]
     out = upscale_with_pipeline(pipe, lr, "a red circle", steps=3, noise_level=0)
     with torch.no_grad():
-        direct = to_uint8(decode_structured(vae, torch.cat([_to_pm1([lr]), torch.zeros(1, 1, 64, 64)], 1)))[0]
+        direct = to_uint8(decode_structured(vae, torch.cat([to_pm1([lr]), torch.zeros(1, 1, 64, 64)], 1)))[0]
     assert np.abs(out.astype(int) - direct.astype(int)).max() <= 1
     assert psnr(hr, out) > 28  # bilinear-like already
     noisy = upscale_with_pipeline(pipe, lr, steps=3, noise_level=150)
@@ -198,7 +197,7 @@ def test_the_engine_mirrors_a_margin_so_the_decoders_zero_padding_spares_the_bor
     preset = UPSCALER_PRESETS["tiny"]
     unet = build_upscaler_unet(preset.unet, preset.text.hidden_size)
     init_unet_copy(unet, [4, 5, 6], [0, 1, 2])
-    pipe = _pipeline(new_upscaler_vae(preset.vae).eval(), build_text_encoder(preset.text).eval(), load_tokenizer(),
+    pipe = upscale_pipeline(new_upscaler_vae(preset.vae).eval(), build_text_encoder(preset.text).eval(), load_tokenizer(),
                      unet.eval())
     folder = tmp_path / "x4"
     pipe.save_pretrained(folder)

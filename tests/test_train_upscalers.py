@@ -82,15 +82,10 @@ def test_shipped_swinir_is_spandrel_swinir_x4():
 
 
 def test_latent_upscaler_trains_resumes_exports_and_loads_offline(tmp_path):
-    from studio.training.train_upscaler import (
-        PIPELINE_SCALING_FACTOR,
-        UPSCALER_PRESETS,
-        export_upscaler,
-        load_upscale_pipeline,
-        train_upscaler_unet,
-        train_upscaler_vae,
-        upscale_with_pipeline,
-    )
+    from studio.training.evaluate_upscaler import upscale_with_pipeline
+    from studio.training.export_upscaler import export_upscaler, load_upscale_pipeline
+    from studio.training.train_upscaler import train_upscaler_unet, train_upscaler_vae
+    from studio.training.upscaler_models import PIPELINE_SCALING_FACTOR, UPSCALER_PRESETS
 
     preset = UPSCALER_PRESETS["tiny"]
     run = tmp_path / "up"
@@ -120,7 +115,8 @@ def test_latent_upscaler_trains_resumes_exports_and_loads_offline(tmp_path):
 def test_shipped_latent_upscaler_loads_offline():
     from pathlib import Path
 
-    from studio.training.train_upscaler import load_upscale_pipeline, upscale_with_pipeline
+    from studio.training.evaluate_upscaler import upscale_with_pipeline
+    from studio.training.export_upscaler import load_upscale_pipeline
 
     folder = Path("models/latent-upscaler-x4")
     if not (folder / "model_index.json").exists():

@@ -152,8 +152,8 @@ def test_vae_steps_lower_the_loss():
 
 
 def test_unet_and_text_encoder_steps_lower_the_loss():
-    from studio.training.models import build_text_encoder, build_unet, load_tokenizer
-    from studio.training.train_unet import make_noise_scheduler, tokenize
+    from studio.training.models import build_text_encoder, build_unet, load_tokenizer, tokenize
+    from studio.training.train_unet import make_noise_scheduler
 
     torch.manual_seed(0)
     preset = PRESETS["tiny"]
@@ -332,3 +332,33 @@ def test_training_commands_name_a_missing_input_in_one_line(tmp_path, capsys):
     assert e.value.code == 2
     assert "--init-from checkpoint not found" in capsys.readouterr().err
     assert not (run / "unet" / "pool.pt").exists()  # nothing built on the way to the error
+
+
+def test_step_loop_saves_logs_and_stops_like_every_trainer(capsys):
+    from studio.training.common import StepLoop, lr_at
+
+    saves, validated = [], []
+    loop = StepLoop(saves.append, start=2, steps=6, desc="t", log_every=2, checkpoint_every_s=-1.0, progress=False,
+                    validate=validated.append, validate_every=2)
+    seen = []
+    for step in loop:
+        seen.append(step)
+        loop.end_step(step)
+    assert seen == [2, 3, 4, 5] and saves == [3, 4, 5, 6] and validated == [4, 6] and not loop.stopped_early
+    assert [loop.logs(s) for s in range(4)] == [True, False, True, False]
+    assert loop.lr(3, 1.0, 2) == lr_at(3, 6, 2, 1.0)
+    # a time budget: until the training time reaches it (the lr follows the share spent, the warm-up the steps)
+    saves.clear()
+    loop = StepLoop(saves.append, start=0, steps=0, desc="t", log_every=1, checkpoint_every_s=1e9, budget_s=3.0,
+                    progress=False)
+    for step in loop:
+        loop.end_step(step, trained_s=step + 1.0)
+    assert step == 2 and saves == [] and not loop.stopped_early
+    assert loop.lr(0, 1.0, 4, trained_s=1.5) == lr_at(50_000, 100_000, 0, 1.0) * 0.25
+    # --max-minutes: saved, said, and stopped early
+    loop = StepLoop(saves.append, start=5, steps=100, desc="t", log_every=1, checkpoint_every_s=1e9, max_minutes=0.0,
+                    started=0.0, progress=False)
+    for step in loop:
+        loop.end_step(step)
+    assert step == 5 and saves == [6] and loop.stopped_early
+    assert capsys.readouterr().out == "stopped at step 6 (--max-minutes)\n"

@@ -61,7 +61,7 @@ def _train_latent_upscaler(args) -> None:
 
 
 def _export_latent_upscaler(args) -> None:
-    from .train_upscaler import main_export_upscaler
+    from .export_upscaler import main_export_upscaler
 
     main_export_upscaler(args)
 

@@ -153,6 +153,18 @@ def build_vae(cfg: VaeConfig):
     )
 
 
+def config_of(cls, cfg):
+    """``cfg`` if it is a ``cls`` already, else the ``cls`` of its dict (as a checkpoint stores it: lists for
+    tuples)."""
+    if isinstance(cfg, dict):
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()})
+    return cfg
+
+
+def vae_from_config(cfg: dict | VaeConfig):
+    return build_vae(config_of(VaeConfig, cfg))
+
+
 def build_text_encoder(cfg: TextConfig):
     from transformers import CLIPTextConfig, CLIPTextModel
 
@@ -172,13 +184,12 @@ def build_text_encoder(cfg: TextConfig):
     return CLIPTextModel(conf)
 
 
-def build_unet(cfg: UnetConfig, cross_attention_dim: int):
+def unet_of(cfg, cross_attention_dim: int, **layout):
+    """A ``UNet2DConditionModel`` with ``cfg``'s blocks and widths (a ``UnetConfig`` or the latent upscaler's);
+    ``layout``: the rest (sample size, channels, ...)."""
     from diffusers import UNet2DConditionModel
 
     return UNet2DConditionModel(
-        sample_size=16,
-        in_channels=cfg.in_channels,
-        out_channels=4,
         down_block_types=tuple(cfg.down_block_types),
         up_block_types=tuple(cfg.up_block_types),
         block_out_channels=tuple(cfg.block_out_channels),
@@ -186,14 +197,26 @@ def build_unet(cfg: UnetConfig, cross_attention_dim: int):
         cross_attention_dim=cross_attention_dim,
         attention_head_dim=cfg.attention_head_dim,
         norm_num_groups=cfg.norm_num_groups,
-        conv_in_kernel=cfg.conv_in_kernel,
+        **layout,
     )
+
+
+def build_unet(cfg: UnetConfig, cross_attention_dim: int):
+    return unet_of(cfg, cross_attention_dim, sample_size=16, in_channels=cfg.in_channels, out_channels=4,
+                   conv_in_kernel=cfg.conv_in_kernel)
 
 
 def load_tokenizer(path: str | Path | None = None):
     from transformers import CLIPTokenizer
 
     return CLIPTokenizer.from_pretrained(str(path or TOKENIZER_DIR), local_files_only=True)
+
+
+def tokenize(tokenizer, captions: list[str]):
+    """Exactly as the diffusers pipelines do: pad to 77 with truncation."""
+    return tokenizer(
+        captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+    ).input_ids
 
 
 def count_params(module) -> int:

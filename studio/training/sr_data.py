@@ -1,4 +1,5 @@
-"""Super-resolution pairs of the built-in model's domain, and shared helpers of the two upscalers.
+"""Super-resolution pairs of the built-in model's domain, and shared helpers of the two upscalers (crops, the
+latent upscaler's pool of encoded scenes, metrics).
 
 A pair is a scene of ``data.ShapesDataset`` drawn at 4x its size (``render(scene, 256)``: the same
 supersampled, box-filtered drawing at 256x256) and its bicubic downsampling to 64x64 (PIL, as an image
@@ -14,14 +15,18 @@ import sys
 import types
 
 import numpy as np
+import torch
 from PIL import Image
+from tqdm import tqdm
 
 from .data import IMAGE_SIZE, ShapesDataset, render
+from .upscaler_models import structured_latent
 
 SCALE = 4
 HR_SIZE = IMAGE_SIZE * SCALE  # 256
 TRAIN_SEED = 11
 HELDOUT_SEED = 4_000_037
+POOL_SEED_OFFSET = 500  # the latent upscaler's pool of encoded scenes
 
 
 def bicubic(img: np.ndarray, size: int) -> np.ndarray:
@@ -47,6 +52,48 @@ class SRPairs:
 def heldout_pairs(n: int, seed: int = HELDOUT_SEED) -> list[tuple[np.ndarray, np.ndarray, str]]:
     src = SRPairs(seed)
     return [src.pair(i) for i in range(n)]
+
+
+def to_pm1(imgs: list[np.ndarray]) -> torch.Tensor:
+    """uint8 HxWx3 images -> Bx3xHxW in [-1, 1] (what the latent upscaler's VAE reads)."""
+    arr = np.stack(imgs).astype(np.float32) / 127.5 - 1.0
+    return torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous()
+
+
+def crop_origin(rng, scene, n: int, crop: int, grid: float) -> tuple[int, int]:
+    """A crop of side ``crop`` in an n x n grid; half the time near an object (most of a picture is flat)."""
+    if rng.random() < 0.5 and scene is not None and scene.objects:
+        obj = scene.objects[int(rng.integers(len(scene.objects)))]
+        cx = obj.cx * n / grid + rng.uniform(-crop / 3, crop / 3)
+        cy = obj.cy * n / grid + rng.uniform(-crop / 3, crop / 3)
+        return (int(np.clip(round(cx - crop / 2), 0, n - crop)), int(np.clip(round(cy - crop / 2), 0, n - crop)))
+    x0, y0 = (int(v) for v in rng.integers(0, n - crop + 1, size=2))
+    return x0, y0
+
+
+@torch.no_grad()
+def build_sr_pool(vae, size: int, seed: int, progress: bool = True) -> dict:
+    """``size`` scenes as the latent upscaler's structured latents (pipeline units), with their low-res images
+    (no captions: the UNet reads no text)."""
+    src = SRPairs(TRAIN_SEED + POOL_SEED_OFFSET + seed)
+    vae.eval()
+    n_lat = HR_SIZE // SCALE
+    lat = torch.empty(size, 4, n_lat, n_lat, dtype=torch.float16)
+    lrs = torch.empty(size, 3, n_lat, n_lat, dtype=torch.uint8)
+    centres = torch.full((size, 2), -1.0)
+    for s in tqdm(range(0, size, 8), desc="encode pool", disable=not progress, mininterval=5):
+        idx = range(s, min(size, s + 8))
+        his, los = [], []
+        for i in idx:
+            scene = src.ds.scene(i)
+            hr, lr, _cap = src.pair(i)
+            his.append(hr)
+            los.append(lr)
+            lrs[i] = torch.from_numpy(lr).permute(2, 0, 1)
+            o = scene.objects[i % len(scene.objects)]
+            centres[i] = torch.tensor([o.cx, o.cy])
+        lat[s : s + len(idx)] = structured_latent(vae, to_pm1(his), to_pm1(los)).half()
+    return {"lat": lat, "lr": lrs, "centres": centres, "size": size, "seed": seed}
 
 
 # ---- metrics (on uint8 RGB, per image) ----

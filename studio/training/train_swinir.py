@@ -9,7 +9,6 @@ EMA weights as a float32 ``.safetensors`` state dict with exactly SwinIR's own k
 
 from __future__ import annotations
 
-import itertools
 import json
 import time
 from dataclasses import asdict, dataclass, field
@@ -17,13 +16,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from .common import (
     EMA,
     JsonLog,
+    StepLoop,
     load_checkpoint,
-    lr_at,
     require,
     resume,
     save_checkpoint,
@@ -31,7 +29,8 @@ from .common import (
     set_threads,
     training_state,
 )
-from .sr_data import SCALE, TRAIN_SEED, SRPairs, bicubic, heldout_pairs, import_spandrel, psnr, ssim
+from .models import config_of
+from .sr_data import SCALE, TRAIN_SEED, SRPairs, bicubic, crop_origin, heldout_pairs, import_spandrel, psnr, ssim
 
 
 @dataclass
@@ -85,8 +84,7 @@ SWINIR_PRESETS: dict[str, SwinIRPreset] = {
 
 
 def build_swinir(cfg: SwinIRConfig | dict):
-    if isinstance(cfg, dict):
-        cfg = SwinIRConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()})
+    cfg = config_of(SwinIRConfig, cfg)
     import_spandrel()
     from spandrel.architectures.SwinIR.__arch.SwinIR import SwinIR
 
@@ -155,14 +153,7 @@ def batch_at(src: SRPairs, step: int, batch: int, lr_patch: int, seed: int) -> t
         index = step * batch + j
         scene = src.ds.scene(index)
         hr, lr, _ = src.pair(index)
-        if rng.random() < 0.5 and scene.objects:
-            obj = scene.objects[int(rng.integers(len(scene.objects)))]
-            cx = obj.cx * n_lr / 64 + rng.uniform(-lr_patch / 3, lr_patch / 3)
-            cy = obj.cy * n_lr / 64 + rng.uniform(-lr_patch / 3, lr_patch / 3)
-            x0 = int(np.clip(round(cx - lr_patch / 2), 0, n_lr - lr_patch))
-            y0 = int(np.clip(round(cy - lr_patch / 2), 0, n_lr - lr_patch))
-        else:
-            x0, y0 = (int(v) for v in rng.integers(0, n_lr - lr_patch + 1, size=2))
+        x0, y0 = crop_origin(rng, scene, n_lr, lr_patch, 64.0)
         s = src.scale
         lrs.append(lr[y0 : y0 + lr_patch, x0 : x0 + lr_patch])
         hrs.append(hr[y0 * s : (y0 + lr_patch) * s, x0 * s : (x0 + lr_patch) * s])
@@ -226,16 +217,13 @@ def train_swinir(
         print("training already finished")
     else:
         model.train()
-        it = itertools.count(start) if budget_s else range(start, steps)
-        bar = tqdm(it, initial=start, total=None if budget_s else steps, desc="train-swinir", disable=not progress,
-                   mininterval=5)
-        t_start, last_save, ema_loss, step = time.time(), time.time(), None, start
-        for step in bar:
+        loop = StepLoop(save, start=start, steps=steps, desc="train-swinir", log_every=25,
+                        checkpoint_every_s=checkpoint_every_s, budget_s=budget_s, max_minutes=max_minutes,
+                        progress=progress)
+        ema_loss, step = None, start
+        for step in loop:
             t0 = time.time()
-            if budget_s:
-                lr = lr_at(int(trained_s / budget_s * 100_000), 100_000, 0, preset.lr) * min(1.0, (step + 1) / preset.warmup)
-            else:
-                lr = lr_at(step, steps, preset.warmup, preset.lr)
+            lr = loop.lr(step, preset.lr, preset.warmup, trained_s)
             for g in opt.param_groups:
                 g["lr"] = lr
             x, y = batch_at(src, step, preset.batch, preset.lr_patch, seed)
@@ -247,19 +235,13 @@ def train_swinir(
             ema.update({"model": model})
             trained_s += time.time() - t0
             ema_loss = loss.item() if ema_loss is None else 0.98 * ema_loss + 0.02 * loss.item()
-            if step % 25 == 0:
+            if loop.logs(step):
                 log.write(step=step, loss=round(loss.item(), 5), loss_ema=round(ema_loss, 5), lr=lr,
                           trained_min=round(trained_s / 60, 2))
-                bar.set_postfix(loss=f"{ema_loss:.4f}")
-            if time.time() - last_save > checkpoint_every_s:
-                save(step + 1)
-                last_save = time.time()
-            if budget_s and trained_s >= budget_s:
-                break
-            if max_minutes is not None and time.time() - t_start > max_minutes * 60:
-                save(step + 1)
-                print(f"stopped at step {step + 1} (--max-minutes)")
-                return {"steps": step + 1, "stopped_early": True}
+                loop.bar.set_postfix(loss=f"{ema_loss:.4f}")
+            loop.end_step(step, trained_s)
+        if loop.stopped_early:
+            return {"steps": step + 1, "stopped_early": True}
         start = step + 1
         save(start, done=True)
     model.load_state_dict(ema.shadow["model"])

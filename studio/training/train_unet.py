@@ -8,7 +8,6 @@ exactly what StableDiffusionInpaintPipeline feeds the UNet for plain text-to-ima
 
 from __future__ import annotations
 
-import itertools
 import json
 import time
 from pathlib import Path
@@ -20,9 +19,10 @@ from tqdm import tqdm
 
 from .common import (
     EMA,
+    AdaptiveThreads,
     JsonLog,
+    StepLoop,
     load_checkpoint,
-    lr_at,
     require,
     resume,
     save_checkpoint,
@@ -40,18 +40,13 @@ from .models import (
     UnetConfig,
     build_text_encoder,
     build_unet,
+    config_of,
     load_tokenizer,
+    tokenize,
 )
 from .train_vae import TRAIN_SEED, load_trained_vae
 
 POOL_SEED_OFFSET = 1000
-
-
-def tokenize(tokenizer, captions: list[str]) -> torch.Tensor:
-    """Exactly as the diffusers pipelines do: pad to 77 with truncation."""
-    return tokenizer(
-        captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
-    ).input_ids
 
 
 def latent_mask(mask: np.ndarray) -> torch.Tensor:
@@ -109,40 +104,6 @@ def make_noise_scheduler():
     from diffusers import DDPMScheduler
 
     return DDPMScheduler(**NOISE_SCHEDULE, clip_sample=False)
-
-
-class AdaptiveThreads:
-    """On a shared CPU, 2 threads can be much slower than 1 when another process is busy: re-measure and
-    pick the faster count every so often."""
-
-    def __init__(self, choices=(1, 2), period: int = 150, probe: int = 8):
-        self.choices = choices
-        self.period = period
-        self.probe = probe
-        self.current = choices[0]
-        self.times: dict[int, list[float]] = {c: [] for c in choices}
-        self.phase_start = 0
-        set_threads(self.current)
-
-    def record(self, step: int, seconds: float) -> None:
-        k = step % self.period
-        n = len(self.choices)
-        if k < self.probe * n:
-            c = self.choices[k // self.probe]
-            if k % self.probe > 1:  # skip the first steps after a switch
-                self.times[c].append(seconds)
-            nxt = self.choices[min(n - 1, (k + 1) // self.probe)] if k + 1 < self.probe * n else None
-            if nxt is None:
-                best = min(self.choices, key=lambda c: np.median(self.times[c]) if self.times[c] else 1e9)
-                self.times = {c: [] for c in self.choices}
-                self._set(best)
-            else:
-                self._set(nxt)
-
-    def _set(self, c: int) -> None:
-        if c != self.current:
-            self.current = c
-            torch.set_num_threads(c)
 
 
 def train_unet(
@@ -231,18 +192,17 @@ def train_unet(
     threads = AdaptiveThreads() if adaptive_threads and preset.threads > 1 else None
     B = preset.unet_batch
     blank = pool["blank"].float() * sf
-    last_save = time.time()
     unet.train()
     text_encoder.train()
     budget_s = time_budget_minutes * 60 if time_budget_minutes else None
     if budget_s:
         steps = 10**9
-    it = itertools.count(start) if budget_s else range(start, steps)
-    bar = tqdm(it, initial=start, total=None if budget_s else steps, desc="train-unet", disable=not progress,
-               mininterval=5)
+    loop = StepLoop(save, start=start, steps=steps, desc="train-unet", log_every=20,
+                    checkpoint_every_s=checkpoint_every_s, budget_s=budget_s, max_minutes=max_minutes,
+                    started=t_start, progress=progress, stop_message="time budget reached at step {step}")
     ema_loss = None
     step = start
-    for step in bar:
+    for step in loop:
         t0 = time.time()
         g = torch.Generator().manual_seed(seed * 1_000_003 + step)
         idx = torch.randint(0, n_pool, (B,), generator=g)
@@ -262,11 +222,7 @@ def train_unet(
         mask = torch.where(full, torch.ones(B, 1, 16, 16), pool["mask"][idx].float())
         mlat = torch.where(full, blank.expand(B, -1, -1, -1), pool["mlat"][idx].float() * sf)
         for gr in opt.param_groups:
-            if budget_s:
-                frac = trained_s / budget_s
-                gr["lr"] = lr_at(int(frac * 100_000), 100_000, 0, gr["base_lr"]) * min(1.0, (step + 1) / preset.warmup)
-            else:
-                gr["lr"] = lr_at(step, steps, preset.warmup, gr["base_lr"])
+            gr["lr"] = loop.lr(step, gr["base_lr"], preset.warmup, trained_s)
         h = text_encoder(ids).last_hidden_state
         pred = unet(torch.cat([zt, mask, mlat], dim=1), t, encoder_hidden_states=h).sample
         per = (pred - noise).pow(2).mean(dim=(1, 2, 3))
@@ -282,20 +238,15 @@ def train_unet(
         trained_s += dt
         if threads is not None:
             threads.record(step, dt)
-        if step % 20 == 0:
+        if loop.logs(step):
             log.write(step=step, loss=round(loss.item(), 5), loss_ema=round(ema_loss, 5), eps_mse=round(per.mean().item(), 5),
                       lr=opt.param_groups[0]["lr"], step_s=round(dt, 3), threads=torch.get_num_threads())
-            bar.set_postfix(loss=f"{ema_loss:.4f}", thr=torch.get_num_threads())
-        if time.time() - last_save > checkpoint_every_s:
-            save(step + 1)
-            last_save = time.time()
-        if budget_s and trained_s >= budget_s:
-            steps = step + 1
-            break
-        if max_minutes is not None and (time.time() - t_start) > max_minutes * 60:
-            print(f"time budget reached at step {step + 1}")
-            save(step + 1)
-            return {"steps": step + 1, "stopped_early": True}
+            loop.bar.set_postfix(loss=f"{ema_loss:.4f}", thr=torch.get_num_threads())
+        loop.end_step(step, trained_s)
+    if loop.stopped_early:
+        return {"steps": step + 1, "stopped_early": True}
+    if budget_s:  # the budget ended it
+        steps = step + 1
     save(steps)
     result = {"steps": steps, "minutes": round((time.time() - t_start) / 60, 1), "training_minutes": round(trained_s / 60, 1),
               "final_loss_ema": ema_loss}
@@ -308,7 +259,7 @@ def models_from_checkpoint(ck: dict, use_ema: bool = True):
     """Rebuild (text_encoder, unet) from a training checkpoint, with the EMA weights by default."""
     preset = ck["preset"]
     tcfg = TextConfig(**preset["text"])
-    ucfg = UnetConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in preset["unet"].items()})
+    ucfg = config_of(UnetConfig, preset["unet"])
     text_encoder = build_text_encoder(tcfg)
     unet = build_unet(ucfg, tcfg.hidden_size)
     if use_ema:

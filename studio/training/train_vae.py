@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from studio.engine.preview import to_uint8 as rgb_to_uint8
 
 from .common import (
     JsonLog,
+    StepLoop,
     load_checkpoint,
-    lr_at,
     require,
     resume,
     save_checkpoint,
@@ -24,16 +22,10 @@ from .common import (
     training_state,
 )
 from .data import ShapesDataset, to_tensor_batch
-from .models import PRESETS, Preset, VaeConfig, build_vae
+from .models import PRESETS, Preset, build_vae
 
 TRAIN_SEED = 1
 HELDOUT_SEED = 2_000_003  # held-out images for the PSNR measurement
-
-
-def vae_from_config(cfg: dict | VaeConfig):
-    if isinstance(cfg, dict):
-        cfg = VaeConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()})
-    return build_vae(cfg)
 
 
 def psnr_uint8(a: np.ndarray, b: np.ndarray) -> float:
@@ -96,16 +88,16 @@ def train_vae(
     log = JsonLog(out / "log.jsonl")
     ds = ShapesDataset(TRAIN_SEED + seed)
     batch = preset.vae_batch
-    last_save = time.time()
     vae.train()
-    bar = tqdm(range(start, steps), initial=start, total=steps, desc="train-vae", disable=not progress, mininterval=5)
     ema_loss = None
 
     def save(step: int) -> None:
         save_checkpoint(ckpt_path, training_state({"model": vae}, opt, step=step, preset=preset.to_dict()))
 
-    for step in bar:
-        lr = lr_at(step, steps, min(100, steps // 10), preset.vae_lr)
+    loop = StepLoop(save, start=start, steps=steps, desc="train-vae", log_every=25,
+                    checkpoint_every_s=checkpoint_every_s, progress=progress)
+    for step in loop:
+        lr = loop.lr(step, preset.vae_lr, min(100, steps // 10))
         for g in opt.param_groups:
             g["lr"] = lr
         x = to_tensor_batch([ds.sample(step * batch + j)[0] for j in range(batch)])
@@ -119,14 +111,12 @@ def train_vae(
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
         opt.step()
         ema_loss = loss.item() if ema_loss is None else 0.98 * ema_loss + 0.02 * loss.item()
-        if step % 25 == 0:
+        if loop.logs(step):
             mse = (y - x).pow(2).mean().item() / 4.0  # in [0,1] units
             log.write(step=step, loss=round(loss.item(), 5), rec=round(rec.item(), 5), kl=round(kl.item(), 2),
                       psnr_batch=round(10 * np.log10(1 / max(mse, 1e-10)), 2), lr=lr)
-            bar.set_postfix(loss=f"{ema_loss:.4f}", kl=f"{kl.item():.0f}")
-        if time.time() - last_save > checkpoint_every_s:
-            save(step + 1)
-            last_save = time.time()
+            loop.bar.set_postfix(loss=f"{ema_loss:.4f}", kl=f"{kl.item():.0f}")
+        loop.end_step(step)
     save(steps)
     vae.eval()
     sf = measure_scaling_factor(vae, n=min(2048, 64 * max(1, eval_images // 8)))
