@@ -376,7 +376,7 @@ class Session(QObject):
             from studio.core.output import save_image
 
             return save_image(qimage_to_array(image), dest, text)
-        if not image.save(str(dest), b"PNG"):
+        if not image.save(str(dest), "PNG"):  # type: ignore[call-overload]  # the stubs say bytes; PySide6 takes str
             raise OSError(f"{dest.name} could not be written")
         return dest
 

@@ -61,7 +61,7 @@ def png_bytes(img: QImage) -> bytes:
     data = QByteArray()
     buf = QBuffer(data)
     buf.open(QIODevice.OpenModeFlag.WriteOnly)
-    ok = img.save(buf, b"PNG", PNG_QUALITY)
+    ok = img.save(buf, "PNG", PNG_QUALITY)  # type: ignore[call-overload]  # the stubs say bytes; PySide6 takes str
     buf.close()
     if not ok:
         raise OSError(f"could not encode a {img.width()}x{img.height()} image as PNG")
