@@ -89,5 +89,6 @@ class Settings:
     def save(self, directory: Path | str | None = None) -> Path:
         """Write atomically (studio.core.atomic) so a crash never leaves half a file."""
         path = Path(directory or config_dir()) / SETTINGS_FILE
-        # Owner-only, as before: the file may hold a server token.
-        return write_text(path, json.dumps(asdict(self), indent=2, ensure_ascii=False), mode=0o600)
+        # Owner-only, as before: the file may hold a server token. No fsync: the window saves the settings on the UI
+        # thread at every run, and an fsync there stalls it (bench_ui); the rename alone keeps the file whole.
+        return write_text(path, json.dumps(asdict(self), indent=2, ensure_ascii=False), mode=0o600, fsync=False)
