@@ -28,7 +28,9 @@ class OneLineParser(argparse.ArgumentParser):
 def _add_generation_options(p: argparse.ArgumentParser, upscale: bool = False) -> None:
     from .core.samplers import DEFAULT_SAMPLER, DEFAULT_SCHEDULE
 
-    p.add_argument("--model", help="a checkpoint (.safetensors, .ckpt) or a diffusers folder (default: the built-in model)")
+    p.add_argument("--model", help="a checkpoint (.safetensors, .ckpt) or a diffusers folder (default: the built-in "
+                   "model; with --server, the server's file named for its URL in the settings' server_models, else "
+                   "its first checkpoint, said on stderr)")  # fmt: skip
     if upscale:
         p.add_argument("--prompt", default="", help="what the image shows (diffusion and latent upscales)")
     else:
@@ -241,6 +243,7 @@ def _generate_and_save(args: argparse.Namespace, request) -> int:
         backend = ComfyUIBackend(args.server, args.token or os.environ.get("STUDIO_SERVER_TOKEN", ""))
         try:
             backend.start()
+            request = _server_model(backend, request)
             result = backend.generate(request, on_step=_progress(args.quiet))
         finally:
             backend.close()
@@ -258,6 +261,19 @@ def _generate_and_save(args: argparse.Namespace, request) -> int:
     for path in save_result(result, out, __version__):
         print(path, flush=True)
     return 0
+
+
+def _server_model(backend, request):
+    """With no --model: the settings' default for this server, else its first checkpoint; either is said."""
+    from .settings import Settings
+
+    if request.model or (request.mode == "upscale" and request.upscale.method != "diffusion"):
+        return request
+    default = Settings.load().server_models.get(backend.url, "")
+    name = backend.checkpoint(default or None)
+    why = "the settings' server_models" if default else "its first; the settings' server_models picks another"
+    print(f"studio: model {name} on the server ({why})", file=sys.stderr, flush=True)  # even with -q: not progress
+    return request.replace(model=name)
 
 
 def _run_generation(args: argparse.Namespace, mode: str) -> int:

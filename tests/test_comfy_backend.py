@@ -246,3 +246,108 @@ def test_sizes_follow_the_checkpoint_family_when_the_panel_leaves_them_native(ba
     assert native_size("dreamshaper-8.safetensors") == 512
     result = backend.generate(req(width=None, height=None, steps=1))
     assert result.images[0].shape == (512, 512, 3) and (result.request.width, result.request.height) == (512, 512)
+
+
+# -- issue 24: the real server's defects ------------------------------------------------------------------------
+def _png_fields(result, tmp_path):
+    from studio.core.metadata import read_parameters, request_fields
+    from studio.core.output import save_result
+
+    paths = save_result(result, tmp_path, "test")
+    return [(read_parameters(p), request_fields(read_parameters(p))) for p in paths]
+
+
+def test_every_image_of_a_batch_has_its_own_seed_and_reproduces_alone(backend, server, tmp_path):
+    top = 2**32 - 1
+    result = backend.generate(req(seed=top, batch=2))
+    assert result.seeds == [top, 0]  # wrapped within 0..2^32-1, as the local engine does
+    assert [int(im[0, 0, 0]) for im in result.images] == [top % 256, 0]  # each image drawn with its own seed
+    for image, (text, fields) in zip(result.images, _png_fields(result, tmp_path), strict=True):
+        assert "4294967296" not in text
+        alone = backend.generate(req(seed=fields["seed"], batch=1))
+        assert np.array_equal(alone.images[0], image)
+
+
+def test_pixel_space_is_not_offered_as_a_vae(backend, server):
+    assert "pixel_space" in server.object_info()["VAELoader"]["input"]["required"]["vae_name"][0]
+    assert [v for v, _ in backend.start().vaes] == ["ft-mse.safetensors"]  # not a VAE file: never offered
+
+
+def test_server_pngs_keep_the_vae_the_loras_and_our_sampler_names(backend, server, tmp_path):
+    result = backend.generate(req(prompt="a fox easyneg", loras=(("ink", 0.5),), vae="ft-mse",
+                                  sampler="dpmpp_2m_sde_gpu", schedule="karras"))  # fmt: skip
+    by_class = {n["class_type"]: n["inputs"] for n in server.prompts[-1]["prompt"].values()}
+    assert by_class["KSampler"]["sampler_name"] == "dpmpp_2m_sde_gpu"  # the server ran what was asked
+    ((text, fields),) = _png_fields(result, tmp_path)
+    assert text.startswith("a fox easyneg <lora:ink:0.5>\n")
+    assert "Sampler: DPM++ 2M SDE, Schedule type: Karras," in text and "VAE: ft-mse," in text
+    assert fields["vae"] == "ft-mse" and fields["sampler"] == "DPM++ 2M SDE"
+    # The text reruns the same graph: the tag brings the LoRA back.
+    again = backend.generate(req(prompt=fields["prompt"], vae=fields["vae"]))
+    assert {n["class_type"]: n["inputs"] for n in server.prompts[-1]["prompt"].values()}["LoraLoader"] == {
+        **by_class["LoraLoader"]}
+    assert again.images
+
+
+def test_reuse_parameters_finds_the_servers_model_and_vae_by_name(backend, server, tmp_path):
+    from studio.core.output import save_result
+    from studio.session import library
+
+    result = backend.generate(req(model="sd15-inpainting", vae="ft-mse"))
+    (png,) = save_result(result, tmp_path, "test")
+    found = library.read_png_fields(png)
+    assert library.server_names(found, backend.info()) == {"model": "sd15-inpainting.safetensors",
+                                                           "vae": "ft-mse.safetensors"}  # fmt: skip
+
+
+def test_img2img_inpaint_and_diffusion_upscale_run_the_local_engines_steps(backend, server):
+    init = np.full((64, 96, 3), 90, np.uint8)
+    for kw in (dict(mode="img2img", init_image=init), dict(mode="upscale", init_image=init, upscale_mode="diffusion",
+                                                            scale=2.0)):  # fmt: skip
+        steps = []
+        result = backend.generate(req(steps=10, strength=0.35, width=None, height=None, **kw), on_step=steps.append)
+        assert [s.step for s in steps] == [1, 2, 3] and result.steps_done == 3  # int(10 * 0.35), as diffusers
+        sampler = next(n["inputs"] for n in server.prompts[-1]["prompt"].values()
+                       if n["class_type"] == "KSamplerAdvanced")  # fmt: skip
+        assert (sampler["steps"], sampler["start_at_step"], sampler["noise_seed"]) == (10, 7, 300)
+    mask = np.zeros((64, 96), np.uint8)
+    mask[10:30, 10:30] = 255
+    steps = []
+    result = backend.generate(req(mode="inpaint", init_image=init, mask=mask, strength=0.5, steps=6, width=None,
+                                  height=None), on_step=steps.append)  # fmt: skip
+    assert len(steps) == 3 and result.images[0].shape == (64, 96, 3)
+    import io
+
+    from PIL import Image
+
+    work = Image.open(io.BytesIO(server.uploads[-2]["data"]))
+    assert work.size == (128, 64)  # the local engine's working size: 96 rounded to a multiple of 64
+
+
+def test_the_cli_says_which_server_model_it_uses_and_takes_a_default_per_server(server, tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from studio.core.metadata import read_parameters
+
+    config = tmp_path / "config"
+    env = {**os.environ, "LATENT_STUDIO_CONFIG_DIR": str(config)}
+    cmd = [sys.executable, "-m", "studio", "generate", "--server", server.url, "--prompt", "a lighthouse",
+           "--steps", "2", "--seed", "11", "--width", "64", "--height", "64", "--out", str(tmp_path / "out")]  # fmt: skip
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
+    assert p.returncode == 0, p.stderr
+    assert "studio: model tiny-sd15.safetensors on the server" in p.stderr
+    assert "Model: tiny-sd15," in read_parameters(p.stdout.split()[-1])
+    config.mkdir()
+    (config / "settings.json").write_text(json.dumps({"server_models": {server.url + "/": "sd15-inpainting"}}))
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
+    assert p.returncode == 0, p.stderr
+    assert "studio: model sd15-inpainting.safetensors on the server" in p.stderr
+    assert "Model: sd15-inpainting," in read_parameters(p.stdout.split()[-1])
+    p = subprocess.run([*cmd, "--model", "tiny-sd15"], capture_output=True, text=True, timeout=120, env=env)
+    assert "Model: tiny-sd15," in read_parameters(p.stdout.split()[-1])
+    help_text = subprocess.run([sys.executable, "-m", "studio", "generate", "--help"], capture_output=True,
+                               text=True, timeout=120).stdout  # fmt: skip
+    assert "server_models" in " ".join(help_text.split())

@@ -1,7 +1,7 @@
 """The studio's requests as ComfyUI API-format graphs, checked against a real server's recorded `/object_info`.
 
 tests/data/comfyui/object_info-0.27.json is ComfyUI 0.27's own answer for the core nodes (its LoraLoader list is
-empty and its VAELoader has only "pixel_space": the tests that need LoRA and VAE files add names to a copy).
+empty and its VAELoader has only "pixel_space", which is no VAE file and never offered: the tests that need LoRA and VAE files add names to a copy).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from studio.backends.comfyui.graphs import (
     find_nodes,
     output_node,
     pick,
+    studio_names,
     studio_samplers,
     studio_schedules,
     validate,
@@ -109,7 +110,7 @@ def test_object_info_reads_the_recorded_answer(recorded):
     assert recorded.missing(["KSampler", "Foo", "LoadImage", "Foo", "Bar"]) == ["Foo", "Bar"]
     assert recorded.checkpoints == [CKPT]
     assert recorded.loras == []
-    assert recorded.vaes == ["pixel_space"]
+    assert recorded.vaes == []  # "pixel_space" (VAELoader's entry for pixel-space models) is no VAE
     with pytest.raises(KeyError):
         recorded.inputs("NoSuchNode")
 
@@ -160,6 +161,14 @@ def test_comfy_names(recorded):
     assert comfy_names("k_euler_a", "sgm uniform", recorded) == ("euler_ancestral", "sgm_uniform")  # aliases, case
     assert comfy_names("DDIM", "", recorded) == ("ddim", "normal")
     assert comfy_names("dpmpp_2m_sde_gpu", "beta", recorded) == ("dpmpp_2m_sde_gpu", "beta")  # the server's own
+
+
+def test_studio_names_write_a1111s_names_for_the_servers_own():
+    assert studio_names("dpmpp_2m", "karras") == ("DPM++ 2M", "Karras")
+    assert studio_names("dpmpp_2m_sde_gpu", "sgm_uniform") == ("DPM++ 2M SDE", "SGM Uniform")  # its noise variant
+    assert studio_names("k_euler_a", "sgm uniform") == ("Euler a", "SGM Uniform")  # aliases
+    assert studio_names("Euler a", "Normal") == ("Euler a", "Normal")
+    assert studio_names("res_multistep", "beta") == ("res_multistep", "beta")  # no A1111 twin: as the server ran it
 
 
 def test_a_sampler_the_server_lacks_is_named(recorded):
@@ -331,8 +340,10 @@ def test_img2img_graph(info):
     g = build_graph(r, info, checkpoint=CKPT, images={"init": "studio-init (1).png"})
     validate(g, info)
     assert one(g, "LoadImage")["inputs"]["image"] == "studio-init (1).png"  # an uploaded name, not in the combo
-    ks = one(g, "KSampler")["inputs"]
-    assert (ks["seed"], ks["steps"], ks["cfg"], ks["denoise"]) == (9, 30, 4.0, 0.6)
+    # the last int(30 * 0.6) = 18 steps of the 30-step schedule, as the local engine (diffusers) runs them
+    ks = one(g, "KSamplerAdvanced")["inputs"]
+    assert (ks["noise_seed"], ks["steps"], ks["cfg"], ks["start_at_step"], ks["end_at_step"]) == (9, 30, 4.0, 12, 10000)
+    assert (ks["add_noise"], ks["return_with_leftover_noise"]) == ("enable", "disable") and not find_nodes(g, "KSampler")
     assert (ks["sampler_name"], ks["scheduler"]) == ("euler", "exponential")
     enc = source(g, ks["latent_image"])
     assert enc["class_type"] == "VAEEncode" and source(g, enc["inputs"]["pixels"])["class_type"] == "LoadImage"
@@ -343,7 +354,11 @@ def test_img2img_graph(info):
     scale = one(g2, "ImageScale")["inputs"]
     assert (scale["width"], scale["height"], scale["upscale_method"]) == (128, 96, "lanczos")
     assert source(g2, one(g2, "VAEEncode")["inputs"]["pixels"])["class_type"] == "ImageScale"
-    assert one(g2, "KSampler")["inputs"]["seed"] == 10
+    assert one(g2, "KSamplerAdvanced")["inputs"]["noise_seed"] == 10
+    g3 = build_graph(r.replace(strength=1.0), info, checkpoint=CKPT, images={"init": "i.png"})
+    assert one(g3, "KSampler")["inputs"]["denoise"] == 1.0  # strength 1: every step, from pure noise
+    with pytest.raises(RequestError, match=r"3 steps at denoising strength 0.2 run no step"):
+        build_graph(r.replace(steps=3, strength=0.2), info, checkpoint=CKPT, images={"init": "i.png"})
     with pytest.raises(ValueError, match=r"images\['init'\]"):
         build_graph(r, info, checkpoint=CKPT)
 
@@ -354,8 +369,8 @@ def test_inpaint_graph_four_channels(info):
     validate(g, info)
     masks = one(g, "LoadImageMask")["inputs"]
     assert masks == {"image": "m.png", "channel": "red"}
-    ks = one(g, "KSampler")["inputs"]
-    assert ks["denoise"] == 0.8
+    ks = one(g, "KSamplerAdvanced")["inputs"]
+    assert (ks["steps"], ks["start_at_step"]) == (20, 4)  # int(20 * 0.8) = 16 steps run
     noise = source(g, ks["latent_image"])
     assert noise["class_type"] == "SetLatentNoiseMask"
     assert source(g, noise["inputs"]["mask"])["class_type"] == "LoadImageMask"
@@ -414,8 +429,8 @@ def test_upscale_diffusion(info):
                         init_image=image(64, 48), scale=2.0, strength=0.3, steps=10, seed=4)  # fmt: skip
     g = build_graph(r, info, checkpoint=CKPT, images={"init": "i.png"})
     validate(g, info)
-    ks = one(g, "KSampler")["inputs"]
-    assert (ks["denoise"], ks["steps"], ks["seed"]) == (0.3, 10, 4)
+    ks = one(g, "KSamplerAdvanced")["inputs"]
+    assert (ks["start_at_step"], ks["steps"], ks["noise_seed"]) == (7, 10, 4)  # int(10 * 0.3) = 3 steps run
     enc = source(g, ks["latent_image"])
     assert enc["class_type"] == "VAEEncode"
     scale = source(g, enc["inputs"]["pixels"])

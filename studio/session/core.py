@@ -495,7 +495,11 @@ class Session(QObject):
         return True
 
     def apply_fields(self, found: dict[str, Any]) -> None:
-        self.set_params(self.params.with_fields(found))
+        params = self.params.with_fields(found)
+        if self.info.remote_files:  # the server's model and VAE files, by the names the image records
+            for name, value in library.server_names(found, self.info).items():
+                setattr(params, name, value)
+        self.set_params(params)
 
     def output_images(self, limit: int = 400) -> list[Path]:
         return library.output_images(self.output_dir, limit)

@@ -38,10 +38,36 @@ def parameters_text(result: GenerateResult, i: int) -> str:
 
 def read_png_fields(path: Path) -> dict[str, Any] | None:
     """GenerateRequest field names -> values from an image's stored parameters (ours or A1111's)."""
-    from studio.core.metadata import read_parameters, request_fields
+    from studio.core.metadata import parse_parameters, read_parameters, request_fields
 
     text = read_parameters(path)
-    return request_fields(text) if text else None
+    if not text:
+        return None
+    found = request_fields(text)
+    model = parse_parameters(text)["params"].get("Model", "").strip()
+    if model:
+        found["model_name"] = model  # a name, not a path: a server's list may hold it (server_names)
+    return found
+
+
+def server_names(found: dict[str, Any], info: Any) -> dict[str, str]:
+    """The server's files for an image's "Model" and "VAE" names (model, vae: the ids in `info.models` / `.vaes`),
+    matched by id, then by label (the stem), case-insensitively; a name the server lacks is left out."""
+
+    def lookup(name: Any, files: tuple[tuple[str, str], ...]) -> str | None:
+        name = str(name or "").strip().lower()
+        for key in (lambda f: f[0].lower(), lambda f: f[1].lower()):
+            hits = [f[0] for f in files if key(f) == name]
+            if len(hits) == 1:
+                return hits[0]
+        return None
+
+    out = {}
+    for field, name, files in (("model", found.get("model_name"), info.models), ("vae", found.get("vae"), info.vaes)):
+        hit = lookup(name, files) if name else None
+        if hit is not None:
+            out[field] = hit
+    return out
 
 
 def output_images(folder: Path, limit: int = 400) -> list[Path]:

@@ -95,3 +95,19 @@ def test_the_server_dialog_switches_and_a_bad_address_is_refused(qtbot, make_win
     window.choose_server()
     qtbot.waitUntil(lambda: window.engine_label.text() == "ComfyUI 0.27.0: ready", timeout=10000)
     assert window.session.settings.server_url == server.url
+
+
+def test_reuse_parameters_restores_the_servers_model_by_name(qtbot, make_window, fake, server, tmp_path):
+    from PIL import Image, PngImagePlugin
+
+    window = make_window(fake)
+    _local_is_fake(window)
+    session = window.session
+    assert session.switch_engine("comfyui", server.url)
+    qtbot.waitUntil(lambda: window.engine_label.text() == "ComfyUI 0.27.0: ready", timeout=10000)
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", "a fox\nSteps: 3, Sampler: Euler, CFG scale: 7, Seed: 5, Size: 64x64, Model: xl-base")
+    png = tmp_path / "earlier.png"
+    Image.new("RGB", (64, 64)).save(png, pnginfo=info)
+    assert session.open_image(png)
+    assert session.params.model == "xl-base.safetensors" and session.params.seed == 5

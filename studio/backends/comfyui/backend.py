@@ -34,6 +34,7 @@ UPSCALE_MODES = ("resize", "model", "diffusion")  # not "latent": the x4 latent 
 MIN_VERSION = (0, 3, 0)  # the protocol facts were checked on 0.27; older servers lack routes and nodes we use
 RECONNECT_FOR = 30.0  # seconds a dropped socket is retried before the job fails
 DEFAULT_SIZE = 512  # the server does not say a checkpoint's native size
+SIZE_MULTIPLE = 64  # the local engine's for SD 1.5, 2 and XL U-Nets (8 px a latent, 3 downsamples): inpaint's rule
 
 
 def _version(text: str) -> tuple[int, ...]:
@@ -140,6 +141,10 @@ class ComfyUIBackend:
 
     # -- generation ----------------------------------------------------------------------------
 
+    def checkpoint(self, model: str | None) -> str:
+        """The server's checkpoint file a request's `model` names; None or "": the server's first."""
+        return self._checkpoint(model)
+
     def _checkpoint(self, model: str | None) -> str:
         objects = self._require()
         if not model:
@@ -172,11 +177,12 @@ class ComfyUIBackend:
         images: list[np.ndarray] = []
         seeds: list[int] = []
         uploads = self._uploads(used, plan)
-        # txt2img batches in one graph (EmptyLatentImage's batch); the others run once per image, seed + i.
-        passes = 1 if used.mode == "txt2img" else used.batch
+        # One graph per image, seed + i as the local engine: ComfyUI draws one noise for a whole batch, so image 2
+        # of a batch could not be made again from its own seed.
+        passes = used.batch
         for i in range(passes):
             s = (seed + i) % (MAX_SEED + 1)
-            one = used if used.mode == "txt2img" else used.replace(batch=1)
+            one = used.replace(batch=1)
             graph = graphs.build_graph(self._with_embeddings(one), objects, checkpoint=ckpt, images=uploads, output="save", seed=s,
                                        inpaint_model="inpaint" in Path(ckpt).stem.lower())  # fmt: skip
             graphs.validate(graph, objects)
@@ -184,14 +190,26 @@ class ComfyUIBackend:
             if out is None:
                 return GenerateResult([], used, [], cancelled=True, steps_done=run.steps_done,
                                       step_previews=run.previews(), model_name=Path(ckpt).stem)  # fmt: skip
-            for k, image in enumerate(out):
+            for image in out:
                 images.append(plan.paste(image) if plan is not None else image)
-                seeds.append(s + k if used.mode == "txt2img" else s)
+                seeds.append(s)
+        shown, extra = self._as_written(used, objects)
         return GenerateResult(
-            images=images, request=used, seeds=seeds, model_name=Path(ckpt).stem, model_hash="",
-            timings={"total": time.perf_counter() - run.t0}, steps_done=run.steps_done,
+            images=images, request=shown, seeds=seeds, model_name=Path(ckpt).stem, model_hash="",
+            timings={"total": time.perf_counter() - run.t0}, steps_done=run.steps_done, extra_params=extra,
             step_previews=run.previews(), crop=plan.box if plan is not None and plan.cropped else None,
         )  # fmt: skip
+
+    @staticmethod
+    def _as_written(r: GenerateRequest, objects: graphs.ObjectInfo) -> tuple[GenerateRequest, dict[str, str]]:
+        """The request as its PNGs record it, and the metadata keys the local engine adds (A1111's): our sampler
+        and schedule names, the `--lora` list as prompt tags (<lora:name:w>: the server gives no hashes for "Lora
+        hashes", and a tag reruns anywhere), the VAE's name."""
+        sampler, schedule = graphs.studio_names(r.sampler, r.schedule)
+        tags = " ".join(f"<lora:{graphs._stem(graphs.pick(objects.loras, n, 'LoRA'))}:{float(w):g}>" for n, w in r.loras)
+        prompt = f"{r.prompt} {tags}".strip() if tags else r.prompt
+        extra = {"VAE": Path(graphs.pick(objects.vaes, r.vae, "VAE")).stem} if r.vae else {}
+        return r.replace(sampler=sampler, schedule=schedule, prompt=prompt, loras=()), extra
 
     def _refresh(self) -> graphs.ObjectInfo:
         assert self._client is not None
@@ -225,6 +243,9 @@ class ComfyUIBackend:
         ih, iw = r.input_image().shape[:2]
         if r.mode == "inpaint" and r.inpaint.area == "masked" and not (r.width and r.height):
             w, h = native, native
+        elif r.mode == "inpaint" and not (r.width and r.height):  # the whole picture, rounded as the local engine
+            m = SIZE_MULTIPLE
+            w, h = r.width or max(m, int(round(iw / m)) * m), r.height or max(m, int(round(ih / m)) * m)
         else:
             w, h = r.width or max(8, iw - iw % 8), r.height or max(8, ih - ih % 8)
         r = r.replace(width=w, height=h)

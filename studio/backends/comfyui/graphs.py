@@ -39,6 +39,7 @@ __all__ = [
     "find_nodes",
     "output_node",
     "pick",
+    "studio_names",
     "studio_samplers",
     "studio_schedules",
     "validate",
@@ -71,11 +72,14 @@ SCHEDULES: dict[str, str] = {
 # not among them: it ships in the default custom_nodes/ of an install, not in the core; without it, use "save".
 _MODEL = ("CheckpointLoaderSimple", "CLIPTextEncode", "KSampler", "VAEDecode", "LoraLoader", "CLIPSetLastLayer",
           "VAELoader", "SaveImage")  # fmt: skip
+# Below strength 1, KSamplerAdvanced runs the last int(steps * strength) of the full schedule, as diffusers does.
 MODE_NODES: dict[str, tuple[str, ...]] = {
     "txt2img": (*_MODEL, "EmptyLatentImage"),
-    "img2img": (*_MODEL, "LoadImage", "VAEEncode", "ImageScale"),
-    "inpaint": (*_MODEL, "LoadImage", "LoadImageMask", "VAEEncode", "SetLatentNoiseMask", "InpaintModelConditioning"),
-    "upscale": (*_MODEL, "LoadImage", "VAEEncode", "ImageScale", "UpscaleModelLoader", "ImageUpscaleWithModel"),
+    "img2img": (*_MODEL, "KSamplerAdvanced", "LoadImage", "VAEEncode", "ImageScale"),
+    "inpaint": (*_MODEL, "KSamplerAdvanced", "LoadImage", "LoadImageMask", "VAEEncode", "SetLatentNoiseMask",
+                "InpaintModelConditioning"),
+    "upscale": (*_MODEL, "KSamplerAdvanced", "LoadImage", "VAEEncode", "ImageScale", "UpscaleModelLoader",
+                "ImageUpscaleWithModel"),
 }
 REQUIRED_NODES: tuple[str, ...] = tuple(dict.fromkeys(n for nodes in MODE_NODES.values() for n in nodes))
 OUTPUT_NODES: dict[str, str] = {"websocket": "SaveImageWebsocket", "save": "SaveImage"}
@@ -83,6 +87,7 @@ SAVE_PREFIX = "latent-studio"
 
 _MODEL_EXTENSIONS = (".safetensors", ".ckpt", ".pt", ".pth", ".bin", ".sft", ".gguf", ".onnx", ".pkl")
 _PRIMITIVES = ("INT", "FLOAT", "STRING", "BOOLEAN")
+_NOT_VAES = ("pixel_space",)  # VAELoader's entry for pixel-space models: no VAE file, no latents to decode
 
 
 class GraphError(RequestError):
@@ -180,7 +185,7 @@ class ObjectInfo:
 
     @property
     def vaes(self) -> list[str]:
-        return self.combo("VAELoader", "vae_name")
+        return [v for v in self.combo("VAELoader", "vae_name") if v not in _NOT_VAES]
 
     @property
     def loras(self) -> list[str]:
@@ -238,6 +243,27 @@ def comfy_names(sampler: str, schedule: str, info: ObjectInfo) -> tuple[str, str
                 f"The ComfyUI server has no {ours} schedule (it has: {', '.join(studio_schedules(info)) or 'none'})"
             )
     return comfy_sampler, comfy_schedule
+
+
+def studio_names(sampler: str, schedule: str) -> tuple[str, str]:
+    """Our (A1111's) names for a request's sampler and schedule, for the metadata: ComfyUI's own names map back
+    ("dpmpp_2m" -> "DPM++ 2M", its "_gpu" noise variants to theirs); a name with no A1111 twin is kept as given."""
+    by_comfy = {v: k for k, v in SAMPLERS.items()}
+    by_schedule = {v: k for k, v in SCHEDULES.items()}
+    plain = sampler.removesuffix("_gpu")
+    if plain in by_comfy:
+        ours = by_comfy[plain]
+    else:
+        try:
+            ours = resolve_sampler(sampler).name
+        except ValueError:
+            ours = sampler
+    if schedule in by_schedule:
+        return ours, by_schedule[schedule]
+    try:
+        return ours, resolve_schedule(schedule)
+    except ValueError:
+        return ours, schedule
 
 
 def _stem(name: str) -> str:
@@ -488,9 +514,21 @@ def _encode(g: _Graph, image: Link, vae: Link) -> Link:
 def _sample_and_decode(
     g: _Graph, s: _Sampling, m: _Model, positive: Link, negative: Link, latent: Link, denoise: float
 ) -> Link:
-    samples = g.add("KSampler", model=m.model, positive=positive, negative=negative, latent_image=latent,
-                    seed=s.seed, steps=s.steps, cfg=s.cfg, sampler_name=s.sampler_name, scheduler=s.scheduler,
-                    denoise=denoise)  # fmt: skip
+    """At strength 1: KSampler. Below: the same work as the local engine (diffusers' get_timesteps), the last
+    int(steps * strength) steps of the full schedule; KSampler's denoise would run all `steps` over a shorter one."""
+    if denoise >= 1.0:
+        samples = g.add("KSampler", model=m.model, positive=positive, negative=negative, latent_image=latent,
+                        seed=s.seed, steps=s.steps, cfg=s.cfg, sampler_name=s.sampler_name, scheduler=s.scheduler,
+                        denoise=1.0)  # fmt: skip
+    else:
+        run = min(int(s.steps * denoise), s.steps)
+        if run < 1:
+            raise RequestError(f"{s.steps} steps at denoising strength {denoise:g} run no step: use more steps or a "
+                               "higher strength")  # fmt: skip
+        samples = g.add("KSamplerAdvanced", "img2img", model=m.model, positive=positive, negative=negative,
+                        latent_image=latent, add_noise="enable", noise_seed=s.seed, steps=s.steps, cfg=s.cfg,
+                        sampler_name=s.sampler_name, scheduler=s.scheduler, start_at_step=s.steps - run,
+                        end_at_step=10000, return_with_leftover_noise="disable")  # fmt: skip
     return [g.add("VAEDecode", samples=[samples, 0], vae=m.vae), 0]
 
 
