@@ -247,6 +247,7 @@ class Worker(QObject):
                     if self._stop:
                         break
                     nxt, self._next_backend = self._next_backend, None
+                    idle = idle and not self._queue
                 if idle and nxt is None:
                     self._check_health()
                     continue

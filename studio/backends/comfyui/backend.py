@@ -1,9 +1,10 @@
 """A ComfyUI server behind the studio's Backend protocol.
 
 One job = one or more API-format graphs (``graphs.build_graph``) queued with the studio's own prompt id;
-the socket brings progress and preview frames; the images come from ``SaveImage`` through ``/view`` (not over
-the socket: a result saved on the server survives a dropped connection and proxies that cap frame sizes, and
-``/history`` finds it again after a reconnect). Inpainting keeps the studio's own crop and pixel-space
+the socket brings progress and preview frames; the images come from ``PreviewImage`` (the server's temp folder)
+through ``/view`` (not over the socket: a result saved on the server survives a dropped connection and proxies
+that cap frame sizes, and ``/history`` finds it again after a reconnect). A prompt the server no longer knows (it
+restarted) fails the job; each job's history entry is deleted once its images are here. Inpainting keeps the studio's own crop and pixel-space
 composite (``studio.core.inpaint.InpaintPlan``), so unmasked pixels are the input's exactly. The server
 keeps no latents for us: the step timeline holds its preview frames and "decode this step" is off.
 """
