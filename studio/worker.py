@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 
 Saver = Callable[[GenerateResult], list[Path]]
 THREAD_NAME = "studio-engine"
+HEALTH_EVERY = 3.0  # seconds between health checks of an idle backend that has one (a server may go away)
 
 
 @dataclass
@@ -72,6 +73,8 @@ class Worker(QObject):
     queue_changed = Signal()
     engine_ready = Signal(object)  # BackendInfo, once started
     engine_failed = Signal(str)
+    engine_lost = Signal(str)  # a started backend's health check failed: why (it is checked again, idle)
+    engine_back = Signal()  # ...and passed again
 
     _step_ready = Signal()
 
@@ -81,6 +84,7 @@ class Worker(QObject):
         self._info: BackendInfo = backend.info()  # cheap by contract: what is known before start
         self._started = False
         self._engine_error: str | None = None
+        self._lost = False  # the last health check failed
         self._ids = itertools.count(1)
         self._cond = threading.Condition()
         self._queue: collections.deque[_Job] = collections.deque()
@@ -236,12 +240,17 @@ class Worker(QObject):
             if self._preload:
                 self._ensure_started()
             while True:
+                idle = False
                 with self._cond:
-                    while not self._queue and not self._stop and self._next_backend is None:
-                        self._cond.wait()
+                    while not self._queue and not self._stop and self._next_backend is None and not idle:
+                        idle = not self._cond.wait(self._health_every())
                     if self._stop:
                         break
                     nxt, self._next_backend = self._next_backend, None
+                    idle = idle and not self._queue
+                if idle and nxt is None:
+                    self._check_health()
+                    continue
                 if nxt is not None:
                     self._swap(nxt)
                     continue
@@ -266,6 +275,26 @@ class Worker(QObject):
                 except Exception:  # noqa: BLE001 - closing must not keep the window from quitting
                     log.exception("closing the backend")
 
+    def _health_every(self) -> float | None:
+        """How long to wait idle before a health check; None (forever) for a backend without one (the local
+        engine) or one not started."""
+        return HEALTH_EVERY if self._started and callable(getattr(self._backend, "health", None)) else None
+
+    def _check_health(self) -> None:
+        """Ask the backend (on this thread, between jobs; the backend keeps it short) and say when it changes."""
+        try:
+            problem = str(self._backend.health() or "")  # type: ignore[attr-defined]  # optional: _health_every
+        except Exception as exc:  # noqa: BLE001 - a failing check is a lost engine, not a dead thread
+            log.exception("health check")
+            problem = describe_error(exc)
+        if bool(problem) == self._lost:
+            return
+        self._lost = bool(problem)
+        if problem:
+            emit(self.engine_lost, problem)
+        else:
+            emit(self.engine_back)
+
     def _swap(self, backend: Backend) -> None:
         if self._started:
             try:
@@ -273,7 +302,7 @@ class Worker(QObject):
             except Exception:  # noqa: BLE001 - the old backend's trouble is not the new one's
                 log.exception("closing the backend")
         self._backend, self._info = backend, backend.info()
-        self._started, self._engine_error = False, None
+        self._started, self._engine_error, self._lost = False, None, False
         self._ensure_started()
 
     def _run_job(self, job: _Job) -> None:

@@ -22,13 +22,16 @@ Knobs (attributes; change them between prompts): ``step_delay`` (seconds per sam
 ``Authorization: Bearer <token>`` on HTTP and the socket upgrade, else 401), ``drop_socket_at_step`` (after step
 k's progress, cut the prompt's socket without a close frame; the job goes on; fires once, then None),
 ``die_at_step`` (at step k the server stops: sockets cut, port closed, the job never finishes),
+``restart_at_step`` (at step k the server restarts: down for ``restart_down_for`` seconds, then back on the same
+port knowing no prompt; see :meth:`FakeComfy.restart`),
 ``fail_at_step`` (at step k: ``execution_error`` with ``fail_message``), ``jobs_api``/``features_api`` (False:
 an older server without ``/api/jobs/{id}/cancel`` / ``/features``), ``preview_metadata`` (False: a server that
 ignores the client's feature flag and frames every image as type 1), ``max_upload_size`` (bigger bodies get 413),
 ``http_delay`` (seconds every HTTP answer waits: for timeouts), ``login_page`` (every HTTP answer is a proxy's
 HTML login page), ``models`` (folder -> file names; also fills the loaders' combos), ``cache``.
 Steps count from 1 across the whole prompt (all samplers). Records: ``prompts`` (accepted POST /prompt bodies),
-``rejected``, ``uploads``, ``interrupts``, ``cancels``, ``deletes``, ``connections`` (each socket's client id,
+``rejected``, ``uploads``, ``interrupts``, ``cancels``, ``deletes`` (queue), ``history_deletes``, ``ended`` (every
+prompt's last history entry, kept when the history is deleted), ``restarts`` (a count), ``connections`` (each socket's client id,
 feature flags, Authorization), ``requests`` ((method, path, Authorization) of every HTTP request). The server's
 thread writes them: a test that must see one waits with ``wait_until(predicate)`` (or ``wait_connections(n)``),
 which wakes on every change (its timeout is only a guard against a hang, never a measure of speed).
@@ -153,6 +156,10 @@ class _Died(Exception):
     pass
 
 
+class _Restarted(Exception):
+    pass
+
+
 class FakeComfy:
     def __init__(
         self,
@@ -161,6 +168,8 @@ class FakeComfy:
         token: str = "",
         drop_socket_at_step: int | None = None,
         die_at_step: int | None = None,
+        restart_at_step: int | None = None,
+        restart_down_for: float = 0.2,
         fail_at_step: int | None = None,
         fail_message: str = "Fake failure",
         jobs_api: bool = True,
@@ -177,6 +186,8 @@ class FakeComfy:
         self.token = token
         self.drop_socket_at_step = drop_socket_at_step
         self.die_at_step = die_at_step
+        self.restart_at_step = restart_at_step
+        self.restart_down_for = restart_down_for
         self.fail_at_step = fail_at_step
         self.fail_message = fail_message
         self.jobs_api = jobs_api
@@ -195,6 +206,9 @@ class FakeComfy:
         self.interrupts: list[dict[str, Any]] = []
         self.cancels: list[str] = []
         self.deletes: list[str] = []
+        self.history_deletes: list[str] = []
+        self.ended: dict[str, dict[str, Any]] = {}
+        self.restarts = 0
         self.connections: list[dict[str, Any]] = []
         self.requests: list[tuple[str, str, str | None]] = []
         self._changed = threading.Condition()  # notified by the server's thread whenever a record changes
@@ -319,6 +333,7 @@ class FakeComfy:
             app.router.add_post(prefix + "/queue", self._post_queue)
             app.router.add_post(prefix + "/interrupt", self._post_interrupt)
             app.router.add_get(prefix + "/history", self._history_all)
+            app.router.add_post(prefix + "/history", self._post_history)
             app.router.add_get(prefix + "/history/{prompt_id}", self._history_one)
             app.router.add_get(prefix + "/view", self._view)
             app.router.add_get(prefix + "/ws", self._websocket)
@@ -357,6 +372,63 @@ class FakeComfy:
         if self._site is not None:
             await self._site.stop()
             self._site = None
+
+    # ---- a restart --------------------------------------------------------------------------------------------
+
+    def restart(self, down_for: float = 0.0) -> None:
+        """The server process restarts: :meth:`go_down`, ``down_for`` seconds with the port closed, :meth:`come_back`
+        on the same address. Like a real restart, it then knows no prompt (queue and history are memory)."""
+        self.go_down()
+        time.sleep(down_for)
+        self.come_back()
+
+    def go_down(self) -> None:
+        """The server process ends: the running job stops without a trace, queue, history and temp files are gone,
+        sockets are cut and the port closed. Files in input/ and output/ stay (they are on disk)."""
+        self._on_loop(self._go_down())
+
+    def come_back(self) -> None:
+        """The server starts again on the same port (after go_down, die_at_step or a restart)."""
+        self._on_loop(self._come_back())
+
+    def _on_loop(self, coroutine: Any) -> None:
+        assert self._loop is not None
+        asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(HANG_GUARD)
+
+    async def _go_down(self) -> None:
+        if self._worker is not None:  # the running job ends here, with no history entry and no message
+            self._worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._worker
+            self._worker = asyncio.get_running_loop().create_task(self._work())
+        await self._forget_all()
+
+    async def _forget_all(self) -> None:
+        self._dead = True
+        self._running, self._current_node, self._cache = None, None, {}
+        self._pending.clear()
+        self.history.clear()
+        self.files = {key: data for key, data in self.files.items() if key[0] != "temp"}  # ComfyUI empties temp/
+        await self._cut_sockets()
+        if self._site is not None:
+            await self._site.stop()
+            self._site = None
+        self._recorded()
+
+    async def _come_back(self) -> None:
+        if self._site is None:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(("127.0.0.1", self.port))
+            sock.listen(64)
+            assert self._runner is not None
+            self._site = web.SockSite(self._runner, sock)
+            await self._site.start()
+        self._dead = False
+        self.restarts += 1
+        assert self._wake is not None
+        self._wake.set()
+        self._recorded()
 
     # ---- HTTP -------------------------------------------------------------------------------------------------
 
@@ -596,6 +668,17 @@ class FakeComfy:
 
     async def _history_all(self, request: web.Request) -> web.Response:
         return web.json_response(self.history)
+
+    async def _post_history(self, request: web.Request) -> web.Response:
+        """The real route: ``{"delete": [ids]}`` drops those entries, ``{"clear": true}`` all (no files)."""
+        body = await request.json()
+        if body.get("clear"):
+            self.history.clear()
+        for prompt_id in body.get("delete") or []:
+            self.history_deletes.append(prompt_id)
+            self.history.pop(prompt_id, None)
+        self._recorded()
+        return web.Response(status=200)
 
     async def _history_one(self, request: web.Request) -> web.Response:
         prompt_id = request.match_info["prompt_id"]
@@ -877,6 +960,10 @@ class FakeComfy:
                 await self._execute(job)
             except _Died:
                 await self._die()
+            except _Restarted:
+                await self._forget_all()
+                await asyncio.sleep(self.restart_down_for)
+                await self._come_back()
             finally:
                 self._running = None
             if not self._dead:
@@ -973,6 +1060,7 @@ class FakeComfy:
             "status": {"status_str": status_str, "completed": completed, "messages": messages},
             "meta": {n: {"node_id": n, "display_node": n, "parent_node": None, "real_node_id": n} for n in ui_outputs},
         }
+        self.ended[pid] = self.history[pid]
         self._recorded()
         await emit("executing", {"node": None, "prompt_id": pid})
 
@@ -992,6 +1080,9 @@ class FakeComfy:
             if self.die_at_step == steps[0]:
                 self.die_at_step = None
                 raise _Died
+            if self.restart_at_step == steps[0]:
+                self.restart_at_step = None
+                raise _Restarted
             progress = {"value": value, "max": total, "prompt_id": job.prompt_id, "node": node_id}
             await self._send(job.client_id, "progress", progress)
             state = {

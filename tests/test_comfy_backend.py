@@ -130,8 +130,8 @@ def test_cancel_stops_the_running_prompt(backend, server):
     assert result.cancelled and not result.images
     assert server.cancels or server.interrupts
     # the server's sampler stopped: its prompt ends interrupted, early
-    server.wait_until(lambda: len(server.history) == 1, what="history entry of the cancelled prompt")
-    (entry,) = server.history.values()
+    server.wait_until(lambda: len(server.ended) == 1, what="the end of the cancelled prompt")
+    (entry,) = server.ended.values()
     assert entry["status"]["status_str"] == "error" and entry["status"]["completed"] is False
     assert "execution_interrupted" in [kind for kind, _ in entry["status"]["messages"]]
     assert result.steps_done < steps
@@ -351,3 +351,71 @@ def test_the_cli_says_which_server_model_it_uses_and_takes_a_default_per_server(
     help_text = subprocess.run([sys.executable, "-m", "studio", "generate", "--help"], capture_output=True,
                                text=True, timeout=120).stdout  # fmt: skip
     assert "server_models" in " ".join(help_text.split())
+
+
+def _generate_or_hang(backend, request):
+    """generate() in a thread: its result or exception, or an AssertionError when it is still waiting after the hang
+    guard (then cancelled, so the test ends)."""
+    from fake_comfyui import HANG_GUARD
+
+    outcome: dict = {}
+    cancel = threading.Event()
+
+    def run():
+        try:
+            outcome["result"] = backend.generate(request, cancel=cancel)
+        except Exception as exc:  # noqa: BLE001 - handed to the test
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join(HANG_GUARD)
+    if thread.is_alive():
+        cancel.set()
+        thread.join(HANG_GUARD)
+        raise AssertionError(f"the job was still waiting after {HANG_GUARD:g} s")
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["result"]
+
+
+def test_a_server_that_restarts_mid_job_and_forgets_it_fails_the_job_with_one_line(backend, server):
+    backend.start()
+    server.restart_at_step = 2  # back on the same port within the retry window, knowing no prompt
+    with pytest.raises(EngineError) as err:
+        _generate_or_hang(backend, req(steps=10))
+    assert str(err.value) == "The ComfyUI server restarted and lost this job: run it again"
+    assert server.restarts == 1
+    assert backend.generate(req(steps=2)).images  # the next job runs on the restarted server
+
+
+def test_health_says_when_the_server_is_lost_and_when_it_is_back(backend, server):
+    backend.start()
+    assert backend.health() == ""
+    server.go_down()
+    assert backend.health() == f"ComfyUI server lost: {server.url} does not answer; retrying"
+    server.come_back()
+    assert backend.health() == ""
+    assert backend.generate(req(steps=2)).images  # a fresh socket: the job's messages reach us
+    assert len(server.wait_connections(2)) == 2
+
+
+def test_the_server_keeps_no_history_or_results_and_a_few_uploads_per_studio(backend, server):
+    """Jobs leave nothing that grows: history entries deleted, results in temp/ (which ComfyUI empties when it
+    starts), uploads under a fixed set of names per studio, overwritten by each job."""
+    init = np.full((32, 32, 3), 90, np.uint8)
+    mask = np.zeros((32, 32), np.uint8)
+    mask[8:24, 8:24] = 255
+    runs = [req(), req(mode="img2img", init_image=init, strength=0.5, width=None, height=None, batch=2),
+            req(mode="inpaint", init_image=init, mask=mask, strength=0.8, width=None, height=None),
+            req(mode="img2img", init_image=init + 1, strength=0.5, width=None, height=None),
+            req(mode="inpaint", init_image=init + 2, mask=mask, strength=0.8, width=None, height=None),
+            req(mode="upscale", init_image=init, upscale_mode="model", scale=2.0, width=None, height=None,
+                upscaler="4x-tiny.pth")]  # fmt: skip
+    for r in runs:
+        assert backend.generate(r).images
+    assert len(server.prompts) == 7 and server.history == {}
+    kinds = [kind for kind, _sub, _name in server.files]
+    assert kinds.count("output") == 0 and kinds.count("input") <= 2 and kinds.count("temp") == 7
+    server.restart()
+    assert [kind for kind, _sub, _name in server.files] == ["input"] * kinds.count("input")

@@ -536,6 +536,39 @@ def test_a_dying_server_is_a_clean_error(start, connect):
         client.history(prompt_id)
 
 
+def test_a_restarted_server_answers_on_the_same_address_and_knows_no_prompt(start, connect):
+    fake = start(step_delay=0.05)
+    client = connect(fake.url, timeout=2.0)
+    client.open_socket()
+    done, running = new_id(), new_id()
+    client.queue_prompt(txt2img(steps=1, outputs=("SaveImage",)), done)
+    run_to_end(client, done)
+    client.queue_prompt(txt2img(steps=200), running)
+    wait_for(client, "progress")
+    assert client.in_queue(running) and not client.in_queue(done) and client.ping()
+    fake.go_down()
+    assert "was lost" in str(until_closed(client))
+    assert not client.ping(1.0)
+    fake.come_back()
+    assert client.ping(1.0) and fake.restarts == 1 and fake.url == f"http://127.0.0.1:{fake.port}"
+    assert client.history(done) == {} and client.history(running) == {} and not client.in_queue(running)
+    assert [kind for kind, _sub, _name in fake.files] == ["output"]  # output/ is on disk; temp/ is emptied
+    client.reconnect()
+    assert wait_for(client, "status").data["status"]["exec_info"]["queue_remaining"] == 0
+
+
+def test_history_entries_are_deleted_on_request(start, connect):
+    fake = start()
+    client = connect(fake.url)
+    client.open_socket()
+    first, second = new_id(), new_id()
+    for prompt_id in (first, second):
+        client.queue_prompt(txt2img(steps=1, outputs=("SaveImage",)), prompt_id)
+        run_to_end(client, prompt_id)
+    client.delete_history([first, "not-a-prompt"])
+    assert client.history(first) == {} and client.history(second) and fake.history_deletes == [first, "not-a-prompt"]
+
+
 def test_a_prompt_with_one_bad_output_runs_the_good_one_and_says_so(start, connect):
     """The real server queues the outputs that validate and reports the others in a 200's node_errors."""
     client = connect(start().url)

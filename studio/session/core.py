@@ -38,8 +38,9 @@ from .timeline import VIEWS, StepTimeline
 
 log = logging.getLogger(__name__)
 MAX_CANVAS = 4096  # px on a side: what a request accepts
-# The engine's states: starting the backend, loading a model (the engine thread is busy), ready, failed to start.
-ENGINE_STATES = ("loading", "busy", "ready", "failed")
+# The engine's states: starting the backend, loading a model (the engine thread is busy), ready, failed to start,
+# lost (a started server stopped answering; it is checked again and becomes ready by itself).
+ENGINE_STATES = ("loading", "busy", "ready", "failed", "lost")
 
 
 class Session(QObject):
@@ -120,6 +121,8 @@ class Session(QObject):
         w.failed.connect(self._on_failed)
         w.engine_ready.connect(self._on_engine_ready)
         w.engine_failed.connect(self._on_engine_failed)
+        w.engine_lost.connect(self._on_engine_lost)
+        w.engine_back.connect(self._on_engine_back)
 
     # -- what the backend can do --------------------------------------------------------------
 
@@ -589,6 +592,12 @@ class Session(QObject):
             return
         self._engine_state("failed", text)
         emit(self.message, text, "error")
+
+    def _on_engine_lost(self, text: str) -> None:
+        self._engine_state("lost", text)
+
+    def _on_engine_back(self) -> None:
+        self._engine_state("ready")
 
     def _on_started(self, job_id: int) -> None:
         kind = self.book.kind(job_id)

@@ -560,6 +560,9 @@ class MainWindow(QMainWindow):
                 self.prompt_panel.refresh_models()
         elif state in ("loading", "busy"):
             self.engine_label.setText(f"Engine: {text or 'loading'}…")
+        elif state == "lost":
+            self.engine_label.setText(f"{self.session.info.name}: lost, retrying…")
+            self.engine_label.setToolTip(text)
         else:
             self.engine_label.setText("Engine: unavailable")
             self.engine_label.setToolTip(text)

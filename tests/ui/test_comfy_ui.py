@@ -111,3 +111,24 @@ def test_reuse_parameters_restores_the_servers_model_by_name(qtbot, make_window,
     Image.new("RGB", (64, 64)).save(png, pnginfo=info)
     assert session.open_image(png)
     assert session.params.model == "xl-base.safetensors" and session.params.seed == 5
+
+
+def test_a_lost_server_shows_as_lost_and_comes_back_by_itself(qtbot, make_window, fake, server, monkeypatch):
+    import studio.worker
+
+    monkeypatch.setattr(studio.worker, "HEALTH_EVERY", 0.2, raising=False)  # the idle engine checks this often
+    window = make_window(fake)
+    _local_is_fake(window)
+    session = window.session
+    states: list[tuple[str, str]] = []
+    session.engine_state.connect(lambda state, text: states.append((state, text)))
+    assert session.switch_engine("comfyui", server.url)
+    qtbot.waitUntil(lambda: window.engine_label.text() == "ComfyUI 0.27.0: ready", timeout=10000)
+    server.go_down()
+    qtbot.waitUntil(lambda: bool(states) and states[-1][0] == "lost", timeout=10000)
+    assert states[-1][1] == f"ComfyUI server lost: {server.url} does not answer; retrying"
+    assert window.engine_label.text() == "ComfyUI 0.27.0: lost, retrying…"
+    assert window.engine_label.toolTip() == states[-1][1]
+    server.come_back()
+    qtbot.waitUntil(lambda: window.engine_label.text() == "ComfyUI 0.27.0: ready", timeout=10000)
+    assert states[-1] == ("ready", "") and session.settings.backend == "comfyui"  # no fallback to the local engine

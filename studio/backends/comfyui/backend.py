@@ -1,9 +1,10 @@
 """A ComfyUI server behind the studio's Backend protocol.
 
 One job = one or more API-format graphs (``graphs.build_graph``) queued with the studio's own prompt id;
-the socket brings progress and preview frames; the images come from ``SaveImage`` through ``/view`` (not over
-the socket: a result saved on the server survives a dropped connection and proxies that cap frame sizes, and
-``/history`` finds it again after a reconnect). Inpainting keeps the studio's own crop and pixel-space
+the socket brings progress and preview frames; the images come from ``PreviewImage`` (the server's temp folder)
+through ``/view`` (not over the socket: a result saved on the server survives a dropped connection and proxies
+that cap frame sizes, and ``/history`` finds it again after a reconnect). A prompt the server no longer knows (it
+restarted) fails the job; each job's history entry is deleted once its images are here. Inpainting keeps the studio's own crop and pixel-space
 composite (``studio.core.inpaint.InpaintPlan``), so unmasked pixels are the input's exactly. The server
 keeps no latents for us: the step timeline holds its preview frames and "decode this step" is off.
 """
@@ -33,6 +34,9 @@ MODES = ("txt2img", "img2img", "inpaint", "upscale")
 UPSCALE_MODES = ("resize", "model", "diffusion")  # not "latent": the x4 latent upscaler is the local engine's
 MIN_VERSION = (0, 3, 0)  # the protocol facts were checked on 0.27; older servers lack routes and nodes we use
 RECONNECT_FOR = 30.0  # seconds a dropped socket is retried before the job fails
+CHECK_AFTER = 5.0  # seconds of silence about a job after which the server is asked whether it still knows it
+HEALTH_TIMEOUT = 2.0  # seconds a health check waits: it runs on the engine thread between jobs
+LOST_JOB = "The ComfyUI server restarted and lost this job: run it again"
 DEFAULT_SIZE = 512  # the server does not say a checkpoint's native size
 SIZE_MULTIPLE = 64  # the local engine's for SD 1.5, 2 and XL U-Nets (8 px a latent, 3 downsamples): inpaint's rule
 
@@ -67,6 +71,16 @@ def _decode(data: bytes) -> np.ndarray:
         return np.asarray(im.convert("RGB"), np.uint8)
 
 
+def _results_in_temp(graph: dict) -> dict:
+    """SaveImage -> PreviewImage: the result goes to the server's temp/ folder, which ComfyUI empties each time it
+    starts, not to its output/ folder, where every job's file would stay (the studio saves its own copy)."""
+    for node in graph.values():
+        if isinstance(node, dict) and node.get("class_type") == "SaveImage":
+            node["class_type"] = "PreviewImage"
+            node["inputs"] = {"images": node["inputs"]["images"]}
+    return graph
+
+
 class ComfyUIBackend:
     """The studio's jobs on a ComfyUI server at ``url`` (a bearer ``token`` for a proxy in front of it)."""
 
@@ -77,6 +91,9 @@ class ComfyUIBackend:
         self._client: ComfyClient | None = None
         self._objects: graphs.ObjectInfo | None = None
         self._lock = threading.Lock()
+        self._tag = uuid.uuid4().hex[:12]  # this studio's upload names: two studios on one server never collide
+        self._stale: list[str] = []  # prompts whose history entry may appear after their cleanup (cancelled, failed)
+        self._lost = False  # the last health check found no server
         self._info = BackendInfo(name="ComfyUI server", modes=MODES, upscale_modes=UPSCALE_MODES, keeps_latents=False,
                                  decodes_steps=False, preview_kinds=("x0",), remote_files=True)  # fmt: skip
 
@@ -134,6 +151,36 @@ class ComfyUIBackend:
     def decode_step(self, model, latent):
         raise UnsupportedError(self._info.why_no_decode())
 
+    def health(self) -> str:
+        """"" while the server answers, else the one line to show (the worker calls this between jobs). A server
+        that comes back gets a new socket: the old one died with it."""
+        client = self._client
+        if client is None:
+            return ""
+        lost = f"ComfyUI server lost: {self.url} does not answer; retrying"
+        if not client.ping(HEALTH_TIMEOUT):
+            self._lost = True
+            return lost
+        if self._lost:
+            try:
+                client.reconnect()
+            except ComfyError:
+                return lost
+            self._lost = False
+        return ""
+
+    def _forget(self, prompt_id: str, ended: bool) -> None:
+        """Delete the prompt's history entry on the server, and those of earlier prompts that were still ending when
+        their job was over here; one that has not ended yet is tried again after the next job."""
+        client = self._client
+        ids, self._stale = [*self._stale, prompt_id], ([] if ended else [prompt_id])
+        if client is None:
+            return
+        try:
+            client.delete_history(ids, timeout=HEALTH_TIMEOUT)
+        except ComfyError:
+            log.info("could not delete the history of %s", ids, exc_info=True)
+
     def close(self) -> None:
         if self._client is not None:
             self._client.close()
@@ -185,6 +232,7 @@ class ComfyUIBackend:
             one = used.replace(batch=1)
             graph = graphs.build_graph(self._with_embeddings(one), objects, checkpoint=ckpt, images=uploads, output="save", seed=s,
                                        inpaint_model="inpaint" in Path(ckpt).stem.lower())  # fmt: skip
+            graph = _results_in_temp(graph)
             graphs.validate(graph, objects)
             out = run.execute(graph, part=(i + 1, passes) if passes > 1 else None)
             if out is None:
@@ -256,7 +304,7 @@ class ComfyUIBackend:
 
         client = self._client
         assert client is not None
-        tag = uuid.uuid4().hex[:12]  # our own names: two studios on one server never overwrite each other
+        tag = self._tag  # the same names each job: the server's input folder holds this studio's last job only
         if plan is not None:
             return {"init": client.upload_image(_png(plan.work_image), f"studio-{tag}-image.png"),
                     "mask": client.upload_image(_png(plan.work_mask, "L"), f"studio-{tag}-mask.png")}  # fmt: skip
@@ -281,6 +329,7 @@ class _Run:
         self.steps_done = 0
         self._previews: list[np.ndarray] = []
         self._last_preview: np.ndarray | None = None
+        self.ended = False  # the server has finished the current prompt (its history entry exists)
 
     def previews(self) -> dict[str, list[np.ndarray]]:
         return {"x0": list(self._previews)} if self._previews else {}
@@ -290,6 +339,7 @@ class _Run:
         client = self.b._client
         assert client is not None
         prompt_id = str(uuid.uuid4())
+        self.ended = False
         extra = {"preview_method": "latent2rgb"} if self.r.preview != "none" else None
         try:
             client.queue_prompt(graph, prompt_id, extra)
@@ -298,10 +348,17 @@ class _Run:
             if isinstance(body, dict) and (body.get("node_errors") or body.get("error")):
                 raise RequestError(graphs.describe_errors(body)) from e
             raise
+        try:
+            return self._follow(client, prompt_id, part)
+        finally:
+            self.b._forget(prompt_id, self.ended)
+
+    def _follow(self, client: ComfyClient, prompt_id: str, part: tuple[int, int] | None) -> list[np.ndarray] | None:
         saved: list[dict] = []
         started = False
         cancelled_at: float | None = None
         dropped_at: float | None = None
+        heard = time.perf_counter()
         while True:
             if self.cancel is not None and self.cancel.is_set() and cancelled_at is None:
                 cancelled_at = time.perf_counter()
@@ -316,14 +373,26 @@ class _Run:
             try:
                 event = client.next_event(timeout=0.1)
             except SocketClosed:
+                if cancelled_at is not None:
+                    return None  # the cancel was sent; nothing to wait for
                 dropped_at = dropped_at or time.perf_counter()
                 result = self._recover(prompt_id, dropped_at)
                 if result is not None:
-                    return None if cancelled_at is not None else self._fetch(result)
+                    return self._fetch(result)
                 continue
-            dropped_at = None
+            dropped_at = None  # the socket works and the server knows the prompt (_recover checked)
             if event is None:
+                if cancelled_at is None and time.perf_counter() - heard > CHECK_AFTER:
+                    heard = time.perf_counter()  # silence: does the server still know the prompt?
+                    try:
+                        result = self._outcome(prompt_id)
+                    except ComfyError:
+                        client.close()  # no answer: recover as from a drop, within RECONNECT_FOR
+                        continue
+                    if result is not None:
+                        return self._fetch(result)
                 continue
+            heard = time.perf_counter()
             kind, data = event.type, event.data if isinstance(event.data, dict) else {}
             if data.get("prompt_id") not in (None, prompt_id):
                 continue
@@ -341,12 +410,13 @@ class _Run:
             elif kind == "execution_interrupted":
                 return None
             elif kind == "executing" and data.get("node") is None and data.get("prompt_id") == prompt_id:
+                self.ended = True
                 if cancelled_at is not None:
                     return None
                 return self._fetch(saved)
 
     def _recover(self, prompt_id: str, since: float) -> list[dict] | None:
-        """After a drop: reconnect (same client id) and ask /history; the images once the prompt is done."""
+        """After a drop: reconnect (same client id) and ask the server; the images once the prompt is done."""
         client = self.b._client
         assert client is not None
         if time.perf_counter() - since > RECONNECT_FOR:
@@ -354,14 +424,26 @@ class _Run:
                               f"{RECONNECT_FOR:.0f} s)")  # fmt: skip
         try:
             client.reconnect()
-            entry = client.history(prompt_id)
+            return self._outcome(prompt_id)
         except (ComfyError, OSError):
+            client.close()  # not confirmed: the next turn retries, and the time since the drop keeps counting
             time.sleep(0.5)
             return None
+
+    def _outcome(self, prompt_id: str) -> list[dict] | None:
+        """None while the server runs or queues the prompt; its images once it is done. A prompt the server does
+        not know (it restarted: queue and history are its memory) is a failed job, never a job still running."""
+        client = self.b._client
+        assert client is not None
+        entry = client.history(prompt_id)
+        if not entry and not client.in_queue(prompt_id):
+            entry = client.history(prompt_id)  # it may have ended between the two questions
+            if not entry:
+                raise EngineError(LOST_JOB)
         if not entry:
-            return None  # still running: its progress comes over the new socket
-        status = entry.get("status", {})
-        if status.get("status_str") == "error":
+            return None
+        self.ended = True
+        if entry.get("status", {}).get("status_str") == "error":
             raise EngineError("The job failed on the ComfyUI server (see its log)")
         return output_images(entry)
 
@@ -370,7 +452,7 @@ class _Run:
         assert client is not None
         out = []
         for img in saved:
-            if img.get("type", "output") != "output":
+            if img.get("type", "output") not in ("output", "temp"):
                 continue
             out.append(_decode(client.view(img["filename"], img.get("subfolder", ""), img.get("type", "output"))))
         if not out:

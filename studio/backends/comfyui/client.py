@@ -289,6 +289,14 @@ class ComfyClient:
         """``{"system": {"comfyui_version", ...}, "devices": [...]}``: also the cheapest "is it there" check."""
         return self._json("GET", "/system_stats")
 
+    def ping(self, timeout: float = 2.0) -> bool:
+        """Whether the server answers ``/system_stats`` like ComfyUI within ``timeout`` seconds (a health check)."""
+        try:
+            answer = self._json("GET", "/system_stats", timeout=timeout)
+        except ComfyError:
+            return False
+        return isinstance(answer, Mapping) and "system" in answer
+
     def object_info(self, node_class: str | None = None) -> dict[str, Any]:
         """Per node class: inputs (``required``/``optional``/``hidden``), outputs, ``output_node``. Combo options
         (model files, uploaded images) are the server's current lists."""
@@ -374,6 +382,17 @@ class ComfyClient:
         """``{"queue_running": [[number, prompt_id, prompt, extra_data, outputs]], "queue_pending": [...]}``."""
         return self._json("GET", "/queue")
 
+    def in_queue(self, prompt_id: str) -> bool:
+        """Whether the prompt is running or waiting on the server (after a restart it is neither)."""
+        answer = self.queue()
+        if not isinstance(answer, Mapping):
+            return False
+        for key in ("queue_running", "queue_pending"):
+            for item in answer.get(key) or []:
+                if isinstance(item, (list, tuple)) and len(item) > 1 and item[1] == prompt_id:
+                    return True
+        return False
+
     def interrupt(self, prompt_id: str | None = None) -> None:
         """Stop what runs; with ``prompt_id``, only if that prompt is the one running (no harm to another's job)."""
         self._json("POST", "/interrupt", payload={"prompt_id": prompt_id} if prompt_id else {})
@@ -398,6 +417,10 @@ class ComfyClient:
         answer = self._json("GET", f"/history/{urllib.parse.quote(prompt_id, safe='')}")
         entry = answer.get(prompt_id) if isinstance(answer, Mapping) else None
         return dict(entry) if isinstance(entry, Mapping) else {}
+
+    def delete_history(self, prompt_ids: list[str], timeout: float | None = None) -> None:
+        """Drop these prompts' history entries (``POST /history {"delete": [...]}``); ComfyUI keeps their files."""
+        self._json("POST", "/history", payload={"delete": list(prompt_ids)}, timeout=timeout)
 
     def view(self, filename: str, subfolder: str = "", type: str = "output") -> bytes:
         """The bytes of a file named in ``executed``/``history`` (``type``: output, temp or input)."""
