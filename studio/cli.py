@@ -342,6 +342,13 @@ def _list_models(extra: list[str], hashes: bool, add: list[str] = ()) -> int:
         print(f"studio: error: not a folder: {', '.join(missing)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     if add:
+        for folder in add:  # scanned before it is saved: a folder that breaks the scan would break every start
+            try:
+                scan([folder])
+            except Exception as e:  # noqa: BLE001 - whatever it is, the folder is not saved
+                print(f"studio: error: cannot scan {folder} ({type(e).__name__}: {first_line(e)}); not added",
+                      file=sys.stderr)  # fmt: skip
+                return EXIT_BAD_INPUT
         settings = Settings.load()
         for folder in add:
             resolved = str(Path(folder).expanduser().resolve())
