@@ -20,8 +20,8 @@ def _safetensors(path: Path, header: bytes, data: bytes = b"") -> Path:
 @pytest.fixture
 def bad_folder(tmp_path) -> Path:
     """A model folder holding a good checkpoint-less VAE and the two crafted headers of the issue."""
-    from safetensors.torch import save_file
     import torch
+    from safetensors.torch import save_file
 
     folder = tmp_path / "models"
     folder.mkdir()
@@ -104,3 +104,119 @@ def test_a_generation_with_the_builtin_model_works(bad_folder, tmp_path, capsys,
     out, err = capsys.readouterr()
     assert code == 0, err
     assert Path(out.strip()).is_file()
+
+
+# ---------------------------------------------------------------------------------------------
+# Pickles that get past the opcode pre-scan (modelfiles.pickle_globals): torch refuses them, and its refusal is
+# the security refusal, whatever kind of file it was.
+
+
+def _text(s: str) -> bytes:  # BINUNICODE: a string torch's weights-only unpickler reads
+    b = s.encode()
+    return b"X" + struct.pack("<I", len(b)) + b
+
+
+def _stack_global(marker: Path) -> bytes:
+    """io.open(marker, "w") imported with STACK_GLOBAL from strings fetched back from the memo, while the last two
+    strings pushed name a tensor-rebuilding function: a scan taking "the last two strings" sees only those."""
+    return (
+        b"\x80\x02(" + _text("io") + b"q\x00" + _text("open") + b"q\x01"
+        + _text("torch._utils") + _text("_rebuild_tensor_v2") + b"t"  # the decoys, kept in a tuple
+        + b"h\x00h\x01\x93" + _text(str(marker)) + _text("w") + b"\x86R."
+    )  # fmt: skip
+
+
+def _protocol_0(marker: Path) -> bytes:
+    """The same call in protocol 0 text (GLOBAL, MARK, TUPLE, REDUCE)."""
+    return b"cio\nopen\n(V" + str(marker).encode() + b"\nVw\ntR."
+
+
+def _torch_zip(path: Path, data_pkl: bytes, decoy: bytes | None = None) -> Path:
+    """A torch zip file whose archive/data.pkl is `data_pkl`; `decoy`: a harmless pickle stored first under another
+    name that also ends in data.pkl (the one a scan of "the first *data.pkl" reads; torch reads archive/data.pkl)."""
+    import io
+    import zipfile
+
+    import torch
+
+    buf = io.BytesIO()
+    torch.save({"w": torch.zeros(1)}, buf)
+    buf.seek(0)
+    with zipfile.ZipFile(buf) as src, zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as dst:
+        if decoy is not None:
+            dst.writestr("archive/decoy_data.pkl", decoy)
+        for info in src.infolist():
+            dst.writestr(info.filename, data_pkl if info.filename.endswith("/data.pkl") else src.read(info))
+    return path
+
+
+def _legacy(path: Path, payload: bytes) -> Path:
+    """The pre-zip torch format: magic number, protocol and system pickles, then the object's; a scan that stops at
+    the first STOP reads only the magic number."""
+    import pickle
+
+    head = [0x1950A86A20F9469CFC6C, 1001, {"protocol_version": 1001, "little_endian": True,
+                                           "type_sizes": {"short": 2, "int": 4, "long": 4}}]  # fmt: skip
+    path.write_bytes(b"".join(pickle.dumps(x, protocol=2) for x in head) + payload)
+    return path
+
+
+EVASIONS = {
+    "stack-global": lambda p, m: _torch_zip(p, _stack_global(m)),
+    "decoy-data-pkl": lambda p, m: _torch_zip(p, _protocol_0(m), decoy=b"\x80\x02}q\x00."),
+    "legacy-after-magic": lambda p, m: _legacy(p, _protocol_0(m)),
+}
+
+
+def test_the_crafted_pickles_are_live_and_get_past_the_pre_scan(tmp_path):
+    import pickle
+
+    from studio.engine.singlefile import check_pickle
+
+    for way, make in EVASIONS.items():
+        f = make(tmp_path / f"{way}.pt", tmp_path / f"{way}.pwned")
+        check_pickle(f)  # the pre-scan finds nothing wrong: the refusal below is torch's
+    live = tmp_path / "live.txt"  # run by plain pickle, the payload would create its file
+    pickle.loads(_stack_global(live)).close()
+    pickle.loads(_protocol_0(live.with_suffix(".0"))).close()
+    assert live.exists() and live.with_suffix(".0").exists()
+
+
+@pytest.fixture(scope="module")
+def sd_pipe(tiny_model):
+    from diffusers import StableDiffusionPipeline
+
+    return StableDiffusionPipeline.from_pretrained(tiny_model, local_files_only=True, safety_checker=None,
+                                                   requires_safety_checker=False)  # fmt: skip
+
+
+def _loaders(pipe, tiny_model):
+    """kind -> (file suffix, a function that loads a file as that kind)."""
+    import torch
+
+    from studio.engine import addons, upscalers
+    from studio.engine.singlefile import load_single_file
+
+    return {
+        "checkpoint": (".ckpt", lambda p: load_single_file(p, "sd1", dtype=torch.float32)),
+        "LoRA": (".pt", lambda p: addons.LoraSet(pipe).apply([(p, 1.0)])),
+        "embedding": (".pt", lambda p: addons.load_embeddings(pipe, [p])),
+        "VAE": (".pt", lambda p: addons.load_vae(p, tiny_model)),
+        "upscaler": (".pth", upscalers.load_upscaler),
+        "upscaler state dict": (".pth", upscalers.read_state_dict),
+    }
+
+
+@pytest.mark.parametrize("way", list(EVASIONS))
+def test_a_pickle_past_the_pre_scan_gets_the_security_refusal_as_every_kind(way, sd_pipe, tiny_model, tmp_path):
+    from studio.core.errors import ModelError
+
+    marker = tmp_path / "pwned.txt"
+    for kind, (suffix, load) in _loaders(sd_pipe, tiny_model).items():
+        f = EVASIONS[way](tmp_path / f"evil{suffix}", marker)
+        with pytest.raises(ModelError) as info:
+            load(f)
+        message = str(info.value)
+        assert message.startswith(f"evil{suffix} holds program code, not only weights"), (kind, message)
+        assert "was not opened; use a .safetensors version of it" in message and "\n" not in message, kind
+        assert not marker.exists(), kind
