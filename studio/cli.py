@@ -228,6 +228,16 @@ def _lora_arg(text: str) -> tuple[str, float]:
     return text, 1.0
 
 
+def _check_device(device: str | None) -> None:
+    """An unknown --device, or one this PyTorch lacks, refused before any model is read."""
+    import os
+
+    if device or os.environ.get("STUDIO_DEVICE"):
+        from .engine.engine import pick_device
+
+        pick_device(device)
+
+
 def _generate_and_save(args: argparse.Namespace, request) -> int:
     """Torch only from here on (or a server): the request runs, the paths go to stdout."""
     from .core.output import save_result
@@ -279,6 +289,7 @@ def _run_generation(args: argparse.Namespace, mode: str) -> int:
     from .core.samplers import scheduler_spec
 
     if not args.server:  # a server checks its own names and files
+        _check_device(args.device)
         scheduler_spec(request.sampler, request.schedule)
         if args.model is not None and not Path(args.model).exists():
             raise EngineError(f"Model not found: {args.model}")
@@ -297,6 +308,8 @@ def _run_upscale(args: argparse.Namespace) -> int:
     request = _request(args, "upscale", strength=strength, init_image=init, upscale_mode=args.mode,
                        scale=args.scale, upscaler=args.upscaler, tile=args.tile, tile_overlap=args.overlap)  # fmt: skip
     request.validate()  # before torch is imported: bad input answers at once
+    if not args.server:
+        _check_device(args.device)
     if args.upscaler is not None and not args.server and not Path(args.upscaler).is_file():
         raise EngineError(f"Upscaler not found: {args.upscaler}")
     if args.mode in ("diffusion", "latent") and not args.server:
