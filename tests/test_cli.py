@@ -464,3 +464,11 @@ def test_a_bad_device_is_refused_with_one_line_before_any_work(capsys, monkeypat
     assert (code, out) == (2, "")
     assert err.strip() == f"studio: error: {message}"
     assert not (tmp_path / "o").exists()
+
+
+def test_deeply_nested_emphasis_is_refused_not_a_black_image(capsys, tiny_model, tmp_path):
+    code, out, err = run(capsys, "generate", "--model", tiny_model, "--prompt", "(" * 5000 + "cat" + ")" * 5000,
+                         "--steps", "1", "--width", "32", "--height", "32", "--out", str(tmp_path / "o"), "-q")  # fmt: skip
+    assert (code, out) == (2, ""), err
+    assert "limit" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
