@@ -230,6 +230,16 @@ def _lora_arg(text: str) -> tuple[str, float]:
     return text, 1.0
 
 
+def _check_device(device: str | None) -> None:
+    """An unknown --device, or one this PyTorch lacks, refused before any model is read."""
+    import os
+
+    if device or os.environ.get("STUDIO_DEVICE"):
+        from .engine.engine import pick_device
+
+        pick_device(device)
+
+
 def _generate_and_save(args: argparse.Namespace, request) -> int:
     """Torch only from here on (or a server): the request runs, the paths go to stdout."""
     from .core.output import save_result
@@ -295,6 +305,7 @@ def _run_generation(args: argparse.Namespace, mode: str) -> int:
     from .core.samplers import scheduler_spec
 
     if not args.server:  # a server checks its own names and files
+        _check_device(args.device)
         scheduler_spec(request.sampler, request.schedule)
         if args.model is not None and not Path(args.model).exists():
             raise EngineError(f"Model not found: {args.model}")
@@ -313,6 +324,8 @@ def _run_upscale(args: argparse.Namespace) -> int:
     request = _request(args, "upscale", strength=strength, init_image=init, upscale_mode=args.mode,
                        scale=args.scale, upscaler=args.upscaler, tile=args.tile, tile_overlap=args.overlap)  # fmt: skip
     request.validate()  # before torch is imported: bad input answers at once
+    if not args.server:
+        _check_device(args.device)
     if args.upscaler is not None and not args.server and not Path(args.upscaler).is_file():
         raise EngineError(f"Upscaler not found: {args.upscaler}")
     if args.mode in ("diffusion", "latent") and not args.server:
@@ -358,6 +371,13 @@ def _list_models(extra: list[str], hashes: bool, add: list[str] = ()) -> int:
         print(f"studio: error: not a folder: {', '.join(missing)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     if add:
+        for folder in add:  # scanned before it is saved: a folder that breaks the scan would break every start
+            try:
+                scan([folder])
+            except Exception as e:  # noqa: BLE001 - whatever it is, the folder is not saved
+                print(f"studio: error: cannot scan {folder} ({type(e).__name__}: {first_line(e)}); not added",
+                      file=sys.stderr)  # fmt: skip
+                return EXIT_BAD_INPUT
         settings = Settings.load()
         for folder in add:
             resolved = str(Path(folder).expanduser().resolve())

@@ -449,3 +449,26 @@ def test_upscale_bad_input_exits_2_and_writes_nothing(capsys, tmp_path, request,
     assert out == ""
     assert message in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "o").exists()  # nothing written
+
+
+@pytest.mark.parametrize("device,message", [("banana", "Unknown device banana: use cpu, cuda or mps"),
+                                            ("cuda", "This PyTorch has no CUDA: use --device cpu")])  # fmt: skip
+def test_a_bad_device_is_refused_with_one_line_before_any_work(capsys, monkeypatch, tmp_path, device, message):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.version, "cuda", None)
+    monkeypatch.setattr("studio.engine.loader.load_model", lambda *a, **k: pytest.fail("a model was loaded"))
+    code, out, err = run(capsys, "generate", "--prompt", "x", "--steps", "1", "--device", device,
+                         "--out", str(tmp_path / "o"), "-q")  # fmt: skip
+    assert (code, out) == (2, "")
+    assert err.strip() == f"studio: error: {message}"
+    assert not (tmp_path / "o").exists()
+
+
+def test_deeply_nested_emphasis_is_refused_not_a_black_image(capsys, tiny_model, tmp_path):
+    code, out, err = run(capsys, "generate", "--model", tiny_model, "--prompt", "(" * 5000 + "cat" + ")" * 5000,
+                         "--steps", "1", "--width", "32", "--height", "32", "--out", str(tmp_path / "o"), "-q")  # fmt: skip
+    assert (code, out) == (2, ""), err
+    assert "limit" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())

@@ -84,6 +84,25 @@ def test_break(text, expected):
     _same_runs(parse_prompt_attention(text), expected)
 
 
+@pytest.mark.parametrize(
+    "text", ["(" * 5000 + "cat" + ")" * 5000, "[" * 5000 + "cat", "(" * 33 + "cat", "(cat:1" + "0" * 400 + ")",
+             "((cat:99))"],
+)  # fmt: skip
+def test_emphasis_beyond_the_limit_is_refused_naming_it(text):
+    """1.1 ** 5000 is inf: the conditioning becomes NaN and the image black. Refused with one line instead."""
+    from studio.core.errors import RequestError
+
+    with pytest.raises(RequestError, match=r"limit") as info:
+        parse_prompt_attention(text)
+    assert "\n" not in str(info.value) and len(str(info.value)) < 200
+
+
+def test_emphasis_up_to_the_limit_is_kept():
+    deep = parse_prompt_attention("(" * 32 + "cat" + ")" * 32)
+    assert deep == [("cat", pytest.approx(1.1**32))]
+    assert parse_prompt_attention("(cat:100) [dog:0]")[0] == ("cat", 100.0)
+
+
 def test_extract_loras():
     assert extract_loras("a cat <lora:foo:0.8>, <lora:bar> dog") == ("a cat ,  dog", [("foo", 0.8), ("bar", 1.0)])
     assert extract_loras("<lyco:thing:0.5>x") == ("x", [("thing", 0.5)])

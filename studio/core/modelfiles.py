@@ -21,7 +21,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import ModelError
+from .errors import ModelError, first_line
 
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 MODEL_FILE_SUFFIXES = (".safetensors", *PICKLE_SUFFIXES)
@@ -101,8 +101,10 @@ def read_header(path: str | Path) -> Header:
         meta = json.loads(raw.decode("utf-8"))
         if not isinstance(meta, dict):
             raise ValueError("not a JSON object")
+    except RecursionError as e:  # "[[[[..." 100000 deep: json's decoder recurses
+        raise ModelError(f"{p.name} is not a safetensors file, or it is corrupt (its header nests too deep)") from e
     except (UnicodeDecodeError, ValueError) as e:
-        raise ModelError(f"{p.name} is not a safetensors file, or it is corrupt (header: {e})") from e
+        raise ModelError(f"{p.name} is not a safetensors file, or it is corrupt (header: {first_line(e)[:120]})") from e
     shapes: dict[str, tuple[int, ...]] = {}
     dtypes: dict[str, str] = {}
     offsets: dict[str, tuple[int, int]] = {}
@@ -111,12 +113,15 @@ def read_header(path: str | Path) -> Header:
         for k, v in meta.items():
             if k == "__metadata__":
                 continue
-            shapes[k] = tuple(int(d) for d in v["shape"])
+            shapes[k] = tuple(_count(d) for d in v["shape"])
             dtypes[k] = str(v["dtype"])
-            offsets[k] = (int(v["data_offsets"][0]), int(v["data_offsets"][1]))
-            end = max(end, offsets[k][1])
+            a, b = (_count(o) for o in v["data_offsets"])
+            if b < a:
+                raise ValueError("data_offsets run backwards")
+            offsets[k] = (a, b)
+            end = max(end, b)
     except (KeyError, TypeError, ValueError, IndexError) as e:
-        raise ModelError(f"{p.name}: the safetensors header is corrupt ({e})") from e
+        raise ModelError(f"{p.name}: the safetensors header is corrupt ({first_line(e)[:120]})") from e
     if 8 + n + end > size:
         have = size - 8 - n
         raise ModelError(
@@ -125,6 +130,14 @@ def read_header(path: str | Path) -> Header:
         )
     extra = meta.get("__metadata__") or {}
     return Header(p, shapes, dtypes, extra if isinstance(extra, dict) else {}, data_offset=8 + n, offsets=offsets)
+
+
+def _count(value: object) -> int:
+    """A shape dimension or byte offset as safetensors writes it: a whole number >= 0 (not 1e400, -1, 1.5 or "4",
+    which json hands over as inf, a float or a string)."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ValueError(f"{str(value)[:20]} is not a size")
+    return value
 
 
 def _pickle_bytes(path: Path) -> bytes:
@@ -355,17 +368,20 @@ def classify_header(header: Header) -> ModelFile:
 
 
 def classify(path: str | Path) -> ModelFile:
-    """Classify one file or diffusers folder; never raises (a broken file is "unknown" with a note)."""
+    """Classify one file or diffusers folder; never raises (a broken file is "unknown" with a note): one crafted file
+    in a model folder must not take the library, and so every generation and the window, down with it."""
     p = Path(path)
-    if p.is_dir():
-        if (p / "model_index.json").is_file():
-            arch = _diffusers_arch(p)
-            return ModelFile(p, "diffusers", arch, _folder_size(p))
-        return ModelFile(p, "unknown", note="a folder with no model_index.json")
     try:
+        if p.is_dir():
+            if (p / "model_index.json").is_file():
+                arch = _diffusers_arch(p)
+                return ModelFile(p, "diffusers", arch, _folder_size(p))
+            return ModelFile(p, "unknown", note="a folder with no model_index.json")
         return classify_header(read_header(p))
     except ModelError as e:
-        return ModelFile(p, "unknown", "", _size(p), note=str(e))
+        return ModelFile(p, "unknown", "", _size(p), note=first_line(e))
+    except Exception as e:  # noqa: BLE001 - a header no check above foresaw: the file is unusable, nothing else
+        return ModelFile(p, "unknown", "", _size(p), note=f"{p.name} cannot be read as a model ({type(e).__name__})")
 
 
 def _diffusers_arch(folder: Path) -> str:

@@ -96,10 +96,11 @@ def scan(folders: list[str | Path]) -> list[ModelFile]:
                 p = Path(entry.path)
                 try:
                     is_dir = entry.is_dir()
+                    is_pipeline = is_dir and (p / "model_index.json").is_file()
                 except OSError:
                     continue
                 if is_dir:
-                    if (p / "model_index.json").is_file():
+                    if is_pipeline:
                         item = classify_cached(p)
                     elif depth < MAX_DEPTH and entry.name.lower() not in _SKIP:
                         stack.append((p, depth + 1))
@@ -111,7 +112,10 @@ def scan(folders: list[str | Path]) -> list[ModelFile]:
                     item = classify_cached(p, folder_hint(p, roots))
                 else:
                     continue
-                key = str(p.resolve())
+                try:
+                    key = str(p.resolve())
+                except (OSError, RuntimeError):  # a symlink loop
+                    key = str(p)
                 if key not in seen:
                     seen.add(key)
                     found.append(item)

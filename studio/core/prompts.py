@@ -11,18 +11,25 @@ tensors. Departures, all where A1111 misbehaves:
   negative weight); BREAK markers are never merged with a neighbour.
 - A weight that the regex accepts but `float` does not, as in `(a:1.2.3)`, is left as plain text (A1111 raises).
 - A `<lora:...>` weight that is not a number raises ValueError naming the tag (A1111 logs it and applies no LoRA).
+- Brackets nested deeper than MAX_NESTING, or a weight beyond MAX_WEIGHT, are refused (RequestError naming the
+  limit): A1111 multiplies on, 1.1 ** 5000 is inf, and the conditioning turns to NaN: a black image.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Sequence
+
+from .errors import RequestError
 
 ROUND_MULTIPLIER = 1.1
 SQUARE_MULTIPLIER = 1 / 1.1
 CHUNK_LENGTH = 75  # tokens of text per chunk; with the start and end tokens, CLIP's 77
 COMMA_BACKTRACK = 20  # A1111's default `comma_padding_backtrack`
 BREAK = ("BREAK", -1.0)  # the marker parse_prompt_attention puts where a chunk must end, as A1111 writes it
+MAX_NESTING = 32  # brackets open at once: (((a))) 32 deep is x21, far past any useful emphasis
+MAX_WEIGHT = 100.0  # |weight| of a run, nesting and explicit weights multiplied
 
 # A1111's tokens, in its order: escapes, a lone backslash, openers, an explicit weight closing a round bracket,
 # closers, a run of plain text, a lone colon.
@@ -78,10 +85,10 @@ def parse_prompt_attention(text: str) -> list[tuple[str, float]]:
                 weight = None
         if token.startswith("\\"):
             res.append([token[1:], 1.0, False])
-        elif token == "(":
-            round_brackets.append(len(res))
-        elif token == "[":
-            square_brackets.append(len(res))
+        elif token in ("(", "["):
+            if len(round_brackets) + len(square_brackets) >= MAX_NESTING:
+                raise RequestError(f"brackets nested more than {MAX_NESTING} deep (the limit); write \\( for a literal one")
+            (round_brackets if token == "(" else square_brackets).append(len(res))
         elif weight is not None and round_brackets:
             multiply_range(round_brackets.pop(), weight_value)
         elif token == ")" and round_brackets:
@@ -101,6 +108,9 @@ def parse_prompt_attention(text: str) -> list[tuple[str, float]]:
 
     if not res:
         res = [["", 1.0, False]]
+    for t, w, is_break in res:
+        if not is_break and not (math.isfinite(w) and abs(w) <= MAX_WEIGHT):
+            raise RequestError(f"{t.strip()[:30]!r} is weighted x{w:.3g}; the limit is x{MAX_WEIGHT:g}")
 
     i = 0
     while i + 1 < len(res):

@@ -51,14 +51,21 @@ TILED_DECODE_PIXELS = 1536 * 1536  # above this many output pixels the VAE decod
 
 def pick_device(device: str | None = None) -> tuple[torch.device, torch.dtype]:
     """CUDA fp16, Apple MPS fp16, else CPU fp32 (never bf16 on a CPU: it is very slow there)."""
-    name = device or os.environ.get("STUDIO_DEVICE") or "auto"
+    name = (device or os.environ.get("STUDIO_DEVICE") or "auto").strip().lower()
+    mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
     if name == "auto":
-        if torch.cuda.is_available():
-            name = "cuda"
-        elif getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            name = "mps"
-        else:
-            name = "cpu"
+        name = "cuda" if torch.cuda.is_available() else "mps" if mps else "cpu"
+    kind, _, index = name.partition(":")
+    if kind not in ("cpu", "cuda", "mps") or (index and not (kind == "cuda" and index.isdigit())):
+        raise RequestError(f"Unknown device {name}: use cpu, cuda or mps")
+    # Refused here, before any model is read: torch would accept the name and fail at the first tensor.
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise RequestError("This PyTorch has no CUDA: use --device cpu" if torch.version.cuda is None else
+                           "No CUDA GPU is available (driver or device missing): use --device cpu")  # fmt: skip
+    if kind == "cuda" and index and int(index) >= torch.cuda.device_count():
+        raise RequestError(f"There is no {name}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+    if kind == "mps" and not mps:
+        raise RequestError("This PyTorch has no MPS (Apple GPU) device: use --device cpu")
     dev = torch.device(name)
     return dev, (torch.float32 if dev.type == "cpu" else torch.float16)
 

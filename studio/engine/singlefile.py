@@ -24,7 +24,7 @@ from typing import Any
 from ..core.errors import ModelError, first_line, is_out_of_memory
 from ..core.modelfiles import ARCHS, PICKLE_SUFFIXES, pickle_globals
 from ..paths import TOKENIZER_DIR, configs_dir
-from .weights import damaged, pickle_with_code, refused_globals
+from .weights import code_refusal, damaged, pickle_with_code
 
 log = logging.getLogger(__name__)
 
@@ -102,12 +102,14 @@ def load_single_file(
         with _checkpoint_is(converted):
             pipe = cls.from_single_file(str(path), config=str(folder), local_files_only=True, torch_dtype=dtype,
                                         **kwargs)  # fmt: skip
-    except pickle.UnpicklingError as e:  # diffusers' torch.load(weights_only=True) refused what the scan let by
-        found = refused_globals(e)
-        raise (damaged(path.name) if found is None else pickle_with_code(path.name, found)) from e
     except ModelError:
         raise
     except Exception as e:  # noqa: BLE001 - shape mismatches, corrupt tensors: one line for the artist
+        refusal = code_refusal(e, path.name)  # diffusers' torch.load(weights_only=True) refused what the scan let by
+        if refusal is not None:
+            raise refusal from e
+        if isinstance(e, pickle.UnpicklingError):
+            raise damaged(path.name) from e
         if is_out_of_memory(e):
             raise
         raise ModelError(f"Cannot load {path.name} as {ARCHS[arch][0]}: {first_line(e)}") from e

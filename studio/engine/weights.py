@@ -37,13 +37,40 @@ def pickle_with_code(name: str, found: Iterable[str] = ()) -> ModelError:
     )
 
 
+# Opcodes that import or build objects: torch's weights_only unpickler implements none of them (GLOBAL it checks),
+# so "Unsupported operand" naming one is a pickle that wants code (a STACK_GLOBAL from the memo fools a scan).
+_CODE_OPCODES = {ord("i"), ord("o"), 0x82, 0x83, 0x84, 0x92, 0x93}  # INST OBJ EXT1 EXT2 EXT4 NEWOBJ_EX STACK_GLOBAL
+_CODE_REFUSALS = re.compile(r"call reduce for unrecognized function|Can only (create new object|build) ")
+
+
 def refused_globals(error: BaseException) -> list[str] | None:
     """What torch's weights_only unpickler refused to import ([] when it names nothing), or None when ``error`` is no
-    such refusal ("Unsupported operand": not a pickle at all)."""
+    such refusal ("Unsupported operand" of a plain opcode: not a pickle at all)."""
     text = str(error)
     found = re.findall(r"GLOBAL ([\w.]+)", text)
-    if found or "global" in text.lower():
+    if found or "global" in text.lower() or _CODE_REFUSALS.search(text):
         return found
+    operand = re.search(r"Unsupported operand (\d+)", text)
+    if operand and int(operand.group(1)) in _CODE_OPCODES:
+        return []
+    return None
+
+
+def code_refusal(error: BaseException, name: str) -> ModelError | None:
+    """``pickle_with_code`` when torch's weights_only unpickler refused the file as code, whatever the studio's own
+    pre-scan said; found in ``error`` or what it was raised from or while handling (diffusers raises its own OSError
+    while handling torch's). None when it is no such refusal."""
+    import pickle
+
+    seen: set[int] = set()
+    e: BaseException | None = error
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, pickle.UnpicklingError):
+            found = refused_globals(e)
+            if found is not None:
+                return pickle_with_code(name, found)
+        e = e.__cause__ or e.__context__
     return None
 
 
@@ -70,8 +97,6 @@ def torch_load(path: str | Path, allow: Sequence[type] = (), mmap: bool = False)
 
     ModelError for a pickle that would run code (``pickle_with_code``), a TorchScript file, and a damaged one.
     """
-    import pickle
-
     import torch
 
     p = Path(path)
@@ -84,16 +109,12 @@ def torch_load(path: str | Path, allow: Sequence[type] = (), mmap: bool = False)
                     if "mmap" not in str(e):
                         raise
             return torch.load(str(p), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        found = refused_globals(e)
-        if found is not None:
-            raise pickle_with_code(p.name, found) from e
-        raise damaged(p.name) from e
-    except RuntimeError as e:
-        if "TorchScript" in str(e):
-            raise ModelError(f"{p.name}: a TorchScript file, which is not supported; use .safetensors") from e
-        raise damaged(p.name) from e
     except Exception as e:  # noqa: BLE001 - EOFError, a zip that is not one, ...: the same thing to the artist
+        refusal = code_refusal(e, p.name)
+        if refusal is not None:
+            raise refusal from e
+        if isinstance(e, RuntimeError) and "TorchScript" in str(e):
+            raise ModelError(f"{p.name}: a TorchScript file, which is not supported; use .safetensors") from e
         raise damaged(p.name) from e
 
 
