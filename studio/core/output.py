@@ -7,6 +7,7 @@ A1111's `PngInfo.add_text` does); JPEG and WebP get the same text as EXIF UserCo
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import struct
@@ -152,23 +153,24 @@ class SaveError(EngineError):
 
 
 def check_output_dir(out_dir: str | os.PathLike) -> Path:
-    """`out_dir`, created if missing and proven to take a file (a temporary one, removed at once), before a run.
+    """`out_dir`, proven before a run to take a file: a temporary one is written and removed in it, or in its
+    nearest existing folder when it is still to be made (the first save makes it: a refused run leaves nothing).
 
     RequestError naming the folder when it is a file, below a file, read-only or otherwise unwritable.
     """
-    out = Path(out_dir).expanduser()
+    out = Path(out_dir).expanduser().absolute()
+    probe = out
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
     try:
-        if out.exists() and not out.is_dir():
-            raise NotADirectoryError(0, "it is a file, not a folder")
-        out.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(prefix=".studio-write-test-", suffix=TMP_SUFFIX, dir=out)
+        if not probe.is_dir():
+            reason = "it is a file, not a folder" if probe == out else "a part of its path is a file"
+            raise NotADirectoryError(errno.ENOTDIR, reason)
+        fd, name = tempfile.mkstemp(prefix=".studio-write-test-", suffix=TMP_SUFFIX, dir=probe)
         os.close(fd)
         os.unlink(name)
     except OSError as e:
-        reason = e.strerror or first_line(e)
-        if isinstance(e, (FileExistsError, NotADirectoryError)) or not out.parent.is_dir():
-            reason = "it is a file, not a folder" if out.is_file() else "a part of its path is a file"
-        raise RequestError(f"Cannot write to the output folder {out}: {reason}") from e
+        raise RequestError(f"Cannot write to the output folder {out_dir}: {e.strerror or first_line(e)}") from e
     return out
 
 
