@@ -444,6 +444,8 @@ def _list_models(extra: list[str], hashes: bool, add: list[str] = ()) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    global _line_open
+    _line_open = False
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     message = unknown_command(argv[0], parser) if argv else None
