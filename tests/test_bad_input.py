@@ -364,3 +364,28 @@ def test_sigint_on_a_server_run_interrupts_the_server_job(tmp_path):
         finally:
             fake.stop()
     assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
+
+
+CPU_OOM = "[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory: you tried to allocate 2359296000 bytes"
+
+
+@pytest.mark.parametrize("where", ["sampling", "decode"])
+def test_a_cpu_out_of_memory_in_the_engine_is_the_studios_message(capsys, monkeypatch, tiny_model, tmp_path, where):
+    import studio.engine.engine
+    import studio.engine.steps
+    from studio.core.errors import describe_error
+
+    def oom(*a, **k):
+        raise RuntimeError(CPU_OOM)
+
+    target = (
+        (studio.engine.steps.StepTracker, "callback")
+        if where == "sampling"
+        else (studio.engine.engine.Engine, "decode")
+    )
+    monkeypatch.setattr(*target, oom)
+    code, out, err = run(capsys, "generate", "--model", tiny_model, "--prompt", "x", "--steps", "2", "--width", "32",
+                         "--height", "32", "--out", str(tmp_path), "-q")  # fmt: skip
+    assert out == "" and code in (1, 2)
+    assert err.splitlines() == [f"studio: error: {OUT_OF_MEMORY}"]
+    assert describe_error(RuntimeError(CPU_OOM)) == OUT_OF_MEMORY  # the window's wording too
