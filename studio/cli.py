@@ -274,27 +274,7 @@ def _generate_and_save(args: argparse.Namespace, request) -> int:
 
     out = _output_folder(args)  # before the work: a run is never wasted on a folder that takes no file
     with _Stop() as stop:
-        if getattr(args, "server", None):
-            import os
-
-            from .backends.comfyui.backend import ComfyUIBackend
-
-            backend = ComfyUIBackend(args.server, args.token or os.environ.get("STUDIO_SERVER_TOKEN", ""))
-            try:
-                backend.start()
-                result = backend.generate(request, on_step=_progress(args.quiet), cancel=stop.cancel)
-            finally:
-                backend.close()
-        else:
-            from .backends.local import LocalBackend
-            from .core.memory import MemoryOptions
-
-            memory = MemoryOptions(args.attention_slicing, args.vae_tiling, args.offload)
-            local = LocalBackend(device=args.device, model_folders=model_folders()[1:], memory=memory)
-            try:
-                result = local.generate(request, on_step=_progress(args.quiet), cancel=stop.cancel)
-            finally:
-                local.close()
+        result = _run_request(args, request, stop.cancel)
         if stop.signum or result.cancelled:
             return stop.exit_code()
 
@@ -306,6 +286,32 @@ def _generate_and_save(args: argparse.Namespace, request) -> int:
         if stop.signum:
             return stop.exit_code()
     return 0
+
+
+def _run_request(args: argparse.Namespace, request, cancel):
+    """The request on the server the artist named, or on this machine; a set `cancel` ends it early."""
+    if getattr(args, "server", None):
+        import os
+
+        from .backends.comfyui.backend import ComfyUIBackend
+
+        backend = ComfyUIBackend(args.server, args.token or os.environ.get("STUDIO_SERVER_TOKEN", ""))
+        try:
+            backend.start()
+            result = backend.generate(request, on_step=_progress(args.quiet), cancel=cancel)
+        finally:
+            backend.close()
+    else:
+        from .backends.local import LocalBackend
+        from .core.memory import MemoryOptions
+
+        memory = MemoryOptions(args.attention_slicing, args.vae_tiling, args.offload)
+        local = LocalBackend(device=args.device, model_folders=model_folders()[1:], memory=memory)
+        try:
+            result = local.generate(request, on_step=_progress(args.quiet), cancel=cancel)
+        finally:
+            local.close()
+    return result
 
 
 def _run_generation(args: argparse.Namespace, mode: str) -> int:
