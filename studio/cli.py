@@ -166,34 +166,14 @@ def unknown_command(word: str, parser: argparse.ArgumentParser | None = None) ->
 
 
 def _read_image(path: str, what: str = "image"):
-    import numpy as np
-    from PIL import Image, UnidentifiedImageError
+    """An input image as HxWx3 uint8 (what="mask": HxW, 255 = repaint), any mode (16-bit grey scaled, not clipped);
+    RequestError when it is missing, unreadable or too large."""
+    from .core.imagefile import read_image
 
-    p = Path(path)
-    if not p.is_file():
-        raise RequestError(f"{what.capitalize()} not found: {p}")
-    try:
-        with Image.open(p) as im:
-            im.load()
-            if what == "mask":
-                return _mask_array(im)
-            return np.asarray(im.convert("RGB")).copy()
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
-        raise RequestError(f"Cannot read {what} {p}: {first_line(e)}") from e
+    return read_image(path, what)
 
 
-def _mask_array(im):
-    """A mask image of any mode -> HxW uint8, 255 = repaint: its luminance, times its alpha where it has one
-    (a transparent pixel is not painted)."""
-    import numpy as np
-
-    has_alpha = im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info)
-    if not has_alpha:
-        return np.asarray(im.convert("L")).copy()
-    rgba = im.convert("RGBA")
-    lum = np.asarray(rgba.convert("L"), np.uint32)
-    alpha = np.asarray(rgba.getchannel("A"), np.uint32)
-    return ((lum * alpha + 127) // 255).astype(np.uint8)
+_line_open = False  # a progress line is on stderr without its newline: an error starts a new line
 
 
 def _progress(quiet: bool):
@@ -201,11 +181,20 @@ def _progress(quiet: bool):
         return None
 
     def on_step(info) -> None:
+        global _line_open
         last = info.step == info.total and (not info.parts or info.part == info.parts)
         end = "\n" if last else ""
         print(f"\r{info.label()}  {info.elapsed:.1f}s", end=end, file=sys.stderr, flush=True)
+        _line_open = not last
 
     return on_step
+
+
+def _say(line: str) -> None:
+    """One line on stderr, on a line of its own (after an open progress line)."""
+    global _line_open
+    print(("\n" if _line_open else "") + line, file=sys.stderr, flush=True)
+    _line_open = False
 
 
 def _request(args: argparse.Namespace, mode: str, **fields):
@@ -215,7 +204,8 @@ def _request(args: argparse.Namespace, mode: str, **fields):
     shared = dict(prompt=args.prompt, negative_prompt=args.negative, model=args.model, mode=mode,
                   sampler=args.sampler, schedule=args.schedule, steps=args.steps, cfg=args.cfg, seed=args.seed,
                   width=args.width, height=args.height, clip_skip=args.clip_skip, vae=args.vae,
-                  loras=tuple(_lora_arg(a) for a in args.lora), prediction=args.prediction)  # fmt: skip
+                  loras=tuple(_lora_arg(a) for a in args.lora), prediction=args.prediction,
+                  preview="none")  # fmt: skip  # the CLI shows no previews: none are made or fetched
     return GenerateRequest.from_fields(**{**shared, **fields})
 
 
@@ -240,11 +230,78 @@ def _check_device(device: str | None) -> None:
         pick_device(device)
 
 
-def _generate_and_save(args: argparse.Namespace, request) -> int:
-    """Torch only from here on (or a server): the request runs, the paths go to stdout."""
-    from .core.output import save_result
+class _Stop:
+    """SIGINT and SIGTERM during a run: the run's `cancel` is set (the local engine stops at its next step, a server
+    job is interrupted) and a save under way finishes; then the CLI exits 128 + the signal. A second signal stops at
+    once (KeyboardInterrupt: the atomic writer still removes its temporary file)."""
+
+    SIGNALS = ("SIGINT", "SIGTERM")
+
+    def __init__(self) -> None:
+        import threading
+
+        self.cancel = threading.Event()
+        self.signum = 0
+        self._old: dict = {}
+
+    def __enter__(self) -> _Stop:
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for name in self.SIGNALS:
+                sig = getattr(signal, name)
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import signal
+
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+    def _handle(self, signum, frame) -> None:
+        if self.signum:
+            raise KeyboardInterrupt
+        self.signum = signum
+        self.cancel.set()
+
+    def exit_code(self) -> int:
+        import signal
+
+        _say("studio: terminated" if self.signum == signal.SIGTERM else "studio: interrupted")
+        return 128 + int(self.signum)
+
+
+def _output_folder(args: argparse.Namespace) -> Path:
+    from .core.output import check_output_dir
     from .paths import default_output_dir
 
+    return check_output_dir(Path(args.out) if args.out else default_output_dir())
+
+
+def _generate_and_save(args: argparse.Namespace, request) -> int:
+    """Torch only from here on (or a server): the request runs, each path goes to stdout as it is written."""
+    from .core.output import save_result
+
+    out = _output_folder(args)  # before the work: a run is never wasted on a folder that takes no file
+    with _Stop() as stop:
+        result = _run_request(args, request, stop.cancel)
+        if stop.signum or result.cancelled:
+            return stop.exit_code()
+
+        def saved(path: Path) -> bool:
+            print(path, flush=True)
+            return not stop.signum  # a signal during that save: it finished, no other starts
+
+        save_result(result, out, __version__, on_saved=saved)
+        if stop.signum:
+            return stop.exit_code()
+    return 0
+
+
+def _run_request(args: argparse.Namespace, request, cancel):
+    """The request on the server the artist named, or on this machine; a set `cancel` ends it early."""
     if getattr(args, "server", None):
         import os
 
@@ -254,7 +311,7 @@ def _generate_and_save(args: argparse.Namespace, request) -> int:
         try:
             backend.start()
             request = _server_model(backend, request)
-            result = backend.generate(request, on_step=_progress(args.quiet))
+            result = backend.generate(request, on_step=_progress(args.quiet), cancel=cancel)
         finally:
             backend.close()
     else:
@@ -264,13 +321,10 @@ def _generate_and_save(args: argparse.Namespace, request) -> int:
         memory = MemoryOptions(args.attention_slicing, args.vae_tiling, args.offload)
         local = LocalBackend(device=args.device, model_folders=model_folders()[1:], memory=memory)
         try:
-            result = local.generate(request, on_step=_progress(args.quiet))
+            result = local.generate(request, on_step=_progress(args.quiet), cancel=cancel)
         finally:
             local.close()
-    out = Path(args.out) if args.out else default_output_dir()
-    for path in save_result(result, out, __version__):
-        print(path, flush=True)
-    return 0
+    return result
 
 
 def _server_model(backend, request):
@@ -344,12 +398,34 @@ def _info(path: str) -> int:
 
     if not Path(path).is_file():
         raise RequestError(f"Image not found: {path}")
-    text = read_parameters(path)
+    import warnings
+
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            text = read_parameters(path)
+    except RequestError as e:
+        if isinstance(e.__cause__, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
+            from .core.imagefile import too_large
+
+            raise too_large("image", path, first_line(e.__cause__).split(")")[0].replace("Image size (", "")) from e
+        raise
     if text is None:
         print(f"studio: {path} holds no generation parameters", file=sys.stderr)
         return 1
-    print(text)
+    print(printable(text))
     return 0
+
+
+def printable(text: str) -> str:
+    """`text` with control characters other than newline and tab escaped (\\x1b...): a PNG's metadata must not
+    drive the terminal."""
+    import unicodedata
+
+    return "".join(c.encode("unicode_escape").decode("ascii") if c not in "\n\t" and unicodedata.category(c) == "Cc"
+                   else c for c in text)  # fmt: skip
 
 
 def model_folders(extra: list[str] | None = None) -> list[Path]:
@@ -410,6 +486,8 @@ def _list_models(extra: list[str], hashes: bool, add: list[str] = ()) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    global _line_open
+    _line_open = False
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     message = unknown_command(argv[0], parser) if argv else None
@@ -451,14 +529,35 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return EXIT_BAD_INPUT
     except EngineError as e:
-        print(f"studio: error: {first_line(e)}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        from .core.output import SaveError
+
+        _say(f"studio: error: {first_line(e)}")
+        return 1 if isinstance(e, SaveError) else EXIT_BAD_INPUT  # a SaveError: the saved paths are printed already
     except KeyboardInterrupt:
-        print("studio: interrupted", file=sys.stderr)
+        _say("studio: interrupted")
         return 130
+    except BrokenPipeError:  # `studio info x.png | head`: the reader has what it wanted
+        _quiet_stdout()
+        return 0
     except Exception as e:  # noqa: BLE001 - the CLI promises one line, never a traceback
-        if is_out_of_memory(e):  # MemoryError, or torch's OutOfMemoryError from a training command
-            print(f"studio: error: {OUT_OF_MEMORY}", file=sys.stderr)
+        if is_out_of_memory(e):  # MemoryError, torch's OutOfMemoryError, or the CPU allocator's RuntimeError
+            _say(f"studio: error: {OUT_OF_MEMORY}")
+        elif type(e).__name__ == "DecompressionBombError":  # an image read outside studio.core.imagefile
+            from .core.requests import MAX_UPSCALE_SIDE
+
+            _say(f"studio: error: The image is too large: at most {MAX_UPSCALE_SIDE} px a side")
+            return EXIT_BAD_INPUT
         else:
-            print(f"studio: unexpected error ({type(e).__name__}): {first_line(e)}", file=sys.stderr)
+            _say(f"studio: unexpected error ({type(e).__name__}): {first_line(e)}")
         return 1
+
+
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's own flush at exit meets no broken pipe either."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass

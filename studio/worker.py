@@ -356,6 +356,7 @@ class Worker(QObject):
             except Exception as exc:  # noqa: BLE001 - reported with the result
                 log.exception("saving job %s", job.id)
                 save_error = describe_error(exc)
+                paths = list(getattr(exc, "paths", []))  # a SaveError: the images saved before the disk refused
         out = JobOutput(result, paths, timeline_x0=list(result.step_previews.get("x0", [])),
                         timeline_latent=list(result.step_previews.get("latent", [])), save_error=save_error)
         job.state = JobState.DONE

@@ -31,8 +31,11 @@ def first_line(exc: BaseException | str) -> str:
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
-    """A MemoryError, or torch's OutOfMemoryError (matched by class name, so torch is not imported)."""
-    return isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError"
+    """A MemoryError, torch's OutOfMemoryError (matched by class name, so torch is not imported), or the
+    RuntimeError torch's CPU allocator raises ("DefaultCPUAllocator: can't allocate memory")."""
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
+        return True
+    return isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc)
 
 
 def describe_error(exc: BaseException) -> str:

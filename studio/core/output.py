@@ -7,14 +7,17 @@ A1111's `PngInfo.add_text` does); JPEG and WebP get the same text as EXIF UserCo
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import struct
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
-from .atomic import atomic_write
+from .atomic import TMP_SUFFIX, atomic_write
 from .errors import EngineError, RequestError, first_line
 from .metadata import encode_user_comment, parameters_for
 from .requests import GenerateResult
@@ -141,28 +144,84 @@ def next_paths(out_dir: str | os.PathLike, n: int, seed: int, stem_hint: str = "
     return paths
 
 
-def save_result(result: GenerateResult, out_dir: str | os.PathLike, version: str, *, ext: str = ".png") -> list[Path]:
+class SaveError(EngineError):
+    """Some images of a run were not saved: `paths` are those that were (images 1..len(paths)), the rest were not."""
+
+    def __init__(self, message: str, paths: list[Path]):
+        super().__init__(message)
+        self.paths = paths
+
+
+def check_output_dir(out_dir: str | os.PathLike) -> Path:
+    """`out_dir`, proven before a run to take a file: a temporary one is written and removed in it, or in its
+    nearest existing folder when it is still to be made (the first save makes it: a refused run leaves nothing).
+
+    RequestError naming the folder when it is a file, below a file, read-only or otherwise unwritable.
+    """
+    out = Path(out_dir).expanduser().absolute()
+    probe = out
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    try:
+        if not probe.is_dir():
+            reason = "it is a file, not a folder" if probe == out else "a part of its path is a file"
+            raise NotADirectoryError(errno.ENOTDIR, reason)
+        fd, name = tempfile.mkstemp(prefix=".studio-write-test-", suffix=TMP_SUFFIX, dir=probe)
+        os.close(fd)
+        os.unlink(name)
+    except OSError as e:
+        raise RequestError(f"Cannot write to the output folder {out_dir}: {e.strerror or first_line(e)}") from e
+    return out
+
+
+def save_result(
+    result: GenerateResult,
+    out_dir: str | os.PathLike,
+    version: str,
+    *,
+    ext: str = ".png",
+    on_saved: Callable[[Path], bool | None] | None = None,
+) -> list[Path]:
     """Save every image of a run into `out_dir` with its own `parameters` text; returns the paths.
 
     Image i is written with result.seeds[i]; when the request has no width/height, Size comes from
     the image. A file that appears under a chosen name meanwhile is never overwritten: the next name
-    is taken instead.
+    is taken instead. `on_saved(path)` is called as each file is written; returning False stops there
+    (the paths so far are returned). A failed save raises SaveError: its `paths` are the images saved
+    before it, its message names the images that were not.
     """
     paths: list[Path] = []
+    n = len(result.images)
     for i, img in enumerate(result.images):
-        req = result.request
-        if not (req.width and req.height):
-            h, w = np.asarray(img).shape[:2]
-            req = req.replace(width=int(w), height=int(h))
-        seed = result.seeds[i] if i < len(result.seeds) else (result.seeds[0] if result.seeds else 0) + i
-        text = parameters_for(req, seed, result.model_name, result.model_hash, version, result.extra_params)
-        for _attempt in range(100):
-            target = next_paths(out_dir, 1, seed, ext=ext)[0]
-            try:
-                paths.append(save_image(img, target, text, overwrite=False))
-                break
-            except FileExistsError:
-                continue
-        else:
-            raise EngineError(f"Cannot save image in {out_dir}: no free file name")
+        try:
+            path = _save_one(result, i, img, out_dir, version, ext)
+        except (EngineError, OSError) as e:
+            if isinstance(e, RequestError):
+                raise
+            missing = list(range(i + 1, n + 1))
+            names = " and ".join([", ".join(map(str, missing[:-1])), str(missing[-1])] if len(missing) > 1 else
+                                 [str(missing[0])])  # fmt: skip
+            reason = first_line(getattr(e, "strerror", None) or e) if isinstance(e, OSError) else first_line(e)
+            if n > 1:
+                reason += f" (image{'s' if len(missing) > 1 else ''} {names} of {n} not saved)"
+            raise SaveError(reason, paths) from e
+        paths.append(path)
+        if on_saved is not None and on_saved(path) is False:
+            break
     return paths
+
+
+def _save_one(result: GenerateResult, i: int, img, out_dir: str | os.PathLike, version: str, ext: str) -> Path:
+    req = result.request
+    if not (req.width and req.height):
+        h, w = np.asarray(img).shape[:2]
+        req = req.replace(width=int(w), height=int(h))
+    seed = result.seeds[i] if i < len(result.seeds) else (result.seeds[0] if result.seeds else 0) + i
+    text = parameters_for(req, seed, result.model_name, result.model_hash, version, result.extra_params)
+    for _attempt in range(100):
+        target = next_paths(out_dir, 1, seed, ext=ext)[0]
+        try:
+            return save_image(img, target, text, overwrite=False)
+        except FileExistsError:
+            continue
+    raise EngineError(f"Cannot save image in {out_dir}: no free file name")

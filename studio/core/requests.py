@@ -18,6 +18,7 @@ MASKED_CONTENTS: tuple[str, ...] = ("original", "fill", "noise")
 # Upscaling: "resize" (Lanczos only), "model" (an upscaler model file: ESRGAN, SwinIR... through spandrel),
 # "diffusion" (resize, then tiled img2img at low strength with the loaded model), "latent" (the x4 upscaler layout).
 UPSCALE_MODES: tuple[str, ...] = ("resize", "model", "diffusion", "latent")
+MAX_SIDE = 4096  # px a side: the largest working size, and the largest img2img / inpaint input
 MAX_UPSCALE_SIDE = 8192  # px: an upscale past this is refused before any work starts
 MAX_UPSCALE_PIXELS = 8192 * 8192
 MAX_SEED = 2**32 - 1
@@ -157,7 +158,7 @@ class GenerateRequest:
         """Raise RequestError with a message an artist understands."""
         if self.mode not in MODES:
             raise RequestError(f"Unknown mode {self.mode!r}; expected one of {', '.join(MODES)}")
-        top = MAX_UPSCALE_SIDE if self.mode == "upscale" else 4096  # an upscale's width x height is its target
+        top = MAX_UPSCALE_SIDE if self.mode == "upscale" else MAX_SIDE  # an upscale's width x height is its target
         for name, v in (("Width", self.width), ("Height", self.height)):
             if v is None:
                 continue
@@ -176,6 +177,10 @@ class GenerateRequest:
             raise RequestError(f"Seed must be between 0 and {MAX_SEED}, got {self.seed}")
         if self.mode in ("img2img", "inpaint", "upscale") and self.init_image is None:
             raise RequestError(f"{self.mode} needs an input image")
+        if self.mode in ("img2img", "inpaint") and self.init_image is not None:
+            ih, iw = self.init_image.shape[:2]
+            if max(iw, ih) > MAX_SIDE:  # refused before any work (the engine would run minutes, then fail)
+                raise RequestError(f"The input image is {iw}x{ih}: {self.mode} takes at most {MAX_SIDE} px a side")
         if self.mode in ("img2img", "inpaint") and not 0.0 < self.strength <= 1.0:
             raise RequestError(f"Denoising strength must be in (0, 1], got {self.strength}")
         if self.mode == "inpaint":

@@ -224,6 +224,8 @@ class Engine:
             except (torch.cuda.OutOfMemoryError, MemoryError) as e:
                 raise EngineError(self.out_of_memory()) from e
             except Exception as e:  # noqa: BLE001 - one readable line for the artist; the chain keeps the cause
+                if is_out_of_memory(e):  # the CPU allocator's RuntimeError
+                    raise EngineError(self.out_of_memory()) from e
                 raise EngineError(f"Generation failed: {first_line(e)}") from e
             finally:
                 tracker.restore()

@@ -54,7 +54,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..core.errors import EngineError, ModelError, RequestError, first_line
+from ..core.errors import EngineError, ModelError, RequestError, first_line, is_out_of_memory
 from ..core.requests import MAX_SEED, GenerateRequest, GenerateResult, StepInfo
 from ..core.tiling import Rect, TileBlender, tile_grid
 from .steps import Cancelled, StepTracker, crop_fractions
@@ -176,7 +176,7 @@ def run(engine, request: GenerateRequest, on_step, cancel, t_start: float) -> Ge
     except MemoryError as e:
         raise EngineError(engine.out_of_memory()) from e
     except Exception as e:  # noqa: BLE001 - one readable line for the artist; the chain keeps the cause
-        if type(e).__name__ == "OutOfMemoryError":
+        if is_out_of_memory(e):  # torch's OutOfMemoryError, or the CPU allocator's RuntimeError
             raise EngineError(engine.out_of_memory()) from e
         raise EngineError(f"Upscale failed: {first_line(e)}") from e
     if job.cancelled():

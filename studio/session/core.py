@@ -17,12 +17,13 @@ from typing import Any
 
 import numpy as np
 from PySide6.QtCore import QObject, Qt, Signal
-from PySide6.QtGui import QColor, QImage
+from PySide6.QtGui import QColor, QImage, QImageReader
 
 from studio.backends.base import BackendInfo
 from studio.core.errors import EngineError, RequestError, describe_error
 from studio.core.jobs import DecodedStep, JobKind, JobOutput, LoadModel, ModelLoaded
 from studio.core.memory import MemoryOptions
+from studio.core.output import check_output_dir
 from studio.core.requests import StepInfo
 from studio.qimage import array_to_qimage, qimage_to_array, qimage_to_gray
 from studio.qtcompat import emit
@@ -212,10 +213,10 @@ class Session(QObject):
             if request.mode != "txt2img":
                 request = self._with_canvas(request)
             request.validate()
+            out_dir = check_output_dir(self.output_dir)  # before the run: it is never wasted on a folder taking no file
         except EngineError as exc:
             emit(self.message, describe_error(exc), "error")
             return None
-        out_dir = self.output_dir
         label = " ".join(request.prompt.split()) or "(no prompt)"
         if request.mode != "txt2img":
             label = f"{MODE_LABELS[request.mode].lower()}: {label}"
@@ -463,9 +464,8 @@ class Session(QObject):
         if not self.document.has_image():
             emit(self.message, "Open or paste the image before its mask", "error")
             return False
-        image = QImage(str(path))
-        if image.isNull():
-            emit(self.message, f"Could not open {path.name}: not an image Latent Studio can read", "error")
+        image = self._read_image_file(path)
+        if image is None:
             return False
         w, h = self.document.size()
         note = ""
@@ -479,9 +479,8 @@ class Session(QObject):
     def open_image(self, path: Path | str) -> bool:
         """Show a PNG and fill the panel with its stored parameters (ours or A1111's)."""
         path = Path(path)
-        image = QImage(str(path))
-        if image.isNull():
-            emit(self.message, f"Could not open {path.name}: not an image Latent Studio can read", "error")
+        image = self._read_image_file(path)
+        if image is None:
             return False
         self.document.set_image(image, path, record="Open image")
         try:
@@ -496,6 +495,24 @@ class Session(QObject):
         self.apply_fields(found)
         emit(self.message, f"Parameters loaded from {path.name}", "info")
         return True
+
+    def _read_image_file(self, path: Path) -> QImage | None:
+        """The image file at `path` (Qt reads 16-bit, CMYK and palette files right), or None after one message:
+        unreadable, or past the largest size the studio takes (said from its header, before decoding)."""
+        from studio.core.requests import MAX_UPSCALE_PIXELS, MAX_UPSCALE_SIDE
+
+        reader = QImageReader(str(path))
+        size = reader.size()
+        w, h = size.width(), size.height()
+        if size.isValid() and (max(w, h) > MAX_UPSCALE_SIDE or w * h > MAX_UPSCALE_PIXELS):
+            emit(self.message, f"Could not open {path.name}: {w}×{h} is too large (at most {MAX_UPSCALE_SIDE} px a side)",
+                 "error")  # fmt: skip
+            return None
+        image = reader.read()
+        if image.isNull():
+            emit(self.message, f"Could not open {path.name}: not an image Latent Studio can read", "error")
+            return None
+        return image
 
     def apply_fields(self, found: dict[str, Any]) -> None:
         params = self.params.with_fields(found)

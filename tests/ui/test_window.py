@@ -442,10 +442,10 @@ def test_parameters_are_saved_when_a_job_is_queued(qtbot, window, config_dir):
 def test_an_image_that_cannot_be_saved_is_still_shown_and_can_be_saved_elsewhere(
     qtbot, make_window, tmp_path, monkeypatch
 ):
-    blocker_file = tmp_path / "not-a-folder"
-    blocker_file.write_text("x")
+    out = tmp_path / "out"  # the folder takes files when the run is queued; the disk refuses the image itself
+    _disk_full_in(monkeypatch, out, from_image=1)
     fake = FakeBackend(auto=True)
-    window = make_window(fake, output_dir=str(blocker_file / "out"))
+    window = make_window(fake, output_dir=str(out))
     set_prompt(window, "keep me anyway")
     with qtbot.waitSignal(window.session.result_image) as blocker:
         window.session.generate()
@@ -536,3 +536,83 @@ def test_canvas_zooms_about_the_cursor_and_fits_back(qtbot, window):
     assert canvas.zoom() == 3.0
     qtbot.mouseDClick(canvas, Qt.MouseButton.LeftButton)
     assert canvas.image_rect() == fit
+
+
+def _disk_full_in(monkeypatch, folder, from_image: int) -> None:
+    """Writes into `folder` meet a full disk from its `from_image`-th image on (elsewhere the disk is fine)."""
+    import contextlib
+    import errno
+
+    import studio.core.output as output
+
+    real = output.atomic_write
+    count = {"n": 0}
+
+    @contextlib.contextmanager
+    def full(path, **kw):
+        with real(path, **kw) as f:
+            if str(path).startswith(str(folder)):
+                count["n"] += 1
+                if count["n"] >= from_image:
+                    f.write(b"\x89PNG partial")
+                    raise OSError(errno.ENOSPC, "No space left on device")
+            yield f
+
+    monkeypatch.setattr(output, "atomic_write", full)
+
+
+def test_an_unwritable_output_folder_is_said_before_anything_is_queued(qtbot, make_window, tmp_path):
+    blocker_file = tmp_path / "not-a-folder"
+    blocker_file.write_text("x")
+    fake = FakeBackend(auto=True)
+    window = make_window(fake, output_dir=str(blocker_file / "out"))
+    set_prompt(window, "never run")
+    with qtbot.waitSignal(window.session.message) as blocker:
+        assert window.session.generate() is None
+    text, level = blocker.args
+    assert level == "error" and text.startswith(f"Cannot write to the output folder {blocker_file / 'out'}: ")
+    assert queue_rows(window) == [] and fake.requests == []
+
+
+def test_a_full_disk_mid_batch_keeps_the_saved_images_and_offers_the_rest(qtbot, make_window, out_dir, monkeypatch):
+    _disk_full_in(monkeypatch, out_dir, from_image=2)
+    fake = FakeBackend(auto=True)
+    window = make_window(fake)
+    set_prompt(window, "three of them")
+    window.session.update_params(batch=3)
+    shown = []
+    window.session.result_image.connect(lambda path, image: shown.append((path, red(image))))
+    window.session.generate()
+    qtbot.waitUntil(lambda: len(shown) == 3)
+    (saved,) = sorted(out_dir.glob("*.png"))
+    assert shown == [(str(saved), 7), ("", 8), ("", 9)]  # the saved one with its path, the rest still offered
+    assert not list(out_dir.glob(".*.tmp"))
+    qtbot.waitUntil(lambda: window.banner.isVisible())
+    assert "Not saved" in window.banner.label.text() and "images 2 and 3 of 3" in window.banner.label.text()
+
+
+def test_a_16_bit_grey_png_opens_and_loads_as_a_mask_in_grey(qtbot, window, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    path = tmp_path / "g16.png"
+    Image.fromarray(np.full((16, 16), 128 * 257, np.uint16)).save(path)
+    assert window.session.open_image(path)
+    assert red(window.session.current_image) == 128  # not white
+    assert window.session.load_mask(path)
+    assert int(window.session.document.mask.max()) == 128
+
+
+def test_a_huge_image_is_refused_from_its_header_with_the_limit(qtbot, window, tmp_path):
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    big = tmp_path / "big.png"
+    big.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 20000, 20000, 8, 0, 0, 0, 0))
+                    + chunk(b"IDAT", zlib.compress(b"\0" * 9)) + chunk(b"IEND", b""))  # fmt: skip
+    with qtbot.waitSignal(window.session.message) as blocker:
+        assert not window.session.open_image(big)
+    assert blocker.args == ["Could not open big.png: 20000×20000 is too large (at most 8192 px a side)", "error"]
