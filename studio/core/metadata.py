@@ -288,6 +288,36 @@ def _upscale_text(
 #: A1111's regex for one `Key: value` pair of the parameters line.
 RE_PARAM = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
 _RE_SIZE = re.compile(r"^\s*(\d+)\s*x\s*(\d+)\s*$")
+# RE_PARAM in parts, for param_pairs: a run of key characters, a word character, the value after the colon.
+_RE_KEY_RUN = re.compile(r"[\w \-/]+")
+_RE_WORD = re.compile(r"\w")
+_RE_VALUE = re.compile(r'\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
+
+
+def param_pairs(line: str) -> list[tuple[str, str]]:
+    """`RE_PARAM.findall(line)` in linear time.
+
+    findall retries RE_PARAM from every position, and each try runs to the end of the run of key characters
+    before it finds no colon: quadratic in a long word or a long sentence without commas. A key can only
+    start at the first word character of such a run and only end at the run's end, so each run is looked at
+    once: it holds a key when a colon follows it and the key would have two characters or more.
+    """
+    pairs: list[tuple[str, str]] = []
+    pos = 0
+    while pos < len(line):
+        for run in _RE_KEY_RUN.finditer(line, pos):
+            end = run.end()
+            if line.startswith(":", end):
+                word = _RE_WORD.search(line, run.start(), end)
+                if word is not None and end - word.start() >= 2:
+                    value = _RE_VALUE.match(line, end + 1)
+                    assert value is not None  # the value pattern matches anything up to a comma or the end
+                    pairs.append((line[word.start() : end], value.group(1)))
+                    pos = value.end()
+                    break
+        else:
+            break
+    return pairs
 
 #: A1111 schedule labels that may end a combined sampler name ("DPM++ 2M Karras"), longest first.
 SCHEDULE_LABELS: tuple[str, ...] = (
@@ -335,9 +365,10 @@ def parse_parameters(text: str) -> dict:
     """
     text = text.replace("\r\n", "\n").strip()
     *lines, last = text.split("\n")
-    if len(RE_PARAM.findall(last)) < 3:
+    pairs = param_pairs(last)
+    if len(pairs) < 3:
         lines.append(last)
-        last = ""
+        last, pairs = "", []
 
     prompt_lines: list[str] = []
     negative_lines: list[str] = []
@@ -353,7 +384,7 @@ def parse_parameters(text: str) -> dict:
             prompt_lines.append(line)
 
     params: dict[str, str] = {}
-    for k, v in RE_PARAM.findall(last):
+    for k, v in pairs:
         params[k.strip()] = unquote(v)
 
     sampler = params.get("Sampler")

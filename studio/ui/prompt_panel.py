@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from PySide6.QtCore import QRegularExpression, Qt
-from PySide6.QtGui import QRegularExpressionValidator
+from PySide6.QtGui import QRegularExpressionValidator, QTextOption
 from PySide6.QtWidgets import (
     QComboBox,
     QDoubleSpinBox,
@@ -37,6 +38,16 @@ GENERATE_LABELS = {
 }
 
 
+# Qt's default wrap (at a word boundary, else anywhere) looks for a boundary again on every line of a word: a
+# 1 MB one-word prompt took minutes. Past this many characters without a space, lines break anywhere (linear).
+LONG_WORD = 256
+_BREAKS = re.compile(r"[ \t\n\r]")  # only these: Qt does not break at a no-break space, Python's split() does
+
+
+def longest_word(text: str) -> int:
+    return max(map(len, _BREAKS.split(text)), default=0)
+
+
 class PromptEdit(QPlainTextEdit):
     """A prompt box: plain text, Tab moves focus (prompts never need tabs)."""
 
@@ -45,6 +56,24 @@ class PromptEdit(QPlainTextEdit):
         self.setPlaceholderText(placeholder)
         self.setTabChangesFocus(True)
         self.setLineWrapMode(QPlainTextEdit.LineWrapMode.WidgetWidth)
+        self.textChanged.connect(lambda: self._fit_wrap(self.toPlainText()))
+
+    def _fit_wrap(self, text: str) -> None:
+        mode = QTextOption.WrapMode.WrapAnywhere if longest_word(text) > LONG_WORD else \
+            QTextOption.WrapMode.WrapAtWordBoundaryOrAnywhere
+        if self.wordWrapMode() != mode:
+            self.setWordWrapMode(mode)
+
+    def setPlainText(self, text: str) -> None:
+        # Breaking anywhere before a long word is laid out; back to word wrap only once it is gone (textChanged).
+        if longest_word(text) > LONG_WORD:
+            self.setWordWrapMode(QTextOption.WrapMode.WrapAnywhere)
+        super().setPlainText(text)
+
+    def insertFromMimeData(self, source) -> None:
+        if longest_word(source.text()) > LONG_WORD:  # a pasted long word: before it is laid out
+            self.setWordWrapMode(QTextOption.WrapMode.WrapAnywhere)
+        super().insertFromMimeData(source)
 
     def _is_image_drag(self, event) -> bool:
         mime = event.mimeData()
