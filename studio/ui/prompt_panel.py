@@ -26,7 +26,7 @@ from PySide6.QtWidgets import (
 
 from studio.core.requests import MAX_SEED
 from studio.session import IMAGE_SUFFIXES, Params, Session
-from studio.ui.canvas_options import CanvasOptions, ModeSwitch, UpscaleOptions
+from studio.ui.canvas_options import CanvasOptions, ModeSwitch, UpscaleOptions, set_clamped
 from studio.ui.theme import icon, muted_label
 from studio.ui.widgets import section
 
@@ -172,10 +172,10 @@ class PromptPanel(QWidget):
         grid.addWidget(self.schedule, 1, 1)
 
         self.steps = QSpinBox()
-        self.steps.setRange(1, 150)
+        self.steps.setRange(1, 1000)  # GenerateRequest.validate's ranges: a PNG's valid value shows as it is
         self.steps.setToolTip("Sampling steps: more is slower and usually finer. 20 to 30 is typical.")
         self.cfg = QDoubleSpinBox()
-        self.cfg.setRange(0.0, 30.0)
+        self.cfg.setRange(0.0, 100.0)
         self.cfg.setSingleStep(0.5)
         self.cfg.setDecimals(1)
         self.cfg.setToolTip("CFG scale: how strictly to follow the prompt. 5 to 9 is typical.")
@@ -214,7 +214,7 @@ class PromptPanel(QWidget):
         seed_row.addWidget(self.seed_random)
         seed_row.addWidget(self.seed_reuse)
         self.batch = QSpinBox()
-        self.batch.setRange(1, 16)
+        self.batch.setRange(1, 64)
         self.batch.setToolTip("How many images one run makes (seed, seed+1, …)")
         grid.addWidget(self._label("Seed"), 6, 0)
         grid.addWidget(self._label("Batch"), 6, 1)
@@ -418,12 +418,10 @@ class PromptPanel(QWidget):
                 if combo.findText(value) < 0:
                     combo.addItem(value)  # a name from a PNG we do not list: keep it, the engine judges
                 combo.setCurrentText(value)
-            self.steps.setValue(p.steps)
-            self.cfg.setValue(p.cfg)
-            self.width_box.setValue(p.width)
-            self.height_box.setValue(p.height)
-            self.batch.setValue(p.batch)
-            self.seed.setText("" if p.seed < 0 else str(p.seed))
+            for box, value in ((self.steps, p.steps), (self.cfg, p.cfg), (self.width_box, p.width),
+                               (self.height_box, p.height), (self.batch, p.batch)):
+                set_clamped(box, value)
+            self.seed.setText("" if not 0 <= p.seed <= MAX_SEED else str(p.seed))
         finally:
             for w in widgets:
                 w.blockSignals(False)
@@ -433,4 +431,5 @@ class PromptPanel(QWidget):
             model=self.model.currentData() or "", vae=self.vae.currentData() or "", sampler=self.sampler.currentText(),
             schedule=self.schedule.currentText(), steps=self.steps.value(), cfg=float(self.cfg.value()),
             width=self.width_box.value(), height=self.height_box.value(), batch=self.batch.value(),
+            seed=int(self.seed.text()) if self.seed.text() else -1,
         )  # fmt: skip
