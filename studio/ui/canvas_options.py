@@ -27,6 +27,14 @@ def set_clamped(box: QSpinBox | QDoubleSpinBox, value: float) -> None:
     v = lo if value != value else min(max(value, lo), hi)  # NaN != NaN
     box.setValue(int(v) if isinstance(box, QSpinBox) else float(v))
 
+
+def hold_shown(session: Session, shown: dict[str, float]) -> None:
+    """Values the boxes clamped are what the session holds (no params_changed echo)."""
+    changed = {k: v for k, v in shown.items() if getattr(session.params, k) != v}
+    if changed:
+        session.update_params(**changed)
+
+
 MODE_BUTTONS = (
     ("txt2img", "Text", "Text to image: a new image from the prompt (Ctrl+1)"),
     ("img2img", "Image", "Image to image: the canvas image as the start, changed by the prompt (Ctrl+2)"),
@@ -171,15 +179,8 @@ class CanvasOptions(QWidget):
         for w in self.inpaint_only:
             w.setVisible(p.mode == "inpaint")
         self.setVisible(p.mode in ("img2img", "inpaint"))
-        self._hold_shown()
-
-    def _hold_shown(self) -> None:
-        """Values the boxes clamped are what the session holds."""
-        p, shown = self.session.params, {"strength": float(self.strength.value()), "mask_blur": self.mask_blur.value(),
-                                         "inpaint_padding": self.padding.value()}  # fmt: skip
-        changed = {k: v for k, v in shown.items() if getattr(p, k) != v}
-        if changed:
-            self.session.update_params(**changed)
+        hold_shown(self.session, {"strength": float(self.strength.value()), "mask_blur": self.mask_blur.value(),
+                                  "inpaint_padding": self.padding.value()})  # fmt: skip
 
 
 class UpscaleOptions(QWidget):
@@ -299,11 +300,8 @@ class UpscaleOptions(QWidget):
             for w in widgets:
                 w.blockSignals(False)
         self.setVisible(p.mode == "upscale")
-        shown = {"scale": float(self.scale.value()), "upscale_strength": float(self.strength.value()),
-                 "tile": self.tile.value(), "tile_overlap": self.overlap.value()}  # fmt: skip
-        changed = {k: v for k, v in shown.items() if getattr(self.session.params, k) != v}
-        if changed:  # values the boxes clamped are what the session holds
-            self.session.update_params(**changed)
+        hold_shown(self.session, {"scale": float(self.scale.value()), "upscale_strength": float(self.strength.value()),
+                                  "tile": self.tile.value(), "tile_overlap": self.overlap.value()})  # fmt: skip
         self._update_target()
 
     def _update_target(self) -> None:
