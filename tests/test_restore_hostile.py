@@ -134,7 +134,7 @@ PARAMETERS = st.one_of(
 )
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=300, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 @given(PARAMETERS)
 def test_fuzzed_parameters_never_raise_anything_but_a_request_error(text):
     refused: list[metadata.Refused] = []
@@ -153,7 +153,7 @@ def test_fuzzed_parameters_never_raise_anything_but_a_request_error(text):
     params.to_request().validate() if params.mode == "txt2img" else None
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300, deadline=None, database=None)
 @given(st.text(alphabet=st.sampled_from(list('ab -/:,"\\\t é日') + ["\n"]), max_size=80))
 def test_param_pairs_matches_a1111s_regex_on_fuzzed_lines(line):
     assert metadata.param_pairs(line) == metadata.RE_PARAM.findall(line)
