@@ -723,3 +723,77 @@ def test_every_sampler_and_schedule_name_is_restored():
         assert metadata.request_fields(text)["schedule"] == sched
     assert "sampler" not in metadata.request_fields("x\nSteps: 20, Sampler: Restart, CFG scale: 7")
     assert metadata.request_fields("x\nSteps: 20, Sampler: k_dpmpp_2m, CFG scale: 7")["sampler"] == "DPM++ 2M"
+
+
+# ---------------------------------------------------------------- hostile texts (issue 24)
+
+
+def _within(seconds: float, fn, *args):
+    """fn(*args) in a daemon thread: a hang fails the test after `seconds` instead of freezing the run."""
+    import threading
+
+    box: dict = {}
+
+    def run():
+        try:
+            box["value"] = fn(*args)
+        except BaseException as e:  # noqa: BLE001 - handed to the test
+            box["error"] = e
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(seconds)
+    assert not t.is_alive(), f"{getattr(fn, '__name__', fn)} took over {seconds} s"
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+@pytest.mark.parametrize("word", ["a" * 1_000_000, "ab cd-" * 170_000, 'k: "\\", ' * 120_000])
+def test_a_one_megabyte_prompt_line_parses_in_linear_time(word):
+    # Each was quadratic: the key pattern was retried from every position of a run without a colon
+    # (200k characters: 14 s; 1 MB: 335 s).
+    fields = _within(60, request_fields, word)
+    assert fields["prompt"] == word or "prompt" in fields
+
+
+def test_param_pairs_is_a1111s_regex():
+    lines = [
+        "Steps: 20, Sampler: Euler a, CFG scale: 7",
+        '  Model: "my model, v2: final", Size: 512x512, x: , Lora hashes: "a: 1, b: 2"',
+        "-a: 1, - b: 2,  \tc d: 3, e:4,f/g-h: 5, :x, a:, ab:, \"q\": 1, ab:\"x\"y, ab:\"x\\\"\",",
+        "word word word, a-b c: d: e, é ü: ñ, 日本: 語, _x: 1,, ,: ,",
+        'k: "\\", k: "\\", k: v',
+        "",
+        "no pairs at all here",
+    ]
+    for line in lines:
+        assert metadata.param_pairs(line) == metadata.RE_PARAM.findall(line), line
+
+
+@pytest.mark.parametrize(
+    "prompt",
+    [
+        "x" * 10_000,
+        "e\u0301\u0301\u0301 combining " * 50,
+        "\u05e9\u05dc\u05d5\u05dd \u202e right to left \u202c and \u0627\u0644\u0633\u0644\u0627\u0645",
+        "a\x00b\x00c",
+        "emoji \U0001f600 \ufeff zero\u200bwidth",
+    ],
+)
+def test_long_and_odd_unicode_prompts_restore(tmp_path, prompt):
+    text = f"{prompt}\nNegative prompt: {prompt[:50]}\nSteps: 20, Sampler: Euler a, CFG scale: 7, Seed: 1, Size: 64x64"
+    info = PngInfo()
+    info.add_itxt("parameters", text)
+    path = tmp_path / "odd.png"
+    Image.new("RGB", (8, 8)).save(path, pnginfo=info)
+    fields = request_fields(read_parameters(path))
+    assert fields["prompt"] == prompt
+    assert fields["steps"] == 20
+    GenerateRequest.from_fields(**fields).validate()
+
+
+def test_a_lone_surrogate_in_a_json_value_is_kept_as_text():
+    fields = request_fields('x\nSteps: 20, Sampler: Euler a, CFG scale: 7, VAE: "\\ud800 vae, odd"')
+    assert fields["vae"] == "\ud800 vae, odd"
+    GenerateRequest.from_fields(**fields).validate()

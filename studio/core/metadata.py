@@ -16,12 +16,13 @@ import math
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import fields
+from dataclasses import dataclass, fields
 from pathlib import Path, PureWindowsPath
+from typing import NamedTuple
 
 from . import filehash
 from .errors import ModelError, RequestError, first_line
-from .requests import GenerateRequest
+from .requests import MAX_SEED, MAX_UPSCALE_SIDE, GenerateRequest
 from .samplers import resolve_sampler, resolve_schedule
 
 # --------------------------------------------------------------------------------------------
@@ -288,6 +289,36 @@ def _upscale_text(
 #: A1111's regex for one `Key: value` pair of the parameters line.
 RE_PARAM = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
 _RE_SIZE = re.compile(r"^\s*(\d+)\s*x\s*(\d+)\s*$")
+# RE_PARAM in parts, for param_pairs: a run of key characters, a word character, the value after the colon.
+_RE_KEY_RUN = re.compile(r"[\w \-/]+")
+_RE_WORD = re.compile(r"\w")
+_RE_VALUE = re.compile(r'\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
+
+
+def param_pairs(line: str) -> list[tuple[str, str]]:
+    """`RE_PARAM.findall(line)` in linear time.
+
+    findall retries RE_PARAM from every position, and each try runs to the end of the run of key characters
+    before it finds no colon: quadratic in a long word or a long sentence without commas. A key can only
+    start at the first word character of such a run and only end at the run's end, so each run is looked at
+    once: it holds a key when a colon follows it and the key would have two characters or more.
+    """
+    pairs: list[tuple[str, str]] = []
+    pos = 0
+    while pos < len(line):
+        for run in _RE_KEY_RUN.finditer(line, pos):
+            end = run.end()
+            if line.startswith(":", end):
+                word = _RE_WORD.search(line, run.start(), end)
+                if word is not None and end - word.start() >= 2:
+                    value = _RE_VALUE.match(line, end + 1)
+                    assert value is not None  # the value pattern matches anything up to a comma or the end
+                    pairs.append((line[word.start() : end], value.group(1)))
+                    pos = value.end()
+                    break
+        else:
+            break
+    return pairs
 
 #: A1111 schedule labels that may end a combined sampler name ("DPM++ 2M Karras"), longest first.
 SCHEDULE_LABELS: tuple[str, ...] = (
@@ -335,9 +366,10 @@ def parse_parameters(text: str) -> dict:
     """
     text = text.replace("\r\n", "\n").strip()
     *lines, last = text.split("\n")
-    if len(RE_PARAM.findall(last)) < 3:
+    pairs = param_pairs(last)
+    if len(pairs) < 3:
         lines.append(last)
-        last = ""
+        last, pairs = "", []
 
     prompt_lines: list[str] = []
     negative_lines: list[str] = []
@@ -353,7 +385,7 @@ def parse_parameters(text: str) -> dict:
             prompt_lines.append(line)
 
     params: dict[str, str] = {}
-    for k, v in RE_PARAM.findall(last):
+    for k, v in pairs:
         params[k.strip()] = unquote(v)
 
     sampler = params.get("Sampler")
@@ -393,6 +425,92 @@ def _default(name: str):
     raise KeyError(name)
 
 
+@dataclass(frozen=True)
+class Limit:
+    """The values GenerateRequest.validate accepts for one restored field (key: the metadata key that holds it)."""
+
+    key: str
+    lo: float
+    hi: float
+    above_lo: bool = False  # strength: above 0, not 0
+    zero: bool = False  # tile: 0 (automatic) too
+    multiple: int = 1  # width, height: a multiple of 8
+
+    def allows(self, v: float) -> bool:
+        if self.zero and v == 0:
+            return True
+        inside = (self.lo < v if self.above_lo else self.lo <= v) and v <= self.hi
+        return inside and (self.multiple == 1 or v % self.multiple == 0)
+
+    def text(self) -> str:
+        span = f"{format_value(float(self.lo))}-{format_value(float(self.hi))}"
+        if self.above_lo:
+            span = f"above {format_value(float(self.lo))}, up to {format_value(float(self.hi))}"
+        if self.zero:
+            span = f"0 or {span}"
+        return f"{span}, a multiple of {self.multiple}" if self.multiple > 1 else span
+
+
+#: GenerateRequest.validate's ranges, by flat field name: a restored value outside is refused (kept as it was).
+FIELD_LIMITS: dict[str, Limit] = {
+    "steps": Limit("Steps", 1, 1000),
+    "cfg": Limit("CFG scale", 0, 100),
+    "seed": Limit("Seed", 0, MAX_SEED),
+    "width": Limit("Size", 8, 4096, multiple=8),
+    "height": Limit("Size", 8, 4096, multiple=8),
+    "batch": Limit("Batch size", 1, 64),
+    "strength": Limit("Denoising strength", 0, 1, above_lo=True),
+    "clip_skip": Limit("Clip skip", 1, 12),
+    "mask_blur": Limit("Mask blur", 0, 256),
+    "inpaint_padding": Limit("Masked area padding", 0, 1024),
+    "scale": Limit("Hires upscale", 1, 8),
+    "tile": Limit("Upscale tile", 64, 4096, zero=True),
+    "tile_overlap": Limit("Upscale overlap", 0, 512),
+}
+
+
+def _shown(raw: str) -> str:
+    """A value from a file as a message may quote it: printable and short (not a 100-digit number)."""
+    text = "".join(c if c.isprintable() else "?" for c in raw.strip()[:40])
+    return text if len(raw.strip()) <= 16 else text[:12] + "…"
+
+
+class Refused(NamedTuple):
+    """A value of the text that was not restored: `field` keeps what it was."""
+
+    key: str  # the metadata key, as the text has it
+    raw: str
+    field: str  # the flat field name; "width" for a Size (width and height)
+    why: str  # "out of range (1-1000)", "not a number"
+
+    def line(self, kept: object = None) -> str:
+        """'Steps 1e100 in the image is out of range (1-1000): kept 20' (kept None: a field the caller lacks)."""
+        return f"{self.key} {_shown(self.raw)} in the image is {self.why}: " + ("ignored" if kept is None else
+                                                                                  f"kept {kept}")
+
+
+def _restore_number(out: dict, refused: list[Refused] | None, p: Mapping[str, str], key: str, name: str,
+                    value: float | None) -> None:
+    """out[name] = value when FIELD_LIMITS allow it, else a Refused for the artist (the field keeps its value)."""
+    limit = FIELD_LIMITS[name]
+    if value is not None and limit.allows(value):
+        out[name] = value
+    elif refused is not None:
+        refused.append(Refused(key, p[key], name, _why(p[key], limit)))
+
+
+def _why(raw: str, limit: Limit) -> str:
+    try:
+        f = float(raw.strip())
+    except ValueError:
+        return "not a number"
+    if math.isnan(f):
+        return "not a number"
+    if math.isfinite(f) and limit.allows(math.floor(f)) and not f.is_integer():
+        return "not a whole number"
+    return f"out of range ({limit.text()})"
+
+
 def _to_int(s: str | None) -> int | None:
     if s is None:
         return None
@@ -416,7 +534,7 @@ def _to_float(s: str | None) -> float | None:
     return f if math.isfinite(f) else None
 
 
-def request_fields(text: str) -> dict:
+def request_fields(text: str, refused: list[Refused] | None = None) -> dict:
     """GenerateRequest fields restored from `parameters` text, by their flat names (the panel's), ready for
     `request.with_fields(**fields)`, which puts the inpaint and upscale options in their nests.
 
@@ -437,14 +555,18 @@ def request_fields(text: str) -> dict:
     "Inpaint area" means "whole" ("Only masked" -> "masked"), no "Masked content" means "original"
     ("fill" -> "fill", "latent noise" -> "noise"; "latent nothing" is left out); "Masked area padding"
     is restored only when present (it is written for only-masked alone).
+
+    A number outside what GenerateRequest.validate accepts (FIELD_LIMITS: "Steps: 1e100", "Mask blur: -5", NaN) is
+    left out too, and named in `refused` when a list is given (Refused.line says it to the artist).
     """
     parsed = parse_parameters(text)
     p: dict[str, str] = parsed["params"]
     out: dict[str, object] = {"prompt": parsed["prompt"], "negative_prompt": parsed["negative_prompt"]}
 
-    steps = _to_int(p.get("Steps")) if "Steps" in p else _default("steps")
-    if steps is not None and steps >= 1:
-        out["steps"] = steps
+    if "Steps" in p:
+        _restore_number(out, refused, p, "Steps", "steps", _to_int(p["Steps"]))
+    else:
+        out["steps"] = _default("steps")
 
     sampler: str | None
     if "Sampler" in p:
@@ -466,58 +588,63 @@ def request_fields(text: str) -> dict:
     if schedule is not None:
         out["schedule"] = schedule
 
-    cfg = _to_float(p.get("CFG scale")) if "CFG scale" in p else float(_default("cfg"))
-    if cfg is not None:
-        out["cfg"] = cfg
-
+    if "CFG scale" in p:
+        _restore_number(out, refused, p, "CFG scale", "cfg", _to_float(p["CFG scale"]))
+    else:
+        out["cfg"] = float(_default("cfg"))
     if "Seed" in p:
-        seed = _to_int(p["Seed"])
-        if seed is not None and 0 <= seed <= 2**32 - 1:
-            out["seed"] = seed
-
-    if "Size" in p:
-        m = _RE_SIZE.match(p["Size"])
-        if m:
-            out["width"], out["height"] = int(m.group(1)), int(m.group(2))
-
+        _restore_number(out, refused, p, "Seed", "seed", _to_int(p["Seed"]))
+    if "Size" in p and "Upscale mode" not in p:  # an upscale's Size is its input's, not restored
+        _restore_size(out, refused, p, "Size", FIELD_LIMITS["width"])
     if "Denoising strength" in p:
-        strength = _to_float(p["Denoising strength"])
-        if strength is not None:
-            out["strength"] = strength
-
-    clip_skip = _to_int(p.get("Clip skip")) if "Clip skip" in p else 1
-    if clip_skip is not None and clip_skip >= 1:
-        out["clip_skip"] = clip_skip
+        _restore_number(out, refused, p, "Denoising strength", "strength", _to_float(p["Denoising strength"]))
+    if "Clip skip" in p:
+        _restore_number(out, refused, p, "Clip skip", "clip_skip", _to_int(p["Clip skip"]))
+    else:
+        out["clip_skip"] = 1
     if p.get("VAE", "").strip():  # A1111 writes the chosen VAE's file name; the caller looks it up
         out["vae"] = p["VAE"].strip()
-    out.update(_inpaint_fields(p))
+    out.update(_inpaint_fields(p, refused))
     if "Upscale mode" in p:
-        out.pop("width", None)  # an upscale's Size is its input's; width x height would be its target
-        out.pop("height", None)
-        out.update(_upscale_fields(p))
+        out.update(_upscale_fields(p, refused))
     return out
 
 
-def _upscale_fields(p: Mapping[str, str]) -> dict[str, object]:
+#: An upscale's target ("Hires resize"): validate's limit for it, any size up to MAX_UPSCALE_SIDE.
+UPSCALE_TARGET = Limit("Hires resize", 1, MAX_UPSCALE_SIDE)
+
+
+def _restore_size(out: dict, refused: list[Refused] | None, p: Mapping[str, str], key: str, limit: Limit) -> None:
+    m = _RE_SIZE.match(p[key])
+    try:
+        w, h = (int(m.group(1)), int(m.group(2))) if m else (None, None)
+    except ValueError:  # more digits than int() takes: out of range all the same
+        w = h = -1
+    if w is not None and h is not None and limit.allows(w) and limit.allows(h):
+        out["width"], out["height"] = w, h
+    elif refused is not None:
+        why = f"out of range ({limit.text()})" if m else "not a size (WxH)"
+        refused.append(Refused(key, p[key], "width", why))
+
+
+def _upscale_fields(p: Mapping[str, str], refused: list[Refused] | None = None) -> dict[str, object]:
     out: dict[str, object] = {}
     mode = p["Upscale mode"].strip().lower()
     if mode not in UPSCALE_MODES:
         return out
     out.update(mode="upscale", upscale_mode=mode)
     if "Hires resize" in p:
-        m = _RE_SIZE.match(p["Hires resize"])
-        if m:
-            out["width"], out["height"] = int(m.group(1)), int(m.group(2))
-    scale = _to_float(p.get("Hires upscale"))
-    if scale is not None and 1.0 <= scale <= 8.0:
-        out["scale"] = scale
+        _restore_size(out, refused, p, "Hires resize", UPSCALE_TARGET)
+    if "Hires upscale" in p:
+        _restore_number(out, refused, p, "Hires upscale", "scale", _to_float(p["Hires upscale"]))
     name = p.get("Hires upscaler", "").strip()
     # A name, never a path: the caller finds the upscaler file of that name (or has none).
     out["upscaler"] = None if name.lower() in PLAIN_UPSCALERS or mode in ("resize", "latent") else name
     for key, field_name in (("Upscale tile", "tile"), ("Upscale overlap", "tile_overlap")):
-        v = _to_int(p.get(key)) if key in p else 0
-        if v is not None and v >= 0:
-            out[field_name] = v
+        if key in p:
+            _restore_number(out, refused, p, key, field_name, _to_int(p[key]))
+        else:
+            out[field_name] = 0
     return out
 
 
@@ -525,20 +652,19 @@ _AREAS = {"only masked": "masked", "whole picture": "whole"}
 _CONTENTS = {"original": "original", "fill": "fill", "latent noise": "noise"}
 
 
-def _inpaint_fields(p: Mapping[str, str]) -> dict[str, object]:
+def _inpaint_fields(p: Mapping[str, str], refused: list[Refused] | None = None) -> dict[str, object]:
     if not any(k in p for k in INPAINT_KEYS):
         return {}
     out: dict[str, object] = {"mode": "inpaint"}
-    blur = _to_int(p["Mask blur"]) if "Mask blur" in p else 0
-    if blur is not None and blur >= 0:
-        out["mask_blur"] = blur
+    if "Mask blur" in p:
+        _restore_number(out, refused, p, "Mask blur", "mask_blur", _to_int(p["Mask blur"]))
+    else:
+        out["mask_blur"] = 0
     area = _AREAS.get(p.get("Inpaint area", "Whole picture").strip().lower())
     if area is not None:
         out["inpaint_area"] = area
     if "Masked area padding" in p:
-        padding = _to_int(p["Masked area padding"])
-        if padding is not None and padding >= 0:
-            out["inpaint_padding"] = padding
+        _restore_number(out, refused, p, "Masked area padding", "inpaint_padding", _to_int(p["Masked area padding"]))
     content = _CONTENTS.get(p.get("Masked content", "original").strip().lower())
     if content is not None:
         out["masked_content"] = content

@@ -483,8 +483,9 @@ class Session(QObject):
         if image is None:
             return False
         self.document.set_image(image, path, record="Open image")
+        refused: list = []
         try:
-            found = library.read_png_fields(path)
+            found = library.read_png_fields(path, refused)
         except Exception as exc:  # noqa: BLE001 - a broken chunk is a message, not a crash
             log.exception("reading parameters of %s", path)
             emit(self.message, f"Could not read the parameters of {path.name}: {describe_error(exc)}", "warning")
@@ -492,8 +493,10 @@ class Session(QObject):
         if not found:
             emit(self.message, f"Opened {path.name}: it stores no generation parameters", "info")
             return True
+        refused_lines = self.params.refused_lines(refused)  # with the values kept: before they change
         self.apply_fields(found)
-        emit(self.message, f"Parameters loaded from {path.name}", "info")
+        emit(self.message, "; ".join([f"Parameters loaded from {path.name}", *refused_lines]),
+             "warning" if refused_lines else "info")
         return True
 
     def _read_image_file(self, path: Path) -> QImage | None:

@@ -36,14 +36,15 @@ def parameters_text(result: GenerateResult, i: int) -> str:
     return parameters_for(req, seed, result.model_name, result.model_hash, __version__, result.extra_params)
 
 
-def read_png_fields(path: Path) -> dict[str, Any] | None:
-    """GenerateRequest field names -> values from an image's stored parameters (ours or A1111's)."""
+def read_png_fields(path: Path, refused: list | None = None) -> dict[str, Any] | None:
+    """GenerateRequest field names -> values from an image's stored parameters (ours or A1111's). Values out of
+    GenerateRequest's limits are left out, and named in `refused` (metadata.Refused) when a list is given."""
     from studio.core.metadata import parse_parameters, read_parameters, request_fields
 
     text = read_parameters(path)
     if not text:
         return None
-    found = request_fields(text)
+    found = request_fields(text, refused)
     model = parse_parameters(text)["params"].get("Model", "").strip()
     if model:
         found["model_name"] = model  # a name, not a path: a server's list may hold it (server_names)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from studio.core.metadata import FIELD_LIMITS, UPSCALE_TARGET, Refused
 from studio.core.requests import GenerateRequest
 from studio.paths import BUILTIN_LATENT_UPSCALER
 
@@ -14,6 +16,26 @@ RESTORED_FIELDS = ("prompt", "negative_prompt", "sampler", "schedule", "steps", 
                    "strength", "mask_blur", "inpaint_area", "inpaint_padding", "masked_content", "scale",
                    "upscale_mode", "vae")
 MODES = ("txt2img", "img2img", "inpaint", "upscale")  # what the panel's mode switch offers
+
+
+def fits(name: str, value: Any) -> bool:
+    """Whether a number may be a Params field: within GenerateRequest.validate's limits (FIELD_LIMITS), so that
+    no spin box overflows and Generate never quotes a 100-digit number. Seed -1 is random, width/height 0 the
+    model's size (up to an upscale's target size). Fields without a limit always fit."""
+    limit = FIELD_LIMITS.get("strength" if name == "upscale_strength" else name)
+    if limit is None or isinstance(value, str):
+        return True
+    try:
+        v = float(value)
+    except (TypeError, ValueError, OverflowError):
+        return False
+    if math.isnan(v):
+        return False
+    if name == "seed" and v == -1:
+        return True
+    if name in ("width", "height"):
+        return v == 0 or UPSCALE_TARGET.allows(v)
+    return limit.allows(v)
 
 
 @dataclass
@@ -58,9 +80,11 @@ class Params:
             if data and f.name in data and data[f.name] is not None:
                 value = data[f.name]
                 try:
-                    setattr(p, f.name, type(getattr(p, f.name))(value))
-                except (TypeError, ValueError):
-                    pass
+                    value = type(getattr(p, f.name))(value)
+                except (TypeError, ValueError, OverflowError):
+                    continue
+                if fits(f.name, value):  # a settings file with steps 1e100 keeps the default
+                    setattr(p, f.name, value)
         return p
 
     def with_fields(self, found: dict[str, Any]) -> Params:
@@ -68,13 +92,30 @@ class Params:
         p = self.copy()
         for name in RESTORED_FIELDS:
             if found.get(name) is not None:
-                setattr(p, name, type(getattr(p, name))(found[name]))
-        if found.get("batch"):
+                try:
+                    value = type(getattr(p, name))(found[name])
+                except (TypeError, ValueError, OverflowError):
+                    continue
+                if fits(name, value):  # request_fields refused the rest already; this keeps the panel safe
+                    setattr(p, name, value)
+        if found.get("batch") and fits("batch", found["batch"]):
             p.batch = int(found["batch"])
         model = found.get("model")
         if model and Path(str(model)).exists():
             p.model = str(model)
         return p
+
+    def refused_lines(self, refused: list[Refused]) -> list[str]:
+        """What the artist reads about values of an image that were not restored, with the values these keep."""
+        lines = []
+        for r in refused:
+            if r.field == "width":
+                kept: object = f"{self.width}x{self.height}" if self.width and self.height else "the model's size"
+            else:
+                kept = getattr(self, r.field, None)
+                kept = "random" if r.field == "seed" and kept == -1 else kept
+            lines.append(r.line(kept))
+        return lines
 
     def to_request(self, preview: str = "x0") -> GenerateRequest:
         if self.mode == "upscale":

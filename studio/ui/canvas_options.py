@@ -20,6 +20,21 @@ from PySide6.QtWidgets import (
 from studio.session import Params, Session
 from studio.ui.theme import muted_label
 
+
+def set_clamped(box: QSpinBox | QDoubleSpinBox, value: float) -> None:
+    """setValue within the box's range: a huge int overflows Qt's (OverflowError), NaN would show as the minimum."""
+    lo, hi = box.minimum(), box.maximum()
+    v = lo if value != value else min(max(value, lo), hi)  # NaN != NaN
+    box.setValue(int(v) if isinstance(box, QSpinBox) else float(v))
+
+
+def hold_shown(session: Session, shown: dict[str, float]) -> None:
+    """Values the boxes clamped are what the session holds (no params_changed echo)."""
+    changed = {k: v for k, v in shown.items() if getattr(session.params, k) != v}
+    if changed:
+        session.update_params(**changed)
+
+
 MODE_BUTTONS = (
     ("txt2img", "Text", "Text to image: a new image from the prompt (Ctrl+1)"),
     ("img2img", "Image", "Image to image: the canvas image as the start, changed by the prompt (Ctrl+2)"),
@@ -152,10 +167,10 @@ class CanvasOptions(QWidget):
         for w in widgets:
             w.blockSignals(True)
         try:
-            self.strength.setValue(p.strength)
-            self.mask_blur.setValue(p.mask_blur)
+            set_clamped(self.strength, p.strength)
+            set_clamped(self.mask_blur, p.mask_blur)
             self.area.setCurrentIndex(max(0, self.area.findData(p.inpaint_area)))
-            self.padding.setValue(p.inpaint_padding)
+            set_clamped(self.padding, p.inpaint_padding)
             self.padding.setEnabled(p.inpaint_area == "masked")
             self.content.setCurrentIndex(max(0, self.content.findData(p.masked_content)))
         finally:
@@ -164,6 +179,8 @@ class CanvasOptions(QWidget):
         for w in self.inpaint_only:
             w.setVisible(p.mode == "inpaint")
         self.setVisible(p.mode in ("img2img", "inpaint"))
+        hold_shown(self.session, {"strength": float(self.strength.value()), "mask_blur": self.mask_blur.value(),
+                                  "inpaint_padding": self.padding.value()})  # fmt: skip
 
 
 class UpscaleOptions(QWidget):
@@ -272,17 +289,19 @@ class UpscaleOptions(QWidget):
             w.blockSignals(True)
         try:
             self.method.setCurrentIndex(max(0, self.method.findData(p.upscale_mode)))
-            self.scale.setValue(p.scale)
+            set_clamped(self.scale, p.scale)
             if p.upscaler and self.upscaler.findData(p.upscaler) < 0:
                 self.upscaler.addItem(p.upscaler.rsplit("/", 1)[-1], p.upscaler)
             self.upscaler.setCurrentIndex(max(0, self.upscaler.findData(p.upscaler)))
-            self.strength.setValue(p.upscale_strength)
-            self.tile.setValue(p.tile)
-            self.overlap.setValue(p.tile_overlap)
+            set_clamped(self.strength, p.upscale_strength)
+            set_clamped(self.tile, p.tile)
+            set_clamped(self.overlap, p.tile_overlap)
         finally:
             for w in widgets:
                 w.blockSignals(False)
         self.setVisible(p.mode == "upscale")
+        hold_shown(self.session, {"scale": float(self.scale.value()), "upscale_strength": float(self.strength.value()),
+                                  "tile": self.tile.value(), "tile_overlap": self.overlap.value()})  # fmt: skip
         self._update_target()
 
     def _update_target(self) -> None:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from PySide6.QtCore import QRegularExpression, Qt
-from PySide6.QtGui import QRegularExpressionValidator
+from PySide6.QtGui import QRegularExpressionValidator, QTextOption
 from PySide6.QtWidgets import (
     QComboBox,
     QDoubleSpinBox,
@@ -25,7 +26,7 @@ from PySide6.QtWidgets import (
 
 from studio.core.requests import MAX_SEED
 from studio.session import IMAGE_SUFFIXES, Params, Session
-from studio.ui.canvas_options import CanvasOptions, ModeSwitch, UpscaleOptions
+from studio.ui.canvas_options import CanvasOptions, ModeSwitch, UpscaleOptions, set_clamped
 from studio.ui.theme import icon, muted_label
 from studio.ui.widgets import section
 
@@ -37,6 +38,16 @@ GENERATE_LABELS = {
 }
 
 
+# Qt's default wrap (at a word boundary, else anywhere) looks for a boundary again on every line of a word: a
+# 1 MB one-word prompt took minutes. Past this many characters without a space, lines break anywhere (linear).
+LONG_WORD = 256
+_BREAKS = re.compile(r"[ \t\n\r]")  # only these: Qt does not break at a no-break space, Python's split() does
+
+
+def longest_word(text: str) -> int:
+    return max(map(len, _BREAKS.split(text)), default=0)
+
+
 class PromptEdit(QPlainTextEdit):
     """A prompt box: plain text, Tab moves focus (prompts never need tabs)."""
 
@@ -45,6 +56,24 @@ class PromptEdit(QPlainTextEdit):
         self.setPlaceholderText(placeholder)
         self.setTabChangesFocus(True)
         self.setLineWrapMode(QPlainTextEdit.LineWrapMode.WidgetWidth)
+        self.textChanged.connect(lambda: self._fit_wrap(self.toPlainText()))
+
+    def _fit_wrap(self, text: str) -> None:
+        mode = QTextOption.WrapMode.WrapAnywhere if longest_word(text) > LONG_WORD else \
+            QTextOption.WrapMode.WrapAtWordBoundaryOrAnywhere
+        if self.wordWrapMode() != mode:
+            self.setWordWrapMode(mode)
+
+    def setPlainText(self, text: str) -> None:
+        # Breaking anywhere before a long word is laid out; back to word wrap only once it is gone (textChanged).
+        if longest_word(text) > LONG_WORD:
+            self.setWordWrapMode(QTextOption.WrapMode.WrapAnywhere)
+        super().setPlainText(text)
+
+    def insertFromMimeData(self, source) -> None:
+        if longest_word(source.text()) > LONG_WORD:  # a pasted long word: before it is laid out
+            self.setWordWrapMode(QTextOption.WrapMode.WrapAnywhere)
+        super().insertFromMimeData(source)
 
     def _is_image_drag(self, event) -> bool:
         mime = event.mimeData()
@@ -143,10 +172,10 @@ class PromptPanel(QWidget):
         grid.addWidget(self.schedule, 1, 1)
 
         self.steps = QSpinBox()
-        self.steps.setRange(1, 150)
+        self.steps.setRange(1, 1000)  # GenerateRequest.validate's ranges: a PNG's valid value shows as it is
         self.steps.setToolTip("Sampling steps: more is slower and usually finer. 20 to 30 is typical.")
         self.cfg = QDoubleSpinBox()
-        self.cfg.setRange(0.0, 30.0)
+        self.cfg.setRange(0.0, 100.0)
         self.cfg.setSingleStep(0.5)
         self.cfg.setDecimals(1)
         self.cfg.setToolTip("CFG scale: how strictly to follow the prompt. 5 to 9 is typical.")
@@ -185,7 +214,7 @@ class PromptPanel(QWidget):
         seed_row.addWidget(self.seed_random)
         seed_row.addWidget(self.seed_reuse)
         self.batch = QSpinBox()
-        self.batch.setRange(1, 16)
+        self.batch.setRange(1, 64)
         self.batch.setToolTip("How many images one run makes (seed, seed+1, …)")
         grid.addWidget(self._label("Seed"), 6, 0)
         grid.addWidget(self._label("Batch"), 6, 1)
@@ -389,12 +418,10 @@ class PromptPanel(QWidget):
                 if combo.findText(value) < 0:
                     combo.addItem(value)  # a name from a PNG we do not list: keep it, the engine judges
                 combo.setCurrentText(value)
-            self.steps.setValue(p.steps)
-            self.cfg.setValue(p.cfg)
-            self.width_box.setValue(p.width)
-            self.height_box.setValue(p.height)
-            self.batch.setValue(p.batch)
-            self.seed.setText("" if p.seed < 0 else str(p.seed))
+            for box, value in ((self.steps, p.steps), (self.cfg, p.cfg), (self.width_box, p.width),
+                               (self.height_box, p.height), (self.batch, p.batch)):
+                set_clamped(box, value)
+            self.seed.setText("" if not 0 <= p.seed <= MAX_SEED else str(p.seed))
         finally:
             for w in widgets:
                 w.blockSignals(False)
@@ -404,4 +431,5 @@ class PromptPanel(QWidget):
             model=self.model.currentData() or "", vae=self.vae.currentData() or "", sampler=self.sampler.currentText(),
             schedule=self.schedule.currentText(), steps=self.steps.value(), cfg=float(self.cfg.value()),
             width=self.width_box.value(), height=self.height_box.value(), batch=self.batch.value(),
+            seed=int(self.seed.text()) if self.seed.text() else -1,
         )  # fmt: skip

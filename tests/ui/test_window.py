@@ -616,3 +616,93 @@ def test_a_huge_image_is_refused_from_its_header_with_the_limit(qtbot, window, t
     with qtbot.waitSignal(window.session.message) as blocker:
         assert not window.session.open_image(big)
     assert blocker.args == ["Could not open big.png: 20000×20000 is too large (at most 8192 px a side)", "error"]
+
+
+# -- restoring hostile PNGs (issue 24) -------------------------------------------------------------
+
+ABSURD_VALUES = ("1e100", "-5", "NaN", "inf", "9" * 100)
+# Metadata key -> the keys that put the text in the mode the key belongs to.
+HOSTILE_KEYS = {
+    "Steps": "", "CFG scale": "", "Seed": "", "Size": "", "Denoising strength": "", "Clip skip": "",
+    "Mask blur": "Inpaint area: Only masked", "Masked area padding": "Inpaint area: Only masked",
+    "Hires upscale": "Upscale mode: diffusion", "Upscale tile": "Upscale mode: diffusion",
+    "Upscale overlap": "Upscale mode: diffusion", "Hires resize": "Upscale mode: diffusion",
+}  # fmt: skip
+
+
+def hostile_png(folder, key: str, value: str):
+    from PIL import Image, PngImagePlugin
+
+    pairs = {"Steps": "12", "Sampler": "Euler a", "CFG scale": "6", "Seed": "5", "Size": "64x64", "Model": "m"}
+    pairs[key] = f"{value}x64" if key in ("Size", "Hires resize") else value
+    line = ", ".join(f"{k}: {v}" for k, v in pairs.items())
+    if HOSTILE_KEYS[key]:
+        line += ", " + HOSTILE_KEYS[key]
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", f"a cat\nNegative prompt: dog\n{line}")
+    path = folder / f"hostile-{len(list(folder.iterdir()))}.png"
+    Image.new("RGB", (64, 64), (10, 200, 10)).save(path, pnginfo=info)
+    return path
+
+
+def test_absurd_numbers_in_a_png_restore_cleanly_and_generate_works(qtbot, window, fake, tmp_path):
+    import numpy as np
+
+    session, panel = window.session, window.prompt_panel
+    canvas, upscale = panel.canvas_options, panel.upscale_options
+    messages: list[str] = []
+    session.message.connect(lambda text, *_: messages.append(text))
+    fake.run_free()
+    folder = tmp_path / "hostile"
+    folder.mkdir()
+    for key in HOSTILE_KEYS:
+        for value in ABSURD_VALUES:
+            messages.clear()
+            path = hostile_png(folder, key, value)
+            assert session.open_image(path), (key, value)
+            p = session.params
+            shown = (panel.steps.value(), panel.cfg.value(), panel.seed.text(), panel.width_box.value(),
+                     panel.height_box.value(), canvas.strength.value(), canvas.mask_blur.value(),
+                     canvas.padding.value(), upscale.scale.value(), upscale.tile.value(), upscale.overlap.value())
+            held = (p.steps, p.cfg, "" if p.seed < 0 else str(p.seed), p.width, p.height, p.strength, p.mask_blur,
+                    p.inpaint_padding, p.scale, p.tile, p.tile_overlap)  # fmt: skip
+            assert shown == held, (key, value)
+            naming = [m for m in messages if key in m]
+            assert len(naming) == 1, (key, value, messages)
+            assert value[:10] in naming[0] and "9" * 40 not in naming[0], naming  # a long number is shortened
+            if p.mode == "inpaint":
+                session.document.set_mask(np.full((64, 64), 255, np.uint8), "test mask")
+            with qtbot.waitSignal(session.result_image, timeout=10000):
+                assert session.generate() is not None, (key, value, messages)
+
+
+def test_a_png_with_a_one_megabyte_word_as_its_prompt_opens_at_once(qtbot, window, fake, tmp_path, capfd):
+    import faulthandler
+    import os
+    import sys
+
+    from PIL import Image, PngImagePlugin
+
+    word = "a" * 1_000_000
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", f"{word}\nNegative prompt: {word}\nSteps: 3, Sampler: Euler a, CFG scale: 7, Seed: 1")
+    path = tmp_path / "word.png"
+    Image.new("RGB", (64, 64)).save(path, pnginfo=info)
+    # A hang guard (the parser and Qt's wrap were quadratic: 335 s): the test process ends after 60 s, its
+    # traceback on the terminal (not in pytest's capture, which ends with the process).
+    with capfd.disabled():
+        terminal = os.fdopen(os.dup(sys.stderr.fileno()), "w")
+    faulthandler.dump_traceback_later(60, exit=True, file=terminal)
+    try:
+        assert window.session.open_image(path)
+        QApplication.processEvents()
+        assert window.prompt_panel.prompt.toPlainText() == word
+        assert window.session.params.negative_prompt == word
+        fake.run_free()
+        with qtbot.waitSignal(window.session.result_image, timeout=30000):
+            assert window.session.generate() is not None
+        window.prompt_panel.prompt.setPlainText("a short prompt")  # back to word wrap, without a relayout of 1 MB
+        QApplication.processEvents()
+    finally:
+        faulthandler.cancel_dump_traceback_later()
+        terminal.close()
