@@ -31,11 +31,12 @@ def first_line(exc: BaseException | str) -> str:
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
-    """A MemoryError, torch's OutOfMemoryError (matched by class name, so torch is not imported), or the
-    RuntimeError torch's CPU allocator raises ("DefaultCPUAllocator: can't allocate memory")."""
+    """A MemoryError, torch's OutOfMemoryError (matched by class name, so torch is not imported), or a RuntimeError
+    torch raises: its CPU allocator's ("DefaultCPUAllocator: can't allocate memory"), cuBLAS / cuDNN's ("CUDA error:
+    out of memory") or Apple's ("MPS backend out of memory")."""
     if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
         return True
-    return isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc)
+    return isinstance(exc, RuntimeError) and any(s in str(exc) for s in ("can't allocate memory", "out of memory"))
 
 
 def describe_error(exc: BaseException) -> str:
