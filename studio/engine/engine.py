@@ -214,6 +214,9 @@ class Engine:
             scheduler = build_scheduler(model.scheduler_config, used.sampler, used.schedule, seed)
             pipe.scheduler = scheduler
             tracker = StepTracker(scheduler, used, model, on_step, cancel, time.perf_counter())
+            if cancel is not None and cancel.is_set():  # while loading or encoding: no step starts
+                tracker.restore()
+                return self._result(used, seeds, model, tracker, [], cancelled=True, t=(t_start, t_loaded), plan=plan)
             try:
                 with torch.inference_mode():
                     latents = pipe(**kwargs, callback_on_step_end=tracker.callback).images
