@@ -162,7 +162,7 @@ class GenerateRequest:
         for name, v in (("Width", self.width), ("Height", self.height)):
             if v is None:
                 continue
-            if v < 8 or v > top:
+            if not 8 <= v <= top:  # NaN too: it compares False both ways
                 raise RequestError(f"{name} {v} is out of range: use 8 to {top} pixels")
             if v % 8:
                 lo, hi = v - v % 8, v - v % 8 + 8
