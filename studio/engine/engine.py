@@ -34,7 +34,7 @@ from .loader import (
 )
 from .preview import latent_to_rgb, to_uint8
 from .schedulers import build_scheduler
-from .steps import Cancelled, StepTracker
+from .steps import Cancelled, StepTracker, effective_steps
 
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
@@ -201,6 +201,9 @@ class Engine:
             with self._lock:
                 return upscale.run(self, request, on_step, cancel, t_start)
         self.check_family(request.model, request.mode)  # from the json files: no weights read to refuse
+        if effective_steps(request) < 1:  # diffusers would run none and return no image (exit 0, nothing saved)
+            raise RequestError(f"{request.steps} steps at denoising strength {request.strength:g} run no step: use "
+                               "more steps or a higher strength")  # fmt: skip
         with self._lock:
             model = self.load(request.model, request.prediction)
             t_loaded = time.perf_counter()

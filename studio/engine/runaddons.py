@@ -14,7 +14,7 @@ from typing import Any
 
 from ..core import filehash
 from ..core.errors import ModelError, RequestError, first_line
-from ..core.modellibrary import find, scan
+from ..core.modellibrary import find, folder_hint, scan
 from ..core.prompts import extract_loras
 from . import addons
 
@@ -70,15 +70,23 @@ def prepare(model: Any, request: Any, folders: list[Path]) -> dict[str, str]:
     # Embeddings whose keyword is in a prompt, for this model's architecture.
     text = f"{request.prompt}\n{request.negative_prompt}"
     base = addons.model_base(pipe)
-    used = []
+    used, unusable = [], []
     for m in library() if text.strip() else ():
-        if m.kind != "embedding" or (m.arch and m.arch != base):
+        broken = m.kind == "unknown" and folder_hint(m.path, folders) == "embedding"
+        if m.kind != "embedding" and not broken:
             continue
         if re.search(r"(?<![0-9A-Za-z_])" + re.escape(m.name) + r"(?![0-9A-Za-z_])", text, flags=re.IGNORECASE):
-            used.append(m.path)
+            (used if m.kind == "embedding" and (not m.arch or m.arch == base) else unusable).append(m)
+    # A named embedding that is broken or for another architecture (and no usable one of that name): one line.
+    names = {m.name.lower() for m in used}
+    for m in (m for m in unusable if m.name.lower() not in names):
+        if m.kind == "unknown":
+            raise ModelError(m.note or f"{m.path.name} is not a textual-inversion embedding the studio can read")
+        addons.load_embeddings(pipe, [m.path])  # refuses it, naming its architecture and the model's
     if used:
-        addons.load_embeddings(pipe, used)
-        extra["TI hashes"] = ", ".join(f"{p.stem}: {_hash(filehash.embedding_short_hash, p)}" for p in used)
+        paths = [m.path for m in used]
+        addons.load_embeddings(pipe, paths)
+        extra["TI hashes"] = ", ".join(f"{p.stem}: {_hash(filehash.embedding_short_hash, p)}" for p in paths)
 
     # VAE.
     pipes = {id(p): p for p in [pipe, *model._pipes.values()]}.values()

@@ -472,7 +472,11 @@ class Session(QObject):
         if (image.width(), image.height()) != (w, h):
             note = f" (it was {image.width()}×{image.height()}: scaled to the image's {w}×{h})"
             image = image.scaled(w, h, Qt.AspectRatioMode.IgnoreAspectRatio, Qt.TransformationMode.SmoothTransformation)
-        self.document.set_mask(qimage_to_gray(image), "Load mask")
+        mask = qimage_to_gray(image)
+        if image.hasAlphaChannel():  # a transparent pixel is not painted (as the CLI reads a mask)
+            alpha = qimage_to_array(image, alpha=True)[:, :, 3].astype(np.uint32)
+            mask = ((mask * alpha + 127) // 255).astype(np.uint8)
+        self.document.set_mask(mask, "Load mask")
         emit(self.message, f"Mask loaded from {path.name}{note}", "info")
         return True
 
