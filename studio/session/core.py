@@ -59,7 +59,7 @@ class Session(QObject):
     timeline_changed = Signal(int)  # number of steps the timeline can scrub (0: none)
     timeline_image = Signal(int, QImage)  # step (1-based), its preview
     decoded = Signal(int, QImage)  # step (1-based), its full decode
-    message = Signal(str, str)  # text, level: info / warning / error
+    message = Signal(str, str)  # text, level: info / warning / attention (a warning shown in the banner) / error
     engine_state = Signal(str, str)  # one of ENGINE_STATES, and a message ("" or why it failed)
     capabilities_changed = Signal(object)  # BackendInfo, once the backend has started
     crop_changed = Signal(object)  # the "only masked" inpaint area (x, y, w, h) a run would use, or None
@@ -500,7 +500,7 @@ class Session(QObject):
         refused_lines = self.params.refused_lines(refused)  # with the values kept: before they change
         self.apply_fields(found)
         emit(self.message, "; ".join([f"Parameters loaded from {path.name}", *refused_lines]),
-             "warning" if refused_lines else "info")
+             "attention" if refused_lines else "info")
         return True
 
     def _read_image_file(self, path: Path) -> QImage | None:

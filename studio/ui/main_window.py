@@ -67,13 +67,17 @@ def image_paths(mime) -> list[Path]:
 class Banner(QFrame):
     """A dismissable message above the canvas, for errors an artist must see."""
 
+    STYLES = {
+        "error": "#Banner { background: #3b2326; border: 1px solid #7a3b42; border-radius: 6px; }"
+                 "#Banner QLabel { background: transparent; color: #ffd7d4; }",
+        "warning": "#Banner { background: #3a3120; border: 1px solid #7a6533; border-radius: 6px; }"
+                   "#Banner QLabel { background: transparent; color: #ffe9bd; }",
+    }  # fmt: skip
+
     def __init__(self, parent: QWidget | None = None):
         super().__init__(parent)
         self.setObjectName("Banner")
-        self.setStyleSheet(
-            "#Banner { background: #3b2326; border: 1px solid #7a3b42; border-radius: 6px; }"
-            "#Banner QLabel { background: transparent; color: #ffd7d4; }"
-        )
+        self.setStyleSheet(self.STYLES["error"])
         lay = QHBoxLayout(self)
         lay.setContentsMargins(10, 6, 6, 6)
         self.label = QLabel()
@@ -88,7 +92,8 @@ class Banner(QFrame):
         lay.addWidget(close)
         self.hide()
 
-    def show_message(self, text: str) -> None:
+    def show_message(self, text: str, level: str = "error") -> None:
+        self.setStyleSheet(self.STYLES.get(level, self.STYLES["error"]))
         self.label.setText(text)
         self.show()
 
@@ -451,6 +456,10 @@ class MainWindow(QMainWindow):
         self.status_label.setStyleSheet("color: #ff8a80;" if level == "error" else "")
         if level == "error":
             self.banner.show_message(text)
+        elif level == "attention":
+            # A warning the artist must see (values of an opened PNG the panel did not take): the status bar alone
+            # is overwritten by the next routine message ("Model ready").
+            self.banner.show_message(text, "warning")
         elif level == "info" and text.startswith("Generating"):
             self.banner.hide()
 

@@ -670,6 +670,8 @@ def test_absurd_numbers_in_a_png_restore_cleanly_and_generate_works(qtbot, windo
             naming = [m for m in messages if key in m]
             assert len(naming) == 1, (key, value, messages)
             assert value[:10] in naming[0] and "9" * 40 not in naming[0], naming  # a long number is shortened
+            # in the banner too: the status bar alone is overwritten by the next routine message
+            assert window.banner.isVisible() and key in window.banner.label.text(), (key, value)
             if p.mode == "inpaint":
                 session.document.set_mask(np.full((64, 64), 255, np.uint8), "test mask")
             with qtbot.waitSignal(session.result_image, timeout=10000):
