@@ -360,6 +360,13 @@ class Session(QObject):
     def show_image(self, image: QImage, path: Path | None = None, caption: str = "") -> None:
         self.document.set_image(image, path, caption)
 
+    def show_gallery_image(self, image: QImage, path: Path | None = None) -> None:
+        """A gallery image on the canvas, undoably: undo brings back the image before it and its mask (a mask of
+        another size is dropped from the canvas, kept in the history). Browsing the gallery is one entry."""
+        if path is not None and path == self.document.path:
+            return  # already shown: no entry, the mask stays
+        self.document.set_image(image, path, record="Show gallery image", merge=True)
+
     def save_current_as(self, dest: Path | str) -> Path:
         """Save the image on the canvas as a PNG that keeps its generation parameters.
 

@@ -63,9 +63,16 @@ class Document(QObject):
         return DocState(self.image, mask, self.path, self.caption)
 
     def set_image(self, image: QImage | None, path: Path | None = None, caption: str = "",
-                  record: str | None = None) -> None:  # fmt: skip
-        """Show a new image. record: an undo label ("Result", "Open image"...), None: not undoable."""
+                  record: str | None = None, merge: bool = False) -> None:  # fmt: skip
+        """Show a new image. record: an undo label ("Result", "Open image"...), None: not undoable. merge: fold into
+        the last entry when it has the same label and nothing changed since (browsing the gallery: one entry)."""
         before = self.state()
+        h = self.history
+        last = h.entries[-1] if h.entries and h.cursor == len(h.entries) else None
+        if merge and isinstance(last, ImageEdit) and last.label == record and last.after.image is self.image:
+            before = last.before
+            del h.entries[-1]
+            h.cursor -= 1
         same_size = image is not None and self.image is not None and image.size() == self.image.size()
         mask = self._mask if same_size else None
         self._apply(DocState(image, mask, path, caption))

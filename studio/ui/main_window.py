@@ -581,13 +581,13 @@ class MainWindow(QMainWindow):
             item = self.gallery.currentItem()
             image = item.data(IMAGE_ROLE) if item is not None else None
             if isinstance(image, QImage):
-                self.session.show_image(image, None)
+                self.session.show_gallery_image(image, None)
             return
         image = QImage(path)
         if image.isNull():
             self.show_message(f"Could not read {Path(path).name}", "error")
             return
-        self.session.show_image(image, Path(path))
+        self.session.show_gallery_image(image, Path(path))
 
     def _gallery_menu(self, pos) -> None:
         item = self.gallery.itemAt(pos)
