@@ -111,6 +111,8 @@ class MainWindow(QMainWindow):
         self.autosaver = None
         self._preview_on_canvas = False
         self._laid_out = False
+        self._tick = 0  # when each prompt box and the canvas history last changed: routes Ctrl+Z
+        self._ticks: dict[int, int] = {}
 
         self.setWindowTitle(f"{APP_NAME} {__version__}")
         self.setWindowIcon(icon("app"))
@@ -388,6 +390,8 @@ class MainWindow(QMainWindow):
         # Ctrl+Enter inside the prompt boxes: they would otherwise take the key as a new line.
         for edit in (self.prompt_panel.prompt, self.prompt_panel.negative):
             edit.installEventFilter(self)
+            edit.document().contentsChanged.connect(lambda e=edit: self._touched(e))
+        s.document.history_changed.connect(lambda: self._touched(s.document))
 
     def start_autosave(self, folder: Path, ask=None) -> bool:
         """Offer to restore what an unclean exit left in `folder`, then keep the canvas saved there.
@@ -434,10 +438,33 @@ class MainWindow(QMainWindow):
 
     # -- event filter: Ctrl+Enter in text boxes ------------------------------------------------
 
+    def _touched(self, what) -> None:
+        self._tick += 1
+        self._ticks[id(what)] = self._tick
+
+    def _undo_goes_to_canvas(self, edit, redo: bool) -> bool:
+        """Ctrl+Z / Ctrl+Shift+Z in a prompt box (where it has the focus after Ctrl+Enter): the text box undoes
+        typing while it has a step to undo (redo) AND was edited after the canvas last changed; else the canvas
+        does (Krita's and Photoshop's rule: canvas undo wins outside text editing). A canvas with nothing to undo
+        leaves the key to the text."""
+        doc, history = edit.document(), self.session.document.history
+        if not (history.can_redo() if redo else history.can_undo()):
+            return False
+        text_newer = self._ticks.get(id(edit), -1) > self._ticks.get(id(self.session.document), -1)
+        return not ((doc.isRedoAvailable() if redo else doc.isUndoAvailable()) and text_newer)
+
     def eventFilter(self, obj, event) -> bool:  # noqa: N802 - Qt API
         from PySide6.QtCore import QEvent
 
         if event.type() in (QEvent.Type.KeyPress, QEvent.Type.ShortcutOverride):
+            mods = event.modifiers() & ~Qt.KeyboardModifier.KeypadModifier
+            ctrl, shift = Qt.KeyboardModifier.ControlModifier, Qt.KeyboardModifier.ShiftModifier
+            redo = (event.key() == Qt.Key.Key_Z and mods == ctrl | shift) or (event.key() == Qt.Key.Key_Y and mods == ctrl)
+            if ((event.key() == Qt.Key.Key_Z and mods == ctrl) or redo) and self._undo_goes_to_canvas(obj, redo):
+                if event.type() == QEvent.Type.KeyPress:
+                    (self.session.redo if redo else self.session.undo)()
+                event.accept()  # an accepted override: the key comes here as a press, not to the text box's undo
+                return True
             if (
                 event.key() in (Qt.Key.Key_Return, Qt.Key.Key_Enter)
                 and event.modifiers() & Qt.KeyboardModifier.ControlModifier
