@@ -534,9 +534,8 @@ class MainWindow(QMainWindow):
         if self.session.is_running():
             self._preview_on_canvas = True
             w, h = self.session.running_size()
-            if not (w and h):
-                last = self.session.current_image
-                w, h = (last.width(), last.height()) if last is not None else (image.width() * 8, image.height() * 8)
+            if not (w and h):  # the model's native size: the preview's own aspect (latent px are 8 image px)
+                w, h = image.width() * 8, image.height() * 8
             self.canvas.set_image(image, f"preview · {self.progress.format()}", smooth=True, logical_size=QSize(w, h))
 
     def _progress(self, step: int, total: int, eta: float) -> None:
