@@ -543,7 +543,8 @@ class Session(QObject):
         if info.remote_files:  # the server's checkpoints; "" = its first one
             first = info.models[0][1] if info.models else "none on the server"
             return [(f"Server default ({first})", ""), *((label, mid) for mid, label in info.models)]
-        return library.model_choices(self.settings.model_folders, self.params.model)
+        latent = self.params.mode == "upscale" and self.params.upscale_mode == "latent"
+        return library.model_choices(self.settings.model_folders, self.params.model, latent_upscale=latent)
 
     def addon_choices(self, kind: str) -> list[tuple[str, str]]:
         """(label, id) of the "vae", "lora" or "embedding" files: the model folders', or the server's."""

@@ -10,7 +10,7 @@ from typing import Any
 
 from studio import __version__
 from studio.core.requests import GenerateResult
-from studio.paths import BUILTIN_MODEL, MODELS_DIR
+from studio.paths import BUILTIN_LATENT_UPSCALER, BUILTIN_MODEL, MODELS_DIR
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
@@ -81,13 +81,16 @@ def output_images(folder: Path, limit: int = 400) -> list[Path]:
     return files[:limit]
 
 
-def model_choices(folders: list[str], current: str = "") -> list[tuple[str, str]]:
+def model_choices(folders: list[str], current: str = "", latent_upscale: bool = False) -> list[tuple[str, str]]:
     """(label, value) for the model picker: checkpoints and diffusers folders only (no LoRA, VAE or upscaler),
-    each with its architecture and size; value "" is the built-in model."""
+    each with its architecture and size; value "" is the built-in model. Models of the x4 upscaler layout only
+    for `latent_upscale` (Upscale mode's latent method, where "" is the built-in x4 upscaler), and only they."""
     from studio.core.modelfiles import human_size
     from studio.core.modellibrary import by_kind, scan
 
-    builtin = "Built-in" if (BUILTIN_MODEL / "model_index.json").is_file() else "Built-in (not installed yet)"
+    builtin_dir = BUILTIN_LATENT_UPSCALER if latent_upscale else BUILTIN_MODEL
+    builtin = "Built-in x4 upscaler" if latent_upscale else "Built-in"
+    builtin += "" if (builtin_dir / "model_index.json").is_file() else " (not installed yet)"
     out: list[tuple[str, str]] = [(builtin, "")]
     seen: set[str] = set()
     items = scan([MODELS_DIR, *map(Path, folders)])
@@ -95,8 +98,11 @@ def model_choices(folders: list[str], current: str = "") -> list[tuple[str, str]
     broken = [m for m in by_kind(items, "unknown") if m.path.suffix.lower() in (".safetensors", ".ckpt")]
     for m in [*by_kind(items, "checkpoint", "diffusers"), *broken]:
         key = str(m.path.resolve())
-        if m.path.resolve() == BUILTIN_MODEL.resolve() or key in seen:
+        if m.path.resolve() in (BUILTIN_MODEL.resolve(), builtin_dir.resolve()) or key in seen:
             continue
+        if m.kind != "unknown" and (m.arch == "x4-upscaler") != latent_upscale:
+            seen.add(key)  # not offered, and not added back as the current model either
+            continue  # the x4 upscaler cannot make an image from text; an SD model cannot run the latent method
         seen.add(key)
         if m.kind == "unknown":
             out.append((f"{m.name}  ·  not loadable", str(m.path)))

@@ -252,6 +252,8 @@ class PromptPanel(QWidget):
         buttons.addWidget(self.cancel_button, 1)
         outer.addLayout(buttons)
 
+        self._latent_models = self._wants_latent_models()  # the picker's list: SD models, or x4 upscalers
+        self._chosen: dict[bool, str] = {}  # the model last chosen in each list
         self.refresh_models()
         self.set_params(session.params)
         self._connect()
@@ -294,8 +296,31 @@ class PromptPanel(QWidget):
         s.params_changed.connect(self.set_params)
         s.jobs_changed.connect(self._update_buttons)
         s.params_changed.connect(self._show_mode)
+        self.upscale_options.method.currentIndexChanged.connect(lambda _i: self._filter_models())
+
+    def _wants_latent_models(self) -> bool:
+        p = self.session.params
+        return p.mode == "upscale" and p.upscale_mode == "latent"
+
+    def _filter_models(self) -> None:
+        """The picker lists the models the mode runs (the x4 upscaler only for a latent upscale); switching
+        between the lists brings back the model last chosen in each."""
+        latent = self._wants_latent_models()
+        if latent == self._latent_models:
+            return
+        self._chosen[self._latent_models] = self.session.params.model
+        self._latent_models = latent
+        self.refresh_models()
+        want = self._chosen.get(latent, "")
+        want = want if self.model.findData(want) >= 0 else ""
+        self.model.blockSignals(True)
+        self.model.setCurrentIndex(max(0, self.model.findData(want)))
+        self.model.blockSignals(False)
+        if self.session.params.model != want:
+            self.session.update_params(model=want)
 
     def _show_mode(self, p: Params) -> None:
+        self._filter_models()
         self.mode_switch.show_mode(p.mode)
         self.canvas_options.set_params(p)
         self.upscale_options.set_params(p)

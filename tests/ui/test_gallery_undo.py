@@ -153,10 +153,12 @@ def picker_files(window) -> set[str]:
 
 def test_the_model_picker_offers_the_x4_upscaler_only_for_latent_upscale(qtbot, make_window, tmp_path):
     folder = tmp_path / "models"
-    checkpoint(folder / "dream.safetensors", SD1_TEXT)
+    dream = checkpoint(folder / "dream.safetensors", SD1_TEXT)
     checkpoint(folder / "x4.safetensors", SD2_TEXT, in_ch=7)
     window = make_window(FakeBackend(), settings=Settings(model_folders=[str(folder)]))
+    combo = window.prompt_panel.model
     window.prompt_panel.refresh_models()
+    combo.setCurrentIndex(combo.findData(str(dream)))
     files = picker_files(window)
     assert "dream.safetensors" in files
     assert "x4.safetensors" not in files and "latent-upscaler-x4" not in files  # Text mode
@@ -167,8 +169,10 @@ def test_the_model_picker_offers_the_x4_upscaler_only_for_latent_upscale(qtbot, 
     options.method.setCurrentIndex(options.method.findData("latent"))
     files = picker_files(window)
     assert "x4.safetensors" in files and "dream.safetensors" not in files
+    assert window.session.params.model == "" and combo.currentData() == ""  # the built-in x4 upscaler
     window.session.set_mode("txt2img")
     assert "x4.safetensors" not in picker_files(window)
+    assert window.session.params.model == str(dream) == combo.currentData()  # Text mode's choice is back
 
 
 # -- an A1111 PNG's model ------------------------------------------------------------------------
