@@ -505,10 +505,33 @@ class Session(QObject):
             emit(self.message, f"Opened {path.name}: it stores no generation parameters", "info")
             return True
         refused_lines = self.params.refused_lines(refused)  # with the values kept: before they change
+        model, model_line = self._image_model(found)
+        refused_lines += [model_line] if model_line else []
         self.apply_fields(found)
+        if model is not None and model != self.params.model:
+            p = self.params.copy()
+            p.model = model
+            self.set_params(p)
         emit(self.message, "; ".join([f"Parameters loaded from {path.name}", *refused_lines]),
              "attention" if refused_lines else "info")
         return True
+
+    def _image_model(self, found: dict[str, Any]) -> tuple[str | None, str]:
+        """The local model an image's "Model" names (by name or A1111 hash; "" the built-in), or None and the
+        line that says it is missing. A server's files are matched by apply_fields."""
+        name = str(found.get("model_name") or "").strip()
+        if not name or self.info.remote_files:
+            return None, ""
+        current = self.params.model
+        if current and name.lower() in (Path(current).stem.lower(), Path(current).name.lower()):
+            return current, ""  # the model in use (it may live outside the model folders: --model)
+        digest = str(found.get("model_hash") or "").strip()
+        model = library.find_model(self.settings.model_folders, name, digest)
+        if model is not None:
+            return model, ""
+        kept = Path(current).stem if current else "the built-in model"
+        made = f"{name} (hash {digest})" if digest else name
+        return None, f"The image was made with {made}, which is not in your model folders: kept {kept}"
 
     def _read_image_file(self, path: Path) -> QImage | None:
         """The image file at `path` (Qt reads 16-bit, CMYK and palette files right), or None after one message:

@@ -45,10 +45,44 @@ def read_png_fields(path: Path, refused: list | None = None) -> dict[str, Any] |
     if not text:
         return None
     found = request_fields(text, refused)
-    model = parse_parameters(text)["params"].get("Model", "").strip()
+    params = parse_parameters(text)["params"]
+    model = params.get("Model", "").strip()
     if model:
         found["model_name"] = model  # a name, not a path: a server's list may hold it (server_names)
+        found["model_hash"] = params.get("Model hash", "").strip()  # A1111's 10 hex digits (find_model)
     return found
+
+
+def find_model(folders: list[str], name: str, model_hash: str = "") -> str | None:
+    """The model an image names, in the model folders: by name (A1111 writes the file's stem), else by A1111's
+    model hash (hashing each candidate once; the hashes are cached on disk). "" is the built-in model; None: none."""
+    import re
+
+    from studio.core.errors import ModelError
+    from studio.core.metadata import model_hash as hash_of
+    from studio.core.modellibrary import by_kind, scan
+
+    stem = re.split(r"[\\/]", name.strip())[-1]
+    stem = re.sub(r"\.(safetensors|ckpt|pt|pth|bin)$", "", stem, flags=re.IGNORECASE).lower()
+    models = by_kind(scan([MODELS_DIR, *map(Path, folders)]), "checkpoint", "diffusers")
+    builtin = BUILTIN_MODEL.resolve()
+
+    def value(path: Path) -> str:
+        return "" if path.resolve() == builtin else str(path)
+
+    hits = [m.path for m in models if m.name.lower() == stem]
+    if hits:
+        return value(hits[0])
+    digest = model_hash.strip().lower()
+    if not re.fullmatch(r"[0-9a-f]{10}", digest):
+        return None
+    for m in models:
+        try:
+            if hash_of(m.path).lower() == digest:
+                return value(m.path)
+        except ModelError:
+            continue
+    return None
 
 
 def server_names(found: dict[str, Any], info: Any) -> dict[str, str]:
