@@ -83,7 +83,9 @@ def test_a_gallery_click_is_one_undo_entry_and_undo_brings_back_the_mask(qtbot, 
 
 
 def ctrl(qtbot, widget, key, shift: bool = False) -> None:
-    mods = Qt.KeyboardModifier.ControlModifier | (Qt.KeyboardModifier.ShiftModifier if shift else Qt.KeyboardModifier(0))
+    mods = Qt.KeyboardModifier.ControlModifier | (
+        Qt.KeyboardModifier.ShiftModifier if shift else Qt.KeyboardModifier(0)
+    )
     qtbot.keyClick(widget, key, mods)
 
 
