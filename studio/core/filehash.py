@@ -121,6 +121,25 @@ def file_hash(path: str | Path, kind: str = "sha256") -> str:
     return digest
 
 
+def cached_file_hash(path: str | Path, kind: str = "sha256") -> str | None:
+    """The digest when the cache holds a current one, else None: never reads the file (safe on the UI thread)."""
+    try:
+        p = Path(path).resolve()
+        st = p.stat()
+    except OSError:
+        return None
+    return _cached(str(p), kind, {"size": st.st_size, "mtime": st.st_mtime_ns})
+
+
+def cached_files_hash(key: str | Path, files: Sequence[str | Path]) -> str | None:
+    """files_hash from the cache alone, else None: never reads the files."""
+    try:
+        version = {"files": [[str(f), st.st_size, st.st_mtime_ns] for f in map(Path, files) for st in (f.stat(),)]}
+    except OSError:
+        return None
+    return _cached(str(Path(key).resolve()), "sha256", version)
+
+
 def files_hash(key: str | Path, files: Sequence[str | Path]) -> str:
     """The sha256 of ``files`` read as one stream, cached under ``key`` (their folder) while every file keeps its
     size and mtime. Raises OSError when one cannot be read."""

@@ -800,6 +800,18 @@ def model_hash(path: str | os.PathLike) -> str:
         raise ModelError(f"Cannot hash model {p}: {first_line(e.strerror or e)}") from e
 
 
+def cached_model_hash(path: str | os.PathLike) -> str | None:
+    """model_hash when the disk cache already holds it (every model a run has used), else None: it reads no
+    weights, so the window may ask on its own thread."""
+    resolved = Path(path).resolve()
+    if not resolved.is_dir():
+        found = filehash.cached_file_hash(resolved)
+    else:
+        files = _folder_weight_files(resolved)
+        found = filehash.cached_files_hash(resolved, files) if files else None
+    return found[:10] if found else None
+
+
 def clear_hash_cache() -> None:
     """Drop the in-memory copy of the hash cache (tests point it elsewhere)."""
     filehash.forget()

@@ -55,11 +55,11 @@ def read_png_fields(path: Path, refused: list | None = None) -> dict[str, Any] |
 
 def find_model(folders: list[str], name: str, model_hash: str = "") -> str | None:
     """The model an image names, in the model folders: by name (A1111 writes the file's stem), else by A1111's
-    model hash (hashing each candidate once; the hashes are cached on disk). "" is the built-in model; None: none."""
+    model hash among the models whose hash is already cached (each run hashes its model beside the work): hashing
+    a 4 GB file here would freeze the window. "" is the built-in model; None: none."""
     import re
 
-    from studio.core.errors import ModelError
-    from studio.core.metadata import model_hash as hash_of
+    from studio.core.metadata import cached_model_hash
     from studio.core.modellibrary import by_kind, scan
 
     stem = re.split(r"[\\/]", name.strip())[-1]
@@ -77,11 +77,9 @@ def find_model(folders: list[str], name: str, model_hash: str = "") -> str | Non
     if not re.fullmatch(r"[0-9a-f]{10}", digest):
         return None
     for m in models:
-        try:
-            if hash_of(m.path).lower() == digest:
-                return value(m.path)
-        except ModelError:
-            continue
+        known = cached_model_hash(m.path)
+        if known is not None and known.lower() == digest:
+            return value(m.path)
     return None
 
 

@@ -204,3 +204,18 @@ def test_an_a1111_model_is_picked_by_name_or_by_hash(qtbot, make_window, tmp_pat
     assert s.open_image(png_with(tmp_path / "b.png", a1111_text("some_name", model_hash(renamed))))
     assert s.params.model == str(renamed)
     assert "not in your model folders" not in window.banner.label.text()
+
+
+def test_a_model_never_hashed_is_not_hashed_on_the_window_thread(qtbot, make_window, tmp_path, monkeypatch):
+    """Looking a PNG's hash up reads only the hash cache: hashing a 4 GB file there would freeze the window."""
+    from studio.core import filehash
+
+    folder = tmp_path / "models"
+    fresh = checkpoint(folder / "fresh.safetensors", SD1_TEXT)
+    reads: list[object] = []
+    monkeypatch.setattr(filehash, "_digest", lambda *paths, start=0: reads.append(paths) or "0" * 64)
+    window = make_window(FakeBackend(), settings=Settings(model_folders=[str(folder)]))
+    s = window.session
+    assert s.open_image(png_with(tmp_path / "c.png", a1111_text("other_name", "0000000000")))
+    assert reads == [] and s.params.model != str(fresh)
+    assert "not in your model folders" in window.banner.label.text()
