@@ -30,8 +30,10 @@ fi
 # exist"). spandrel uses torchvision only for LaMa and RestoreFormer, which studio.engine.upscalers refuses without
 # it (a working torchvision, when there is one, is used). Its other needs: einops and typing_extensions here,
 # torch, numpy and safetensors with the studio. Pinned: the stand-in for torchvision knows what this version imports.
-"${pip[@]}" install --no-deps "spandrel==0.4.2"
+# Its needs go in first: pip checks the installed packages that depend on what it installs, and an einops install
+# after spandrel printed a red resolver ERROR about the missing torchvision; a --no-deps install checks nothing.
 "${pip[@]}" install "einops>=0.7" "typing_extensions>=4.5"
+"${pip[@]}" install --no-deps "spandrel==0.4.2"
 
 # Qt's xcb platform plugin needs these on Linux to open a real window (offscreen tests don't).
 if [ $test_mode = 0 ] && [ "$(uname -s)" = Linux ] && command -v dpkg >/dev/null 2>&1; then

@@ -32,13 +32,14 @@ def _add_generation_options(p: argparse.ArgumentParser, upscale: bool = False) -
                    "model; with --server, the server's file named for its URL in the settings' server_models, else "
                    "its first checkpoint, said on stderr)")  # fmt: skip
     if upscale:
-        p.add_argument("--prompt", default="", help="what the image shows (diffusion and latent upscales)")
+        p.add_argument("--prompt", default=None, help="what the image shows (diffusion and latent upscales); a "
+                       "resize or model upscale writes it in the metadata (default: the source PNG's)")  # fmt: skip
     else:
         p.add_argument("--prompt", required=True, help="what to draw")
-    p.add_argument("--negative", default="", help="what to avoid")
+    p.add_argument("--negative", default=None if upscale else "", help="what to avoid")
     p.add_argument("--sampler", default=DEFAULT_SAMPLER, help="sampler name (see `studio samplers`)")
     p.add_argument("--schedule", default=DEFAULT_SCHEDULE, help="Normal, Karras, Exponential or SGM Uniform")
-    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--steps", type=int, default=20, help="sampling steps (default 20)")
     p.add_argument("--cfg", type=float, default=7.0, help="classifier-free guidance scale")
     p.add_argument("--seed", type=int, default=None, help="default: a random seed, written in the metadata")
     if upscale:
@@ -48,7 +49,7 @@ def _add_generation_options(p: argparse.ArgumentParser, upscale: bool = False) -
         p.add_argument("--width", type=int, default=None, help="multiple of 8 (default: the model's native size)")
         p.add_argument("--height", type=int, default=None, help="multiple of 8 (default: the model's native size)")
         p.add_argument("--batch", type=int, default=1, help="images per run; image i uses seed + i")
-    p.add_argument("--clip-skip", type=int, default=1)
+    p.add_argument("--clip-skip", type=int, default=1, help="skip the text encoder's last layers (A1111's; 1 = none)")
     p.add_argument("--vae", default="", help="a VAE file, or the name of one in the model folders")
     p.add_argument("--lora", action="append", default=[], metavar="NAME:WEIGHT",
                    help="a LoRA (file or name) and its weight; repeatable; or <lora:name:0.8> in the prompt")  # fmt: skip
@@ -72,14 +73,36 @@ def _add_inpaint_options(p: argparse.ArgumentParser, mask_blur: int) -> None:
                    help="what the masked area starts from (A1111's masked content)")  # fmt: skip
 
 
+class _Unlisted:
+    """Registers commands on `sub` that the main help leaves out of its list (argparse lists only the commands added
+    with a help): their (name, help) pairs are kept for a section of their own."""
+
+    def __init__(self, sub: argparse._SubParsersAction) -> None:
+        self.sub = sub
+        self.listed: list[tuple[str, str]] = []
+
+    def add_parser(self, name: str, **kwargs) -> argparse.ArgumentParser:
+        text = kwargs.pop("help", "")
+        self.listed.append((name, text))
+        kwargs.setdefault("description", text)
+        return self.sub.add_parser(name, **kwargs)
+
+
+def _section(title: str, commands: list[tuple[str, str]]) -> str:
+    width = max((len(name) for name, _ in commands), default=0) + 2
+    return "\n".join([f"{title}:", *(f"  {name:<{width}}{text}" for name, text in commands)])
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(
         prog="studio",
         description="Latent Studio: generate images offline with latent diffusion models.",
-        epilog="With no command, `studio [--model PATH] [--output-dir DIR] [--demo]` opens the window.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,  # the epilog's command list keeps its lines
     )
-    parser.add_argument("--version", action="version", version=f"Latent Studio {__version__}")
-    sub = parser.add_subparsers(dest="command", parser_class=OneLineParser)
+    parser.add_argument("--version", action="version", version=f"Latent Studio {__version__}",
+                        help="print the version and exit")  # fmt: skip
+    sub = parser.add_subparsers(dest="command", parser_class=OneLineParser, metavar="COMMAND",
+                                help="`studio COMMAND --help` for its options")  # fmt: skip
 
     g = sub.add_parser("generate", help="text to image")
     _add_generation_options(g)
@@ -131,38 +154,52 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("samplers", help="list the sampler names")
     sub.add_parser("schedules", help="list the schedule names")
     info = sub.add_parser("info", help="print the generation parameters stored in an image")
-    info.add_argument("image")
+    info.add_argument("image", help="a PNG, JPEG or WebP")
     tiny = sub.add_parser("make-tiny-model", help="write a tiny random-weight model folder (tests, demos)")
-    tiny.add_argument("path")
-    tiny.add_argument("--kind", choices=("txt2img", "inpaint", "upscale"), default="txt2img")
-    tiny.add_argument("--seed", type=int, default=0)
+    tiny.add_argument("path", help="the folder to write (an upscale model: the file)")
+    tiny.add_argument("--kind", choices=("txt2img", "inpaint", "upscale"), default="txt2img",
+                      help="the pipeline to write (default txt2img)")  # fmt: skip
+    tiny.add_argument("--seed", type=int, default=0, help="the random weights' seed (default 0)")
 
-    try:  # training commands, when that package is present
+    epilog = ["With no command, `studio [--model PATH] [--output-dir DIR] [--demo]` opens the window."]
+    try:  # training commands, when that package is present: a section of their own, not among the artist's
         from .training.cli import add_subcommands
     except ImportError:
         pass
     else:
-        add_subcommands(sub)
+        training = _Unlisted(sub)
+        add_subcommands(training)
+        epilog.insert(0, _section("training commands (the built-in models)", training.listed))
+    parser.epilog = "\n\n".join(epilog)
     return parser
 
 
 def command_names(parser: argparse.ArgumentParser | None = None) -> tuple[str, ...]:
     """The subcommands `build_parser` registers, in order (the training ones too, when that package is there)."""
-    parser = parser or build_parser()
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            return tuple(action.choices)
-    return ()
+    action = _commands_action(parser or build_parser())
+    return tuple(action.choices) if action else ()
+
+
+def _commands_action(parser: argparse.ArgumentParser) -> argparse._SubParsersAction | None:
+    return next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
 
 
 def unknown_command(word: str, parser: argparse.ArgumentParser | None = None) -> str | None:
-    """The one-line error for a first word that is no command (a typo like `inpant`), else None."""
+    """The one-line error for a first word that is no command (a typo like `inpant`), else None. It names the
+    artist's commands (the training ones are in `studio --help`) and the closest command when one is close."""
+    import difflib
+
     if word.startswith("-"):
         return None
+    parser = parser or build_parser()
     commands = command_names(parser)
     if word in commands:
         return None
-    return f"studio: error: unknown command {word!r} (commands: {', '.join(commands)})"
+    action = _commands_action(parser)
+    listed = [a.dest for a in action._get_subactions()] if action else []  # the commands added with a help
+    line = f"studio: error: unknown command {word!r} (commands: {', '.join(listed or commands)})"
+    close = difflib.get_close_matches(word, commands, n=1)
+    return f"{line}; did you mean {close[0]!r}?" if close else line
 
 
 def _read_image(path: str, what: str = "image"):
@@ -280,8 +317,9 @@ def _output_folder(args: argparse.Namespace) -> Path:
     return check_output_dir(Path(args.out) if args.out else default_output_dir())
 
 
-def _generate_and_save(args: argparse.Namespace, request) -> int:
-    """Torch only from here on (or a server): the request runs, each path goes to stdout as it is written."""
+def _generate_and_save(args: argparse.Namespace, request, extra: dict[str, str] | None = None) -> int:
+    """Torch only from here on (or a server): the request runs, each path goes to stdout as it is written.
+    `extra`: metadata keys for the saved files (studio.core.metadata.parameters_for)."""
     from .core.output import save_result
 
     out = _output_folder(args)  # before the work: a run is never wasted on a folder that takes no file
@@ -289,6 +327,7 @@ def _generate_and_save(args: argparse.Namespace, request) -> int:
         result = _run_request(args, request, stop.cancel)
         if stop.signum or result.cancelled:
             return stop.exit_code()
+        result.extra_params.update(extra or {})
 
         def saved(path: Path) -> bool:
             print(path, flush=True)
@@ -375,8 +414,10 @@ def _run_upscale(args: argparse.Namespace) -> int:
         raise RequestError(f"--upscaler is for --mode model or diffusion, not {args.mode}")
     init = _read_image(args.image)
     strength = args.strength if args.strength is not None else UPSCALE_STRENGTH.get(args.mode, 0.3)
+    prompt, negative = args.prompt or "", args.negative or ""
     request = _request(args, "upscale", strength=strength, init_image=init, upscale_mode=args.mode,
-                       scale=args.scale, upscaler=args.upscaler, tile=args.tile, tile_overlap=args.overlap)  # fmt: skip
+                       scale=args.scale, upscaler=args.upscaler, tile=args.tile, tile_overlap=args.overlap,
+                       prompt=prompt, negative_prompt=negative)  # fmt: skip
     request.validate()  # before torch is imported: bad input answers at once
     if not args.server:
         _check_device(args.device)
@@ -390,7 +431,23 @@ def _run_upscale(args: argparse.Namespace) -> int:
         if args.model is not None and not Path(args.model).exists():
             raise EngineError(f"Model not found: {args.model}")
         check_mode(read_layout(resolve_model_path(args.model, BUILTIN_MODEL)), "upscale", args.mode)
-    return _generate_and_save(args, request)
+    return _generate_and_save(args, request, _source_prompt(args))
+
+
+def _source_prompt(args: argparse.Namespace) -> dict[str, str]:
+    """A resize or model upscale runs no prompt: its file keeps the source image's prompt and negative (A1111's extras
+    tab keeps the source's text), or the --prompt / --negative given. A sampled upscale writes the prompt it ran."""
+    from .core.metadata import SOURCE_PROMPT_KEYS, parse_parameters, read_parameters
+
+    if args.mode in ("diffusion", "latent"):
+        return {}
+    source = {"prompt": "", "negative_prompt": ""}
+    if args.prompt is None or args.negative is None:
+        text = read_parameters(args.image)  # readable: _read_image read it
+        source = parse_parameters(text) if text else source
+    prompt = source["prompt"] if args.prompt is None else args.prompt
+    negative = source["negative_prompt"] if args.negative is None else args.negative
+    return dict(zip(SOURCE_PROMPT_KEYS, (prompt, negative), strict=True))
 
 
 def _info(path: str) -> int:

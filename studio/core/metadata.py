@@ -246,6 +246,12 @@ def parameters_for(
     return format_parameters(request.prompt, request.negative_prompt, params)
 
 
+#: `extra` keys giving a resize or model upscale the prompt and negative prompt to write (not as keys): the source
+#: image's, as A1111's extras tab keeps them (`studio upscale` of a PNG with parameters). A sampled upscale writes
+#: the prompt it ran with.
+SOURCE_PROMPT_KEYS = ("Source prompt", "Source negative")
+
+
 def _upscale_text(
     request: GenerateRequest,
     seed: int,
@@ -260,6 +266,8 @@ def _upscale_text(
     else:
         size = f"{request.width}x{request.height}" if request.width and request.height else None
     sampled = request.upscale.method in ("diffusion", "latent")
+    extra = dict(extra or {})
+    source = [str(extra.pop(k, None) or "") for k in SOURCE_PROMPT_KEYS]
     params: dict[str, object] = {}
     if sampled:
         params.update({
@@ -279,7 +287,7 @@ def _upscale_text(
         params.update(extra)
     params["Version"] = version
     if not sampled:
-        return format_parameters("", "", params)
+        return format_parameters(source[0], source[1], params)
     return format_parameters(request.prompt, request.negative_prompt, params)
 
 

@@ -10,6 +10,16 @@ import sys
 
 DEFAULT_RUN_DIR = "runs/builtin"
 DEFAULT_MODEL_DIR = "models/builtin"
+# The help of options several commands share ("the preset's": what --preset sets).
+RUN_DIR_HELP = "the training run's folder (checkpoint, log)"
+PRESET_HELP = "sizes and defaults: cpu (this machine), gpu, tiny (a smoke test)"
+STEPS_HELP = "a fixed number of steps (default: the preset's)"
+BATCH_HELP = "images per step (default: the preset's)"
+SEED_HELP = "random seed"
+THREADS_HELP = "CPU threads (default: the preset's)"
+EVAL_IMAGES_HELP = "held-out images measured at the end"
+LR_HELP = "learning rate (default: the preset's)"
+NO_EMA_HELP = "export the raw weights instead of the EMA"
 
 
 def _train_vae(args) -> None:
@@ -70,43 +80,43 @@ def add_upscaler_subcommands(subparsers) -> None:
     """The built-in upscalers: SwinIR x4 and the x4 latent upscaler (StableDiffusionUpscalePipeline layout)."""
     p = subparsers.add_parser("train-swinir", help="train the built-in SwinIR x4 (L1, shapes at 4x)")
     p.add_argument("--out", default="runs/swinir", help="run folder (checkpoint, log, result)")
-    p.add_argument("--preset", default="cpu", choices=["cpu", "gpu", "tiny"])
+    p.add_argument("--preset", default="cpu", choices=["cpu", "gpu", "tiny"], help=PRESET_HELP)
     p.add_argument("--steps", type=int, default=None, help="a fixed number of steps instead of the time budget")
-    p.add_argument("--time-budget-minutes", type=float, default=None)
-    p.add_argument("--batch", type=int, default=None)
-    p.add_argument("--lr", type=float, default=None)
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--time-budget-minutes", type=float, default=None, help="training time (default: the preset's)")
+    p.add_argument("--batch", type=int, default=None, help=BATCH_HELP)
+    p.add_argument("--lr", type=float, default=None, help=LR_HELP)
+    p.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
+    p.add_argument("--seed", type=int, default=0, help=SEED_HELP)
     p.add_argument("--max-minutes", type=float, default=None, help="stop (and save) after this much wall time")
-    p.add_argument("--eval-images", type=int, default=32)
+    p.add_argument("--eval-images", type=int, default=32, help=EVAL_IMAGES_HELP)
     p.set_defaults(func=_train_swinir)
 
     p = subparsers.add_parser("export-swinir", help="write the SwinIR x4 .safetensors (EMA weights)")
-    p.add_argument("--run-dir", default="runs/swinir")
-    p.add_argument("--out", default="models/swinir-x4/swinir-x4.safetensors")
-    p.add_argument("--no-ema", action="store_true")
+    p.add_argument("--run-dir", default="runs/swinir", help=RUN_DIR_HELP)
+    p.add_argument("--out", default="models/swinir-x4/swinir-x4.safetensors", help="the .safetensors file to write")
+    p.add_argument("--no-ema", action="store_true", help=NO_EMA_HELP)
     p.add_argument("--fp32", action="store_true", help="store float32 weights (default float16)")
     p.set_defaults(func=_export_swinir)
 
     p = subparsers.add_parser("train-latent-upscaler",
                               help="train the built-in x4 latent upscaler (its VAE, then text encoder + UNet)")
     p.add_argument("--out", default="runs/latent-up", help="run folder (vae/, unet/)")
-    p.add_argument("--preset", default="cpu", choices=["cpu", "gpu", "tiny"])
+    p.add_argument("--preset", default="cpu", choices=["cpu", "gpu", "tiny"], help=PRESET_HELP)
     p.add_argument("--stage", default="all", choices=["all", "vae", "unet"], help="run only this stage")
-    p.add_argument("--vae-steps", type=int, default=None)
+    p.add_argument("--vae-steps", type=int, default=None, help="a fixed number of VAE steps (default: the preset's)")
     p.add_argument("--vae-lr", type=float, default=None, help="the VAE stage's learning rate (preset cpu: 3e-5)")
     p.add_argument("--unet-steps", type=int, default=None, help="a fixed number of UNet steps instead of the budget")
     p.add_argument("--time-budget-minutes", type=float, default=None, help="UNet training time")
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
+    p.add_argument("--seed", type=int, default=0, help=SEED_HELP)
     p.add_argument("--max-minutes", type=float, default=None, help="stop (and save) after this much wall time")
-    p.add_argument("--eval-images", type=int, default=16)
+    p.add_argument("--eval-images", type=int, default=16, help=EVAL_IMAGES_HELP)
     p.set_defaults(func=_train_latent_upscaler)
 
     p = subparsers.add_parser("export-latent-upscaler", help="write the x4 latent upscaler's diffusers folder")
-    p.add_argument("--run-dir", default="runs/latent-up")
-    p.add_argument("--out", default="models/latent-upscaler-x4")
-    p.add_argument("--no-ema", action="store_true")
+    p.add_argument("--run-dir", default="runs/latent-up", help=RUN_DIR_HELP)
+    p.add_argument("--out", default="models/latent-upscaler-x4", help="the diffusers folder to write")
+    p.add_argument("--no-ema", action="store_true", help=NO_EMA_HELP)
     p.add_argument("--fp32", action="store_true", help="store float32 weights (default float16)")
     p.add_argument("--unet-copy", action="store_true",
                    help="ship the UNet's pass-through start (a copy of its condition) instead of the trained one")
@@ -115,63 +125,64 @@ def add_upscaler_subcommands(subparsers) -> None:
 
 def add_subcommands(subparsers) -> None:
     p = subparsers.add_parser("train-vae", help="stage (a): train the built-in model's AutoencoderKL")
-    p.add_argument("--run-dir", default=DEFAULT_RUN_DIR)
-    p.add_argument("--preset", default="cpu", choices=["cpu", "gpu", "tiny"])
-    p.add_argument("--steps", type=int, default=None)
-    p.add_argument("--batch", type=int, default=None)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--eval-images", type=int, default=256)
+    p.add_argument("--run-dir", default=DEFAULT_RUN_DIR, help=RUN_DIR_HELP)
+    p.add_argument("--preset", default="cpu", choices=["cpu", "gpu", "tiny"], help=PRESET_HELP)
+    p.add_argument("--steps", type=int, default=None, help=STEPS_HELP)
+    p.add_argument("--batch", type=int, default=None, help=BATCH_HELP)
+    p.add_argument("--seed", type=int, default=0, help=SEED_HELP)
+    p.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
+    p.add_argument("--eval-images", type=int, default=256, help=EVAL_IMAGES_HELP)
     p.set_defaults(func=_train_vae)
 
     p = subparsers.add_parser("train-unet", help="stages (b)+(c): train the text encoder and the UNet jointly")
-    p.add_argument("--run-dir", default=DEFAULT_RUN_DIR)
-    p.add_argument("--preset", default="cpu", choices=["cpu", "gpu", "tiny"])
-    p.add_argument("--steps", type=int, default=None)
-    p.add_argument("--batch", type=int, default=None)
-    p.add_argument("--pool-size", type=int, default=None)
-    p.add_argument("--full-mask-prob", type=float, default=None)
+    p.add_argument("--run-dir", default=DEFAULT_RUN_DIR, help=RUN_DIR_HELP)
+    p.add_argument("--preset", default="cpu", choices=["cpu", "gpu", "tiny"], help=PRESET_HELP)
+    p.add_argument("--steps", type=int, default=None, help=STEPS_HELP)
+    p.add_argument("--batch", type=int, default=None, help=BATCH_HELP)
+    p.add_argument("--pool-size", type=int, default=None, help="images encoded to latents once (default: the preset's)")
+    p.add_argument("--full-mask-prob", type=float, default=None, help="share of text-to-image samples (no mask)")
     p.add_argument("--noise-offset", type=float, default=None, help="offset noise strength (default 0.1)")
     p.add_argument("--latent-scale", type=float, default=None,
                    help="multiply the VAE scaling factor (< 1 = noisier schedule in effect; shipped in the VAE config)")
-    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--lr", type=float, default=None, help=LR_HELP)
     p.add_argument("--conv-in-kernel", type=int, default=None, help="UNet input convolution kernel (odd)")
-    p.add_argument("--warmup", type=int, default=None)
+    p.add_argument("--warmup", type=int, default=None, help="learning-rate warm-up steps (default: the preset's)")
     p.add_argument("--x0-floor", type=float, default=None,
                    help="raise the loss weight at high noise to X0_FLOOR / SNR (the layout is decided there)")
     p.add_argument("--high-noise-cap", type=float, default=None, help="the most that weight may be (default 10)")
     p.add_argument("--init-from", default=None, help="start from the weights of another run's checkpoint.pt")
     p.add_argument("--pool-from", default=None, help="use another run's pool.pt (latents of the same VAE)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0, help=SEED_HELP)
+    p.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
     p.add_argument("--max-minutes", type=float, default=None, help="stop (and save) after this much wall time")
     p.add_argument("--time-budget-minutes", type=float, default=None,
                    help="train for this much training time instead of --steps (LR schedule follows the time spent)")
     p.set_defaults(func=_train_unet)
 
     p = subparsers.add_parser("export", help="write the diffusers folder from a training run (EMA weights)")
-    p.add_argument("--run-dir", default=DEFAULT_RUN_DIR)
-    p.add_argument("--out", default=DEFAULT_MODEL_DIR)
+    p.add_argument("--run-dir", default=DEFAULT_RUN_DIR, help=RUN_DIR_HELP)
+    p.add_argument("--out", default=DEFAULT_MODEL_DIR, help="the model folder to write")
     p.add_argument("--no-ema", action="store_true", help="export the raw weights instead of the EMA")
     p.add_argument("--fp32", action="store_true", help="store float32 weights (default float16, to keep it small)")
     p.add_argument("--no-preview", action="store_true", help="do not fit latent_rgb.json")
     p.set_defaults(func=_export)
 
     p = subparsers.add_parser("fit-preview", help="fit latent_rgb.json (latent -> RGB preview factors)")
-    p.add_argument("--model", default=DEFAULT_MODEL_DIR)
-    p.add_argument("--images", type=int, default=512)
+    p.add_argument("--model", default=DEFAULT_MODEL_DIR, help="the model folder (its latent_rgb.json is written)")
+    p.add_argument("--images", type=int, default=512, help="images to fit the factors on")
     p.set_defaults(func=_fit_preview)
 
     p = subparsers.add_parser("evaluate", help="colour / shape / position accuracy on held-out prompts, VAE PSNR")
-    p.add_argument("--model", default=DEFAULT_MODEL_DIR)
+    p.add_argument("--model", default=DEFAULT_MODEL_DIR, help="the model folder to measure")
     p.add_argument("--n", type=int, default=None, help="number of held-out prompts (default: all)")
-    p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--cfg", type=float, default=6.0)
-    p.add_argument("--sampler", default="euler", choices=["euler", "dpmpp_2m", "euler_a"])
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, default=20, help="sampling steps per image")
+    p.add_argument("--cfg", type=float, default=6.0, help="classifier-free guidance scale")
+    p.add_argument("--sampler", default="euler", choices=["euler", "dpmpp_2m", "euler_a"],
+                   help="the sampler of the generated images")
+    p.add_argument("--seed", type=int, default=0, help=SEED_HELP)
     p.add_argument("--repeats", type=int, default=2, help="each held-out triple this many times (other seeds)")
-    p.add_argument("--psnr-images", type=int, default=256)
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--psnr-images", type=int, default=256, help="images for the VAE's reconstruction PSNR")
+    p.add_argument("--threads", type=int, default=1, help="CPU threads")
     p.add_argument("--grid", default=None, help="save the generated images as a PNG grid")
     p.add_argument("--no-inpaint", action="store_true", help="skip the inpainting measures (9-channel models)")
     p.add_argument("--remove-n", type=int, default=None,
