@@ -122,3 +122,12 @@ def test_cli_upscale_defaults_to_the_built_in_swinir(capsys, tmp_path, mode):
 
     f = request_fields(read_parameters(out.strip()))
     assert f["upscale_mode"] == "model"
+
+
+def test_a_disabled_strength_box_looks_disabled():
+    # The stylesheet's text colour wins over the palette: a rule without QDoubleSpinBox kept it bright.
+    from studio.paths import RESOURCES
+
+    qss = (RESOURCES / "styles" / "dark.qss").read_text(encoding="utf-8")
+    disabled = next(line for line in qss.splitlines() if "QSpinBox:disabled" in line)
+    assert "QDoubleSpinBox:disabled" in disabled
