@@ -134,9 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_generation_options(up, upscale=True)
     up.add_argument("--image", required=True, help="the input image (PNG, JPEG, WebP)")
     up.add_argument("--scale", type=float, default=2.0, help="the factor, 1 to 8 (default 2)")
-    up.add_argument("--mode", choices=UPSCALE_METHODS, default="diffusion",
-                    help="resize: Lanczos; model: an --upscaler model; diffusion: resize, then tiled img2img with "
-                         "--model; latent: an x4 upscaler --model (default diffusion)")  # fmt: skip
+    up.add_argument("--mode", choices=UPSCALE_METHODS, default="model",
+                    help="resize: Lanczos; model: an --upscaler model (the built-in SwinIR x4 without one); diffusion: "
+                         "resize, then tiled img2img with --model; latent: an x4 upscaler --model (default model)")  # fmt: skip
     up.add_argument("--upscaler", default=None, help="an upscaler model file (ESRGAN, SwinIR...): --mode model, "
                     "and the resize step of --mode diffusion (default: Lanczos)")  # fmt: skip
     up.add_argument("--tile", type=int, default=0, help="tile size in output px (default: the model's own)")
@@ -413,6 +413,11 @@ def _run_upscale(args: argparse.Namespace) -> int:
     if args.upscaler and args.mode not in ("model", "diffusion"):
         raise RequestError(f"--upscaler is for --mode model or diffusion, not {args.mode}")
     init = _read_image(args.image)
+    builtin = args.mode == "model" and args.upscaler is None and not args.server  # the default keeps the picture
+    if builtin:
+        from .paths import BUILTIN_UPSCALER
+
+        args.upscaler = str(BUILTIN_UPSCALER)
     strength = args.strength if args.strength is not None else UPSCALE_STRENGTH.get(args.mode, 0.3)
     prompt, negative = args.prompt or "", args.negative or ""
     request = _request(args, "upscale", strength=strength, init_image=init, upscale_mode=args.mode,
@@ -431,6 +436,8 @@ def _run_upscale(args: argparse.Namespace) -> int:
         if args.model is not None and not Path(args.model).exists():
             raise EngineError(f"Model not found: {args.model}")
         check_mode(read_layout(resolve_model_path(args.model, BUILTIN_MODEL)), "upscale", args.mode)
+    if builtin:  # said after the checks: bad input still answers in one line
+        print("studio: upscaler: the built-in SwinIR x4 (--upscaler picks another)", file=sys.stderr, flush=True)
     return _generate_and_save(args, request, _source_prompt(args))
 
 

@@ -380,8 +380,9 @@ def test_upscale_resize_prints_the_path_and_records_the_upscale(capsys, tmp_path
 
 def test_upscale_diffusion_defaults_to_strength_0_3(capsys, tmp_path, tiny_model):
     src, _ = _smooth_png(tmp_path, (32, 32))
-    code, out, err = run(capsys, "upscale", "--image", str(src), "--model", tiny_model, "--prompt", "a cat",
-                         "--steps", "4", "--seed", "3", "--sampler", "Euler", "--out", str(tmp_path / "o"))  # fmt: skip
+    code, out, err = run(capsys, "upscale", "--image", str(src), "--mode", "diffusion", "--model", tiny_model,
+                         "--prompt", "a cat", "--steps", "4", "--seed", "3", "--sampler", "Euler",
+                         "--out", str(tmp_path / "o"))  # fmt: skip
     assert code == 0, err
     assert "tile 1/1, step 1/1" in err  # progress on stderr, the path alone on stdout
     (p,) = out.splitlines()
@@ -416,7 +417,6 @@ def test_upscale_with_an_upscaler_model(capsys, tmp_path, tiny_sr_file):
     [
         (["--scale", "9"], "between 1 and 8"),
         (["--image", "/nonexistent/low.png"], "Image not found"),
-        (["--mode", "model"], "needs an upscaler model"),
         (["--mode", "model", "--upscaler", "/nonexistent/4x.pth"], "Upscaler not found"),
         (["--mode", "model", "--upscaler", "JUNK"], "junk.safetensors"),
         (["--mode", "latent", "--model", "SD"], "needs an x4 upscaler model"),

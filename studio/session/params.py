@@ -9,7 +9,7 @@ from typing import Any
 
 from studio.core.metadata import FIELD_LIMITS, UPSCALE_TARGET, Refused
 from studio.core.requests import GenerateRequest
-from studio.paths import BUILTIN_LATENT_UPSCALER
+from studio.paths import BUILTIN_LATENT_UPSCALER, BUILTIN_UPSCALER
 
 # Fields a stored PNG's parameters can restore into the panel (the model only if it is here).
 RESTORED_FIELDS = ("prompt", "negative_prompt", "sampler", "schedule", "steps", "cfg", "seed", "width", "height",
@@ -59,9 +59,9 @@ class Params:
     inpaint_area: str = "whole"  # "whole" picture or only the "masked" area (at full working resolution)
     inpaint_padding: int = 32
     masked_content: str = "original"  # original, fill, noise
-    upscale_mode: str = "diffusion"  # resize, model, diffusion, latent
+    upscale_mode: str = "model"  # resize, model, diffusion, latent; "model" keeps the picture (diffusion may not)
     scale: float = 2.0
-    upscaler: str = ""  # an upscaler the backend lists (a file locally); "": Lanczos
+    upscaler: str = ""  # an upscaler the backend lists (a file locally); "": Lanczos, or the built-in SwinIR
     tile: int = 0  # px; 0: automatic
     tile_overlap: int = 0
     upscale_strength: float = 0.3  # a diffusion upscale keeps the composition: low strength
@@ -148,11 +148,14 @@ class Params:
         model = self.model or None
         if self.upscale_mode == "latent" and model is None and (BUILTIN_LATENT_UPSCALER / "model_index.json").is_file():
             model = str(BUILTIN_LATENT_UPSCALER)
+        upscaler = self.upscaler or None
+        if self.upscale_mode == "model" and upscaler is None and BUILTIN_UPSCALER.is_file():
+            upscaler = str(BUILTIN_UPSCALER)  # no model picked (none listed yet): the built-in SwinIR, never an error
         return GenerateRequest.from_fields(
             prompt=self.prompt, negative_prompt=self.negative_prompt, model=model, mode="upscale",
             sampler=self.sampler, schedule=self.schedule, steps=int(self.steps), cfg=float(self.cfg),
             seed=None if self.seed < 0 else int(self.seed), preview=preview,
             strength=float(self.upscale_strength) if self.upscale_mode == "diffusion" else 1.0,  # latent: as trained
-            upscale_mode=self.upscale_mode, scale=float(self.scale), upscaler=self.upscaler or None,
+            upscale_mode=self.upscale_mode, scale=float(self.scale), upscaler=upscaler,
             tile=int(self.tile), tile_overlap=int(self.tile_overlap),
         )  # fmt: skip

@@ -19,6 +19,7 @@ from PySide6.QtWidgets import (
 
 from studio.session import Params, Session
 from studio.ui.theme import muted_label
+from studio.ui.widgets import section
 
 
 def set_clamped(box: QSpinBox | QDoubleSpinBox, value: float) -> None:
@@ -47,6 +48,9 @@ METHODS = (
     ("latent", "Latent upscaler (x4)", "The x4 latent upscaler: pick a model of that layout in Model"),
     ("resize", "Resize (Lanczos)", "Plain Lanczos resampling: fast, no new detail"),
 )
+# The methods each upscale option acts in; elsewhere it is disabled, its tooltip says why.
+USED_BY = {"strength": ("diffusion",), "upscaler": ("model", "diffusion"), "tiles": ("model", "diffusion", "latent")}
+METHOD_NAMES = {m: label for m, label, _tip in METHODS}
 AREAS = (("whole", "Whole picture"), ("masked", "Only masked"))
 CONTENTS = (("original", "Original"), ("fill", "Fill"), ("noise", "Latent noise"))
 
@@ -192,6 +196,8 @@ class UpscaleOptions(QWidget):
         outer = QVBoxLayout(self)
         outer.setContentsMargins(0, 0, 0, 0)
         outer.setSpacing(6)
+        self.heading = section("Upscale options")
+        outer.addWidget(self.heading)
         self.target = QLabel()
         self.target.setObjectName("Muted")
         self.target.setWordWrap(True)
@@ -238,8 +244,10 @@ class UpscaleOptions(QWidget):
             grid.addWidget(muted_label(label), row, col, 1, span)
             grid.addWidget(widget, row + 1, col, 1, span)
 
+        self._tips = {w: w.toolTip() for w in (self.strength, self.upscaler, self.tile, self.overlap)}
+
         s = session
-        self.method.currentIndexChanged.connect(lambda _i: s.update_params(upscale_mode=self.method.currentData()))
+        self.method.currentIndexChanged.connect(lambda _i: self._method_changed())
         self.scale.valueChanged.connect(lambda v: s.update_params(scale=float(v)))
         self.upscaler.currentIndexChanged.connect(lambda _i: s.update_params(upscaler=self.upscaler.currentData() or ""))
         self.strength.valueChanged.connect(lambda v: s.update_params(upscale_strength=float(v)))
@@ -256,6 +264,29 @@ class UpscaleOptions(QWidget):
     def set_capabilities(self, info) -> None:
         self.set_methods(info.upscale_modes)
         self.set_upscalers(info.upscalers)
+
+    def _method_changed(self) -> None:
+        self.session.update_params(upscale_mode=self.method.currentData())
+        self._preselect_upscaler()
+        self._fit_to_method(self.session.params.upscale_mode)
+
+    def _preselect_upscaler(self) -> None:
+        """The Upscaler model method with no model chosen takes the first listed (Lanczos is no model)."""
+        p = self.session.params
+        if p.upscale_mode == "model" and not p.upscaler and self.upscaler.count() > 1:
+            self.upscaler.setCurrentIndex(1)  # its signal tells the session
+
+    def _fit_to_method(self, method: str) -> None:
+        """Options that do nothing in this method are disabled, and their tooltips say why."""
+        name = METHOD_NAMES.get(method, method)
+        for key, widgets in (("strength", (self.strength,)), ("upscaler", (self.upscaler,)),
+                             ("tiles", (self.tile, self.overlap))):  # fmt: skip
+            used = method in USED_BY[key]
+            for w in widgets:
+                w.setEnabled(used)
+                w.setToolTip(self._tips[w] if used else f"{self._tips[w]}\n\nDisabled: not used by {name}.")
+        # Without a listed model, the Upscaler model method runs the built-in SwinIR (Params.to_request).
+        self.upscaler.setItemText(0, "Built-in SwinIR x4" if method == "model" else "Lanczos (no model)")
 
     def set_methods(self, offered) -> None:
         """The upscale methods the backend runs, in METHODS' order (a server has no x4 latent upscaler)."""
@@ -274,7 +305,8 @@ class UpscaleOptions(QWidget):
         current = self.session.params.upscaler
         self.upscaler.blockSignals(True)
         self.upscaler.clear()
-        self.upscaler.addItem("Lanczos (no model)", "")
+        self.upscaler.addItem("Built-in SwinIR x4" if self.session.params.upscale_mode == "model" else
+                              "Lanczos (no model)", "")  # fmt: skip
         for value, label in choices:
             self.upscaler.addItem(label, value)
             self.upscaler.setItemData(self.upscaler.count() - 1, value, Qt.ItemDataRole.ToolTipRole)
@@ -282,6 +314,7 @@ class UpscaleOptions(QWidget):
             self.upscaler.addItem(current.rsplit("/", 1)[-1], current)
         self.upscaler.setCurrentIndex(max(0, self.upscaler.findData(current)))
         self.upscaler.blockSignals(False)
+        self._preselect_upscaler()
 
     def set_params(self, p: Params) -> None:
         widgets = (self.method, self.scale, self.upscaler, self.strength, self.tile, self.overlap)
@@ -299,6 +332,8 @@ class UpscaleOptions(QWidget):
         finally:
             for w in widgets:
                 w.blockSignals(False)
+        self._preselect_upscaler()
+        self._fit_to_method(p.upscale_mode)
         self.setVisible(p.mode == "upscale")
         hold_shown(self.session, {"scale": float(self.scale.value()), "upscale_strength": float(self.strength.value()),
                                   "tile": self.tile.value(), "tile_overlap": self.overlap.value()})  # fmt: skip
@@ -306,7 +341,6 @@ class UpscaleOptions(QWidget):
 
     def _update_target(self) -> None:
         doc, p = self.session.document, self.session.params
-        self.strength.setEnabled(p.upscale_mode == "diffusion")  # the latent upscaler runs all its steps
         if not doc.has_image():
             self.target.setText("Put an image on the canvas first")
             return

@@ -111,6 +111,8 @@ class PromptPanel(QWidget):
         self.mode_switch = ModeSwitch(session)
         lay.addWidget(self.mode_switch)
         lay.addSpacing(4)
+        self.upscale_options = UpscaleOptions(session)  # first: in view without scrolling (1440x900)
+        lay.addWidget(self.upscale_options)
 
         # Prompts
         lay.addWidget(section("Prompt"))
@@ -230,8 +232,6 @@ class PromptPanel(QWidget):
         lay.addWidget(self.canvas_section)
         self.canvas_options = CanvasOptions(session)
         lay.addWidget(self.canvas_options)
-        self.upscale_options = UpscaleOptions(session)
-        lay.addWidget(self.upscale_options)
         lay.addStretch(0)
 
         # Generate / Cancel: outside the scroll area, always visible.
@@ -324,7 +324,7 @@ class PromptPanel(QWidget):
         self.mode_switch.show_mode(p.mode)
         self.canvas_options.set_params(p)
         self.upscale_options.set_params(p)
-        self.canvas_section.setVisible(p.mode != "txt2img")
+        self.canvas_section.setVisible(p.mode in ("img2img", "inpaint"))  # the upscale options have their own
         text, tip = GENERATE_LABELS.get(p.mode, GENERATE_LABELS["txt2img"])
         self.generate_button.setText(text)
         self.generate_button.setToolTip(tip)

@@ -53,7 +53,7 @@ def test_a_selected_region_is_upscaled_into_the_canvas_undoably(qtbot, make_wind
     assert window.prompt_panel.upscale_options.target.text() == "Upscales the selection 40×40 to 80×80"
     frames = []
     s.live_canvas.connect(lambda image: frames.append(QImage(image)))
-    s.update_params(steps=2, seed=1)
+    s.update_params(steps=2, seed=1, upscale_mode="diffusion")  # not the default (model): tiles of steps
     job = s.generate()
     assert job is not None
     fake.allow(3)  # tile 1 (2 steps) and the first step of tile 2 (previews may coalesce)
@@ -103,7 +103,7 @@ def test_the_upscaler_list_comes_from_the_backend(qtbot, make_window):
 
     window = make_window(WithUpscalers())
     combo = window.prompt_panel.upscale_options.upscaler
-    assert [combo.itemText(i) for i in range(combo.count())] == ["Lanczos (no model)"]
+    assert [combo.itemText(i) for i in range(combo.count())] == ["Built-in SwinIR x4"]  # the model method's default
     with qtbot.waitSignal(window.session.capabilities_changed):
         window.start_engine()
     assert combo.itemText(1) == "4x-tiny (ESRGAN x4)"
