@@ -4,7 +4,6 @@ steps it does not have, and carries no seed (result, metadata, file name); a run
 from __future__ import annotations
 
 import numpy as np
-
 from PIL import Image
 
 from studio.core import GenerateRequest
