@@ -696,6 +696,7 @@ class Session(QObject):
     def _end_run(self, job_id: int) -> None:
         was_running = job_id == self.book.running
         job = self.book.pop(job_id)
+        self._phases.pop(job_id, None)  # a job dropped from the queue never started
         if was_running:
             if job is not None and job.plan is not None and job.plan.mode == "inpaint":
                 emit(self.live_overlay, None, None)
