@@ -63,9 +63,9 @@ def test_resize_is_lanczos_to_the_output_size(engine, shape, kw, size):
     r = engine.generate(ureq(init_image=img, **kw), on_step=seen.append)
     assert r.images[0].shape == (size[1], size[0], 3)
     assert np.array_equal(r.images[0], lanczos(img, size))
-    assert not r.cancelled and r.seeds == [7] and r.steps_done == 0 and seen == []
+    assert not r.cancelled and r.seeds == [] and r.steps_done == 0 and seen == []  # no noise: no seed
     assert r.latents is None and r.x0 is None and r.model_name == ""
-    assert r.request.seed == 7 and r.request.batch == 1
+    assert r.request.seed is None and r.request.batch == 1
 
 
 def test_resize_needs_no_model(engine):
@@ -114,9 +114,9 @@ def test_model_upscale_resizes_to_the_exact_size_and_previews_each_tile(engine, 
     x4 = np.repeat(np.repeat(img, 4, 0), 4, 1)
     assert np.array_equal(r.images[0], lanczos(x4, (64, 48)))  # the model's 4x, Lanczos to 2x
     assert stand_in.calls == [((24, 32, 3), 64, 8)]  # tile and overlap: output px over the model's scale
-    assert [(s.step, s.total, s.stage, s.part, s.parts) for s in seen] == [(1, 2, "tile", 1, 2), (2, 2, "tile", 2, 2)]
+    assert [(s.step, s.total, s.stage, s.part, s.parts) for s in seen] == [(0, 0, "tile", 1, 2), (0, 0, "tile", 2, 2)]
     assert [s.region for s in seen] == [(0, 0, 32, 48), (32, 0, 32, 48)]  # in output px, not the model's 4x
-    assert seen[0].preview.shape == (96, 64, 3) and seen[1].label() == "tile 2/2, step 2/2"
+    assert seen[0].preview.shape == (96, 64, 3) and seen[1].label() == "tile 2/2"
     assert r.steps_done == 0 and r.latents is None and r.model_name == ""
 
 

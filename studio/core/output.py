@@ -112,8 +112,10 @@ def _sanitize(hint: str, limit: int = 64) -> str:
     return s[:limit].rstrip(" ._-")
 
 
-def next_paths(out_dir: str | os.PathLike, n: int, seed: int, stem_hint: str = "", *, ext: str = ".png") -> list[Path]:
-    """`n` new file names in `out_dir`, A1111-style: "00012-1234.png" (image i gets seed + i).
+def next_paths(out_dir: str | os.PathLike, n: int, seed: int | None, stem_hint: str = "", *, ext: str = ".png"
+               ) -> list[Path]:  # fmt: skip
+    """`n` new file names in `out_dir`, A1111-style: "00012-1234.png" (image i gets seed + i); "00012.png" for
+    seed None (a run that drew no noise: a resize).
 
     The 5-digit counter continues past the highest counter of any file in the folder (as A1111
     does: a name starting with digits then "-" or "."), so names never repeat an existing file.
@@ -135,7 +137,7 @@ def next_paths(out_dir: str | os.PathLike, n: int, seed: int, stem_hint: str = "
     paths: list[Path] = []
     for i in range(n):
         while True:
-            name = f"{counter:05d}-{seed + i}{suffix}{ext}"
+            name = f"{counter:05d}{'' if seed is None else f'-{seed + i}'}{suffix}{ext}"
             counter += 1
             if name.lower() not in taken and not (out / name).exists():
                 break
@@ -219,7 +221,7 @@ def _save_one(result: GenerateResult, i: int, img, out_dir: str | os.PathLike, v
     seed = result.seeds[i] if i < len(result.seeds) else (result.seeds[0] if result.seeds else 0) + i
     text = parameters_for(req, seed, result.model_name, result.model_hash, version, result.extra_params)
     for _attempt in range(100):
-        target = next_paths(out_dir, 1, seed, ext=ext)[0]
+        target = next_paths(out_dir, 1, seed if result.seeds else None, ext=ext)[0]
         try:
             return save_image(img, target, text, overwrite=False)
         except FileExistsError:

@@ -258,7 +258,12 @@ class StepInfo:
     region: tuple[int, int, int, int] | None = None
 
     def label(self) -> str:
-        """'step 4/20', or 'tile 3/9, step 4/20' within a multi-pass run."""
+        """'step 4/20', or 'tile 3/9, step 4/20' within a multi-pass run; 'tile 3/9' for a pass without steps
+        (total 0: an upscaler model's tiles); the phase alone before the first step ('loading model')."""
+        if self.stage and not self.total and self.parts:
+            return f"{self.stage} {self.part}/{self.parts}"
+        if self.stage and not self.step and not self.parts:
+            return self.stage
         text = f"step {self.step}/{self.total}"
         if self.stage and self.parts:
             return f"{self.stage} {self.part}/{self.parts}, {text}"

@@ -7,8 +7,8 @@ The output size is ``request.upscale_size()`` (the input times ``scale``, or ``w
 - ``resize``: Lanczos to the output size. No model, no steps, no previews.
 - ``model``: an upscaler model file (``studio.engine.upscalers``: ESRGAN, SwinIR... through spandrel), in the
   upscaler's own tiles, then Lanczos to the exact output size where the model's factor differs. One StepInfo
-  per finished tile: stage "tile", step = part = the tile's number, total = parts = the tiles, preview = the
-  tile's upscaled pixels, region = where they go in the output.
+  per finished tile: stage "tile", part = the tile's number, parts = the tiles, step = total = 0 (no sampler
+  steps), preview = the tile's upscaled pixels, region = where they go in the output.
 - ``diffusion``: resize to the output size (Lanczos, or the upscaler model when ``upscaler`` is set: its
   tiles report stage "upscaler"), then img2img at ``strength`` with the loaded model (txt2img or 9-channel
   inpaint) in overlapping tiles of the model's working size (its native size unless ``tile`` is set; the
@@ -32,7 +32,8 @@ The output size is ``request.upscale_size()`` (the input times ``scale``, or ``w
 
 Seeds: tile i (0-based, row by row) runs with ``seed + i`` (mod 2**32), so tiles draw different noise (one
 seed for all would print the same noise pattern into every tile) and the run is reproducible from its seed.
-``GenerateResult.seeds`` is ``[seed]``.
+``GenerateResult.seeds`` is ``[seed]``. A resize or an upscaler model draws no noise: its request's seed is
+None and its ``seeds`` are ``[]`` (no seed in its metadata or file name).
 
 The step timeline: a run of one tile (the output fits in one working tile) keeps its latents and x0
 estimates as any run does (``result.latents``/``x0``: the whole image, the padding and margin cut off). A run
@@ -149,6 +150,9 @@ def diffusion_tiles(size: tuple[int, int], tile: int, overlap: int, multiple: in
         ) from e
 
 
+SAMPLED = ("diffusion", "latent")  # the methods that run a sampler (steps, a seed)
+
+
 def run(engine, request: GenerateRequest, on_step, cancel, t_start: float) -> GenerateResult:
     """One upscale on `engine` (the caller holds its lock and has validated the request)."""
     mode = request.upscale.method
@@ -157,7 +161,8 @@ def run(engine, request: GenerateRequest, on_step, cancel, t_start: float) -> Ge
         _check_steps(request)
     if request.upscale.upscaler and mode in ("model", "diffusion") and not Path(request.upscale.upscaler).expanduser().exists():
         raise ModelError(f"Upscaler not found: {request.upscale.upscaler}")
-    seed = request.seed if request.seed is not None else secrets.randbelow(MAX_SEED + 1)
+    # Only a sampled upscale draws noise: a resize or an upscaler model has no seed to report
+    seed = (request.seed if request.seed is not None else secrets.randbelow(MAX_SEED + 1)) if mode in SAMPLED else None
     job = _Upscale(engine, request.replace(seed=seed, batch=1), on_step, cancel, t_start)
     try:
         if mode == "resize":
@@ -221,7 +226,7 @@ class _Upscale:
         return GenerateResult(
             images=images,
             request=self.r,
-            seeds=[int(self.r.seed)],
+            seeds=[int(self.r.seed)] if self.r.seed is not None else [],
             cancelled=cancelled,
             latents=kept[0] if kept else None,
             x0=kept[1] if kept else None,
@@ -262,8 +267,9 @@ class _Upscale:
                 raise Cancelled
             preview = np.asarray(pixels, np.uint8) if want_preview and pixels is not None else None
             region = scale_rect(tuple(int(v) for v in rect), sx, sy)
-            self.send(StepInfo(part, parts, time.perf_counter() - self.t0, preview, stage=stage, part=part,
-                               parts=parts, region=region))  # fmt: skip
+            # step 0 of total 0: the upscaler has tiles, no sampler steps (StepInfo.label: "tile 3/9")
+            self.send(StepInfo(0, 0, time.perf_counter() - self.t0, preview, stage=stage, part=part, parts=parts,
+                               region=region))  # fmt: skip
 
         t = time.perf_counter()
         try:

@@ -106,6 +106,8 @@ class Session(QObject):
         self._unsaved_text: dict[int, str] = {}  # QImage.cacheKey() -> parameters, for images not on disk
         self._run_started = 0.0
         self._first_step: tuple[int, float] | None = None
+        self._phases: dict[int, str] = {}  # job id -> what a run does before its first step ("loading model")
+        self._last_info: StepInfo | None = None
 
         self.document.image_changed.connect(lambda image: emit(self.current_image_changed, image))
         self.document.changed.connect(self._update_crop)
@@ -223,7 +225,10 @@ class Session(QObject):
         self._worker.set_memory(MemoryOptions(self.settings.attention_slicing, self.settings.vae_tiling,
                                               self.settings.offload))  # fmt: skip
         job_id = self._worker.submit(request, save=lambda result: library.save_result(result, out_dir), label=label)
-        job = self.book.add(TrackedJob(job_id, JobKind.GENERATE, label, total=request.steps,
+        stepless = request.mode == "upscale" and request.upscale.method in ("resize", "model")  # no sampler
+        self._phases[job_id] = ("preparing" if stepless or self._loaded_model == (request.model or "")
+                                else "loading model")  # fmt: skip
+        job = self.book.add(TrackedJob(job_id, JobKind.GENERATE, label, total=0 if stepless else request.steps,
                                        width=request.width or 0, height=request.height or 0,
                                        plan=RunPlan.for_request(request)))  # fmt: skip
         if request.mode == "upscale":
@@ -315,6 +320,9 @@ class Session(QObject):
 
     def timeline_length(self) -> int:
         return self.timeline.length()
+
+    def timeline_label(self, step: int) -> str:
+        return self.timeline.label(step)
 
     def select_step(self, step: int) -> None:
         self.timeline.selected = step
@@ -671,10 +679,13 @@ class Session(QObject):
         self.book.running = job_id
         self._run_started = time.monotonic()
         self._first_step = None
+        self._last_info = None
         self.timeline.reset()
         emit(self.timeline_changed, 0)
         emit(self.running_changed, True)
-        emit(self.progress, 0, job.total if job else 0, -1.0)
+        emit(self.progress, 0, max(1, job.total) if job else 0, -1.0)
+        # A phase until the first step ends (a model load, the prompt, a large first step), not "step 0/20"
+        emit(self.step_info, StepInfo(0, job.total if job else 0, 0.0, stage=self._phases.pop(job_id, "preparing")))
         emit(self.message, f"Generating: {job.label if job else ''}", "info")
         emit(self.jobs_changed)
 
@@ -682,8 +693,11 @@ class Session(QObject):
         job = self.book.get(job_id)
         if job is None or job_id != self.book.running:
             return
-        job.step, job.total = info.step, info.total
-        emit(self.progress, info.step, info.total, self._eta(info.step, info.total, info.elapsed))
+        self._last_info = info
+        # a pass without steps (an upscaler model's tiles) counts its own parts
+        step, total = (info.part, info.parts) if not info.total and info.parts else (info.step, info.total)
+        job.step, job.total = step, total
+        emit(self.progress, step, total, self._eta(step, total, info.elapsed))
         emit(self.step_info, info)
         if info.preview is not None:
             arr = np.asarray(info.preview)
@@ -713,6 +727,7 @@ class Session(QObject):
     def _end_run(self, job_id: int) -> None:
         was_running = job_id == self.book.running
         job = self.book.pop(job_id)
+        self._phases.pop(job_id, None)  # a job dropped from the queue never started
         if was_running:
             if job is not None and job.plan is not None and job.plan.mode == "inpaint":
                 emit(self.live_overlay, None, None)
@@ -734,8 +749,13 @@ class Session(QObject):
             mode = result.request.mode
             self.document.set_image(images[0], out.paths[0] if out.paths else None, record=MODE_LABELS.get(mode, "Result"))
         n = self.timeline_length()
-        total = result.request.steps
-        emit(self.progress, total, total, 0.0)
+        job = self.book.get(job_id)
+        last = self._last_info
+        if last is not None and not last.total and last.parts:
+            emit(self.step_info, last)  # an upscaler model's tiles, all done: no steps to complete
+        elif job is None or job.total:  # a resize has no steps to show
+            total = result.request.steps
+            emit(self.progress, total, total, 0.0)
         self._end_run(job_id)
         emit(self.timeline_changed, n)
         if n:
@@ -745,7 +765,8 @@ class Session(QObject):
             emit(self.message, f"Not saved ({out.save_error}): use Save as to keep it", "error")
             return
         where = f" → {out.paths[0].parent}" if out.paths else ""
-        emit(self.message, f"Done in {secs:.1f} s, seed {self.last_seed}{where}", "info")
+        seed = f", seed {self.last_seed}" if result.seeds else ""  # a resize drew no noise
+        emit(self.message, f"Done in {secs:.1f} s{seed}{where}", "info")
         self._runs_done += 1
 
     def _on_decoded(self, job_id: int, out: DecodedStep) -> None:
@@ -777,8 +798,10 @@ class Session(QObject):
             self.book.pop(job_id)
             return
         was_running = job_id == self.book.running
+        job = self.book.get(job_id)
         self._end_run(job_id)
         if was_running:
+            self.timeline.stopped(job.total if job is not None else 0)  # "step 3/20, cancelled", not "3/3"
             emit(self.progress, 0, 0, -1.0)
             emit(self.timeline_changed, self.timeline_length())
             emit(self.message, "Cancelled", "info")

@@ -18,9 +18,20 @@ class StepTimeline:
         self.frames: dict[str, list[np.ndarray]] = {}
         self.output: JobOutput | None = None
         self.selected = 0
+        self.asked = 0  # the steps a cancelled run was asked for (0: the run finished)
 
     def reset(self) -> None:
-        self.live, self.frames, self.output, self.selected = {}, {}, None, 0
+        self.live, self.frames, self.output, self.selected, self.asked = {}, {}, None, 0, 0
+
+    def stopped(self, asked: int) -> None:
+        """The run was cancelled: its timeline holds the steps done out of `asked`."""
+        self.asked = asked
+
+    def label(self, step: int) -> str:
+        """'step 3/5'; 'step 3/20, cancelled' for a run stopped at 3 of 20."""
+        if self.asked:
+            return f"step {step}/{self.asked}, cancelled"
+        return f"step {step}/{self.length()}"
 
     def add_live(self, step: int, preview: np.ndarray) -> None:
         self.live[step] = preview

@@ -111,6 +111,7 @@ class PreviewPanel(QWidget):
         self.decode_button.clicked.connect(lambda: session.decode_step(self.timeline.value()))
         session.preview_changed.connect(self.view.set_image)
         session.progress.connect(self._progress)
+        session.step_info.connect(self._step_info)
         session.timeline_changed.connect(self._timeline_changed)
         session.timeline_image.connect(self._timeline_image)
         session.running_changed.connect(self._running)
@@ -134,6 +135,11 @@ class PreviewPanel(QWidget):
         self.step_label.setText(f"step {step}/{total}")
         self.eta_label.setText(format_eta(eta) if step < total else "")
 
+    def _step_info(self, info) -> None:
+        # After `progress`: a phase ("loading model") or a pass without steps ("tile 3/9") says so itself.
+        if info.stage and (not info.step or not info.total):
+            self.step_label.setText(info.label())
+
     def _running(self, running: bool) -> None:
         if running:
             self.timeline.setEnabled(False)
@@ -156,4 +162,4 @@ class PreviewPanel(QWidget):
 
     def _timeline_image(self, step: int, image: QImage) -> None:
         self.view.set_image(image)
-        self.step_label.setText(f"step {step}/{self.session.timeline_length()}")
+        self.step_label.setText(self.session.timeline_label(step))

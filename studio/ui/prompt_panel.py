@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import json
 import re
 from pathlib import Path
 
@@ -12,6 +14,7 @@ from PySide6.QtWidgets import (
     QDoubleSpinBox,
     QGridLayout,
     QHBoxLayout,
+    QLabel,
     QLineEdit,
     QMenu,
     QPlainTextEdit,
@@ -24,7 +27,9 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from studio.core.requests import MAX_SEED
+from studio.core.modelfiles import classify
+from studio.core.requests import MAX_SEED, MAX_SIDE
+from studio.paths import BUILTIN_MODEL
 from studio.session import IMAGE_SUFFIXES, Params, Session
 from studio.ui.canvas_options import CanvasOptions, ModeSwitch, UpscaleOptions, set_clamped
 from studio.ui.theme import icon, muted_label
@@ -42,6 +47,35 @@ GENERATE_LABELS = {
 # 1 MB one-word prompt took minutes. Past this many characters without a space, lines break anywhere (linear).
 LONG_WORD = 256
 _BREAKS = re.compile(r"[ \t\n\r]")  # only these: Qt does not break at a no-break space, Python's split() does
+
+
+TYPED_MAX = 99999  # what a size box lets the artist type before it says why the number is refused
+SLOW_AREA = 16  # times the model's native area: slow, and the model repeats itself (two heads, tiled scenes)
+
+
+@functools.lru_cache(maxsize=32)
+def native_side(model: str) -> int:
+    """The side a model was trained at (512, 768, 1024), from its files without loading it; 0 when unknown."""
+    path = Path(model) if model else BUILTIN_MODEL
+    try:
+        config = json.loads((path / "unet" / "config.json").read_text(encoding="utf-8"))
+        size = config.get("sample_size")
+        return int(size[0] if isinstance(size, list) else size) * 8
+    except (OSError, ValueError, TypeError, AttributeError):
+        pass
+    arch = classify(path).arch if path.is_file() else ""
+    return 1024 if arch.startswith("sdxl") else 768 if arch == "sd2-v" else 512 if arch.startswith("sd") else 0
+
+
+def size_warning(width: int, height: int, native: int) -> str:
+    """One line when width x height is SLOW_AREA times the native area or more; "" otherwise (or unknown)."""
+    if not (width and height and native):
+        return ""
+    times = width * height / (native * native)
+    if times < SLOW_AREA:
+        return ""
+    return (f"{width}x{height} is {times:g}x this model's native area: it will be slow and may repeat itself; "
+            "try Native size and upscale")  # fmt: skip
 
 
 def longest_word(text: str) -> int:
@@ -198,7 +232,16 @@ class PromptPanel(QWidget):
         size_row.addWidget(self.swap)
         size_row.addWidget(self.height_box, 1)
         grid.addWidget(self._label("Width × height"), 4, 0, 1, 2)
-        grid.addLayout(size_row, 5, 0, 1, 2)
+        self.size_note = QLabel("")  # why a typed size was refused, or that a size is far past the model's own
+        self.size_note.setObjectName("Muted")
+        self.size_note.setWordWrap(True)
+        self.size_note.setToolTip("About the size above: what was refused, or why it may disappoint")
+        self.size_note.hide()
+        size_col = QVBoxLayout()
+        size_col.setSpacing(2)
+        size_col.addLayout(size_row)
+        size_col.addWidget(self.size_note)
+        grid.addLayout(size_col, 5, 0, 1, 2)
 
         self.seed = QLineEdit()
         self.seed.setPlaceholderText("random")
@@ -266,7 +309,9 @@ class PromptPanel(QWidget):
     @staticmethod
     def _size_box(tip: str) -> QSpinBox:
         box = QSpinBox()
-        box.setRange(0, 4096)
+        # Room to type any 5 digits: a value past MAX_SIDE is clamped on Enter with a note, never cut while typed
+        box.setRange(0, TYPED_MAX)
+        box.setKeyboardTracking(False)
         box.setSingleStep(64)
         box.setSpecialValueText("Native")
         box.setToolTip(tip)
@@ -284,8 +329,9 @@ class PromptPanel(QWidget):
         self.schedule.currentTextChanged.connect(lambda t: s.update_params(schedule=t))
         self.steps.valueChanged.connect(lambda v: s.update_params(steps=v))
         self.cfg.valueChanged.connect(lambda v: s.update_params(cfg=float(v)))
-        self.width_box.valueChanged.connect(lambda v: s.update_params(width=v))
-        self.height_box.valueChanged.connect(lambda v: s.update_params(height=v))
+        self.width_box.valueChanged.connect(lambda v: self._size_changed("width", self.width_box, v))
+        self.height_box.valueChanged.connect(lambda v: self._size_changed("height", self.height_box, v))
+        s.params_changed.connect(lambda _p: self._show_size_note())
         self.batch.valueChanged.connect(lambda v: s.update_params(batch=v))
         self.seed.textChanged.connect(self._seed_edited)
         self.seed_random.clicked.connect(s.random_seed)
@@ -335,6 +381,23 @@ class PromptPanel(QWidget):
         except ValueError:
             seed = -1
         self.session.update_params(seed=min(seed, MAX_SEED))
+
+    def _size_changed(self, name: str, box: QSpinBox, value: int) -> None:
+        refused = ""
+        if value > MAX_SIDE:
+            refused = f"{value} px is past the {MAX_SIDE} px a generation takes: set to {MAX_SIDE} (upscale for more)"
+            box.blockSignals(True)
+            box.setValue(MAX_SIDE)
+            box.blockSignals(False)
+            value = MAX_SIDE
+        self.session.update_params(**{name: value})
+        self._show_size_note(refused)
+
+    def _show_size_note(self, refused: str = "") -> None:
+        p = self.session.params
+        text = refused or size_warning(p.width, p.height, native_side(p.model))
+        self.size_note.setText(text)
+        self.size_note.setVisible(bool(text))
 
     def _swap_size(self) -> None:
         w, h = self.width_box.value(), self.height_box.value()
@@ -445,7 +508,7 @@ class PromptPanel(QWidget):
                 combo.setCurrentText(value)
             for box, value in ((self.steps, p.steps), (self.cfg, p.cfg), (self.width_box, p.width),
                                (self.height_box, p.height), (self.batch, p.batch)):
-                set_clamped(box, value)
+                set_clamped(box, min(value, MAX_SIDE) if box in (self.width_box, self.height_box) else value)
             self.seed.setText("" if not 0 <= p.seed <= MAX_SEED else str(p.seed))
         finally:
             for w in widgets:

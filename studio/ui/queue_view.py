@@ -67,7 +67,7 @@ class QueuePanel(QWidget):
         room = max(80, self.list.viewport().width() - 48)
         for job in jobs:
             if job.state == "running":
-                status = f"{job.step}/{job.total}" if job.total else "starting"
+                status = f"{job.step}/{job.total}" if job.step else "starting"  # never "0/20" before the first step
             else:
                 status = "queued"
             text = metrics.elidedText(f"{status}  ·  {' '.join(job.label.split())}", Qt.TextElideMode.ElideRight, room)

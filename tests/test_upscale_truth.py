@@ -1,0 +1,68 @@
+"""What an upscale says about itself: a run without a sampler (resize, an upscaler model) reports its tiles, not
+steps it does not have, and carries no seed (result, metadata, file name); a run's label before its first step."""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+from studio.core import GenerateRequest
+from studio.core.output import next_paths, save_result
+from studio.core.requests import StepInfo
+
+
+def ureq(**kw) -> GenerateRequest:
+    base = dict(mode="upscale", upscale_mode="resize", init_image=np.full((24, 32, 3), 90, np.uint8), steps=2,
+                seed=7, prompt="a cat")  # fmt: skip
+    base.update(kw)
+    return GenerateRequest.from_fields(**base)
+
+
+class StandInUpscaler:
+    """An upscaler model's interface: x4 nearest, in two tiles (left, right half)."""
+
+    scale = 4
+
+    def upscale(self, image, tile=0, overlap=0, on_tile=None, cancel=None):
+        out = np.repeat(np.repeat(image, 4, 0), 4, 1)
+        h, w = out.shape[:2]
+        for i, (x, tw) in enumerate(((0, w // 2), (w // 2, w - w // 2)), 1):
+            if on_tile is not None:
+                on_tile(i, 2, (x, 0, tw, h), out[:, x : x + tw])
+        return out
+
+
+def test_resize_has_no_seed_in_its_result_metadata_or_file_name(engine, tmp_path):
+    r = engine.generate(ureq(upscale_mode="resize", scale=2, seed=7))
+    assert r.seeds == [] and r.request.seed is None
+    path = save_result(r, tmp_path, "test")[0]
+    assert path.name == "00000.png"  # no "-7": nothing random ran
+    assert "Seed" not in Image.open(path).info["parameters"]
+
+
+def test_upscaler_model_reports_tiles_and_no_steps_or_seed(engine, tmp_path, monkeypatch):
+    monkeypatch.setattr(engine, "upscaler", lambda path: StandInUpscaler())
+    f = tmp_path / "x4.safetensors"
+    f.write_bytes(b"stand-in")
+    seen: list[StepInfo] = []
+    r = engine.generate(ureq(upscale_mode="model", upscaler=str(f), scale=2, steps=20, seed=7), seen.append)
+    assert [s.label() for s in seen] == ["tile 1/2", "tile 2/2"]
+    assert all(s.total == 0 for s in seen)  # no step count it does not have
+    assert r.seeds == [] and r.request.seed is None
+
+
+def test_a_sampled_upscale_keeps_its_seed(engine, tiny_model):
+    r = engine.generate(ureq(init_image=np.full((16, 16, 3), 128, np.uint8), model=tiny_model,
+                             upscale_mode="diffusion", strength=0.5, steps=2, seed=7))  # fmt: skip
+    assert r.seeds == [7] and r.request.seed == 7
+
+
+def test_file_names_without_a_seed(tmp_path):
+    assert [p.name for p in next_paths(tmp_path, 2, None)] == ["00000.png", "00001.png"]
+
+
+def test_labels_of_a_phase_and_of_a_pass_without_steps():
+    assert StepInfo(0, 20, 0.0, stage="loading model").label() == "loading model"
+    assert StepInfo(0, 0, 0.0, stage="tile", part=3, parts=9).label() == "tile 3/9"
+    assert StepInfo(4, 20, 0.0, stage="tile", part=3, parts=9).label() == "tile 3/9, step 4/20"
+    assert StepInfo(4, 20, 0.0).label() == "step 4/20"
