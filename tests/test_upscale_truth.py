@@ -66,3 +66,33 @@ def test_labels_of_a_phase_and_of_a_pass_without_steps():
     assert StepInfo(0, 0, 0.0, stage="tile", part=3, parts=9).label() == "tile 3/9"
     assert StepInfo(4, 20, 0.0, stage="tile", part=3, parts=9).label() == "tile 3/9, step 4/20"
     assert StepInfo(4, 20, 0.0).label() == "step 4/20"
+
+
+def test_a_diffusion_upscale_cancelled_while_its_model_loads_runs_no_step(engine, tiny_model, monkeypatch):
+    """Esc while the model loads (or the prompt is encoded) ends the upscale before its first step, as for a
+    generation; it used to run the first tile's first step."""
+    import threading
+
+    cancel = threading.Event()
+    real_load = type(engine).load
+
+    unet_calls: list[int] = []
+    hooks = []
+
+    def load_then_cancel(self, *args, **kwargs):
+        model = real_load(self, *args, **kwargs)
+        hooks.append(model.base.unet.register_forward_hook(lambda *a: unet_calls.append(1)))
+        cancel.set()
+        return model
+
+    monkeypatch.setattr(type(engine), "load", load_then_cancel)
+    steps: list[StepInfo] = []
+    try:
+        r = engine.generate(ureq(model=tiny_model, upscale_mode="diffusion", scale=2, strength=1.0, steps=3),
+                            steps.append, cancel)  # fmt: skip
+    finally:
+        for h in hooks:  # the engine's model is shared by the session's tests
+            h.remove()
+    assert r.cancelled and not r.images
+    assert [s for s in steps if s.step >= 1] == [] and r.steps_done == 0
+    assert unet_calls == []  # not one U-Net call after the cancel

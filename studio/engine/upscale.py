@@ -322,6 +322,8 @@ class _Upscale:
 
         from .schedulers import build_scheduler
 
+        if self.cancelled():  # set while the model loaded, the prompt was encoded or the last tile decoded
+            raise Cancelled
         scheduler = build_scheduler(model.scheduler_config, req.sampler, req.schedule, seed)
         x0_model = scheduler.config.get("prediction_type") == "sample"
         if x0_model:
