@@ -375,11 +375,10 @@ class FakeComfy:
 
     # ---- a restart --------------------------------------------------------------------------------------------
 
-    def restart(self, down_for: float = 0.0) -> None:
-        """The server process restarts: :meth:`go_down`, ``down_for`` seconds with the port closed, :meth:`come_back`
-        on the same address. Like a real restart, it then knows no prompt (queue and history are memory)."""
+    def restart(self) -> None:
+        """The server process restarts: :meth:`go_down`, then :meth:`come_back` on the same address. Like a real
+        restart, it then knows no prompt (queue and history are memory)."""
         self.go_down()
-        time.sleep(down_for)
         self.come_back()
 
     def go_down(self) -> None:
