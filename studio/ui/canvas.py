@@ -123,12 +123,6 @@ class Canvas(QWidget):
         self._caption = caption
         self._smooth = smooth
         self._logical = logical_size if logical_size is not None and not logical_size.isEmpty() else None
-        if self._logical is not None and not self._image.isNull():
-            # A preview is never drawn stretched: a logical size off its aspect by more than a preview pixel
-            # (latent sizes round) keeps its width and takes the image's aspect.
-            lw, lh, iw, ih = self._logical.width(), self._logical.height(), self._image.width(), self._image.height()
-            if abs(lw * ih / iw - lh) > lw / iw + 1:
-                self._logical = QSize(lw, max(1, round(lw * ih / iw)))
         if self._layout_size() != before:
             self._zoom, self._pan = 1.0, QPointF()  # same size: keep the zoom, to compare images
             if self._stroke is not None:
