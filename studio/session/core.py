@@ -569,6 +569,10 @@ class Session(QObject):
     def output_images(self, limit: int = 400) -> list[Path]:
         return library.output_images(self.output_dir, limit)
 
+    def native_side(self) -> int:
+        """The chosen model's native side in px (0 when unknown), read from its files, not loaded."""
+        return library.native_side(self.params.model)
+
     def model_choices(self) -> list[tuple[str, str]]:
         info = self.info
         if info.remote_files:  # the server's checkpoints; "" = its first one

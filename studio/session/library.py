@@ -5,6 +5,7 @@ No Qt and no torch (studio.core.output / .metadata use numpy and Pillow only).
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,29 @@ def read_png_fields(path: Path, refused: list | None = None) -> dict[str, Any] |
         found["model_name"] = model  # a name, not a path: a server's list may hold it (server_names)
         found["model_hash"] = params.get("Model hash", "").strip()  # A1111's 10 hex digits (find_model)
     return found
+
+
+@functools.lru_cache(maxsize=32)
+def native_side(model: str) -> int:
+    """The side a model was trained at (64 for the built-in model, 512, 768, 1024), from its files without loading
+    it: the U-Net's sample size times the VAE's scale (2 ** (levels - 1); the built-in VAE scales 4x, SD's 8x),
+    else the single file's architecture; 0 when unknown. Cached: the panel asks at every size change."""
+    import json
+
+    from studio.core.modelfiles import classify
+
+    path = Path(model) if model else BUILTIN_MODEL
+    try:
+        size = json.loads((path / "unet" / "config.json").read_text(encoding="utf-8")).get("sample_size")
+        try:
+            levels = len(json.loads((path / "vae" / "config.json").read_text(encoding="utf-8"))["block_out_channels"])
+        except (OSError, ValueError, TypeError, KeyError):
+            levels = 4  # SD's VAE
+        return int(size[0] if isinstance(size, list) else size) * 2 ** (levels - 1)
+    except (OSError, ValueError, TypeError, AttributeError):
+        pass
+    arch = classify(path).arch if path.is_file() else ""
+    return 1024 if arch.startswith("sdxl") else 768 if arch == "sd2-v" else 512 if arch.startswith("sd") else 0
 
 
 def find_model(folders: list[str], name: str, model_hash: str = "") -> str | None:

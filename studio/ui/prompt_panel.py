@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import functools
-import json
 import re
 from pathlib import Path
 
@@ -27,9 +25,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from studio.core.modelfiles import classify
 from studio.core.requests import MAX_SEED, MAX_SIDE
-from studio.paths import BUILTIN_MODEL
 from studio.session import IMAGE_SUFFIXES, Params, Session
 from studio.ui.canvas_options import CanvasOptions, ModeSwitch, UpscaleOptions, set_clamped
 from studio.ui.theme import icon, muted_label
@@ -51,20 +47,6 @@ _BREAKS = re.compile(r"[ \t\n\r]")  # only these: Qt does not break at a no-brea
 
 TYPED_MAX = 99999  # what a size box lets the artist type before it says why the number is refused
 SLOW_AREA = 16  # times the model's native area: slow, and the model repeats itself (two heads, tiled scenes)
-
-
-@functools.lru_cache(maxsize=32)
-def native_side(model: str) -> int:
-    """The side a model was trained at (512, 768, 1024), from its files without loading it; 0 when unknown."""
-    path = Path(model) if model else BUILTIN_MODEL
-    try:
-        config = json.loads((path / "unet" / "config.json").read_text(encoding="utf-8"))
-        size = config.get("sample_size")
-        return int(size[0] if isinstance(size, list) else size) * 8
-    except (OSError, ValueError, TypeError, AttributeError):
-        pass
-    arch = classify(path).arch if path.is_file() else ""
-    return 1024 if arch.startswith("sdxl") else 768 if arch == "sd2-v" else 512 if arch.startswith("sd") else 0
 
 
 def size_warning(width: int, height: int, native: int) -> str:
@@ -395,7 +377,7 @@ class PromptPanel(QWidget):
 
     def _show_size_note(self, refused: str = "") -> None:
         p = self.session.params
-        text = refused or size_warning(p.width, p.height, native_side(p.model))
+        text = refused or size_warning(p.width, p.height, self.session.native_side())
         self.size_note.setText(text)
         self.size_note.setVisible(bool(text))
 

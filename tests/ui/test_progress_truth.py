@@ -107,6 +107,16 @@ def test_a_size_sixteen_times_the_native_area_is_warned_about(qtbot, window, tmp
     assert not panel.size_note.isVisibleTo(panel)
 
 
+
+def test_the_built_in_models_native_area_counts_its_4x_vae(qtbot, window):
+    """The built-in model's VAE scales 4x (sample size 16 -> 64 px): 256x256 is 16x its area, not 4x."""
+    panel = window.prompt_panel
+    window.session.update_params(model="")
+    assert window.session.native_side() == 64
+    panel.width_box.setValue(256)
+    panel.height_box.setValue(256)
+    assert panel.size_note.isVisibleTo(panel) and panel.size_note.text().startswith("256x256 is 16x")
+
 def test_a_size_typed_past_the_limit_is_refused_visibly_not_cut(qtbot, window):
     panel = window.prompt_panel
     box = panel.width_box
