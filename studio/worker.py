@@ -276,14 +276,13 @@ class Worker(QObject):
                     log.exception("closing the backend")
 
     def _health_every(self) -> float | None:
-        """How long to wait idle before a health check; None (forever) for a backend without one (the local
-        engine) or one not started."""
-        return HEALTH_EVERY if self._started and callable(getattr(self._backend, "health", None)) else None
+        """How long to wait idle before a health check; None (forever) for a backend not started."""
+        return HEALTH_EVERY if self._started else None
 
     def _check_health(self) -> None:
         """Ask the backend (on this thread, between jobs; the backend keeps it short) and say when it changes."""
         try:
-            problem = str(self._backend.health() or "")  # type: ignore[attr-defined]  # optional: _health_every
+            problem = self._backend.health()
         except Exception as exc:  # noqa: BLE001 - a failing check is a lost engine, not a dead thread
             log.exception("health check")
             problem = describe_error(exc)

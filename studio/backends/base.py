@@ -75,6 +75,11 @@ class Backend(Protocol):
         with `cancelled=True`. Fills `step_previews` for the timeline. Raises EngineError for the artist."""
         ...
 
+    def health(self) -> str:
+        """"" while it can run jobs, else the one line to show (a server that stopped answering). Asked by the
+        worker between jobs, every few seconds while idle: keep it short. A local engine is always healthy."""
+        ...
+
     def set_memory(self, memory: MemoryOptions) -> None:
         """Memory settings (attention slicing, VAE tiling, CPU offload) for the next run: the artist's settings,
         not a run's parameters. A backend without such knobs keeps them and does nothing."""

@@ -173,6 +173,9 @@ class FakeBackend:
         return GenerateResult([out], used.replace(width=w, height=h), [used.seed], model_name="fake",
                               timings={"total": time.perf_counter() - t0}, steps_done=n * len(tiles))  # fmt: skip
 
+    def health(self) -> str:
+        return ""
+
     def set_memory(self, memory: MemoryOptions) -> None:
         self.memory = memory  # nothing to slice or offload; kept so tests can see what the worker sent
 

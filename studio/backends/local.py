@@ -86,6 +86,9 @@ class LocalBackend:
                                   for k in range(len(stack))]  # fmt: skip
         return dataclasses.replace(result, step_previews=previews)
 
+    def health(self) -> str:
+        return ""  # nothing to lose: the engine is in this process
+
     def set_memory(self, memory: MemoryOptions) -> None:
         self._memory = memory
         if self._engine is not None:
