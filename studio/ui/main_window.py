@@ -416,6 +416,10 @@ class MainWindow(QMainWindow):
                 autosave.discard(folder)
         self.autosaver = autosave.Autosaver(self.session.document, folder, parent=self)
         self.autosaver.failed.connect(lambda text: self.show_message(f"Autosave failed: {text}", "error"))
+        if not self.autosaver.enabled:
+            # Another running studio holds the save folder; saying it only on stderr leaves the artist unaware.
+            self.show_message("Another Latent Studio window is open: crash protection (autosave) is off in this "
+                              "one. Save your work from the File menu.", "attention")  # fmt: skip
         return restored
 
     def _ask_restore(self, info) -> bool:

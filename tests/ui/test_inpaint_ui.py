@@ -245,3 +245,15 @@ def test_an_inpainted_png_gives_its_options_back_to_the_panel(qtbot, window, tmp
     assert (p.strength, p.mask_blur, p.inpaint_area, p.inpaint_padding, p.masked_content) == (
         0.55, 9, "masked", 48, "noise")  # fmt: skip
     assert opts.mask_blur.value() == 9 and opts.area.currentData() == "masked" and opts.content.currentData() == "noise"
+
+
+def test_a_second_window_says_in_the_window_that_crash_protection_is_off(make_window, tmp_path):
+    folder = tmp_path / "autosave"
+    first = make_window()
+    first.start_autosave(folder, ask=lambda info: False)
+    assert first.autosaver.enabled and not first.banner.isVisible()
+    second = make_window()
+    second.start_autosave(folder, ask=lambda info: False)
+    assert not second.autosaver.enabled
+    assert second.banner.isVisible() and "crash protection" in second.banner.label.text()
+    assert "crash protection" not in first.banner.label.text()
