@@ -46,6 +46,7 @@ ENGINE_STATES = ("loading", "busy", "ready", "failed", "lost")
 
 class Session(QObject):
     params_changed = Signal(object)  # Params, when set from outside the panel (a PNG, settings)
+    params_edited = Signal()  # any change of the parameters, from the panel or outside (the window saves them)
     jobs_changed = Signal()
     job_queued = Signal(int)
     job_cancelled = Signal(int)
@@ -160,6 +161,7 @@ class Session(QObject):
             self.warm_up()
         if CROP_FIELDS.intersection(changes):
             self._update_crop()
+        emit(self.params_edited)
 
     def set_params(self, params: Params) -> None:
         model_before = self.params.model
@@ -169,6 +171,7 @@ class Session(QObject):
             self.warm_up()
         emit(self.params_changed, params)
         self._update_crop()
+        emit(self.params_edited)
 
     def set_mode(self, mode: str) -> None:
         """The panel's mode switch: txt2img, img2img, inpaint or upscale, where the backend offers it."""

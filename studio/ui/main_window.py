@@ -6,7 +6,7 @@ import base64
 import html
 from pathlib import Path
 
-from PySide6.QtCore import QByteArray, QSize, Qt, QUrl
+from PySide6.QtCore import QByteArray, QSize, Qt, QTimer, QUrl
 from PySide6.QtGui import (
     QAction,
     QActionGroup,
@@ -44,6 +44,8 @@ from studio.ui.prompt_panel import PromptPanel
 from studio.ui.queue_view import QueuePanel
 from studio.ui.theme import icon
 from studio.ui.widgets import format_eta, section
+
+SETTINGS_DELAY_MS = 1000  # the panel is written this long after its last edit
 
 # Keys the help lists that are no window action (the canvas's are canvas_tools.CANVAS_KEYS).
 OTHER_KEYS = (
@@ -371,6 +373,11 @@ class MainWindow(QMainWindow):
         s.capabilities_changed.connect(self._offer_modes)
         s.jobs_changed.connect(self._jobs)
         s.job_queued.connect(lambda _job_id: self.save_settings())  # a crash never loses the prompt
+        # After a crash the panel comes back as it was at the last edit, not as of the last run: a quiet
+        # moment after each change writes the settings (one small JSON file, atomically).
+        self._settings_timer = QTimer(self, singleShot=True, interval=SETTINGS_DELAY_MS)
+        self._settings_timer.timeout.connect(self.save_settings)
+        s.params_edited.connect(self._settings_timer.start)
         s.step_info.connect(self._step_info)
         s.crop_changed.connect(self.canvas.set_crop_rect)
         s.live_overlay.connect(self.canvas.set_live_overlay)

@@ -1,5 +1,6 @@
 """The studio window with a fake engine: queue, cancel, errors, previews, timeline, files, keys."""
 
+import json
 import threading
 
 from PySide6.QtCore import QMimeData, QPointF, Qt, QUrl
@@ -324,6 +325,21 @@ def test_window_restores_parameters_and_geometry(qtbot, make_window, config_dir)
     assert (p.prompt.toPlainText(), p.steps.value(), p.cfg.value(), p.sampler.currentText(), p.seed.text()) == (
         "remember me", 33, 4.5, "DDIM", "7")  # fmt: skip
     assert (w2.width(), w2.height()) == (960, 640)
+
+
+def test_the_panel_is_saved_after_each_edit_not_only_at_a_run(qtbot, make_window, config_dir):
+    """A crash (no close, no run) still brings the panel back as it was at the last edit."""
+    w = make_window(FakeBackend())
+    set_prompt(w, "edited, never run", steps=21)
+    w.prompt_panel.cfg.setValue(3.5)
+
+    def saved() -> dict:
+        f = config_dir / "settings.json"
+        return json.loads(f.read_text()).get("params", {}) if f.is_file() else {}
+
+    qtbot.waitUntil(lambda: saved().get("cfg") == 3.5, timeout=5000)
+    assert (saved()["prompt"], saved()["steps"]) == ("edited, never run", 21)
+    assert not list(config_dir.glob("*.tmp*"))  # written atomically
 
 
 def test_model_override_is_for_this_run_only(qtbot, make_window, config_dir, tmp_path):
