@@ -7,14 +7,19 @@ as `(DocState, entries, cursor)` for `Document.restore`, `discard(folder)` remov
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PySide6.QtGui import QImage
+from PySide6.QtCore import QBuffer, QByteArray, QIODevice
+from PySide6.QtGui import QImage, QImageReader
+
+from studio.qimage import qimage_to_gray
 
 from ..document import DocState
 from ..history import ImageEdit, MaskEdit
@@ -87,11 +92,15 @@ def pending_restore(folder: Path) -> RestoreInfo | None:
         return None
 
 
-class _Reader:
-    """Reads one manifest's files, each once (images decoded in parallel)."""
+class Reader:
+    """Reads one manifest's files, each once (images decoded in parallel). `read(name)` returns a file's bytes
+    (from the save folder here, from a project zip in studio.session.project); a mask file is an `.npz` (the
+    autosave's) or a greyscale `.png` (a project's). `max_pixels` refuses an image from its PNG header, before
+    it is decoded."""
 
-    def __init__(self, doc_dir: Path, m: dict):
-        self.doc_dir = doc_dir
+    def __init__(self, read: Callable[[str], bytes], m: dict, max_pixels: int = 0):
+        self.read = read
+        self.max_pixels = max_pixels
         self.m = m
         self.images: dict[str, QImage | Exception] = {}
         self.masks: dict[str, np.ndarray | Exception] = {}
@@ -106,10 +115,7 @@ class _Reader:
 
     def _decode(self, name: str) -> QImage | Exception:
         try:
-            img = QImage()
-            if not img.loadFromData((self.doc_dir / name).read_bytes(), "PNG") or img.isNull():
-                raise ValueError(f"{name} is not a readable PNG")
-            return img
+            return decode_png(self.read(name), name, self.max_pixels)
         except Exception as e:  # noqa: BLE001 - reported per state
             return e
 
@@ -134,8 +140,12 @@ class _Reader:
         a = self.masks.get(name)
         if a is None:
             try:
-                with np.load(self.doc_dir / name, allow_pickle=False) as z:
-                    a = np.asarray(z["mask"])
+                data = self.read(name)
+                if name.endswith(".png"):
+                    a = qimage_to_gray(decode_png(data, name, self.max_pixels))
+                else:
+                    with np.load(io.BytesIO(data), allow_pickle=False) as z:
+                        a = np.asarray(z["mask"])
                 if a.dtype != np.uint8 or a.ndim != 2:
                     raise ValueError(f"{name} is not an HxW uint8 mask")
             except Exception as e:  # noqa: BLE001
@@ -179,8 +189,25 @@ class _Reader:
         raise ValueError(f"unknown entry kind {e.get('kind')!r}")
 
 
-def _build(doc_dir: Path, m: dict, strict: bool) -> tuple[DocState, list, int]:
-    reader = _Reader(doc_dir, m)
+def decode_png(data: bytes, name: str, max_pixels: int = 0) -> QImage:
+    """A PNG's image; ValueError when it is unreadable or (max_pixels > 0) larger, said from its header."""
+    buf = QBuffer()
+    buf.setData(QByteArray(data))
+    buf.open(QIODevice.OpenModeFlag.ReadOnly)
+    reader = QImageReader(buf, QByteArray(b"png"))
+    size = reader.size()
+    if max_pixels and (not size.isValid() or size.width() * size.height() > max_pixels):
+        raise ValueError(f"{name} is too large ({size.width()}x{size.height()})")
+    img = reader.read()
+    if img.isNull():
+        raise ValueError(f"{name} is not a readable PNG")
+    return img
+
+
+def build(read: Callable[[str], bytes], m: dict, strict: bool, max_pixels: int = 0) -> tuple[DocState, list, int]:
+    """The document a (checked) manifest describes, its files read through `read`. strict: any history entry
+    that does not load is an error; otherwise the run of good entries around the cursor is kept."""
+    reader = Reader(read, m, max_pixels)
     state = reader.state(m["current"])
     if state.image is None:
         raise ValueError("no current image")
@@ -214,7 +241,7 @@ def load(folder: Path) -> tuple[DocState, list, int] | None:
         for strict in (True, False):
             for path, m in found:
                 try:
-                    return _build(doc_dir, m, strict)
+                    return build(lambda n, d=doc_dir: (d / n).read_bytes(), m, strict)
                 except Exception as e:  # noqa: BLE001
                     log.warning("autosave: %s does not load%s: %s", path,
                                 "" if strict else " even without its history", e)  # fmt: skip

@@ -54,6 +54,27 @@ def _in_flight(doc_dir: Path) -> set[str]:
         return {p.name for p in _writing if p.parent == doc_dir}
 
 
+def state_files(s: State, put_image: Callable[[QImage | None], str | None],
+                put_mask: Callable[[np.ndarray | None], str | None]) -> dict:  # fmt: skip
+    """A document state as the manifest holds it (STATE in the package docstring); put_image and put_mask store
+    the pixels somewhere (a folder here, a project zip in studio.session.project) and return the file names."""
+    img = s.image
+    return {"image": put_image(img), "format": img.format().value if img is not None else None,
+            "size": [img.width(), img.height()] if img is not None else None,
+            "mask": put_mask(s.mask), "path": s.path, "caption": s.caption}  # fmt: skip
+
+
+def entry_files(payload: tuple, put_image: Callable[[QImage | None], str | None],
+                put_mask: Callable[[np.ndarray | None], str | None]) -> dict:  # fmt: skip
+    """A captured history entry (snapshot.capture) as the manifest holds it."""
+    kind, label, rect, before, after = payload
+    if kind == "mask":
+        return {"kind": "mask", "label": label, "rect": list(rect) if rect is not None else None,
+                "before": put_mask(before), "after": put_mask(after)}  # fmt: skip
+    return {"kind": "image", "label": label, "before": state_files(before, put_image, put_mask),
+            "after": state_files(after, put_image, put_mask)}  # fmt: skip
+
+
 class Writer:
     """Writes the newest submitted Job of `folder` on its own thread; `on_done(job)` is called there after each."""
 
@@ -146,10 +167,7 @@ class Writer:
             return name
 
         def put_state(s: State) -> dict:
-            img = s.image
-            return {"image": put_image(img), "format": img.format().value if img is not None else None,
-                    "size": [img.width(), img.height()] if img is not None else None,
-                    "mask": put_mask(s.mask), "path": s.path, "caption": s.caption}  # fmt: skip
+            return state_files(s, put_image, put_mask)
 
         entries = []
         for rec in job.records:
@@ -165,12 +183,7 @@ class Writer:
                     return "retry"
             if payload is None:
                 return "retry"
-            kind, label, rect, before, after = payload
-            if kind == "mask":
-                files = {"kind": "mask", "label": label, "rect": list(rect) if rect is not None else None,
-                         "before": put_mask(before), "after": put_mask(after)}  # fmt: skip
-            else:
-                files = {"kind": "image", "label": label, "before": put_state(before), "after": put_state(after)}
+            files = entry_files(payload, put_image, put_mask)
             with self.cv:
                 rec.files = files
                 if rec.payload is payload:
