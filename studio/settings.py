@@ -54,6 +54,7 @@ class Settings:
     server_url: str = "http://127.0.0.1:8188"
     server_token: str = ""
     server_models: dict[str, str] = field(default_factory=dict)  # server URL -> its default checkpoint (the CLI's)
+    recent_projects: list[str] = field(default_factory=list)  # File > Open recent, newest first
 
     def resolved_output_dir(self) -> Path:
         return Path(self.output_dir).expanduser() if self.output_dir else default_output_dir()
@@ -81,6 +82,7 @@ class Settings:
             if isinstance(value, type(default)):
                 setattr(s, f.name, value)
         s.model_folders = [str(p) for p in s.model_folders if isinstance(p, str)]
+        s.recent_projects = [p for p in s.recent_projects if isinstance(p, str) and p]
         s.server_models = {k.rstrip("/"): v for k, v in s.server_models.items() if isinstance(v, str) and v}
         if s.offload not in ("none", "model", "sequential"):
             s.offload = "none"

@@ -35,11 +35,12 @@ from PySide6.QtWidgets import (
 
 from studio import APP_NAME, __version__
 from studio.core.errors import EngineError, describe_error
-from studio.session import IMAGE_SUFFIXES, Session
+from studio.session import IMAGE_SUFFIXES, Session, project
 from studio.ui.canvas import Canvas
 from studio.ui.canvas_tools import CANVAS_KEYS, CanvasToolbar
 from studio.ui.gallery import IMAGE_ROLE, PATH_ROLE, Gallery
 from studio.ui.preview import PreviewPanel
+from studio.ui.project_actions import ProjectActions, project_paths
 from studio.ui.prompt_panel import PromptPanel
 from studio.ui.queue_view import QueuePanel
 from studio.ui.theme import icon
@@ -51,6 +52,7 @@ SETTINGS_DELAY_MS = 1000  # the panel is written this long after its last edit
 OTHER_KEYS = (
     ("Delete", "Remove the selected job from the queue (the queue has the keyboard)"),
     ("Drop a PNG", "Load its image and parameters (ours or A1111's)"),
+    ("Drop a .lsproj", "Open the project"),
 )
 
 
@@ -265,13 +267,19 @@ class MainWindow(QMainWindow):
         file_menu = mb.addMenu("&File")
         self.open_action = self._action("&Open image…", self.open_dialog, QKeySequence.StandardKey.Open, "open",
                                         "Open a PNG: show it and load its generation parameters")  # fmt: skip
-        self.save_action = self._action("&Save image as…", self.save_as, QKeySequence.StandardKey.Save, "save",
-                                        "Save the current image under a new name (Ctrl+S)")  # fmt: skip
+        # Ctrl+S saves the project (self.project); the image alone is exported as a PNG with its parameters.
+        self.save_action = self._action("&Export image…", self.save_as, QKeySequence("Ctrl+Shift+E"), "save",
+                                        "Save the current image as a PNG with its parameters (Ctrl+Shift+E)")  # fmt: skip
         self.copy_action = self._action("&Copy image", self.copy_image, QKeySequence("Ctrl+Shift+C"), "copy",
                                         "Copy the current image to the clipboard")  # fmt: skip
         self.new_canvas_action = self._action("&New canvas…", self.new_canvas_dialog, QKeySequence.StandardKey.New,
                                               "image", "A blank canvas of a chosen size to paint and inpaint on")  # fmt: skip
-        file_menu.addActions([self.open_action, self.new_canvas_action, self.save_action, self.copy_action])
+        self.project = ProjectActions(self)
+        file_menu.addActions([self.open_action, self.project.open_action])
+        file_menu.addMenu(self.project.recent_menu)
+        file_menu.addAction(self.new_canvas_action)
+        file_menu.addSeparator()
+        file_menu.addActions([self.project.save_action, self.project.save_as_action, self.save_action, self.copy_action])
         file_menu.addSeparator()
         self.load_mask_action = self._action("Load &mask…", self.load_mask_dialog, None, "open",
                                              "Load a mask PNG (white = repaint) for the canvas image")  # fmt: skip
@@ -676,10 +684,12 @@ class MainWindow(QMainWindow):
     def new_canvas_dialog(self) -> None:
         from studio.ui.dialogs import NewCanvasDialog
 
+        if not self.project.confirm_discard("starting a new canvas"):
+            return
         w, h = self.session.document.size()
         dialog = NewCanvasDialog(w or 512, h or 512, self)
-        if dialog.exec():
-            self.session.new_canvas(*dialog.values())
+        if dialog.exec() and self.session.new_canvas(*dialog.values()):
+            self.project.new_document()
 
     def extend_canvas_dialog(self) -> None:
         from studio.ui.dialogs import ExtendCanvasDialog
@@ -706,8 +716,11 @@ class MainWindow(QMainWindow):
 
     def open_dialog(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "Open image", str(self.session.output_dir),
-                                              "Images (*.png *.jpg *.jpeg *.webp);;All files (*)")  # fmt: skip
-        if path:
+                                              "Images (*.png *.jpg *.jpeg *.webp);;Latent Studio project (*.lsproj);;"
+                                              "All files (*)")  # fmt: skip
+        if path and Path(path).suffix.lower() == project.SUFFIX:
+            self.project.open(path)
+        elif path:
             self.session.open_image(path)
 
     def save_as(self, target: str | None = None) -> bool:
@@ -833,16 +846,21 @@ class MainWindow(QMainWindow):
     # -- drag and drop -------------------------------------------------------------------------
 
     def dragEnterEvent(self, event: QDragEnterEvent) -> None:
-        if image_paths(event.mimeData()):
+        if image_paths(event.mimeData()) or project_paths(event.mimeData()):
             event.acceptProposedAction()
         else:
             event.ignore()
 
     def dragMoveEvent(self, event) -> None:
-        if image_paths(event.mimeData()):
+        if image_paths(event.mimeData()) or project_paths(event.mimeData()):
             event.acceptProposedAction()
 
     def dropEvent(self, event: QDropEvent) -> None:
+        projects = project_paths(event.mimeData())
+        if projects:
+            event.acceptProposedAction()
+            self.project.open(projects[0])
+            return
         paths = image_paths(event.mimeData())
         if paths:
             event.acceptProposedAction()
@@ -899,6 +917,9 @@ class MainWindow(QMainWindow):
             self.show_message(f"Could not save the settings: {exc}", "error")
 
     def closeEvent(self, event: QCloseEvent) -> None:
+        if not self._closed and not self.project.confirm_discard("closing"):
+            event.ignore()  # Cancel (or a Save that did not happen): the window and the document stay
+            return
         if not self._closed:
             self._closed = True
             self.save_settings()

@@ -218,7 +218,8 @@ def test_ctrl_enter_generates_from_the_prompt_box_and_elsewhere(qtbot, window, f
     assert window.prompt_panel.negative.toPlainText() == ""
 
 
-def test_ctrl_s_saves_a_copy_with_metadata(qtbot, window, fake, tmp_path, monkeypatch):
+def test_ctrl_shift_e_exports_a_copy_with_metadata(qtbot, window, fake, tmp_path, monkeypatch):
+    # (Ctrl+S saves the project: tests/ui/test_project.py)
     set_prompt(window, "keep me")
     fake.run_free()
     with qtbot.waitSignal(window.session.result_image):
@@ -226,7 +227,8 @@ def test_ctrl_s_saves_a_copy_with_metadata(qtbot, window, fake, tmp_path, monkey
     target = tmp_path / "mine.png"
     monkeypatch.setattr(QFileDialog, "getSaveFileName", lambda *a, **k: (str(target), "PNG image (*.png)"))
     window.prompt_panel.prompt.setFocus()
-    qtbot.keyClick(window.prompt_panel.prompt, Qt.Key.Key_S, Qt.KeyboardModifier.ControlModifier)
+    qtbot.keyClick(window.prompt_panel.prompt, Qt.Key.Key_E,
+                   Qt.KeyboardModifier.ControlModifier | Qt.KeyboardModifier.ShiftModifier)  # fmt: skip
     assert target.is_file()
     assert read_parameters(target).startswith("keep me")
 

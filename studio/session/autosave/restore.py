@@ -196,7 +196,9 @@ def decode_png(data: bytes, name: str, max_pixels: int = 0) -> QImage:
     buf.open(QIODevice.OpenModeFlag.ReadOnly)
     reader = QImageReader(buf, QByteArray(b"png"))
     size = reader.size()
-    if max_pixels and (not size.isValid() or size.width() * size.height() > max_pixels):
+    if not size.isValid():
+        raise ValueError(f"{name} is not a readable PNG")
+    if max_pixels and size.width() * size.height() > max_pixels:
         raise ValueError(f"{name} is too large ({size.width()}x{size.height()})")
     img = reader.read()
     if img.isNull():
@@ -229,6 +231,10 @@ def build(read: Callable[[str], bytes], m: dict, strict: bool, max_pixels: int =
     return state, entries, cursor
 
 
+def _folder_reader(doc_dir: Path) -> Callable[[str], bytes]:
+    return lambda name: (doc_dir / name).read_bytes()
+
+
 def load(folder: Path) -> tuple[DocState, list, int] | None:
     """The saved document as (state, history entries, cursor) for Document.restore, or None (logged).
     Prefers manifest.json, then manifest.prev.json, then the current image of either with the part
@@ -241,7 +247,7 @@ def load(folder: Path) -> tuple[DocState, list, int] | None:
         for strict in (True, False):
             for path, m in found:
                 try:
-                    return build(lambda n, d=doc_dir: (d / n).read_bytes(), m, strict)
+                    return build(_folder_reader(doc_dir), m, strict)
                 except Exception as e:  # noqa: BLE001
                     log.warning("autosave: %s does not load%s: %s", path,
                                 "" if strict else " even without its history", e)  # fmt: skip

@@ -1,0 +1,281 @@
+"""Project files (`.lsproj`): a document the artist saves and opens again (File > Save / Open project).
+
+A project is one zip file (any zip tool opens it) holding::
+
+    img-<hash>.png    an image: the canvas, or one that an undo step brings back (stored: PNG is compressed already)
+    mask-<hash>.png   a mask, or a brush stroke's patch of one: 8-bit greyscale PNG, 255 = repaint
+    project.json      the manifest (below), written last
+
+Data files are named as the autosave names them (`studio.session.autosave.content`: 24 hex digits of BLAKE2b over
+the pixels), so a picture that many undo steps hold is stored once, and the manifest's document state and history
+entries are the autosave's (written by the same `state_files`/`entry_files`, read back by the same `Reader`): one
+serialization of the document, two places it goes. project.json, version 1::
+
+    {"format": "latent-studio-project", "version": 1, "app": "Latent Studio 0.1.0", "saved_at": <time.time()>,
+     "size": [w, h],                                   the canvas size in pixels
+     "params": {"prompt": "...", "steps": 20, ...},    the prompt panel (studio.session.params.Params.to_dict())
+     "selection": [x, y, w, h] | null,                 the selected region, in image pixels
+     "layers": [{"name": "Image", "visible": true, "opacity": 1.0, "image": "img-....png"}],
+     "mask": "mask-....png" | null,
+     "current": STATE,                                 the document as saved (the autosave's STATE)
+     "cursor": 3, "dropped": 0,                        entries[:cursor] can be undone; older steps not kept
+     "entries": [ENTRY, ...]}                          the undo history (the autosave's entries)
+    STATE = {"image": "img-....png", "format": <QImage.Format value>, "size": [w, h], "mask": "mask-....png" | null,
+             "path": null, "caption": "..."}
+    ENTRY = {"kind": "mask", "label": "Brush stroke", "rect": [x, y, w, h] | null, "before": ..., "after": ...}
+          | {"kind": "image", "label": "Result", "before": STATE, "after": STATE}
+
+Layers: version 1 writes one layer, the image of `current`; `mask` is `current.mask`. When the document holds a
+stack of layers, `layers` lists them bottom to top and `current.image` stays the flattened picture, so a reader
+that knows one layer still opens the file (flattened). `version` goes up only for a change an older reader would
+misread; a reader refuses a newer version with one line. Paths of the artist's disk are not written (a project may
+be shared): `path` is null and `caption` keeps the file name.
+
+Writing goes through `studio.core.atomic` (a temporary file beside the target, renamed over it): a crash never leaves
+half a project. Reading is defensive, for a file from anywhere: a zip that is truncated, corrupt, over the size
+limits below, or whose manifest names a member that is missing or not a plain `img-`/`mask-` file name, raises
+`ProjectError` with one line and loads nothing. Member names are only ever looked up, never extracted, so a name
+like `../x` cannot reach the disk. Images are refused from their PNG header beyond MAX_PIXELS.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import time
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PySide6.QtGui import QImage
+
+from studio import APP_NAME, __version__
+from studio.core.atomic import atomic_write
+from studio.core.requests import MAX_UPSCALE_PIXELS
+from studio.qimage import array_to_qimage
+
+from .autosave.content import image_name, mask_name, png_bytes
+from .autosave.manifest import names_in
+from .autosave.restore import build
+from .autosave.snapshot import State, capture, copy_mask, known, shallow, window
+from .autosave.writer import entry_files, state_files
+from .document import DocState, Document
+from .history import ImageEdit
+
+FORMAT = "latent-studio-project"
+VERSION = 1
+SUFFIX = ".lsproj"
+MANIFEST = "project.json"
+RECENT_COUNT = 8  # File > Open recent
+
+# What a reader takes at most (a project from anywhere): well past any real one.
+MAX_MEMBERS = 4096
+MAX_MANIFEST_BYTES = 16 * 1024 * 1024
+MAX_MEMBER_BYTES = 512 * 1024 * 1024  # uncompressed, as the zip declares it (reading stops there)
+MAX_TOTAL_BYTES = 4 * 1024 * 1024 * 1024
+MAX_PIXELS = MAX_UPSCALE_PIXELS  # the largest image the studio makes
+MAX_ENTRIES = 1000  # undo steps written (the in-memory history is bounded by its bytes)
+MAX_HISTORY_BYTES = 1024 * 1024 * 1024
+
+_NAME = re.compile(r"^(img|mask)-[0-9a-f]{24}\.png$")
+
+
+class ProjectError(Exception):
+    """A project that cannot be read or written; str() is one line for the artist."""
+
+
+@dataclass
+class Project:
+    """A project read back, whole, before any of it touches the document."""
+
+    state: DocState
+    entries: list
+    cursor: int
+    params: dict[str, Any]
+    selection: tuple[int, int, int, int] | None
+
+
+# -- writing -------------------------------------------------------------------------------------------------
+
+
+def _anonymous(s: State) -> State:
+    """A state without the artist's path (the caption keeps the file name)."""
+    return State(s.image, s.mask, None, s.caption or (Path(s.path).name if s.path else ""))
+
+
+def _payload(entry: Any) -> tuple:
+    kind, label, rect, before, after = capture(entry)
+    if kind == "image":
+        before, after = _anonymous(before), _anonymous(after)
+    return kind, label, rect, before, after
+
+
+def save(path: Path | str, document: Document, params: dict[str, Any]) -> Path:
+    """Write the document (image, mask, selection, undo history) and the panel's `params` to `path` (`.lsproj` added
+    when missing), atomically. Raises ProjectError (one line) when there is no image or the disk refuses."""
+    path = Path(path)
+    if path.suffix.lower() != SUFFIX:
+        path = path.with_name(path.name + SUFFIX)
+    if not document.has_image():
+        raise ProjectError("there is no image to save yet")
+    in_stroke, before = document.stroke_base()
+    mask = before if in_stroke else document.mask  # mid-stroke: the mask the history knows
+    current = _anonymous(State(shallow(document.image), copy_mask(mask),
+                               str(document.path) if document.path else None, document.caption))  # fmt: skip
+    history = document.history
+    entries = list(history.entries)
+    cursor = max(0, min(history.cursor, len(entries)))
+    start, end = window(entries, cursor, MAX_ENTRIES, MAX_HISTORY_BYTES)
+    payloads = [_payload(e) for e in entries[start:end] if known(e)]
+    try:
+        with atomic_write(path) as f, zipfile.ZipFile(f, "w") as z:
+            written: set[str] = set()
+            image_names: dict[int, str] = {}
+
+            def put(name: str, encode) -> str:
+                if name not in written:
+                    info = zipfile.ZipInfo(name, time.localtime()[:6])
+                    info.compress_type = zipfile.ZIP_STORED  # PNG is compressed already
+                    z.writestr(info, encode())
+                    written.add(name)
+                return name
+
+            def put_image(img: QImage | None) -> str | None:
+                if img is None:
+                    return None
+                key = img.cacheKey()
+                if key not in image_names:
+                    image_names[key] = put(image_name(img), lambda: png_bytes(img))
+                return image_names[key]
+
+            def put_mask(a: np.ndarray | None) -> str | None:
+                if a is None:
+                    return None
+                return put(mask_name(a).replace(".npz", ".png"), lambda: png_bytes(array_to_qimage(a)))
+
+            state = state_files(current, put_image, put_mask)
+            manifest = {
+                "format": FORMAT, "version": VERSION, "app": f"{APP_NAME} {__version__}", "saved_at": time.time(),
+                "size": state["size"], "params": params,
+                "selection": list(document.selection) if document.selection else None,
+                "layers": [{"name": "Image", "visible": True, "opacity": 1.0, "image": state["image"]}],
+                "mask": state["mask"], "current": state, "cursor": cursor - start, "dropped": start,
+                "entries": [entry_files(p, put_image, put_mask) for p in payloads],
+            }  # fmt: skip
+            z.writestr(MANIFEST, json.dumps(manifest, indent=1, ensure_ascii=False), zipfile.ZIP_DEFLATED)
+    except OSError as e:
+        raise ProjectError(f"could not write {path.name}: {e.strerror or e}") from e
+    return path
+
+
+# -- reading -------------------------------------------------------------------------------------------------
+
+
+def _check(m: Any, members: dict[str, zipfile.ZipInfo]) -> None:
+    """ProjectError unless m is a project manifest this reader knows, every file it names is in the zip."""
+    if not isinstance(m, dict) or m.get("format") != FORMAT:
+        raise ProjectError("it is not a Latent Studio project")
+    version = m.get("version")
+    if not isinstance(version, int) or version < 1:
+        raise ProjectError(f"unknown project version {version!r}")
+    if version > VERSION:
+        raise ProjectError(f"it was saved by a newer Latent Studio (project version {version}); update to open it")
+    entries, cursor = m.get("entries"), m.get("cursor")
+    if not isinstance(entries, list) or not isinstance(cursor, int) or not 0 <= cursor <= len(entries):
+        raise ProjectError("its undo history is damaged")
+    if len(entries) > MAX_ENTRIES:
+        raise ProjectError(f"its undo history is longer than {MAX_ENTRIES} steps")
+    current = m.get("current")
+    if not isinstance(current, dict) or not isinstance(current.get("image"), str):
+        raise ProjectError("it holds no image")
+    layers = m.get("layers")
+    if not isinstance(layers, list) or not layers or not all(isinstance(la, dict) for la in layers):
+        raise ProjectError("its layers are damaged")
+    for name in {*names_in(m), *(la.get("image") for la in layers)}:
+        if not isinstance(name, str) or not _NAME.match(name):
+            raise ProjectError(f"it names a file it should not ({str(name)[:40]!r})")
+        if name not in members:
+            raise ProjectError(f"{name} is missing from it")
+
+
+def _selection(value: Any, size: tuple[int, int]) -> tuple[int, int, int, int] | None:
+    if not (isinstance(value, list) and len(value) == 4 and all(type(v) is int for v in value)):
+        return None
+    x, y, w, h = value
+    return (x, y, w, h) if w > 0 and h > 0 and x + w <= size[0] and y + h <= size[1] and x >= 0 and y >= 0 else None
+
+
+def _no_path(s: Any) -> Any:
+    """A state read from a project points at no file (a path in a file from elsewhere would be that disk's)."""
+    if not isinstance(s, DocState) or s.path is None:
+        return s
+    return dataclasses.replace(s, path=None, caption=s.caption or s.path.name)
+
+
+def load(path: Path | str) -> Project:
+    """The project at `path`, read whole; ProjectError (one line) for anything that does not read as one."""
+    path = Path(path)
+    try:
+        with zipfile.ZipFile(path) as z:
+            infos = z.infolist()
+            if len(infos) > MAX_MEMBERS:
+                raise ProjectError(f"it holds more than {MAX_MEMBERS} files")
+            members = {i.filename: i for i in infos if not i.is_dir()}
+            if any(i.file_size > MAX_MEMBER_BYTES for i in infos) or sum(i.file_size for i in infos) > MAX_TOTAL_BYTES:
+                raise ProjectError("it is larger than a project can be")
+            info = members.get(MANIFEST)
+            if info is None:
+                raise ProjectError("it is not a Latent Studio project (no project.json)")
+            if info.file_size > MAX_MANIFEST_BYTES:
+                raise ProjectError("its project.json is too large")
+            try:
+                m = json.loads(z.read(info))
+            except ValueError as e:
+                raise ProjectError("its project.json is not valid JSON") from e
+            _check(m, members)
+            state, entries, cursor = build(lambda name: z.read(members[name]), m, strict=True, max_pixels=MAX_PIXELS)
+    except ProjectError:
+        raise
+    except FileNotFoundError as e:
+        raise ProjectError("the file does not exist") from e
+    except zipfile.BadZipFile as e:
+        raise ProjectError(f"it is not a readable zip file ({e})") from e
+    except OSError as e:
+        raise ProjectError(f"it could not be read: {e.strerror or e}") from e
+    except Exception as e:  # noqa: BLE001 - a hostile file must not crash the window: any failure is one line
+        raise ProjectError(f"it is damaged ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from e
+    if state.image is None:
+        raise ProjectError("it holds no image")
+    entries = [ImageEdit(e.label, _no_path(e.before), _no_path(e.after)) if isinstance(e, ImageEdit) else e
+               for e in entries]  # fmt: skip
+    params = m.get("params") if isinstance(m.get("params"), dict) else {}
+    size = (state.image.width(), state.image.height())
+    return Project(_no_path(state), entries, cursor, params, _selection(m.get("selection"), size))
+
+
+# -- recent projects, and "saved or not" -----------------------------------------------------------------------
+
+
+def add_recent(recent: list[str], path: Path | str, count: int = RECENT_COUNT) -> list[str]:
+    """`recent` with `path` first (once), at most `count` long."""
+    p = str(Path(path).resolve())
+    return [p, *(r for r in recent if r != p)][:count]
+
+
+def split_missing(recent: list[str]) -> tuple[list[str], list[str]]:
+    """(the recent projects that exist, those that no longer do)."""
+    kept: list[str] = []
+    missing: list[str] = []
+    for r in recent:
+        (kept if Path(r).is_file() else missing).append(r)
+    return kept, missing
+
+
+def history_mark(document: Document) -> object | None:
+    """What identifies the document's state in its history: the entry before the cursor (an object; None at the
+    start). Equal marks at save time and now mean no change since (an undo then a new step gives a new entry)."""
+    h = document.history
+    return h.entries[h.cursor - 1] if 0 < h.cursor <= len(h.entries) else None
