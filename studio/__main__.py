@@ -9,7 +9,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")  # `studio PATH.png` opens the window on that image
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".lsproj")  # `studio PATH.png` opens the window on that image
+# (or on that project: .lsproj)
 CLI_OPTIONS = ("-h", "--help", "--version")  # the CLI's top-level options; the command names come from its parser
 
 
@@ -31,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="open the window on the built-in demo backend, no model needed: for a first look and screenshots",
     )
-    p.add_argument("image", nargs="?", help="an image to open on the canvas (PNG, JPEG, WebP)")
+    p.add_argument("image", nargs="?", help="an image to open on the canvas (PNG, JPEG, WebP), or a project (.lsproj)")
     args = p.parse_args(argv)  # not parse_known_args: `--bogus` is one line and exit 2, as in the CLI
     if args.image and not Path(args.image).is_file():
         print(f"studio: error: image not found: {args.image}", file=sys.stderr)

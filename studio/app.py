@@ -69,7 +69,9 @@ def run_app(argv: list[str] | None = None, *, model: str | None = None, output_d
     window = build_window(backend=backend, model=model, output_dir=output_dir, demo=demo)
     install_excepthook(window)
     window.show()
-    if image:
+    if image and image.lower().endswith(".lsproj"):
+        window.project.open(image)
+    elif image:
         window.session.open_image(image)
     if os.environ.get(EXIT_ON_SHOW_ENV):
 

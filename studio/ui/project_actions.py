@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from PySide6.QtCore import QObject
+from PySide6.QtCore import QObject, Qt
 from PySide6.QtGui import QKeySequence
 from PySide6.QtWidgets import QApplication, QFileDialog, QMenu, QMessageBox
 
@@ -51,7 +51,7 @@ class ProjectActions(QObject):
                              "Open a Latent Studio project: image, mask, selection, panel and undo history")  # fmt: skip
         self.save_action = a("&Save project", self.save, QKeySequence.StandardKey.Save, "save",
                              "Save the document as a project (image, mask, panel, undo history) (Ctrl+S)")  # fmt: skip
-        self.save_as_action = a("Save project &as…", self.save_as, QKeySequence("Ctrl+Shift+S"), "save",
+        self.save_as_action = a("Sa&ve project as…", self.save_as, QKeySequence("Ctrl+Shift+S"), "save",
                                 "Save the document as a new project file")  # fmt: skip
         self.recent_menu = QMenu("Open &recent", window)
         self.recent_menu.setToolTipsVisible(True)
@@ -125,11 +125,14 @@ class ProjectActions(QObject):
         return target is not None and self.save_to(target)
 
     def save_to(self, target: Path) -> bool:
+        QApplication.setOverrideCursor(Qt.CursorShape.WaitCursor)  # a 2048 px document with a long history: ~1-2 s
         try:
             written = project.save(target, self.document, self.session.params.to_dict())
         except project.ProjectError as e:
             self.window.show_message(f"Could not save the project: {e}", "error")
             return False
+        finally:
+            QApplication.restoreOverrideCursor()
         self.path = written
         self._remember(written)
         self._mark_saved()

@@ -361,3 +361,25 @@ def test_recent_projects_newest_first_capped_and_missing_ones_dropped(make_windo
     assert str(paths[9].resolve()) not in w.settings.recent_projects
     w.project.recent_menu.actions()[1].trigger()  # Open recent > p8
     assert w.project.path == paths[8].resolve()
+
+
+def test_a_save_the_disk_refuses_keeps_the_old_file_whole(make_window, tmp_path, monkeypatch):
+    w = make_window()
+    doc = w.session.document
+    doc.set_image(make_image(32, 32, 4), record="Open image")
+    target = tmp_path / "keep.lsproj"
+    assert w.project.save_to(target)
+    before = target.read_bytes()
+    paint(doc, (0, 0, 16, 16), 255)
+
+    def full(*_a, **_k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(project, "png_bytes", full)
+    assert not w.project.save_to(target)
+    text = w.banner.label.text()
+    assert text == "Could not save the project: could not write keep.lsproj: No space left on device"
+    assert target.read_bytes() == before  # no half file, no stray temporary file beside it
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config", "keep.lsproj", "out"]
+    assert w.project.is_dirty() and w.windowTitle().startswith("keep* — ")
+    w.project.ask = lambda doing: "discard"
