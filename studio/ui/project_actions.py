@@ -1,7 +1,8 @@
 """File > Open project / Save / Save as / Open recent, the window title, and the question before unsaved work goes.
 
 The format is `studio.session.project`. "Unsaved" is cheap to know: the history entry before the document's cursor at
-the last save (or open) against the one now (`project.history_mark`). A document without an image never asks.
+the last save (or open) against the one now (`project.history_mark`), and the panel's values and the selection (a
+project keeps them too) against those saved. A document without an image never asks.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ class ProjectActions(QObject):
         self.settings = window.settings
         self.path: Path | None = None  # the project the document is saved in
         self._saved_mark: object | None = None  # the history mark at the last save/open (None: the empty start)
+        self._saved_extra: tuple | None = None  # the panel and the selection then (None: never saved)
         self.ask: Callable[[str], Answer] = self._ask_box
         self.choose_save_path: Callable[[], Path | None] = self._save_dialog
         a = window._action
@@ -57,6 +59,8 @@ class ProjectActions(QObject):
         self.recent_menu.setToolTipsVisible(True)
         self.recent_menu.aboutToShow.connect(self.fill_recent_menu)
         self.document.history_changed.connect(self.update_title)
+        self.document.selection_changed.connect(lambda _rect: self.update_title())
+        self.session.params_edited.connect(self.update_title)
         self.document.image_changed.connect(lambda _image: self.update_title())
         self.update_title()
 
@@ -65,10 +69,16 @@ class ProjectActions(QObject):
     def is_dirty(self) -> bool:
         if not self.document.has_image():
             return False
-        return project.history_mark(self.document) is not self._saved_mark
+        if project.history_mark(self.document) is not self._saved_mark:
+            return True
+        return self._saved_extra is not None and self._extra() != self._saved_extra
+
+    def _extra(self) -> tuple:
+        return self.session.params.to_dict(), self.document.selection
 
     def _mark_saved(self) -> None:
         self._saved_mark = project.history_mark(self.document)
+        self._saved_extra = self._extra()
         self.update_title()
 
     def update_title(self) -> None:
@@ -180,7 +190,7 @@ class ProjectActions(QObject):
     def new_document(self) -> None:
         """After File > New canvas: a document of its own, saved nowhere yet."""
         self.path = None
-        self._saved_mark = _NEVER
+        self._saved_mark, self._saved_extra = _NEVER, None
         self.update_title()
 
     # -- recent projects ----------------------------------------------------------------------------------

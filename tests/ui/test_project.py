@@ -103,11 +103,11 @@ def test_a_document_saved_and_opened_is_the_same_document(make_window, tmp_path)
     assert (fresh.history.cursor, len(fresh.history.entries)) == (3, 4)
     assert [e.label for e in fresh.history.entries] == [e.label for e in doc.history.entries]
     assert fresh.selection == (4, 6, 40, 30)
+    assert second.windowTitle().startswith("lighthouse — ") and not second.project.is_dirty()
     assert all(same_state(a, b) for a, b in zip(walk(fresh), states, strict=True))  # undo/redo: the same states
     for name in PARAM_FIELDS:
         assert getattr(second.session.params, name) == getattr(first.session.params, name), name
     assert second.prompt_panel.prompt.toPlainText() == "a lighthouse at dusk"  # the panel shows them
-    assert second.windowTitle().startswith("lighthouse — ") and not second.project.is_dirty()
 
 
 def test_a_project_made_before_a_stroke_and_reopened_walks_back_to_an_empty_mask(make_window, tmp_path):
@@ -306,6 +306,13 @@ def test_the_title_names_the_project_and_stars_unsaved_changes(make_window, tmp_
     assert w.windowTitle().startswith("harbour* — ")
     doc.undo()
     paint(doc, (5, 5, 4, 4), 255)  # undo then a new step: the same cursor, another document
+    assert w.windowTitle().startswith("harbour* — ")
+    assert w.project.save_to(tmp_path / "harbour.lsproj")
+    w.session.update_params(prompt="a harbour at night")  # the project keeps the panel: an edit is unsaved
+    assert w.windowTitle().startswith("harbour* — ")
+    w.session.update_params(prompt=w.project._saved_extra[0]["prompt"])
+    assert w.windowTitle().startswith("harbour — ")
+    doc.set_selection((2, 2, 10, 10))  # and the selection
     assert w.windowTitle().startswith("harbour* — ")
     w.project.ask = lambda doing: "discard"
 
