@@ -16,11 +16,13 @@ from PySide6.QtWidgets import (
     QFrame,
     QHBoxLayout,
     QLabel,
+    QMenu,
     QSizePolicy,
     QSlider,
     QSpinBox,
     QToolButton,
     QWidget,
+    QWidgetAction,
 )
 
 from studio.session.brush import MAX_SIZE, MIN_SIZE
@@ -129,16 +131,20 @@ class CanvasToolbar(QWidget):
         self.mask_toggle.setText("Show mask")
         self.mask_toggle.toggled.connect(self.canvas.set_mask_visible)
         row.addWidget(self.mask_toggle)
-        self.color_button = self._button("", "Mask colour: pick one that stands out on this image")
+        # The colour and opacity, and grow / shrink, open from a button each: the row must fit beside the side panels.
+        self.color_button = self._button("", "Mask colour: pick one that stands out on this image. "
+                                         "The arrow: its opacity")  # fmt: skip
         self.color_button.clicked.connect(self.choose_color)
-        row.addWidget(self.color_button)
         self.opacity_slider = QSlider(Qt.Orientation.Horizontal)
         self.opacity_slider.setRange(5, 100)
-        self.opacity_slider.setFixedWidth(60)
+        self.opacity_slider.setFixedWidth(140)
         self.opacity_slider.setToolTip("Mask opacity: how strongly the mask's colour covers the image")
-        self.opacity_slider.setFocusPolicy(Qt.FocusPolicy.NoFocus)
         self.opacity_slider.valueChanged.connect(self._opacity_moved)
-        row.addWidget(self.opacity_slider)
+        self.opacity_value = QLabel()
+        self.opacity_value.setMinimumWidth(self.opacity_value.fontMetrics().horizontalAdvance("100%") + 4)
+        self.color_menu = self._popup(self.color_button, [QLabel("Opacity"), self.opacity_slider, self.opacity_value])
+        self.color_button.setPopupMode(QToolButton.ToolButtonPopupMode.MenuButtonPopup)
+        row.addWidget(self.color_button)
         self.fill_button = self._button("fill", "Fill mask: repaint the whole image")
         self.fill_button.clicked.connect(lambda: self.document.fill_mask())
         self.clear_button = self._button("clear", "Clear mask: repaint nothing (undoable)")
@@ -148,17 +154,21 @@ class CanvasToolbar(QWidget):
         for b in (self.fill_button, self.clear_button, self.invert_button):
             row.addWidget(b)
         row.addWidget(self._separator())
-        self.grow_button = self._button("grow", "Grow mask: move its edge out by the amount (a round brush)")
-        self.grow_button.clicked.connect(lambda: self.document.grow_mask(self.amount_box.value()))
-        self.shrink_button = self._button("shrink", "Shrink mask: move its edge in by the amount")
-        self.shrink_button.clicked.connect(lambda: self.document.shrink_mask(self.amount_box.value()))
+        self.grow_shrink_button = self._button("grow", "Grow or shrink the mask by an amount of pixels")
         self.amount_box = QSpinBox()
         self.amount_box.setRange(1, MAX_AMOUNT)
         self.amount_box.setValue(8)
         self.amount_box.setSuffix(" px")
         self.amount_box.setToolTip("How far Grow and Shrink move the mask's edge, in image pixels")
-        for w in (self.grow_button, self.shrink_button, self.amount_box):
-            row.addWidget(w)
+        menu = self._popup(self.grow_shrink_button, [QLabel("Amount"), self.amount_box])
+        self.grow_action = menu.addAction(icon("grow"), "Grow mask")
+        self.grow_action.setToolTip("Move the mask's edge out by the amount (a round brush)")
+        self.grow_action.triggered.connect(lambda: self.document.grow_mask(self.amount_box.value()))
+        self.shrink_action = menu.addAction(icon("shrink"), "Shrink mask")
+        self.shrink_action.setToolTip("Move the mask's edge in by the amount")
+        self.shrink_action.triggered.connect(lambda: self.document.shrink_mask(self.amount_box.value()))
+        self.grow_shrink_button.setPopupMode(QToolButton.ToolButtonPopupMode.InstantPopup)
+        row.addWidget(self.grow_shrink_button)
         row.addStretch(1)
 
         canvas.tool_changed.connect(self._sync_tool)
@@ -179,7 +189,7 @@ class CanvasToolbar(QWidget):
         """Every control of the toolbar (each has a tooltip)."""
         return [*self.tool_buttons.values(), self.subtract_button, self.size_box, self.hardness_slider,
                 self.mask_toggle, self.color_button, self.opacity_slider, self.fill_button, self.clear_button,
-                self.invert_button, self.grow_button, self.shrink_button, self.amount_box]  # fmt: skip
+                self.invert_button, self.grow_shrink_button, self.amount_box]  # fmt: skip
 
     def _button(self, icon_name: str, tip: str, checkable: bool = False) -> QToolButton:
         b = QToolButton()
@@ -190,6 +200,21 @@ class CanvasToolbar(QWidget):
         b.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonIconOnly)
         b.setFocusPolicy(Qt.FocusPolicy.NoFocus)  # the keyboard stays where it was (the canvas's [ and ])
         return b
+
+    def _popup(self, button: QToolButton, widgets: list[QWidget]) -> QMenu:
+        """A menu under button that starts with a row of widgets (the rest are actions)."""
+        menu = QMenu(button)
+        menu.setToolTipsVisible(True)
+        panel = QWidget()
+        lay = QHBoxLayout(panel)
+        lay.setContentsMargins(10, 6, 10, 6)
+        for w in widgets:
+            lay.addWidget(w)
+        holder = QWidgetAction(menu)
+        holder.setDefaultWidget(panel)
+        menu.addAction(holder)
+        button.setMenu(menu)
+        return menu
 
     @staticmethod
     def _separator() -> QFrame:
@@ -256,7 +281,7 @@ class CanvasToolbar(QWidget):
         p.end()
         self.color_button.setIcon(QIcon(swatch))
         percent = round(tint.alpha() * 100 / 255)
-        self.opacity_slider.setToolTip(f"Mask opacity: {percent}%, how strongly the mask's colour covers the image")
+        self.opacity_value.setText(f"{percent}%")
         if self.opacity_slider.value() != percent:
             self.opacity_slider.blockSignals(True)
             self.opacity_slider.setValue(percent)
@@ -271,5 +296,4 @@ class CanvasToolbar(QWidget):
         self.fill_button.setEnabled(has_image)
         self.invert_button.setEnabled(has_image)
         self.clear_button.setEnabled(self.document.mask is not None)
-        self.grow_button.setEnabled(self.document.mask is not None)
-        self.shrink_button.setEnabled(self.document.mask is not None)
+        self.grow_shrink_button.setEnabled(self.document.mask is not None)

@@ -148,7 +148,7 @@ def test_grow_and_shrink_move_a_squares_edges_by_n_pixels_one_undo_entry_each(qt
     square = box(90, 40, 110, 60)
     doc.set_mask(square, "Brush stroke")
     toolbar.amount_box.setValue(3)
-    qtbot.mouseClick(toolbar.grow_button, LEFT)
+    toolbar.grow_action.trigger()
     grown = doc.mask
     assert doc.history.undo_label() == "Grow mask 3 px"
     assert np.array_equal(np.nonzero(grown[50])[0], np.arange(87, 113))  # each edge moved out by exactly 3
@@ -158,10 +158,10 @@ def test_grow_and_shrink_move_a_squares_edges_by_n_pixels_one_undo_entry_each(qt
     assert grown[37, 87] == 0 and grown[38, 88] == 255
     doc.undo()
     assert np.array_equal(doc.mask, square)
-    qtbot.mouseClick(toolbar.shrink_button, LEFT)
+    toolbar.shrink_action.trigger()
     assert np.array_equal(doc.mask, box(93, 43, 107, 57)) and doc.history.undo_label() == "Shrink mask 3 px"
     toolbar.amount_box.setValue(10)
-    qtbot.mouseClick(toolbar.shrink_button, LEFT)
+    toolbar.shrink_action.trigger()
     assert not doc.mask.any()  # 14 px shrunk by 10 on each side: nothing left
     doc.undo()
     doc.undo()
