@@ -50,16 +50,20 @@ def polygon_region(shape: tuple[int, int], points: Sequence[Sequence[float]]) ->
         return None
     x0, y0 = p[:, 0], p[:, 1]
     x1, y1 = np.roll(x0, -1), np.roll(y0, -1)
-    rows = np.arange(top, bottom, dtype=np.float64) + 0.5  # the centres of the rows it may cover
-    # an edge crosses a row's centre line when its ends lie on either side (half-open: no double count at a vertex)
-    cross = (y0[None, :] <= rows[:, None]) != (y1[None, :] <= rows[:, None])
-    r, e = np.nonzero(cross)
-    yc = rows[r]
+    # An edge crosses the centre line of row j (y = j + 0.5) when min(y0, y1) <= j + 0.5 < max(y0, y1) (half-open:
+    # no double count at a vertex): a run of rows per edge, so the work is the crossings, not rows x edges.
+    first = np.clip(np.ceil(np.minimum(y0, y1) - 0.5), top, bottom).astype(np.intp)
+    last = np.clip(np.ceil(np.maximum(y0, y1) - 0.5), top, bottom).astype(np.intp)
+    counts = last - first
+    e = np.repeat(np.arange(len(p)), counts)
+    row = np.repeat(first, counts) + (np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts))
+    yc = row + 0.5
     x = x0[e] + (yc - y0[e]) * (x1[e] - x0[e]) / (y1[e] - y0[e])
+    r = row - top
     start = np.clip(np.ceil(x - 0.5), 0, width).astype(np.intp)  # the first pixel whose centre is right of it
-    toggles = np.zeros((bottom - top, width + 1), np.int32)
+    toggles = np.zeros((bottom - top, width + 1), np.uint8)  # counts wrap at 256: the parity is all that matters
     np.add.at(toggles, (r, start), 1)
-    inside = (np.cumsum(toggles[:, :width], axis=1) & 1).astype(bool)
+    inside = (np.cumsum(toggles[:, :width], axis=1, dtype=np.uint8) & 1).astype(bool)
     ys, xs = np.nonzero(inside.any(axis=1))[0], np.nonzero(inside.any(axis=0))[0]
     if not ys.size:
         return None

@@ -11,6 +11,7 @@ from __future__ import annotations
 from PySide6.QtCore import Qt
 from PySide6.QtGui import QColor, QIcon, QKeySequence, QPainter, QPixmap, QShortcut
 from PySide6.QtWidgets import (
+    QApplication,
     QButtonGroup,
     QColorDialog,
     QFrame,
@@ -163,10 +164,10 @@ class CanvasToolbar(QWidget):
         menu = self._popup(self.grow_shrink_button, [QLabel("Amount"), self.amount_box])
         self.grow_action = menu.addAction(icon("grow"), "Grow mask")
         self.grow_action.setToolTip("Move the mask's edge out by the amount (a round brush)")
-        self.grow_action.triggered.connect(lambda: self.document.grow_mask(self.amount_box.value()))
+        self.grow_action.triggered.connect(lambda: self._morph(self.document.grow_mask))
         self.shrink_action = menu.addAction(icon("shrink"), "Shrink mask")
         self.shrink_action.setToolTip("Move the mask's edge in by the amount")
-        self.shrink_action.triggered.connect(lambda: self.document.shrink_mask(self.amount_box.value()))
+        self.shrink_action.triggered.connect(lambda: self._morph(self.document.shrink_mask))
         self.grow_shrink_button.setPopupMode(QToolButton.ToolButtonPopupMode.InstantPopup)
         row.addWidget(self.grow_shrink_button)
         row.addStretch(1)
@@ -253,6 +254,14 @@ class CanvasToolbar(QWidget):
     def _sync_mask_visible(self, visible: bool) -> None:
         if self.mask_toggle.isChecked() != visible:
             self.mask_toggle.setChecked(visible)
+
+    def _morph(self, op) -> None:
+        # A wide grow on a large mask takes a moment (about a second for 64 px on 2048x2048): say so with the cursor.
+        QApplication.setOverrideCursor(Qt.CursorShape.WaitCursor)
+        try:
+            op(self.amount_box.value())
+        finally:
+            QApplication.restoreOverrideCursor()
 
     def _sync_subtract(self, on: bool) -> None:
         if self.subtract_button.isChecked() != on:

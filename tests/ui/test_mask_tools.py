@@ -278,3 +278,32 @@ def test_r_and_l_pick_the_rectangle_and_the_lasso(qtbot, window):
     keys = [k for k, _ in window.shortcut_rows()]
     assert "R" in keys and "L" in keys and len(keys) == len(set(keys))  # no key does two things
     assert any(k == "Alt + drag" for k, _ in CANVAS_KEYS)
+
+
+def brute_force_polygon(shape, points) -> np.ndarray:
+    """Even-odd by ray casting from every pixel centre: the crossings of the row's centre line at or left of it."""
+    ys, xs = np.mgrid[0 : shape[0], 0 : shape[1]] + 0.5
+    p = np.asarray(points, float)
+    count = np.zeros(shape, int)
+    for (ax, ay), (bx, by) in zip(p, np.roll(p, -1, axis=0), strict=True):
+        crosses = (ay <= ys) != (by <= ys)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            x = ax + (ys - ay) * (bx - ax) / (by - ay)
+        count += crosses & (x <= xs)
+    return count % 2 == 1
+
+
+def test_polygon_region_matches_ray_casting_on_random_lassos():
+    rng = np.random.default_rng(7)
+    shape = (60, 80)
+    for _ in range(40):
+        n = int(rng.integers(3, 25))
+        points = rng.uniform(-10, 90, size=(n, 2))  # self-intersecting, partly outside: the even-odd rule holds
+        if rng.random() < 0.5:  # vertices on pixel corners and on centre lines: the half-open rule at vertices
+            points = np.round(points * 2) / 2
+        region = polygon_region(shape, points)
+        got = np.zeros(shape, bool)
+        if region is not None:
+            (x, y, w, h), inside = region
+            got[y : y + h, x : x + w] = inside
+        assert np.array_equal(got, brute_force_polygon(shape, points))
