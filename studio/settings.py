@@ -54,6 +54,9 @@ class Settings:
     server_url: str = "http://127.0.0.1:8188"
     server_token: str = ""
     server_models: dict[str, str] = field(default_factory=dict)  # server URL -> its default checkpoint (the CLI's)
+    # The canvas's mask tint, the artist's choice (a violet tint hides on a blue image): colour and opacity in %.
+    mask_color: str = "#7c5cff"
+    mask_opacity: int = 43
     recent_projects: list[str] = field(default_factory=list)  # File > Open recent, newest first
 
     def resolved_output_dir(self) -> Path:

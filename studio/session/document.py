@@ -5,7 +5,8 @@ size of the image (255 = repaint, as the engine takes it), or None. A new image 
 drops the mask; one of the same size keeps it, so a mask painted once is reused across runs.
 
 Every change that an artist would want back is recorded: strokes (as the rectangle they touched),
-mask fill / clear / invert / load, and image replacements (results, a new canvas, an outpaint).
+mask fill / clear / invert / load / grow / shrink, rectangle and lasso fills (a patch each), and image
+replacements (results, a new canvas, an outpaint).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from studio.qimage import array_to_qimage, qimage_to_array
 from studio.qtcompat import emit
 
 from .history import History, ImageEdit, MaskEdit, Rect, clip_rect, patch, union
+from .masktools import Region, apply_region, grow, shrink
 
 
 @dataclass(frozen=True)
@@ -168,6 +170,52 @@ class Document(QObject):
             w, h = self.size()
             current = self._mask if self._mask is not None else np.zeros((h, w), np.uint8)
             self.set_mask(255 - current, "Invert mask")
+
+    def fill_region(self, region: Region | None, erase: bool = False, label: str = "Fill shape") -> bool:
+        """Mask (or with erase unmask) a region (studio.session.masktools: a rectangle, a lasso), one
+        undo entry; False when it changed nothing (no image, or erasing where nothing is masked)."""
+        if region is None or not self.has_image() or (erase and self._mask is None):
+            return False
+        if self._stroke is not None:
+            self.end_stroke()
+        w, h = self.size()
+        (x, y, rw, rh), inside = region
+        if inside.shape != (rh, rw) or clip_rect((x, y, rw, rh), w, h) != (x, y, rw, rh):
+            raise ValueError(f"the region {(x, y, rw, rh)} is not inside the {w}x{h} image")
+        rect = (x, y, rw, rh)
+        if self._mask is None:  # the first shape makes the mask: undo removes it again, as after a stroke
+            self._mask = np.zeros((h, w), np.uint8)
+            apply_region(self._mask, region, erase)
+            self.history.push(MaskEdit(label, None, None, self._mask.copy()))
+        else:
+            before = self._mask[y : y + rh, x : x + rw].copy()
+            apply_region(self._mask, region, erase)
+            after = self._mask[y : y + rh, x : x + rw].copy()
+            if np.array_equal(before, after):
+                return False
+            self.history.push(MaskEdit(label, rect, before, after))
+        emit(self.mask_changed, rect)
+        emit(self.changed)
+        return True
+
+    def grow_mask(self, pixels: int) -> bool:
+        """Move the mask's edge out by pixels (a round brush), one undo entry; False when nothing changed."""
+        return self._morph(grow, pixels, f"Grow mask {int(pixels)} px")
+
+    def shrink_mask(self, pixels: int) -> bool:
+        """Move the mask's edge in by pixels, one undo entry; False when nothing changed."""
+        return self._morph(shrink, pixels, f"Shrink mask {int(pixels)} px")
+
+    def _morph(self, op, pixels: int, label: str) -> bool:
+        if self._mask is None or int(pixels) <= 0:
+            return False
+        if self._stroke is not None:
+            self.end_stroke()
+        changed = op(self._mask, int(pixels))
+        if np.array_equal(changed, self._mask):
+            return False
+        self.set_mask(changed, label)
+        return True
 
     def mask_image(self) -> QImage | None:
         """The mask as a Grayscale8 QImage, or None."""

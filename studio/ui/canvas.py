@@ -5,10 +5,17 @@ logical size a small live preview stands in for); the document's mask has that s
 be shown and painted. Pixel (i, j) covers [i, i+1) x [j, j+1) (see studio.session.brush).
 
 Tools (`set_tool`): "pan" (left-drag pans), "brush" and "eraser" (left-drag paints the document's
-mask: begin_stroke / a segment per mouse move / stroke_updated / end_stroke on release). In every
+mask: begin_stroke / a segment per mouse move / stroke_updated / end_stroke on release), "rect" and
+"lasso" (drag a rectangle / trace a free shape: on release its pixels are masked, one undo entry;
+with Alt held, or in subtract mode, they are unmasked; picking the brush or the eraser sets that
+mode, so E then R erases a rectangle). In every
 tool the middle button and Space + left-drag pan, the wheel zooms about the cursor and a double
 click (left in pan mode, middle in any) fits. `[` and `]` shrink and grow the brush while the
 canvas has focus or the pointer is over it (unless a text box has the keyboard).
+
+The tint's colour and opacity are the artist's (`set_mask_tint`). After a result lands, the window
+calls `hide_mask_until_edit`: the tint is hidden (the mask is kept for the next inpaint) until the
+mask changes again or the artist turns "Show mask" back on.
 
 The mask overlay is a persistent ARGB image the size of the mask: `mask_changed(rect)` recomputes
 only that rectangle of it and repaints only the widget area over it, so painting a 2048x2048 mask
@@ -30,6 +37,7 @@ from PySide6.QtGui import (
     QPainter,
     QPaintEvent,
     QPen,
+    QPolygonF,
     QWheelEvent,
 )
 from PySide6.QtWidgets import QApplication, QSizePolicy, QWidget
@@ -37,16 +45,22 @@ from PySide6.QtWidgets import QApplication, QSizePolicy, QWidget
 from studio.qimage import array_to_qimage, qimage_to_gray
 from studio.qtcompat import emit
 from studio.session.brush import MAX_SIZE, MIN_SIZE, Stroke
+from studio.session.masktools import polygon_region, rect_region
 
 Rect = tuple[int, int, int, int]  # x, y, w, h in image px
 
-TOOLS = ("pan", "brush", "eraser", "select")
+TOOLS = ("pan", "brush", "eraser", "select", "rect", "lasso")
+SHAPES = ("rect", "lasso")
 TOOLTIPS = {
     "pan": "The current image. Wheel: zoom, drag: pan, double-click: fit. Drop a PNG here to load its parameters.",
     "brush": "Brush: drag to paint the mask (the area to repaint). [ and ]: smaller / larger brush. "
     "Middle-drag or Space + drag: pan, wheel: zoom, middle double-click: fit.",
     "eraser": "Eraser: drag to remove the mask. [ and ]: smaller / larger brush. "
     "Middle-drag or Space + drag: pan, wheel: zoom, middle double-click: fit.",
+    "rect": "Rectangle fill: drag a rectangle to mask it; Alt + drag (or subtract mode) unmasks it. "
+    "Middle-drag or Space + drag: pan, wheel: zoom.",
+    "lasso": "Lasso fill: trace a free shape to mask it; Alt + drag (or subtract mode) unmasks it. "
+    "Middle-drag or Space + drag: pan, wheel: zoom.",
     "select": "Select: drag a rectangle (a region to upscale); a click without dragging clears it. "
     "Middle-drag: pan, wheel: zoom.",
 }
@@ -67,6 +81,8 @@ class Canvas(QWidget):
     tool_changed = Signal(str)
     brush_changed = Signal()  # size or hardness
     mask_visible_changed = Signal(bool)
+    subtract_changed = Signal(bool)  # the rectangle and lasso unmask (True) or mask
+    mask_tint_changed = Signal(QColor)
 
     MASK_TINT = QColor(124, 92, 255, 110)
     BACKDROP = QColor("#141518")
@@ -84,8 +100,13 @@ class Canvas(QWidget):
         self.document = None  # the session's Document, once set_document is called
         self._own_mask: np.ndarray | None = None  # set_mask without a document
         self._overlay: QImage | None = None  # the mask tinted, kept and updated by rectangle
-        self._lut = _tint_lut(self.MASK_TINT)
+        self._tint = QColor(self.MASK_TINT)
+        self._lut = _tint_lut(self._tint)
         self._mask_visible = True
+        self._auto_hidden = False  # hidden by hide_mask_until_edit, not by the artist
+        self._subtract = False
+        self._shape: list[tuple[float, float]] | None = None  # a rectangle's corners or a lasso's points, layout px
+        self._shape_area: QRect | None = None  # where the shape being dragged was last drawn (widget px)
         self._tool = "pan"
         self._brush_size = 64
         self._hardness = 1.0
@@ -127,6 +148,7 @@ class Canvas(QWidget):
             self._zoom, self._pan = 1.0, QPointF()  # same size: keep the zoom, to compare images
             if self._stroke is not None:
                 self._end_stroke()
+            self._drop_shape()
         if self.document is None and self._own_mask is not None and not self._mask_fits():
             self.set_mask(None)
         emit(self.image_changed)
@@ -187,6 +209,8 @@ class Canvas(QWidget):
         return m is not None and not size.isEmpty() and m.shape == (size.height(), size.width())
 
     def _on_mask_changed(self, rect: Rect | None) -> None:
+        if self._auto_hidden:  # the mask was edited after a result: show it again
+            self.set_mask_visible(True)
         mask = self._mask_array()
         if mask is None:
             self._overlay = None
@@ -236,10 +260,35 @@ class Canvas(QWidget):
     def set_mask_visible(self, visible: bool) -> None:
         """Show or hide the mask overlay (painting still works while it is hidden)."""
         visible = bool(visible)
+        self._auto_hidden = False
         if visible != self._mask_visible:
             self._mask_visible = visible
             self.update()
             emit(self.mask_visible_changed, visible)
+
+    def hide_mask_until_edit(self) -> None:
+        """Hide the tint over a result (the mask stays, for the next inpaint) until the mask is edited
+        again or the artist shows it; nothing changes when the artist has already hidden it."""
+        if self._mask_visible:
+            self.set_mask_visible(False)
+            self._auto_hidden = True
+
+    def mask_tint(self) -> QColor:
+        """The overlay's colour; its alpha is the opacity at a fully masked pixel."""
+        return QColor(self._tint)
+
+    def set_mask_tint(self, tint: QColor) -> None:
+        """Draw the mask in this colour at this alpha (an invalid colour is ignored)."""
+        tint = QColor(tint)
+        if not tint.isValid() or tint.rgba() == self._tint.rgba():
+            return
+        self._tint = tint
+        self._lut = _tint_lut(tint)
+        mask = self._mask_array()
+        if mask is not None and self._overlay is not None:
+            self._rebuild_overlay(mask)
+            self.update()
+        emit(self.mask_tint_changed, QColor(tint))
 
     # -- what the window draws over the image ---------------------------------------------------
 
@@ -282,7 +331,10 @@ class Canvas(QWidget):
             return
         if self._stroke is not None:
             self._end_stroke()
+        self._drop_shape()
         self._tool = tool
+        if tool in ("brush", "eraser"):
+            self.set_subtract(tool == "eraser")
         self.setToolTip(TOOLTIPS[tool])
         self._refresh_cursor()
         self.update()
@@ -320,6 +372,20 @@ class Canvas(QWidget):
 
     def _paints(self) -> bool:
         return self._tool in ("brush", "eraser")
+
+    def _edits_mask(self) -> bool:
+        """A tool that changes the mask with the left button (Space + drag pans instead)."""
+        return self._paints() or self._tool in SHAPES
+
+    def subtract(self) -> bool:
+        """The rectangle and the lasso unmask (True) or mask what they enclose."""
+        return self._subtract
+
+    def set_subtract(self, on: bool) -> None:
+        on = bool(on)
+        if on != self._subtract:
+            self._subtract = on
+            emit(self.subtract_changed, on)
 
     def can_paint(self) -> bool:
         """A stroke would reach the document: an image is shown and the document's is its size."""
@@ -444,6 +510,8 @@ class Canvas(QWidget):
             image, rect = self._live
             p.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform, True)
             p.drawImage(self.widget_rect(rect), image)
+        if self._shape is not None:
+            self._draw_shape(p)
         # Both are in the document image's pixels: not drawn over a preview of another size (an upscale).
         same = self.document is None or self.document.image is None or self.document.image.size() == (
             self._logical or self._image.size())
@@ -506,6 +574,76 @@ class Canvas(QWidget):
         p.setPen(QColor("#e4e6eb"))
         p.drawText(box, Qt.AlignmentFlag.AlignCenter, label)
         p.restore()
+
+    def _shape_polygon(self) -> QPolygonF:
+        """The shape being dragged, in widget px: the rectangle as it will fill (snapped to pixels), or the lasso."""
+        pts = self._shape or []
+        if self._tool == "rect" and len(pts) == 2:
+            w, h = self._layout_size().width(), self._layout_size().height()
+            region = rect_region((h, w), pts[0], pts[1])
+            return QPolygonF(self.widget_rect(region[0])) if region is not None else QPolygonF()
+        return QPolygonF([self.from_image(x, y) for x, y in pts])
+
+    def _draw_shape(self, p: QPainter) -> None:
+        poly = self._shape_polygon()
+        if poly.isEmpty():
+            return
+        p.save()
+        p.setRenderHint(QPainter.RenderHint.Antialiasing, False)
+        p.setBrush(Qt.BrushStyle.NoBrush)
+        p.setPen(QPen(QColor(0, 0, 0, 220), 1))  # dark under the dashes: visible on any image
+        p.drawPolygon(poly)
+        dashed = QPen(QColor("#ff8a80") if self._shape_erases() else QColor(255, 255, 255, 240), 1)
+        dashed.setDashPattern([4, 4])
+        p.setPen(dashed)
+        p.drawPolygon(poly)
+        p.restore()
+
+    def _shape_erases(self) -> bool:
+        return self._subtract or bool(QApplication.keyboardModifiers() & Qt.KeyboardModifier.AltModifier)
+
+    def _update_shape_area(self) -> None:
+        poly = self._shape_polygon()
+        area = poly.boundingRect().toAlignedRect().adjusted(-3, -3, 3, 3) if not poly.isEmpty() else None
+        for r in (self._shape_area, area):
+            if r is not None:
+                self.update(r)
+        self._shape_area = area
+
+    def _drop_shape(self) -> None:
+        if self._shape is not None:
+            self._shape = None
+            self._update_shape_area()
+
+    def _begin_shape(self, pos: QPointF) -> None:
+        if not self.can_paint():
+            return
+        p = self.to_layout(pos)
+        self._shape = [(p.x(), p.y())] * (2 if self._tool == "rect" else 1)
+        self._update_shape_area()
+
+    def _shape_to(self, pos: QPointF) -> None:
+        assert self._shape is not None
+        p = self.to_layout(pos)
+        if self._tool == "rect":
+            self._shape[1] = (p.x(), p.y())
+        elif (p.x(), p.y()) != self._shape[-1]:
+            self._shape.append((p.x(), p.y()))
+        self._update_shape_area()
+
+    def _end_shape(self, pos: QPointF, alt: bool) -> None:
+        """Fill what the shape encloses (one undo entry), or with Alt / subtract mode unmask it."""
+        self._shape_to(pos)
+        pts, erase = self._shape or [], self._subtract or alt
+        self._drop_shape()
+        doc = self.document
+        if doc is None or not self.can_paint():
+            return
+        w, h = doc.size()
+        rect = self._tool == "rect"
+        region = rect_region((h, w), pts[0], pts[1]) if rect else polygon_region((h, w), pts)
+        what = "Rectangle" if rect else "Lasso"
+        doc.fill_region(region, erase, f"{what} {'erase' if erase else 'fill'}")
 
     # -- the brush outline -------------------------------------------------------------------------
 
@@ -574,7 +712,7 @@ class Canvas(QWidget):
         event.accept()
 
     def mouseDoubleClickEvent(self, event: QMouseEvent) -> None:
-        if event.button() == Qt.MouseButton.MiddleButton or not (self._paints() and not self._space):
+        if event.button() == Qt.MouseButton.MiddleButton or not (self._edits_mask() and not self._space):
             self.fit()
         else:  # painting: the second click of a quick double tap is just another dab
             self.mousePressEvent(event)
@@ -582,7 +720,7 @@ class Canvas(QWidget):
     def mousePressEvent(self, event: QMouseEvent) -> None:
         button = event.button()
         left = button == Qt.MouseButton.LeftButton
-        if self._stroke is not None:
+        if self._stroke is not None or self._shape is not None:
             event.accept()  # another button while painting: ignored
         elif self._pans(button) and not self._image.isNull():
             old = self._outline_rect()
@@ -591,6 +729,9 @@ class Canvas(QWidget):
             self._update_outline(old)
         elif left and self._paints():
             self._begin_stroke(event.position())
+            event.accept()
+        elif left and self._tool in SHAPES:
+            self._begin_shape(event.position())
             event.accept()
         elif left and self._tool == "select" and self.document is not None and not self._image.isNull():
             self._select_from = self._image_point(event.position())
@@ -621,6 +762,11 @@ class Canvas(QWidget):
         if self._select_from is not None:
             self._select_rect = self._rect_between(self._select_from, self._image_point(pos))
             self.update()
+        if self._shape is not None:
+            if event.buttons() & Qt.MouseButton.LeftButton:
+                self._shape_to(pos)
+            else:  # the release went elsewhere: no fill the artist did not finish
+                self._drop_shape()
         self._update_outline(old)
 
     def mouseReleaseEvent(self, event: QMouseEvent) -> None:
@@ -631,6 +777,8 @@ class Canvas(QWidget):
         elif self._stroke is not None and event.button() == Qt.MouseButton.LeftButton:
             self._paint_to(event.position())
             self._end_stroke()
+        elif self._shape is not None and event.button() == Qt.MouseButton.LeftButton:
+            self._end_shape(event.position(), bool(event.modifiers() & Qt.KeyboardModifier.AltModifier))
         elif self._select_from is not None and event.button() == Qt.MouseButton.LeftButton:
             rect = self._rect_between(self._select_from, self._image_point(event.position()))
             self._select_from = self._select_rect = None
@@ -661,7 +809,7 @@ class Canvas(QWidget):
             self.setCursor(Qt.CursorShape.ClosedHandCursor)
         elif self._space:
             self.setCursor(Qt.CursorShape.OpenHandCursor)
-        elif self._paints():
+        elif self._edits_mask():
             self.setCursor(Qt.CursorShape.CrossCursor)
         else:
             self.unsetCursor()
@@ -672,11 +820,13 @@ class Canvas(QWidget):
         shortcut = bool(mods & (Qt.KeyboardModifier.ControlModifier | Qt.KeyboardModifier.MetaModifier)) and not (
             mods & Qt.KeyboardModifier.AltModifier  # Ctrl+Alt is AltGr, which types [ on some layouts
         )
+        if key == Qt.Key.Key_Alt and self._shape is not None:
+            self.update()  # the shape's outline says whether it will mask or unmask (the key is not taken)
         if key in (Qt.Key.Key_BracketLeft, Qt.Key.Key_BracketRight) and not shortcut:
             if pressed:
                 self.grow_brush() if key == Qt.Key.Key_BracketRight else self.shrink_brush()
             return True
-        if key == Qt.Key.Key_Space and self._paints() and not mods:
+        if key == Qt.Key.Key_Space and self._edits_mask() and not mods:
             if not event.isAutoRepeat() and self._space != pressed:
                 old = self._outline_rect()
                 self._space = pressed
@@ -735,13 +885,14 @@ class Canvas(QWidget):
         self._set_key_filter(False)
         if self._stroke is not None:
             self._end_stroke()
+        self._drop_shape()
         self._drag_from, self._hover, self._space = None, None, False
         super().hideEvent(event)
 
     def event(self, event: QEvent) -> bool:
         # While painting over the image, no tooltip pops up under the brush (it still shows over
         # the backdrop, and toolTip() always says what the tool does).
-        if event.type() == QEvent.Type.ToolTip and self._paints() and self.image_rect().contains(event.pos()):
+        if event.type() == QEvent.Type.ToolTip and self._edits_mask() and self.image_rect().contains(event.pos()):
             event.ignore()
             return True
         return super().event(event)

@@ -37,7 +37,7 @@ from studio import APP_NAME, __version__
 from studio.core.errors import EngineError, describe_error
 from studio.session import IMAGE_SUFFIXES, Session, project
 from studio.ui.canvas import Canvas
-from studio.ui.canvas_tools import CANVAS_KEYS, CanvasToolbar
+from studio.ui.canvas_tools import CANVAS_KEYS, CanvasToolbar, tint_from_settings
 from studio.ui.gallery import IMAGE_ROLE, PATH_ROLE, Gallery
 from studio.ui.preview import PreviewPanel
 from studio.ui.project_actions import ProjectActions, project_paths
@@ -171,6 +171,7 @@ class MainWindow(QMainWindow):
         head.addWidget(fit)
         cl.addLayout(head)
         self.canvas_toolbar = CanvasToolbar(self.canvas, s.document)
+        self.canvas.set_mask_tint(tint_from_settings(self.settings.mask_color, self.settings.mask_opacity))
         cl.addWidget(self.canvas_toolbar)
         cl.addWidget(self.banner)
         cl.addWidget(self.canvas, 1)
@@ -407,6 +408,15 @@ class MainWindow(QMainWindow):
             edit.installEventFilter(self)
             edit.document().contentsChanged.connect(lambda e=edit: self._touched(e))
         s.document.history_changed.connect(lambda: self._touched(s.document))
+        # A result lands: its mask tint is hidden (the mask stays for the next inpaint) until the mask is edited.
+        self._result_landing = False
+        s.result_image.connect(lambda *_: setattr(self, "_result_landing", True))
+        s.document.image_changed.connect(self._hide_tint_on_result)
+
+    def _hide_tint_on_result(self, _image) -> None:
+        if self._result_landing:
+            self._result_landing = False
+            self.canvas.hide_mask_until_edit()
 
     def start_autosave(self, folder: Path, ask=None) -> bool:
         """Offer to restore what an unclean exit left in `folder`, then keep the canvas saved there.
@@ -903,6 +913,8 @@ class MainWindow(QMainWindow):
 
     def store_settings(self) -> None:
         self.session.store_settings()
+        tint = self.canvas.mask_tint()
+        self.settings.mask_color, self.settings.mask_opacity = tint.name(), round(tint.alpha() * 100 / 255)
         self.settings.geometry = base64.b64encode(bytes(self.saveGeometry())).decode("ascii")
         self.settings.splitter_state = {
             name: base64.b64encode(bytes(split.saveState())).decode("ascii")

@@ -365,8 +365,8 @@ def test_tools_and_the_tooltip(canvas):
         QApplication.sendEvent(canvas, event)
         shown[pos.x()] = event.isAccepted()
     assert shown == {200: False, 3: True}
-    with pytest.raises(ValueError, match="lasso"):
-        canvas.set_tool("lasso")
+    with pytest.raises(ValueError, match="smudge"):
+        canvas.set_tool("smudge")
     canvas.set_hardness(7)
     assert canvas.hardness() == 1.0
     canvas.set_hardness(-1)
