@@ -58,19 +58,21 @@ def test_exact_equals_plain_diffusers_and_the_unet_is_channels_last(engine, tiny
 @BF16
 def test_fast_runs_the_unet_in_bf16_close_to_exact(engine, tiny_model, exact_image):
     unet = engine.load(tiny_model).base.unet
-    seen: list[torch.dtype] = []
-    hooks = [unet.conv_in.register_forward_hook(lambda m, i, o: seen.append(o.dtype)),
-             unet.register_forward_hook(lambda m, i, o: seen.append(o[0].dtype if isinstance(o, tuple) else
-                                                                     o.sample.dtype))]  # fmt: skip
-    try:
-        r = engine.generate(req(tiny_model, speed="fast"))
-    finally:
-        for h in hooks:
-            h.remove()
-    assert torch.bfloat16 in seen  # the U-Net's convolutions ran in bf16
+    r = engine.generate(req(tiny_model, speed="fast"))
     assert r.request.speed == "fast" and r.extra_params["Speed"] == "fast" and r.notice == ""
     assert 35 <= psnr(r.images[0], exact_image) < float("inf")  # close, and really another arithmetic
-    assert engine.load(tiny_model).base.unet is unet  # the run's wrapper was swapped back
+    assert engine.load(tiny_model).base.unet is unet and unet.conv_in.weight.dtype == torch.float32  # swapped back
+    half = speed.half_copy(unet, torch.bfloat16, "")  # kept: the copy the run used, made once
+    assert half is not unet and half.conv_in.weight.dtype == torch.bfloat16
+    assert half.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    seen: list[torch.dtype] = []
+    hook = half.conv_in.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    try:
+        again = engine.generate(req(tiny_model, speed="fast"))
+    finally:
+        hook.remove()
+    assert seen == [torch.bfloat16] * 4  # the U-Net ran in bf16 at every step
+    assert np.array_equal(again.images[0], r.images[0])
     text = parameters_for(r.request, 1234, "tiny", "", "1", r.extra_params)
     assert "Speed: fast, Version: 1" in text and request_fields(text)["speed"] == "fast"
 
@@ -252,3 +254,41 @@ def test_default_speed_follows_the_hardware(monkeypatch):
     monkeypatch.setattr(speed, "native_bf16", lambda: False)
     assert speed.default_speed(torch.device("cpu")) == "exact"
     assert speed.default_speed(torch.device("cuda")) == "exact"  # fp16 already: fast is the same arithmetic
+
+
+# -- the CLI ----------------------------------------------------------------------------------------------------------
+
+
+def test_cli_speed_is_written_and_a_fallback_is_said(capsys, tiny_model, tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from studio.cli import main
+    from studio.core.metadata import read_parameters
+
+    monkeypatch.setattr(speed, "native_bf16", lambda: False)
+    code = main(["generate", "--model", tiny_model, "--prompt", "x", "--steps", "2", "--width", "32", "--height", "32",
+                 "--seed", "3", "--speed", "fast", "--out", str(tmp_path), "-q"])  # fmt: skip
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "studio: This CPU has no native bf16: fast runs as exact" in err.splitlines()
+    assert "Speed: exact" in read_parameters(Path(out.splitlines()[0]))
+
+
+def test_cli_refuses_an_unknown_speed_with_one_line(capsys):
+    from studio.cli import main
+
+    with pytest.raises(SystemExit) as done:
+        main(["generate", "--prompt", "x", "--speed", "warp"])
+    assert done.value.code == 2
+    err = capsys.readouterr().err
+    assert "invalid choice: 'warp'" in err and "Traceback" not in err
+
+
+@BF16
+def test_fast_with_a_lora_copies_the_lora_too(engine, tiny_model, tmp_path):
+    lora = tmp_path / "style.safetensors"
+    _tiny_lora(engine.load(tiny_model).base.unet, lora)
+    exact = engine.generate(req(tiny_model, loras=((str(lora), 1.0),))).images[0]
+    fast = engine.generate(req(tiny_model, loras=((str(lora), 1.0),), speed="fast")).images[0]
+    plain_fast = engine.generate(req(tiny_model, speed="fast")).images[0]
+    assert psnr(fast, exact) >= 35 and psnr(fast, exact) > psnr(plain_fast, exact) + 3  # the LoRA is in the copy
