@@ -49,6 +49,10 @@ def _add_generation_options(p: argparse.ArgumentParser, upscale: bool = False) -
         p.add_argument("--width", type=int, default=None, help="multiple of 8 (default: the model's native size)")
         p.add_argument("--height", type=int, default=None, help="multiple of 8 (default: the model's native size)")
         p.add_argument("--batch", type=int, default=1, help="images per run; image i uses seed + i")
+        p.add_argument("--speed", choices=("exact", "fast", "turbo"), default="exact",
+                       help="exact (default): plain diffusers' pixels; fast: bf16/fp16 U-Net and decode where the "
+                            "hardware has it (a few 1/255 off); turbo: the U-Net compiled with OpenVINO (the first "
+                            "run of a model converts it); written in the PNG as Speed")  # fmt: skip
     p.add_argument("--clip-skip", type=int, default=1, help="skip the text encoder's last layers (A1111's; 1 = none)")
     p.add_argument("--vae", default="", help="a VAE file, or the name of one in the model folders")
     p.add_argument("--lora", action="append", default=[], metavar="NAME:WEIGHT",
@@ -243,6 +247,8 @@ def _request(args: argparse.Namespace, mode: str, **fields):
                   width=args.width, height=args.height, clip_skip=args.clip_skip, vae=args.vae,
                   loras=tuple(_lora_arg(a) for a in args.lora), prediction=args.prediction,
                   preview="none")  # fmt: skip  # the CLI shows no previews: none are made or fetched
+    if getattr(args, "speed", None):
+        shared["speed"] = args.speed
     return GenerateRequest.from_fields(**{**shared, **fields})
 
 
@@ -327,6 +333,8 @@ def _generate_and_save(args: argparse.Namespace, request, extra: dict[str, str] 
         result = _run_request(args, request, stop.cancel)
         if stop.signum or result.cancelled:
             return stop.exit_code()
+        if result.notice:  # the run went otherwise than asked (fast ran as exact on this CPU): say why
+            _say(f"studio: {result.notice}")
         result.extra_params.update(extra or {})
 
         def saved(path: Path) -> bool:
@@ -361,6 +369,8 @@ def _run_request(args: argparse.Namespace, request, cancel):
         local = LocalBackend(device=args.device, model_folders=model_folders()[1:], memory=memory)
         try:
             result = local.generate(request, on_step=_progress(args.quiet), cancel=cancel)
+            if local.info().notice:  # an engine setting refused (STUDIO_COMPILE off CUDA)
+                _say(f"studio: {local.info().notice}")
         finally:
             local.close()
     return result

@@ -49,6 +49,9 @@ class BackendInfo:
     loras: tuple[tuple[str, str], ...] = ()
     embeddings: tuple[tuple[str, str], ...] = ()
     notice: str = ""  # said once to the artist when it starts (e.g. why another backend was not used)
+    # The speed modes it runs (studio.core.speed; none: the panel disables the choice) and its default on its device.
+    speeds: tuple[str, ...] = ()
+    default_speed: str = "exact"
 
     def why_no_decode(self) -> str:
         return "" if self.decodes_steps else f"{self.name} keeps no latents: a step can only be shown as previewed"

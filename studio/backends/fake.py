@@ -21,6 +21,7 @@ from studio.core.errors import ModelError
 from studio.core.memory import MemoryOptions
 from studio.core.requests import MODES, UPSCALE_MODES, GenerateRequest, GenerateResult, StepInfo
 from studio.core.samplers import SAMPLER_NAMES, SCHEDULE_NAMES
+from studio.core.speed import SPEEDS
 
 from .base import BackendInfo, StepCallback, UnsupportedError
 
@@ -47,6 +48,8 @@ class FakeBackend:
         self.keeps_latents = keeps_latents  # False: behave like a remote server (previews only)
         self.upscale_modes = tuple(upscale_modes)  # fewer: a backend that lacks a method, as a server lacks "latent"
         self.requests: list[GenerateRequest] = []
+        # Speed modes it runs as another (asked -> (used, the line that says why)): a CPU without bf16, say.
+        self.speed_fallback: dict[str, tuple[str, str]] = {}
         self.loaded: list[str | None] = []
         self.thread_names: list[str] = []
         self.steps_run = 0
@@ -88,7 +91,7 @@ class FakeBackend:
             name="Fake backend", modes=MODES, upscale_modes=self.upscale_modes, samplers=tuple(SAMPLER_NAMES), schedules=tuple(SCHEDULE_NAMES),
             keeps_latents=self.keeps_latents, decodes_steps=self.keeps_latents,
             preview_kinds=("x0", "latent") if self.keeps_latents else ("x0",), devices=("cpu",),
-            device="cpu" if self.started else "",
+            device="cpu" if self.started else "", speeds=SPEEDS,
         )  # fmt: skip
 
     def start(self) -> BackendInfo:
@@ -120,7 +123,8 @@ class FakeBackend:
             return self._upscale(request, request.replace(seed=seed), w, h, on_step, cancel, t0)
         if request.init_image is not None and request.mode != "txt2img":
             h, w = request.init_image.shape[:2]  # like the engine: the result has the input's size
-        used = request.replace(seed=seed, width=w, height=h)
+        speed, notice = self.speed_fallback.get(request.speed, (request.speed, ""))
+        used = request.replace(seed=seed, width=w, height=h, speed=speed)
         n, b = request.steps, request.batch
         latents = np.zeros((n, b, 4, LATENT, LATENT), dtype=np.float16)
         x0 = np.zeros_like(latents)
@@ -149,6 +153,7 @@ class FakeBackend:
             images, used, [seed + j for j in range(b)],
             latents=latents if self.keeps_latents else None, x0=x0 if self.keeps_latents else None,
             model_name="fake", timings={"total": time.perf_counter() - t0}, steps_done=n, step_previews=previews,
+            extra_params={"Speed": speed}, notice=notice,
         )  # fmt: skip
 
     def _upscale(self, request, used, w, h, on_step, cancel, t0) -> GenerateResult:

@@ -13,6 +13,7 @@ import numpy as np
 from studio.core.memory import MemoryOptions
 from studio.core.requests import UPSCALE_MODES, GenerateRequest, GenerateResult
 from studio.core.samplers import SAMPLER_NAMES, SCHEDULE_NAMES
+from studio.core.speed import SPEEDS
 from studio.paths import BUILTIN_UPSCALERS_DIR, MODELS_DIR
 
 from .base import BackendInfo, StepCallback
@@ -36,7 +37,7 @@ class LocalBackend:
         self._engine: Engine | None = None
         self._info = BackendInfo(
             name="Local engine", modes=MODES, upscale_modes=UPSCALE_MODES, samplers=tuple(SAMPLER_NAMES), schedules=tuple(SCHEDULE_NAMES),
-            keeps_latents=True, decodes_steps=True, preview_kinds=("x0", "latent"),
+            keeps_latents=True, decodes_steps=True, preview_kinds=("x0", "latent"), speeds=SPEEDS,
         )  # fmt: skip
 
     def info(self) -> BackendInfo:
@@ -48,8 +49,12 @@ class LocalBackend:
 
             self._engine = Engine(device=self._device, threads=self._threads, model_folders=self._folders)
             self._engine.set_memory(self._memory)
+            from studio.engine.speed import default_speed
+
             self._info = dataclasses.replace(self._info, devices=_available_devices(),
-                                             device=str(self._engine.device), upscalers=self._upscalers())  # fmt: skip
+                                             device=str(self._engine.device), upscalers=self._upscalers(),
+                                             default_speed=default_speed(self._engine.device),
+                                             notice=self._engine.notice)  # fmt: skip
         return self._info
 
     def _upscalers(self) -> tuple[tuple[str, str], ...]:

@@ -24,6 +24,7 @@ from . import filehash
 from .errors import ModelError, RequestError, first_line
 from .requests import MAX_SEED, MAX_UPSCALE_SIDE, GenerateRequest
 from .samplers import resolve_sampler, resolve_schedule
+from .speed import SPEEDS
 
 # --------------------------------------------------------------------------------------------
 # Writing
@@ -60,6 +61,7 @@ EXTRA_KEYS: tuple[str, ...] = (
     "Upscale overlap",
     "Lora hashes",
     "TI hashes",
+    "Speed",  # ours: the speed mode a run used (studio.core.speed), written by the backend that ran it
 )
 LAST_KEYS: tuple[str, ...] = ("Version",)
 
@@ -612,6 +614,8 @@ def request_fields(text: str, refused: list[Refused] | None = None) -> dict:
         out["clip_skip"] = 1
     if p.get("VAE", "").strip():  # A1111 writes the chosen VAE's file name; the caller looks it up
         out["vae"] = p["VAE"].strip()
+    if p.get("Speed", "").strip().lower() in SPEEDS:  # ours; absent (A1111, a server): the panel keeps its own
+        out["speed"] = p["Speed"].strip().lower()
     out.update(_inpaint_fields(p, refused))
     if "Upscale mode" in p:
         out.update(_upscale_fields(p, refused))

@@ -9,6 +9,7 @@ from typing import Literal
 import numpy as np
 
 from .errors import RequestError
+from .speed import DEFAULT_SPEED, SPEEDS, Speed
 
 Mode = Literal["txt2img", "img2img", "inpaint", "upscale"]
 PreviewKind = Literal["x0", "latent", "none"]
@@ -109,6 +110,7 @@ class GenerateRequest:
     loras: tuple[tuple[str, float], ...] = ()
     vae: str = ""
     prediction: Prediction = "auto"
+    speed: Speed = DEFAULT_SPEED  # exact, fast or turbo (studio.core.speed); a result's request holds the one used
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "init_image", _frozen_copy(self.init_image, (3,), "The init image"))
@@ -193,6 +195,8 @@ class GenerateRequest:
             raise RequestError(f"Clip skip must be between 1 and 12, got {self.clip_skip}")
         if self.prediction not in ("auto", "epsilon", "v_prediction"):
             raise RequestError(f"Unknown prediction type {self.prediction!r}; use auto, epsilon or v_prediction")
+        if self.speed not in SPEEDS:
+            raise RequestError(f"Unknown speed mode {self.speed!r}; use {', '.join(SPEEDS)}")
         for name, weight in self.loras:
             if not isinstance(name, str) or not name or not -10.0 <= float(weight) <= 10.0:
                 raise RequestError(f"A LoRA needs a name and a weight between -10 and 10, got {name!r}: {weight!r}")
@@ -295,5 +299,8 @@ class GenerateResult:
     # places a preview by scaling it to this box (before the run, studio.core.inpaint.crop_box gives the same
     # box from the request's mask, mask_blur, inpaint_padding and working size).
     crop: tuple[int, int, int, int] | None = None
-    # Metadata keys the run adds, as A1111 writes them: "Lora hashes", "TI hashes", "VAE", "VAE hash".
+    # Metadata keys the run adds, as A1111 writes them: "Lora hashes", "TI hashes", "VAE", "VAE hash"; "Speed".
     extra_params: dict[str, str] = field(default_factory=dict)
+    # One line for the artist about how the run went, when not as asked ("This CPU has no native bf16: fast ran
+    # as exact"); "" when it went as asked.
+    notice: str = ""

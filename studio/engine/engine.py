@@ -22,7 +22,7 @@ from ..core.errors import OUT_OF_MEMORY, EngineError, ModelError, RequestError, 
 from ..core.memory import MemoryOptions, out_of_memory_advice
 from ..core.requests import MAX_SEED, GenerateRequest, GenerateResult, StepInfo
 from ..paths import BUILTIN_MODEL, MODELS_DIR
-from . import addons, runaddons
+from . import addons, runaddons, speed
 from .loader import (
     LoadedModel,
     ModelLayout,
@@ -88,6 +88,8 @@ class Engine:
         if threads > 0 and self.device.type == "cpu":
             # On a busy CPU fewer threads than cores keeps steps steady (oversubscription stalls).
             torch.set_num_threads(threads)
+        # One line for the artist about the engine's settings (STUDIO_COMPILE refused off CUDA), "" when none.
+        self.notice = speed.compile_setting(self.device.type)[1]
         self._model: LoadedModel | None = None
         self._lock = threading.Lock()  # guards against misuse from two threads, never held across threads
         self.loads = 0  # how many times weights were read from disk (tests check caching)
@@ -112,6 +114,7 @@ class Engine:
                 raise EngineError(self.out_of_memory()) from e
             raise
         self.loads += 1
+        speed.prepare_model(loaded, self.device)  # channels_last (exact), torch.compile on CUDA when asked
         self._model = loaded
         return loaded
 
@@ -217,7 +220,15 @@ class Engine:
             scheduler = build_scheduler(model.scheduler_config, used.sampler, used.schedule, seed)
             pipe.scheduler = scheduler
             tracker = StepTracker(scheduler, used, model, on_step, cancel, time.perf_counter())
+            fast = speed.plan_speed(used.speed, self.device, model.dtype)  # after the LoRAs: turbo converts them
+            try:
+                fast.apply(pipe, model, self.device, on_step, tracker.total, cancel, t_start)
+            except Cancelled:  # while turbo prepared: no step starts
+                tracker.restore()
+                return self._result(used, seeds, model, tracker, [], cancelled=True, t=(t_start, t_loaded), plan=plan)
+            used = used.replace(speed=fast.used)
             if cancel is not None and cancel.is_set():  # while loading or encoding: no step starts
+                fast.restore()
                 tracker.restore()
                 return self._result(used, seeds, model, tracker, [], cancelled=True, t=(t_start, t_loaded), plan=plan)
             try:
@@ -235,17 +246,20 @@ class Engine:
                 raise EngineError(f"Generation failed: {first_line(e)}") from e
             finally:
                 tracker.restore()
+                fast.restore()
             if cancel is not None and cancel.is_set():
                 return self._result(used, seeds, model, tracker, [], cancelled=True, t=(t_start, t_loaded), plan=plan)
             t_sampled = time.perf_counter()
-            images = self.decode(model, latents)
+            images = self.decode(model, latents, autocast=fast.decode_autocast)
             if plan is not None:
                 images = [plan.paste(img) for img in images]
             res = self._result(used, seeds, model, tracker, images, cancelled=False, t=(t_start, t_loaded), plan=plan)
             t_decoded = time.perf_counter()
             timings = {**res.timings, "sample": t_sampled - t_loaded, "decode": t_decoded - t_sampled,
                        "total": time.perf_counter() - t_start}  # fmt: skip
-            return dataclasses.replace(res, extra_params={**res.extra_params, **extra}, timings=timings)
+            extra[speed.METADATA_KEY] = fast.used
+            return dataclasses.replace(res, extra_params={**res.extra_params, **extra}, timings=timings,
+                                       notice=fast.notice)
 
     def _result(self, used, seeds, model, tracker, images, cancelled, t, plan=None) -> GenerateResult:
         stack = (lambda xs: np.stack(xs)) if tracker.latents else (lambda xs: None)
@@ -374,8 +388,9 @@ class Engine:
         return model.pipe("inpaint"), kwargs
 
     # -- decoding and previews ----------------------------------------------------------------------
-    def decode(self, model: LoadedModel, latents: torch.Tensor) -> list[np.ndarray]:
-        """Decode a batch one image at a time (bounded memory), upcasting an fp16 VAE once for all."""
+    def decode(self, model: LoadedModel, latents: torch.Tensor, autocast: torch.dtype | None = None) -> list[np.ndarray]:
+        """Decode a batch one image at a time (bounded memory), upcasting an fp16 VAE once for all. `autocast`: decode
+        in that precision (fast mode's bf16 on a CPU), the pixels' arithmetic in fp32."""
         vae = model.vae
         upcast = self.dtype == torch.float16 and vae.config.get("force_upcast", False)
         dtype = torch.float32 if upcast else vae.dtype
@@ -394,10 +409,12 @@ class Engine:
                     else:
                         lat = lat / vae.config.scaling_factor
                     pixels = lat.shape[-1] * lat.shape[-2] * model.vae_scale_factor**2
-                    if pixels > TILED_DECODE_PIXELS and hasattr(vae, "tiled_decode"):
-                        image = vae.tiled_decode(lat, return_dict=False)[0]  # bounded memory for large images
-                    else:
-                        image = vae.decode(lat, return_dict=False)[0]
+                    with torch.autocast(model.device.type, dtype=autocast or torch.bfloat16, enabled=autocast is not None):
+                        if pixels > TILED_DECODE_PIXELS and hasattr(vae, "tiled_decode"):
+                            image = vae.tiled_decode(lat, return_dict=False)[0]  # bounded memory for large images
+                        else:
+                            image = vae.decode(lat, return_dict=False)[0]
+                    image = image.float() if autocast is not None else image
                     # Same arithmetic as the pipelines' postprocess, so images equal plain diffusers'.
                     image = (image / 2 + 0.5).clamp(0, 1).cpu().permute(0, 2, 3, 1).float().numpy()
                     images.append((image[0] * 255).round().astype(np.uint8))

@@ -25,6 +25,7 @@ from studio.core.jobs import DecodedStep, JobKind, JobOutput, LoadModel, ModelLo
 from studio.core.memory import MemoryOptions
 from studio.core.output import check_output_dir
 from studio.core.requests import StepInfo
+from studio.core.speed import DEFAULT_SPEED
 from studio.qimage import array_to_qimage, qimage_to_array, qimage_to_gray
 from studio.qtcompat import emit
 from studio.settings import Settings
@@ -192,6 +193,14 @@ class Session(QObject):
     def preview_kind(self) -> str:
         return self.timeline.view
 
+    def speed(self) -> str:
+        """The speed mode the next run asks for: the panel's choice, else the backend's default for its device (a
+        backend without speed modes: the request's default, which it ignores)."""
+        info = self.info
+        if self.params.speed in info.speeds:
+            return self.params.speed
+        return info.default_speed if info.default_speed in info.speeds else DEFAULT_SPEED
+
     def set_preview_kind(self, kind: str) -> None:
         if kind in VIEWS and kind in self.info.preview_kinds and kind != self.timeline.view:
             before = self.timeline_length()
@@ -215,6 +224,8 @@ class Session(QObject):
         """Queue a generation from the current parameters. None (and a message) if invalid."""
         try:
             request = self.params.to_request(self.preview_kind)
+            if request.mode != "upscale":
+                request = request.replace(speed=self.speed())
             if request.mode != "txt2img":
                 request = self._with_canvas(request)
             request.validate()
@@ -774,6 +785,8 @@ class Session(QObject):
         where = f" → {out.paths[0].parent}" if out.paths else ""
         seed = f", seed {self.last_seed}" if result.seeds else ""  # a resize drew no noise
         emit(self.message, f"Done in {secs:.1f} s{seed}{where}", "info")
+        if result.notice:  # the run went otherwise than asked (fast ran as exact on this CPU): the banner says why
+            emit(self.message, result.notice, "attention")
         self._runs_done += 1
 
     def _on_decoded(self, job_id: int, out: DecodedStep) -> None:

@@ -9,12 +9,13 @@ from typing import Any
 
 from studio.core.metadata import FIELD_LIMITS, UPSCALE_TARGET, Refused
 from studio.core.requests import GenerateRequest
+from studio.core.speed import DEFAULT_SPEED, SPEEDS
 from studio.paths import BUILTIN_LATENT_UPSCALER, BUILTIN_UPSCALER
 
 # Fields a stored PNG's parameters can restore into the panel (the model only if it is here).
 RESTORED_FIELDS = ("prompt", "negative_prompt", "sampler", "schedule", "steps", "cfg", "seed", "width", "height",
                    "strength", "mask_blur", "inpaint_area", "inpaint_padding", "masked_content", "scale",
-                   "upscale_mode", "vae")
+                   "upscale_mode", "vae", "speed")
 MODES = ("txt2img", "img2img", "inpaint", "upscale")  # what the panel's mode switch offers
 
 
@@ -66,6 +67,7 @@ class Params:
     tile_overlap: int = 0
     upscale_strength: float = 0.3  # a diffusion upscale keeps the composition: low strength
     vae: str = ""  # a VAE file, or a name the model library knows; "" = the model's own
+    speed: str = ""  # exact, fast or turbo (studio.core.speed); "" = not chosen yet: the backend's default
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -140,6 +142,7 @@ class Params:
             inpaint_padding=int(self.inpaint_padding),
             masked_content=self.masked_content,
             vae=self.vae,
+            speed=self.speed if self.speed in SPEEDS else DEFAULT_SPEED,
         )
 
     def _upscale_request(self, preview: str) -> GenerateRequest:

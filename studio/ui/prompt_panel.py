@@ -26,6 +26,9 @@ from PySide6.QtWidgets import (
 )
 
 from studio.core.requests import MAX_SEED, MAX_SIDE
+from studio.core.speed import LABELS as SPEED_LABELS
+from studio.core.speed import SPEEDS
+from studio.core.speed import TOOLTIPS as SPEED_TIPS
 from studio.session import IMAGE_SUFFIXES, Params, Session
 from studio.ui.canvas_options import CanvasOptions, ModeSwitch, UpscaleOptions, set_clamped
 from studio.ui.theme import icon, muted_label
@@ -247,6 +250,15 @@ class PromptPanel(QWidget):
         grid.addWidget(self._label("Batch"), 6, 1)
         grid.addLayout(seed_row, 7, 0)
         grid.addWidget(self.batch, 7, 1)
+        self.speed = QComboBox()  # exact / fast / turbo: each item's tooltip says what it does
+        for name in SPEEDS:
+            self.speed.addItem(SPEED_LABELS[name], name)
+            self.speed.setItemData(self.speed.count() - 1, SPEED_TIPS[name], Qt.ItemDataRole.ToolTipRole)
+        speed_row = QHBoxLayout()
+        speed_row.setSpacing(8)
+        speed_row.addWidget(self._label("Speed"))
+        speed_row.addWidget(self.speed, 1)
+        grid.addLayout(speed_row, 8, 0, 1, 2)
         grid.setColumnStretch(0, 3)
         grid.setColumnStretch(1, 2)
         lay.addSpacing(4)
@@ -315,6 +327,7 @@ class PromptPanel(QWidget):
         self.height_box.valueChanged.connect(lambda v: self._size_changed("height", self.height_box, v))
         s.params_changed.connect(lambda _p: self._show_size_note())
         self.batch.valueChanged.connect(lambda v: s.update_params(batch=v))
+        self.speed.currentIndexChanged.connect(lambda _i: s.update_params(speed=self.speed.currentData() or ""))
         self.seed.textChanged.connect(self._seed_edited)
         self.seed_random.clicked.connect(s.random_seed)
         self.seed_reuse.clicked.connect(s.reuse_seed)
@@ -391,8 +404,24 @@ class PromptPanel(QWidget):
 
     # -- binding -----------------------------------------------------------------------------
 
+    def _show_speed(self) -> None:
+        """The panel's speed mode (the backend's default until one is chosen); disabled, with why, where the
+        backend has no speed modes (a ComfyUI server runs its own way)."""
+        info = self.session.info
+        self.speed.blockSignals(True)
+        self.speed.setCurrentIndex(max(0, self.speed.findData(self.session.speed())))
+        self.speed.blockSignals(False)
+        self.speed.setEnabled(bool(info.speeds))
+        if info.speeds:
+            self.speed.setToolTip("How fast a run goes, and what it trades: Exact keeps plain diffusers' pixels, Fast "
+                                  "uses half precision where the hardware has it, Turbo compiles the model with "
+                                  f"OpenVINO (first run converts it). Default here: {info.default_speed}")  # fmt: skip
+        else:
+            self.speed.setToolTip(f"{info.name} runs its own way: speed modes are for the local engine")
+
     def set_capabilities(self, info) -> None:
         """The backend's own sampler and schedule names (a server may list others); the choice stays."""
+        self._show_speed()
         for combo, names in ((self.sampler, info.samplers), (self.schedule, info.schedules)):
             if not names or [combo.itemText(i) for i in range(combo.count())] == list(names):
                 continue
@@ -492,6 +521,7 @@ class PromptPanel(QWidget):
                                (self.height_box, p.height), (self.batch, p.batch)):
                 set_clamped(box, min(value, MAX_SIDE) if box in (self.width_box, self.height_box) else value)
             self.seed.setText("" if not 0 <= p.seed <= MAX_SEED else str(p.seed))
+            self._show_speed()
         finally:
             for w in widgets:
                 w.blockSignals(False)

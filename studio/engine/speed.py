@@ -1,0 +1,280 @@
+"""What each speed mode (studio.core.speed) means on this device, decided once per run.
+
+exact  the U-Net in channels_last on a CPU or CUDA (DESIGN.md Speed: 1.22x on the CPU, within 4e-6), the VAE
+       contiguous (channels_last made it slower); nothing else: the pixels stay within 1/255 of plain diffusers.
+fast   a CPU with native bf16 (AMX or AVX512-BF16): a bf16 copy of the U-Net (made once per model and LoRA set)
+       and the VAE decode under bf16 autocast, their outputs handed back in fp32, so the scheduler's math and CFG
+       stay fp32. A GPU already runs fp16 (the
+       engine's dtype there): fast is that. A CPU without native bf16 runs exact and says why (bf16 is slower
+       than fp32 there).
+turbo  the U-Net compiled with OpenVINO (studio.engine.turbo, bf16 where the CPU has it), swapped into the run's
+       pipeline after its LoRAs are applied and swapped back after the run; where OpenVINO is missing or fails,
+       the run goes on in the best other mode and says why in one line.
+
+torch.compile is an opt-in on CUDA (STUDIO_COMPILE=1): the U-Net is compiled in place once per loaded model.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ..core.requests import StepInfo
+from ..core.speed import DEFAULT_SPEED, METADATA_KEY
+
+log = logging.getLogger(__name__)
+Progress = Callable[[StepInfo], None]
+__all__ = ["METADATA_KEY", "SpeedPlan", "default_speed", "native_bf16", "plan_speed", "prepare_model"]
+
+
+@functools.cache
+def native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AMX tiles or AVX512-BF16): only there is bf16 faster than fp32."""
+    cpu = getattr(torch, "cpu", None)
+    for probe in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"):
+        fn = getattr(cpu, probe, None)
+        try:
+            if fn is not None and fn():
+                return True
+        except Exception:  # noqa: BLE001 - a probe that fails is a CPU without it
+            continue
+    return False
+
+
+def default_speed(device: torch.device) -> str:
+    """The window's default on this device: fast where it changes the arithmetic at a measured gain (a bf16 CPU:
+    about 1.5x for a few 1/255), else exact (a GPU is fp16 in both; a CPU without bf16 would run fast as exact).
+    Turbo is never the default: its first run converts the model (minutes, gigabytes on disk)."""
+    return "fast" if device.type == "cpu" and native_bf16() else DEFAULT_SPEED
+
+
+def compile_setting(device_type: str) -> tuple[bool, str]:
+    """STUDIO_COMPILE=1: torch.compile the U-Net, on CUDA only. (compile it, the line that says why not)."""
+    if os.environ.get("STUDIO_COMPILE", "").strip().lower() not in ("1", "true", "yes", "on"):
+        return False, ""
+    if device_type != "cuda":
+        return False, (f"STUDIO_COMPILE is for CUDA GPUs: on {device_type} it stays off (minutes of compile per "
+                       "size for about channels_last's gain)")  # fmt: skip
+    return True, ""
+
+
+def prepare_model(model: Any, device: torch.device) -> None:
+    """Once per loaded model: the U-Net in channels_last where it helps (CPU and CUDA; exact), compiled on CUDA
+    when STUDIO_COMPILE asks. The VAE stays contiguous."""
+    unet = getattr(model.base, "unet", None)
+    if unet is None or getattr(unet, "_studio_prepared", False):
+        return
+    if device.type in ("cpu", "cuda"):
+        unet.to(memory_format=torch.channels_last)
+    compile_it, _ = compile_setting(device.type)
+    if compile_it:
+        t0 = time.perf_counter()
+        unet.compile()  # in place: the pipelines keep the same module; each new shape compiles once, lazily
+        log.info("torch.compile set on the U-Net (%.1f s; each new size compiles at its first step)",
+                 time.perf_counter() - t0)  # fmt: skip
+    object.__setattr__(unet, "_studio_prepared", True)
+
+
+class HalfPrecisionUNet(torch.nn.Module):
+    """A half-precision copy of a U-Net behind the fp32 face the pipelines know: inputs cast to its dtype, outputs
+    back to fp32, so the latents, the sampler's math and CFG stay fp32. `dtype` says float32 (the pipelines make
+    their latents in it); config, device, add_embedding... are the copy's.
+
+    Measured on the SD 1.5 U-Net here (bf16 CPU, 256 px): an eager bf16 copy 1.6x the fp32 U-Net, bf16 autocast
+    on the fp32 one only 1.15x (it casts every weight at every call): the copy is worth its memory (half the
+    U-Net's fp32 size)."""
+
+    def __init__(self, half: torch.nn.Module, dtype: torch.dtype):
+        super().__init__()
+        self.unet = half
+        self._half = dtype
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return torch.float32
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self._modules["unet"], name)
+
+    def forward(self, *args, **kwargs):
+        return _to_float32(self.unet(*_cast(args, self._half), **_cast(kwargs, self._half)))
+
+
+def _cast(x, dtype: torch.dtype):
+    """Floating tensors (in tuples, lists and dicts: SDXL's added_cond_kwargs) to `dtype`; the rest as it is."""
+    if isinstance(x, torch.Tensor):
+        return x.to(dtype) if x.is_floating_point() else x
+    if isinstance(x, dict):
+        return {k: _cast(v, dtype) for k, v in x.items()}
+    if isinstance(x, (tuple, list)):
+        return type(x)(_cast(v, dtype) for v in x)
+    return x
+
+
+def half_copy(unet: torch.nn.Module, dtype: torch.dtype, tag: str = "") -> torch.nn.Module:
+    """A `dtype` copy of `unet` (LoRA adapters as they are set now, channels_last kept), made once per `tag` (the
+    LoRA signature) and kept on the U-Net; another tag replaces it. Each weight is converted as it is copied: the
+    peak is the copy's size, not a second fp32 U-Net."""
+    cached = getattr(unet, "_studio_half", None)
+    if cached is not None and cached[:2] == (tag, dtype):
+        return cached[2]
+    object.__setattr__(unet, "_studio_half", None)  # the old copy goes first
+    t0 = time.perf_counter()
+    memo: dict[int, Any] = {}
+    for name in ("_studio_loras", "_studio_half"):  # the LoRA set holds the pipeline: shared, not copied
+        if name in unet.__dict__:
+            memo[id(unet.__dict__[name])] = unet.__dict__[name]
+    with torch.no_grad():
+        for p in unet.parameters():
+            memo[id(p)] = torch.nn.Parameter(p.detach().to(dtype) if p.is_floating_point() else p.detach(),
+                                             requires_grad=False)  # fmt: skip
+        for b in unet.buffers():
+            memo[id(b)] = b.detach().to(dtype) if b.is_floating_point() else b.detach().clone()
+        half = copy.deepcopy(unet, memo)
+    for name in ("_studio_loras", "_studio_half"):
+        half.__dict__.pop(name, None)
+    object.__setattr__(unet, "_studio_half", (tag, dtype, half))
+    log.info("a %s copy of the U-Net for fast mode (%.1f s)", dtype, time.perf_counter() - t0)
+    return half
+
+
+def _to_float32(out):
+    if isinstance(out, torch.Tensor):
+        return out.float()
+    if isinstance(out, tuple):
+        return tuple(_to_float32(o) for o in out)
+    if hasattr(out, "sample"):
+        out.sample = out.sample.float()
+    return out
+
+
+@dataclass
+class SpeedPlan:
+    """One run's speed: the mode asked, the one used, why they differ (one line), and what to put on the
+    pipeline. `apply(pipe)` swaps the run's U-Net in, `restore()` puts the loaded one back."""
+
+    asked: str
+    used: str
+    notice: str = ""
+    unet_half: torch.dtype | None = None  # run a copy of the U-Net in this dtype (fast on a bf16 CPU)
+    decode_autocast: torch.dtype | None = None  # the VAE decode likewise
+    turbo: bool = False
+    _swapped: list[tuple[Any, Any]] = field(default_factory=list)
+
+    def apply(self, pipe: Any, model: Any, device: torch.device, on_step: Progress | None = None, total: int = 0,
+              cancel: threading.Event | None = None, t0: float | None = None) -> None:  # fmt: skip
+        """Swap this run's U-Net into `pipe` (after the run's LoRAs are on it). Turbo prepares here: its progress
+        goes to `on_step` as a phase; steps.Cancelled when `cancel` is set meanwhile."""
+        if not self.turbo and self.unet_half is None:
+            return  # exact: the loaded U-Net as it is
+        unet = pipe.unet
+        replacement = None
+        if self.turbo:
+            replacement = self._turbo(unet, pipe, model, on_step, total, cancel, t0)
+        if replacement is None and self.unet_half is not None:
+            half = half_copy(unet, self.unet_half, lora_signature(pipe))
+            replacement = HalfPrecisionUNet(half, self.unet_half)
+        if replacement is not None:
+            self._swapped.append((pipe, unet))
+            _set_unet(pipe, replacement)
+
+    def restore(self) -> None:
+        while self._swapped:
+            pipe, unet = self._swapped.pop()
+            _set_unet(pipe, unet)
+
+    def _turbo(self, unet, pipe, model, on_step, total, cancel, t0):
+        precision = "bf16" if native_bf16() else "f32"
+        fallback = "fast" if native_bf16() else "exact"
+        try:
+            from .turbo import TurboUnavailable, turbo_unet  # the OpenVINO package (studio.engine.turbo)
+        except ImportError as e:
+            self._fall_back(fallback, f"OpenVINO support is not installed ({e.name or 'studio.engine.turbo'})")
+            return None
+        started = time.perf_counter() if t0 is None else t0
+        last = [-1]
+
+        def progress(fraction: float, text: str) -> None:
+            pct = int(max(0.0, min(1.0, float(fraction))) * 100)
+            if pct == last[0] or on_step is None:  # one status per percent: the worker's queue stays short
+                return
+            last[0] = pct
+            log.info("turbo: %s %d%%", text, pct)
+            on_step(StepInfo(0, total, time.perf_counter() - started, stage=f"Preparing turbo for {model.name}: {pct}%"))
+
+        try:
+            return turbo_unet(unet, cache_key=turbo_cache_key(model, pipe, precision), precision=precision,
+                              on_progress=progress, cancel=cancel)  # fmt: skip
+        except TurboUnavailable as e:
+            self._fall_back(fallback, str(e).splitlines()[0] if str(e) else type(e).__name__)
+            return None
+
+    def _fall_back(self, mode: str, reason: str) -> None:
+        self.turbo = False
+        self.used = mode
+        if mode == "fast":
+            self.unet_half = torch.bfloat16
+        self.notice = f"Turbo is unavailable: {reason}; this run used {mode} mode"
+        log.warning(self.notice)
+
+
+def _set_unet(pipe: Any, unet: Any) -> None:
+    # Not through DiffusionPipeline.__setattr__: that would rewrite the pipeline's config with the wrapper's class.
+    object.__setattr__(pipe, "unet", unet)
+
+
+def turbo_cache_key(model: Any, pipe: Any, precision: str) -> str:
+    """The model (its A1111 hash, else its load key), the LoRAs on its U-Net with their weights, the precision."""
+    ident = model.hash or "|".join(str(k) for k in model.key[:3])
+    return f"{ident}|{lora_signature(pipe)}|{precision}"
+
+
+def lora_signature(pipe: Any) -> str:
+    """The active LoRAs that change the U-Net, as file identity and weight, in a stable order ("" for none)."""
+    loras = getattr(pipe.unet, "_studio_loras", None)
+    if loras is None:
+        return ""
+    by_adapter = {e.adapter: e for e in loras.loaded}
+    parts = []
+    for adapter, weight in loras.active:
+        entry = by_adapter.get(adapter)
+        if entry is None or not weight or "unet" not in entry.parts:
+            continue
+        path, size, mtime = entry.key
+        parts.append(f"{path}:{size}:{mtime}@{weight:g}")
+    return ",".join(sorted(parts))
+
+
+def plan_speed(asked: str, device: torch.device, dtype: torch.dtype) -> SpeedPlan:
+    """What `asked` means on this device and dtype (a GPU's fp16 engine, or fp32 on a CPU)."""
+    if asked == "exact":
+        return SpeedPlan("exact", "exact")
+    half = dtype in (torch.float16, torch.bfloat16)  # a GPU (or a test of its path on the CPU): already half
+    bf16_cpu = device.type == "cpu" and not half and native_bf16()
+    if asked == "fast":
+        if half:
+            return SpeedPlan("fast", "fast")
+        if bf16_cpu:
+            return SpeedPlan("fast", "fast", unet_half=torch.bfloat16, decode_autocast=torch.bfloat16)
+        return SpeedPlan("fast", "exact", notice=f"This {_device_word(device)} has no native bf16: fast runs as exact")
+    # turbo: OpenVINO runs the U-Net on the CPU; the decode is fast mode's.
+    if device.type != "cpu":
+        return SpeedPlan("turbo", "fast", notice=f"Turbo (OpenVINO) runs on the CPU: on {device.type} this run "
+                                                 "used fast mode")  # fmt: skip
+    return SpeedPlan("turbo", "turbo", decode_autocast=torch.bfloat16 if bf16_cpu else None, turbo=True)
+
+
+def _device_word(device: torch.device) -> str:
+    return "CPU" if device.type == "cpu" else device.type.upper()
