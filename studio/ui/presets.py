@@ -88,8 +88,8 @@ class PresetControls:
             self._key, self._loras = key, None
             self.detected = suggest(p.model, p.prompt, self._find_lora) if p.mode != "upscale" else None
         shown = self.detected is not None and not self.detected.preset.matches(p)
-        if self.detected is not None:
-            self.hint_label.setText(self.detected.hint)
-            self.hint.setToolTip(f"For {self.detected.preset.use}. Apply sets {self.detected.preset.sampler}, "
-                                 f"{self.detected.preset.schedule}; nothing changes until you click.")  # fmt: skip
+        if (d := self.detected) is not None:
+            self.hint_label.setText(f"{d.file}: few-step, {d.preset.label}")  # one short line; the rest in the tip
+            self.hint.setToolTip(f"{d.hint}. For {d.preset.use}. Apply sets {d.preset.sampler}, {d.preset.schedule}, "
+                                 f"{d.preset.steps} steps, CFG {d.preset.cfg:g}; nothing changes until you click.")  # fmt: skip
         self.hint.setVisible(shown)
