@@ -26,7 +26,8 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def _add_generation_options(p: argparse.ArgumentParser, upscale: bool = False) -> None:
-    from .core.samplers import DEFAULT_SAMPLER, DEFAULT_SCHEDULE
+    from .core.fewstep import PRESETS
+    from .core.samplers import DEFAULT_SAMPLER, DEFAULT_SCHEDULE, SCHEDULE_NAMES
 
     p.add_argument("--model", help="a checkpoint (.safetensors, .ckpt) or a diffusers folder (default: the built-in "
                    "model; with --server, the server's file named for its URL in the settings' server_models, else "
@@ -37,10 +38,13 @@ def _add_generation_options(p: argparse.ArgumentParser, upscale: bool = False) -
     else:
         p.add_argument("--prompt", required=True, help="what to draw")
     p.add_argument("--negative", default=None if upscale else "", help="what to avoid")
-    p.add_argument("--sampler", default=DEFAULT_SAMPLER, help="sampler name (see `studio samplers`)")
-    p.add_argument("--schedule", default=DEFAULT_SCHEDULE, help="Normal, Karras, Exponential or SGM Uniform")
-    p.add_argument("--steps", type=int, default=20, help="sampling steps (default 20)")
-    p.add_argument("--cfg", type=float, default=7.0, help="classifier-free guidance scale")
+    # Defaults None: a --preset fills what is not given (_sampling); DEFAULT_SAMPLER etc. otherwise.
+    p.add_argument("--sampler", default=None, help=f"sampler name (see `studio samplers`; default {DEFAULT_SAMPLER})")
+    p.add_argument("--schedule", default=None, help=f"{', '.join(SCHEDULE_NAMES)} (default {DEFAULT_SCHEDULE})")
+    p.add_argument("--steps", type=int, default=None, help="sampling steps (default 20)")
+    p.add_argument("--cfg", type=float, default=None, help="classifier-free guidance scale (default 7)")
+    p.add_argument("--preset", default=None, metavar="NAME", help="few-step model settings (sampler, schedule, steps, "
+                   "CFG; an option given beside it wins): " + "; ".join(p.label for p in PRESETS.values()))  # fmt: skip
     p.add_argument("--seed", type=int, default=None, help="default: a random seed, written in the metadata")
     if upscale:
         p.add_argument("--width", type=int, default=None, help="the output width, with --height (instead of --scale)")
@@ -242,14 +246,25 @@ def _request(args: argparse.Namespace, mode: str, **fields):
     """The GenerateRequest of a generation command: the options they all share, plus this mode's fields."""
     from .core import GenerateRequest
 
-    shared = dict(prompt=args.prompt, negative_prompt=args.negative, model=args.model, mode=mode,
-                  sampler=args.sampler, schedule=args.schedule, steps=args.steps, cfg=args.cfg, seed=args.seed,
+    shared = dict(prompt=args.prompt, negative_prompt=args.negative, model=args.model, mode=mode, **_sampling(args),
+                  seed=args.seed,
                   width=args.width, height=args.height, clip_skip=args.clip_skip, vae=args.vae,
                   loras=tuple(_lora_arg(a) for a in args.lora), prediction=args.prediction,
                   preview="none")  # fmt: skip  # the CLI shows no previews: none are made or fetched
     if getattr(args, "speed", None):
         shared["speed"] = args.speed
     return GenerateRequest.from_fields(**{**shared, **fields})
+
+
+def _sampling(args: argparse.Namespace) -> dict:
+    """Sampler, schedule, steps and CFG: the options given, else the --preset's, else the defaults."""
+    from .core.fewstep import resolve_preset
+    from .core.samplers import DEFAULT_SAMPLER, DEFAULT_SCHEDULE
+
+    base: dict = {"sampler": DEFAULT_SAMPLER, "schedule": DEFAULT_SCHEDULE, "steps": 20, "cfg": 7.0}
+    if args.preset:
+        base.update(resolve_preset(args.preset).fields())
+    return {k: v if (v := getattr(args, k)) is not None else base[k] for k in base}
 
 
 def _lora_arg(text: str) -> tuple[str, float]:

@@ -146,12 +146,13 @@ def test_sampler_table_against_the_servers_combo(recorded):
     for ours, theirs in SAMPLERS.items():
         assert ours in SAMPLER_NAMES, ours
         assert theirs in have, theirs
-    assert set(SAMPLER_NAMES) - set(SAMPLERS) == {"PLMS"}
+    assert set(SAMPLER_NAMES) - set(SAMPLERS) == {"PLMS", "TCD"}  # TCD is a custom-sampler node, not a KSampler name
+    assert "tcd" not in have
     assert set(SCHEDULES) == set(SCHEDULE_NAMES)
     assert all(s in recorded.scheduler_names for s in SCHEDULES.values())
     assert SCHEDULES == {"Normal": "normal", "Karras": "karras", "Exponential": "exponential",
                          "SGM Uniform": "sgm_uniform"}  # fmt: skip
-    assert studio_samplers(recorded) == tuple(n for n in SAMPLER_NAMES if n != "PLMS")
+    assert studio_samplers(recorded) == tuple(n for n in SAMPLER_NAMES if n not in ("PLMS", "TCD"))
     assert studio_schedules(recorded) == SCHEDULE_NAMES
 
 

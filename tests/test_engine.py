@@ -41,7 +41,10 @@ DIFFUSERS_TABLE = {
     "PLMS": ("PNDMScheduler", {"skip_prk_steps": True}),
     "DDPM": ("DDPMScheduler", {}),
     "LCM": ("LCMScheduler", {}),
+    "TCD": ("TCDScheduler", {}),
 }
+# What the pipeline call needs besides the scheduler: TCD's gamma is the pipeline's `eta` (0.3, the TCD authors').
+PLAIN_CALL = {"TCD": {"eta": 0.3}}
 
 
 @pytest.fixture(scope="module")
@@ -64,8 +67,11 @@ def plain_image(pipe, sampler: str, schedule: str = "Normal", **kw) -> np.ndarra
     overrides = dict(overrides)
     if schedule == "Karras":
         overrides["use_karras_sigmas"] = True
+    if schedule == "SGM Uniform":
+        overrides["timestep_spacing"] = "trailing"
     pipe.scheduler = getattr(diffusers, cls).from_config(pipe.original_scheduler_config, **overrides)
     args = dict(prompt="a red circle", num_inference_steps=3, guidance_scale=5.0, width=SIZE, height=SIZE)
+    args.update(PLAIN_CALL.get(sampler, {}))
     args.update(kw)
     out = pipe(**args, generator=torch.Generator("cpu").manual_seed(1234), output_type="np").images[0]
     return (out * 255).round().astype(np.uint8)
@@ -93,6 +99,32 @@ def test_karras_schedule_matches_plain_diffusers(engine, tiny_model, plain, samp
     theirs = plain_image(plain, sampler, "Karras")
     assert np.abs(ours.images[0].astype(int) - theirs.astype(int)).max() <= 1
     assert not np.array_equal(ours.images[0], normal.images[0])  # the schedule really changed
+
+
+# Few-step models as their authors run them in diffusers: SD Turbo (Euler a, trailing, 1 step, CFG 0), Lightning
+# (Euler, trailing, CFG 1), Hyper-SD (DDIM trailing or TCD, CFG 1), LCM (CFG 1.5: a real CFG pass on a U-Net
+# without the guidance embedding).
+@pytest.mark.parametrize(
+    ("sampler", "schedule", "steps", "cfg"),
+    [("Euler a", "SGM Uniform", 1, 0.0), ("Euler a", "SGM Uniform", 4, 1.0), ("Euler", "SGM Uniform", 4, 1.0),
+     ("DDIM", "SGM Uniform", 2, 1.0), ("TCD", "Normal", 4, 1.0), ("TCD", "Normal", 1, 1.0), ("LCM", "Normal", 4, 1.5)],
+)  # fmt: skip
+def test_few_step_settings_match_plain_diffusers(engine, tiny_model, plain, sampler, schedule, steps, cfg):
+    ours = engine.generate(req(tiny_model, sampler=sampler, schedule=schedule, steps=steps, cfg=cfg))
+    theirs = plain_image(plain, sampler, schedule, num_inference_steps=steps, guidance_scale=cfg)
+    diff = np.abs(ours.images[0].astype(int) - theirs.astype(int)).max()
+    assert diff <= 1, f"{sampler} {schedule} {steps} steps: max abs difference {diff}/255"
+    assert ours.images[0].std() > 1
+    assert ours.steps_done == steps
+
+
+def test_trailing_spacing_and_tcd_gamma_really_change_the_run(engine, tiny_model, plain):
+    trailing = engine.generate(req(tiny_model, sampler="Euler", schedule="SGM Uniform", steps=2, cfg=1.0))
+    leading = engine.generate(req(tiny_model, sampler="Euler", steps=2, cfg=1.0))
+    assert not np.array_equal(trailing.images[0], leading.images[0])
+    tcd = engine.generate(req(tiny_model, sampler="TCD", steps=3, cfg=1.0)).images[0]
+    no_gamma = plain_image(plain, "TCD", num_inference_steps=3, guidance_scale=1.0, eta=0.0)
+    assert np.abs(tcd.astype(int) - no_gamma.astype(int)).max() > 1  # the engine passed gamma 0.3, not 0
 
 
 def test_negative_prompt_and_cfg_match_plain(engine, tiny_model, plain):
@@ -193,7 +225,7 @@ def test_steps_previews_and_kept_latents(engine, tiny_model):
     assert np.abs(dec.astype(int) - r.images[0].astype(int)).max() <= 2
 
 
-@pytest.mark.parametrize("sampler", ["Heun", "DPM2 a", "PLMS", "DPM++ 2M", "UniPC", "DDIM", "LCM"])
+@pytest.mark.parametrize("sampler", ["Heun", "DPM2 a", "PLMS", "DPM++ 2M", "UniPC", "DDIM", "LCM", "TCD"])
 def test_steps_counted_as_the_artist_set_them(engine, tiny_model, sampler):
     seen = []
     r = engine.generate(req(tiny_model, steps=3, sampler=sampler), on_step=seen.append)

@@ -20,6 +20,9 @@ class Sampler:
     schedules: tuple[str, ...] = ("Normal", "Karras", "Exponential", "SGM Uniform")
     needs: str | None = None  # an optional module it needs
     fallback: tuple[str, dict[str, Any]] | None = None  # used when `needs` is missing
+    # The pipelines pass their `eta` call argument to scheduler.step (0.0 unless given); TCD's stochasticity
+    # ("gamma" in the TCD paper) is that argument, so the sampler carries the value its authors recommend.
+    eta: float | None = None
 
 
 _SIGMA_SCHEDULES = ("Normal", "Karras", "Exponential", "SGM Uniform")
@@ -50,7 +53,11 @@ SAMPLERS: dict[str, Sampler] = {
         Sampler("DDIM", "DDIMScheduler", {"set_alpha_to_one": False}, schedules=_PLAIN),
         Sampler("PLMS", "PNDMScheduler", {"skip_prk_steps": True}, schedules=_PLAIN),
         Sampler("DDPM", "DDPMScheduler", schedules=_PLAIN),
+        # Few-step samplers. LCM and TCD pick their own timesteps from the distillation's 50-step skeleton (their
+        # timestep_spacing is unused): both schedules are the scheduler's own. Turbo (Euler a), Lightning (Euler)
+        # and Hyper-SD (DDIM) use the samplers above with SGM Uniform (diffusers' "trailing" spacing).
         Sampler("LCM", "LCMScheduler", schedules=_PLAIN),
+        Sampler("TCD", "TCDScheduler", schedules=_PLAIN, eta=0.3),
     )
 }
 SAMPLER_NAMES: tuple[str, ...] = tuple(SAMPLERS)
@@ -81,6 +88,7 @@ _ALIASES = {
     "plms": "PLMS",
     "unipc": "UniPC",
     "lcm": "LCM",
+    "tcd": "TCD",
 }
 
 
@@ -119,3 +127,8 @@ def scheduler_spec(sampler: str, schedule: str = "Normal") -> tuple[str, dict[st
         cls, overrides = s.fallback[0], dict(s.fallback[1])
     overrides.update(SCHEDULE_OVERRIDES[sched])
     return cls, overrides
+
+
+def sampler_eta(sampler: str) -> float | None:
+    """The `eta` the pipeline passes to this sampler's step (TCD's gamma), or None for the pipeline's default."""
+    return resolve_sampler(sampler).eta

@@ -21,6 +21,7 @@ from ..core import inpaint
 from ..core.errors import OUT_OF_MEMORY, EngineError, ModelError, RequestError, first_line, is_out_of_memory
 from ..core.memory import MemoryOptions, out_of_memory_advice
 from ..core.requests import MAX_SEED, GenerateRequest, GenerateResult, StepInfo
+from ..core.samplers import sampler_eta
 from ..paths import BUILTIN_MODEL, MODELS_DIR
 from . import addons, runaddons, speed
 from .loader import (
@@ -355,6 +356,8 @@ class Engine:
         }
         if r.clip_skip > 1:
             kwargs["clip_skip"] = r.clip_skip - 1
+        if (eta := sampler_eta(r.sampler)) is not None:
+            kwargs["eta"] = eta  # the pipeline hands it to scheduler.step (TCD's gamma)
         size = (r.width, r.height)
 
         def init_pil() -> Image.Image:

@@ -31,6 +31,7 @@ from studio.core.speed import SPEEDS
 from studio.core.speed import TOOLTIPS as SPEED_TIPS
 from studio.session import IMAGE_SUFFIXES, Params, Session
 from studio.ui.canvas_options import CanvasOptions, ModeSwitch, UpscaleOptions, set_clamped
+from studio.ui.presets import PresetControls
 from studio.ui.theme import icon, muted_label
 from studio.ui.widgets import section
 
@@ -189,7 +190,12 @@ class PromptPanel(QWidget):
         self.schedule.setToolTip("The noise schedule. Karras often gives cleaner results at low step counts.")
         grid.addWidget(self._label("Sampler"), 0, 0)
         grid.addWidget(self._label("Schedule"), 0, 1)
-        grid.addWidget(self.sampler, 1, 0)
+        self.presets = PresetControls(session, self)  # few-step presets: a menu beside the sampler, a hint row
+        sampler_row = QHBoxLayout()
+        sampler_row.setSpacing(4)
+        sampler_row.addWidget(self.sampler, 1)
+        sampler_row.addWidget(self.presets.button)
+        grid.addLayout(sampler_row, 1, 0)
         grid.addWidget(self.schedule, 1, 1)
 
         self.steps = QSpinBox()
@@ -263,6 +269,7 @@ class PromptPanel(QWidget):
         grid.setColumnStretch(1, 2)
         lay.addSpacing(4)
         lay.addWidget(section("Sampling"))
+        lay.addWidget(self.presets.hint)
         lay.addLayout(grid)
         self.canvas_section = section("Canvas")
         lay.addSpacing(4)
@@ -338,6 +345,9 @@ class PromptPanel(QWidget):
         s.jobs_changed.connect(self._update_buttons)
         s.params_changed.connect(self._show_mode)
         self.upscale_options.method.currentIndexChanged.connect(lambda _i: self._filter_models())
+        self.presets.watch(self.prompt.textChanged, self.model.currentIndexChanged, self.sampler.currentTextChanged,
+                           self.schedule.currentTextChanged, self.steps.valueChanged, self.cfg.valueChanged)
+        self.presets.refresh()
 
     def _wants_latent_models(self) -> bool:
         p = self.session.params
