@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -70,6 +71,7 @@ def main() -> None:
                 splits[name].append(split)
     finally:
         subprocess.run([*studio, "serve", "--stop"], cwd=ROOT, env=env, capture_output=True)
+        shutil.rmtree(out, ignore_errors=True)
     torch_s = min(walls["import torch"])
     print(f"{args.rounds} interleaved rounds; wall seconds (min / median); overhead = wall - import torch - work")
     print(f"first use (starts the engine): {first[0]:.2f} s  {first[1]}")

@@ -334,7 +334,7 @@ def _output_folder(args: argparse.Namespace) -> Path:
 
 
 def _generate_and_save(args: argparse.Namespace, request, extra: dict[str, str] | None = None) -> int:
-    """Torch only from here on (or a server): the request runs, each path goes to stdout as it is written.
+    """Torch only from here on (or a server, or the warm engine): the request runs, each path goes to stdout as it is written.
     `extra`: metadata keys for the saved files (studio.core.metadata.parameters_for)."""
     from .core.output import save_result
 

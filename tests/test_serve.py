@@ -149,6 +149,19 @@ def test_the_warm_engine_saves_the_same_pixels_and_metadata_as_a_run_here(engine
     assert "Seed: 11," in a[0][1] and "Seed: 12," in a[1][1]  # each image's own seed
 
 
+def test_an_upscale_on_the_warm_engine_saves_what_a_run_here_saves(engine_proc, rundir, tmp_path):
+    src = tmp_path / "src.png"
+    Image.fromarray(np.random.default_rng(3).integers(0, 256, (20, 28, 3), dtype=np.uint8)).save(src)
+    argv = ("upscale", "--image", str(src), "--mode", "resize", "--scale", "1.5", "--prompt", "p", "-q")
+    warm = _cli(rundir, *argv, "--out", str(tmp_path / "warm"))
+    here = _cli(rundir, *argv, "--out", str(tmp_path / "here"), "--no-server")
+    assert warm.returncode == here.returncode == 0, warm.stderr + here.stderr
+    assert "no torch" in warm.stderr
+    ((pa, ta),), ((pb, tb),) = _images(warm.stdout.split()), _images(here.stdout.split())
+    assert pa.shape == (30, 42, 3) and np.array_equal(pa, pb)
+    assert ta == tb and "Upscale mode: resize" in ta
+
+
 def test_bad_input_from_the_engine_is_the_same_one_line(engine_proc, rundir, tiny_model, tmp_path):
     p = _cli(rundir, "generate", "--prompt", "x", "--model", tiny_model, "--lora", "no-such-lora:0.5", "--steps", "1",
              "--out", str(tmp_path))  # fmt: skip
