@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 from . import __version__
@@ -73,6 +74,9 @@ def _add_generation_options(p: argparse.ArgumentParser, upscale: bool = False) -
                    help="run on a ComfyUI server (e.g. http://127.0.0.1:8188) instead of this machine")  # fmt: skip
     p.add_argument("--token", default=None, help="a bearer token for the server's proxy (or STUDIO_SERVER_TOKEN)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
+    p.add_argument("--timings", action="store_true", help="print where the time went (imports, load, steps, decode, save)")
+    p.add_argument("--no-server", action="store_true", help="run in this process, not in the warm background engine "
+                   "(`studio serve`; STUDIO_NO_SERVER=1 does the same)")  # fmt: skip
 
 
 def _add_inpaint_options(p: argparse.ArgumentParser, mask_blur: int) -> None:
@@ -163,6 +167,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("schedules", help="list the schedule names")
     info = sub.add_parser("info", help="print the generation parameters stored in an image")
     info.add_argument("image", help="a PNG, JPEG or WebP")
+    serve = sub.add_parser("serve", help="keep a warm engine running: later commands skip torch's start and the load")
+    serve.add_argument("--idle", type=float, default=None,
+                       help="exit after this many seconds without a request (default 600 or STUDIO_SERVER_IDLE; 0: never)")  # fmt: skip
+    serve.add_argument("--stop", action="store_true", help="stop the running engine")
+    serve.add_argument("--status", action="store_true", help="say whether an engine runs, and its process id")
+    serve.set_defaults(func=_serve)
     tiny = sub.add_parser("make-tiny-model", help="write a tiny random-weight model folder (tests, demos)")
     tiny.add_argument("path", help="the folder to write (an upscale model: the file)")
     tiny.add_argument("--kind", choices=("txt2img", "inpaint", "upscale"), default="txt2img",
@@ -219,6 +229,7 @@ def _read_image(path: str, what: str = "image"):
 
 
 _line_open = False  # a progress line is on stderr without its newline: an error starts a new line
+_split: dict[str, float] = {}  # --timings: where the command's time went (t0: main() began)
 
 
 def _progress(quiet: bool):
@@ -278,11 +289,16 @@ def _lora_arg(text: str) -> tuple[str, float]:
     return text, 1.0
 
 
-def _check_device(device: str | None) -> None:
-    """An unknown --device, or one this PyTorch lacks, refused before any model is read."""
+def _check_device(device: str | None, args: argparse.Namespace | None = None) -> None:
+    """An unknown --device, or one this PyTorch lacks, refused before any model is read: the name without torch; what
+    this PyTorch has here, or, on the warm engine, by that engine (the last check: other bad input answers first)."""
     import os
+    import re
 
-    if device or os.environ.get("STUDIO_DEVICE"):
+    name = (device or os.environ.get("STUDIO_DEVICE") or "").strip().lower()
+    if name and not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", name):
+        raise RequestError(f"Unknown device {name}: use cpu, cuda or mps")
+    if name and not (args is not None and _warm_wanted(args)):
         from .engine.engine import pick_device
 
         pick_device(device)
@@ -339,7 +355,7 @@ def _output_folder(args: argparse.Namespace) -> Path:
 
 
 def _generate_and_save(args: argparse.Namespace, request, extra: dict[str, str] | None = None) -> int:
-    """Torch only from here on (or a server): the request runs, each path goes to stdout as it is written.
+    """Torch only from here on (or a server, or the warm engine): the request runs, each path goes to stdout as it is written.
     `extra`: metadata keys for the saved files (studio.core.metadata.parameters_for)."""
     from .core.output import save_result
 
@@ -356,9 +372,68 @@ def _generate_and_save(args: argparse.Namespace, request, extra: dict[str, str] 
             print(path, flush=True)
             return not stop.signum  # a signal during that save: it finished, no other starts
 
+        t_save = time.perf_counter()
         save_result(result, out, __version__, on_saved=saved)
+        if getattr(args, "timings", False):
+            _say(_timings_line(result.timings, time.perf_counter() - t_save))
         if stop.signum:
             return stop.exit_code()
+    return 0
+
+
+def _warm_wanted(args: argparse.Namespace) -> bool:
+    """Whether the request goes to the warm engine (studio.serve): not with --server, --no-server or
+    STUDIO_NO_SERVER=1, nor where there are no local sockets."""
+    import socket
+
+    from .serve.runtime import disabled
+
+    return not (getattr(args, "server", None) or getattr(args, "no_server", True) or disabled()
+                or not hasattr(socket, "AF_UNIX"))  # fmt: skip
+
+
+def _on_warm_engine(args: argparse.Namespace, request, cancel):
+    """The request's result from the warm engine (started on first use), None when it is not to be used or cannot be
+    (said in one line): this process then runs it."""
+    if not _warm_wanted(args):
+        return None
+    from .serve import client, runtime
+
+    options = dict(device=args.device, memory=(args.attention_slicing, args.vae_tiling, args.offload),
+                   model_folders=[str(f) for f in model_folders()[1:]])  # fmt: skip
+    try:
+        result, split = client.generate(request, options, _progress(args.quiet), cancel, None if args.quiet else _say)
+    except runtime.Unavailable as e:
+        if not args.quiet:
+            _say(f"studio: running in this process ({e})")
+        return None
+    _split.update(split)
+    return result
+
+
+def _timings_line(timings: dict[str, float], save: float) -> str:
+    """'studio: timings (warm engine): start 0.01 s, imports 0.00 s, load 0.00 s, steps 0.45 s, ...'."""
+    parts = {"start": _split.get("start"), "imports": _split.get("imports", 0.0), "load": timings.get("load"),
+             "steps": timings.get("sample"), "decode": timings.get("decode"), "save": save,
+             "total": time.perf_counter() - _split["t0"]}  # fmt: skip
+    where = "warm engine" if "start" in _split else "this process"
+    return f"studio: timings ({where}): " + ", ".join(f"{k} {v:.2f} s" for k, v in parts.items() if v is not None)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from .serve import client, runtime
+
+    if not (args.stop or args.status):
+        from .serve.server import serve
+
+        return serve(args.idle)
+    try:
+        reply = client.call("stop" if args.stop else "ping")
+    except runtime.Unavailable as e:
+        print(f"studio: {e}", file=sys.stderr)
+        return 1 if args.status else 0
+    what = "stopping" if args.stop else f"running, {reply.get('jobs', 0)} jobs done"
+    print(f"studio: background engine {what} (pid {reply.get('pid')})", file=sys.stderr)
     return 0
 
 
@@ -376,10 +451,16 @@ def _run_request(args: argparse.Namespace, request, cancel):
             result = backend.generate(request, on_step=_progress(args.quiet), cancel=cancel)
         finally:
             backend.close()
+    elif (warm := _on_warm_engine(args, request, cancel)) is not None:
+        result = warm
     else:
         from .backends.local import LocalBackend
         from .core.memory import MemoryOptions
 
+        if args.timings and request.mode != "upscale":  # imports timed apart from the load
+            from .serve.server import import_engine
+
+            _split["imports"] = import_engine()
         memory = MemoryOptions(args.attention_slicing, args.vae_tiling, args.offload)
         local = LocalBackend(device=args.device, model_folders=model_folders()[1:], memory=memory)
         try:
@@ -423,10 +504,10 @@ def _run_generation(args: argparse.Namespace, mode: str) -> int:
     from .core.samplers import scheduler_spec
 
     if not args.server:  # a server checks its own names and files
-        _check_device(args.device)
         scheduler_spec(request.sampler, request.schedule)
         if args.model is not None and not Path(args.model).exists():
             raise EngineError(f"Model not found: {args.model}")
+        _check_device(args.device, args)
     return _generate_and_save(args, request)
 
 
@@ -449,8 +530,6 @@ def _run_upscale(args: argparse.Namespace) -> int:
                        scale=args.scale, upscaler=args.upscaler, tile=args.tile, tile_overlap=args.overlap,
                        prompt=prompt, negative_prompt=negative)  # fmt: skip
     request.validate()  # before torch is imported: bad input answers at once
-    if not args.server:
-        _check_device(args.device)
     if args.upscaler is not None and not args.server and not Path(args.upscaler).is_file():
         raise EngineError(f"Upscaler not found: {args.upscaler}")
     if args.mode in ("diffusion", "latent") and not args.server:
@@ -461,6 +540,8 @@ def _run_upscale(args: argparse.Namespace) -> int:
         if args.model is not None and not Path(args.model).exists():
             raise EngineError(f"Model not found: {args.model}")
         check_mode(read_layout(resolve_model_path(args.model, BUILTIN_MODEL)), "upscale", args.mode)
+    if not args.server:
+        _check_device(args.device, args)
     if builtin:  # said after the checks: bad input still answers in one line
         print("studio: upscaler: the built-in SwinIR x4 (--upscaler picks another)", file=sys.stderr, flush=True)
     return _generate_and_save(args, request, _source_prompt(args))
@@ -577,6 +658,8 @@ def _list_models(extra: list[str], hashes: bool, add: list[str] = ()) -> int:
 def main(argv: list[str] | None = None) -> int:
     global _line_open
     _line_open = False
+    _split.clear()
+    _split["t0"] = time.perf_counter()
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     message = unknown_command(argv[0], parser) if argv else None

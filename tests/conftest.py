@@ -13,6 +13,9 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("STUDIO_DEVICE", "cpu")
 # The hash cache and autosaves go to a folder of the run, never the user's (tests that care set their own).
 os.environ.setdefault("LATENT_STUDIO_DATA_DIR", tempfile.mkdtemp(prefix="studio-test-data-"))
+# No command under test starts or uses a warm engine (studio.serve) unless the test owns it (tests/test_serve.py).
+os.environ["STUDIO_NO_SERVER"] = "1"
+os.environ["STUDIO_RUNTIME_DIR"] = tempfile.mkdtemp(prefix="studio-test-rt-")
 
 _real_connect = socket.socket.connect
 _real_connect_ex = socket.socket.connect_ex

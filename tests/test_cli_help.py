@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -102,3 +104,36 @@ def test_the_installer_installs_spandrels_needs_before_spandrel():
     (needs,) = [i for i, ln in enumerate(installs) if "einops" in ln]
     assert needs < spandrel and "typing_extensions" in installs[needs]
     assert all("--no-deps" in ln for ln in installs[spandrel:]), installs[spandrel:]
+
+
+_ARGUMENT_ERRORS = [
+    ["--help"], ["generate", "--help"], ["serve", "--help"], ["generat", "--prompt", "x"], ["generate"],
+    ["generate", "--prompt", "x", "--steps", "x"], ["generate", "--prompt", "x", "--steps", "0"],
+    ["generate", "--prompt", "x", "--sampler", "bogus"], ["generate", "--prompt", "x", "--device", "tpu"],
+    ["generate", "--prompt", "x", "--model", "/no/such/model"], ["upscale", "--image", "/no/such.png"],
+    ["inpaint", "--prompt", "x", "--image", "/no/such.png", "--mask", "/no/mask.png"],
+]  # fmt: skip
+
+
+def test_help_and_argument_errors_import_no_torch():
+    # In a fresh interpreter (this one has torch in already): each answer comes before torch or diffusers is imported.
+    code = (
+        "import contextlib, io, sys\n"
+        "from studio.cli import main\n"
+        "for argv in ARGS:\n"
+        "    err = io.StringIO()\n"
+        "    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):\n"
+        "        try:\n"
+        "            code = main(argv)\n"
+        "        except SystemExit as e:\n"
+        "            code = e.code\n"
+        "    print(code, argv, err.getvalue().strip().splitlines()[-1:])\n"
+        "print([m for m in ('torch', 'diffusers', 'transformers', 'studio.engine.engine') if m in sys.modules])\n"
+    ).replace("ARGS", repr(_ARGUMENT_ERRORS))
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert p.returncode == 0, p.stderr
+    *answers, modules = p.stdout.strip().splitlines()
+    assert modules == "[]", p.stdout
+    codes = [int(line.split()[0]) for line in answers]
+    assert codes == [0, 0, 0] + [2] * (len(_ARGUMENT_ERRORS) - 3), p.stdout
+    assert "Unknown device tpu" in answers[8]
