@@ -109,6 +109,7 @@ class GenerateRequest:
     loras: tuple[tuple[str, float], ...] = ()
     vae: str = ""
     prediction: Prediction = "auto"
+    tiny_decode: bool = False  # the final decode by the model's tiny decoder (TAESD), when it has one: fast, approximate
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "init_image", _frozen_copy(self.init_image, (3,), "The init image"))

@@ -191,6 +191,9 @@ def add_subcommands(subparsers) -> None:
     p.set_defaults(func=_evaluate)
 
     add_upscaler_subcommands(subparsers)
+    from .train_tiny_decoder import add_subcommand as add_tiny_decoder
+
+    add_tiny_decoder(subparsers)
 
 
 def main(argv: list[str] | None = None) -> None:
