@@ -289,3 +289,68 @@ def test_cli_tiny_decode_flag(capsys, comfy_tree, tmp_path):
     out, err = capsys.readouterr()
     assert code == 0 and "no tiny decoder for this model: full decode used" in err
     assert "Tiny decode" not in read_parameters(out.split()[0])
+
+
+# -- the built-in models' own tiny decoders
+
+BUILTIN = Path(__file__).resolve().parents[1] / "models" / "builtin"
+UPSCALER = Path(__file__).resolve().parents[1] / "models" / "latent-upscaler-x4"
+
+
+def test_training_is_resumable_and_writes_the_original_layout(tmp_path):
+    from studio.core.errors import ModelError  # noqa: F401 - the loader's errors are ModelErrors
+    from studio.training.common import TrainingInputError, load_checkpoint
+    from studio.training.train_tiny_decoder import PRESETS, train
+
+    preset = PRESETS["tiny"]
+    run = tmp_path / "run"
+    result = train(BUILTIN, run, preset, steps=2, progress=False)
+    assert load_checkpoint(run / "checkpoint.pt")["step"] == 2 and result["steps"] == 2
+    assert {"rms_tiny_full_size", "rms_factors_full_size"} <= set(result)
+    with pytest.raises(TrainingInputError, match="--resume"):
+        train(BUILTIN, run, preset, steps=3, progress=False)
+    result = train(BUILTIN, run, preset, steps=3, progress=False, resume_run=True)
+    assert load_checkpoint(run / "checkpoint.pt")["step"] == 3 and result["steps"] == 3
+    from safetensors import safe_open
+
+    with safe_open(str(run / tinydecoder.OWN_FILE), "pt") as f:
+        keys = set(f.keys())
+    assert "1.weight" in keys and "3.conv.0.weight" in keys  # TAESD's own layout
+    tiny = tinydecoder.load(run / tinydecoder.OWN_FILE)
+    assert tiny.scale == 4 and tiny.latent_channels == 4  # the built-in VAE: 4x, 4 channels
+
+
+@pytest.mark.parametrize("folder", [BUILTIN, UPSCALER], ids=["builtin", "latent-upscaler"])
+def test_builtin_models_ship_a_small_tiny_decoder(folder):
+    f = folder / tinydecoder.OWN_FILE
+    assert f.is_file() and f.stat().st_size < 1_000_000
+    import json
+
+    vae = json.loads((folder / "vae" / "config.json").read_text())
+    tiny = tinydecoder.for_model(folder, "upscale" if folder == UPSCALER else "sd", 2 ** (len(vae["block_out_channels"]) - 1), 4)
+    assert tiny is not None and tiny.path == f
+
+
+def test_builtin_preview_is_closer_to_the_final_image_than_the_factors(monkeypatch):
+    """A real built-in run: each step's preview against the image the run ends with, RMS in grey levels; the
+    factors' 16x16 preview scaled up as the canvas shows it (nearest)."""
+    from studio.engine.engine import Engine
+
+    monkeypatch.setattr(steps_mod, "TINY_PREVIEW_SHARE", 1e9)
+    e = Engine(device="cpu")
+    prompts = ["a large blue square in the center on a white background",
+               "a green circle on the left on a black background"]
+    for seed, prompt in enumerate(prompts):
+        seen = []
+        r = e.generate(GenerateRequest(prompt=prompt, steps=12, cfg=6.0, seed=seed, sampler="Euler"),
+                       on_step=seen.append)
+        final = r.images[0].astype(np.float64)
+        m, b = e.load(None).latent_rgb
+        tiny_err, lin_err = [], []
+        for k, s in enumerate(seen):
+            assert s.preview.shape == final.shape  # the tiny decoder's full-size preview
+            lin = latent_to_rgb(r.x0[k, 0], m, b).repeat(4, 0).repeat(4, 1).astype(np.float64)
+            tiny_err.append(np.sqrt(np.mean((s.preview - final) ** 2)))
+            lin_err.append(np.sqrt(np.mean((lin - final) ** 2)))
+        assert tiny_err[-1] < lin_err[-1] / 2, (tiny_err, lin_err)
+        assert np.mean(tiny_err) < np.mean(lin_err), (tiny_err, lin_err)

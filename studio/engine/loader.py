@@ -285,6 +285,8 @@ def load_model(path: Path, device, dtype, prediction: str = "auto", memory=None,
         hash_job=job,
         prediction=str(pipe.scheduler.config.get("prediction_type", "epsilon")),
     )
+    if loaded.tiny is not None:
+        loaded.tiny.module.to(device)
     mode = "inpaint" if layout.layout == "inpaint" else layout.layout
     loaded._pipes[mode] = pipe
     return loaded

@@ -210,8 +210,8 @@ class TinyDecoder:
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Latents (B, C, h, w) as the sampler carries them -> (B, 3, h * scale, w * scale) in [-1, 1]."""
-        x = latents.to("cpu", torch.float32) if latents.device.type != "cpu" else latents.float()
-        return self.module.decoder(x).clamp(-1, 1)
+        device = next(self.module.parameters()).device  # the model's device (a GPU's previews stay on it)
+        return self.module.decoder(latents.to(device, torch.float32)).clamp(-1, 1).cpu()
 
     def preview(self, latent: np.ndarray) -> np.ndarray:
         """One (C, h, w) latent -> HxWx3 uint8 at the decoder's output size."""

@@ -51,11 +51,12 @@ class TinyPreset:
     lr: float
     crop: int  # latent pixels of the student's crop (the target is decoded from the whole latent)
     threads: int | None = None
+    measure: int = 64  # held-out scenes of the final measurement
 
 
 PRESETS = {
     "cpu": TinyPreset(width=24, blocks=(2, 2, 1), batch=16, steps=3000, pool=2048, lr=2e-3, crop=16),
-    "tiny": TinyPreset(width=8, blocks=(1, 1, 1), batch=2, steps=4, pool=4, lr=1e-3, crop=8),
+    "tiny": TinyPreset(width=8, blocks=(1, 1, 1), batch=2, steps=4, pool=4, lr=1e-3, crop=8, measure=4),
     "gpu": TinyPreset(width=64, blocks=(3, 3, 1), batch=64, steps=20000, pool=20000, lr=1e-3, crop=32),
 }
 
@@ -162,6 +163,7 @@ def train(model_dir: Path, run_dir: Path, preset: TinyPreset, *, resume_run: boo
                     checkpoint_every_s=checkpoint_every_s, progress=progress,
                     budget_s=budget_minutes * 60 if budget_minutes else None)
     ema_loss = None
+    done = start
     for step in loop:
         t0 = time.perf_counter()
         g = torch.Generator().manual_seed(seed * 1_000_003 + step)  # step k's batch: a function of (seed, k)
@@ -190,11 +192,12 @@ def train(model_dir: Path, run_dir: Path, preset: TinyPreset, *, resume_run: boo
             log.write(step=step, loss=round(loss.item(), 5), rms255=round(diff.pow(2).mean().sqrt().item() * 127.5, 2),
                       lr=lr, trained_s=round(trained_s, 1))
             loop.bar.set_postfix(loss=f"{ema_loss:.4f}")
+        done = step + 1
         loop.end_step(step, trained_s)
-    save(loop.bar.n if loop.budget_s else total)
+    save(done)
     student.eval()
     out = write_decoder(student, run_dir / tinydecoder.OWN_FILE)
-    result = measure(model_dir, out)
+    result = {"steps": done, "trained_minutes": round(trained_s / 60, 1), **measure(model_dir, out, preset.measure)}
     (run_dir / "result.json").write_text(json.dumps(result, indent=2))
     log.write(**result)
     return result
@@ -242,6 +245,8 @@ def main(args) -> None:
         preset.batch = args.batch
     if args.threads:
         preset.threads = args.threads
+    if args.pool_size:
+        preset.pool = args.pool_size
     model = Path(args.model)
     run_dir = Path(args.run_dir or f"runs/tiny-decoder-{model.resolve().name}")
     result = train(model, run_dir, preset, resume_run=args.resume, steps=args.steps,
@@ -251,20 +256,3 @@ def main(args) -> None:
         dest.write_bytes((run_dir / tinydecoder.OWN_FILE).read_bytes())
         print(f"installed {dest}")
     print(json.dumps(result))
-
-
-def add_subcommand(subparsers) -> None:
-    p = subparsers.add_parser("train-tiny-decoder",
-                              help="distil a tiny (TAESD-style) preview decoder from a built-in model's VAE")
-    p.add_argument("--model", default="models/builtin", help="the model folder whose VAE is distilled")
-    p.add_argument("--run-dir", default=None, help="checkpoints and logs (default runs/tiny-decoder-<model>)")
-    p.add_argument("--preset", default="cpu", choices=sorted(PRESETS), help="cpu (~20-30 min), tiny (tests), gpu")
-    p.add_argument("--steps", type=int, default=None, help="steps (default: the preset's)")
-    p.add_argument("--time-budget-minutes", type=float, default=None,
-                   help="train for this much training time instead of --steps (LR follows the time spent)")
-    p.add_argument("--batch", type=int, default=None, help="batch size (default: the preset's)")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads")
-    p.add_argument("--seed", type=int, default=0, help="data and augmentation seed")
-    p.add_argument("--resume", action="store_true", help="go on from the run folder's checkpoint")
-    p.add_argument("--install", action="store_true", help=f"copy the result into the model folder ({tinydecoder.OWN_FILE})")
-    p.set_defaults(func=main)
