@@ -318,6 +318,11 @@ def test_training_is_resumable_and_writes_the_original_layout(tmp_path):
     assert "1.weight" in keys and "3.conv.0.weight" in keys  # TAESD's own layout
     tiny = tinydecoder.load(run / tinydecoder.OWN_FILE)
     assert tiny.scale == 4 and tiny.latent_channels == 4  # the built-in VAE: 4x, 4 channels
+    # targets decoded once (a slow VAE's way): the pool and an augmented copy of it
+    import dataclasses
+
+    result = train(BUILTIN, tmp_path / "once", dataclasses.replace(preset, variants=2), steps=1, progress=False)
+    assert result["steps"] == 1 and len(torch.load(tmp_path / "once" / "targets.pt")["lat"]) == 2 * preset.pool
 
 
 @pytest.mark.parametrize("folder", [BUILTIN, UPSCALER], ids=["builtin", "latent-upscaler"])

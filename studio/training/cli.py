@@ -141,6 +141,8 @@ def add_tiny_decoder_subcommand(subparsers) -> None:
                    help="train for this much training time instead of --steps (LR follows the time spent)")
     p.add_argument("--batch", type=int, default=None, help="batch size (default: the preset's)")
     p.add_argument("--pool-size", type=int, default=None, help="scenes encoded once (default: the preset's)")
+    p.add_argument("--targets-once", type=int, default=None, metavar="N",
+                   help="decode the targets once, for the pool and N-1 augmented copies (for a slow VAE)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads")
     p.add_argument("--seed", type=int, default=0, help="data and augmentation seed")
     p.add_argument("--resume", action="store_true", help="go on from the run folder's checkpoint")

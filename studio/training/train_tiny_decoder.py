@@ -52,6 +52,7 @@ class TinyPreset:
     crop: int  # latent pixels of the student's crop (the target is decoded from the whole latent)
     threads: int | None = None
     measure: int = 64  # held-out scenes of the final measurement
+    variants: int = 0  # >0: the targets are decoded once, for the pool and (variants - 1) augmented copies of it
 
 
 PRESETS = {
@@ -121,6 +122,21 @@ def full_decode(vae, z: torch.Tensor) -> torch.Tensor:
     return vae.decode(z / float(vae.config.scaling_factor)).sample.clamp(-1, 1)
 
 
+@torch.no_grad()
+def fixed_targets(vae, lat: torch.Tensor, std: torch.Tensor | None, variants: int, seed: int) -> dict:
+    """Each pool latent as it is and in ``variants - 1`` augmented versions, decoded once (float16)."""
+    g = torch.Generator().manual_seed(seed + 77)
+    zs, ts = [], []
+    for v in range(variants):
+        for s in range(0, len(lat), 8):
+            z = lat[s : s + 8]
+            if v:
+                z = augment(z, None if std is None else std[s : s + 8], g)
+            zs.append(z.half())
+            ts.append(full_decode(vae, z).half())
+    return {"lat": torch.cat(zs), "target": torch.cat(ts)}
+
+
 def train(model_dir: Path, run_dir: Path, preset: TinyPreset, *, resume_run: bool = False, steps: int | None = None,
           budget_minutes: float | None = None, checkpoint_every_s: float = 180.0, progress: bool = True,
           seed: int = 0) -> dict:
@@ -152,6 +168,14 @@ def train(model_dir: Path, run_dir: Path, preset: TinyPreset, *, resume_run: boo
         torch.save(pool, pool_path)
     lat_pool = pool["lat"].float()
     std_pool = None if pool["std"] is None else pool["std"].float()
+    fixed = None
+    if preset.variants:  # a large VAE: its decode, not the student, would cost most of each step
+        fixed_path = run_dir / "targets.pt"
+        if fixed_path.exists():
+            fixed = torch.load(fixed_path, weights_only=True)
+        else:
+            fixed = fixed_targets(vae, lat_pool, std_pool, preset.variants, seed)
+            torch.save(fixed, fixed_path)
     log = JsonLog(run_dir / "log.jsonl")
     (run_dir / "preset.json").write_text(json.dumps({**asdict(preset), "model": str(model_dir)}, indent=2))
 
@@ -170,9 +194,13 @@ def train(model_dir: Path, run_dir: Path, preset: TinyPreset, *, resume_run: boo
         lr = loop.lr(step, preset.lr, 100, trained_s)
         for group in opt.param_groups:
             group["lr"] = lr
-        idx = torch.randint(len(lat_pool), (preset.batch,), generator=g)
-        z = augment(lat_pool[idx], None if std_pool is None else std_pool[idx], g)
-        target = full_decode(vae, z)  # whole pictures: GroupNorm's statistics are the picture's
+        if fixed is not None:
+            idx = torch.randint(len(fixed["lat"]), (preset.batch,), generator=g)
+            z, target = fixed["lat"][idx].float(), fixed["target"][idx].float()
+        else:
+            idx = torch.randint(len(lat_pool), (preset.batch,), generator=g)
+            z = augment(lat_pool[idx], None if std_pool is None else std_pool[idx], g)
+            target = full_decode(vae, z)  # whole pictures: GroupNorm's statistics are the picture's
         h = z.shape[-1]
         c = min(preset.crop, h)
         y0, x0 = (int(v) for v in torch.randint(0, h - c + 1, (2,), generator=g))
@@ -247,6 +275,8 @@ def main(args) -> None:
         preset.threads = args.threads
     if args.pool_size:
         preset.pool = args.pool_size
+    if args.targets_once:
+        preset.variants = args.targets_once
     model = Path(args.model)
     run_dir = Path(args.run_dir or f"runs/tiny-decoder-{model.resolve().name}")
     result = train(model, run_dir, preset, resume_run=args.resume, steps=args.steps,
