@@ -18,6 +18,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -135,6 +136,24 @@ def fixed_targets(vae, lat: torch.Tensor, std: torch.Tensor | None, variants: in
             zs.append(z.half())
             ts.append(full_decode(vae, z).half())
     return {"lat": torch.cat(zs), "target": torch.cat(ts)}
+
+
+@torch.no_grad()
+def fit_upscaler_factors(vae, n: int = 64) -> dict:
+    """latent_rgb.json for the latent upscaler: least squares from its structured latents (channels 0-2 are the
+    low-res picture) to the full decode averaged down to the latent grid (the published SD factors, which it had
+    before, showed blue as teal and green as pink)."""
+    from ..engine.preview import fit_factors
+
+    z, _ = encode_scenes(vae, True, TRAIN_SEED + 1, n)
+    ref = torch.cat([full_decode(vae, z[s : s + 8]) for s in range(0, n, 8)])
+    small = F.avg_pool2d(ref, ref.shape[-1] // z.shape[-1]).permute(0, 2, 3, 1).numpy()
+    m, b = fit_factors(z.numpy(), small)
+    rgb = np.einsum("nchw,cr->nhwr", z.numpy(), m) + b
+    return {"factors": [[round(float(v), 5) for v in row] for row in m], "bias": [round(float(v), 5) for v in b],
+            "fit_rmse": round(float(np.sqrt(np.mean((rgb - small) ** 2))), 4),
+            "scaling_factor": float(vae.config.scaling_factor),
+            "note": "rgb = (latent * scaling_factor) @ factors + bias, in [-1, 1] on the latent grid"}
 
 
 def train(model_dir: Path, run_dir: Path, preset: TinyPreset, *, resume_run: bool = False, steps: int | None = None,
