@@ -325,15 +325,35 @@ def test_training_is_resumable_and_writes_the_original_layout(tmp_path):
     assert result["steps"] == 1 and len(torch.load(tmp_path / "once" / "targets.pt")["lat"]) == 2 * preset.pool
 
 
-@pytest.mark.parametrize("folder", [BUILTIN, UPSCALER], ids=["builtin", "latent-upscaler"])
-def test_builtin_models_ship_a_small_tiny_decoder(folder):
-    f = folder / tinydecoder.OWN_FILE
-    assert f.is_file() and f.stat().st_size < 1_000_000
+def test_builtin_model_ships_a_small_tiny_decoder():
     import json
 
-    vae = json.loads((folder / "vae" / "config.json").read_text())
-    tiny = tinydecoder.for_model(folder, "upscale" if folder == UPSCALER else "sd", 2 ** (len(vae["block_out_channels"]) - 1), 4)
-    assert tiny is not None and tiny.path == f
+    f = BUILTIN / tinydecoder.OWN_FILE
+    assert f.is_file() and f.stat().st_size < 1_000_000
+    vae = json.loads((BUILTIN / "vae" / "config.json").read_text())
+    tiny = tinydecoder.for_model(BUILTIN, "sd", 2 ** (len(vae["block_out_channels"]) - 1), vae["latent_channels"])
+    assert tiny is not None and tiny.path == f and tiny.scale == 4
+
+
+def test_latent_upscaler_previews_in_true_colours():
+    """Its latent's channels 0-2 are the low-res picture: the fitted factors it ships (not SD's published ones,
+    which showed blue as teal) preview held-out scenes within a few grey levels of the full decode."""
+    import torch.nn.functional as F
+
+    from studio.engine.preview import SD15_BIAS, SD15_FACTORS, factors_for
+    from studio.training.train_tiny_decoder import HELDOUT_SEED, encode_scenes, full_decode, load_vae
+
+    vae = load_vae(UPSCALER)
+    z, _ = encode_scenes(vae, True, HELDOUT_SEED, 4)
+    want = np.rint((F.avg_pool2d(full_decode(vae, z), 4).permute(0, 2, 3, 1).numpy() + 1) * 127.5)
+
+    def rms(m, b) -> float:
+        m, b = np.asarray(m, np.float32), np.asarray(b, np.float32)
+        got = np.stack([latent_to_rgb(lat.numpy(), m, b) for lat in z])
+        return float(np.sqrt(np.mean((got - want) ** 2)))
+
+    fitted, published = rms(*factors_for(UPSCALER, "upscale")), rms(SD15_FACTORS, SD15_BIAS)
+    assert fitted < 5 and published > 4 * fitted + 10, (fitted, published)
 
 
 def test_builtin_preview_is_closer_to_the_final_image_than_the_factors(monkeypatch):

@@ -260,18 +260,19 @@ def write_decoder(decoder, path: Path) -> Path:
 
 
 @torch.no_grad()
-def measure(model_dir: Path, decoder_file: Path, n: int = 64) -> dict:
+def measure(model_dir: Path, decoder_file: Path, n: int = 64, factors: tuple | None = None) -> dict:
     """RMS error (grey levels, 0-255) of each preview against the full decode, on ``n`` held-out scenes: the tiny
     decoder at full size, and the linear factors the studio uses without it (``latent_rgb.json`` or the published
-    SD ones), compared at the latent grid (the full decode averaged down) and at full size (nearest upscaling)."""
+    SD ones; or ``factors``), compared at the latent grid (the full decode averaged down) and at full size (nearest
+    upscaling)."""
     model_dir = Path(model_dir)
     vae = load_vae(model_dir)
     upscaler = is_upscaler(model_dir)
     z, _ = encode_scenes(vae, upscaler, HELDOUT_SEED, n)
-    ref = full_decode(vae, z)
+    ref = torch.cat([full_decode(vae, z[s : s + 8]) for s in range(0, n, 8)])  # bounded memory at 256 px
     tiny = tinydecoder.TinyDecoder(tinydecoder.load_module(decoder_file), decoder_file)
-    pred = tiny.decode(z)
-    m, b = factors_for(model_dir, "upscale" if upscaler else "sd")
+    pred = torch.cat([tiny.decode(z[s : s + 8]) for s in range(0, n, 8)])
+    m, b = factors if factors is not None else factors_for(model_dir, "upscale" if upscaler else "sd")
     lin = (torch.einsum("bchw,cr->brhw", z, torch.from_numpy(m)) + torch.from_numpy(b)[None, :, None, None]).clamp(-1, 1)
     f = ref.shape[-1] // z.shape[-1]
     small = F.avg_pool2d(ref, f)
