@@ -66,6 +66,8 @@ def _add_generation_options(p: argparse.ArgumentParser, upscale: bool = False) -
                    help="SD 2.x models: auto detects epsilon or v-prediction; set it when a model looks wrong")  # fmt: skip
     p.add_argument("--attention-slicing", action="store_true", help="less GPU memory for attention")
     p.add_argument("--vae-tiling", action="store_true", help="decode large images in tiles (less memory)")
+    p.add_argument("--tiny-decode", action="store_true",
+                   help="decode the final image with the model's tiny decoder (TAESD) when it has one: fast, approximate")
     p.add_argument("--offload", choices=("none", "model", "sequential"), default="none",
                    help="CPU offload on a GPU: model (moderate) or sequential (least memory, slowest)")  # fmt: skip
     p.add_argument("--out", default=None, help="output folder (default: the studio's output folder)")
@@ -261,6 +263,7 @@ def _request(args: argparse.Namespace, mode: str, **fields):
                   seed=args.seed,
                   width=args.width, height=args.height, clip_skip=args.clip_skip, vae=args.vae,
                   loras=tuple(_lora_arg(a) for a in args.lora), prediction=args.prediction,
+                  tiny_decode=getattr(args, "tiny_decode", False),
                   preview="none")  # fmt: skip  # the CLI shows no previews: none are made or fetched
     if getattr(args, "speed", None):
         shared["speed"] = args.speed
@@ -367,6 +370,8 @@ def _generate_and_save(args: argparse.Namespace, request, extra: dict[str, str] 
         if result.notice:  # the run went otherwise than asked (fast ran as exact on this CPU): say why
             _say(f"studio: {result.notice}")
         result.extra_params.update(extra or {})
+        if getattr(request, "tiny_decode", False) and "Tiny decode" not in result.extra_params:
+            _say("studio: no tiny decoder for this model: full decode used")
 
         def saved(path: Path) -> bool:
             print(path, flush=True)

@@ -111,6 +111,7 @@ class GenerateRequest:
     vae: str = ""
     prediction: Prediction = "auto"
     speed: Speed = DEFAULT_SPEED  # exact, fast or turbo (studio.core.speed); a result's request holds the one used
+    tiny_decode: bool = False  # the final decode by the model's tiny decoder (TAESD), when it has one: fast, approximate
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "init_image", _frozen_copy(self.init_image, (3,), "The init image"))

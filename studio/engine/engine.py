@@ -47,6 +47,7 @@ warnings.filterwarnings("ignore", message="Should have ta>=t0")
 
 log = logging.getLogger(__name__)
 StepCallback = Callable[[StepInfo], None]
+TIMELINE_TINY_PIXELS = 256 * 256  # the step timeline uses the tiny decoder up to this many output pixels
 TILED_DECODE_PIXELS = 1536 * 1536  # above this many output pixels the VAE decodes in blended tiles
 
 
@@ -108,7 +109,7 @@ class Engine:
         prediction = prediction or "auto"
         self._free_model()  # the old weights go before the new ones are read: two never share the memory
         try:
-            loaded = load_model(path, self.device, self.dtype, prediction, self.memory)
+            loaded = load_model(path, self.device, self.dtype, prediction, self.memory, self.folders)
         except Exception as e:
             if is_out_of_memory(e):
                 self._free_model()
@@ -251,7 +252,13 @@ class Engine:
             if cancel is not None and cancel.is_set():
                 return self._result(used, seeds, model, tracker, [], cancelled=True, t=(t_start, t_loaded), plan=plan)
             t_sampled = time.perf_counter()
-            images = self.decode(model, latents, autocast=fast.decode_autocast)
+            if used.tiny_decode and model.tiny is not None:
+                images = self.tiny_decode(model, latents)
+                extra["Tiny decode"] = model.tiny.name  # our own key: the image is the tiny decoder's
+            else:
+                if used.tiny_decode:
+                    log.warning("%s has no tiny decoder: full decode used", model.name)
+                images = self.decode(model, latents, autocast=fast.decode_autocast)
             if plan is not None:
                 images = [plan.paste(img) for img in images]
             res = self._result(used, seeds, model, tracker, images, cancelled=False, t=(t_start, t_loaded), plan=plan)
@@ -426,6 +433,11 @@ class Engine:
                     vae.to(self.dtype)
         return images
 
+    @staticmethod
+    def tiny_decode(model: LoadedModel, latents: torch.Tensor) -> list[np.ndarray]:
+        """The final images by the model's tiny decoder, one at a time (as ``decode``)."""
+        return [model.tiny.preview(latents[i].detach().float().cpu().numpy()) for i in range(latents.shape[0])]
+
     def decode_latent(self, model: str | None, latent: np.ndarray) -> np.ndarray:
         """Full VAE decode of one kept latent (C, h, w) -> HxWx3 uint8: 'decode this step'."""
         m = self.load(model)
@@ -434,8 +446,13 @@ class Engine:
             return self.decode(m, t)[0]
 
     def latent_preview(self, model: str | None, latent: np.ndarray) -> np.ndarray:
-        """The cheap linear-map preview of one (C, h, w) latent."""
-        return latent_to_rgb(latent, *self.load(model).latent_rgb)
+        """The preview of one (C, h, w) latent for the step timeline: the tiny decoder's true colours where one is
+        loaded and the picture is small (every step of a run is previewed after it), else the linear map."""
+        m = self.load(model)
+        lat = np.asarray(latent)
+        if m.tiny is not None and lat.shape[-1] * lat.shape[-2] * m.tiny.scale**2 <= TIMELINE_TINY_PIXELS:
+            return m.tiny.preview(lat)
+        return latent_to_rgb(lat, *m.latent_rgb)
 
 
 __all__ = ["Engine", "pick_device", "to_uint8"]

@@ -184,6 +184,7 @@ class LoadedModel:
     prediction: str = "epsilon"  # the scheduler's prediction type as loaded (SD 2.x: detected or the user's)
     _pipes: dict[str, Any] = field(default_factory=dict)
     vae_override: dict[tuple, Any] = field(default_factory=dict)  # the VAE file chosen last, by file version
+    tiny: Any = None  # a TinyDecoder (TAESD or the model's own) for true-colour previews; None: the linear factors
 
     @property
     def name(self) -> str:
@@ -239,13 +240,15 @@ class LoadedModel:
         return self._pipes[mode]
 
 
-def load_model(path: Path, device, dtype, prediction: str = "auto", memory=None) -> LoadedModel:
-    """Read a model folder or single-file checkpoint from disk, offline, and place it on the device."""
+def load_model(path: Path, device, dtype, prediction: str = "auto", memory=None, folders=()) -> LoadedModel:
+    """Read a model folder or single-file checkpoint from disk, offline, and place it on the device. ``folders``:
+    the model library's folders, where a TAESD file (or a ``vae_approx`` folder of them) may also be."""
     import diffusers
     import transformers
 
     diffusers.utils.logging.disable_progress_bar()
     transformers.utils.logging.disable_progress_bar()
+    from . import tinydecoder
     from .preview import factors_for
 
     layout = read_layout(path)
@@ -277,9 +280,13 @@ def load_model(path: Path, device, dtype, prediction: str = "auto", memory=None)
         dtype=dtype,
         scheduler_config=pipe.scheduler.config,
         latent_rgb=factors_for(path, layout.family),
+        tiny=tinydecoder.for_model(path, layout.family, 2 ** (len(pipe.vae.config.block_out_channels) - 1),
+                                   int(pipe.vae.config.latent_channels), tuple(Path(f) for f in folders)),
         hash_job=job,
         prediction=str(pipe.scheduler.config.get("prediction_type", "epsilon")),
     )
+    if loaded.tiny is not None:
+        loaded.tiny.module.to(device)
     mode = "inpaint" if layout.layout == "inpaint" else layout.layout
     loaded._pipes[mode] = pipe
     return loaded

@@ -19,6 +19,12 @@ if TYPE_CHECKING:
     from .loader import LoadedModel
 
 
+# A tiny decoder's preview may take this share of a step's time; a slower one runs every 2nd, 4th... step (the linear
+# factors in between), so the preview never slows the run down noticeably.
+TINY_PREVIEW_SHARE = 0.25
+TINY_PREVIEW_MAX_EVERY = 8
+
+
 class Cancelled(Exception):
     """Raised inside the step callback to leave the pipeline loop at once."""
 
@@ -66,6 +72,10 @@ class StepTracker:
         # The share (height, width) of the latent that is real image: a tile padded to the model's multiple
         # previews only its own pixels.
         self.preview_crop = preview_crop
+        self.tiny = getattr(model, "tiny", None)  # the tiny decoder: true-colour previews; None: linear factors
+        self.tiny_every = 1  # how often the tiny decoder previews (grows when it costs more than its share)
+        self.tiny_steps: list[int] = []  # the steps the tiny decoder previewed (the rest: the linear factors)
+        self._last_record = t0
         self._orig_step = scheduler.step
 
         # functools.wraps keeps step's signature visible: the pipelines inspect it to decide whether
@@ -141,12 +151,27 @@ class StepTracker:
                 src = self.x0[-1] if self.request.preview == "x0" else self.latents[-1]
                 lat = src[0]
                 lat = crop_fractions(lat, self.preview_crop)
-                preview = latent_to_rgb(lat, *self.model.latent_rgb)
+                preview = self._preview(lat, p0)
             self.preview_s += time.perf_counter() - p0
+            self._last_record = time.perf_counter()
             step = StepInfo(len(self.latents), self.total, time.perf_counter() - self.t0, preview, **self.part)
             self.on_step(step)
         if self.cancel is not None and self.cancel.is_set():
             raise Cancelled
+
+    def _preview(self, lat: np.ndarray, now: float) -> np.ndarray:
+        """The tiny decoder's true colours when one is loaded and this step is due, else the linear factors."""
+        k = len(self.latents)
+        last = k == self.total
+        if self.tiny is None or not (last or (k - 1) % self.tiny_every == 0):
+            return latent_to_rgb(lat, *self.model.latent_rgb)
+        image = self.tiny.preview(lat)
+        cost = time.perf_counter() - now
+        step_time = max(now - self._last_record, 1e-6)
+        if cost > TINY_PREVIEW_SHARE * step_time and self.tiny_every < TINY_PREVIEW_MAX_EVERY:
+            self.tiny_every *= 2
+        self.tiny_steps.append(k)
+        return image
 
     def restore(self) -> None:
         self.scheduler.__dict__.pop("step", None)

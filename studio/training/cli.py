@@ -123,6 +123,33 @@ def add_upscaler_subcommands(subparsers) -> None:
     p.set_defaults(func=_export_latent_upscaler)
 
 
+def _train_tiny_decoder(args) -> None:
+    from .train_tiny_decoder import main as train_tiny_decoder
+
+    train_tiny_decoder(args)
+
+
+def add_tiny_decoder_subcommand(subparsers) -> None:
+    """The tiny preview decoder of a built-in model (its options; torch is imported only when it runs)."""
+    p = subparsers.add_parser("train-tiny-decoder",
+                              help="distil a tiny (TAESD-style) preview decoder from a built-in model's VAE")
+    p.add_argument("--model", default="models/builtin", help="the model folder whose VAE is distilled")
+    p.add_argument("--run-dir", default=None, help="checkpoints and logs (default runs/tiny-decoder-<model>)")
+    p.add_argument("--preset", default="cpu", choices=["cpu", "gpu", "tiny"], help="cpu (~20-30 min), tiny (tests), gpu")
+    p.add_argument("--steps", type=int, default=None, help="steps (default: the preset's)")
+    p.add_argument("--time-budget-minutes", type=float, default=None,
+                   help="train for this much training time instead of --steps (LR follows the time spent)")
+    p.add_argument("--batch", type=int, default=None, help="batch size (default: the preset's)")
+    p.add_argument("--pool-size", type=int, default=None, help="scenes encoded once (default: the preset's)")
+    p.add_argument("--targets-once", type=int, default=None, metavar="N",
+                   help="decode the targets once, for the pool and N-1 augmented copies (for a slow VAE)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads")
+    p.add_argument("--seed", type=int, default=0, help="data and augmentation seed")
+    p.add_argument("--resume", action="store_true", help="go on from the run folder's checkpoint")
+    p.add_argument("--install", action="store_true", help="copy the result into the model folder (tiny_decoder.safetensors)")
+    p.set_defaults(func=_train_tiny_decoder)
+
+
 def add_subcommands(subparsers) -> None:
     p = subparsers.add_parser("train-vae", help="stage (a): train the built-in model's AutoencoderKL")
     p.add_argument("--run-dir", default=DEFAULT_RUN_DIR, help=RUN_DIR_HELP)
@@ -191,6 +218,7 @@ def add_subcommands(subparsers) -> None:
     p.set_defaults(func=_evaluate)
 
     add_upscaler_subcommands(subparsers)
+    add_tiny_decoder_subcommand(subparsers)
 
 
 def main(argv: list[str] | None = None) -> None:

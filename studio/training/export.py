@@ -124,7 +124,9 @@ def fit_preview(model_dir: str | Path, n: int = 512) -> dict:
 
     model_dir = Path(model_dir)
     vae = AutoencoderKL.from_pretrained(model_dir / "vae", local_files_only=True, dtype=torch.float32)
-    result = fit_latent_rgb(vae, n=n)
+    from .train_tiny_decoder import fit_upscaler_factors, is_upscaler
+
+    result = fit_upscaler_factors(vae, n=min(n, 64)) if is_upscaler(model_dir) else fit_latent_rgb(vae, n=n)
     (model_dir / "latent_rgb.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
 
