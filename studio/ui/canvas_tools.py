@@ -230,7 +230,11 @@ class CanvasToolbar(QWidget):
         button = self.tool_buttons.get(tool)
         if button is not None and not button.isChecked():
             button.setChecked(True)
-        painting = tool in ("brush", "eraser")
+        elif button is None and self.tools.checkedButton() is not None:  # a colour tool (the layers panel's)
+            self.tools.setExclusive(False)
+            self.tools.checkedButton().setChecked(False)
+            self.tools.setExclusive(True)
+        painting = tool in ("brush", "eraser", "paint", "paint_eraser")
         for w in (self.size_label, self.size_box, self.hardness_label, self.hardness_slider, self.hardness_value):
             w.setEnabled(painting)
         self.subtract_button.setEnabled(tool in ("rect", "lasso"))
