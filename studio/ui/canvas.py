@@ -159,9 +159,7 @@ class Canvas(QWidget):
         self._caption = caption
         self._smooth = smooth
         self._logical = logical_size if logical_size is not None and not logical_size.isEmpty() else None
-        doc_image = self.document.image if self.document is not None else None
-        self._shows_doc = (self._logical is None and doc_image is not None and not self._image.isNull()
-                           and self._image.cacheKey() == doc_image.cacheKey())  # fmt: skip
+        self._shows_doc = self._is_document_image()
         if self._layout_size() != before:
             self._zoom, self._pan = 1.0, QPointF()  # same size: keep the zoom, to compare images
             if self._painting():
@@ -174,6 +172,11 @@ class Canvas(QWidget):
 
     def has_image(self) -> bool:
         return not self._image.isNull()
+
+    def _is_document_image(self) -> bool:
+        doc_image = self.document.image if self.document is not None else None
+        return (self._logical is None and doc_image is not None and not self._image.isNull()
+                and self._image.cacheKey() == doc_image.cacheKey())  # fmt: skip
 
     def _layout_size(self) -> QSize:
         return self._logical or self._image.size()
@@ -195,6 +198,7 @@ class Canvas(QWidget):
             document.mask_changed.connect(self._on_mask_changed)
             document.pixels_changed.connect(self._on_pixels_changed)
             document.selection_changed.connect(lambda _rect: self.update())
+        self._shows_doc = self._is_document_image()
         self._on_mask_changed(None)
 
     def _on_pixels_changed(self, rect: Rect) -> None:
