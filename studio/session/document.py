@@ -82,7 +82,6 @@ class Document(QObject):
         self.active = 0  # the layer a colour stroke paints on
         self._flat: np.ndarray | None = None  # `image` as an HxWx3 array, kept while strokes paint
         self._below: tuple[tuple, np.ndarray] | None = None  # (key, the flatten of the layers under the active one)
-        self._version = 0  # bumped whenever a layer other than by a stroke on the active one changes
         self._paint: tuple[str, ColourStroke, int, Rect | None] | None = None  # label, stroke, layer uid, touched
         self._last_push: object | None = None  # the entry a slider drag folds into (opacity)
         self._pixel_versions: dict[int, int] = {}  # layer uid -> paint count (the autosave's image cache key)
@@ -147,8 +146,7 @@ class Document(QObject):
         else:  # a state from before layers (an old save): its image is the one layer
             self.layers = list(self._one_layer(state.image, state.path, state.caption))
         self.active = max(0, min(state.active, len(self.layers) - 1))
-        self._flat, self._below = None, None
-        self._version += 1
+        self._flat = None  # (the flatten under the active layer is keyed by what it holds: it may still serve)
         emit(self.image_changed, state.image if state.image is not None else QImage())
         emit(self.layers_changed)
         if mask_before is not state.mask:
@@ -339,16 +337,23 @@ class Document(QObject):
         """The flattened stack as a QImage and an array; an opaque image layer with nothing visible above it is
         the image itself (its cacheKey stays: a result's parameters are found by it)."""
         size = layers[0].size()
-        below = composite(layers[: self.active], size)
+        key = self._below_key(layers)
+        if self._below is not None and self._below[0] == key:  # a change above the active layer: reuse below
+            below = self._below[1]
+        else:
+            below = composite(layers[: self.active], size)
+            self._below = (key, below)
         flat = composite(layers[self.active :], size, base=below)
-        self._below = (self._below_key(layers), below)
         shown = [la for la in layers if la.visible and la.opacity > 0]
         if shown and shown[-1].opaque_source and shown[-1].opacity >= 1.0:
             return shown[-1].source, flat
         return array_to_qimage(flat), flat
 
     def _below_key(self, layers: list[Layer]) -> tuple:
-        return (self._version, self.active, tuple((la.uid, la.visible, la.opacity) for la in layers[: self.active]))
+        """What the flatten under the active layer depends on: each layer's identity, metadata and pixels (an
+        undo that brings the same layers back finds the cache still good)."""
+        return tuple((la.uid, la.visible, la.opacity, self._pixel_versions.get(la.uid, 0), la.pixel_key())
+                     for la in layers[: self.active])  # fmt: skip
 
     def _commit(self, layers: list[Layer], active: int, label: str, merge: bool = False,
                 path: Path | None = None, caption: str | None = None) -> None:  # fmt: skip
@@ -360,7 +365,8 @@ class Document(QObject):
             self.end_paint()
         h = self.history
         last = h.entries[-1] if h.entries and h.cursor == len(h.entries) else None
-        if merge and last is not None and last is self._last_push and last.label == label:
+        before: DocState
+        if merge and isinstance(last, ImageEdit) and last is self._last_push and last.label == label:
             before = last.before
             del h.entries[-1]
             h.cursor -= 1
@@ -368,7 +374,6 @@ class Document(QObject):
             before = self.state()
         old_image = self.image
         self.layers, self.active = list(layers), max(0, min(active, len(layers) - 1))
-        self._version += 1
         self.image, self._flat = self._flatten(self.layers)
         if path is not None or self.image is not old_image:
             self.path = path  # the file on disk no longer is the canvas
@@ -389,7 +394,6 @@ class Document(QObject):
             if self._paint is not None:
                 self.end_paint()
             self.active = index
-            self._below = None
             emit(self.layers_changed)
 
     def add_layer(self, name: str | None = None) -> bool:
@@ -441,7 +445,7 @@ class Document(QObject):
     def land_result(self, image: QImage, path: Path | None, label: str, as_layer: bool = True) -> None:
         """A result on the canvas: a new layer on top (as_layer), or in place of the active layer; a result of
         another size (or into an empty document) replaces the document, as it always did. One undo entry."""
-        if not self.has_image() or image.size() != self.image.size():
+        if self.image is None or not self.has_image() or image.size() != self.image.size():
             self.set_image(image, path, record=label)
             return
         if as_layer:
@@ -554,6 +558,7 @@ class Document(QObject):
         if self._flat is None:
             from studio.qimage import qimage_to_array
 
+            assert self.image is not None  # has_image()
             self._flat = qimage_to_array(self.image)
         key = self._below_key(self.layers)
         if self._below is None or self._below[0] != key:
@@ -625,11 +630,10 @@ class Document(QObject):
         x, y, w, h = entry.rect
         layer.pixels[y : y + h, x : x + w] = value
         self._pixel_versions[layer.uid] = self._pixel_versions.get(layer.uid, 0) + 1
-        if index != self.active:
-            self._version += 1  # the cached flatten under the active layer may hold it
         if self._flat is None:
             from studio.qimage import qimage_to_array
 
+            assert self.image is not None  # has_image()
             self._flat = qimage_to_array(self.image)
         self._redraw(entry.rect, self.layers, None)
         self._settle_image()

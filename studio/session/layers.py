@@ -67,6 +67,10 @@ class Layer:
             self._pixels = np.dstack([rgb, np.full(rgb.shape[:2], 255, np.uint8)])
         return self._pixels
 
+    def pixel_key(self) -> tuple:
+        """Which pixels the layer holds (its array, or its source image until the array is built)."""
+        return ("a", id(self._pixels)) if self._pixels is not None else ("i", self.source.cacheKey())
+
     @property
     def opaque_source(self) -> bool:
         """The layer is exactly its source image, opaque everywhere."""
@@ -94,32 +98,40 @@ def blank(name: str, width: int, height: int) -> Layer:
     return Layer(name, np.zeros((height, width, 4), np.uint8))
 
 
+def _div255(v: np.ndarray) -> np.ndarray:
+    """round(v / 255) in place for uint16 v <= 255 * 255, exactly (v / 255 is never a half: 255 is odd)."""
+    v += 128
+    v += v >> 8
+    v >>= 8
+    return v
+
+
 def effective_alpha(alpha: np.ndarray, opacity: float) -> np.ndarray:
-    """round(alpha * opacity) as uint16 (0..255)."""
+    """round(alpha * opacity) as uint16 (0..255), opacity taken in 255ths."""
     op = int(round(min(1.0, max(0.0, opacity)) * 255))
     a = alpha.astype(np.uint16)
     if op == 255:
         return a
     a *= op
-    a += 127
-    a //= 255
-    return a
+    return _div255(a)
 
 
 def over(out: np.ndarray, rgba: np.ndarray, opacity: float) -> None:
-    """Composite a straight-alpha RGBA window over the opaque RGB window `out`, in place (the module's formula)."""
+    """Composite a straight-alpha RGBA window over the opaque RGB window `out`, in place (the module's formula).
+    16-bit integer arithmetic: a stroke's rectangle over a few layers stays well under a frame."""
     a = effective_alpha(rgba[..., 3], opacity)
     if not a.any():
         return
     if a.min() == 255:
         out[...] = rgba[..., :3]
         return
-    a = a[..., None]
-    v = rgba[..., :3].astype(np.uint32) * a
-    v += out.astype(np.uint32) * (255 - a)
-    v += 127
-    v //= 255
-    out[...] = v
+    a3 = a[..., None]
+    v = rgba[..., :3].astype(np.uint16)
+    v *= a3
+    t = out.astype(np.uint16)
+    t *= 255 - a3
+    v += t  # <= 255 * 255
+    out[...] = _div255(v)
 
 
 def _bbox(alpha: np.ndarray) -> Rect | None:
@@ -181,6 +193,12 @@ def merge_pair(lower: Layer, upper: Layer) -> np.ndarray:
 def paint_over(source: np.ndarray, coverage: np.ndarray, colour) -> np.ndarray:
     """`colour` (an RGB triple, or an HxWx3 window) at alpha `coverage` (HxW uint8) over the straight-alpha RGBA
     `source` window: a new RGBA window."""
+    if not source[..., 3].any():  # a transparent window (a new paint layer): the colour at the coverage
+        out = np.zeros_like(source)
+        out[..., :3] = colour
+        out[..., 3] = coverage
+        out[coverage == 0] = 0
+        return out
     colour = np.asarray(colour, dtype=np.uint32)
     c = coverage.astype(np.uint32)
     sa = source[..., 3].astype(np.uint32)

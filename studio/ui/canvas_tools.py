@@ -44,6 +44,8 @@ TOOL_HELP = {
 # The canvas's keys that are no window action (QShortcuts and keys the canvas reads), for the shortcut help.
 CANVAS_KEYS: tuple[tuple[str, str], ...] = (
     *((SHORTCUTS[name], TOOL_HELP[name]) for name in ("brush", "eraser", "pan", "select", "rect", "lasso")),
+    ("P / Shift+E / I", "Paint the active layer / erase it to transparent / pick a colour (the layers panel)"),
+    ("Alt + click", "With Paint: take the canvas's colour under the pointer"),
     ("[ and ]", "Smaller or larger brush (pointer over the canvas)"),
     ("Space + drag", "Pan while the brush, eraser, rectangle or lasso is picked"),
     ("Alt + drag", "Rectangle or lasso: unmask instead of mask (after E, they unmask without Alt)"),

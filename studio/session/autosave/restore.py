@@ -217,7 +217,7 @@ def read_layers(reader: Reader, m: dict, state: DocState) -> DocState:
         return state
     assert state.image is not None
     size = [state.image.width(), state.image.height()]
-    stack = []
+    stack: list[Layer] = []
     for la in layers:
         if not isinstance(la, dict):
             raise ValueError("a layer is not an object")
@@ -225,13 +225,14 @@ def read_layers(reader: Reader, m: dict, state: DocState) -> DocState:
         if img is None:
             raise ValueError("a layer without its image")
         opacity = la.get("opacity", 1.0)
-        kw = {"visible": la.get("visible", True) is not False,
-              "opacity": float(opacity) if isinstance(opacity, (int, float)) else 1.0}  # fmt: skip
+        visible = la.get("visible", True) is not False
+        opacity = float(opacity) if isinstance(opacity, (int, float)) else 1.0
         name = str(la.get("name") or f"Layer {len(stack) + 1}")[:200]
         if img.hasAlphaChannel():
-            stack.append(Layer(name, qimage_to_array(img, alpha=True), **kw))
+            stack.append(Layer(name, qimage_to_array(img, alpha=True), visible=visible, opacity=opacity))
         else:
-            stack.append(Layer(name, source=img.convertToFormat(QImage.Format.Format_RGB888), **kw))
+            source = img.convertToFormat(QImage.Format.Format_RGB888)
+            stack.append(Layer(name, source=source, visible=visible, opacity=opacity))
     active = m.get("active")
     active = active if isinstance(active, int) and 0 <= active < len(stack) else len(stack) - 1
     return dataclasses.replace(state, layers=tuple(stack), active=active)
