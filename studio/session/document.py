@@ -18,6 +18,7 @@ active one) and `pixels_changed(rect)` tells the canvas which part of `image` to
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -316,7 +317,19 @@ class Document(QObject):
         self._stroke = None
         self._paint = None
         self._apply(state)
-        self.history.entries = list(entries or [])
+        entries = list(entries or [])
+        at = len(entries) if cursor is None else min(cursor, len(entries))
+        while 0 < at and isinstance(entries[at - 1], MaskEdit):
+            at -= 1  # mask edits leave the layers as they are
+        if state.layers is not None and 0 < at:
+            # A save keeps the layers of the document as it is, its history's states flattened: the last step that
+            # changed the picture gets them back, so an undo and a redo return to the layers.
+            last = entries[at - 1]
+            if isinstance(last, ImageEdit) and getattr(last.after, "layers", None) is None and \
+                    isinstance(last.after, DocState):  # fmt: skip
+                after = dataclasses.replace(last.after, layers=state.layers, active=state.active)
+                entries[at - 1] = ImageEdit(last.label, last.before, after)
+        self.history.entries = entries
         self.history.cursor = len(self.history.entries) if cursor is None else max(0, min(cursor, len(self.history.entries)))
         emit(self.history_changed)
         emit(self.changed)
