@@ -452,7 +452,8 @@ class Document(QObject):
             layer = Layer(name, px)
         at = len(self.layers) if top else self.active + 1
         self._commit([*self.layers[:at], layer, *self.layers[at:]], at, label,
-                     path=path if top or at == len(self.layers) else None)  # fmt: skip
+                     path=path if top or at == len(self.layers) else None,
+                     caption="" if top else None)  # a result on top: not "new canvas" any more  # fmt: skip
         return True
 
     def land_result(self, image: QImage, path: Path | None, label: str, as_layer: bool = True) -> None:
