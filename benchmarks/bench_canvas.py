@@ -14,6 +14,15 @@ Measured:
   * while dragging at 125 Hz (a mouse: one move every 8 ms from a timer), the longest event-loop
     stall, probed by a 1 ms timer (bar: 16 ms, one frame at 60 Hz).
 Each is run --repeat times; the table shows the medians (a busy machine shows in "worst").
+
+  .venv/bin/python benchmarks/bench_canvas.py --tool paint --layers 5
+
+paints colour on a layer of a --layers stack instead (the image, semi-transparent image layers, and the active
+paint layer in the middle with layers above it), three ways:
+  * rect: as the document does it: each move flattens only its dirty rectangle, over a cached flatten of the
+    layers below the active one, and the canvas copies and repaints only that rectangle;
+  * nocache: the dirty rectangle, but every layer composited from the background each time;
+  * full: the whole stack flattened on every move and the whole image copied and repainted (20 moves, 1 run).
 """
 
 from __future__ import annotations
@@ -40,6 +49,7 @@ from PySide6.QtWidgets import QApplication  # noqa: E402
 
 from studio.qimage import array_to_qimage  # noqa: E402
 from studio.session.document import Document  # noqa: E402
+from studio.session.layers import composite  # noqa: E402
 from studio.ui.canvas import Canvas  # noqa: E402
 
 BAR_MS = 16.0
@@ -105,8 +115,49 @@ def use_old_way(canvas: Canvas, doc: Document, old: bool) -> None:
         doc.mask_changed.connect(canvas._on_mask_changed)
 
 
+def use_way(canvas: Canvas, doc: Document, way: str) -> None:
+    """Colour painting: the document's dirty-rectangle redraw ("rect"), or a slower one for comparison."""
+    doc.__dict__.pop("_redraw", None)  # back to the method
+    if way == "nocache":
+        plain = doc._redraw
+        doc._redraw = lambda rect, layers, base: plain(rect, doc.layers, None)  # type: ignore[method-assign]
+    elif way == "full":
+        w, h = doc.size()
+
+        def full(rect, layers, base):
+            doc._flat[...] = composite(doc.layers, (w, h))
+            doc.pixels_changed.emit((0, 0, w, h))
+
+        doc._redraw = full  # type: ignore[method-assign]
+
+
+def layered(size: int, n: int) -> Document:
+    """An image and n - 1 layers over it: half-transparent gradients, and the paint layer (active) in the middle."""
+    doc = Document()
+    doc.set_image(test_image(size))
+    ys, xs = np.mgrid[0:size, 0:size]
+    for i in range(1, n):
+        if i == n // 2:
+            doc.add_layer("Paint")
+            continue
+        rgba = np.empty((size, size, 4), np.uint8)
+        rgba[..., 0], rgba[..., 1], rgba[..., 2] = (xs * (i + 1)) % 256, (ys * 3) % 256, 40 * i
+        rgba[..., 3] = ((xs + ys) // 16 % 2) * 160  # a checkerboard of half-covered tiles
+        doc.add_image_layer(array_to_qimage(rgba), name=f"Layer {i}")
+        doc.set_layer_opacity(doc.active, 0.8)
+    doc.set_active(next(i for i, la in enumerate(doc.layers) if la.name == "Paint"))
+    doc.history.clear()
+    return doc
+
+
 def reset(doc: Document, filled: bool) -> None:
-    """No mask for the brush; a full one for the eraser to erase."""
+    """No mask for the brush; a full one for the eraser to erase. Colour painting: the strokes undone."""
+    if doc.layers and len(doc.layers) > 1:
+        while doc.history.undo_label() in ("Paint", "Erase paint"):
+            doc.undo()
+        doc.history.clear()
+        QApplication.processEvents()
+        return
     w, h = doc.size()
     doc.set_mask(np.full((h, w), 255, np.uint8) if filled else None)
     doc.history.clear()
@@ -127,7 +178,7 @@ def back_to_back(canvas: Canvas, doc: Document, pts: list[QPointF], counter: Pai
         times.append((time.perf_counter() - t0) * 1000)
     QApplication.sendEvent(canvas, mouse(QEvent.Type.MouseButtonRelease, pts[-1], left, none))
     QApplication.processEvents()
-    assert doc.mask is not None and doc.history.can_undo() and doc.history.undo_label() in ("Brush stroke", "Erase")
+    assert doc.history.can_undo() and doc.history.undo_label() in ("Brush stroke", "Erase", "Paint", "Erase paint")
     times.sort()
     return {
         "mean": statistics.fmean(times),
@@ -180,13 +231,19 @@ def main() -> int:
     ap.add_argument("--moves", type=int, default=200)
     ap.add_argument("--brushes", default="64,200", help="brush sizes in image px, comma-separated")
     ap.add_argument("--widget", default="1100x1000", help="canvas size WxH")
-    ap.add_argument("--tool", default="brush", choices=["brush", "eraser"], help="the eraser erases a filled mask")
+    ap.add_argument("--tool", default="brush", choices=["brush", "eraser", "paint", "paint_eraser"],
+                    help="the eraser erases a filled mask; paint: colour on a layer of a --layers stack")
+    ap.add_argument("--layers", type=int, default=5, help="with --tool paint: the layers in the stack")
     ap.add_argument("--repeat", type=int, default=3, help="runs of each; the table shows their medians")
     args = ap.parse_args()
 
     app = QApplication.instance() or QApplication(sys.argv)
-    doc = Document()
-    doc.set_image(test_image(args.size))
+    colour = args.tool in ("paint", "paint_eraser")
+    if colour:
+        doc = layered(args.size, args.layers)
+    else:
+        doc = Document()
+        doc.set_image(test_image(args.size))
     canvas = Canvas()
     ww, wh = (int(v) for v in args.widget.split("x"))
     canvas.resize(ww, wh)
@@ -203,7 +260,7 @@ def main() -> int:
     print(
         f"{args.tool}: {args.size}x{args.size} image in a {ww}x{wh} canvas ({os.environ.get('QT_QPA_PLATFORM') or 'native'}), "
         f"shown at {scale:.3f}x; {args.moves} moves of {step:.1f} widget px ({step / scale:.1f} image px); "
-        f"bar {BAR_MS:.0f} ms"
+        f"bar {BAR_MS:.0f} ms" + (f"; {len(doc.layers)} layers, painting layer {doc.active + 1}" if colour else "")
     )
     header = (
         f"{'brush':>6} {'way':>5} {'mean ms':>8} {'p95 ms':>7} {'max ms':>7} {'paints':>7} {'px/paint':>9} "
@@ -215,18 +272,24 @@ def main() -> int:
     for size in (int(s) for s in args.brushes.split(",")):
         canvas.set_brush_size(size)
         rows = {}
-        for way in ("rect", "full"):
-            if way == "full":
+        for way in ("rect", "nocache", "full") if colour else ("rect", "full"):
+            if colour:
+                use_way(canvas, doc, way)
+            elif way == "full":
                 use_old_way(canvas, doc, True)
-            back_to_back(canvas, doc, pts[:20], counter)  # warm up
+            few = colour and way == "full"  # seconds per move: a short drag, once
+            moves = pts[:21] if few else pts
+            back_to_back(canvas, doc, pts[:20] if not few else pts[:3], counter)  # warm up
             runs = []
-            for _ in range(args.repeat):
-                r = back_to_back(canvas, doc, pts, counter)
-                r["stall"] = timed_drag(canvas, doc, pts)
+            for _ in range(1 if few else args.repeat):
+                r = back_to_back(canvas, doc, moves, counter)
+                r["stall"] = timed_drag(canvas, doc, moves)
                 runs.append(r)
             r = {k: statistics.median(run[k] for run in runs) for k in runs[0]}
             r["worst"] = max(run["stall"] for run in runs)
-            if way == "full":
+            if colour:
+                use_way(canvas, doc, "rect")
+            elif way == "full":
                 use_old_way(canvas, doc, False)
             rows[way] = r
             ok = "yes" if max(r["max"], r["stall"]) <= BAR_MS else "NO"

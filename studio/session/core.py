@@ -94,6 +94,7 @@ class Session(QObject):
             Path(output_dir).expanduser().resolve() if output_dir else settings.resolved_output_dir()
         )
         self.document = Document(self)
+        self.results_as_layer = True  # a result lands as a new layer on top (False: it replaces the active layer)
         self.timeline = StepTimeline(settings.preview_kind)
         if self.timeline.view not in self.info.preview_kinds:
             self.timeline.view = "x0"
@@ -415,12 +416,17 @@ class Session(QObject):
 
     # -- the canvas: an image to work on, its mask, undo ----------------------------------------
 
-    def use_as_input(self, image: QImage, path: Path | None = None, label: str = "Use as input") -> None:
-        """Put an image on the canvas to work on (a gallery image, a pasted one), undoably."""
+    def use_as_input(self, image: QImage, path: Path | None = None, label: str = "Use as input",
+                     as_layer: bool = False) -> None:  # fmt: skip
+        """Put an image on the canvas to work on (a gallery image, a pasted one), undoably; as_layer: as a new layer
+        over what is there (the canvas keeps its size)."""
         if image is None or image.isNull():
             emit(self.message, "There is no image to use", "warning")
             return
-        self.document.set_image(image, path, caption="" if path else "pasted", record=label)
+        if as_layer:
+            self.document.add_image_layer(image, path, "" if path else "Pasted", label)
+        else:
+            self.document.set_image(image, path, caption="" if path else "pasted", record=label)
         if self.params.mode == "txt2img":
             self.set_mode("img2img")
 
@@ -428,8 +434,13 @@ class Session(QObject):
         if image is None or image.isNull():
             emit(self.message, "The clipboard holds no image", "warning")
             return False
-        self.use_as_input(image.convertToFormat(QImage.Format.Format_RGB888), None, "Paste image")
-        emit(self.message, f"Pasted a {image.width()}×{image.height()} image onto the canvas", "info")
+        layered = self.document.has_image()  # pasted as a new layer; into an empty document it sets the size
+        if image.hasAlphaChannel() and layered:
+            self.document.add_image_layer(image, None, "Pasted", "Paste image")
+        else:
+            self.use_as_input(image.convertToFormat(QImage.Format.Format_RGB888), None, "Paste image", as_layer=True)
+        where = "as a new layer" if layered else "onto the canvas"
+        emit(self.message, f"Pasted a {image.width()}×{image.height()} image {where}", "info")
         return True
 
     def new_canvas(self, width: int, height: int, color: tuple[int, int, int] = (255, 255, 255)) -> bool:
@@ -515,7 +526,7 @@ class Session(QObject):
         image = self._read_image_file(path)
         if image is None:
             return False
-        self.document.set_image(image, path, record="Open image")
+        self.document.add_image_layer(image, path, label="Open image")  # a layer; the first image sets the size
         refused: list = []
         try:
             found = library.read_png_fields(path, refused)
@@ -765,7 +776,8 @@ class Session(QObject):
             emit(self.result_image, str(path) if path else "", image)
         if images:
             mode = result.request.mode
-            self.document.set_image(images[0], out.paths[0] if out.paths else None, record=MODE_LABELS.get(mode, "Result"))
+            self.document.land_result(images[0], out.paths[0] if out.paths else None, MODE_LABELS.get(mode, "Result"),
+                                      as_layer=self.results_as_layer)
         n = self.timeline_length()
         job = self.book.get(job_id)
         last = self._last_info

@@ -7,10 +7,18 @@ drops the mask; one of the same size keeps it, so a mask painted once is reused 
 Every change that an artist would want back is recorded: strokes (as the rectangle they touched),
 mask fill / clear / invert / load / grow / shrink, rectangle and lasso fills (a patch each), and image
 replacements (results, a new canvas, an outpaint).
+
+Layers (studio.session.layers): the document holds a stack of raster layers and one document-wide mask. `image` is
+always the flattened stack (what the canvas shows and a request takes), so code that knows one image keeps working.
+A structural layer operation (add, delete, rename, reorder, visibility, opacity, merge down, a result landing as a
+layer) is an ImageEdit whose states carry the stack; a colour stroke is a LayerPaint (the rectangle it touched on one
+layer). While a stroke paints, only its dirty rectangle is flattened (over a cached flatten of the layers below the
+active one) and `pixels_changed(rect)` tells the canvas which part of `image` to redraw.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,7 +29,8 @@ from PySide6.QtGui import QImage
 from studio.qimage import array_to_qimage, qimage_to_array
 from studio.qtcompat import emit
 
-from .history import History, ImageEdit, MaskEdit, Rect, clip_rect, patch, union
+from .history import History, ImageEdit, LayerPaint, MaskEdit, Rect, clip_rect, patch, union
+from .layers import ColourStroke, Layer, blank, composite, merge_pair
 from .masktools import Region, apply_region, grow, shrink
 
 
@@ -33,11 +42,23 @@ class DocState:
     mask: np.ndarray | None = field(repr=False)
     path: Path | None = None
     caption: str = ""
+    layers: tuple[Layer, ...] | None = field(default=None, repr=False)  # None: one layer, the image
+    active: int = 0
 
     @property
     def nbytes(self) -> int:
-        n = self.image.sizeInBytes() if self.image is not None else 0
-        return n + (self.mask.nbytes if self.mask is not None else 0)
+        return sum(n for _, n in self.parts())
+
+    def parts(self) -> list:
+        """(identity, bytes) of what the state holds: layers share their arrays with other states."""
+        out: list = []
+        if self.image is not None:
+            out.append((("i", self.image.cacheKey()), self.image.sizeInBytes()))
+        if self.mask is not None:
+            out.append((("a", id(self.mask)), self.mask.nbytes))
+        for la in self.layers or ():
+            out.extend(la.parts())
+        return out
 
 
 class Document(QObject):
@@ -46,6 +67,8 @@ class Document(QObject):
     history_changed = Signal()
     changed = Signal()  # anything an autosave should write (image, mask or history)
     selection_changed = Signal(object)  # the selected rectangle (x, y, w, h in image px), or None
+    layers_changed = Signal()  # the stack, a layer's name / visibility / opacity, or the active layer
+    pixels_changed = Signal(object)  # a Rect of `image` repainted in place (a colour stroke, its undo)
 
     def __init__(self, parent: QObject | None = None):
         super().__init__(parent)
@@ -56,13 +79,21 @@ class Document(QObject):
         self.history = History(on_change=lambda: emit(self.history_changed))
         self._stroke: tuple[str, np.ndarray | None, Rect | None] | None = None  # label, mask before, touched
         self.selection: Rect | None = None  # a region to work on (upscale it), not part of the undo history
+        self.layers: list[Layer] = []  # bottom to top
+        self.active = 0  # the layer a colour stroke paints on
+        self._flat: np.ndarray | None = None  # `image` as an HxWx3 array, kept while strokes paint
+        self._below: tuple[tuple, np.ndarray] | None = None  # (key, the flatten of the layers under the active one)
+        self._paint: tuple[str, ColourStroke, int, Rect | None] | None = None  # label, stroke, layer uid, touched
+        self._last_push: object | None = None  # the entry a slider drag folds into (opacity)
+        self._pixel_versions: dict[int, int] = {}  # layer uid -> paint count (the autosave's image cache key)
+        self._layer_images: dict[int, tuple[tuple, QImage]] = {}
 
     # -- image --------------------------------------------------------------------------------
 
     def state(self) -> DocState:
         """A snapshot: the mask is copied (strokes paint into the live one in place)."""
         mask = self._mask.copy() if self._mask is not None else None
-        return DocState(self.image, mask, self.path, self.caption)
+        return DocState(self.image, mask, self.path, self.caption, tuple(self.layers), self.active)
 
     def set_image(self, image: QImage | None, path: Path | None = None, caption: str = "",
                   record: str | None = None, merge: bool = False) -> None:  # fmt: skip
@@ -77,7 +108,7 @@ class Document(QObject):
             h.cursor -= 1
         same_size = image is not None and self.image is not None and image.size() == self.image.size()
         mask = self._mask if same_size else None
-        self._apply(DocState(image, mask, path, caption))
+        self._apply(DocState(image, mask, path, caption, self._one_layer(image, path, caption)))
         if record:
             self.history.push(ImageEdit(record, before, self.state()))
         emit(self.changed)
@@ -88,7 +119,7 @@ class Document(QObject):
         if mask is not None:
             mask = self._checked(mask, image.width(), image.height())
         before = self.state()
-        self._apply(DocState(image, mask, path, caption))
+        self._apply(DocState(image, mask, path, caption, self._one_layer(image, path, caption)))
         self.history.push(ImageEdit(label, before, self.state()))
         emit(self.changed)
 
@@ -108,9 +139,17 @@ class Document(QObject):
         if self.image is None or state.image is None or self.image.size() != state.image.size():
             self.set_selection(None)  # a selection belongs to an image of its size
         mask_before = self._mask
+        self._end_paint_quietly()
         self.image, self.path, self.caption = state.image, state.path, state.caption
         self._mask = state.mask.copy() if state.mask is not None else None  # never paint into a history entry
+        if state.layers is not None:
+            self.layers = list(state.layers)
+        else:  # a state from before layers (an old save): its image is the one layer
+            self.layers = list(self._one_layer(state.image, state.path, state.caption))
+        self.active = max(0, min(state.active, len(self.layers) - 1))
+        self._flat = None  # (the flatten under the active layer is keyed by what it holds: it may still serve)
         emit(self.image_changed, state.image if state.image is not None else QImage())
+        emit(self.layers_changed)
         if mask_before is not state.mask:
             emit(self.mask_changed, None)
 
@@ -276,11 +315,342 @@ class Document(QObject):
     def restore(self, state: DocState, entries: list | None = None, cursor: int | None = None) -> None:
         """Put back a saved document (the autosave after a crash): its state and its undo history."""
         self._stroke = None
+        self._paint = None
         self._apply(state)
-        self.history.entries = list(entries or [])
+        entries = list(entries or [])
+        at = len(entries) if cursor is None else min(cursor, len(entries))
+        while 0 < at and isinstance(entries[at - 1], MaskEdit):
+            at -= 1  # mask edits leave the layers as they are
+        if state.layers is not None and 0 < at:
+            # A save keeps the layers of the document as it is, its history's states flattened: the last step that
+            # changed the picture gets them back, so an undo and a redo return to the layers.
+            last = entries[at - 1]
+            if isinstance(last, ImageEdit) and getattr(last.after, "layers", None) is None and \
+                    isinstance(last.after, DocState):  # fmt: skip
+                after = dataclasses.replace(last.after, layers=state.layers, active=state.active)
+                entries[at - 1] = ImageEdit(last.label, last.before, after)
+        self.history.entries = entries
         self.history.cursor = len(self.history.entries) if cursor is None else max(0, min(cursor, len(self.history.entries)))
         emit(self.history_changed)
         emit(self.changed)
+
+
+    # -- layers ---------------------------------------------------------------------------------
+
+    @staticmethod
+    def _one_layer(image: QImage | None, path: Path | None, caption: str) -> tuple[Layer, ...]:
+        if image is None or image.isNull():
+            return ()
+        return (Layer(path.name if path is not None else (caption or "Image"), source=image),)
+
+    def active_layer(self) -> Layer | None:
+        return self.layers[self.active] if self.layers else None
+
+    def _flatten(self, layers: list[Layer]) -> tuple[QImage, np.ndarray]:
+        """The flattened stack as a QImage and an array; an opaque image layer with nothing visible above it is
+        the image itself (its cacheKey stays: a result's parameters are found by it)."""
+        size = layers[0].size()
+        key = self._below_key(layers)
+        if self._below is not None and self._below[0] == key:  # a change above the active layer: reuse below
+            below = self._below[1]
+        else:
+            below = composite(layers[: self.active], size)
+            self._below = (key, below)
+        flat = composite(layers[self.active :], size, base=below)
+        shown = [la for la in layers if la.visible and la.opacity > 0]
+        if shown and shown[-1].opaque_source and shown[-1].opacity >= 1.0:
+            return shown[-1].source, flat
+        return array_to_qimage(flat), flat
+
+    def _below_key(self, layers: list[Layer]) -> tuple:
+        """What the flatten under the active layer depends on: each layer's identity, metadata and pixels (an
+        undo that brings the same layers back finds the cache still good)."""
+        return tuple((la.uid, la.visible, la.opacity, self._pixel_versions.get(la.uid, 0), la.pixel_key())
+                     for la in layers[: self.active])  # fmt: skip
+
+    def _commit(self, layers: list[Layer], active: int, label: str, merge: bool = False,
+                path: Path | None = None, caption: str | None = None) -> None:  # fmt: skip
+        """Make `layers` the stack (one undo entry; merge: fold into the last entry of the same label, a slider
+        drag), flatten it and tell everyone."""
+        if self._stroke is not None:
+            self.end_stroke()
+        if self._paint is not None:
+            self.end_paint()
+        h = self.history
+        last = h.entries[-1] if h.entries and h.cursor == len(h.entries) else None
+        before: DocState
+        if merge and isinstance(last, ImageEdit) and last is self._last_push and last.label == label:
+            before = last.before
+            del h.entries[-1]
+            h.cursor -= 1
+        else:
+            before = self.state()
+        old_image = self.image
+        self.layers, self.active = list(layers), max(0, min(active, len(layers) - 1))
+        self.image, self._flat = self._flatten(self.layers)
+        if path is not None or self.image is not old_image:
+            self.path = path  # the file on disk no longer is the canvas
+        if caption is not None:
+            self.caption = caption
+        after = DocState(self.image, before.mask, self.path, self.caption, tuple(self.layers), self.active)
+        entry = ImageEdit(label, before, after)
+        self.history.push(entry)
+        self._last_push = entry
+        emit(self.image_changed, self.image)
+        emit(self.layers_changed)
+        emit(self.changed)
+
+    def set_active(self, index: int) -> None:
+        """The layer that colour strokes paint on (not an undo step: choosing a layer changes no pixel)."""
+        index = max(0, min(int(index), len(self.layers) - 1))
+        if index != self.active and self.layers:
+            if self._paint is not None:
+                self.end_paint()
+            self.active = index
+            emit(self.layers_changed)
+
+    def add_layer(self, name: str | None = None) -> bool:
+        """An empty (transparent) paint layer above the active one, made active."""
+        if not self.has_image():
+            return False
+        w, h = self.size()
+        layer = blank(name or self._free_name("Paint"), w, h)
+        at = self.active + 1
+        self._commit([*self.layers[:at], layer, *self.layers[at:]], at, "Add layer")
+        return True
+
+    def _free_name(self, base: str) -> str:
+        names = {la.name for la in self.layers}
+        n = 1
+        while f"{base} {n}" in names:
+            n += 1
+        return f"{base} {n}"
+
+    def add_image_layer(self, image: QImage, path: Path | None = None, name: str = "", label: str = "Add image",
+                        top: bool = False) -> bool:  # fmt: skip
+        """An image as a new layer (above the active one, or on top), made active. Into an empty document it is
+        the first image (it sets the canvas size). Another size is centred, what falls outside is cut off."""
+        if image is None or image.isNull():
+            return False
+        name = name or (path.name if path is not None else self._free_name("Image"))
+        if not self.has_image():
+            self.set_image(image, path, caption="" if path else name, record=label)
+            return True
+        w, h = self.size()
+        if image.width() == w and image.height() == h and not image.hasAlphaChannel():
+            layer = Layer(name, source=image)
+        else:
+            from studio.qimage import qimage_to_array
+
+            rgba = qimage_to_array(image, alpha=True)
+            px = np.zeros((h, w, 4), np.uint8)
+            x0, y0 = (w - image.width()) // 2, (h - image.height()) // 2
+            sx, sy = max(0, -x0), max(0, -y0)
+            dx, dy = max(0, x0), max(0, y0)
+            cw, ch = min(w - dx, image.width() - sx), min(h - dy, image.height() - sy)
+            px[dy : dy + ch, dx : dx + cw] = rgba[sy : sy + ch, sx : sx + cw]
+            layer = Layer(name, px)
+        at = len(self.layers) if top else self.active + 1
+        self._commit([*self.layers[:at], layer, *self.layers[at:]], at, label,
+                     path=path if top or at == len(self.layers) else None,
+                     caption="" if top else None)  # a result on top: not "new canvas" any more  # fmt: skip
+        return True
+
+    def land_result(self, image: QImage, path: Path | None, label: str, as_layer: bool = True) -> None:
+        """A result on the canvas: a new layer on top (as_layer), or in place of the active layer; a result of
+        another size (or into an empty document) replaces the document, as it always did. One undo entry."""
+        if self.image is None or not self.has_image() or image.size() != self.image.size():
+            self.set_image(image, path, record=label)
+            return
+        if as_layer:
+            self.add_image_layer(image, path, name=self._free_name(label), label=label, top=True)
+            return
+        old = self.layers[self.active]
+        layer = Layer(old.name, source=image.convertToFormat(QImage.Format.Format_RGB888)
+                      if image.hasAlphaChannel() else image, visible=old.visible, opacity=old.opacity)  # fmt: skip
+        layers = list(self.layers)
+        layers[self.active] = layer
+        self._commit(layers, self.active, label, path=path)
+
+    def delete_layer(self, index: int | None = None) -> bool:
+        """Remove a layer (the active one by default); the last layer stays (clear the canvas with New canvas)."""
+        i = self.active if index is None else int(index)
+        if len(self.layers) < 2 or not 0 <= i < len(self.layers):
+            return False
+        layers = [la for k, la in enumerate(self.layers) if k != i]
+        active = self.active - 1 if i < self.active else max(0, i - 1) if i == self.active else self.active
+        self._commit(layers, active, "Delete layer")
+        return True
+
+    def _change(self, index: int, label: str, merge: bool = False, **changes) -> bool:
+        if not 0 <= index < len(self.layers):
+            return False
+        old = self.layers[index]
+        if all(getattr(old, k) == v for k, v in changes.items()):
+            return False
+        layers = list(self.layers)
+        layers[index] = old.with_(**changes)
+        self._commit(layers, self.active, label, merge=merge)
+        return True
+
+    def rename_layer(self, index: int, name: str) -> bool:
+        name = " ".join(str(name).split())
+        return bool(name) and self._change(index, "Rename layer", name=name)
+
+    def set_layer_visible(self, index: int, visible: bool) -> bool:
+        return self._change(index, "Show layer" if visible else "Hide layer", visible=bool(visible))
+
+    def set_layer_opacity(self, index: int, opacity: float, merge: bool = True) -> bool:
+        """Opacity 0..1; successive changes of one layer fold into one undo entry (a slider drag)."""
+        return self._change(index, "Layer opacity", merge=merge, opacity=float(min(1.0, max(0.0, opacity))))
+
+    def move_layer(self, index: int, delta: int) -> bool:
+        """Up (delta > 0, towards the top) or down the stack; the active layer follows its layer."""
+        j = index + delta
+        if not (0 <= index < len(self.layers) and 0 <= j < len(self.layers)) or delta == 0:
+            return False
+        layers = list(self.layers)
+        layers.insert(j, layers.pop(index))
+        active_uid = self.layers[self.active].uid
+        active = next(k for k, la in enumerate(layers) if la.uid == active_uid)
+        self._commit(layers, active, "Move layer up" if delta > 0 else "Move layer down")
+        return True
+
+    def merge_down(self, index: int | None = None) -> bool:
+        """Merge a layer (the active one) into the one below: one layer that flattens as the two did."""
+        i = self.active if index is None else int(index)
+        if not 1 <= i < len(self.layers):
+            return False
+        upper, lower = self.layers[i], self.layers[i - 1]
+        merged = Layer(lower.name, merge_pair(lower, upper))
+        layers = [*self.layers[: i - 1], merged, *self.layers[i + 1 :]]
+        self._commit(layers, i - 1, "Merge down")
+        return True
+
+    def layer_images(self) -> list[tuple[str, bool, float, QImage]]:
+        """The stack as images for a save (bottom to top): name, visible, opacity and an RGBA image (an image
+        layer's own image). Cached per layer until it is painted, so an autosave copies only what changed."""
+        out = []
+        live = set()
+        for la in self.layers:
+            live.add(la.uid)
+            if la.opaque_source:
+                out.append((la.name, la.visible, la.opacity, la.source))
+                continue
+            key = (id(la.pixels), self._pixel_versions.get(la.uid, 0))
+            cached = self._layer_images.get(la.uid)
+            if cached is None or cached[0] != key:
+                cached = (key, array_to_qimage(la.pixels))
+                self._layer_images[la.uid] = cached
+            out.append((la.name, la.visible, la.opacity, cached[1]))
+        for uid in [u for u in self._layer_images if u not in live]:
+            del self._layer_images[uid]
+        return out
+
+    def single_layer(self) -> bool:
+        """One plain image layer that is the flattened image: saves write it as before layers existed."""
+        return len(self.layers) == 1 and self.layers[0].opaque_source and self.layers[0].visible and \
+            self.layers[0].opacity >= 1.0 and self.layers[0].source is self.image
+
+    # -- colour strokes: paint the active layer --------------------------------------------------
+
+    def begin_paint(self, colour: tuple[int, int, int], size: float, hardness: float, erase: bool = False,
+                    label: str | None = None) -> bool:  # fmt: skip
+        """Start a colour stroke (or an erase to transparent) on the active layer; False when there is no image
+        or the active layer is hidden. Then paint_to(point) per pointer move, end_paint() on release."""
+        if not self.has_image() or not self.layers:
+            return False
+        if self._stroke is not None:
+            self.end_stroke()
+        if self._paint is not None:
+            self.end_paint()
+        layer = self.layers[self.active]
+        if not layer.visible:
+            return False
+        if layer.opaque_source:  # from here on its pixels are its own (the history keeps the layer with its image)
+            layer = self.layers[self.active] = layer.with_(source=None)
+        if self._flat is None:
+            from studio.qimage import qimage_to_array
+
+            assert self.image is not None  # has_image()
+            self._flat = qimage_to_array(self.image)
+        key = self._below_key(self.layers)
+        if self._below is None or self._below[0] != key:
+            self._below = (key, composite(self.layers[: self.active], self.size()))
+        stroke = ColourStroke(layer.pixels, colour, size, hardness, erase)
+        self._paint = (label or ("Erase paint" if erase else "Paint"), stroke, layer.uid, None)
+        return True
+
+    def paint_to(self, point) -> Rect | None:
+        """Paint the stroke on to point; the flattened image is redrawn in the touched rectangle only."""
+        if self._paint is None:
+            return None
+        label, stroke, uid, touched = self._paint
+        rect = stroke.to(point)
+        if rect is None:
+            return None
+        self._paint = (label, stroke, uid, union(touched, rect))
+        self._redraw(rect, self.layers[self.active :], self._below[1] if self._below is not None else None)
+        return rect
+
+    def _redraw(self, rect: Rect, layers: list[Layer], base: np.ndarray | None) -> None:
+        assert self._flat is not None
+        x, y, w, h = rect
+        self._flat[y : y + h, x : x + w] = composite(layers, self.size(), rect, base=base)
+        emit(self.pixels_changed, rect)
+
+    def flat_window(self, rect: Rect) -> np.ndarray | None:
+        """The flattened image's pixels inside rect (HxWx3, a view: copy it) while strokes keep them as an array."""
+        if self._flat is None:
+            return None
+        x, y, w, h = rect
+        return self._flat[y : y + h, x : x + w]
+
+    def in_paint(self) -> bool:
+        return self._paint is not None
+
+    def end_paint(self) -> None:
+        if self._paint is None:
+            return
+        label, stroke, uid, touched = self._paint
+        self._paint = None
+        if touched is None:
+            return
+        x, y, w, h = touched
+        before = stroke.source[y : y + h, x : x + w].copy()
+        after = stroke.pixels[y : y + h, x : x + w].copy()
+        self._pixel_versions[uid] = self._pixel_versions.get(uid, 0) + 1
+        self._settle_image()
+        self.history.push(LayerPaint(label, uid, touched, before, after))
+        emit(self.changed)
+
+    def _end_paint_quietly(self) -> None:
+        if self._paint is not None:
+            self.end_paint()
+
+    def _settle_image(self) -> None:
+        """`image` from the array strokes painted (a new QImage: states in the history keep theirs)."""
+        assert self._flat is not None
+        self.image = array_to_qimage(self._flat)
+        self.path = None
+
+    def _revert_paint(self, entry: LayerPaint, value: np.ndarray) -> None:
+        index = next((k for k, la in enumerate(self.layers) if la.uid == entry.layer), None)
+        if index is None:  # cannot happen in a linear history; never crash on undo
+            return
+        layer = self.layers[index]
+        if layer.opaque_source:
+            layer = self.layers[index] = layer.with_(source=None)
+        x, y, w, h = entry.rect
+        layer.pixels[y : y + h, x : x + w] = value
+        self._pixel_versions[layer.uid] = self._pixel_versions.get(layer.uid, 0) + 1
+        if self._flat is None:
+            from studio.qimage import qimage_to_array
+
+            assert self.image is not None  # has_image()
+            self._flat = qimage_to_array(self.image)
+        self._redraw(entry.rect, self.layers, None)
+        self._settle_image()
 
     # -- undo / redo --------------------------------------------------------------------------
 
@@ -288,6 +658,8 @@ class Document(QObject):
         """Undo the last change; returns its label ("" when there was nothing to undo)."""
         if self._stroke is not None:
             self.end_stroke()
+        if self._paint is not None:
+            self.end_paint()
         entry = self.history.undo()
         if entry is None:
             return ""
@@ -305,6 +677,8 @@ class Document(QObject):
         value = getattr(entry, entry_state)
         if isinstance(entry, ImageEdit):
             self._apply(value)
+        elif isinstance(entry, LayerPaint):
+            self._revert_paint(entry, value)
         elif entry.rect is None:
             self._mask = value.copy() if value is not None else None
             emit(self.mask_changed, None)

@@ -35,7 +35,19 @@ class ImageEdit:
     after: Any = field(repr=False)
 
 
-Entry = MaskEdit | ImageEdit
+@dataclass(frozen=True)
+class LayerPaint:
+    """A colour stroke (or its eraser) on one layer (`layer`: its uid): the RGBA patch inside `rect`, before and
+    after. The layer's array is painted in place, so only the touched rectangle is kept."""
+
+    label: str
+    layer: int
+    rect: Rect
+    before: np.ndarray = field(repr=False)
+    after: np.ndarray = field(repr=False)
+
+
+Entry = MaskEdit | ImageEdit | LayerPaint
 
 
 class History:
@@ -85,7 +97,11 @@ class History:
         return self.entries[self.cursor].label if self.can_redo() else ""
 
     def nbytes(self) -> int:
-        return sum(_entry_bytes(e) for e in self.entries)
+        """The memory the entries hold; what several share (a layer's array, a state's image) counts once."""
+        seen: dict = {}
+        for e in self.entries:
+            seen.update(_entry_parts(e))
+        return sum(seen.values())
 
     def _trim(self) -> None:
         # Oldest entries go first once the history holds more than its budget (always keep the newest).
@@ -98,10 +114,14 @@ class History:
             self.on_change()
 
 
-def _entry_bytes(e: Entry) -> int:
-    if isinstance(e, MaskEdit):
-        return sum(a.nbytes for a in (e.before, e.after) if a is not None)
-    return sum(getattr(s, "nbytes", 0) for s in (e.before, e.after))
+def _entry_parts(e: Entry) -> list:
+    if isinstance(e, (MaskEdit, LayerPaint)):
+        return [(("a", id(a)), a.nbytes) for a in (e.before, e.after) if a is not None]
+    out: list = []
+    for s in (e.before, e.after):
+        parts = getattr(s, "parts", None)
+        out.extend(parts() if parts is not None else [(("o", id(s)), getattr(s, "nbytes", 0))])
+    return out
 
 
 def patch(mask: np.ndarray | None, rect: Rect | None) -> np.ndarray | None:

@@ -16,6 +16,7 @@ serialization of the document, two places it goes. project.json, version 1::
      "params": {"prompt": "...", "steps": 20, ...},    the prompt panel (studio.session.params.Params.to_dict())
      "selection": [x, y, w, h] | null,                 the selected region, in image pixels
      "layers": [{"name": "Image", "visible": true, "opacity": 1.0, "image": "img-....png"}],
+     "active": 0,                                      the layer colour strokes paint (an index into layers)
      "mask": "mask-....png" | null,
      "current": STATE,                                 the document as saved (the autosave's STATE)
      "cursor": 3, "dropped": 0,                        entries[:cursor] can be undone; older steps not kept
@@ -25,9 +26,11 @@ serialization of the document, two places it goes. project.json, version 1::
     ENTRY = {"kind": "mask", "label": "Brush stroke", "rect": [x, y, w, h] | null, "before": ..., "after": ...}
           | {"kind": "image", "label": "Result", "before": STATE, "after": STATE}
 
-Layers: version 1 writes one layer, the image of `current`; `mask` is `current.mask`. When the document holds a
-stack of layers, `layers` lists them bottom to top and `current.image` stays the flattened picture, so a reader
-that knows one layer still opens the file (flattened). `version` goes up only for a change an older reader would
+Layers: a document of one plain image writes one layer, the image of `current`; `mask` is `current.mask`. When the
+document holds a stack of layers, `layers` lists them bottom to top (each image an RGBA PNG, straight alpha; an
+opaque image layer an RGB one) and `current.image` stays the flattened picture, so a reader that knows one layer
+still opens the file (flattened). The undo history's colour strokes are not written yet: the history a project
+keeps starts after the last stroke (its layer operations are image states, written as the flattened picture). `version` goes up only for a change an older reader would
 misread; a reader refuses a newer version with one line. Paths of the artist's disk are not written (a project may
 be shared): `path` is null and `caption` keeps the file name.
 
@@ -61,7 +64,7 @@ from .autosave.content import image_name, mask_name, png_bytes
 from .autosave.manifest import names_in
 from .autosave.restore import build
 from .autosave.snapshot import State, capture, copy_mask, known, shallow, window
-from .autosave.writer import entry_files, state_files
+from .autosave.writer import entry_files, layer_files, state_files
 from .document import DocState, Document
 from .history import ImageEdit
 
@@ -161,8 +164,9 @@ def save(path: Path | str, document: Document, params: dict[str, Any]) -> Path:
                 "format": FORMAT, "version": VERSION, "app": f"{APP_NAME} {__version__}", "saved_at": time.time(),
                 "size": state["size"], "params": params,
                 "selection": list(document.selection) if document.selection else None,
-                "layers": [{"name": "Image", "visible": True, "opacity": 1.0, "image": state["image"]}],
-                "mask": state["mask"], "current": state, "cursor": cursor - start, "dropped": start,
+                "layers": [{"name": "Image", "visible": True, "opacity": 1.0, "image": state["image"]}]
+                if document.single_layer() else layer_files(document.layer_images(), put_image),
+                "active": document.active, "mask": state["mask"], "current": state, "cursor": cursor - start, "dropped": start,
                 "entries": [entry_files(p, put_image, put_mask) for p in payloads],
             }  # fmt: skip
             z.writestr(MANIFEST, json.dumps(manifest, indent=1, ensure_ascii=False), zipfile.ZIP_DEFLATED)

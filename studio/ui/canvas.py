@@ -20,6 +20,11 @@ mask changes again or the artist turns "Show mask" back on.
 The mask overlay is a persistent ARGB image the size of the mask: `mask_changed(rect)` recomputes
 only that rectangle of it and repaints only the widget area over it, so painting a 2048x2048 mask
 stays smooth (benchmarks/bench_canvas.py); `mask_changed(None)` rebuilds it all.
+
+Colour tools paint the document's active layer: "paint" (the brush in `paint_colour`), "paint_eraser" (to
+transparent) and "picker" (a click takes the flattened canvas's colour; Alt + click does it with the paint tools).
+The document redraws only a stroke's dirty rectangle of its flattened image and says which (`pixels_changed`); the
+canvas copies that rectangle into the image it shows and repaints the widget area over it.
 """
 
 from __future__ import annotations
@@ -49,7 +54,8 @@ from studio.session.masktools import polygon_region, rect_region
 
 Rect = tuple[int, int, int, int]  # x, y, w, h in image px
 
-TOOLS = ("pan", "brush", "eraser", "select", "rect", "lasso")
+TOOLS = ("pan", "brush", "eraser", "select", "rect", "lasso", "paint", "paint_eraser", "picker")
+COLOUR_TOOLS = ("paint", "paint_eraser")
 SHAPES = ("rect", "lasso")
 TOOLTIPS = {
     "pan": "The current image. Wheel: zoom, drag: pan, double-click: fit. Drop a PNG here to load its parameters.",
@@ -63,6 +69,11 @@ TOOLTIPS = {
     "Middle-drag or Space + drag: pan, wheel: zoom.",
     "select": "Select: drag a rectangle (a region to upscale); a click without dragging clears it. "
     "Middle-drag: pan, wheel: zoom.",
+    "paint": "Paint: drag to paint the active layer in the paint colour; Alt + click picks a colour from the canvas. "
+    "[ and ]: smaller / larger brush. Middle-drag or Space + drag: pan, wheel: zoom.",
+    "paint_eraser": "Erase paint: drag to erase the active layer to transparent. [ and ]: smaller / larger brush. "
+    "Middle-drag or Space + drag: pan, wheel: zoom.",
+    "picker": "Colour picker: click to take the canvas's colour as the paint colour. Middle-drag: pan, wheel: zoom.",
 }
 _TEXT_INPUTS = ("QLineEdit", "QTextEdit", "QPlainTextEdit", "QAbstractSpinBox")
 
@@ -83,6 +94,7 @@ class Canvas(QWidget):
     mask_visible_changed = Signal(bool)
     subtract_changed = Signal(bool)  # the rectangle and lasso unmask (True) or mask
     mask_tint_changed = Signal(QColor)
+    paint_colour_changed = Signal(QColor)
 
     MASK_TINT = QColor(124, 92, 255, 110)
     BACKDROP = QColor("#141518")
@@ -118,6 +130,9 @@ class Canvas(QWidget):
         self._select_from: tuple[int, int] | None = None  # a selection being dragged: its first corner
         self._select_rect: Rect | None = None
         self._live: tuple[QImage, Rect] | None = None
+        self._paint_colour = QColor(0, 0, 0)
+        self._colour_stroke = False  # a colour stroke is painting the document's active layer
+        self._shows_doc = False  # the image shown is the document's (its strokes are copied into it)
         self.setMinimumSize(240, 240)
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
         self.setMouseTracking(True)
@@ -144,9 +159,10 @@ class Canvas(QWidget):
         self._caption = caption
         self._smooth = smooth
         self._logical = logical_size if logical_size is not None and not logical_size.isEmpty() else None
+        self._shows_doc = self._is_document_image()
         if self._layout_size() != before:
             self._zoom, self._pan = 1.0, QPointF()  # same size: keep the zoom, to compare images
-            if self._stroke is not None:
+            if self._painting():
                 self._end_stroke()
             self._drop_shape()
         if self.document is None and self._own_mask is not None and not self._mask_fits():
@@ -157,6 +173,11 @@ class Canvas(QWidget):
     def has_image(self) -> bool:
         return not self._image.isNull()
 
+    def _is_document_image(self) -> bool:
+        doc_image = self.document.image if self.document is not None else None
+        return (self._logical is None and doc_image is not None and not self._image.isNull()
+                and self._image.cacheKey() == doc_image.cacheKey())  # fmt: skip
+
     def _layout_size(self) -> QSize:
         return self._logical or self._image.size()
 
@@ -166,16 +187,58 @@ class Canvas(QWidget):
         """Show the document's mask and paint into it (the window passes the session's document)."""
         if self.document is document:
             return
-        if self._stroke is not None:
+        if self._painting():
             self._end_stroke()
         if self.document is not None:
             self.document.mask_changed.disconnect(self._on_mask_changed)
+            self.document.pixels_changed.disconnect(self._on_pixels_changed)
         self.document = document
         self._own_mask = None
         if document is not None:
             document.mask_changed.connect(self._on_mask_changed)
+            document.pixels_changed.connect(self._on_pixels_changed)
             document.selection_changed.connect(lambda _rect: self.update())
+        self._shows_doc = self._is_document_image()
         self._on_mask_changed(None)
+
+    def _on_pixels_changed(self, rect: Rect) -> None:
+        """A rectangle of the document's flattened image was repainted (a colour stroke): copy it into the image
+        shown (detached from the document's once) and repaint only the widget area over it."""
+        doc = self.document
+        if not self._shows_doc or doc is None or doc.size() != (self._image.width(), self._image.height()):
+            return
+        window = doc.flat_window(rect)
+        if window is None:
+            return
+        if self._image.format() != QImage.Format.Format_RGB888:
+            self._image = self._image.convertToFormat(QImage.Format.Format_RGB888)
+        img = self._image
+        x, y, w, h = rect
+        rows = np.frombuffer(img.bits(), np.uint8).reshape(img.height(), img.bytesPerLine())
+        rows[y : y + h, 3 * x : 3 * (x + w)] = window.reshape(h, 3 * w)
+        self._update_image_area(rect)
+
+    def paint_colour(self) -> QColor:
+        return QColor(self._paint_colour)
+
+    def set_paint_colour(self, colour: QColor) -> None:
+        colour = QColor(colour)
+        if colour.isValid() and colour.rgb() != self._paint_colour.rgb():
+            self._paint_colour = QColor(colour.red(), colour.green(), colour.blue())
+            emit(self.paint_colour_changed, QColor(self._paint_colour))
+
+    def pick_colour(self, pos: QPointF) -> bool:
+        """Take the flattened canvas's colour under a widget point as the paint colour."""
+        doc = self.document
+        image = doc.image if doc is not None and doc.has_image() else self._image
+        if image is None or image.isNull():
+            return False
+        p = self.to_layout(pos)
+        x, y = math.floor(p.x()), math.floor(p.y())
+        if not (0 <= x < image.width() and 0 <= y < image.height()):
+            return False
+        self.set_paint_colour(image.pixelColor(x, y))
+        return True
 
     def _mask_array(self) -> np.ndarray | None:
         return self.document.mask if self.document is not None else self._own_mask
@@ -329,11 +392,11 @@ class Canvas(QWidget):
             raise ValueError(f"unknown canvas tool {tool!r}: expected one of {', '.join(TOOLS)}")
         if tool == self._tool:
             return
-        if self._stroke is not None:
+        if self._painting():
             self._end_stroke()
         self._drop_shape()
         self._tool = tool
-        if tool in ("brush", "eraser"):
+        if tool in ("brush", "eraser"):  # not the colour tools: they leave the mask's subtract mode alone
             self.set_subtract(tool == "eraser")
         self.setToolTip(TOOLTIPS[tool])
         self._refresh_cursor()
@@ -371,11 +434,11 @@ class Canvas(QWidget):
         self.set_brush_size(min(self._brush_size - 1, round(self._brush_size / 1.1)))
 
     def _paints(self) -> bool:
-        return self._tool in ("brush", "eraser")
+        return self._tool in ("brush", "eraser", *COLOUR_TOOLS)
 
     def _edits_mask(self) -> bool:
-        """A tool that changes the mask with the left button (Space + drag pans instead)."""
-        return self._paints() or self._tool in SHAPES
+        """A tool that edits (the mask, or a layer) with the left button (Space + drag pans instead)."""
+        return self._paints() or self._tool in SHAPES or self._tool == "picker"
 
     def subtract(self) -> bool:
         """The rectangle and the lasso unmask (True) or mask what they enclose."""
@@ -675,8 +738,18 @@ class Canvas(QWidget):
 
     # -- painting strokes ---------------------------------------------------------------------
 
+    def _painting(self) -> bool:
+        return self._stroke is not None or self._colour_stroke
+
     def _begin_stroke(self, pos: QPointF) -> None:
         if not self.can_paint():
+            return
+        if self._tool in COLOUR_TOOLS:
+            c = self._paint_colour
+            self._colour_stroke = self.document.begin_paint(
+                (c.red(), c.green(), c.blue()), self._brush_size, self._hardness, erase=self._tool == "paint_eraser")
+            if self._colour_stroke:
+                self._paint_to(pos)
             return
         erase = self._tool == "eraser"
         mask = self.document.begin_stroke("Erase" if erase else "Brush stroke")
@@ -686,6 +759,13 @@ class Canvas(QWidget):
         self._paint_to(pos)
 
     def _paint_to(self, pos: QPointF) -> None:
+        if self._colour_stroke:
+            if self.document is None or not self.document.in_paint():
+                self._colour_stroke = False  # the document ended it (an undo, a new image)
+                return
+            p = self.to_layout(pos)
+            self.document.paint_to((p.x(), p.y()))
+            return
         doc, stroke = self.document, self._stroke
         if doc is None or not doc.in_stroke() or doc.mask is not stroke.mask:
             self._stroke = None  # the document ended it (an undo, a new image): stop painting
@@ -696,6 +776,11 @@ class Canvas(QWidget):
             doc.stroke_updated(rect)
 
     def _end_stroke(self) -> None:
+        if self._colour_stroke:
+            self._colour_stroke = False
+            if self.document is not None and self.document.in_paint():
+                self.document.end_paint()
+            return
         stroke, self._stroke = self._stroke, None
         doc = self.document
         if stroke is not None and doc is not None and doc.in_stroke() and doc.mask is stroke.mask:
@@ -720,13 +805,17 @@ class Canvas(QWidget):
     def mousePressEvent(self, event: QMouseEvent) -> None:
         button = event.button()
         left = button == Qt.MouseButton.LeftButton
-        if self._stroke is not None or self._shape is not None:
+        if self._painting() or self._shape is not None:
             event.accept()  # another button while painting: ignored
         elif self._pans(button) and not self._image.isNull():
             old = self._outline_rect()
             self._drag_from, self._drag_button = event.position(), button
             self.setCursor(Qt.CursorShape.ClosedHandCursor)
             self._update_outline(old)
+        elif left and (self._tool == "picker" or self._tool in COLOUR_TOOLS
+                       and event.modifiers() & Qt.KeyboardModifier.AltModifier):  # fmt: skip
+            self.pick_colour(event.position())
+            event.accept()
         elif left and self._paints():
             self._begin_stroke(event.position())
             event.accept()
@@ -754,7 +843,7 @@ class Canvas(QWidget):
             self._drag_from = pos
             self.update()
             return
-        if self._stroke is not None:
+        if self._painting():
             if event.buttons() & Qt.MouseButton.LeftButton:
                 self._paint_to(pos)
             else:  # the release went elsewhere
@@ -774,7 +863,7 @@ class Canvas(QWidget):
             self._drag_from, self._drag_button = None, Qt.MouseButton.NoButton
             self._refresh_cursor()
             self._update_outline(None)
-        elif self._stroke is not None and event.button() == Qt.MouseButton.LeftButton:
+        elif self._painting() and event.button() == Qt.MouseButton.LeftButton:
             self._paint_to(event.position())
             self._end_stroke()
         elif self._shape is not None and event.button() == Qt.MouseButton.LeftButton:
@@ -883,7 +972,7 @@ class Canvas(QWidget):
 
     def hideEvent(self, event) -> None:
         self._set_key_filter(False)
-        if self._stroke is not None:
+        if self._painting():
             self._end_stroke()
         self._drop_shape()
         self._drag_from, self._hover, self._space = None, None, False

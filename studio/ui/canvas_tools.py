@@ -44,6 +44,8 @@ TOOL_HELP = {
 # The canvas's keys that are no window action (QShortcuts and keys the canvas reads), for the shortcut help.
 CANVAS_KEYS: tuple[tuple[str, str], ...] = (
     *((SHORTCUTS[name], TOOL_HELP[name]) for name in ("brush", "eraser", "pan", "select", "rect", "lasso")),
+    ("P / Shift+E / I", "Paint the active layer / erase it to transparent / pick a colour (the layers panel)"),
+    ("Alt + click", "With Paint: take the canvas's colour under the pointer"),
     ("[ and ]", "Smaller or larger brush (pointer over the canvas)"),
     ("Space + drag", "Pan while the brush, eraser, rectangle or lasso is picked"),
     ("Alt + drag", "Rectangle or lasso: unmask instead of mask (after E, they unmask without Alt)"),
@@ -230,7 +232,11 @@ class CanvasToolbar(QWidget):
         button = self.tool_buttons.get(tool)
         if button is not None and not button.isChecked():
             button.setChecked(True)
-        painting = tool in ("brush", "eraser")
+        elif button is None and self.tools.checkedButton() is not None:  # a colour tool (the layers panel's)
+            self.tools.setExclusive(False)
+            self.tools.checkedButton().setChecked(False)
+            self.tools.setExclusive(True)
+        painting = tool in ("brush", "eraser", "paint", "paint_eraser")
         for w in (self.size_label, self.size_box, self.hardness_label, self.hardness_slider, self.hardness_value):
             w.setEnabled(painting)
         self.subtract_button.setEnabled(tool in ("rect", "lasso"))

@@ -39,6 +39,7 @@ from studio.session import IMAGE_SUFFIXES, Session, project
 from studio.ui.canvas import Canvas
 from studio.ui.canvas_tools import CANVAS_KEYS, CanvasToolbar, tint_from_settings
 from studio.ui.gallery import IMAGE_ROLE, PATH_ROLE, Gallery
+from studio.ui.layers_panel import LayersPanel
 from studio.ui.preview import PreviewPanel
 from studio.ui.project_actions import ProjectActions, project_paths
 from studio.ui.prompt_panel import PromptPanel
@@ -202,11 +203,18 @@ class MainWindow(QMainWindow):
         self.center_split.setChildrenCollapsible(False)
 
         self.right_split = QSplitter(Qt.Orientation.Vertical)
+        # The layers sit between the preview and the queue: beside the canvas, never over it.
+        self.layers_panel = LayersPanel(s.document, self.canvas)
+        self.layers_panel.set_results_as_layer(self.settings.results_as_layer)
+        s.results_as_layer = self.settings.results_as_layer
+        self.layers_panel.results_as_layer_changed.connect(self._results_as_layer)
         self.right_split.addWidget(self.preview_panel)
+        self.right_split.addWidget(self.layers_panel)
         self.right_split.addWidget(self.queue_panel)
         self.right_split.setStretchFactor(0, 3)
-        self.right_split.setStretchFactor(1, 1)
-        self.right_split.setSizes([560, 220])
+        self.right_split.setStretchFactor(1, 2)
+        self.right_split.setStretchFactor(2, 1)
+        self.right_split.setSizes([400, 250, 150])
         self.right_split.setChildrenCollapsible(False)
 
         self.main_split = QSplitter(Qt.Orientation.Horizontal)
@@ -908,8 +916,11 @@ class MainWindow(QMainWindow):
         right = max(self.preview_panel.minimumWidth(), min(360, int(total * 0.22)))
         self.main_split.setSizes([left, max(200, total - left - right), right])
 
-    def _splitters(self) -> dict[str, QSplitter]:
-        return {"main": self.main_split, "center": self.center_split, "right": self.right_split}
+    def _splitters(self) -> dict[str, QSplitter]:  # "right3": the right column has three panels since layers
+        return {"main": self.main_split, "center": self.center_split, "right3": self.right_split}
+
+    def _results_as_layer(self, on: bool) -> None:
+        self.session.results_as_layer = self.settings.results_as_layer = on
 
     def store_settings(self) -> None:
         self.session.store_settings()

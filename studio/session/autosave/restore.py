@@ -7,6 +7,7 @@ as `(DocState, entries, cursor)` for `Document.restore`, `discard(folder)` remov
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import logging
 from collections.abc import Callable
@@ -19,10 +20,11 @@ import numpy as np
 from PySide6.QtCore import QBuffer, QByteArray, QIODevice
 from PySide6.QtGui import QImage, QImageReader
 
-from studio.qimage import qimage_to_gray
+from studio.qimage import qimage_to_array, qimage_to_gray
 
 from ..document import DocState
 from ..history import ImageEdit, MaskEdit
+from ..layers import Layer
 from .folder import DOC_DIR, remove_save
 from .lock import locked_elsewhere
 from .manifest import manifests, names_in, pick
@@ -206,6 +208,36 @@ def decode_png(data: bytes, name: str, max_pixels: int = 0) -> QImage:
     return img
 
 
+def read_layers(reader: Reader, m: dict, state: DocState) -> DocState:
+    """The state with the manifest's layer stack (`layers`, `active`), when it holds more than the image itself
+    (a file written before layers, or of one plain layer, opens as that image)."""
+    layers = m.get("layers")
+    current = m["current"].get("image")
+    if not isinstance(layers, list) or not layers or len(layers) == 1 and layers[0].get("image") == current:
+        return state
+    assert state.image is not None
+    size = [state.image.width(), state.image.height()]
+    stack: list[Layer] = []
+    for la in layers:
+        if not isinstance(la, dict):
+            raise ValueError("a layer is not an object")
+        img = reader.image(la.get("image"), None, size)
+        if img is None:
+            raise ValueError("a layer without its image")
+        opacity = la.get("opacity", 1.0)
+        visible = la.get("visible", True) is not False
+        opacity = float(opacity) if isinstance(opacity, (int, float)) else 1.0
+        name = str(la.get("name") or f"Layer {len(stack) + 1}")[:200]
+        if img.hasAlphaChannel():
+            stack.append(Layer(name, qimage_to_array(img, alpha=True), visible=visible, opacity=opacity))
+        else:
+            source = img.convertToFormat(QImage.Format.Format_RGB888)
+            stack.append(Layer(name, source=source, visible=visible, opacity=opacity))
+    active = m.get("active")
+    active = active if isinstance(active, int) and 0 <= active < len(stack) else len(stack) - 1
+    return dataclasses.replace(state, layers=tuple(stack), active=active)
+
+
 def build(read: Callable[[str], bytes], m: dict, strict: bool, max_pixels: int = 0) -> tuple[DocState, list, int]:
     """The document a (checked) manifest describes, its files read through `read`. strict: any history entry
     that does not load is an error; otherwise the run of good entries around the cursor is kept."""
@@ -213,6 +245,12 @@ def build(read: Callable[[str], bytes], m: dict, strict: bool, max_pixels: int =
     state = reader.state(m["current"])
     if state.image is None:
         raise ValueError("no current image")
+    try:
+        state = read_layers(reader, m, state)
+    except Exception as err:  # noqa: BLE001
+        if strict:
+            raise ValueError(f"layers: {err}") from err
+        log.warning("autosave: the layers do not load (the flattened image does): %s", err)
     entries, bad = [], []
     for i, e in enumerate(m["entries"]):
         try:

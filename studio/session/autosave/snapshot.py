@@ -145,6 +145,8 @@ class Job:
     dropped: int = 0
     total: int = 0
     saved_at: float = 0.0
+    layers: list | None = None  # [(name, visible, opacity, QImage)] bottom to top; None: the image is the one layer
+    active: int = 0
     done: bool = False
     result: str = ""  # "ok", "cleared", "retry" (a file vanished: snapshot again), "superseded", "error: ..."
 

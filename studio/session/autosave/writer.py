@@ -75,6 +75,12 @@ def entry_files(payload: tuple, put_image: Callable[[QImage | None], str | None]
             "after": state_files(after, put_image, put_mask)}  # fmt: skip
 
 
+def layer_files(layers: list, put_image: Callable[[QImage | None], str | None]) -> list[dict]:
+    """The layer stack as the manifest holds it: bottom to top, each {"name", "visible", "opacity", "image"}."""
+    return [{"name": str(name), "visible": bool(visible), "opacity": round(float(opacity), 4), "image": put_image(img)}
+            for name, visible, opacity, img in layers]  # fmt: skip
+
+
 class Writer:
     """Writes the newest submitted Job of `folder` on its own thread; `on_done(job)` is called there after each."""
 
@@ -194,6 +200,8 @@ class Writer:
         manifest = {"format": FORMAT, "version": VERSION, "saved_at": job.saved_at, "clean": job.clean,
                     "pid": os.getpid(), "cursor": job.cursor, "dropped": job.dropped, "total": job.total,
                     "current": put_state(job.current), "entries": entries}  # fmt: skip
+        if job.layers is not None:
+            manifest["layers"], manifest["active"] = layer_files(job.layers, put_image), job.active
         data = json.dumps(manifest, indent=1).encode()
         manifest_path, previous_path = doc_dir / MANIFEST, doc_dir / PREVIOUS
         previous = None
