@@ -225,7 +225,13 @@ def measure(a) -> int:
     unet = pipe.unet
     vae32 = pipe.vae
     vae16 = copy.deepcopy(vae32).to(torch.bfloat16)
-    unet16 = copy.deepcopy(unet).to(torch.bfloat16, memory_format=torch.channels_last)
+    def pick(arg: str) -> list[str]:
+        return [m for m in MODES if m in arg.split(",")] if arg else list(MODES)
+
+    modes_first, modes_other = pick(a.modes), pick(a.other_modes or a.modes)
+    unet16 = None
+    if "fast" in modes_first + modes_other:
+        unet16 = copy.deepcopy(unet).to(torch.bfloat16, memory_format=torch.channels_last)
     first: dict[str, float] = {}
     turbos = {}
     for precision in ("f32", "bf16"):
@@ -240,7 +246,7 @@ def measure(a) -> int:
             turbos[precision](*args, **kw)
         first[f"turbo {precision}: compile {a.size}px in this process (OpenVINO cache), s"] = time.perf_counter() - t
 
-    def run(mode: str, sampler: str) -> tuple[np.ndarray, float, float]:
+    def run(mode: str, sampler: str, steps: int = a.steps) -> tuple[np.ndarray, float, float]:
         if mode == "exact":
             unet.to(memory_format=torch.channels_last)
         else:
@@ -257,7 +263,7 @@ def measure(a) -> int:
 
         t0 = time.perf_counter()
         with torch.inference_mode():
-            lat = pipe(prompt="a red circle on a white background", num_inference_steps=a.steps, guidance_scale=7.0,
+            lat = pipe(prompt="a red circle on a white background", num_inference_steps=steps, guidance_scale=7.0,
                        width=a.size, height=a.size, generator=torch.Generator("cpu").manual_seed(1),
                        output_type="latent", callback_on_step_end=on_step).images
             vae = vae16 if mode in ("fast", "turbo bf16") else vae32
@@ -268,10 +274,11 @@ def measure(a) -> int:
         return img, per_step, whole
 
     pipe.unet = unet
-    modes = [m for m in MODES if m in a.modes.split(",")] if a.modes else list(MODES)
     results: dict[tuple[str, str], dict] = {}
-    for sampler in samplers:
-        run("plain", sampler)  # warm-up: first-call allocations
+    plain_step: list[float] = []  # per-step cost does not depend on the sampler: the first one's plain runs
+    for si, sampler in enumerate(samplers):
+        modes = modes_first if si == 0 else modes_other
+        run(modes[0], sampler, steps=2)  # warm-up: first-call allocations
         step: dict[str, list[float]] = {m: [] for m in modes}
         whole: dict[str, list[float]] = {m: [] for m in modes}
         images: dict[str, np.ndarray] = {}
@@ -283,22 +290,31 @@ def measure(a) -> int:
                 whole[mode].append(w)
                 print(f"[{time.strftime('%H:%M:%S')}] {sampler} {mode}: {s:.3f} s/step, {w:.1f} s", file=sys.stderr,
                       flush=True)
-        ref_s, ref_w = statistics.median(step["plain"]), statistics.median(whole["plain"])
+        ref = "plain" if "plain" in images else "turbo f32"
+        if "plain" in step:
+            plain_step += step["plain"]
+        ref_s = statistics.median(plain_step) if plain_step else math.nan
+        ref_w = statistics.median(whole["plain"]) if "plain" in whole else math.nan
         for mode in modes:
-            p, worst = psnr(images[mode], images["plain"])
+            p, worst = psnr(images[mode], images[ref])
             ms, mw = statistics.median(step[mode]), statistics.median(whole[mode])
-            results[(sampler, mode)] = dict(step=ms, whole=mw, rs=ref_s / ms, rw=ref_w / mw, psnr=p, worst=worst)
+            results[(sampler, mode)] = dict(step=ms, whole=mw, rs=ref_s / ms, rw=ref_w / mw, psnr=p, worst=worst,
+                                            ref=ref)
+            print(f"[{time.strftime('%H:%M:%S')}] {sampler} {mode}: {ref_s / ms:.2f}x per step, "
+                  f"PSNR {p:.1f} dB vs {ref}, worst {worst}/255", file=sys.stderr, flush=True)
     pipe.unet = unet
 
     prep_path = Path(os.environ["LATENT_STUDIO_CACHE_DIR"]) / f"prep-{a.family}{'-tiny' if a.tiny else ''}.json"
     prep = json.loads(prep_path.read_text()) if prep_path.exists() else {}
     print(f"\n{a.family}-layout random weights, {a.size}x{a.size}, {a.steps} steps, CFG 7, batch 1, "
           f"{torch.get_num_threads()} torch threads, {a.rounds} rounds interleaved")
-    print("| sampler | mode | s/step | per-step vs plain | whole image s | whole vs plain | PSNR vs plain | worst px |")
+    print("| sampler | mode | s/step | per-step vs plain | whole image s | whole vs plain | PSNR | worst px |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for (sampler, mode), r in results.items():
-        p = "exact" if r["psnr"] == math.inf else f"{r['psnr']:.1f} dB"
-        print(f"| {sampler} | {mode} | {r['step']:.3f} | {r['rs']:.2f}x | {r['whole']:.1f} | {r['rw']:.2f}x | {p} | "
+        p = ("identical" if r["psnr"] == math.inf else f"{r['psnr']:.1f} dB") + f" vs {r['ref']}"
+        rs = "-" if math.isnan(r["rs"]) else f"{r['rs']:.2f}x"
+        rw = "-" if math.isnan(r["rw"]) else f"{r['rw']:.2f}x"
+        print(f"| {sampler} | {mode} | {r['step']:.3f} | {rs} | {r['whole']:.1f} | {rw} | {p} | "
               f"{r['worst']}/255 |")
     print("\nfirst-run costs and memory")
     for precision, v in prep.items():
@@ -320,6 +336,8 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--samplers", default=",".join(SAMPLERS))
     ap.add_argument("--modes", default="", help=f"comma-separated subset of {', '.join(MODES)} (plain always runs)")
+    ap.add_argument("--other-modes", default="", help="modes for the samplers after the first (default: --modes); "
+                    "without plain, PSNR is against turbo f32 and per-step ratios against the first sampler's plain")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--cache-dir", default=str(Path(os.environ.get("TMPDIR", "/tmp")) / "latent-studio-bench"),
                     help="the turbo cache (GBs: outside the repo)")
@@ -328,6 +346,8 @@ def main() -> int:
     a = ap.parse_args()
     if a.modes and "plain" not in a.modes:
         a.modes = "plain," + a.modes
+    if a.other_modes and "plain" not in a.other_modes and "turbo f32" not in a.other_modes:
+        a.other_modes = "turbo f32," + a.other_modes
     os.environ["LATENT_STUDIO_CACHE_DIR"] = a.cache_dir
 
     import studio.engine  # noqa: F401  (first: puts the hub offline before diffusers is imported)
