@@ -636,6 +636,23 @@ class Session(QObject):
 
     # -- lifecycle ----------------------------------------------------------------------------
 
+    def turbo_cache_usage(self) -> int:
+        """Bytes of converted U-Nets and compiled blobs on disk (this machine's turbo cache)."""
+        from studio.core.turbocache import turbo_cache_usage
+
+        return turbo_cache_usage()
+
+    def clear_turbo_cache(self) -> int | None:
+        """Remove the turbo cache; the bytes freed, or None (with a message) while a run may be converting."""
+        from studio.core.turbocache import clear_turbo_cache, format_size
+
+        if self.is_running():
+            emit(self.message, "Wait for the run to end before clearing the turbo cache", "warning")
+            return None
+        freed = clear_turbo_cache()
+        emit(self.message, f"Cleared the turbo cache ({format_size(freed)}): the next turbo run converts again", "info")
+        return freed
+
     def store_settings(self) -> None:
         self.settings.params = self.params.to_dict()
         if self._model_override and self.params.model == self._model_override:

@@ -370,6 +370,11 @@ class MainWindow(QMainWindow):
             group.addAction(act)
             engine_menu.addAction(act)
         (self.server_engine_action if self.settings.backend == "comfyui" else self.local_engine_action).setChecked(True)
+        engine_menu.addSeparator()
+        self.turbo_cache_action = self._action("Clear the &turbo cache…", lambda: self.clear_turbo_cache(), None, "",
+                                               "Converted U-Nets of turbo mode: minutes to make again, gigabytes on disk")  # fmt: skip
+        engine_menu.addAction(self.turbo_cache_action)
+        engine_menu.aboutToShow.connect(self._show_turbo_cache)
 
         help_menu = mb.addMenu("&Help")
         help_menu.addAction(self._action("&Keyboard shortcuts", self.show_shortcuts, QKeySequence("F1")))
@@ -787,6 +792,24 @@ class MainWindow(QMainWindow):
             self.settings.model_folders.append(folder)
             self.prompt_panel.refresh_models()
             self.show_message(f"Models from {folder} added")
+
+    def _show_turbo_cache(self) -> None:
+        from studio.core.turbocache import format_size
+
+        used = self.session.turbo_cache_usage()
+        self.turbo_cache_action.setText(f"Clear the &turbo cache ({format_size(used)})…")
+        self.turbo_cache_action.setEnabled(used > 0 and not self.session.is_running())
+
+    def clear_turbo_cache(self, ask=None) -> None:
+        """ask(text) -> bool confirms (default: a question box): a cleared model converts again, for minutes."""
+        from studio.core.turbocache import format_size
+
+        text = (f"Remove the turbo cache ({format_size(self.session.turbo_cache_usage())})? The next turbo run "
+                "of each model converts it again, which takes minutes.")  # fmt: skip
+        ask = ask or (lambda t: QMessageBox.question(self, "Clear the turbo cache", t)
+                      == QMessageBox.StandardButton.Yes)  # fmt: skip
+        if ask(text):
+            self.session.clear_turbo_cache()
 
     def _build_memory_menu(self, menu) -> None:
         """Attention slicing, VAE tiling and CPU offload: for large models on small GPUs; from the next run."""

@@ -141,3 +141,24 @@ def test_turbo_preparation_is_a_status_and_cancel_ends_the_run(qtbot, make_windo
     assert blocker.args == [job]
     qtbot.waitUntil(lambda: not w.session.is_running())
     assert not steps  # no step ran
+
+
+def test_the_engine_menu_shows_the_turbo_cache_and_clears_it(qtbot, make_window, tmp_path, monkeypatch):
+    from studio.backends.fake import FakeBackend
+    from studio.core import turbocache
+
+    monkeypatch.setenv(turbocache.CACHE_ENV, str(tmp_path / "cache"))
+    entry = turbocache.models_dir() / "abc"
+    entry.mkdir(parents=True)
+    (entry / "unet.bin").write_bytes(b"x" * 2_500_000)
+    w = make_window(FakeBackend())
+    w._show_turbo_cache()
+    assert "(2.5 MB)" in w.turbo_cache_action.text() and w.turbo_cache_action.isEnabled()
+    w.clear_turbo_cache(ask=lambda text: False)  # the artist says no: nothing removed
+    assert (entry / "unet.bin").is_file()
+    asked: list[str] = []
+    w.clear_turbo_cache(ask=lambda text: asked.append(text) or True)
+    assert "2.5 MB" in asked[0] and not turbocache.turbo_cache_dir().exists()
+    assert "Cleared the turbo cache (2.5 MB)" in w.status_label.text()
+    w._show_turbo_cache()
+    assert "(0 B)" in w.turbo_cache_action.text() and not w.turbo_cache_action.isEnabled()
