@@ -26,7 +26,7 @@ def hreq(model, **kw) -> GenerateRequest:
 
 def reference(engine, r: GenerateRequest, upscale) -> list[np.ndarray]:
     """Hand-built: the first pass's pipeline call, `upscale`, the img2img pipeline call with the same seeds."""
-    from studio.engine.hires import schedule_steps
+    from studio.core.requests import hires_schedule_steps as schedule_steps
     from studio.engine.schedulers import build_scheduler
 
     model = engine.load(r.model)
@@ -50,7 +50,7 @@ def reference(engine, r: GenerateRequest, upscale) -> list[np.ndarray]:
 
 
 def test_schedule_steps_run_exactly_the_hires_steps():
-    from studio.engine.hires import schedule_steps
+    from studio.core.requests import hires_schedule_steps as schedule_steps
 
     for steps in (1, 2, 7, 10, 20, 33):
         for strength in (0.05, 0.3, 0.5, 0.7, 0.75, 0.999, 1.0):
@@ -88,7 +88,7 @@ def test_latent_hires_equals_the_hand_built_two_passes(engine, tiny_model, upsca
 
 def test_lanczos_hires_equals_txt2img_then_resize_then_img2img(engine, tiny_model):
     """The pixel path through the engine's public modes: text to image, Lanczos, image to image, same seed."""
-    from studio.engine.hires import schedule_steps
+    from studio.core.requests import hires_schedule_steps as schedule_steps
     from studio.engine.upscale import lanczos
 
     r = hreq(tiny_model, hires_upscaler="Lanczos", hires_steps=0, hires_strength=0.5, hires_scale=1.5)
@@ -197,3 +197,102 @@ def test_hires_text_variants():
     # an upscale's text (Upscale mode) stays an upscale
     up = request_fields(base + ", Hires upscale: 2, Hires upscaler: Lanczos, Upscale mode: resize")
     assert up["mode"] == "upscale" and "hires_fix" not in up
+
+
+# -- the ComfyUI graph ------------------------------------------------------------------------------------------
+
+
+def comfy_info(upscalers=("4x-UltraSharp.pth",)):
+    import copy
+    import json
+    from pathlib import Path
+
+    from studio.backends.comfyui.graphs import ObjectInfo
+
+    data = json.loads((Path(__file__).parent / "data" / "comfyui" / "object_info-0.27.json").read_text("utf-8"))
+    data = copy.deepcopy(data)
+    data["UpscaleModelLoader"]["input"]["required"]["model_name"][0] = list(upscalers)
+    return ObjectInfo(data)
+
+
+def graph_chain(g: dict) -> list[str]:
+    return [n["class_type"] for n in g.values()]
+
+
+def test_comfy_latent_hires_graph():
+    from studio.backends.comfyui.graphs import build_graph, validate
+
+    info = comfy_info()
+    r = GenerateRequest.from_fields(prompt="a cat", seed=3, steps=20, width=512, height=384, hires_fix=True,
+                                    hires_scale=1.5, hires_upscaler="Latent (bicubic)", hires_steps=10,
+                                    hires_strength=0.7)  # fmt: skip
+    g = build_graph(r, info, checkpoint="tiny-sd15.safetensors")
+    validate(g, info)
+    assert graph_chain(g)[3:] == ["EmptyLatentImage", "KSampler", "LatentUpscale", "KSamplerAdvanced", "VAEDecode",
+                                  "SaveImageWebsocket"]  # fmt: skip
+    up = next(n for n in g.values() if n["class_type"] == "LatentUpscale")["inputs"]
+    assert (up["width"], up["height"], up["upscale_method"]) == (768, 576, "bicubic")
+    adv = next(n for n in g.values() if n["class_type"] == "KSamplerAdvanced")["inputs"]
+    # 10 hires steps run: the last 10 of a 15-step schedule (int(15 * 0.7) = 10)
+    assert (adv["steps"], adv["start_at_step"], adv["noise_seed"]) == (15, 5, 3)
+
+
+def test_comfy_model_hires_graph():
+    from studio.backends.comfyui.graphs import build_graph, validate
+
+    info = comfy_info()
+    r = GenerateRequest.from_fields(prompt="a cat", seed=3, width=512, height=512, hires_fix=True,
+                                    hires_upscaler="4x-UltraSharp", hires_strength=0.5)  # fmt: skip
+    g = build_graph(r, info, checkpoint="tiny-sd15.safetensors")
+    validate(g, info)
+    assert graph_chain(g)[3:] == ["EmptyLatentImage", "KSampler", "VAEDecode", "UpscaleModelLoader",
+                                  "ImageUpscaleWithModel", "ImageScale", "VAEEncode", "KSamplerAdvanced", "VAEDecode",
+                                  "SaveImageWebsocket"]  # fmt: skip
+    scale = next(n for n in g.values() if n["class_type"] == "ImageScale")["inputs"]
+    assert (scale["width"], scale["height"]) == (1024, 1024)
+
+
+# -- the CLI ----------------------------------------------------------------------------------------------------
+
+
+def test_cli_hires_flags_make_the_two_pass_image(capsys, tiny_model, tmp_path):
+    from PIL import Image
+
+    from studio.cli import main
+    from studio.core.metadata import read_parameters
+
+    code = main(["generate", "--model", tiny_model, "--prompt", "x", "--steps", "2", "--seed", "4", "--width", "32",
+                 "--height", "40", "--hires-scale", "2", "--hires-upscaler", "Latent (nearest-exact)",
+                 "--hires-steps", "1", "--hires-strength", "0.5", "--out", str(tmp_path), "-q"])  # fmt: skip
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    path = out.strip()
+    assert Image.open(path).size == (64, 80)
+    text = read_parameters(path)
+    assert "Size: 32x40" in text and "Denoising strength: 0.5, Hires upscale: 2, Hires steps: 1, " \
+        "Hires upscaler: Latent (nearest-exact)," in text
+    f = request_fields(text)
+    assert (f["hires_fix"], f["hires_scale"], f["hires_steps"], f["hires_strength"]) == (True, 2.0, 1, 0.5)
+
+
+@pytest.mark.parametrize("argv, line", [
+    (["--hires-scale", "10"], "The hires upscale factor must be between 1 and 4, got 10"),
+    (["--hires-scale", "4", "--width", "2048", "--height", "2048"], "8192x8192 is too large: at most 4096 px a side"),
+    (["--hires-scale", "2", "--hires-strength", "1.5"], "The hires denoising strength must be in (0, 1], got 1.5"),
+])  # fmt: skip
+def test_cli_bad_hires_values_give_one_line(capsys, argv, line):
+    from studio.cli import main
+
+    assert main(["generate", "--prompt", "x", *argv]) == 2
+    err = capsys.readouterr().err
+    assert line in err and len(err.strip().splitlines()) == 1
+
+
+def test_cli_help_names_the_hires_options(capsys):
+    from studio.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["generate", "--help"])
+    out = capsys.readouterr().out
+    for flag in ("--hires-scale", "--hires-upscaler", "--hires-steps", "--hires-strength", "Latent (bicubic)"):
+        assert flag in out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -102,6 +103,18 @@ class HiresOptions:
         """The second pass's size: the first's times scale (A1111's int()), down to the model's multiple."""
         w, h = int(width * self.scale), int(height * self.scale)
         return max(multiple, w - w % multiple), max(multiple, h - h % multiple)
+
+
+def hires_schedule_steps(steps: int, strength: float) -> int:
+    """The img2img schedule whose last `steps` steps start at `strength`: diffusers (and the ComfyUI graphs) run
+    int(n * strength) of n steps, so the smallest n that runs `steps`. A1111 stretches its hires schedule the
+    same way, so "Hires steps: 10" is 10 steps run."""
+    n = max(steps, math.ceil(steps / strength))
+    while int(n * strength) < steps:  # float rounding: 20 / 0.7 * 0.7 may land just under 20
+        n += 1
+    while n > steps and int((n - 1) * strength) >= steps:
+        n -= 1
+    return n
 
 
 # The flat names of the nested options (the panel's, the CLI's and the metadata reader's) -> their nest's names.

@@ -33,22 +33,12 @@ import torch
 
 from ..core.errors import EngineError, ModelError, RequestError, first_line, is_out_of_memory
 from ..core.requests import LATENT_UPSCALERS, MAX_SEED, GenerateRequest, GenerateResult, StepInfo
+from ..core.requests import hires_schedule_steps as schedule_steps
 from . import runaddons
 from .preview import latent_to_rgb
 from .schedulers import build_scheduler
 from .steps import Cancelled, StepTracker
 from .upscale import lanczos
-
-
-def schedule_steps(steps: int, strength: float) -> int:
-    """The img2img schedule length whose last `steps` steps start at `strength`: diffusers runs int(n * strength)
-    of n steps, so the smallest n that runs `steps` (A1111 stretches its schedule the same way)."""
-    n = max(steps, int(np.ceil(steps / strength)))
-    while int(n * strength) < steps:  # float rounding: 20 / 0.7 * 0.7 may land just under 20
-        n += 1
-    while n > steps and int((n - 1) * strength) >= steps:
-        n -= 1
-    return n
 
 
 def latent_upscale(latents: torch.Tensor, size: tuple[int, int], factor: int, upscaler: str) -> torch.Tensor:
