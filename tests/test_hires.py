@@ -175,7 +175,7 @@ def test_an_a1111_hires_text_restores_the_hires_fix():
     assert {k: f[k] for k in f if k.startswith("hires")} == {
         "hires_fix": True, "hires_scale": 1.75, "hires_steps": 12, "hires_upscaler": "Latent (bicubic antialiased)",
         "hires_strength": 0.45}  # fmt: skip
-    assert f["mode"] == "txt2img" and "strength" not in f  # the img2img strength is not the hires one
+    assert "mode" not in f and "strength" not in f  # the img2img strength is not the hires one
     r = GenerateRequest().with_fields(**f)
     assert r.hires.enabled and r.hires.size(512, 768) == (896, 1344)
     # and back: our text of it reads the same
@@ -296,3 +296,15 @@ def test_cli_help_names_the_hires_options(capsys):
     out = capsys.readouterr().out
     for flag in ("--hires-scale", "--hires-upscaler", "--hires-steps", "--hires-strength", "Latent (bicubic)"):
         assert flag in out
+
+
+def test_the_local_backend_keeps_both_passes_for_the_timeline(tiny_model):
+    from studio.backends.local import LocalBackend
+
+    backend = LocalBackend(device="cpu")
+    try:
+        res = backend.generate(hreq(tiny_model, steps=2, hires_steps=1))
+    finally:
+        backend.close()
+    sizes = [p.shape[:2] for p in res.step_previews["x0"]]
+    assert len(sizes) == 3 and sizes[0] != sizes[2] and len(res.step_previews["latent"]) == 3

@@ -572,7 +572,11 @@ def request_fields(text: str, refused: list[Refused] | None = None) -> dict:
     An upscale's text (one with "Upscale mode"): mode "upscale", upscale_mode, scale ("Hires upscale"), the
     target width/height only from "Hires resize" (its Size is the input's, so Size is not restored), upscaler:
     the name "Hires upscaler" gives (None for Lanczos / Latent: a name, never a path, so the caller looks it
-    up), tile and tile_overlap (0 when absent). A1111's hires-fix keys alone (a txt2img text) restore nothing.
+    up), tile and tile_overlap (0 when absent).
+
+    A txt2img hires fix's text (A1111's keys without "Upscale mode", see `_hires_fields`): hires_fix True,
+    hires_scale ("Hires upscale", or "Hires resize" over Size), hires_steps (0 when absent), hires_upscaler (the
+    name), hires_strength ("Denoising strength", then not restored as strength).
 
     Inpaint keys are read as A1111 writes them: no "Mask blur" means 0 (A1111 leaves it out at 0), no
     "Inpaint area" means "whole" ("Only masked" -> "masked"), no "Masked content" means "original"
@@ -643,7 +647,7 @@ def _hires_fields(out: dict, p: Mapping[str, str], refused: list[Refused] | None
     ui.py's enable_hr paste field); that strength is the hires pass's, not img2img's (out["strength"] moves)."""
     if "Denoising strength" not in p or not any(k in p for k in HIRES_KEYS):
         return
-    out.update(mode="txt2img", hires_fix=True)
+    out["hires_fix"] = True  # a txt2img run (the panel switches to Text mode: Params.with_fields)
     if "strength" in out:
         out["hires_strength"] = out.pop("strength")
     if "Hires upscale" in p:

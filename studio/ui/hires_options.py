@@ -64,6 +64,8 @@ class HiresFixOptions(QWidget):
         grid.addWidget(self.enabled, 0, 0)
         grid.addWidget(self.final, 0, 1, alignment=Qt.AlignmentFlag.AlignRight)
         self.fields = QWidget()  # shown when the fix is on
+        self.fields.setObjectName("HiresFields")
+        self.fields.setStyleSheet("#HiresFields { background: transparent; }")  # the panel's, not a window's
         fields = QGridLayout(self.fields)
         fields.setContentsMargins(0, 0, 0, 0)
         fields.setHorizontalSpacing(8)
