@@ -88,3 +88,23 @@ def test_an_a1111_hires_png_restores_the_group(qtbot, make_window, tmp_path):
     assert p.hires_upscaler == "/m/4x-UltraSharp.pth"  # the listed file of that name
     assert hires.isVisible() and hires.enabled.isChecked() and hires.upscaler.currentText().startswith("4x-Ultra")
     assert hires.final.text() == "512x768 → 896x1344"
+
+
+def test_a_hires_run_saves_the_final_size_with_a1111_keys(qtbot, window, fake, out_dir):
+    from studio.core.metadata import read_parameters
+
+    fake.run_free()
+    s = window.session
+    s.set_mode("txt2img")
+    p = s.params.copy()
+    p.width, p.height, p.steps, p.seed = 64, 48, 3, 9
+    p.hires_fix, p.hires_scale, p.hires_steps = True, 2.0, 4
+    s.set_params(p)
+    with qtbot.waitSignal(s.result_image, timeout=10000) as got:
+        s.generate()
+    path, image = got.args
+    assert (image.width(), image.height()) == (128, 96)
+    assert fake.requests[-1].hires.enabled and fake.requests[-1].hires.steps == 4
+    text = read_parameters(path)
+    assert "Size: 64x48" in text and "Denoising strength: 0.7, Hires upscale: 2, Hires steps: 4, " \
+        "Hires upscaler: Latent," in text
