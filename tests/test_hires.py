@@ -308,3 +308,11 @@ def test_the_local_backend_keeps_both_passes_for_the_timeline(tiny_model):
         backend.close()
     sizes = [p.shape[:2] for p in res.step_previews["x0"]]
     assert len(sizes) == 3 and sizes[0] != sizes[2] and len(res.step_previews["latent"]) == 3
+
+
+def test_a_factor_of_1_runs_no_second_pass_as_in_a1111(engine, tiny_model):
+    r = hreq(tiny_model, hires_scale=1.0)
+    res = engine.generate(r)
+    assert res.images[0].shape == (SIZE, SIZE, 3) and res.steps_done == 3
+    assert np.array_equal(res.images[0], engine.generate(r.with_fields(hires_fix=False)).images[0])
+    assert "Hires" not in parameters_for(r, 1, "m", "", "v") and "Denoising" not in parameters_for(r, 1, "m", "", "v")

@@ -250,7 +250,7 @@ def parameters_for(
         params["Clip skip"] = request.clip_skip
     if request.mode == "inpaint":
         params.update(inpaint_parameters(request))
-    if request.mode == "txt2img" and request.hires.enabled:
+    if request.mode == "txt2img" and request.hires.runs():
         params.update(hires_parameters(request))
     if extra:
         params.update(extra)

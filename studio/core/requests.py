@@ -96,6 +96,10 @@ class HiresOptions:
     def replace(self, **changes) -> HiresOptions:
         return dataclasses.replace(self, **changes)
 
+    def runs(self) -> bool:
+        """Whether a second pass runs: on, and enlarging (A1111 drops a hires fix of factor 1 and writes no keys)."""
+        return self.enabled and self.scale > 1.0
+
     def is_latent(self) -> bool:
         return self.upscaler in LATENT_UPSCALERS
 

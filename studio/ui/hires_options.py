@@ -20,6 +20,8 @@ def final_size_text(p: Params, native: int) -> str:
     w, h = p.width or native, p.height or native
     if not (w and h):
         return f"Native size × {p.hires_scale:g}"
+    if p.hires_scale <= 1.0:
+        return f"{w}x{h}: ×1 runs no second pass"
     fw, fh = HiresOptions(scale=p.hires_scale).size(w, h)
     text = f"{w}x{h} → {fw}x{fh}"
     return text + f": too large (at most {MAX_SIDE} px a side)" if max(fw, fh) > MAX_SIDE else text

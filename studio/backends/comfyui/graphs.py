@@ -554,7 +554,7 @@ def _txt2img(g: _Graph, job: _Job) -> dict[str, dict[str, Any]]:
     width = int(r.width or g.info.default("EmptyLatentImage", "width") or 512)
     height = int(r.height or g.info.default("EmptyLatentImage", "height") or 512)
     latent: Link = [g.add("EmptyLatentImage", width=width, height=height, batch_size=int(r.batch)), 0]
-    if r.mode == "txt2img" and r.hires.enabled:
+    if r.mode == "txt2img" and r.hires.runs():
         return _save(g, _hires(g, job, s, m, positive, negative, latent, (width, height)), job.output)
     return _save(g, _sample_and_decode(g, s, m, positive, negative, latent, 1.0), job.output)
 
