@@ -316,3 +316,10 @@ def test_a_factor_of_1_runs_no_second_pass_as_in_a1111(engine, tiny_model):
     assert res.images[0].shape == (SIZE, SIZE, 3) and res.steps_done == 3
     assert np.array_equal(res.images[0], engine.generate(r.with_fields(hires_fix=False)).images[0])
     assert "Hires" not in parameters_for(r, 1, "m", "", "v") and "Denoising" not in parameters_for(r, 1, "m", "", "v")
+
+
+@pytest.mark.parametrize("upscaler", ["Latent", "Lanczos"])
+def test_hires_with_an_inpainting_model(engine, tiny_inpaint_model, upscaler):
+    """A 9-channel U-Net's second pass takes pictures: a latent upscale is decoded first."""
+    res = engine.generate(hreq(tiny_inpaint_model, hires_upscaler=upscaler, hires_steps=1))
+    assert res.images[0].shape == (96, 96, 3) and res.steps_done == 4 and res.images[0].std() > 0
