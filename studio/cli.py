@@ -107,6 +107,27 @@ def _section(title: str, commands: list[tuple[str, str]]) -> str:
     return "\n".join([f"{title}:", *(f"  {name:<{width}}{text}" for name, text in commands)])
 
 
+def _add_hires_options(p: argparse.ArgumentParser) -> None:
+    """A1111's hires fix: on when --hires-scale is given."""
+    h = p.add_argument_group("hires fix", "generate at the model's size, upscale, then a second pass (A1111's)")
+    h.add_argument("--hires-scale", type=float, default=None, metavar="X",
+                   help="turn the hires fix on: upscale the first image by X, 1 to 4 (A1111's Hires upscale)")
+    h.add_argument("--hires-upscaler", default="Latent", metavar="NAME",
+                   help="Latent (default), 'Latent (bicubic)', 'Latent (nearest-exact)'... (A1111's names), "
+                        "Lanczos, or an upscaler model file (ESRGAN, SwinIR...)")
+    h.add_argument("--hires-steps", type=int, default=0, help="steps of the second pass (default 0: as --steps)")
+    h.add_argument("--hires-strength", type=float, default=0.7,
+                   help="denoising strength of the second pass, 0 < x <= 1 (default 0.7)")
+
+
+def hires_fields(args: argparse.Namespace) -> dict:
+    """The request's hires fields from the hires options (none without --hires-scale)."""
+    if getattr(args, "hires_scale", None) is None:
+        return {}
+    return dict(hires_fix=True, hires_scale=args.hires_scale, hires_upscaler=args.hires_upscaler,
+                hires_steps=args.hires_steps, hires_strength=args.hires_strength)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(
         prog="studio",
@@ -120,6 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = sub.add_parser("generate", help="text to image")
     _add_generation_options(g)
+    _add_hires_options(g)
     i = sub.add_parser("img2img", help="image to image")
     _add_generation_options(i)
     i.add_argument("--image", required=True, help="the input image (PNG, JPEG, WebP)")
@@ -504,7 +526,7 @@ def _run_generation(args: argparse.Namespace, mode: str) -> int:
     if mode == "inpaint":
         inpaint.update(mask_blur=args.mask_blur, masked_content=args.fill)
     request = _request(args, mode, batch=args.batch, strength=getattr(args, "strength", 0.75), init_image=init,
-                       **inpaint)  # fmt: skip
+                       **inpaint, **hires_fields(args))  # fmt: skip
     request.validate()  # before torch is imported: bad input answers at once
     from .core.samplers import scheduler_spec
 

@@ -290,8 +290,13 @@ def test_parse_a1111_hires_combined_sampler():
         "seed": 3848593849,
         "width": 512,
         "height": 768,
-        "strength": 0.5,
         "clip_skip": 2,
+        # the hires fix (issue 23): the Denoising strength is its second pass's, not img2img's
+        "hires_fix": True,
+        "hires_scale": 2.0,
+        "hires_steps": 0,
+        "hires_upscaler": "Latent",
+        "hires_strength": 0.5,
     }
 
 

@@ -23,6 +23,8 @@ MODE_OF = {"mask_blur": "inpaint", "inpaint_padding": "inpaint", "scale": "upsca
 def _request(name: str, value) -> GenerateRequest:
     mode = MODE_OF.get(name, "txt2img")
     fields = {name: value} if name not in ("width", "height") else {"width": value, "height": value}
+    if name.startswith("hires_"):
+        fields["hires_fix"] = True  # the hires options are checked when the fix is on
     req = GenerateRequest.from_fields(mode=mode, **fields)
     return req.replace(init_image=IMAGE, mask=MASK) if mode != "txt2img" else req
 
@@ -34,6 +36,8 @@ EDGES = {
     "strength": ((0.01, 1.0), (0.0, 1.01)), "clip_skip": ((1, 12), (0, 13)), "mask_blur": ((0, 256), (-1, 257)),
     "inpaint_padding": ((0, 1024), (-1, 1025)), "scale": ((1.0, 8.0), (0.5, 8.5)), "tile": ((0, 64, 4096), (63, 4097)),
     "tile_overlap": ((0, 512), (-1, 513)),
+    "hires_scale": ((1.0, 4.0), (0.5, 4.5)), "hires_steps": ((0, 1000), (-1, 1001)),
+    "hires_strength": ((0.01, 1.0), (0.0, 1.01)),
 }  # fmt: skip
 
 

@@ -140,7 +140,8 @@ class FakeBackend:
                 value = 100 + i if request.preview == "x0" else i
                 preview = None if request.preview == "none" else self.preview_image(value)
                 on_step(StepInfo(i, n, time.perf_counter() - t0, preview))
-        images = [self.picture(w, h, seed + j) for j in range(b)]
+        hires = request.mode == "txt2img" and request.hires.runs()  # like the engine: the final size
+        images = [self.picture(*(used.hires.size(w, h) if hires else (w, h)), seed + j) for j in range(b)]
         if request.mode == "inpaint":  # like the engine: pixels outside the mask are the input's
             keep = (request.input_mask() == 0)[..., None]
             images = [np.where(keep, request.input_image(), img) for img in images]

@@ -83,9 +83,9 @@ class LocalBackend:
         result = engine.generate(request, on_step, cancel)
         if result.cancelled or request.preview == "none":
             return result
-        previews: dict[str, list[np.ndarray]] = {}
+        previews: dict[str, list[np.ndarray]] = dict(result.step_previews)  # a hires run's come made
         for kind, stack in (("x0", result.x0), ("latent", result.latents)):
-            if stack is not None:
+            if stack is not None and kind not in previews:
                 model = result.request.model
                 previews[kind] = [np.asarray(engine.latent_preview(model, stack[k, 0]), np.uint8)
                                   for k in range(len(stack))]  # fmt: skip

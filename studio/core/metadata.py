@@ -203,6 +203,16 @@ def upscale_parameters(request: GenerateRequest) -> dict[str, object]:
     return out
 
 
+def hires_parameters(request: GenerateRequest) -> dict[str, object]:
+    """A text-to-image hires fix's keys as A1111 (processing.py, txt2img init) writes them: "Denoising strength"
+    (the second pass's), "Hires upscale", "Hires steps" (only when not 0, the first pass's steps), "Hires
+    upscaler" (A1111's name: "Latent", "Latent (bicubic)"..., "Lanczos", or the upscaler file's name)."""
+    h = request.hires
+    name = h.upscaler if h.is_latent() or h.upscaler == "Lanczos" else PureWindowsPath(h.upscaler).stem or h.upscaler
+    return {"Denoising strength": float(h.strength), "Hires upscale": float(h.scale), "Hires steps": h.steps or None,
+            "Hires upscaler": name}  # fmt: skip
+
+
 def parameters_for(
     request: GenerateRequest,
     seed: int,
@@ -242,6 +252,8 @@ def parameters_for(
         params["Clip skip"] = request.clip_skip
     if request.mode == "inpaint":
         params.update(inpaint_parameters(request))
+    if request.mode == "txt2img" and request.hires.runs():
+        params.update(hires_parameters(request))
     if extra:
         params.update(extra)
     params["Version"] = version
@@ -476,6 +488,9 @@ FIELD_LIMITS: dict[str, Limit] = {
     "scale": Limit("Hires upscale", 1, 8),
     "tile": Limit("Upscale tile", 64, 4096, zero=True),
     "tile_overlap": Limit("Upscale overlap", 0, 512),
+    "hires_scale": Limit("Hires upscale", 1, 4),
+    "hires_steps": Limit("Hires steps", 0, 1000),
+    "hires_strength": Limit("Denoising strength", 0, 1, above_lo=True),
 }
 
 
@@ -559,7 +574,11 @@ def request_fields(text: str, refused: list[Refused] | None = None) -> dict:
     An upscale's text (one with "Upscale mode"): mode "upscale", upscale_mode, scale ("Hires upscale"), the
     target width/height only from "Hires resize" (its Size is the input's, so Size is not restored), upscaler:
     the name "Hires upscaler" gives (None for Lanczos / Latent: a name, never a path, so the caller looks it
-    up), tile and tile_overlap (0 when absent). A1111's hires-fix keys alone (a txt2img text) restore nothing.
+    up), tile and tile_overlap (0 when absent).
+
+    A txt2img hires fix's text (A1111's keys without "Upscale mode", see `_hires_fields`): hires_fix True,
+    hires_scale ("Hires upscale", or "Hires resize" over Size), hires_steps (0 when absent), hires_upscaler (the
+    name), hires_strength ("Denoising strength", then not restored as strength).
 
     Inpaint keys are read as A1111 writes them: no "Mask blur" means 0 (A1111 leaves it out at 0), no
     "Inpaint area" means "whole" ("Only masked" -> "masked"), no "Masked content" means "original"
@@ -619,7 +638,35 @@ def request_fields(text: str, refused: list[Refused] | None = None) -> dict:
     out.update(_inpaint_fields(p, refused))
     if "Upscale mode" in p:
         out.update(_upscale_fields(p, refused))
+    elif out.get("mode") != "inpaint":
+        _hires_fields(out, p, refused)
     return out
+
+
+HIRES_KEYS = ("Hires upscale", "Hires upscaler", "Hires resize")
+
+
+def _hires_fields(out: dict, p: Mapping[str, str], refused: list[Refused] | None) -> None:
+    """A1111's txt2img hires fix: on when the text has "Denoising strength" and a hires key (A1111's own rule,
+    ui.py's enable_hr paste field); that strength is the hires pass's, not img2img's (out["strength"] moves)."""
+    if "Denoising strength" not in p or not any(k in p for k in HIRES_KEYS):
+        return
+    out["hires_fix"] = True  # a txt2img run (the panel switches to Text mode: Params.with_fields)
+    if "strength" in out:
+        out["hires_strength"] = out.pop("strength")
+    if "Hires upscale" in p:
+        _restore_number(out, refused, p, "Hires upscale", "hires_scale", _to_float(p["Hires upscale"]))
+    elif "Hires resize" in p and out.get("width"):  # "1024x1024": the factor from the first pass's Size
+        m = _RE_SIZE.match(p["Hires resize"])
+        factor = round(int(m.group(1)) / int(str(out["width"])), 4) if m else None
+        _restore_number(out, refused, p, "Hires resize", "hires_scale", factor)
+    if "Hires steps" in p:
+        _restore_number(out, refused, p, "Hires steps", "hires_steps", _to_int(p["Hires steps"]))
+    else:
+        out["hires_steps"] = 0
+    name = p.get("Hires upscaler", "").strip()
+    if name and name.lower() != "none":  # A1111's "None": no upscaler at all; ours keeps the panel's
+        out["hires_upscaler"] = name  # a name: the caller finds the upscaler file of that name
 
 
 #: An upscale's target ("Hires resize"): validate's limit for it, any size up to MAX_UPSCALE_SIDE.

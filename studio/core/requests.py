@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -68,11 +69,66 @@ class UpscaleOptions:
         return dataclasses.replace(self, **changes)
 
 
+# Hires fix (A1111's two-pass text to image): its latent-space upscalers, by A1111's names -> (torch's
+# interpolate mode, antialias); any other upscaler is "Lanczos" (a plain resize) or an upscaler model file.
+LATENT_UPSCALERS: dict[str, tuple[str, bool]] = {
+    "Latent": ("bilinear", False),
+    "Latent (antialiased)": ("bilinear", True),
+    "Latent (bicubic)": ("bicubic", False),
+    "Latent (bicubic antialiased)": ("bicubic", True),
+    "Latent (nearest)": ("nearest", False),
+    "Latent (nearest-exact)": ("nearest-exact", False),
+}
+HIRES_MAX_SCALE = 4.0
+
+
+@dataclass(frozen=True)
+class HiresOptions:
+    """A1111's hires fix for text to image: the image made at the request's size, upscaled by `scale` (in latent
+    space, or in pixels by Lanczos or an upscaler model), then an img2img pass at `strength` for `steps` steps
+    (0: the request's steps). Defaults are A1111's."""
+
+    enabled: bool = False
+    scale: float = 2.0
+    upscaler: str = "Latent"  # a LATENT_UPSCALERS name, "Lanczos", or an upscaler model file
+    steps: int = 0
+    strength: float = 0.7
+
+    def replace(self, **changes) -> HiresOptions:
+        return dataclasses.replace(self, **changes)
+
+    def runs(self) -> bool:
+        """Whether a second pass runs: on, and enlarging (A1111 drops a hires fix of factor 1 and writes no keys)."""
+        return self.enabled and self.scale > 1.0
+
+    def is_latent(self) -> bool:
+        return self.upscaler in LATENT_UPSCALERS
+
+    def size(self, width: int, height: int, multiple: int = 8) -> tuple[int, int]:
+        """The second pass's size: the first's times scale (A1111's int()), down to the model's multiple."""
+        w, h = int(width * self.scale), int(height * self.scale)
+        return max(multiple, w - w % multiple), max(multiple, h - h % multiple)
+
+
+def hires_schedule_steps(steps: int, strength: float) -> int:
+    """The img2img schedule whose last `steps` steps start at `strength`: diffusers (and the ComfyUI graphs) run
+    int(n * strength) of n steps, so the smallest n that runs `steps`. A1111 stretches its hires schedule the
+    same way, so "Hires steps: 10" is 10 steps run."""
+    n = max(steps, math.ceil(steps / strength))
+    while int(n * strength) < steps:  # float rounding: 20 / 0.7 * 0.7 may land just under 20
+        n += 1
+    while n > steps and int((n - 1) * strength) >= steps:
+        n -= 1
+    return n
+
+
 # The flat names of the nested options (the panel's, the CLI's and the metadata reader's) -> their nest's names.
 INPAINT_FIELDS = {"mask_blur": "mask_blur", "inpaint_area": "area", "inpaint_padding": "padding",
                   "masked_content": "masked_content"}  # fmt: skip
 UPSCALE_FIELDS = {"upscale_mode": "method", "scale": "scale", "upscaler": "upscaler", "tile": "tile",
                   "tile_overlap": "tile_overlap"}  # fmt: skip
+HIRES_FIELDS = {"hires_fix": "enabled", "hires_scale": "scale", "hires_upscaler": "upscaler", "hires_steps": "steps",
+                "hires_strength": "strength"}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -104,6 +160,7 @@ class GenerateRequest:
     clip_skip: int = 1  # A1111 convention: 1 = last layer
     inpaint: InpaintOptions = field(default_factory=InpaintOptions)
     upscale: UpscaleOptions = field(default_factory=UpscaleOptions)
+    hires: HiresOptions = field(default_factory=HiresOptions)  # txt2img only
     # Add-ons and model options. LoRAs also come from the prompt as A1111 writes them (<lora:name:0.8>);
     # these are (file or library name, weight) pairs on top of those. vae: a VAE file or library name, "" = the
     # model's own. prediction: "auto" (SD 2.x: detected), "epsilon" or "v_prediction" for a model that needs it.
@@ -130,6 +187,9 @@ class GenerateRequest:
             fields["inpaint"] = self.inpaint.replace(**inpaint)
         if upscale:
             fields["upscale"] = self.upscale.replace(**upscale)
+        hires = {HIRES_FIELDS[k]: fields.pop(k) for k in list(fields) if k in HIRES_FIELDS}
+        if hires:
+            fields["hires"] = self.hires.replace(**hires)
         return self.replace(**fields) if fields else self
 
     def input_image(self) -> np.ndarray:
@@ -150,6 +210,8 @@ class GenerateRequest:
             return getattr(self.inpaint, INPAINT_FIELDS[name])
         if name in UPSCALE_FIELDS:
             return getattr(self.upscale, UPSCALE_FIELDS[name])
+        if name in HIRES_FIELDS:
+            return getattr(self.hires, HIRES_FIELDS[name])
         return getattr(self, name)
 
     @classmethod
@@ -190,6 +252,8 @@ class GenerateRequest:
             self._validate_inpaint()
         if self.mode == "upscale":
             self._validate_upscale()
+        if self.mode == "txt2img" and self.hires.enabled:
+            self.validate_hires(self.width, self.height)
         if self.preview not in ("x0", "latent", "none"):
             raise RequestError(f"Unknown preview kind {self.preview!r}")
         if not 1 <= self.clip_skip <= 12:
@@ -220,6 +284,24 @@ class GenerateRequest:
         if self.inpaint.masked_content not in MASKED_CONTENTS:
             raise RequestError(f"Unknown masked content {self.inpaint.masked_content!r}; use original, fill or noise")
 
+
+    def validate_hires(self, width: int | None, height: int | None) -> None:
+        """The hires fix's options; its final size when the first pass's is known (None: the model's, checked by
+        the engine once it knows it)."""
+        h = self.hires
+        if not 1.0 <= h.scale <= HIRES_MAX_SCALE:  # NaN too
+            raise RequestError(f"The hires upscale factor must be between 1 and {HIRES_MAX_SCALE:g}, got {h.scale:g}")
+        if not isinstance(h.upscaler, str) or not h.upscaler.strip():
+            raise RequestError("The hires fix needs an upscaler: Latent, Lanczos or an upscaler model")
+        if not 0 <= h.steps <= 1000:
+            raise RequestError(f"Hires steps must be between 0 (the same as the first pass) and 1000, got {h.steps}")
+        if not 0.0 < h.strength <= 1.0:
+            raise RequestError(f"The hires denoising strength must be in (0, 1], got {h.strength:g}")
+        if width and height:
+            fw, fh = h.size(width, height)
+            if max(fw, fh) > MAX_SIDE:
+                raise RequestError(f"Hires fix {width}x{height} x{h.scale:g} = {fw}x{fh} is too large: at most "
+                                   f"{MAX_SIDE} px a side (a smaller factor, or upscale afterwards)")  # fmt: skip
 
     def upscale_size(self) -> tuple[int, int]:
         """The output size of an upscale: width x height when both are set, else the input times scale."""

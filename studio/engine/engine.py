@@ -209,6 +209,11 @@ class Engine:
         if effective_steps(request) < 1:  # diffusers would run none and return no image (exit 0, nothing saved)
             raise RequestError(f"{request.steps} steps at denoising strength {request.strength:g} run no step: use "
                                "more steps or a higher strength")  # fmt: skip
+        if request.mode == "txt2img" and request.hires.runs():
+            from . import hires  # two passes: text to image, upscale, image to image
+
+            with self._lock:
+                return hires.run(self, request, on_step, cancel, t_start)
         with self._lock:
             model = self.load(request.model, request.prediction)
             t_loaded = time.perf_counter()

@@ -243,7 +243,8 @@ class Session(QObject):
         stepless = request.mode == "upscale" and request.upscale.method in ("resize", "model")  # no sampler
         self._phases[job_id] = ("preparing" if stepless or self._loaded_model == (request.model or "")
                                 else "loading model")  # fmt: skip
-        job = self.book.add(TrackedJob(job_id, JobKind.GENERATE, label, total=0 if stepless else request.steps,
+        hires = request.hires.steps or request.steps if request.mode == "txt2img" and request.hires.runs() else 0
+        job = self.book.add(TrackedJob(job_id, JobKind.GENERATE, label, total=0 if stepless else request.steps + hires,
                                        width=request.width or 0, height=request.height or 0,
                                        plan=RunPlan.for_request(request)))  # fmt: skip
         if request.mode == "upscale":
@@ -802,6 +803,8 @@ class Session(QObject):
             emit(self.step_info, last)  # an upscaler model's tiles, all done: no steps to complete
         elif job is None or job.total:  # a resize has no steps to show
             total = result.request.steps
+            if result.request.mode == "txt2img" and result.request.hires.runs():  # both passes
+                total += result.request.hires.steps or total
             emit(self.progress, total, total, 0.0)
         self._end_run(job_id)
         emit(self.timeline_changed, n)

@@ -15,7 +15,8 @@ from studio.paths import BUILTIN_LATENT_UPSCALER, BUILTIN_UPSCALER
 # Fields a stored PNG's parameters can restore into the panel (the model only if it is here).
 RESTORED_FIELDS = ("prompt", "negative_prompt", "sampler", "schedule", "steps", "cfg", "seed", "width", "height",
                    "strength", "mask_blur", "inpaint_area", "inpaint_padding", "masked_content", "scale",
-                   "upscale_mode", "vae", "speed")
+                   "upscale_mode", "vae", "speed", "hires_fix", "hires_scale", "hires_upscaler", "hires_steps",
+                   "hires_strength")
 MODES = ("txt2img", "img2img", "inpaint", "upscale")  # what the panel's mode switch offers
 
 
@@ -68,6 +69,12 @@ class Params:
     upscale_strength: float = 0.3  # a diffusion upscale keeps the composition: low strength
     vae: str = ""  # a VAE file, or a name the model library knows; "" = the model's own
     speed: str = ""  # exact, fast or turbo (studio.core.speed); "" = not chosen yet: the backend's default
+    # Hires fix (Text mode): A1111's two passes; the upscaler is "Latent"..., "Lanczos" or an upscaler file
+    hires_fix: bool = False
+    hires_scale: float = 2.0
+    hires_upscaler: str = "Latent"
+    hires_steps: int = 0  # 0: the same as the first pass
+    hires_strength: float = 0.7
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -100,6 +107,8 @@ class Params:
                     continue
                 if fits(name, value):  # request_fields refused the rest already; this keeps the panel safe
                     setattr(p, name, value)
+        if found.get("hires_fix"):
+            p.mode = "txt2img"  # an A1111 hires image reproduces in Text mode
         if found.get("batch") and fits("batch", found["batch"]):
             p.batch = int(found["batch"])
         model = found.get("model")
@@ -143,7 +152,14 @@ class Params:
             masked_content=self.masked_content,
             vae=self.vae,
             speed=self.speed if self.speed in SPEEDS else DEFAULT_SPEED,
+            **(self.hires_fields() if self.mode == "txt2img" else {}),
         )
+
+    def hires_fields(self) -> dict[str, Any]:
+        if not self.hires_fix:
+            return {}
+        return dict(hires_fix=True, hires_scale=float(self.hires_scale), hires_upscaler=self.hires_upscaler or "Latent",
+                    hires_steps=int(self.hires_steps), hires_strength=float(self.hires_strength))  # fmt: skip
 
     def _upscale_request(self, preview: str) -> GenerateRequest:
         # The panel's width x height is the text-to-image size; an upscale goes by its factor. The latent

@@ -31,6 +31,7 @@ from studio.core.speed import SPEEDS
 from studio.core.speed import TOOLTIPS as SPEED_TIPS
 from studio.session import IMAGE_SUFFIXES, Params, Session
 from studio.ui.canvas_options import CanvasOptions, ModeSwitch, UpscaleOptions, set_clamped
+from studio.ui.hires_options import HiresFixOptions
 from studio.ui.presets import PresetControls
 from studio.ui.theme import icon, muted_label
 from studio.ui.widgets import section
@@ -271,6 +272,8 @@ class PromptPanel(QWidget):
         lay.addWidget(section("Sampling"))
         lay.addWidget(self.presets.hint)
         lay.addLayout(grid)
+        self.hires_options = HiresFixOptions(session)  # Text mode only (_show_mode)
+        lay.addWidget(self.hires_options)
         self.canvas_section = section("Canvas")
         lay.addSpacing(4)
         lay.addWidget(self.canvas_section)
@@ -375,6 +378,8 @@ class PromptPanel(QWidget):
         self.mode_switch.show_mode(p.mode)
         self.canvas_options.set_params(p)
         self.upscale_options.set_params(p)
+        self.hires_options.set_params(p)
+        self.hires_options.setVisible(p.mode == "txt2img")
         self.canvas_section.setVisible(p.mode in ("img2img", "inpaint"))  # the upscale options have their own
         text, tip = GENERATE_LABELS.get(p.mode, GENERATE_LABELS["txt2img"])
         self.generate_button.setText(text)

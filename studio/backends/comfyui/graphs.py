@@ -11,6 +11,7 @@ a fault is named before anything is sent); `describe_errors` turns a refused job
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from studio.backends.base import UnsupportedError
 from studio.core.errors import RequestError
 from studio.core.prompts import extract_loras
+from studio.core.requests import LATENT_UPSCALERS, hires_schedule_steps
 from studio.core.samplers import SAMPLER_NAMES, SCHEDULE_NAMES, resolve_sampler, resolve_schedule
 
 if TYPE_CHECKING:
@@ -514,6 +516,10 @@ def _encode(g: _Graph, image: Link, vae: Link) -> Link:
 def _sample_and_decode(
     g: _Graph, s: _Sampling, m: _Model, positive: Link, negative: Link, latent: Link, denoise: float
 ) -> Link:
+    return [g.add("VAEDecode", samples=_sample(g, s, m, positive, negative, latent, denoise), vae=m.vae), 0]
+
+
+def _sample(g: _Graph, s: _Sampling, m: _Model, positive: Link, negative: Link, latent: Link, denoise: float) -> Link:
     """At strength 1: KSampler. Below: the same work as the local engine (diffusers' get_timesteps), the last
     int(steps * strength) steps of the full schedule; KSampler's denoise would run all `steps` over a shorter one."""
     if denoise >= 1.0:
@@ -529,7 +535,7 @@ def _sample_and_decode(
                         latent_image=latent, add_noise="enable", noise_seed=s.seed, steps=s.steps, cfg=s.cfg,
                         sampler_name=s.sampler_name, scheduler=s.scheduler, start_at_step=s.steps - run,
                         end_at_step=10000, return_with_leftover_noise="disable")  # fmt: skip
-    return [g.add("VAEDecode", samples=[samples, 0], vae=m.vae), 0]
+    return [samples, 0]
 
 
 def _save(g: _Graph, image: Link, output: str) -> dict[str, dict[str, Any]]:
@@ -548,7 +554,35 @@ def _txt2img(g: _Graph, job: _Job) -> dict[str, dict[str, Any]]:
     width = int(r.width or g.info.default("EmptyLatentImage", "width") or 512)
     height = int(r.height or g.info.default("EmptyLatentImage", "height") or 512)
     latent: Link = [g.add("EmptyLatentImage", width=width, height=height, batch_size=int(r.batch)), 0]
+    if r.mode == "txt2img" and r.hires.runs():
+        return _save(g, _hires(g, job, s, m, positive, negative, latent, (width, height)), job.output)
     return _save(g, _sample_and_decode(g, s, m, positive, negative, latent, 1.0), job.output)
+
+
+# A1111's latent upscalers -> LatentUpscale's upscale_method (ComfyUI has no plain "nearest" and no antialias).
+_LATENT_METHODS = {"bilinear": "bilinear", "bicubic": "bicubic", "nearest": "nearest-exact",
+                   "nearest-exact": "nearest-exact"}  # fmt: skip
+
+
+def _hires(g: _Graph, job: _Job, s: _Sampling, m: _Model, positive: Link, negative: Link, latent: Link,
+           size: tuple[int, int]) -> Link:  # fmt: skip
+    """The hires fix as the local engine runs it: the first pass, LatentUpscale (latent) or decode + upscaler
+    model / Lanczos + encode, then the second pass: the last hires steps of a stretched schedule at the strength."""
+    h = job.request.hires
+    big = h.size(*size)
+    first = _sample(g, s, m, positive, negative, latent, 1.0)
+    if h.is_latent():
+        method = _LATENT_METHODS[LATENT_UPSCALERS[h.upscaler][0]]
+        start: Link = [g.add("LatentUpscale", "the latent hires fix", samples=first, upscale_method=method,
+                             width=big[0], height=big[1], crop="disabled"), 0]  # fmt: skip
+    else:
+        image: Link = [g.add("VAEDecode", samples=first, vae=m.vae), 0]
+        if h.upscaler != "Lanczos":
+            image = _upscale_with_model(g, image, h.upscaler)
+        start = _encode(g, _scale(g, image, big), m.vae)
+    steps = hires_schedule_steps(h.steps or s.steps, h.strength)
+    second = dataclasses.replace(s, steps=steps)
+    return _sample_and_decode(g, second, m, positive, negative, start, float(h.strength))
 
 
 def _img2img(g: _Graph, job: _Job) -> dict[str, dict[str, Any]]:
