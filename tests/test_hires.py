@@ -323,3 +323,25 @@ def test_hires_with_an_inpainting_model(engine, tiny_inpaint_model, upscaler):
     """A 9-channel U-Net's second pass takes pictures: a latent upscale is decoded first."""
     res = engine.generate(hreq(tiny_inpaint_model, hires_upscaler=upscaler, hires_steps=1))
     assert res.images[0].shape == (96, 96, 3) and res.steps_done == 4 and res.images[0].std() > 0
+
+
+def test_a_hires_run_honours_the_speed_mode_in_both_passes(engine, tiny_model, monkeypatch):
+    """fast on a CPU with native bf16: both passes run the bf16 U-Net copy, and the PNG says so."""
+    from studio.engine import speed as speed_mod
+
+    monkeypatch.setattr(speed_mod, "native_bf16", lambda: True)
+    req = hreq(tiny_model, speed="fast")
+    model = engine.load(req.model)
+    seen: list[torch.dtype] = []  # the bf16 copy is made from the loaded U-Net, so it carries this hook too
+    hook = model.base.unet.register_forward_pre_hook(lambda m, a: seen.append(a[0].dtype))
+    try:
+        res = engine.generate(req)
+    finally:
+        hook.remove()
+    assert res.extra_params.get("Speed") == "fast" and res.request.speed == "fast"
+    assert seen == [torch.bfloat16] * (3 + 2)  # every step of both passes ran the U-Net in bf16
+    assert res.images[0].shape == (2 * SIZE, 2 * SIZE, 3)
+    exact = engine.generate(hreq(tiny_model, speed="exact"))
+    assert exact.extra_params.get("Speed") == "exact"
+    diff = np.abs(exact.images[0].astype(int) - res.images[0].astype(int))
+    assert 0 < diff.max()  # bf16 really ran: not the same pixels

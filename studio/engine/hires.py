@@ -34,7 +34,7 @@ import torch
 from ..core.errors import EngineError, ModelError, RequestError, first_line, is_out_of_memory
 from ..core.requests import LATENT_UPSCALERS, MAX_SEED, GenerateRequest, GenerateResult, StepInfo
 from ..core.requests import hires_schedule_steps as schedule_steps
-from . import runaddons
+from . import runaddons, speed
 from .preview import latent_to_rgb
 from .schedulers import build_scheduler
 from .steps import Cancelled, StepTracker
@@ -70,6 +70,10 @@ def run(engine, request: GenerateRequest, on_step, cancel, t_start: float) -> Ge
     n1 = used.steps
     total = n1 + steps2
     extra = runaddons.prepare(model, used, engine.folders)
+    # The speed mode holds for both passes (after the LoRAs: turbo converts them); a new size compiles once.
+    fast = speed.plan_speed(used.speed, engine.device, model.dtype)
+    used = used.replace(speed=fast.used)
+    extra[speed.METADATA_KEY] = fast.used
     trackers: list[StepTracker] = []
     timings = {"sample": 0.0, "decode": 0.0}
 
@@ -104,20 +108,21 @@ def run(engine, request: GenerateRequest, on_step, cancel, t_start: float) -> Ge
         tracker = StepTracker(scheduler, req, model, shifted, cancel, t_start, part=dict(stage=stage))
         trackers.append(tracker)
         t = time.perf_counter()
-        if cancel is not None and cancel.is_set():
-            tracker.restore()
-            raise Cancelled
         try:
+            fast.apply(pipe, model, engine.device, on_step, total, cancel, t_start)
+            if cancel is not None and cancel.is_set():
+                raise Cancelled
             with torch.inference_mode():
                 return pipe(**kwargs, callback_on_step_end=tracker.callback).images
         finally:
             tracker.restore()
+            fast.restore()
             timings["sample"] += time.perf_counter() - t
 
     def decode(latents: torch.Tensor) -> list[np.ndarray]:
         t = time.perf_counter()
         try:
-            return engine.decode(model, latents)
+            return engine.decode(model, latents, autocast=fast.decode_autocast)
         finally:
             timings["decode"] += time.perf_counter() - t
 
@@ -150,7 +155,7 @@ def run(engine, request: GenerateRequest, on_step, cancel, t_start: float) -> Ge
         if is_out_of_memory(e):
             raise EngineError(engine.out_of_memory()) from e
         raise EngineError(f"Hires fix failed: {first_line(e)}") from e
-    return result(images, cancelled=False)
+    return dataclasses.replace(result(images, cancelled=False), notice=fast.notice)
 
 
 def _upscale_pixels(engine, image: np.ndarray, size: tuple[int, int], upscaler: str, cancel, on_step,
