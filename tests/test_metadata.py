@@ -292,6 +292,7 @@ def test_parse_a1111_hires_combined_sampler():
         "height": 768,
         "strength": 0.5,
         "clip_skip": 2,
+        "deep_cache": 0,  # ours, absent from another tool's text: that image reused no features
     }
 
 

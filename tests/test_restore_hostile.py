@@ -33,7 +33,7 @@ EDGES = {
     "width": ((8, 4096), (4, 12, 4104)), "height": ((8, 4096), (4, 12, 4104)), "batch": ((1, 64), (0, 65)),
     "strength": ((0.01, 1.0), (0.0, 1.01)), "clip_skip": ((1, 12), (0, 13)), "mask_blur": ((0, 256), (-1, 257)),
     "inpaint_padding": ((0, 1024), (-1, 1025)), "scale": ((1.0, 8.0), (0.5, 8.5)), "tile": ((0, 64, 4096), (63, 4097)),
-    "tile_overlap": ((0, 512), (-1, 513)),
+    "tile_overlap": ((0, 512), (-1, 513)), "deep_cache": ((0, 1, 5), (-1, 6)),
 }  # fmt: skip
 
 
@@ -53,7 +53,7 @@ BASE = {"Steps": "12", "Sampler": "Euler a", "CFG scale": "6", "Seed": "5", "Siz
 MODE_KEYS = {"Mask blur": "Inpaint area: Only masked", "Masked area padding": "Inpaint area: Only masked",
              "Hires upscale": "Upscale mode: diffusion", "Upscale tile": "Upscale mode: diffusion",
              "Upscale overlap": "Upscale mode: diffusion", "Hires resize": "Upscale mode: diffusion"}  # fmt: skip
-NUMERIC_KEYS = ["Steps", "CFG scale", "Seed", "Size", "Denoising strength", "Clip skip", *MODE_KEYS]
+NUMERIC_KEYS = ["Steps", "CFG scale", "Seed", "Size", "Denoising strength", "Clip skip", "Deep cache", *MODE_KEYS]
 ABSURD = ["1e100", "-5", "NaN", "inf", "9" * 100, "9" * 5000, "2.5e", "0x10"]
 
 

@@ -32,6 +32,7 @@ from .loader import (
     read_layout,
     resolve_model_path,
 )
+from .deepcache import deep_cache_plan
 from .preview import latent_to_rgb, to_uint8
 from .schedulers import build_scheduler
 from .steps import Cancelled, StepTracker, effective_steps
@@ -220,8 +221,15 @@ class Engine:
             if cancel is not None and cancel.is_set():  # while loading or encoding: no step starts
                 tracker.restore()
                 return self._result(used, seeds, model, tracker, [], cancelled=True, t=(t_start, t_loaded), plan=plan)
+            # DeepCache wraps the U-Net for this run only (the pipelines share it): off below 15 steps, or on a
+            # U-Net that is not a torch one (a swapped-in OpenVINO module), each with a note.
+            cache, note = deep_cache_plan(pipe.unet, used.deep_cache, effective_steps(used))
+            if note:
+                log.info("%s", note)
+                used = used.replace(deep_cache=0)  # the result and its metadata say what ran
+                tracker.request = used
             try:
-                with torch.inference_mode():
+                with torch.inference_mode(), cache:
                     latents = pipe(**kwargs, callback_on_step_end=tracker.callback).images
             except Cancelled:
                 return self._result(used, seeds, model, tracker, [], cancelled=True, t=(t_start, t_loaded), plan=plan)
@@ -245,7 +253,8 @@ class Engine:
             t_decoded = time.perf_counter()
             timings = {**res.timings, "sample": t_sampled - t_loaded, "decode": t_decoded - t_sampled,
                        "total": time.perf_counter() - t_start}  # fmt: skip
-            return dataclasses.replace(res, extra_params={**res.extra_params, **extra}, timings=timings)
+            return dataclasses.replace(res, extra_params={**res.extra_params, **extra}, timings=timings,
+                                       notes=[note] if note else [])  # fmt: skip
 
     def _result(self, used, seeds, model, tracker, images, cancelled, t, plan=None) -> GenerateResult:
         stack = (lambda xs: np.stack(xs)) if tracker.latents else (lambda xs: None)

@@ -14,7 +14,7 @@ from studio.paths import BUILTIN_LATENT_UPSCALER, BUILTIN_UPSCALER
 # Fields a stored PNG's parameters can restore into the panel (the model only if it is here).
 RESTORED_FIELDS = ("prompt", "negative_prompt", "sampler", "schedule", "steps", "cfg", "seed", "width", "height",
                    "strength", "mask_blur", "inpaint_area", "inpaint_padding", "masked_content", "scale",
-                   "upscale_mode", "vae")
+                   "upscale_mode", "vae", "deep_cache")
 MODES = ("txt2img", "img2img", "inpaint", "upscale")  # what the panel's mode switch offers
 
 
@@ -66,6 +66,7 @@ class Params:
     tile_overlap: int = 0
     upscale_strength: float = 0.3  # a diffusion upscale keeps the composition: low strength
     vae: str = ""  # a VAE file, or a name the model library knows; "" = the model's own
+    deep_cache: int = 0  # DeepCache: the full U-Net every N steps (2..5), deep features reused between; 0 = off
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -140,6 +141,7 @@ class Params:
             inpaint_padding=int(self.inpaint_padding),
             masked_content=self.masked_content,
             vae=self.vae,
+            deep_cache=int(self.deep_cache),
         )
 
     def _upscale_request(self, preview: str) -> GenerateRequest:
