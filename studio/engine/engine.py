@@ -23,6 +23,7 @@ from ..core.memory import MemoryOptions, out_of_memory_advice
 from ..core.requests import MAX_SEED, GenerateRequest, GenerateResult, StepInfo
 from ..paths import BUILTIN_MODEL, MODELS_DIR
 from . import addons, runaddons
+from .deepcache import deep_cache_plan
 from .loader import (
     LoadedModel,
     ModelLayout,
@@ -32,7 +33,6 @@ from .loader import (
     read_layout,
     resolve_model_path,
 )
-from .deepcache import deep_cache_plan
 from .preview import latent_to_rgb, to_uint8
 from .schedulers import build_scheduler
 from .steps import Cancelled, StepTracker, effective_steps

@@ -770,7 +770,8 @@ class Session(QObject):
             return
         where = f" → {out.paths[0].parent}" if out.paths else ""
         seed = f", seed {self.last_seed}" if result.seeds else ""  # a resize drew no noise
-        emit(self.message, f"Done in {secs:.1f} s{seed}{where}", "info")
+        notes = "".join(f". {n}" for n in getattr(result, "notes", ()))  # e.g. "Deep cache off: 10 steps is below 15"
+        emit(self.message, f"Done in {secs:.1f} s{seed}{where}{notes}", "info")
         self._runs_done += 1
 
     def _on_decoded(self, job_id: int, out: DecodedStep) -> None:
