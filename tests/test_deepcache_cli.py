@@ -34,3 +34,21 @@ def test_deep_cache_is_written_and_read_back(capsys, tiny_model, tmp_path):
     assert code == 0, err
     assert "studio: Deep cache off: 3 steps is below 15" in err
     assert "Deep cache" not in read_parameters(Path(out.strip()))
+
+
+def test_a_comfyui_server_does_not_apply_it_and_says_so():
+    from fake_comfyui import FakeComfy, allow_loopback
+
+    from studio.backends.comfyui.backend import ComfyUIBackend
+    from studio.core.requests import GenerateRequest
+
+    with allow_loopback():
+        server = FakeComfy(models={"checkpoints": ["tiny-sd15.safetensors"]}, cache=False).start()
+        backend = ComfyUIBackend(server.url)
+        try:
+            result = backend.generate(GenerateRequest(prompt="a fox", steps=20, seed=1, width=64, height=48,
+                                                      deep_cache=3))  # fmt: skip
+        finally:
+            backend.close()
+            server.stop()
+    assert result.notes == ["Deep cache is not applied on a ComfyUI server"] and result.request.deep_cache == 0
