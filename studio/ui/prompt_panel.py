@@ -49,8 +49,11 @@ _BREAKS = re.compile(r"[ \t\n\r]")  # only these: Qt does not break at a no-brea
 # DeepCache's speed and cost, as benchmarks/bench_deepcache.py measured them (README, "Speed tricks").
 DEEP_CACHE_TIP = (
     "Reuse deep features (DeepCache): the full U-Net runs every N steps, and the steps between reuse its deep "
-    "features and run only its shallow layers. Faster, and the picture changes slightly. Off below 15 steps.\n"
-    "MEASURED dB faster"
+    "features and run only its shallowest layers. Faster, but the picture changes. Off below 15 steps.\n"
+    "Measured at interval 3 on a 2-core CPU, against the uncached run:\n"
+    "SD 1.5-size U-Net (random weights), 256 px, 20 steps: 3.2x faster, 27 dB PSNR on the latent preview.\n"
+    "Built-in model: 2.9x faster at 20 steps, 3.2x at 30, but 10-18 dB PSNR (a different composition): leave it "
+    "off for the built-in model."
 )
 
 TYPED_MAX = 99999  # what a size box lets the artist type before it says why the number is refused
