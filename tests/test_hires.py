@@ -345,3 +345,10 @@ def test_a_hires_run_honours_the_speed_mode_in_both_passes(engine, tiny_model, m
     assert exact.extra_params.get("Speed") == "exact"
     diff = np.abs(exact.images[0].astype(int) - res.images[0].astype(int))
     assert 0 < diff.max()  # bf16 really ran: not the same pixels
+
+
+def test_a_hires_run_says_deep_cache_was_not_applied(engine, tiny_model):
+    res = engine.generate(hreq(tiny_model, steps=16, deep_cache=3))
+    assert res.request.deep_cache == 0
+    assert "Deep cache" not in parameters_for(res.request, res.seeds[0], "m", "", "v", res.extra_params)
+    assert res.notes == ["Deep cache is not applied to a hires fix run"]

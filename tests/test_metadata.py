@@ -157,6 +157,7 @@ def test_png_round_trip(tmp_path, prompt, negative):
         height=512,
         clip_skip=2,
         seed=4000000000,
+        deep_cache=3,
     )
     text = parameters_for(req, 4000000000, "my model, v2: final", "abcdef0123", "Latent Studio 0.1.0")
     path = save_image(IMG, tmp_path / "out.png", text)
@@ -176,6 +177,7 @@ def test_png_round_trip(tmp_path, prompt, negative):
         "width": 768,
         "height": 512,
         "clip_skip": 2,
+        "deep_cache": 3,
     }
     restored = GenerateRequest().with_fields(**fields)
     assert restored == req
@@ -297,6 +299,7 @@ def test_parse_a1111_hires_combined_sampler():
         "hires_steps": 0,
         "hires_upscaler": "Latent",
         "hires_strength": 0.5,
+        "deep_cache": 0,  # ours, absent from another tool's text: that image reused no features
     }
 
 
@@ -348,6 +351,7 @@ def test_last_line_needs_three_pairs():
         "schedule": "Normal",
         "cfg": 7.0,
         "clip_skip": 1,
+        "deep_cache": 0,
     }
 
 

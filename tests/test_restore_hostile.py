@@ -38,6 +38,7 @@ EDGES = {
     "tile_overlap": ((0, 512), (-1, 513)),
     "hires_scale": ((1.0, 4.0), (0.5, 4.5)), "hires_steps": ((0, 1000), (-1, 1001)),
     "hires_strength": ((0.01, 1.0), (0.0, 1.01)),
+    "deep_cache": ((0, 1, 5), (-1, 6)),
 }  # fmt: skip
 
 
@@ -57,7 +58,7 @@ BASE = {"Steps": "12", "Sampler": "Euler a", "CFG scale": "6", "Seed": "5", "Siz
 MODE_KEYS = {"Mask blur": "Inpaint area: Only masked", "Masked area padding": "Inpaint area: Only masked",
              "Hires upscale": "Upscale mode: diffusion", "Upscale tile": "Upscale mode: diffusion",
              "Upscale overlap": "Upscale mode: diffusion", "Hires resize": "Upscale mode: diffusion"}  # fmt: skip
-NUMERIC_KEYS = ["Steps", "CFG scale", "Seed", "Size", "Denoising strength", "Clip skip", *MODE_KEYS]
+NUMERIC_KEYS = ["Steps", "CFG scale", "Seed", "Size", "Denoising strength", "Clip skip", "Deep cache", *MODE_KEYS]
 ABSURD = ["1e100", "-5", "NaN", "inf", "9" * 100, "9" * 5000, "2.5e", "0x10"]
 
 

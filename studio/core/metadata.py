@@ -62,6 +62,7 @@ EXTRA_KEYS: tuple[str, ...] = (
     "Lora hashes",
     "TI hashes",
     "Speed",  # ours: the speed mode a run used (studio.core.speed), written by the backend that ran it
+    "Deep cache",  # ours: the DeepCache interval of a run that reused deep U-Net features (it changes pixels)
 )
 LAST_KEYS: tuple[str, ...] = ("Version",)
 
@@ -254,6 +255,8 @@ def parameters_for(
         params.update(inpaint_parameters(request))
     if request.mode == "txt2img" and request.hires.runs():
         params.update(hires_parameters(request))
+    if request.deep_cache > 1:
+        params["Deep cache"] = request.deep_cache
     if extra:
         params.update(extra)
     params["Version"] = version
@@ -491,6 +494,7 @@ FIELD_LIMITS: dict[str, Limit] = {
     "hires_scale": Limit("Hires upscale", 1, 4),
     "hires_steps": Limit("Hires steps", 0, 1000),
     "hires_strength": Limit("Denoising strength", 0, 1, above_lo=True),
+    "deep_cache": Limit("Deep cache", 0, 5),
 }
 
 
@@ -564,7 +568,7 @@ def request_fields(text: str, refused: list[Refused] | None = None) -> dict:
     `request.with_fields(**fields)`, which puts the inpaint and upscale options in their nests.
 
     Keys: prompt, negative_prompt, steps, sampler, schedule, cfg, seed, width, height, strength,
-    clip_skip, vae (the "VAE" name, when the text has one: the caller looks it up), and for an inpaint's text (one with any of INPAINT_KEYS) mode "inpaint", mask_blur,
+    clip_skip, deep_cache (our "Deep cache" key; 0 without it), vae (the "VAE" name, when the text has one: the caller looks it up), and for an inpaint's text (one with any of INPAINT_KEYS) mode "inpaint", mask_blur,
     inpaint_area, masked_content and (when the text has it) inpaint_padding. A1111's defaults fill missing keys (Steps 20, Sampler "Euler a" (our default), CFG 7,
     Clip skip 1, Schedule type "Automatic" = the sampler's default, which for a name without a
     schedule is our "Normal"). Seed, Size and Denoising strength are present only when the text has
@@ -631,6 +635,10 @@ def request_fields(text: str, refused: list[Refused] | None = None) -> dict:
         _restore_number(out, refused, p, "Clip skip", "clip_skip", _to_int(p["Clip skip"]))
     else:
         out["clip_skip"] = 1
+    if "Deep cache" in p:  # ours; absent (any other tool's image): the run reused nothing
+        _restore_number(out, refused, p, "Deep cache", "deep_cache", _to_int(p["Deep cache"]))
+    else:
+        out["deep_cache"] = 0
     if p.get("VAE", "").strip():  # A1111 writes the chosen VAE's file name; the caller looks it up
         out["vae"] = p["VAE"].strip()
     if p.get("Speed", "").strip().lower() in SPEEDS:  # ours; absent (A1111, a server): the panel keeps its own

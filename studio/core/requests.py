@@ -24,6 +24,10 @@ MAX_SIDE = 4096  # px a side: the largest working size, and the largest img2img 
 MAX_UPSCALE_SIDE = 8192  # px: an upscale past this is refused before any work starts
 MAX_UPSCALE_PIXELS = 8192 * 8192
 MAX_SEED = 2**32 - 1
+# DeepCache (reuse of the U-Net's deep features): intervals 2..5; 0 or 1 is off. Below this many sampler steps
+# it is ignored (with a note): too few steps lie between the full ones for their features to stay close.
+MAX_DEEP_CACHE = 5
+DEEP_CACHE_MIN_STEPS = 15
 
 
 def _frozen_copy(a: np.ndarray | None, ndim: tuple[int, ...], what: str) -> np.ndarray | None:
@@ -169,6 +173,7 @@ class GenerateRequest:
     prediction: Prediction = "auto"
     speed: Speed = DEFAULT_SPEED  # exact, fast or turbo (studio.core.speed); a result's request holds the one used
     tiny_decode: bool = False  # the final decode by the model's tiny decoder (TAESD), when it has one: fast, approximate
+    deep_cache: int = 0  # reuse the U-Net's deep features: the full U-Net every N steps (2..5); 0 = off
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "init_image", _frozen_copy(self.init_image, (3,), "The init image"))
@@ -262,6 +267,9 @@ class GenerateRequest:
             raise RequestError(f"Unknown prediction type {self.prediction!r}; use auto, epsilon or v_prediction")
         if self.speed not in SPEEDS:
             raise RequestError(f"Unknown speed mode {self.speed!r}; use {', '.join(SPEEDS)}")
+        if not 0 <= self.deep_cache <= MAX_DEEP_CACHE:
+            raise RequestError(f"Deep cache must be an interval of 2 to {MAX_DEEP_CACHE} steps (0 = off), "
+                               f"got {self.deep_cache}")  # fmt: skip
         for name, weight in self.loras:
             if not isinstance(name, str) or not name or not -10.0 <= float(weight) <= 10.0:
                 raise RequestError(f"A LoRA needs a name and a weight between -10 and 10, got {name!r}: {weight!r}")
@@ -387,3 +395,5 @@ class GenerateResult:
     # One line for the artist about how the run went, when not as asked ("This CPU has no native bf16: fast ran
     # as exact"); "" when it went as asked.
     notice: str = ""
+    # One-line notes for the artist about how the run went ("Deep cache off: 8 steps is below 15").
+    notes: list[str] = field(default_factory=list)

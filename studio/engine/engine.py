@@ -24,6 +24,7 @@ from ..core.requests import MAX_SEED, GenerateRequest, GenerateResult, StepInfo
 from ..core.samplers import sampler_eta
 from ..paths import BUILTIN_MODEL, MODELS_DIR
 from . import addons, runaddons, speed
+from .deepcache import deep_cache_plan
 from .loader import (
     LoadedModel,
     ModelLayout,
@@ -201,6 +202,7 @@ class Engine:
         if cancel is not None and cancel.is_set():
             return GenerateResult(images=[], request=request, seeds=[], cancelled=True)
         if request.mode == "upscale":
+            request = request.replace(deep_cache=0)  # an upscale's tiles run without DeepCache: its PNG must not say so
             from . import upscale  # resize / upscaler model / tiled diffusion / the x4 latent upscaler
 
             with self._lock:
@@ -238,8 +240,15 @@ class Engine:
                 fast.restore()
                 tracker.restore()
                 return self._result(used, seeds, model, tracker, [], cancelled=True, t=(t_start, t_loaded), plan=plan)
+            # DeepCache wraps the U-Net for this run only (the pipelines share it): off below 15 steps, or on a
+            # U-Net that is not a torch one (a swapped-in OpenVINO module), each with a note.
+            cache, note = deep_cache_plan(pipe.unet, used.deep_cache, effective_steps(used))
+            if note:
+                log.info("%s", note)
+                used = used.replace(deep_cache=0)  # the result and its metadata say what ran
+                tracker.request = used
             try:
-                with torch.inference_mode():
+                with torch.inference_mode(), cache:
                     latents = pipe(**kwargs, callback_on_step_end=tracker.callback).images
             except Cancelled:
                 return self._result(used, seeds, model, tracker, [], cancelled=True, t=(t_start, t_loaded), plan=plan)
@@ -272,7 +281,7 @@ class Engine:
                        "total": time.perf_counter() - t_start}  # fmt: skip
             extra[speed.METADATA_KEY] = fast.used
             return dataclasses.replace(res, extra_params={**res.extra_params, **extra}, timings=timings,
-                                       notice=fast.notice)
+                                       notice=fast.notice, notes=[note] if note else [])  # fmt: skip
 
     def _result(self, used, seeds, model, tracker, images, cancelled, t, plan=None) -> GenerateResult:
         stack = (lambda xs: np.stack(xs)) if tracker.latents else (lambda xs: None)

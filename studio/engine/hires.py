@@ -74,6 +74,10 @@ def run(engine, request: GenerateRequest, on_step, cancel, t_start: float) -> Ge
     fast = speed.plan_speed(used.speed, engine.device, model.dtype)
     used = used.replace(speed=fast.used)
     extra[speed.METADATA_KEY] = fast.used
+    notes = []
+    if used.deep_cache > 1:  # DeepCache wraps one pipeline call; two passes of other sizes are not measured with it
+        used = used.replace(deep_cache=0)
+        notes.append("Deep cache is not applied to a hires fix run")
     trackers: list[StepTracker] = []
     timings = {"sample": 0.0, "decode": 0.0}
 
@@ -155,7 +159,7 @@ def run(engine, request: GenerateRequest, on_step, cancel, t_start: float) -> Ge
         if is_out_of_memory(e):
             raise EngineError(engine.out_of_memory()) from e
         raise EngineError(f"Hires fix failed: {first_line(e)}") from e
-    return dataclasses.replace(result(images, cancelled=False), notice=fast.notice)
+    return dataclasses.replace(result(images, cancelled=False), notice=fast.notice, notes=notes)
 
 
 def _upscale_pixels(engine, image: np.ndarray, size: tuple[int, int], upscaler: str, cancel, on_step,

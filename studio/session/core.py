@@ -816,7 +816,8 @@ class Session(QObject):
             return
         where = f" → {out.paths[0].parent}" if out.paths else ""
         seed = f", seed {self.last_seed}" if result.seeds else ""  # a resize drew no noise
-        emit(self.message, f"Done in {secs:.1f} s{seed}{where}", "info")
+        notes = "".join(f". {n}" for n in result.notes)  # e.g. "Deep cache off: 10 steps is below 15"
+        emit(self.message, f"Done in {secs:.1f} s{seed}{where}{notes}", "info")
         if result.notice:  # the run went otherwise than asked (fast ran as exact on this CPU): the banner says why
             emit(self.message, result.notice, "attention")
         self._runs_done += 1

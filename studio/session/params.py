@@ -16,7 +16,7 @@ from studio.paths import BUILTIN_LATENT_UPSCALER, BUILTIN_UPSCALER
 RESTORED_FIELDS = ("prompt", "negative_prompt", "sampler", "schedule", "steps", "cfg", "seed", "width", "height",
                    "strength", "mask_blur", "inpaint_area", "inpaint_padding", "masked_content", "scale",
                    "upscale_mode", "vae", "speed", "hires_fix", "hires_scale", "hires_upscaler", "hires_steps",
-                   "hires_strength")
+                   "hires_strength", "deep_cache")
 MODES = ("txt2img", "img2img", "inpaint", "upscale")  # what the panel's mode switch offers
 
 
@@ -75,6 +75,7 @@ class Params:
     hires_upscaler: str = "Latent"
     hires_steps: int = 0  # 0: the same as the first pass
     hires_strength: float = 0.7
+    deep_cache: int = 0  # DeepCache: the full U-Net every N steps (2..5), deep features reused between; 0 = off
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -153,6 +154,7 @@ class Params:
             vae=self.vae,
             speed=self.speed if self.speed in SPEEDS else DEFAULT_SPEED,
             **(self.hires_fields() if self.mode == "txt2img" else {}),
+            deep_cache=int(self.deep_cache),
         )
 
     def hires_fields(self) -> dict[str, Any]:

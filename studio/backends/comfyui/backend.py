@@ -242,10 +242,13 @@ class ComfyUIBackend:
                 images.append(plan.paste(image) if plan is not None else image)
                 seeds.append(s)
         shown, extra = self._as_written(used, objects)
+        # DeepCache is the local engine's: the server's graph ran every step in full, and the metadata says so.
+        notes = ["Deep cache is not applied on a ComfyUI server"] if shown.deep_cache > 1 else []
         return GenerateResult(
-            images=images, request=shown, seeds=seeds, model_name=Path(ckpt).stem, model_hash="",
-            timings={"total": time.perf_counter() - run.t0}, steps_done=run.steps_done, extra_params=extra,
-            step_previews=run.previews(), crop=plan.box if plan is not None and plan.cropped else None,
+            images=images, request=shown.replace(deep_cache=0), seeds=seeds, model_name=Path(ckpt).stem,
+            model_hash="", timings={"total": time.perf_counter() - run.t0}, steps_done=run.steps_done,
+            extra_params=extra, step_previews=run.previews(), crop=plan.box if plan is not None and plan.cropped
+            else None, notes=notes,
         )  # fmt: skip
 
     @staticmethod
