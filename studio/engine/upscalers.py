@@ -36,6 +36,7 @@ import os
 import sys
 import threading
 import types
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -196,6 +197,9 @@ def import_spandrel():
                 "run bash packaging/install.sh"
             ) from e
         _spandrel, _real_torchvision = spandrel, real
+        # spandrel's SwinIR calls torch.meshgrid without indexing= (the result is the same): torch's warning about
+        # a future change would reach the artist's terminal on every run that describes the built-in upscaler.
+        warnings.filterwarnings("ignore", message="torch.meshgrid: in an upcoming release", category=UserWarning)
         return spandrel
 
 
