@@ -210,7 +210,7 @@ def test_lora_embedding_and_vae_from_the_library_change_the_run_and_its_metadata
     single = tiny[0]["sd1"][1]
     engine = Engine(device="cpu", model_folders=[library])
     plain = engine.generate(req(single))
-    assert plain.extra_params == {}
+    assert plain.extra_params == {"Speed": "exact"}  # the mode the run used; no LoRA, TI or VAE keys
     with_lora = engine.generate(req(single, prompt="a red circle <lora:ink:0.8>"))
     assert not np.array_equal(with_lora.images[0], plain.images[0])
     hashes = with_lora.extra_params["Lora hashes"]

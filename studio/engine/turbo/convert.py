@@ -116,6 +116,8 @@ class Job:
         self.done = threading.Event()
         self.error: BaseException | None = None
         self.progress = (0.0, "Converting the U-Net")
+        # Every stage as it begins, so the caller's poll (every 0.1 s) says each one even when a stage is shorter.
+        self.stages: list[tuple[float, str]] = [self.progress]
         self.started = time.perf_counter()
         self.native_since: float | None = None
         self.timings: dict[str, float] = {}
@@ -150,6 +152,8 @@ class Job:
                 raise _Abandoned()
             calls += 1
             f = min(calls / (TRACE_PASSES * len(modules)), 1.0)
+            if calls == 1:
+                self._stage(0.0, "Converting the U-Net: tracing")
             self.progress = (TRACE_SHARE * f, "Converting the U-Net: tracing")
 
         passes = 0
@@ -174,7 +178,7 @@ class Job:
                 h.remove()
         self.timings["convert_s"] = time.perf_counter() - t
         self._check()
-        self.progress = (0.85, "Converting the U-Net: saving")
+        self._stage(0.85, "Converting the U-Net: saving")
         self.native_since = None
         t = time.perf_counter()
         self.tmp.mkdir(parents=True)
@@ -193,6 +197,10 @@ class Job:
             else:
                 self.tmp.rename(self.final)
         self.progress = (1.0, "Converting the U-Net: done")
+
+    def _stage(self, fraction: float, text: str) -> None:
+        self.progress = (fraction, text)
+        self.stages.append(self.progress)
 
     def current_progress(self) -> tuple[float, str]:
         """The progress to show. While OpenVINO converts natively (about as long as the trace took, measured on
@@ -226,15 +234,30 @@ def ensure_converted(unet: torch.nn.Module, cache_key: str, precision: str, ov, 
     final.parent.mkdir(parents=True, exist_ok=True)
     while True:
         job = _job_for(unet, final, cache_key, precision, ov)
-        last = None
+        last: tuple[float, str] | None = None
+        said = 0  # how many of the job's stages were reported
+
+        def report() -> None:
+            nonlocal last, said
+            if on_progress is None:
+                return
+            while said < len(job.stages):  # each stage once, in order, however short it was
+                stage = job.stages[said]
+                said += 1
+                if last is None or stage[1] != last[1]:
+                    last = (max(stage[0], last[0]) if last else stage[0], stage[1])
+                    on_progress(*last)
+            now = job.current_progress()
+            if last is None or now[1] != last[1] or now[0] - last[0] >= 0.01:
+                last = (max(now[0], last[0]) if last else now[0], now[1])
+                on_progress(*last)
+
         while not job.done.wait(0.1):
             if cancel is not None and cancel.is_set():
                 job.abandon()
                 raise Cancelled()
-            now = job.current_progress()
-            if on_progress is not None and (last is None or now[1] != last[1] or now[0] - last[0] >= 0.01):
-                last = now
-                on_progress(*now)
+            report()
+        report()
         if isinstance(job.error, _Abandoned) and not (cancel is not None and cancel.is_set()):
             continue  # an earlier run's cancelled conversion ended as we joined it: convert afresh
         break
