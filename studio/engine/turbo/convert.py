@@ -237,7 +237,7 @@ def ensure_converted(unet: torch.nn.Module, cache_key: str, precision: str, ov, 
         last: tuple[float, str] | None = None
         said = 0  # how many of the job's stages were reported
 
-        def report() -> None:
+        def report(job: Job = job) -> None:
             nonlocal last, said
             if on_progress is None:
                 return
