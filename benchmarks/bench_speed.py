@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/bench_speed.py --prepare           # convert + compile turbo (minutes; once)
     .venv/bin/python benchmarks/bench_speed.py                     # the table (256 px, 20 steps, 3 samplers)
     .venv/bin/python benchmarks/bench_speed.py --size 512 --samplers "Euler a"
+    .venv/bin/python benchmarks/bench_speed.py --lcm --size 512    # LCM 4 steps in turbo bf16 vs plain 50-step Euler
 
 Modes, each a ratio against plain eager fp32 diffusers measured in the same process, runs interleaved (round 1 in
 the order below, round 2 reversed: A B B A), so drift in the machine's load hits every mode alike:
@@ -11,20 +12,27 @@ the order below, round 2 reversed: A B B A), so drift in the machine's load hits
   fast        the U-Net in bf16 (channels_last), scheduler and CFG in fp32, VAE decode in bf16
   turbo f32   the U-Net compiled by OpenVINO, f32 (studio.engine.turbo)
   turbo bf16  the same with INFERENCE_PRECISION_HINT bf16, VAE decode in bf16
-`studio.engine.speed` (the exact/fast modes' own module) is not in this branch: exact and fast are built here as
-DESIGN.md's Speed section describes them. Per step: the time between the first and the last step's callback over
+exact, fast and turbo bf16 run through the studio's own code path (studio.engine.speed: `prepare_model`, then
+`plan_speed(mode).apply(pipe, model, ...)`, the decode under the plan's `decode_autocast`, `restore()` after), on a
+minimal stand-in for the engine's LoadedModel (its pipeline, name and hash); turbo f32 calls `turbo_unet` (what
+the plan calls) itself, since the plan picks bf16 on a bf16 CPU. Per step: the time between the first and the last step's callback over
 steps - 1 (the encode and the first call's warm-up excluded); whole image: encode, steps and decode. PSNR and the
 worst pixel are against plain diffusers' image with the same seed after the same steps.
 
 --prepare converts the U-Net for both precisions into the turbo cache (--cache-dir, outside the repo) and compiles
 it for the benchmark's shape, recording the first-run costs (conversion, first compile, peak RSS) in a JSON file
 there; a later run reads them and reports the compile from OpenVINO's cache it pays itself.
+
+--lcm: the few-step case. The "LCM" preset (studio.core.fewstep: LCMScheduler, 4 steps, CFG 1.5) in turbo bf16,
+whole image (prompt encode, steps, decode), against plain diffusers' default run of the same model at the same
+size: EulerDiscreteScheduler, 50 steps, CFG 7.5, fp32. A 50-step plain run at 512 px takes over an hour on a
+loaded CPU, so plain runs --plain-steps steps whole (encode, steps, decode) and its 50-step time is computed as
+that run plus (50 - n) times its measured per-step time; the table says so.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import math
 import os
@@ -33,6 +41,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 MODES = ("plain", "exact", "fast", "turbo f32", "turbo bf16")
 SAMPLERS = ("Euler a", "DPM++ 2M Karras", "DDIM")
@@ -96,8 +105,16 @@ def folder_mb(p: Path) -> float:
     return sum(f.stat().st_size for f in p.rglob("*") if f.is_file()) / 2**20 if p.exists() else 0.0
 
 
+def model_standin(a, pipe) -> SimpleNamespace:
+    """What studio.engine.speed reads of the engine's LoadedModel: the pipeline (`base`), a name, and the hash
+    and key its turbo cache key is made of (no LoRAs here)."""
+    ident = f"bench-{a.family}{'-tiny' if a.tiny else ''}-random-seed0"
+    return SimpleNamespace(base=pipe, name=ident, hash=ident, key=(ident,))
+
+
 def turbo_key(a, precision: str) -> str:
-    return f"bench-{a.family}{'-tiny' if a.tiny else ''}-random-seed0|no-loras|{precision}"
+    """The key speed.turbo_cache_key gives the stand-in (so --prepare's conversion is the one a run finds)."""
+    return f"bench-{a.family}{'-tiny' if a.tiny else ''}-random-seed0||{precision}"
 
 
 def latent_inputs(pipe, size: int):
@@ -162,45 +179,6 @@ def prepare(a) -> int:
     return 0
 
 
-class CastUNet:
-    """fast mode's U-Net: the bf16 copy runs the network, the pipeline (scheduler, CFG) keeps fp32."""
-
-    def __new__(cls, unet_bf16):
-        import torch
-
-        class _Cast(torch.nn.Module):
-            def __init__(self, inner):
-                super().__init__()
-                self.inner = inner
-                self.config = inner.config
-
-            @property
-            def dtype(self):
-                return torch.float32
-
-            @property
-            def device(self):
-                return torch.device("cpu")
-
-            def __getattr__(self, name):
-                try:
-                    return super().__getattr__(name)
-                except AttributeError:
-                    return getattr(self.inner, name)
-
-            def forward(self, sample, timestep, encoder_hidden_states=None, added_cond_kwargs=None,
-                        return_dict=True, **kw):
-                bf = torch.bfloat16
-                if added_cond_kwargs:
-                    added_cond_kwargs = {k: v.to(bf) for k, v in added_cond_kwargs.items()}
-                x = sample.to(bf, memory_format=torch.channels_last)
-                out = self.inner(x, timestep, encoder_hidden_states.to(bf), added_cond_kwargs=added_cond_kwargs,
-                                 return_dict=False, **kw)[0].float()
-                return (out,) if not return_dict else type("O", (), {"sample": out})()
-
-        return _Cast(unet_bf16)
-
-
 def psnr(a, b) -> tuple[float, int]:
     import numpy as np
 
@@ -210,11 +188,27 @@ def psnr(a, b) -> tuple[float, int]:
     return (math.inf if mse == 0 else 10 * math.log10(255**2 / mse)), worst
 
 
+def generate(pipe, size: int, steps: int, cfg: float, on_step, autocast=None):
+    """One whole image: the pipeline's prompt encode and steps (latents out), then the VAE decode as the engine
+    does it (under `autocast`, the plan's decode_autocast, pixels back in fp32). HxWx3 uint8."""
+    import torch
+
+    with torch.inference_mode():
+        lat = pipe(prompt="a red circle on a white background", num_inference_steps=steps, guidance_scale=cfg,
+                   width=size, height=size, generator=torch.Generator("cpu").manual_seed(1), output_type="latent",
+                   callback_on_step_end=on_step).images
+        vae = pipe.vae
+        with torch.autocast("cpu", dtype=autocast or torch.bfloat16, enabled=autocast is not None):
+            img = vae.decode(lat / vae.config.scaling_factor, return_dict=False)[0]
+        img = img.float()
+    return ((img[0].clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).numpy()
+
+
 def measure(a) -> int:
     import numpy as np
     import torch
 
-    from studio.engine import turbo
+    from studio.engine import speed, turbo
     from studio.engine.schedulers import build_scheduler
     from studio.engine.turbo import runtime
 
@@ -223,18 +217,18 @@ def measure(a) -> int:
     pipe = build_pipe(a.family, tiny=a.tiny)
     base_config = pipe.scheduler.config
     unet = pipe.unet
-    vae32 = pipe.vae
-    vae16 = copy.deepcopy(vae32).to(torch.bfloat16)
+    model = model_standin(a, pipe)
+    cpu = torch.device("cpu")
+
     def pick(arg: str) -> list[str]:
         return [m for m in MODES if m in arg.split(",")] if arg else list(MODES)
 
     modes_first, modes_other = pick(a.modes), pick(a.other_modes or a.modes)
-    unet16 = None
-    if "fast" in modes_first + modes_other:
-        unet16 = copy.deepcopy(unet).to(torch.bfloat16, memory_format=torch.channels_last)
     first: dict[str, float] = {}
     turbos = {}
     for precision in ("f32", "bf16"):
+        if f"turbo {precision}" not in modes_first + modes_other:
+            continue
         t = time.perf_counter()
         before = turbo.conversions
         turbos[precision] = turbo.turbo_unet(unet, cache_key=turbo_key(a, precision), precision=precision)
@@ -247,12 +241,16 @@ def measure(a) -> int:
         first[f"turbo {precision}: compile {a.size}px in this process (OpenVINO cache), s"] = time.perf_counter() - t
 
     def run(mode: str, sampler: str, steps: int = a.steps) -> tuple[np.ndarray, float, float]:
-        if mode == "exact":
-            unet.to(memory_format=torch.channels_last)
-        else:
-            unet.to(memory_format=torch.contiguous_format)
-        pipe.unet = {"fast": lambda: CastUNet(unet16), "turbo f32": lambda: turbos["f32"],
-                     "turbo bf16": lambda: turbos["bf16"]}.get(mode, lambda: unet)()
+        # plain: the U-Net as loaded (contiguous); the studio's modes: its load step (channels_last), then the plan.
+        unet.__dict__.pop("_studio_prepared", None)
+        unet.to(memory_format=torch.contiguous_format)
+        plan = None
+        if mode == "turbo f32":
+            pipe.unet = turbos["f32"]  # what the plan's turbo does, at f32 (the plan itself picks bf16 here)
+        elif mode != "plain":
+            speed.prepare_model(model, cpu)
+            plan = speed.plan_speed(mode.split()[0], cpu, torch.float32)
+            plan.apply(pipe, model, cpu)
         name, schedule = (sampler[: -len(" Karras")], "Karras") if sampler.endswith(" Karras") else (sampler, "Normal")
         pipe.scheduler = build_scheduler(base_config, name, schedule, 1)
         stamps: list[float] = []
@@ -261,15 +259,15 @@ def measure(a) -> int:
             stamps.append(time.perf_counter())
             return kw
 
+        autocast = plan.decode_autocast if plan is not None else None
         t0 = time.perf_counter()
-        with torch.inference_mode():
-            lat = pipe(prompt="a red circle on a white background", num_inference_steps=steps, guidance_scale=7.0,
-                       width=a.size, height=a.size, generator=torch.Generator("cpu").manual_seed(1),
-                       output_type="latent", callback_on_step_end=on_step).images
-            vae = vae16 if mode in ("fast", "turbo bf16") else vae32
-            img = vae.decode(lat.to(vae.dtype) / vae.config.scaling_factor, return_dict=False)[0].float()
+        try:
+            img = generate(pipe, a.size, steps, 7.0, on_step, autocast)
+        finally:
+            if plan is not None:
+                plan.restore()
+            pipe.unet = unet
         whole = time.perf_counter() - t0
-        img = ((img[0].clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).numpy()
         per_step = (stamps[-1] - stamps[0]) / (len(stamps) - 1)
         return img, per_step, whole
 
@@ -325,7 +323,120 @@ def measure(a) -> int:
     for k, v in first.items():
         print(f"- {k} = {v:.1f}")
     print(f"- OpenVINO compiled-blob cache: {folder_mb(Path(os.environ['LATENT_STUDIO_CACHE_DIR']) / 'turbo' / 'compiled'):.0f} MB")
-    print(f"- this process's peak RSS (torch U-Net + bf16 copy + both turbo models): {rss_mb():.0f} MB")
+    print(f"- this process's peak RSS (torch U-Net + bf16 copy + the turbo models): {rss_mb():.0f} MB")
+    return 0
+
+
+def measure_lcm(a) -> int:
+    """The LCM preset in turbo bf16 against plain diffusers' default 50-step Euler run, whole image (see --lcm)."""
+    import torch
+
+    from studio.core.fewstep import PRESETS
+    from studio.engine import speed, turbo
+    from studio.engine.schedulers import build_scheduler
+
+    lcm = PRESETS["LCM"]
+    pipe = build_pipe(a.family, tiny=a.tiny)
+    base_config, unet, cpu = pipe.scheduler.config, pipe.unet, torch.device("cpu")
+    model = model_standin(a, pipe)
+    first: dict[str, float] = {}
+
+    def log(msg: str) -> None:
+        print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+    def lcm_run() -> tuple[float, list[float]]:
+        """One LCM image in turbo bf16 the way the engine runs it: prepare, plan, apply, steps, decode, restore."""
+        speed.prepare_model(model, cpu)
+        plan = speed.plan_speed("turbo", cpu, torch.float32)
+        before = turbo.conversions
+        t = time.perf_counter()
+        plan.apply(pipe, model, cpu)
+        if turbo.conversions > before:
+            first["turbo bf16 conversion (not prepared), s"] = time.perf_counter() - t
+        if plan.notice:
+            log(plan.notice)
+        pipe.scheduler = build_scheduler(base_config, lcm.sampler, lcm.schedule, 1)
+        stamps: list[float] = []
+
+        def on_step(_p, _i, _t, kw):
+            stamps.append(time.perf_counter())
+            return kw
+
+        t0 = time.perf_counter()
+        try:
+            generate(pipe, a.size, lcm.steps, lcm.cfg, on_step, plan.decode_autocast)
+        finally:
+            plan.restore()
+        return time.perf_counter() - t0, [b - c for b, c in zip(stamps[1:], stamps, strict=False)]
+
+    def plain_run(steps: int) -> tuple[float, list[float], float]:
+        """Plain diffusers' default sampler (Euler), CFG 7.5, fp32, the U-Net as loaded; (whole, step gaps, encode)."""
+        unet.__dict__.pop("_studio_prepared", None)
+        unet.to(memory_format=torch.contiguous_format)
+        pipe.scheduler = build_scheduler(base_config, "Euler", "Normal", 1)
+        stamps: list[float] = []
+
+        def on_step(_p, _i, _t, kw):
+            stamps.append(time.perf_counter())
+            return kw
+
+        t0 = time.perf_counter()
+        generate(pipe, a.size, steps, 7.5, on_step)
+        whole = time.perf_counter() - t0
+        t = time.perf_counter()
+        with torch.inference_mode():
+            pipe.encode_prompt("a red circle on a white background", cpu, 1, True, "")
+        return whole, [b - c for b, c in zip(stamps[1:], stamps, strict=False)], time.perf_counter() - t
+
+    # The first LCM run pays turbo's first-run costs (conversion unless --prepare'd, the compile for this size).
+    t = time.perf_counter()
+    w, _ = lcm_run()
+    first[f"first LCM image in this process (incl. compile {a.size}px from OpenVINO's cache or fresh), s"] = (
+        time.perf_counter() - t)  # fmt: skip
+    log(f"LCM turbo bf16 first image: {w:.1f} s")
+    lcm_whole: list[float] = []
+    lcm_steps: list[float] = []
+    plain_whole: list[float] = []
+    plain_steps: list[float] = []
+    encodes: list[float] = []
+    for r in range(a.rounds):  # A B B A
+        for which in ("lcm", "plain") if r % 2 == 0 else ("plain", "lcm"):
+            if which == "lcm":
+                w, gaps = lcm_run()
+                lcm_whole.append(w)
+                lcm_steps += gaps
+                log(f"LCM turbo bf16, {lcm.steps} steps: {w:.1f} s whole")
+            else:
+                w, gaps, enc = plain_run(a.plain_steps)
+                plain_whole.append(w)
+                plain_steps += gaps
+                encodes.append(enc)
+                log(f"plain Euler, {a.plain_steps} steps: {w:.1f} s whole, {statistics.median(gaps):.2f} s/step")
+    lw = statistics.median(lcm_whole)
+    ps = statistics.median(plain_steps)
+    pw = statistics.median(plain_whole)
+    plain50 = pw + (50 - a.plain_steps) * ps
+    ls = statistics.median(lcm_steps) if lcm_steps else math.nan
+    print(f"\n{a.family}-layout random weights, {a.size}x{a.size}, batch 1, {torch.get_num_threads()} torch threads, "
+          f"{a.rounds} rounds interleaved (A B B A)")
+    print("| run | sampler, steps, CFG | s/step | whole image s | vs plain 50-step |")
+    print("| --- | --- | --- | --- | --- |")
+    print(f"| plain diffusers fp32 (measured) | Euler, {a.plain_steps}, 7.5 | {ps:.2f} | {pw:.1f} | - |")
+    print(f"| plain diffusers fp32 (COMPUTED: the {a.plain_steps}-step run + {50 - a.plain_steps} x its s/step) | "
+          f"Euler, 50, 7.5 | {ps:.2f} | {plain50:.1f} | 1.00x |")
+    print(f"| LCM preset, turbo bf16 (measured) | LCM, {lcm.steps}, {lcm.cfg:g} | {ls:.2f} | {lw:.1f} | "
+          f"{plain50 / lw:.1f}x |")
+    print(f"\nper step turbo bf16 vs plain: {ps / ls:.2f}x; steps 50 -> {lcm.steps}: {50 / lcm.steps:.1f}x; "
+          f"plain's prompt encode (CFG) {statistics.median(encodes):.2f} s")
+    print("\nfirst-run costs and memory")
+    for k, v in first.items():
+        print(f"- {k} = {v:.1f}")
+    prep_path = Path(os.environ["LATENT_STUDIO_CACHE_DIR"]) / f"prep-{a.family}{'-tiny' if a.tiny else ''}.json"
+    for precision, v in (json.loads(prep_path.read_text()) if prep_path.exists() else {}).items():
+        for k, val in v.items():
+            if k != "converted":
+                print(f"- turbo {precision} (--prepare run): {k} = {val:.1f}")
+    print(f"- this process's peak RSS: {rss_mb():.0f} MB")
     return 0
 
 
@@ -343,6 +454,8 @@ def main() -> int:
                     help="the turbo cache (GBs: outside the repo)")
     ap.add_argument("--tiny", action="store_true", help="the tests' tiny pipeline (checks this script in seconds)")
     ap.add_argument("--prepare", action="store_true", help="convert and compile turbo only, recording the costs")
+    ap.add_argument("--lcm", action="store_true", help="LCM 4 steps in turbo bf16 vs plain 50-step Euler, whole image")
+    ap.add_argument("--plain-steps", type=int, default=3, help="--lcm: plain's measured steps (50 are computed)")
     a = ap.parse_args()
     if a.modes and "plain" not in a.modes:
         a.modes = "plain," + a.modes
@@ -352,7 +465,9 @@ def main() -> int:
 
     import studio.engine  # noqa: F401  (first: puts the hub offline before diffusers is imported)
 
-    return prepare(a) if a.prepare else measure(a)
+    if a.prepare:
+        return prepare(a)
+    return measure_lcm(a) if a.lcm else measure(a)
 
 
 if __name__ == "__main__":
