@@ -124,3 +124,34 @@ def make_window(qtbot, out_dir):
 @pytest.fixture
 def window(make_window, fake):
     return make_window(fake)
+
+
+@pytest.fixture
+def doc():
+    """A document holding a white 200x100 image (the canvas and mask-tool tests)."""
+    from PySide6.QtCore import Qt
+    from PySide6.QtGui import QImage
+
+    from studio.session.document import Document
+
+    image = QImage(200, 100, QImage.Format.Format_RGB888)
+    image.fill(Qt.GlobalColor.white)
+    d = Document()
+    d.set_image(image)
+    return d
+
+
+@pytest.fixture
+def canvas(qtbot, doc):
+    """A canvas showing `doc` at 2x: the image at x = 12, 400 px wide."""
+    from studio.ui.canvas import Canvas
+
+    c = Canvas()
+    c.resize(424, 224)
+    c.set_image(doc.image)
+    c.set_document(doc)
+    qtbot.addWidget(c)
+    c.show()
+    qtbot.waitExposed(c)
+    assert c.image_rect() == c.fit_rect() and c.image_rect().x() == 12 and c.image_rect().width() == 400
+    return c

@@ -26,26 +26,6 @@ def white_image(w=W, h=H) -> QImage:
     return image
 
 
-@pytest.fixture
-def doc():
-    d = Document()
-    d.set_image(white_image())
-    return d
-
-
-@pytest.fixture
-def canvas(qtbot, doc):
-    c = Canvas()
-    c.resize(424, 224)
-    c.set_image(doc.image)
-    c.set_document(doc)
-    qtbot.addWidget(c)
-    c.show()
-    qtbot.waitExposed(c)
-    assert c.image_rect() == c.fit_rect() and c.image_rect().x() == 12 and c.image_rect().width() == 400
-    return c
-
-
 def at(canvas, x, y) -> QPoint:
     """The widget point over the centre of image pixel (x, y)."""
     p = canvas.from_image(x + 0.5, y + 0.5)

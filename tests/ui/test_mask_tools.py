@@ -12,7 +12,6 @@ from PySide6.QtGui import QColor, QImage
 from PySide6.QtWidgets import QColorDialog
 
 from studio.backends.fake import FakeBackend
-from studio.session.document import Document
 from studio.session.masktools import grow, polygon_region, shrink
 from studio.settings import Settings
 from studio.ui.canvas import Canvas
@@ -22,32 +21,6 @@ W, H = 200, 100
 LEFT = Qt.MouseButton.LeftButton
 ALT = Qt.KeyboardModifier.AltModifier
 NONE = Qt.KeyboardModifier.NoModifier
-
-
-def white_image(w=W, h=H) -> QImage:
-    image = QImage(w, h, QImage.Format.Format_RGB888)
-    image.fill(Qt.GlobalColor.white)
-    return image
-
-
-@pytest.fixture
-def doc():
-    d = Document()
-    d.set_image(white_image())
-    return d
-
-
-@pytest.fixture
-def canvas(qtbot, doc):
-    c = Canvas()
-    c.resize(424, 224)
-    c.set_image(doc.image)
-    c.set_document(doc)
-    qtbot.addWidget(c)
-    c.show()
-    qtbot.waitExposed(c)
-    assert c.image_rect().x() == 12 and c.image_rect().width() == 400
-    return c
 
 
 @pytest.fixture
