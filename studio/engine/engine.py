@@ -242,7 +242,7 @@ class Engine:
                 return self._result(used, seeds, model, tracker, [], cancelled=True, t=(t_start, t_loaded), plan=plan)
             # DeepCache wraps the U-Net for this run only (the pipelines share it): off below 15 steps, or on a
             # U-Net that is not a torch one (a swapped-in OpenVINO module), each with a note.
-            unet = getattr(pipe, "unet", None) if used.deep_cache > 1 else None  # looked at only when asked for
+            unet = pipe.unet if used.deep_cache > 1 else None  # looked at only when a run asks for DeepCache
             cache, note = deep_cache_plan(unet, used.deep_cache, effective_steps(used))
             if note:
                 log.info("%s", note)

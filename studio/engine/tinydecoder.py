@@ -75,12 +75,7 @@ def _strip_prefix(sd: dict[str, Any]) -> dict[str, Any]:
     """A decoder-only file as is; a whole TAESD file (``encoder.*`` + ``decoder.*``) or a flat diffusers file
     (``decoder.layers.*``) reduced to the decoder's original-layout keys."""
     if any(k.startswith("decoder.layers.") for k in sd):
-        out = {}
-        for k, v in sd.items():
-            m = re.match(r"^decoder\.layers\.(\d+)\.(.+)$", k)
-            if m:
-                out[f"{int(m.group(1)) + 1}.{m.group(2)}"] = v
-        return out
+        return to_original_keys(sd)
     for prefix in ("decoder.", "taesd_decoder."):
         if any(k.startswith(prefix) for k in sd):
             return {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix)}
