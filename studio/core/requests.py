@@ -9,6 +9,7 @@ from typing import Literal
 
 import numpy as np
 
+from .control import ControlSpec, validate_controls
 from .errors import RequestError
 from .speed import DEFAULT_SPEED, SPEEDS, Speed
 
@@ -174,6 +175,7 @@ class GenerateRequest:
     speed: Speed = DEFAULT_SPEED  # exact, fast or turbo (studio.core.speed); a result's request holds the one used
     tiny_decode: bool = False  # the final decode by the model's tiny decoder (TAESD), when it has one: fast, approximate
     deep_cache: int = 0  # reuse the U-Net's deep features: the full U-Net every N steps (2..5); 0 = off
+    controls: tuple[ControlSpec, ...] = ()  # ControlNets (studio.core.control), in every mode
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "init_image", _frozen_copy(self.init_image, (3,), "The init image"))
@@ -273,6 +275,7 @@ class GenerateRequest:
         for name, weight in self.loras:
             if not isinstance(name, str) or not name or not -10.0 <= float(weight) <= 10.0:
                 raise RequestError(f"A LoRA needs a name and a weight between -10 and 10, got {name!r}: {weight!r}")
+        validate_controls(tuple(self.controls))
 
 
     def _validate_inpaint(self) -> None:
