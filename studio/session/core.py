@@ -227,8 +227,9 @@ class Session(QObject):
             request = self.params.to_request(self.preview_kind)
             if request.mode != "upscale":
                 request = request.replace(speed=self.speed())
+            region = self.refine_region(request.mode)
             if request.mode != "txt2img":
-                request = self._with_canvas(request)
+                request = self._with_canvas(request, region)
             request.validate()
             out_dir = check_output_dir(self.output_dir)  # before the run: it is never wasted on a folder taking no file
         except EngineError as exc:
@@ -244,9 +245,10 @@ class Session(QObject):
         self._phases[job_id] = ("preparing" if stepless or self._loaded_model == (request.model or "")
                                 else "loading model")  # fmt: skip
         hires = request.hires.steps or request.steps if request.mode == "txt2img" and request.hires.runs() else 0
+        plan = RunPlan.for_region(request.mode, *region) if region and request.mode == "img2img" else None
         job = self.book.add(TrackedJob(job_id, JobKind.GENERATE, label, total=0 if stepless else request.steps + hires,
                                        width=request.width or 0, height=request.height or 0,
-                                       plan=RunPlan.for_request(request)))  # fmt: skip
+                                       plan=plan or RunPlan.for_request(request), region=region))  # fmt: skip
         if request.mode == "upscale":
             job.width, job.height = request.upscale_size()
         elif request.mode != "txt2img":  # the run keeps the canvas size
@@ -259,7 +261,14 @@ class Session(QObject):
         self.set_mode("inpaint")
         return self.generate()
 
-    def _with_canvas(self, request):
+    def refine_region(self, mode: str | None = None) -> tuple[tuple[int, int, int, int], int] | None:
+        """The selection an Image or Upscale run refines in place, and its feather (px); None: the whole image."""
+        p, selection = self.params, self.document.selection
+        if selection is None or (mode or p.mode) not in ("img2img", "upscale") or not p.region_in_place:
+            return None
+        return selection, max(0, int(p.region_feather))
+
+    def _with_canvas(self, request, region=None):
         doc = self.document
         what = MODE_LABELS[request.mode]
         if not doc.has_image():
@@ -270,8 +279,13 @@ class Session(QObject):
                 raise RequestError("Paint a mask over the area to repaint first (the brush: B)")
             mask = doc.mask
         image = doc.image_array()
+        if image is not None and request.mode == "img2img" and region is not None:
+            from .region import crop_for_run  # the selection at a working size near the model's native side
+
+            image = crop_for_run(image, region[0], self.native_side())
+            return request.replace(init_image=image, width=image.shape[1], height=image.shape[0])
         if image is not None and request.mode == "upscale" and doc.selection is not None:
-            x, y, w, h = doc.selection  # a region of the image: it becomes the upscaled canvas
+            x, y, w, h = doc.selection  # a region: upscaled, then pasted back in place (region) or the new canvas
             image = image[y : y + h, x : x + w]
         return request.replace(init_image=image, mask=mask)
 
@@ -323,6 +337,13 @@ class Session(QObject):
         """The mode of the generation on screen ("" when none runs)."""
         job = self.book.get(self.book.running) if self.book.running is not None else None
         return job.plan.mode if job is not None and job.plan is not None else ""
+
+    def previews_in_place(self) -> bool:
+        """The running job's previews go onto the canvas image where it works (an inpaint's or a region's area, an
+        upscale's tiles), not over the whole canvas."""
+        job = self.book.get(self.book.running) if self.book.running is not None else None
+        plan = job.plan if job is not None else None
+        return plan is not None and (plan.mode in ("inpaint", "upscale") or plan.rect is not None)
 
     def running_size(self) -> tuple[int, int]:
         """Width and height the running job asked for; (0, 0) for the model's native size or no job."""
@@ -751,7 +772,7 @@ class Session(QObject):
             self.timeline.add_live(info.step, arr)
             emit(self.preview_changed, array_to_qimage(arr))
             plan = job.plan
-            if plan is not None and plan.mode == "inpaint":
+            if plan is not None and plan.rect is not None:  # an inpaint's area, or a refined region
                 overlay = plan.overlay(arr)
                 if overlay is not None:
                     emit(self.live_overlay, overlay, plan.rect)
@@ -776,7 +797,7 @@ class Session(QObject):
         job = self.book.pop(job_id)
         self._phases.pop(job_id, None)  # a job dropped from the queue never started
         if was_running:
-            if job is not None and job.plan is not None and job.plan.mode == "inpaint":
+            if job is not None and job.plan is not None and job.plan.rect is not None:
                 emit(self.live_overlay, None, None)
             emit(self.running_changed, False)
         emit(self.jobs_changed)
@@ -794,7 +815,8 @@ class Session(QObject):
             emit(self.result_image, str(path) if path else "", image)
         if images:
             mode = result.request.mode
-            self.document.land_result(images[0], out.paths[0] if out.paths else None, MODE_LABELS.get(mode, "Result"),
+            landed, paths = self._in_place(job_id, images, list(out.paths))  # a region: pasted back at its place
+            self.document.land_result(landed[0], paths[0] if paths else None, MODE_LABELS.get(mode, "Result"),
                                       as_layer=self.results_as_layer)
         n = self.timeline_length()
         job = self.book.get(job_id)
@@ -821,6 +843,24 @@ class Session(QObject):
         if result.notice:  # the run went otherwise than asked (fast ran as exact on this CPU): the banner says why
             emit(self.message, result.notice, "attention")
         self._runs_done += 1
+
+    def _in_place(self, job_id: int, images: list[QImage], paths: list) -> tuple[list[QImage], list]:
+        """A region refine's results pasted into the document at the selection (feathered; every pixel outside it
+        the document's as it is now), each the document's size; other results as they came. The file on disk is the
+        region's, so a pasted image has no path (Save as writes the canvas, not the region)."""
+        job = self.book.get(job_id)
+        if job is None or job.region is None:
+            return images, paths
+        from .region import paste_back
+
+        (x, y, w, h), feather = job.region
+        doc = self.document.image_array()
+        if doc is None or x + w > doc.shape[1] or y + h > doc.shape[0]:
+            emit(self.message, "The canvas changed size during the run: the region's result is shown on its own",
+                 "warning")  # fmt: skip
+            return images, paths
+        return [array_to_qimage(paste_back(doc, qimage_to_array(im)[..., :3], (x, y, w, h), feather))
+                for im in images], []  # fmt: skip
 
     def _on_decoded(self, job_id: int, out: DecodedStep) -> None:
         self.book.pop(job_id)

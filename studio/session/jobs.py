@@ -23,6 +23,7 @@ class TrackedJob:
     width: int = 0  # what a generation asked for; 0: the model's native size
     height: int = 0
     plan: RunPlan | None = None  # a generation's: where its live previews go on the canvas (loads and decodes: None)
+    region: tuple[tuple[int, int, int, int], int] | None = None  # a region refine's selection and feather (px)
 
 
 @dataclass

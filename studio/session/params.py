@@ -76,6 +76,9 @@ class Params:
     hires_steps: int = 0  # 0: the same as the first pass
     hires_strength: float = 0.7
     deep_cache: int = 0  # DeepCache: the full U-Net every N steps (2..5), deep features reused between; 0 = off
+    # Refine a region (studio.session.region): with a selection, Image and Upscale runs work on it and paste back
+    region_in_place: bool = True
+    region_feather: int = 12  # px of soft edge, inside the selection
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -55,6 +55,13 @@ class RunPlan:
         x, y, cw, ch = rect
         return cls(r.mode, rect, np.array(r.mask[y : y + ch, x : x + cw]), int(r.inpaint.mask_blur))
 
+    @classmethod
+    def for_region(cls, mode: str, box: Rect, feather: int) -> RunPlan:
+        """An img2img of a selection: its previews over the selection through the paste's own feathered edge."""
+        from .region import feather_alpha
+
+        return cls(mode, box, feather_alpha(box[2], box[3], feather), 0)
+
     def overlay(self, preview: np.ndarray) -> QImage | None:
         """The live preview as an ARGB image whose alpha is the feathered mask, at the preview's size."""
         if self.mask is None or preview.ndim != 3:

@@ -67,7 +67,7 @@ TOOLTIPS = {
     "Middle-drag or Space + drag: pan, wheel: zoom.",
     "lasso": "Lasso fill: trace a free shape to mask it; Alt + drag (or subtract mode) unmasks it. "
     "Middle-drag or Space + drag: pan, wheel: zoom.",
-    "select": "Select: drag a rectangle (a region to upscale); a click without dragging clears it. "
+    "select": "Select: drag a rectangle (a region to refine in Image or Upscale mode); a click or Esc clears it. "
     "Middle-drag: pan, wheel: zoom.",
     "paint": "Paint: drag to paint the active layer in the paint colour; Alt + click picks a colour from the canvas. "
     "[ and ]: smaller / larger brush. Middle-drag or Space + drag: pan, wheel: zoom.",
@@ -914,6 +914,10 @@ class Canvas(QWidget):
         if key in (Qt.Key.Key_BracketLeft, Qt.Key.Key_BracketRight) and not shortcut:
             if pressed:
                 self.grow_brush() if key == Qt.Key.Key_BracketRight else self.shrink_brush()
+            return True
+        if key == Qt.Key.Key_Escape and not mods and self.document is not None and self.document.selection:
+            if pressed:  # (while a job runs, Esc is the window's Cancel and never gets here)
+                self.document.set_selection(None)
             return True
         if key == Qt.Key.Key_Space and self._edits_mask() and not mods:
             if not event.isAutoRepeat() and self._space != pressed:

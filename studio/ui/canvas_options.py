@@ -38,9 +38,10 @@ def hold_shown(session: Session, shown: dict[str, float]) -> None:
 
 MODE_BUTTONS = (
     ("txt2img", "Text", "Text to image: a new image from the prompt (Ctrl+1)"),
-    ("img2img", "Image", "Image to image: the canvas image as the start, changed by the prompt (Ctrl+2)"),
+    ("img2img", "Image", "Image to image: the canvas image (or the selected region, in place) as the start, changed by "
+                           "the prompt (Ctrl+2)"),
     ("inpaint", "Inpaint", "Inpaint: repaint the masked area of the canvas from the prompt (Ctrl+3)"),
-    ("upscale", "Upscale", "Upscale the canvas image, or the selected region of it (Ctrl+4)"),
+    ("upscale", "Upscale", "Upscale the canvas image, or refine the selected region of it in place (Ctrl+4)"),
 )
 METHODS = (
     ("diffusion", "Diffusion upscale", "Resize, then repaint in tiles with the model at a low strength: new detail"),
@@ -254,10 +255,10 @@ class UpscaleOptions(QWidget):
         self.tile.valueChanged.connect(lambda v: s.update_params(tile=int(v)))
         self.overlap.valueChanged.connect(lambda v: s.update_params(tile_overlap=int(v)))
         for signal in (self.method.currentIndexChanged, self.scale.valueChanged):
-            signal.connect(lambda *_: self._update_target())
+            signal.connect(lambda *_: self.update_target())
         s.capabilities_changed.connect(self.set_capabilities)
-        s.document.image_changed.connect(lambda _image: self._update_target())
-        s.document.selection_changed.connect(lambda _rect: self._update_target())
+        s.document.image_changed.connect(lambda _image: self.update_target())
+        s.document.selection_changed.connect(lambda _rect: self.update_target())
         self.set_upscalers(s.info.upscalers)
         self.set_params(s.params)
 
@@ -337,13 +338,16 @@ class UpscaleOptions(QWidget):
         self.setVisible(p.mode == "upscale")
         hold_shown(self.session, {"scale": float(self.scale.value()), "upscale_strength": float(self.strength.value()),
                                   "tile": self.tile.value(), "tile_overlap": self.overlap.value()})  # fmt: skip
-        self._update_target()
+        self.update_target()
 
-    def _update_target(self) -> None:
+    def update_target(self) -> None:
         doc, p = self.session.document, self.session.params
         if not doc.has_image():
             self.target.setText("Put an image on the canvas first")
             return
         x, y, w, h = doc.selection or (0, 0, *doc.size())
         what = f"the selection {w}×{h}" if doc.selection else f"the image {w}×{h}"
-        self.target.setText(f"Upscales {what} to {round(w * p.scale)}×{round(h * p.scale)}")
+        text = f"Upscales {what} to {round(w * p.scale)}×{round(h * p.scale)}"
+        if self.session.refine_region("upscale") is not None:
+            text += f", then scales it back into its place (the image stays {doc.size()[0]}×{doc.size()[1]})"
+        self.target.setText(text)

@@ -37,7 +37,7 @@ TOOL_HELP = {
     "pan": "Pan: drag to move the image; wheel zooms, double-click fits",
     "brush": "Brush: paint the mask, the area to repaint",
     "eraser": "Eraser: remove the mask",
-    "select": "Select: drag a rectangle, a region to upscale; a click clears it",
+    "select": "Select: drag a rectangle, a region to refine in place (Image, Upscale); a click or Esc clears it",
     "rect": "Rectangle fill: drag a rectangle to mask it (Alt + drag: unmask it)",
     "lasso": "Lasso fill: trace a free shape to mask it (Alt + drag: unmask it)",
 }

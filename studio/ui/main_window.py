@@ -334,6 +334,11 @@ class MainWindow(QMainWindow):
         edit_menu.addActions([self.paste_action, self.extend_action])
         edit_menu.addSeparator()
         edit_menu.addActions([self.fill_mask_action, self.clear_mask_action, self.invert_mask_action])
+        self.deselect_action = self._action("&Deselect", lambda: s.document.set_selection(None),
+                                            QKeySequence("Ctrl+Shift+A"), "",
+                                            "Clear the selection: runs work on the whole image again")  # fmt: skip
+        edit_menu.addSeparator()
+        edit_menu.addAction(self.deselect_action)
 
         gen_menu = mb.addMenu("&Generate")
         self.generate_action = self._action("&Generate", s.generate, [QKeySequence("Ctrl+Return"), QKeySequence("Ctrl+Enter")],
@@ -571,8 +576,8 @@ class MainWindow(QMainWindow):
 
     def _show_preview(self, image: QImage) -> None:
         """While a run goes, the canvas shows its live preview, enlarged (an inpaint: over its area)."""
-        if self.session.running_mode() in ("inpaint", "upscale"):
-            return  # drawn over the canvas image through the mask (live_overlay), or as tiles (live_canvas)
+        if self.session.previews_in_place():
+            return  # drawn over the canvas image through the mask or the region (live_overlay), or as tiles
         if self.session.is_running():
             self._preview_on_canvas = True
             w, h = self.session.running_size()

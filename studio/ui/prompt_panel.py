@@ -34,6 +34,7 @@ from studio.session import IMAGE_SUFFIXES, Params, Session
 from studio.ui.canvas_options import CanvasOptions, ModeSwitch, UpscaleOptions, set_clamped
 from studio.ui.hires_options import HiresFixOptions
 from studio.ui.presets import PresetControls
+from studio.ui.region_options import RegionOptions
 from studio.ui.theme import icon, muted_label
 from studio.ui.widgets import section
 
@@ -145,6 +146,10 @@ class PromptPanel(QWidget):
         lay.addSpacing(4)
         self.upscale_options = UpscaleOptions(session)  # first: in view without scrolling (1440x900)
         lay.addWidget(self.upscale_options)
+        self.region_options = RegionOptions(session)  # Image and Upscale modes: refine the selection in place
+        lay.addWidget(self.region_options)
+        self.region_options.changed.connect(self.upscale_options.update_target)
+        self.upscale_options.scale.valueChanged.connect(lambda _v: self.region_options.refresh())
 
         # Prompts
         lay.addWidget(section("Prompt"))
@@ -403,6 +408,7 @@ class PromptPanel(QWidget):
         self.mode_switch.show_mode(p.mode)
         self.canvas_options.set_params(p)
         self.upscale_options.set_params(p)
+        self.region_options.set_params(p)
         self.hires_options.set_params(p)
         self.hires_options.setVisible(p.mode == "txt2img")
         self.canvas_section.setVisible(p.mode in ("img2img", "inpaint"))  # the upscale options have their own

@@ -49,6 +49,7 @@ def test_a_selected_region_is_upscaled_into_the_canvas_undoably(qtbot, make_wind
     qtbot.mouseMove(canvas, widget_point(canvas, 40, 40))
     qtbot.mouseRelease(canvas, Qt.MouseButton.LeftButton, pos=widget_point(canvas, 50, 60))
     assert doc.selection == (10, 20, 40, 40)
+    s.update_params(region_in_place=False)  # paste back off (test_region_refine: on): the region is the new canvas
     s.set_mode("upscale")
     assert window.prompt_panel.upscale_options.target.text() == "Upscales the selection 40×40 to 80×80"
     frames = []
