@@ -45,11 +45,11 @@ class RegionOptions(QWidget):
         self.deselect = QPushButton("Deselect")
         self.deselect.setToolTip("Clear the selection: the next run works on the whole image (Esc on the canvas, "
                                  "Ctrl+Shift+A)")  # fmt: skip
-        row = QHBoxLayout()
+        outer.addWidget(self.in_place)
+        row = QHBoxLayout()  # (the panel is narrow: the check box has a line of its own)
         row.setSpacing(8)
-        row.addWidget(self.in_place, 1)
         row.addWidget(muted_label("Feather"))
-        row.addWidget(self.feather)
+        row.addWidget(self.feather, 1)
         row.addWidget(self.deselect)
         outer.addLayout(row)
 

@@ -224,3 +224,30 @@ def test_the_only_masked_inpaint_crop_still_shows_with_a_selection(qtbot, make_w
     run(qtbot, s, fake)
     assert fake.requests[-1].init_image.shape == (100, 200, 3)  # an inpaint takes the whole image and its mask
     assert doc.selection == BOX
+
+
+def test_a_region_refine_with_the_real_engine_keeps_the_outside_exact(qtbot, tiny_model, out_dir):
+    """The working size (rounded up to 64s) is one the real engine takes, and the paste keeps the outside exact."""
+    from studio.app import build_window
+    from studio.backends.local import LocalBackend
+    from studio.settings import Settings
+
+    window = build_window(Settings(), LocalBackend(device="cpu"), model=str(tiny_model), output_dir=str(out_dir))
+    qtbot.addWidget(window)
+    window.show()
+    try:
+        s, doc = window.session, window.session.document
+        s.show_image(picture(96, 64))
+        box = (20, 10, 40, 30)
+        doc.set_selection(box)
+        s.set_mode("img2img")
+        s.update_params(steps=2, seed=3, strength=0.6, sampler="Euler")
+        before = rgb(doc.image)
+        with qtbot.waitSignal(s.running_changed, check_params_cb=lambda running: not running, timeout=180_000):
+            assert s.generate() is not None
+        after = rgb(doc.image)
+        assert doc.size() == (96, 64) and doc.selection == box
+        assert np.array_equal(outside(after, box), outside(before, box))
+        assert (inside(after, box) != inside(before, box)).any()
+    finally:
+        window.close()
