@@ -245,10 +245,13 @@ class Session(QObject):
         self._phases[job_id] = ("preparing" if stepless or self._loaded_model == (request.model or "")
                                 else "loading model")  # fmt: skip
         hires = request.hires.steps or request.steps if request.mode == "txt2img" and request.hires.runs() else 0
-        plan = RunPlan.for_region(request.mode, *region) if region and request.mode == "img2img" else None
+        plan = RunPlan.for_request(request)
+        if region is not None:  # a refined region: its previews form over the selection
+            plan = RunPlan.for_region(request.mode, *region) if request.mode == "img2img" else plan
+            plan.rect = region[0]
         job = self.book.add(TrackedJob(job_id, JobKind.GENERATE, label, total=0 if stepless else request.steps + hires,
                                        width=request.width or 0, height=request.height or 0,
-                                       plan=plan or RunPlan.for_request(request), region=region))  # fmt: skip
+                                       plan=plan, region=region))  # fmt: skip
         if request.mode == "upscale":
             job.width, job.height = request.upscale_size()
         elif request.mode != "txt2img":  # the run keeps the canvas size
@@ -742,8 +745,7 @@ class Session(QObject):
         plan = job.plan if job is not None else None
         if plan is not None and job is not None and plan.mode == "upscale":
             plan.start_canvas(job.width, job.height)  # the input, resized: tiles form over it
-            if plan.canvas is not None:
-                emit(self.live_canvas, plan.canvas)
+            self._show_upscale(plan)
         self.book.running = job_id
         self._run_started = time.monotonic()
         self._first_step = None
@@ -772,14 +774,22 @@ class Session(QObject):
             self.timeline.add_live(info.step, arr)
             emit(self.preview_changed, array_to_qimage(arr))
             plan = job.plan
-            if plan is not None and plan.rect is not None:  # an inpaint's area, or a refined region
+            if plan is not None and plan.mode == "upscale" and plan.canvas is not None:
+                plan.paint(arr, info.region)
+                self._show_upscale(plan)
+            elif plan is not None and plan.rect is not None:  # an inpaint's area, or a refined region
                 overlay = plan.overlay(arr)
                 if overlay is not None:
                     emit(self.live_overlay, overlay, plan.rect)
-            elif plan is not None and plan.mode == "upscale" and plan.canvas is not None:
-                plan.paint(arr, info.region)
-                emit(self.live_canvas, plan.canvas)
         emit(self.jobs_changed)
+
+    def _show_upscale(self, plan: RunPlan) -> None:
+        """An upscale forming: in place of a refined region over the canvas image, else as the canvas."""
+        if plan.canvas is not None:
+            if plan.rect is not None:
+                emit(self.live_overlay, plan.canvas, plan.rect)
+            else:
+                emit(self.live_canvas, plan.canvas)
 
     def _eta(self, step: int, total: int, elapsed: float) -> float:
         """Seconds left, from the pace since the first step (the first one carries the prompt

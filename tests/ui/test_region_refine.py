@@ -3,6 +3,7 @@ back at its place (feathered inside it), every pixel outside it untouched; the s
 through a project's save and open; Esc, Edit > Deselect and the panel's button clear it."""
 
 import numpy as np
+import pytest
 from PySide6.QtCore import QPoint, Qt
 from PySide6.QtGui import QImage
 
@@ -155,16 +156,21 @@ def test_paste_back_off_keeps_the_old_ways(qtbot, make_window):
     assert doc.size() == (160, 100)  # Upscale: the upscaled selection is the new canvas
 
 
-def test_the_live_preview_of_a_region_forms_over_the_selection(qtbot, make_window):
+@pytest.mark.parametrize("mode", ["img2img", "upscale"])
+def test_the_live_preview_of_a_region_forms_over_the_selection(qtbot, make_window, mode):
     fake = FakeBackend()
-    window = refined_window(qtbot, make_window, fake)
+    window = refined_window(qtbot, make_window, fake, mode=mode)
     s = window.session
-    s.update_params(steps=3)
+    s.update_params(steps=3, upscale_mode="diffusion")  # (an upscale's tiles show steps in the diffusion method)
     assert s.generate() is not None
     fake.allow(1)
     qtbot.waitUntil(lambda: window.canvas.live_overlay() is not None)
     image, rect = window.canvas.live_overlay()
-    assert rect == BOX and image.hasAlphaChannel()
+    assert rect == BOX
+    if mode == "upscale":  # the upscale forming at its output size, drawn into the selection
+        assert (image.width(), image.height()) == (160, 100)
+    else:  # the estimate through the paste's feathered edge
+        assert image.hasAlphaChannel()
     assert window.canvas.image().size() == s.document.image.size()  # not the whole canvas replaced by the crop
     fake.run_free()
     qtbot.waitUntil(lambda: not s.is_running())
