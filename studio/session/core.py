@@ -229,6 +229,7 @@ class Session(QObject):
                 request = request.replace(speed=self.speed())
             if request.mode != "txt2img":
                 request = self._with_canvas(request)
+            request = self._with_controls(request)
             request.validate()
             out_dir = check_output_dir(self.output_dir)  # before the run: it is never wasted on a folder taking no file
         except EngineError as exc:
@@ -274,6 +275,15 @@ class Session(QObject):
             x, y, w, h = doc.selection  # a region of the image: it becomes the upscaled canvas
             image = image[y : y + h, x : x + w]
         return request.replace(init_image=image, mask=mask)
+
+    def _with_controls(self, request):
+        """The visible control layers become the request's ControlNets, in every mode (the flattened picture stays
+        the init image); an upscale of a selected region takes that region of them."""
+        doc = self.document
+        if not doc.has_image():
+            return request
+        crop = doc.selection if request.mode == "upscale" else None
+        return request.replace(controls=doc.control_specs(crop))
 
     def inpaint_crop(self) -> tuple[int, int, int, int] | None:
         """The rectangle an "only masked" inpaint would work on (image px), or None."""
