@@ -13,7 +13,7 @@ running one is not built here yet: `missing()` says what is needed, and the pane
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
@@ -93,7 +93,9 @@ def run(module: str, image: np.ndarray) -> np.ndarray:
     """The control image `module` makes from `image` (HxWx3 uint8); PreprocessError for one that needs a model."""
     if module in ("none", "tile"):  # the image itself: a tile ControlNet, or a control image made elsewhere
         return _rgb(image).copy()
-    fn = {"canny": canny, "softedge": softedge, "lineart": lineart, "scribble": scribble}.get(module)
+    makers: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+        "canny": canny, "softedge": softedge, "lineart": lineart, "scribble": scribble}
+    fn = makers.get(module)
     if fn is None:
         raise PreprocessError(missing(module, ()) or f"no preprocessor {module!r}")
     return fn(image)

@@ -533,7 +533,7 @@ class Document(QObject):
         """The stack as images for a save (bottom to top): name, visible, opacity, an RGBA image (an image
         layer's own image) and a control layer's settings (ControlProps.to_dict(), else None). Cached per layer until
         it is painted, so an autosave copies only what changed."""
-        out = []
+        out: list[tuple[str, bool, float, QImage, dict | None]] = []
         live = set()
         for la in self.layers:
             live.add(la.uid)

@@ -178,7 +178,7 @@ class ControlProperties(QWidget):
         la = self.layer()
         if la is None:
             return
-        what = "guidance" if "start" in changes or "end" in changes else next(iter(changes))
+        what = "guidance" if "start" in changes or "end" in changes else next(iter(changes)).replace("module", "type")
         self.document.set_control(self.document.active, la.control.replace(**changes), label=f"Control {what}")
 
     def _set_window(self, start: float | None = None, end: float | None = None) -> None:
