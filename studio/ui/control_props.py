@@ -99,6 +99,7 @@ class ControlProperties(QWidget):
         self.source_box.setToolTip("The picture the preprocessor reads: the flattened image, or one layer")
         run.addWidget(self.source_box, 1)
         self.run_button = QPushButton("Run")
+        self.run_button.setToolTip("Make this layer's image with its type's preprocessor (one undo step)")
         self.run_button.clicked.connect(self.run_preprocessor)
         run.addWidget(self.run_button)
         form.addRow("Run preprocessor on", run)
