@@ -27,8 +27,9 @@ class ControlOverlay(QObject):
         self.canvas = canvas
         self.visible = True
         self._image: QImage | None = None
+        # Bound methods, not lambdas: Qt drops the connections when the canvas (and this, its child) is deleted.
+        # Every whole-state change (a new image, an undo) also says layers_changed; strokes say pixels_changed.
         document.layers_changed.connect(self.rebuild)
-        document.image_changed.connect(lambda _img: self.rebuild())
         document.pixels_changed.connect(self._repaint)
         self.rebuild()
 

@@ -271,3 +271,13 @@ def test_the_autosave_keeps_the_control_layers(qtbot, tmp_path):
 def test_a_damaged_control_entry_reads_as_defaults():
     assert ControlProps.from_dict({"module": "x", "weight": 9, "start": 0.9, "end": 0.1, "mode": 3}) == ControlProps()
     assert ControlProps.from_dict("nonsense") == ControlProps()
+
+
+def test_a_result_never_replaces_a_control_layer_and_controls_do_not_merge():
+    doc = controls_document()
+    assert doc.layers[-1].control is not None and doc.active == 2
+    assert not doc.merge_down()  # a control image is not picture
+    doc.land_result(array_to_qimage(np.zeros((64, 80, 3), np.uint8)), None, "Result", as_layer=False)
+    assert [la.control.module if la.control else "picture" for la in doc.layers] == [
+        "picture", "scribble", "canny", "picture"]  # landed as a new layer on top
+    assert not rgb(doc.image).any()
