@@ -3,6 +3,8 @@ where the picture has edges and lines, and nothing where it has none."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -81,8 +83,33 @@ def test_run_and_missing_models():
         preprocess.run("pose", img)
 
 
-def test_a_present_model_file_is_named(tmp_path):
-    (tmp_path / "annotators").mkdir()
-    (tmp_path / "annotators" / "midas_v21_small_256.onnx").write_bytes(b"x")
-    assert preprocess.find_model("depth", [tmp_path]) == tmp_path / "annotators" / "midas_v21_small_256.onnx"
-    assert "midas_v21_small_256.onnx is there" in preprocess.missing("depth", [tmp_path])
+TINY_DEPTH = Path(__file__).parent / "data" / "tiny_depth.onnx"  # "depth" = the mean of the normalized channels
+
+
+def depth_folder(tmp_path: Path, name: str = "midas_v21_small_256.onnx", data: bytes | None = None) -> Path:
+    (tmp_path / "annotators").mkdir(parents=True, exist_ok=True)
+    (tmp_path / "annotators" / name).write_bytes(TINY_DEPTH.read_bytes() if data is None else data)
+    return tmp_path
+
+
+def test_depth_runs_an_onnx_depth_model_when_one_is_there(tmp_path):
+    img = np.full((48, 64, 3), 20, np.uint8)
+    img[12:36, 16:48] = 230  # bright = "near" for the stand-in model
+    assert preprocess.missing("depth", [tmp_path]) is not None
+    folder = depth_folder(tmp_path)
+    assert preprocess.missing("depth", [folder]) is None
+    out = preprocess.run("depth", img, [folder])
+    assert out.shape == (48, 64, 3) and np.array_equal(out[..., 0], out[..., 2])
+    d = out[..., 0].astype(int)
+    assert d[18:30, 22:42].min() >= 245 and d[:6].max() <= 10 and d[:, :8].max() <= 10  # near white, far black
+    assert d.max() == 255 and d.min() == 0  # normalized over the picture, as A1111's depth maps are
+
+
+def test_depth_and_pose_say_what_is_missing_or_wrong(tmp_path):
+    torch_only = depth_folder(tmp_path / "a", "dpt_hybrid-midas-501f0c75.pt", b"x")
+    assert "torch file" in preprocess.missing("depth", [torch_only])
+    broken = depth_folder(tmp_path / "b", data=b"not onnx")
+    with pytest.raises(PreprocessError, match="does not load as an ONNX model"):
+        preprocess.run("depth", square(), [broken])
+    pose = depth_folder(tmp_path / "c", "dw-ll_ucoco_384.onnx", b"x")
+    assert "dw-ll_ucoco_384.onnx is there, but running it is not built yet" in preprocess.missing("pose", [pose])

@@ -7,8 +7,10 @@ Qt of its own to clash with PySide6's. Soft edges and line art are made from the
 filters (no model): soft edges are the gradient magnitude of the blurred luminance, line art is where a pixel is
 darker than its neighbourhood (a difference of Gaussians), as an artist's ink lines are.
 
-Depth and pose need a preprocessor model (MiDaS / Depth Anything, DWPose / OpenPose); none ships with the studio and
-running one is not built here yet: `missing()` says what is needed, and the panel keeps those options disabled.
+Depth and pose need a preprocessor model; none ships with the studio. Depth runs an ONNX depth model (MiDaS v2.1
+small, Depth Anything v2 small: the files A1111's and ComfyUI's annotators use, exported to ONNX) through OpenCV's DNN
+module, still without torch; the torch `.pt` annotators are not loaded, and pose (DWPose / OpenPose) is not built yet.
+`missing()` says what is needed, and the panel keeps an option that cannot run disabled.
 """
 
 from __future__ import annotations
@@ -25,6 +27,14 @@ MODEL_FILES: dict[str, tuple[str, ...]] = {
     "depth": ("depth_anything_v2_vits.onnx", "midas_v21_small_256.onnx", "dpt_hybrid-midas-501f0c75.pt"),
     "pose": ("dw-ll_ucoco_384.onnx", "yolox_l.onnx", "body_pose_model.pth"),
 }
+
+
+# The ONNX depth models that run here: the square side each was trained at (ImageNet-normalized RGB in, relative
+# inverse depth out: larger = nearer, shown white as A1111's depth maps are).
+DEPTH_SIDE = {"depth_anything_v2_vits.onnx": 518, "midas_v21_small_256.onnx": 256}
+_IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
+_IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
+_nets: dict[tuple[str, float], object] = {}  # a loaded depth model, by path and mtime
 
 
 class PreprocessError(ValueError):
@@ -89,15 +99,54 @@ def scribble(image: np.ndarray) -> np.ndarray:
     return _grey3(bold)
 
 
-def run(module: str, image: np.ndarray) -> np.ndarray:
-    """The control image `module` makes from `image` (HxWx3 uint8); PreprocessError for one that needs a model."""
+def depth(image: np.ndarray, model: Path) -> np.ndarray:
+    """A depth map (near = white) of `image` from an ONNX depth model (DEPTH_SIDE), at the image's size."""
+    import cv2
+
+    rgb = _rgb(image)
+    side = DEPTH_SIDE.get(model.name)
+    if side is None:
+        raise PreprocessError(f"{model.name} is not a depth model this studio runs ({', '.join(DEPTH_SIDE)})")
+    key = (str(model), model.stat().st_mtime)
+    net = _nets.get(key)
+    if net is None:
+        try:
+            net = cv2.dnn.readNetFromONNX(str(model))
+        except cv2.error as e:
+            raise PreprocessError(f"{model.name} does not load as an ONNX model: {str(e).strip().splitlines()[-1]}") from e
+        _nets.clear()  # one model kept: a depth model is tens of MB
+        _nets[key] = net
+    # Linear, not the models' reference cubic: cubic rings at hard edges, and the ringing became the "nearest" point.
+    x = cv2.resize(rgb.astype(np.float32) / 255.0, (side, side), interpolation=cv2.INTER_LINEAR)
+    x = (x - _IMAGENET_MEAN) / _IMAGENET_STD
+    net.setInput(np.ascontiguousarray(x.transpose(2, 0, 1)[None], dtype=np.float32))  # type: ignore[attr-defined]
+    try:
+        d = np.squeeze(np.asarray(net.forward(), np.float32))  # type: ignore[attr-defined]
+    except cv2.error as e:
+        raise PreprocessError(f"{model.name} failed: {str(e).strip().splitlines()[-1]}") from e
+    if d.ndim != 2:
+        raise PreprocessError(f"{model.name} gives a {d.shape} output, not a depth map")
+    lo, hi = float(d.min()), float(d.max())
+    unit = ((d - lo) / (hi - lo) if hi > lo else np.zeros_like(d)).astype(np.float32)
+    near = np.asarray(cv2.resize(unit, (rgb.shape[1], rgb.shape[0]), interpolation=cv2.INTER_LINEAR), np.float32)
+    return _grey3(np.clip(near * 255.0, 0, 255).round().astype(np.uint8))
+
+
+def run(module: str, image: np.ndarray, folders: Iterable[Path | str] = ()) -> np.ndarray:
+    """The control image `module` makes from `image` (HxWx3 uint8); a model-based one looks for its model file in
+    `folders`; PreprocessError (one line) when it cannot run."""
+    folders = list(folders)
+    if module == "depth" and missing(module, folders) is None:
+        found = find_model(module, folders)
+        assert found is not None  # missing() found it
+        return depth(image, found)
     if module in ("none", "tile"):  # the image itself: a tile ControlNet, or a control image made elsewhere
         return _rgb(image).copy()
     makers: dict[str, Callable[[np.ndarray], np.ndarray]] = {
         "canny": canny, "softedge": softedge, "lineart": lineart, "scribble": scribble}
     fn = makers.get(module)
     if fn is None:
-        raise PreprocessError(missing(module, ()) or f"no preprocessor {module!r}")
+        raise PreprocessError(missing(module, folders) or f"no preprocessor {module!r}")
     return fn(image)
 
 
@@ -122,5 +171,9 @@ def missing(module: str, folders: Iterable[Path | str]) -> str | None:
     names = " or ".join(MODEL_FILES[module][:2])
     if found is None:
         return f"{module.capitalize()} needs a preprocessor model ({names} in models/annotators): none found"
+    if found.name in DEPTH_SIDE:
+        return None
+    if module == "depth":
+        return f"Depth: {found.name} is a torch file; put {names} (ONNX) in models/annotators to run depth here"
     return (f"{module.capitalize()}: {found.name} is there, but running it is not built yet; make the {module} "
             "image elsewhere and load it as a layer, then run 'none' on it")  # fmt: skip

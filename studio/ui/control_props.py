@@ -211,7 +211,7 @@ class ControlProperties(QWidget):
                 return False
             source = composite([layer.with_(visible=True)], doc.size())
         try:
-            image = preprocess.run(la.control.module, source)
+            image = preprocess.run(la.control.module, source, [MODELS_DIR, *self._folders()])
         except preprocess.PreprocessError as e:
             self.note.setText(str(e))
             return False

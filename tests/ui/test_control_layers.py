@@ -281,3 +281,24 @@ def test_a_result_never_replaces_a_control_layer_and_controls_do_not_merge():
     assert [la.control.module if la.control else "picture" for la in doc.layers] == [
         "picture", "scribble", "canny", "picture"]  # landed as a new layer on top
     assert not rgb(doc.image).any()
+
+
+def test_depth_is_offered_when_a_depth_model_is_in_a_model_folder(qtbot, window, nets, tmp_path):
+    from pathlib import Path
+
+    s, doc, panel = window.session, window.session.document, window.layers_panel
+    s.show_image(array_to_qimage(picture()))
+    panel.add_control()
+    props = panel.control_props
+    props.type_box.setCurrentIndex(props.type_box.findData("depth"))
+    assert not props.run_button.isEnabled()
+    (tmp_path / "annotators").mkdir()
+    tiny = Path(__file__).parents[1] / "data" / "tiny_depth.onnx"
+    (tmp_path / "annotators" / "midas_v21_small_256.onnx").write_bytes(tiny.read_bytes())
+    s.settings.model_folders = [str(tmp_path)]
+    props.refresh()
+    assert props.run_button.isEnabled() and props.note.text() == ""
+    assert props.run_preprocessor()
+    assert np.array_equal(control_image(doc.layers[-1].pixels),
+                          preprocess.run("depth", rgb(doc.image), [tmp_path]))  # fmt: skip
+    assert doc.history.undo_label() == "Preprocess: depth"
