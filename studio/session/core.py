@@ -230,6 +230,7 @@ class Session(QObject):
             region = self.refine_region(request.mode)
             if request.mode != "txt2img":
                 request = self._with_canvas(request, region)
+            request = self._with_controls(request, region)
             request.validate()
             out_dir = check_output_dir(self.output_dir)  # before the run: it is never wasted on a folder taking no file
         except EngineError as exc:
@@ -291,6 +292,15 @@ class Session(QObject):
             x, y, w, h = doc.selection  # a region: upscaled, then pasted back in place (region) or the new canvas
             image = image[y : y + h, x : x + w]
         return request.replace(init_image=image, mask=mask)
+
+    def _with_controls(self, request, region=None):
+        """The visible control layers become the request's ControlNets, in every mode (the flattened picture stays
+        the init image); a refined region, or an upscale of a selected region, takes that region of them."""
+        doc = self.document
+        if not doc.has_image():
+            return request
+        crop = region[0] if region is not None else doc.selection if request.mode == "upscale" else None
+        return request.replace(controls=doc.control_specs(crop))
 
     def inpaint_crop(self) -> tuple[int, int, int, int] | None:
         """The rectangle an "only masked" inpaint would work on (image px), or None."""

@@ -26,9 +26,11 @@ import numpy as np
 from PySide6.QtCore import QObject, Signal
 from PySide6.QtGui import QImage
 
+from studio.core.control import ControlSpec
 from studio.qimage import array_to_qimage, qimage_to_array
 from studio.qtcompat import emit
 
+from .controls import ControlProps, control_image, layer_pixels
 from .history import History, ImageEdit, LayerPaint, MaskEdit, Rect, clip_rect, patch, union
 from .layers import ColourStroke, Layer, blank, composite, merge_pair
 from .masktools import Region, apply_region, grow, shrink
@@ -357,7 +359,7 @@ class Document(QObject):
             below = composite(layers[: self.active], size)
             self._below = (key, below)
         flat = composite(layers[self.active :], size, base=below)
-        shown = [la for la in layers if la.visible and la.opacity > 0]
+        shown = [la for la in layers if la.visible and la.opacity > 0 and la.control is None]
         if shown and shown[-1].opaque_source and shown[-1].opacity >= 1.0:
             return shown[-1].source, flat
         return array_to_qimage(flat), flat
@@ -462,7 +464,7 @@ class Document(QObject):
         if self.image is None or not self.has_image() or image.size() != self.image.size():
             self.set_image(image, path, record=label)
             return
-        if as_layer:
+        if as_layer or self.layers[self.active].control is not None:  # a result never replaces a control layer
             self.add_image_layer(image, path, name=self._free_name(label), label=label, top=True)
             return
         old = self.layers[self.active]
@@ -519,33 +521,84 @@ class Document(QObject):
     def merge_down(self, index: int | None = None) -> bool:
         """Merge a layer (the active one) into the one below: one layer that flattens as the two did."""
         i = self.active if index is None else int(index)
-        if not 1 <= i < len(self.layers):
-            return False
+        if not 1 <= i < len(self.layers) or self.layers[i].control or self.layers[i - 1].control:
+            return False  # a control image is not picture: it merges into nothing, nothing merges into it
         upper, lower = self.layers[i], self.layers[i - 1]
         merged = Layer(lower.name, merge_pair(lower, upper))
         layers = [*self.layers[: i - 1], merged, *self.layers[i + 1 :]]
         self._commit(layers, i - 1, "Merge down")
         return True
 
-    def layer_images(self) -> list[tuple[str, bool, float, QImage]]:
-        """The stack as images for a save (bottom to top): name, visible, opacity and an RGBA image (an image
-        layer's own image). Cached per layer until it is painted, so an autosave copies only what changed."""
-        out = []
+    def layer_images(self) -> list[tuple[str, bool, float, QImage, dict | None]]:
+        """The stack as images for a save (bottom to top): name, visible, opacity, an RGBA image (an image
+        layer's own image) and a control layer's settings (ControlProps.to_dict(), else None). Cached per layer until
+        it is painted, so an autosave copies only what changed."""
+        out: list[tuple[str, bool, float, QImage, dict | None]] = []
         live = set()
         for la in self.layers:
             live.add(la.uid)
             if la.opaque_source:
-                out.append((la.name, la.visible, la.opacity, la.source))
+                out.append((la.name, la.visible, la.opacity, la.source, None))
                 continue
             key = (id(la.pixels), self._pixel_versions.get(la.uid, 0))
             cached = self._layer_images.get(la.uid)
             if cached is None or cached[0] != key:
                 cached = (key, array_to_qimage(la.pixels))
                 self._layer_images[la.uid] = cached
-            out.append((la.name, la.visible, la.opacity, cached[1]))
+            out.append((la.name, la.visible, la.opacity, cached[1], la.control.to_dict() if la.control else None))
         for uid in [u for u in self._layer_images if u not in live]:
             del self._layer_images[uid]
         return out
+
+    # -- control layers (studio.session.controls) ------------------------------------------------------------
+
+    def add_control_layer(self, props: ControlProps | None = None, image: np.ndarray | None = None) -> bool:
+        """A control layer on top of the stack, made active: empty (to draw on) or holding a control image."""
+        if not self.has_image():
+            return False
+        w, h = self.size()
+        props = props or ControlProps()
+        pixels = layer_pixels(image) if image is not None else np.zeros((h, w, 4), np.uint8)
+        if pixels.shape[:2] != (h, w):
+            raise ValueError(f"the control image must be {w}x{h}, got {pixels.shape[1]}x{pixels.shape[0]}")
+        layer = Layer(self._free_name("Control"), pixels, control=props)
+        self._commit([*self.layers, layer], len(self.layers), "Add control layer")
+        return True
+
+    def set_control(self, index: int, props: ControlProps, merge: bool = True, label: str = "Control settings") -> bool:
+        """A control layer's settings (type, model, weight, start / end, mode): one undo step per run of changes of
+        one label (a spin box's clicks)."""
+        if not 0 <= index < len(self.layers) or self.layers[index].control is None:
+            return False
+        return self._change(index, label, merge=merge, control=props)
+
+    def set_control_image(self, index: int, image: np.ndarray, label: str = "Preprocess") -> bool:
+        """Replace a control layer's image (a preprocessor's output, HxWx3 of the canvas size), one undo step."""
+        if not 0 <= index < len(self.layers) or self.layers[index].control is None:
+            return False
+        old = self.layers[index]
+        pixels = layer_pixels(image)
+        if pixels.shape[:2] != old.pixels.shape[:2]:
+            raise ValueError(f"the control image must be {old.size()[0]}x{old.size()[1]}")
+        layers = list(self.layers)
+        layers[index] = Layer(old.name, pixels, visible=old.visible, opacity=old.opacity, uid=old.uid,
+                              control=old.control)  # fmt: skip
+        self._pixel_versions[old.uid] = self._pixel_versions.get(old.uid, 0) + 1
+        self._commit(layers, index, label)
+        return True
+
+    def control_specs(self, crop: Rect | None = None) -> tuple[ControlSpec, ...]:
+        """The visible control layers, bottom to top, as a request's controls (their images cut to `crop`)."""
+        out = []
+        for la in self.layers:
+            if la.control is None or not la.visible:
+                continue
+            img = control_image(la.pixels)
+            if crop is not None:
+                x, y, w, h = crop
+                img = img[y : y + h, x : x + w]
+            out.append(la.control.spec(img))
+        return tuple(out)
 
     def single_layer(self) -> bool:
         """One plain image layer that is the flattened image: saves write it as before layers existed."""
@@ -567,6 +620,8 @@ class Document(QObject):
         layer = self.layers[self.active]
         if not layer.visible:
             return False
+        if layer.control is not None:
+            colour = (255, 255, 255)  # a control layer's lines are white (on black: studio.session.controls)
         if layer.opaque_source:  # from here on its pixels are its own (the history keeps the layer with its image)
             layer = self.layers[self.active] = layer.with_(source=None)
         if self._flat is None:

@@ -35,10 +35,10 @@ def new_id() -> int:
 class Layer:
     """One raster layer. `source` (a QImage) stands for opaque pixels until `pixels` is first asked for."""
 
-    __slots__ = ("_pixels", "name", "opacity", "source", "uid", "visible")
+    __slots__ = ("_pixels", "control", "name", "opacity", "source", "uid", "visible")
 
     def __init__(self, name: str, pixels: np.ndarray | None = None, *, visible: bool = True, opacity: float = 1.0,
-                 source: Any = None, uid: int | None = None) -> None:  # fmt: skip
+                 source: Any = None, uid: int | None = None, control: Any = None) -> None:  # fmt: skip
         if pixels is None and source is None:
             raise ValueError("a layer needs pixels or a source image")
         self.uid = new_id() if uid is None else uid
@@ -47,11 +47,12 @@ class Layer:
         self.opacity = float(min(1.0, max(0.0, opacity)))
         self.source = source
         self._pixels = pixels
+        self.control = control  # a studio.session.controls.ControlProps: a control layer (never in the picture)
 
     def with_(self, **changes: Any) -> Layer:
         """A copy with some metadata changed (same uid, same pixel array)."""
         kw = {"name": self.name, "visible": self.visible, "opacity": self.opacity, "source": self.source,
-              "uid": self.uid}  # fmt: skip
+              "uid": self.uid, "control": self.control}  # fmt: skip
         kw.update(changes)
         layer = Layer(kw.pop("name"), self._pixels, **kw)
         if layer._pixels is None and layer.source is None:  # source dropped before the pixels were built
@@ -154,7 +155,7 @@ def composite(layers: list[Layer] | tuple[Layer, ...], size: tuple[int, int], re
     else:
         out = np.empty((rh, rw, 3), np.uint8)
         out[...] = BACKGROUND
-    visible = [la for la in layers if la.visible and la.opacity > 0]
+    visible = [la for la in layers if la.visible and la.opacity > 0 and la.control is None]  # control: not picture
     # Start at the topmost opaque image layer: nothing below it shows.
     for i in range(len(visible) - 1, -1, -1):
         if visible[i].opaque_source and visible[i].opacity >= 1.0:

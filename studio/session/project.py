@@ -16,6 +16,8 @@ serialization of the document, two places it goes. project.json, version 1::
      "params": {"prompt": "...", "steps": 20, ...},    the prompt panel (studio.session.params.Params.to_dict())
      "selection": [x, y, w, h] | null,                 the selected region, in image pixels
      "layers": [{"name": "Image", "visible": true, "opacity": 1.0, "image": "img-....png"}],
+                                                       a control layer adds "control": {"module", "model", "weight",
+                                                       "start", "end", "mode"} (version 2: written only then)
      "active": 0,                                      the layer colour strokes paint (an index into layers)
      "mask": "mask-....png" | null,
      "current": STATE,                                 the document as saved (the autosave's STATE)
@@ -69,7 +71,7 @@ from .document import DocState, Document
 from .history import ImageEdit
 
 FORMAT = "latent-studio-project"
-VERSION = 1
+VERSION = 2  # the newest this reader knows; 2: layers may be control layers (written only when there are some)
 SUFFIX = ".lsproj"
 MANIFEST = "project.json"
 RECENT_COUNT = 8  # File > Open recent
@@ -160,8 +162,10 @@ def save(path: Path | str, document: Document, params: dict[str, Any]) -> Path:
                 return put(mask_name(a).replace(".npz", ".png"), lambda: png_bytes(array_to_qimage(a)))
 
             state = state_files(current, put_image, put_mask)
+            # Control layers (version 2): a reader of version 1 would flatten their pixels into the picture.
+            version = 2 if any(la.control for la in document.layers) else 1
             manifest = {
-                "format": FORMAT, "version": VERSION, "app": f"{APP_NAME} {__version__}", "saved_at": time.time(),
+                "format": FORMAT, "version": version, "app": f"{APP_NAME} {__version__}", "saved_at": time.time(),
                 "size": state["size"], "params": params,
                 "selection": list(document.selection) if document.selection else None,
                 "layers": [{"name": "Image", "visible": True, "opacity": 1.0, "image": state["image"]}]

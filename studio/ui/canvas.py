@@ -130,6 +130,7 @@ class Canvas(QWidget):
         self._select_from: tuple[int, int] | None = None  # a selection being dragged: its first corner
         self._select_rect: Rect | None = None
         self._live: tuple[QImage, Rect] | None = None
+        self._controls: QImage | None = None  # the control layers' overlay (studio.ui.control_overlay)
         self._paint_colour = QColor(0, 0, 0)
         self._colour_stroke = False  # a colour stroke is painting the document's active layer
         self._shows_doc = False  # the image shown is the document's (its strokes are copied into it)
@@ -549,6 +550,17 @@ class Canvas(QWidget):
     def sizeHint(self) -> QSize:
         return QSize(512, 512)
 
+    def set_control_overlay(self, image: QImage | None, rect: Rect | None = None) -> None:
+        """The control layers drawn over the image (ARGB, the image's size; None: none); rect: only it changed."""
+        self._controls = image
+        if rect is not None:
+            self._update_image_area(rect)
+        else:
+            self.update()
+
+    def control_overlay(self) -> QImage | None:
+        return self._controls
+
     # -- painting ----------------------------------------------------------------------------
 
     def paintEvent(self, event: QPaintEvent) -> None:
@@ -569,6 +581,8 @@ class Canvas(QWidget):
         if self._overlay is not None and self._mask_visible and self._mask_fits():
             p.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform, r.width() < self._overlay.width())
             self._draw_part(p, r, self._overlay, exposed)
+        if self._controls is not None and self._controls.size() == self._image.size():
+            self._draw_part(p, r, self._controls, exposed)
         if self._live is not None:
             image, rect = self._live
             p.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform, True)

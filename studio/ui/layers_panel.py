@@ -4,6 +4,10 @@ A list row per layer: its visibility (the check box), its name (double-click ren
 layer the active one (what colour strokes paint). Under the list: the active layer's opacity, and buttons to add an
 empty paint layer, delete, move up / down and merge down. Above it: the colour tools (Paint, Erase paint, Picker)
 and the paint colour. Every change goes through the document, so each is one undo step.
+
+Control layers (studio.session.controls) are listed as "<name> · Control: <type>" with their overlay tint as the
+icon; "Control" adds one (a scribble to draw on, with Paint), and the active one's settings show under the list
+(studio.ui.control_props). "Show control" turns their overlay on the canvas on and off.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QColor, QIcon, QKeySequence, QPainter, QPixmap, QShortcut
 from PySide6.QtWidgets import (
     QButtonGroup,
+    QCheckBox,
     QColorDialog,
     QComboBox,
     QHBoxLayout,
@@ -20,6 +25,7 @@ from PySide6.QtWidgets import (
     QListWidgetItem,
     QSizePolicy,
     QSlider,
+    QStyledItemDelegate,
     QToolButton,
     QVBoxLayout,
     QWidget,
@@ -28,6 +34,8 @@ from PySide6.QtWidgets import (
 from studio.qtcompat import emit
 
 from .canvas import Canvas
+from .control_overlay import ControlOverlay, tint
+from .control_props import ControlProperties, pick_model
 from .widgets import section
 
 PAINT_TOOLS = (("paint", "Paint", "P"), ("paint_eraser", "Erase", "Shift+E"), ("picker", "Picker", "I"))
@@ -45,11 +53,26 @@ def swatch(colour: QColor, size: int = 16) -> QIcon:
     return QIcon(pix)
 
 
+class _NameEditor(QStyledItemDelegate):
+    """Renaming a control layer's row edits its name, not the "· Control: type" the row also shows."""
+
+    def setEditorData(self, editor, index) -> None:
+        name = index.data(Qt.ItemDataRole.UserRole)
+        editor.setText(name if isinstance(name, str) else index.data())
+
+
+def row_text(layer) -> str:
+    return f"{layer.name}  ·  Control: {layer.control.module}" if layer.control is not None else layer.name
+
+
 class LayersPanel(QWidget):
     results_as_layer_changed = Signal(bool)
 
-    def __init__(self, document, canvas: Canvas, parent: QWidget | None = None):
+    def __init__(self, document, canvas: Canvas, parent: QWidget | None = None,
+                 controlnets=None, folders=None):  # fmt: skip
+        """controlnets: () -> [(label, path)] of the ControlNet models; folders: () -> the model folders."""
         super().__init__(parent)
+        self._controlnets = controlnets or (lambda: [])
         self.document = document
         self.canvas = canvas
         self.setObjectName("Panel")
@@ -95,6 +118,7 @@ class LayersPanel(QWidget):
         self.list.setMinimumHeight(60)
         self.list.currentRowChanged.connect(self._row_selected)
         self.list.itemChanged.connect(self._item_changed)
+        self.list.setItemDelegate(_NameEditor(self.list))
         box.addWidget(self.list, 1)
 
         row = QHBoxLayout()
@@ -122,10 +146,21 @@ class LayersPanel(QWidget):
                                         lambda: document.move_layer(document.active, -1))  # fmt: skip
         self.merge_button = self._button("Merge", "Merge down: the active layer into the one below it",
                                          lambda: document.merge_down())  # fmt: skip
-        for b in (self.add_button, self.delete_button, self.up_button, self.down_button, self.merge_button):
+        self.control_button = self._button("Control", "Add a control layer: draw a scribble on it (Paint), or run "
+                                           "a preprocessor (canny, soft edge...) on an image", self.add_control)
+        for b in (self.add_button, self.control_button, self.delete_button, self.up_button, self.down_button,
+                  self.merge_button):  # fmt: skip
             buttons.addWidget(b)
         buttons.addStretch(1)
         box.addLayout(buttons)
+        self.show_controls = QCheckBox("Show control")
+        self.show_controls.setChecked(True)
+        self.show_controls.setToolTip("Show the control layers over the picture (tinted, semi-transparent)")
+        buttons.addWidget(self.show_controls)
+        self.overlay = ControlOverlay(document, canvas)
+        self.show_controls.toggled.connect(self.overlay.set_visible)
+        self.control_props = ControlProperties(document, self._controlnets, folders)
+        box.addWidget(self.control_props)
 
         results = QHBoxLayout()
         results.addWidget(QLabel("Results:"))
@@ -164,9 +199,12 @@ class LayersPanel(QWidget):
             item = QListWidgetItem()
             item.setFlags(item.flags() | Qt.ItemFlag.ItemIsUserCheckable | Qt.ItemFlag.ItemIsEditable)
             self.list.addItem(item)
+        controls = [la.uid for la in layers if la.control is not None]
         for row, la in enumerate(reversed(layers)):  # the top layer first, as every paint program lists them
             item = self.list.item(row)
-            item.setText(la.name)
+            item.setText(row_text(la))
+            item.setData(Qt.ItemDataRole.UserRole, la.name)
+            item.setIcon(swatch(tint(controls.index(la.uid))) if la.control is not None else QIcon())
             item.setCheckState(Qt.CheckState.Checked if la.visible else Qt.CheckState.Unchecked)
             item.setToolTip(f"{la.name}: opacity {round(la.opacity * 100)}%" + ("" if la.visible else ", hidden"))
         if layers:
@@ -186,7 +224,18 @@ class LayersPanel(QWidget):
         self.delete_button.setEnabled(n > 1)
         self.up_button.setEnabled(i < n - 1)
         self.down_button.setEnabled(i > 0)
-        self.merge_button.setEnabled(i > 0)
+        self.merge_button.setEnabled(i > 0 and layers[i].control is None and layers[i - 1].control is None)
+        self.control_button.setEnabled(doc.has_image())
+
+    def add_control(self, module: str = "scribble") -> bool:
+        """A control layer on top (the first ControlNet model that says its type, if any), ready to draw on."""
+        from studio.session.controls import ControlProps
+
+        if not self.document.add_control_layer(ControlProps(module, pick_model(list(self._controlnets()), module))):
+            return False
+        if module in ("scribble", "lineart"):
+            self.canvas.set_tool("paint")
+        return True
 
     def set_results_as_layer(self, on: bool) -> None:
         self.results_box.setCurrentIndex(0 if on else 1)
@@ -208,7 +257,7 @@ class LayersPanel(QWidget):
         visible = item.checkState() == Qt.CheckState.Checked
         if visible != layer.visible:
             self.document.set_layer_visible(index, visible)
-        elif item.text() != layer.name:
+        elif item.text() not in (layer.name, row_text(layer)):
             if not self.document.rename_layer(index, item.text()):
                 self.refresh()  # an empty name: the old one back
 

@@ -204,7 +204,8 @@ class MainWindow(QMainWindow):
 
         self.right_split = QSplitter(Qt.Orientation.Vertical)
         # The layers sit between the preview and the queue: beside the canvas, never over it.
-        self.layers_panel = LayersPanel(s.document, self.canvas)
+        self.layers_panel = LayersPanel(s.document, self.canvas, controlnets=lambda: s.addon_choices("controlnet"),
+                                        folders=lambda: s.settings.model_folders)  # fmt: skip
         self.layers_panel.set_results_as_layer(self.settings.results_as_layer)
         s.results_as_layer = self.settings.results_as_layer
         self.layers_panel.results_as_layer_changed.connect(self._results_as_layer)

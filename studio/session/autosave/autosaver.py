@@ -112,7 +112,7 @@ class Autosaver(QObject):
         start, end = window(entries, cursor, self.keep_entries, self.keep_bytes)
         with self._writer.cv:
             records = kept_records(self._records, entries, start, end)
-        layers = None if doc.single_layer() else [(n, v, o, shallow(img)) for n, v, o, img in doc.layer_images()]
+        layers = None if doc.single_layer() else [(n, v, o, shallow(img), *c) for n, v, o, img, *c in doc.layer_images()]
         return Job(clean=clean, current=current, records=records, cursor=cursor - start, dropped=start,
                    total=len(entries), saved_at=time.time(), layers=layers, active=doc.active)  # fmt: skip
 

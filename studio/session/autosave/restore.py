@@ -22,6 +22,7 @@ from PySide6.QtGui import QImage, QImageReader
 
 from studio.qimage import qimage_to_array, qimage_to_gray
 
+from ..controls import ControlProps
 from ..document import DocState
 from ..history import ImageEdit, MaskEdit
 from ..layers import Layer
@@ -228,7 +229,10 @@ def read_layers(reader: Reader, m: dict, state: DocState) -> DocState:
         visible = la.get("visible", True) is not False
         opacity = float(opacity) if isinstance(opacity, (int, float)) else 1.0
         name = str(la.get("name") or f"Layer {len(stack) + 1}")[:200]
-        if img.hasAlphaChannel():
+        if "control" in la:  # a control layer (studio.session.controls): its pixels, never part of the picture
+            stack.append(Layer(name, qimage_to_array(img, alpha=True), visible=visible, opacity=opacity,
+                               control=ControlProps.from_dict(la["control"])))  # fmt: skip
+        elif img.hasAlphaChannel():
             stack.append(Layer(name, qimage_to_array(img, alpha=True), visible=visible, opacity=opacity))
         else:
             source = img.convertToFormat(QImage.Format.Format_RGB888)

@@ -76,9 +76,15 @@ def entry_files(payload: tuple, put_image: Callable[[QImage | None], str | None]
 
 
 def layer_files(layers: list, put_image: Callable[[QImage | None], str | None]) -> list[dict]:
-    """The layer stack as the manifest holds it: bottom to top, each {"name", "visible", "opacity", "image"}."""
-    return [{"name": str(name), "visible": bool(visible), "opacity": round(float(opacity), 4), "image": put_image(img)}
-            for name, visible, opacity, img in layers]  # fmt: skip
+    """The layer stack as the manifest holds it: bottom to top, each {"name", "visible", "opacity", "image"}, and
+    "control" (its settings) for a control layer."""
+    out = []
+    for name, visible, opacity, img, *control in layers:
+        d = {"name": str(name), "visible": bool(visible), "opacity": round(float(opacity), 4), "image": put_image(img)}
+        if control and control[0]:
+            d["control"] = control[0]
+        out.append(d)
+    return out
 
 
 class Writer:
