@@ -44,6 +44,7 @@ from studio.ui.preview import PreviewPanel
 from studio.ui.project_actions import ProjectActions, project_paths
 from studio.ui.prompt_panel import PromptPanel
 from studio.ui.queue_view import QueuePanel
+from studio.ui.staging_bar import STAGING_KEYS, StagingBar
 from studio.ui.theme import icon
 from studio.ui.widgets import format_eta, section
 
@@ -208,6 +209,12 @@ class MainWindow(QMainWindow):
         self.layers_panel.set_results_as_layer(self.settings.results_as_layer)
         s.results_as_layer = self.settings.results_as_layer
         self.layers_panel.results_as_layer_changed.connect(self._results_as_layer)
+        # Staged results: candidates over the canvas until the artist accepts, keeps or discards them.
+        self.canvas.set_staging(s.staging)
+        self.staging_bar = StagingBar(s, self.canvas)
+        s.staging.enabled = self.settings.stage_results
+        self.layers_panel.set_stage_results(self.settings.stage_results)
+        self.layers_panel.stage_results_changed.connect(self._stage_results)
         self.right_split.addWidget(self.preview_panel)
         self.right_split.addWidget(self.layers_panel)
         self.right_split.addWidget(self.queue_panel)
@@ -869,7 +876,7 @@ class MainWindow(QMainWindow):
             keys = [k.toString(QKeySequence.SequenceFormat.NativeText) for k in act.shortcuts() if not k.isEmpty()]
             if keys:
                 rows.append((" or ".join(keys), act.text().replace("&", "").rstrip("…")))
-        return rows + list(CANVAS_KEYS) + list(OTHER_KEYS)
+        return rows + list(CANVAS_KEYS) + list(STAGING_KEYS) + list(OTHER_KEYS)
 
     def show_shortcuts(self) -> None:
         rows = "".join(f"<tr><td><b>{html.escape(k)}</b></td><td>&nbsp;&nbsp;{html.escape(v)}</td></tr>"
@@ -944,6 +951,9 @@ class MainWindow(QMainWindow):
 
     def _results_as_layer(self, on: bool) -> None:
         self.session.results_as_layer = self.settings.results_as_layer = on
+
+    def _stage_results(self, on: bool) -> None:
+        self.session.staging.enabled = self.settings.stage_results = on
 
     def store_settings(self) -> None:
         self.session.store_settings()
