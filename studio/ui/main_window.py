@@ -452,6 +452,7 @@ class MainWindow(QMainWindow):
                 if loaded is not None:
                     state, entries, cursor = loaded
                     self.session.document.restore(state, entries, cursor)
+                    self.session.staging.restore(*autosave.load_staged(folder))
                     restored = True
                     self.show_message(f"Restored the canvas ({info.size[0]}×{info.size[1]}, "
                                       f"{info.undo_steps} undo steps) from the last session")  # fmt: skip
@@ -459,7 +460,7 @@ class MainWindow(QMainWindow):
                     self.show_message("The saved canvas could not be read; starting empty", "warning")
             else:
                 autosave.discard(folder)
-        self.autosaver = autosave.Autosaver(self.session.document, folder, parent=self)
+        self.autosaver = autosave.Autosaver(self.session.document, folder, parent=self, staging=self.session.staging)
         self.autosaver.failed.connect(lambda text: self.show_message(f"Autosave failed: {text}", "error"))
         if not self.autosaver.enabled:
             # Another running studio holds the save folder; saying it only on stderr leaves the artist unaware.

@@ -207,3 +207,24 @@ def test_the_project_file_keeps_the_staged_results(qtbot, staged, tmp_path):
     assert not window.staging_bar.regenerate_button.isEnabled()  # no request kept: generate again
     s.staging.accept()
     assert np.array_equal(rgb(s.document.image), candidate_pixels(2))
+
+
+def test_the_autosave_keeps_the_staged_results(qtbot, staged, make_window, tmp_path):
+    from studio.session import autosave
+
+    window = staged
+    folder = tmp_path / "autosave"
+    window.start_autosave(folder, ask=lambda info: False)
+    window.session.staging.select(1)
+    assert window.autosaver.flush()
+    candidates, index = autosave.load_staged(folder)
+    assert index == 1 and [c.seed for c in candidates] == [SEED + i for i in range(4)]
+    assert all(np.array_equal(rgb(c.image), candidate_pixels(i)) for i, c in enumerate(candidates))
+    # after a crash (no clean close), the restored window has them staged again over the restored document
+    other = make_window(FakeBackend(auto=True), stage=True)
+    assert other.start_autosave(folder, ask=lambda info: True)
+    st = other.session.staging
+    assert len(st.candidates) == 4 and st.index == 1 and other.staging_bar.position.text() == "2 / 4"
+    assert np.array_equal(rgb(other.session.document.image), noise(64, 64, 1))
+    window.session.staging.discard()  # nothing staged: the next save holds none
+    assert window.autosaver.flush() and autosave.load_staged(folder) == ([], 0)
