@@ -117,8 +117,8 @@ class Staging(QObject):
         chosen = self.current()
         if chosen is None:
             return False
+        self._apply(chosen)  # (first: the canvas never shows the document without the candidate in between)
         self._clear()
-        self._apply(chosen)
         return True
 
     def discard(self) -> bool:

@@ -432,6 +432,8 @@ class MainWindow(QMainWindow):
         self._result_landing = False
         s.result_image.connect(lambda *_: setattr(self, "_result_landing", True))
         s.document.image_changed.connect(self._hide_tint_on_result)
+        # Staged results land on Accept (the tint hides then); discarded, they never land.
+        s.staging.changed.connect(lambda: s.staging.active() or setattr(self, "_result_landing", False))
 
     def _hide_tint_on_result(self, _image) -> None:
         if self._result_landing:

@@ -3,8 +3,8 @@
 ◀ 2 / 4 ▶ | Original | Split | Accept | Keep as layer | Regenerate | Discard
 
 Keys (while candidates are staged and no text box, list or slider has the keyboard): Left / Right step through the
-candidates, Enter accepts, Esc discards (while no job is queued or running: Esc cancels a run first), and holding O
-shows the original until it is let go. The bar drives the session's Staging (studio.session.staging) and the session's
+candidates, Enter accepts, holding O shows the original until it is let go; Esc discards (from a text box too; while
+a job is queued or running Esc cancels it instead). The bar drives the session's Staging (studio.session.staging) and the session's
 regenerate; the canvas draws what the staging says.
 """
 
@@ -158,7 +158,8 @@ class StagingBar(QFrame):
             self._place()
         elif kind in (QEvent.Type.KeyPress, QEvent.Type.KeyRelease) and isinstance(obj, QWidget):
             focus = QApplication.focusWidget()
-            if focus is not None and any(focus.inherits(name) for name in _OWN_KEYS):
+            esc = event.key() == Qt.Key.Key_Escape  # (no text box wants Esc: it discards from the prompt box too)
+            if not esc and focus is not None and any(focus.inherits(name) for name in _OWN_KEYS):
                 return False
             if obj.window() is not self.window():
                 return False  # a dialog's keys are its own

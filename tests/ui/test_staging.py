@@ -78,6 +78,11 @@ def test_a_batch_waits_staged_and_accept_lands_the_chosen_one_as_one_undo_step(q
     assert window.gallery.count() == 4  # the gallery has every image whatever the artist picks
     bar.next_button.click()
     assert bar.position.text() == "2 / 4"
+    from PySide6.QtTest import QTest
+
+    window.prompt_panel.prompt.setFocus()
+    QTest.keyClick(window.prompt_panel.prompt, Qt.Key.Key_Return)  # typing in the prompt box: a new line, not Accept
+    assert s.staging.active() and window.prompt_panel.prompt.toPlainText().endswith("\n")
     window.canvas.setFocus()
     key(window, Qt.Key.Key_Return)  # Enter accepts the one shown
     assert not s.staging.active() and not bar.isVisible()
@@ -103,8 +108,10 @@ def test_discard_leaves_the_document_exact(qtbot, staged):
     window = staged
     s, doc = window.session, window.session.document
     before = snapshot(doc)
-    window.canvas.setFocus()
-    key(window, Qt.Key.Key_Escape)  # no job queued: Esc discards
+    window.prompt_panel.prompt.setFocus()
+    from PySide6.QtTest import QTest
+
+    QTest.keyClick(window.prompt_panel.prompt, Qt.Key.Key_Escape)  # no job queued: Esc discards (from the prompt too)
     assert not s.staging.active() and not window.staging_bar.isVisible()
     after = snapshot(doc)
     assert np.array_equal(after[0], before[0]) and after[1:] == before[1:]
