@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import random
 import shutil
 import time
 from collections.abc import Callable
@@ -24,7 +25,7 @@ from studio.core.errors import EngineError, RequestError, describe_error
 from studio.core.jobs import DecodedStep, JobKind, JobOutput, LoadModel, ModelLoaded
 from studio.core.memory import MemoryOptions
 from studio.core.output import check_output_dir
-from studio.core.requests import StepInfo
+from studio.core.requests import MAX_SEED, StepInfo
 from studio.core.speed import DEFAULT_SPEED
 from studio.qimage import array_to_qimage, qimage_to_array, qimage_to_gray
 from studio.qtcompat import emit
@@ -36,6 +37,7 @@ from .document import Document
 from .jobs import JobBook, JobView, TrackedJob
 from .params import MODES, Params
 from .runplan import CROP_FIELDS, MODE_LABELS, RunPlan, crop_rect
+from .staging import Candidate, Staging
 from .timeline import VIEWS, StepTimeline
 
 log = logging.getLogger(__name__)
@@ -95,6 +97,8 @@ class Session(QObject):
         )
         self.document = Document(self)
         self.results_as_layer = True  # a result lands as a new layer on top (False: it replaces the active layer)
+        self.staging = Staging(self._apply_candidate, self.document, self)  # results wait here (studio.session.staging)
+        self._regenerating: set[int] = set()  # Regenerate's jobs: their images are staged even with staging off
         self.timeline = StepTimeline(settings.preview_kind)
         if self.timeline.view not in self.info.preview_kinds:
             self.timeline.view = "x0"
@@ -236,6 +240,27 @@ class Session(QObject):
         except EngineError as exc:
             emit(self.message, describe_error(exc), "error")
             return None
+        return self._submit(request, out_dir, region)
+
+    def regenerate(self) -> int | None:
+        """The staging bar's Regenerate: the request of the candidate shown, sent again with a new seed; its images
+        are staged beside the others. None (and a message) when there is nothing to send again."""
+        chosen = self.staging.current()
+        if chosen is None or chosen.request is None:
+            emit(self.message, "Nothing to regenerate: this candidate came from a project file, generate again", "error")
+            return None
+        try:
+            request = chosen.request.replace(seed=random.randrange(MAX_SEED + 1))
+            request.validate()
+            out_dir = check_output_dir(self.output_dir)
+        except EngineError as exc:
+            emit(self.message, describe_error(exc), "error")
+            return None
+        job_id = self._submit(request, out_dir, chosen.region)
+        self._regenerating.add(job_id)
+        return job_id
+
+    def _submit(self, request, out_dir: Path, region: tuple[tuple[int, int, int, int], int] | None = None) -> int:
         label = " ".join(request.prompt.split()) or "(no prompt)"
         if request.mode != "txt2img":
             label = f"{MODE_LABELS[request.mode].lower()}: {label}"
@@ -812,7 +837,16 @@ class Session(QObject):
         s0, e0 = self._first_step
         return (elapsed - e0) / (step - s0) * (total - step)
 
+    def apply_result(self, image: QImage, path: Path | None, label: str, request: Any = None) -> None:
+        """A result onto the document, one undo entry: as a new layer or in place of the active one (the artist's
+        choice). The one place a result reaches the document, staged (Accept) or not; `request` made it."""
+        self.document.land_result(image, path, label, as_layer=self.results_as_layer)
+
+    def _apply_candidate(self, c: Candidate) -> None:
+        self.apply_result(c.image, c.path, c.label, c.request)
+
     def _end_run(self, job_id: int) -> None:
+        self._regenerating.discard(job_id)
         was_running = job_id == self.book.running
         job = self.book.pop(job_id)
         self._phases.pop(job_id, None)  # a job dropped from the queue never started
@@ -834,10 +868,16 @@ class Session(QObject):
                 self._unsaved_text[image.cacheKey()] = library.parameters_text(result, i)
             emit(self.result_image, str(path) if path else "", image)
         if images:
-            mode = result.request.mode
-            landed, paths = self._in_place(job_id, images, list(out.paths))  # a region: pasted back at its place
-            self.document.land_result(landed[0], paths[0] if paths else None, MODE_LABELS.get(mode, "Result"),
-                                      as_layer=self.results_as_layer)
+            label = MODE_LABELS.get(result.request.mode, "Result")
+            landed, kept = self._in_place(job_id, images, list(out.paths))  # a region: pasted back at its place
+            paths = [kept[i] if i < len(kept) else None for i in range(len(landed))]
+            if self.staging.enabled or job_id in self._regenerating:  # candidates over the canvas, the artist picks
+                seeds = [int(s) for s in result.seeds] if result.seeds else []
+                region = job.region if (job := self.book.get(job_id)) is not None else None
+                self.staging.add(Candidate(img, paths[i], label, seeds[i] if i < len(seeds) else None, result.request,
+                                           region) for i, img in enumerate(landed))  # fmt: skip
+            else:
+                self.apply_result(landed[0], paths[0], label, result.request)
         n = self.timeline_length()
         job = self.book.get(job_id)
         last = self._last_info

@@ -22,7 +22,10 @@ serialization of the document, two places it goes. project.json, version 1::
      "mask": "mask-....png" | null,
      "current": STATE,                                 the document as saved (the autosave's STATE)
      "cursor": 3, "dropped": 0,                        entries[:cursor] can be undone; older steps not kept
-     "entries": [ENTRY, ...]}                          the undo history (the autosave's entries)
+     "entries": [ENTRY, ...],                          the undo history (the autosave's entries)
+     "staged": [{"image": "img-....png", "label": "Result", "seed": 7 | null, "name": "00012-7"}, ...],
+     "staged_index": 0}                                results waiting over the canvas (studio.session.staging); a
+                                                       reader before them ignores both keys
     STATE = {"image": "img-....png", "format": <QImage.Format value>, "size": [w, h], "mask": "mask-....png" | null,
              "path": null, "caption": "..."}
     ENTRY = {"kind": "mask", "label": "Brush stroke", "rect": [x, y, w, h] | null, "before": ..., "after": ...}
@@ -64,11 +67,12 @@ from studio.qimage import array_to_qimage
 
 from .autosave.content import image_name, mask_name, png_bytes
 from .autosave.manifest import names_in
-from .autosave.restore import build
+from .autosave.restore import build, decode_png
 from .autosave.snapshot import State, capture, copy_mask, known, shallow, window
 from .autosave.writer import entry_files, layer_files, state_files
 from .document import DocState, Document
 from .history import ImageEdit
+from .staging import Candidate
 
 FORMAT = "latent-studio-project"
 VERSION = 2  # the newest this reader knows; 2: layers may be control layers (written only when there are some)
@@ -101,6 +105,8 @@ class Project:
     cursor: int
     params: dict[str, Any]
     selection: tuple[int, int, int, int] | None
+    staged: list[Candidate] = dataclasses.field(default_factory=list)  # results waiting over the canvas
+    staged_index: int = 0
 
 
 # -- writing -------------------------------------------------------------------------------------------------
@@ -118,9 +124,11 @@ def _payload(entry: Any) -> tuple:
     return kind, label, rect, before, after
 
 
-def save(path: Path | str, document: Document, params: dict[str, Any]) -> Path:
-    """Write the document (image, mask, selection, undo history) and the panel's `params` to `path` (`.lsproj` added
-    when missing), atomically. Raises ProjectError (one line) when there is no image or the disk refuses."""
+def save(path: Path | str, document: Document, params: dict[str, Any], staged: list[Candidate] | None = None,
+         staged_index: int = 0) -> Path:  # fmt: skip
+    """Write the document (image, mask, selection, undo history), the panel's `params` and the `staged` candidates to
+    `path` (`.lsproj` added when missing), atomically. Raises ProjectError (one line) when there is no image or the
+    disk refuses."""
     path = Path(path)
     if path.suffix.lower() != SUFFIX:
         path = path.with_name(path.name + SUFFIX)
@@ -172,6 +180,9 @@ def save(path: Path | str, document: Document, params: dict[str, Any]) -> Path:
                 if document.single_layer() else layer_files(document.layer_images(), put_image),
                 "active": document.active, "mask": state["mask"], "current": state, "cursor": cursor - start, "dropped": start,
                 "entries": [entry_files(p, put_image, put_mask) for p in payloads],
+                "staged": [{"image": put_image(c.image), "label": c.label, "seed": c.seed,
+                            "name": c.path.stem if c.path is not None else ""} for c in staged or ()],
+                "staged_index": staged_index,
             }  # fmt: skip
             z.writestr(MANIFEST, json.dumps(manifest, indent=1, ensure_ascii=False), zipfile.ZIP_DEFLATED)
     except OSError as e:
@@ -202,7 +213,10 @@ def _check(m: Any, members: dict[str, zipfile.ZipInfo]) -> None:
     layers = m.get("layers")
     if not isinstance(layers, list) or not layers or not all(isinstance(la, dict) for la in layers):
         raise ProjectError("its layers are damaged")
-    for name in {*names_in(m), *(la.get("image") for la in layers)}:
+    staged = m.get("staged", [])
+    if not isinstance(staged, list) or not all(isinstance(c, dict) for c in staged):
+        raise ProjectError("its staged results are damaged")
+    for name in {*names_in(m), *(la.get("image") for la in layers), *(c.get("image") for c in staged)}:
         if not isinstance(name, str) or not _NAME.match(name):
             raise ProjectError(f"it names a file it should not ({str(name)[:40]!r})")
         if name not in members:
@@ -245,6 +259,8 @@ def load(path: Path | str) -> Project:
                 raise ProjectError("its project.json is not valid JSON") from e
             _check(m, members)
             state, entries, cursor = build(lambda name: z.read(members[name]), m, strict=True, max_pixels=MAX_PIXELS)
+            staged = [_candidate(c, decode_png(z.read(members[c["image"]]), c["image"], MAX_PIXELS))
+                      for c in m.get("staged", [])]  # fmt: skip
     except ProjectError:
         raise
     except FileNotFoundError as e:
@@ -261,7 +277,16 @@ def load(path: Path | str) -> Project:
                for e in entries]  # fmt: skip
     params = m.get("params") if isinstance(m.get("params"), dict) else {}
     size = (state.image.width(), state.image.height())
-    return Project(_no_path(state), entries, cursor, params, _selection(m.get("selection"), size))
+    index = m.get("staged_index")
+    return Project(_no_path(state), entries, cursor, params, _selection(m.get("selection"), size), staged,
+                   index if type(index) is int and 0 <= index < len(staged) else 0)  # fmt: skip
+
+
+def _candidate(c: dict, image: QImage) -> Candidate:
+    """A staged result read back: no request (Regenerate needs a run of this session), no path on this disk."""
+    label, seed = c.get("label"), c.get("seed")
+    return Candidate(image, None, label if isinstance(label, str) and label else "Result",
+                     seed if type(seed) is int else None)  # fmt: skip
 
 
 # -- recent projects, and "saved or not" -----------------------------------------------------------------------

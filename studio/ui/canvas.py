@@ -25,6 +25,11 @@ Colour tools paint the document's active layer: "paint" (the brush in `paint_col
 transparent) and "picker" (a click takes the flattened canvas's colour; Alt + click does it with the paint tools).
 The document redraws only a stroke's dirty rectangle of its flattened image and says which (`pixels_changed`); the
 canvas copies that rectangle into the image it shows and repaints the widget area over it.
+
+Staged results (`set_staging`, studio.session.staging): the candidate shown is drawn over the document's image, not
+into it; "original" shows the document instead; a split view draws the candidate right of a divider the artist drags.
+A candidate of another size (an upscale) lays the canvas out at its size while it shows. A live preview (a run going)
+has the canvas to itself.
 """
 
 from __future__ import annotations
@@ -134,6 +139,8 @@ class Canvas(QWidget):
         self._paint_colour = QColor(0, 0, 0)
         self._colour_stroke = False  # a colour stroke is painting the document's active layer
         self._shows_doc = False  # the image shown is the document's (its strokes are copied into it)
+        self._staging = None  # the session's Staging, once set_staging is called
+        self._split_drag = False  # the split view's divider is being dragged
         self.setMinimumSize(240, 240)
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
         self.setMouseTracking(True)
@@ -180,7 +187,63 @@ class Canvas(QWidget):
                 and self._image.cacheKey() == doc_image.cacheKey())  # fmt: skip
 
     def _layout_size(self) -> QSize:
+        staged = self.staged_image()
+        if staged is not None and not self._staging.show_original and staged.size() != self._image.size():
+            return staged.size()
         return self._logical or self._image.size()
+
+    # -- staged results -------------------------------------------------------------------------
+
+    def set_staging(self, staging) -> None:
+        """Draw the staging area's candidate over the document (the window passes the session's Staging)."""
+        self._staging = staging
+        staging.changed.connect(self.update)
+
+    def staged_image(self) -> QImage | None:
+        """The candidate drawn over the canvas now, or None (nothing staged, or a live preview has the canvas)."""
+        st = self._staging
+        if st is None or self._logical is not None or not (self._shows_doc or self._image.isNull()):
+            return None
+        c = st.current()
+        return c.image if c is not None else None
+
+    def _split_x(self) -> float | None:
+        """The split view's divider (widget x), when one is drawn."""
+        staged = self.staged_image()
+        if staged is None or self._staging.split is None or self._staging.show_original or \
+                staged.size() != self._image.size():  # fmt: skip
+            return None
+        r = self.image_rect()
+        return r.left() + self._staging.split * r.width()
+
+    def _draw_staged(self, p: QPainter, r: QRectF, staged: QImage, exposed: QRect) -> None:
+        st = self._staging
+        split = self._split_x()
+        if st.show_original:
+            tag = f"original  ·  {st.position()} staged"
+        elif split is not None:
+            p.save()
+            p.setClipRect(QRectF(split, r.top(), r.right() - split + 1, r.height()))
+            self._draw_part(p, r, staged, exposed)
+            p.restore()
+            p.setPen(QPen(QColor(0, 0, 0, 200), 3))
+            p.drawLine(QPointF(split, r.top()), QPointF(split, r.bottom()))
+            p.setPen(QPen(QColor(255, 255, 255, 240), 1))
+            p.drawLine(QPointF(split, r.top()), QPointF(split, r.bottom()))
+            handle = QRectF(split - 6, r.center().y() - 16, 12, 32)
+            p.fillRect(handle, QColor(255, 255, 255, 230))
+            tag = f"original | candidate {st.position()}"
+        else:
+            self._draw_part(p, r, staged, exposed)
+            tag = f"candidate {st.position()}"
+        font = QFont(p.font())
+        font.setPointSizeF(max(6.0, font.pointSizeF() * 0.85))
+        p.setFont(font)
+        fm = p.fontMetrics()
+        box = QRectF(max(0.0, r.left()) + 6, max(0.0, r.top()) + 6, fm.horizontalAdvance(tag) + 12, fm.height() + 4)
+        p.fillRect(box, QColor(20, 21, 24, 210))
+        p.setPen(QColor("#e4e6eb"))
+        p.drawText(box, Qt.AlignmentFlag.AlignCenter, tag)
 
     # -- the document and its mask ------------------------------------------------------------
 
@@ -463,7 +526,7 @@ class Canvas(QWidget):
 
     def fit_rect(self) -> QRectF:
         """The image fitted and centred (never enlarged past 8x), in widget coordinates."""
-        if self._image.isNull():
+        if self._layout_size().isEmpty():
             return QRectF()
         margin, below = 12, 22 if self._caption else 0  # room for the caption under the image
         size = self._layout_size()
@@ -567,7 +630,8 @@ class Canvas(QWidget):
         p = QPainter(self)
         exposed = event.rect()
         p.fillRect(exposed, self.BACKDROP)
-        if self._image.isNull():
+        staged = self.staged_image()
+        if self._image.isNull() and staged is None:
             p.setPen(QColor("#5c616b"))
             p.drawText(self.rect(), Qt.AlignmentFlag.AlignCenter, "Your image appears here\n\nCtrl+Enter to generate")
             return
@@ -577,12 +641,17 @@ class Canvas(QWidget):
         p.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform, smooth)
         p.setPen(QPen(QColor("#2e3036"), 1))
         p.drawRect(r.adjusted(-1, -1, 0, 0))
-        self._draw_part(p, r, self._image, exposed)
+        own = staged is None or self._staging.show_original or staged.size() == self._image.size()
+        if own and not self._image.isNull():  # (a candidate of another size has the canvas's layout)
+            self._draw_part(p, r, self._image, exposed)
         if self._overlay is not None and self._mask_visible and self._mask_fits():
             p.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform, r.width() < self._overlay.width())
             self._draw_part(p, r, self._overlay, exposed)
         if self._controls is not None and self._controls.size() == self._image.size():
             self._draw_part(p, r, self._controls, exposed)
+        if staged is not None:
+            p.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform, smooth)
+            self._draw_staged(p, r, staged, exposed)
         if self._live is not None:
             image, rect = self._live
             p.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform, True)
@@ -803,7 +872,7 @@ class Canvas(QWidget):
     # -- events ----------------------------------------------------------------------------------
 
     def wheelEvent(self, event: QWheelEvent) -> None:
-        if self._image.isNull():
+        if self._layout_size().isEmpty():
             return
         steps = event.angleDelta().y() / 120.0
         if steps:
@@ -819,9 +888,13 @@ class Canvas(QWidget):
     def mousePressEvent(self, event: QMouseEvent) -> None:
         button = event.button()
         left = button == Qt.MouseButton.LeftButton
+        split = self._split_x()
         if self._painting() or self._shape is not None:
             event.accept()  # another button while painting: ignored
-        elif self._pans(button) and not self._image.isNull():
+        elif left and split is not None and abs(event.position().x() - split) <= 8:
+            self._split_drag = True  # the split view's divider: before any tool
+            event.accept()
+        elif self._pans(button) and not self._layout_size().isEmpty():
             old = self._outline_rect()
             self._drag_from, self._drag_button = event.position(), button
             self.setCursor(Qt.CursorShape.ClosedHandCursor)
@@ -852,6 +925,11 @@ class Canvas(QWidget):
         pos = event.position()
         old = self._outline_rect()
         self._hover = pos
+        if self._split_drag:
+            r = self.image_rect()
+            if r.width() > 0:
+                self._staging.set_split((pos.x() - r.left()) / r.width())
+            return
         if self._drag_from is not None:
             self._pan += pos - self._drag_from
             self._drag_from = pos
@@ -873,7 +951,9 @@ class Canvas(QWidget):
         self._update_outline(old)
 
     def mouseReleaseEvent(self, event: QMouseEvent) -> None:
-        if self._drag_from is not None and event.button() == self._drag_button:
+        if self._split_drag and event.button() == Qt.MouseButton.LeftButton:
+            self._split_drag = False
+        elif self._drag_from is not None and event.button() == self._drag_button:
             self._drag_from, self._drag_button = None, Qt.MouseButton.NoButton
             self._refresh_cursor()
             self._update_outline(None)

@@ -67,6 +67,7 @@ def row_text(layer) -> str:
 
 class LayersPanel(QWidget):
     results_as_layer_changed = Signal(bool)
+    stage_results_changed = Signal(bool)
 
     def __init__(self, document, canvas: Canvas, parent: QWidget | None = None,
                  controlnets=None, folders=None):  # fmt: skip
@@ -172,6 +173,11 @@ class LayersPanel(QWidget):
         self.results_box.currentIndexChanged.connect(
             lambda i: emit(self.results_as_layer_changed, RESULT_CHOICES[i][1]))
         results.addWidget(self.results_box, 1)
+        self.stage_box = QCheckBox("Stage")
+        self.stage_box.setToolTip("Stage results: a run's images wait over the canvas as candidates to step through, "
+                                  "compare, accept or discard (off: the first image lands at once)")  # fmt: skip
+        self.stage_box.toggled.connect(lambda on: emit(self.stage_results_changed, on))
+        results.addWidget(self.stage_box)
         box.addLayout(results)
 
         document.layers_changed.connect(self.refresh)
@@ -239,6 +245,9 @@ class LayersPanel(QWidget):
 
     def set_results_as_layer(self, on: bool) -> None:
         self.results_box.setCurrentIndex(0 if on else 1)
+
+    def set_stage_results(self, on: bool) -> None:
+        self.stage_box.setChecked(on)
 
     # -- to the document ----------------------------------------------------------------------------
 

@@ -44,6 +44,7 @@ from studio.ui.preview import PreviewPanel
 from studio.ui.project_actions import ProjectActions, project_paths
 from studio.ui.prompt_panel import PromptPanel
 from studio.ui.queue_view import QueuePanel
+from studio.ui.staging_bar import STAGING_KEYS, StagingBar
 from studio.ui.theme import icon
 from studio.ui.widgets import format_eta, section
 
@@ -209,6 +210,12 @@ class MainWindow(QMainWindow):
         self.layers_panel.set_results_as_layer(self.settings.results_as_layer)
         s.results_as_layer = self.settings.results_as_layer
         self.layers_panel.results_as_layer_changed.connect(self._results_as_layer)
+        # Staged results: candidates over the canvas until the artist accepts, keeps or discards them.
+        self.canvas.set_staging(s.staging)
+        self.staging_bar = StagingBar(s, self.canvas)
+        s.staging.enabled = self.settings.stage_results
+        self.layers_panel.set_stage_results(self.settings.stage_results)
+        self.layers_panel.stage_results_changed.connect(self._stage_results)
         self.right_split.addWidget(self.preview_panel)
         self.right_split.addWidget(self.layers_panel)
         self.right_split.addWidget(self.queue_panel)
@@ -431,6 +438,8 @@ class MainWindow(QMainWindow):
         self._result_landing = False
         s.result_image.connect(lambda *_: setattr(self, "_result_landing", True))
         s.document.image_changed.connect(self._hide_tint_on_result)
+        # Staged results land on Accept (the tint hides then); discarded, they never land.
+        s.staging.changed.connect(lambda: s.staging.active() or setattr(self, "_result_landing", False))
 
     def _hide_tint_on_result(self, _image) -> None:
         if self._result_landing:
@@ -451,6 +460,7 @@ class MainWindow(QMainWindow):
                 if loaded is not None:
                     state, entries, cursor = loaded
                     self.session.document.restore(state, entries, cursor)
+                    self.session.staging.restore(*autosave.load_staged(folder))
                     restored = True
                     self.show_message(f"Restored the canvas ({info.size[0]}×{info.size[1]}, "
                                       f"{info.undo_steps} undo steps) from the last session")  # fmt: skip
@@ -458,7 +468,7 @@ class MainWindow(QMainWindow):
                     self.show_message("The saved canvas could not be read; starting empty", "warning")
             else:
                 autosave.discard(folder)
-        self.autosaver = autosave.Autosaver(self.session.document, folder, parent=self)
+        self.autosaver = autosave.Autosaver(self.session.document, folder, parent=self, staging=self.session.staging)
         self.autosaver.failed.connect(lambda text: self.show_message(f"Autosave failed: {text}", "error"))
         if not self.autosaver.enabled:
             # Another running studio holds the save folder; saying it only on stderr leaves the artist unaware.
@@ -875,7 +885,7 @@ class MainWindow(QMainWindow):
             keys = [k.toString(QKeySequence.SequenceFormat.NativeText) for k in act.shortcuts() if not k.isEmpty()]
             if keys:
                 rows.append((" or ".join(keys), act.text().replace("&", "").rstrip("…")))
-        return rows + list(CANVAS_KEYS) + list(OTHER_KEYS)
+        return rows + list(CANVAS_KEYS) + list(STAGING_KEYS) + list(OTHER_KEYS)
 
     def show_shortcuts(self) -> None:
         rows = "".join(f"<tr><td><b>{html.escape(k)}</b></td><td>&nbsp;&nbsp;{html.escape(v)}</td></tr>"
@@ -950,6 +960,9 @@ class MainWindow(QMainWindow):
 
     def _results_as_layer(self, on: bool) -> None:
         self.session.results_as_layer = self.settings.results_as_layer = on
+
+    def _stage_results(self, on: bool) -> None:
+        self.session.staging.enabled = self.settings.stage_results = on
 
     def store_settings(self) -> None:
         self.session.store_settings()

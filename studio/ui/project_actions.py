@@ -137,7 +137,9 @@ class ProjectActions(QObject):
     def save_to(self, target: Path) -> bool:
         QApplication.setOverrideCursor(Qt.CursorShape.WaitCursor)  # a 2048 px document with a long history: ~1-2 s
         try:
-            written = project.save(target, self.document, self.session.params.to_dict())
+            staging = self.session.staging
+            written = project.save(target, self.document, self.session.params.to_dict(), staging.candidates,
+                                   staging.index)  # fmt: skip
         except project.ProjectError as e:
             self.window.show_message(f"Could not save the project: {e}", "error")
             return False
@@ -171,6 +173,7 @@ class ProjectActions(QObject):
         doc = self.document
         doc.restore(loaded.state, loaded.entries, loaded.cursor)
         doc.set_selection(loaded.selection)
+        self.session.staging.restore(loaded.staged, loaded.staged_index)
         params = Params.from_dict({**self.session.params.to_dict(), **loaded.params})
         missing_model = params.model and not Path(params.model).exists()
         if missing_model:  # a project from another machine: its model path is that disk's

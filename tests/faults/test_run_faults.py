@@ -180,7 +180,7 @@ def make_window(qtbot, isolated):
     made = []
 
     def make(backend, settings=None, **kw):
-        w = build_window(settings or Settings(), backend, output_dir=str(isolated), **kw)
+        w = build_window(settings or Settings(stage_results=False), backend, output_dir=str(isolated), **kw)
         qtbot.addWidget(w)
         w.show()
         made.append(w)
@@ -590,7 +590,7 @@ CLOSE_MID_RUN = textwrap.dedent(
     else:
         from studio.backends.local import LocalBackend
         backend = LocalBackend(device="cpu")
-    window = build_window(Settings(), backend, model=model, output_dir=out)
+    window = build_window(Settings(stage_results=False), backend, model=model, output_dir=out)
     window.show()
     size = 32 if model else 64
     window.session.update_params(prompt="closed mid-run", steps=1000, seed=1, width=size, height=size)

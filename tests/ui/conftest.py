@@ -100,16 +100,19 @@ def worker(qtbot):
 
 @pytest.fixture
 def make_window(qtbot, out_dir):
-    """Windows wired by the composition root (studio.app) on a fake backend by default."""
+    """Windows wired by the composition root (studio.app) on a fake backend by default. Results land at once
+    (staging off) unless stage=True: tests of the landing path predate the staging area (tests/ui/test_staging.py)."""
     from studio.app import build_window
     from studio.settings import Settings
 
     made = []
 
-    def make(backend=None, settings=None, **kw):
+    def make(backend=None, settings=None, stage=False, **kw):
         backend = backend if backend is not None else FakeBackend()
         kw.setdefault("output_dir", str(out_dir))
-        w = build_window(settings or Settings.load(), backend, **kw)
+        settings = settings or Settings.load()
+        settings.stage_results = stage
+        w = build_window(settings, backend, **kw)
         qtbot.addWidget(w)
         w.show()
         made.append(w)

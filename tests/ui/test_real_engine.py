@@ -12,7 +12,7 @@ from studio.settings import Settings
 
 def test_generate_with_the_real_engine(qtbot, tiny_model, out_dir):
     """tiny_model: the session-wide tiny random pipeline of tests/conftest.py."""
-    window = build_window(Settings(), LocalBackend(device="cpu"), model=str(tiny_model), output_dir=str(out_dir))
+    window = build_window(Settings(stage_results=False), LocalBackend(device="cpu"), model=str(tiny_model), output_dir=str(out_dir))
     qtbot.addWidget(window)
     window.show()
     try:
@@ -60,7 +60,7 @@ def test_inpaint_only_masked_from_the_window_with_the_real_engine(qtbot, tiny_in
     """The crop drawn before the run is the one the engine worked on; unmasked pixels stay exact."""
     from PySide6.QtGui import QImage
 
-    window = build_window(Settings(), LocalBackend(device="cpu"), model=str(tiny_inpaint_model),
+    window = build_window(Settings(stage_results=False), LocalBackend(device="cpu"), model=str(tiny_inpaint_model),
                           output_dir=str(out_dir))  # fmt: skip
     qtbot.addWidget(window)
     window.show()

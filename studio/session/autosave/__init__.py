@@ -33,6 +33,8 @@ manifest.json (version 1)::
 
     {"format": "latent-studio-autosave", "version": 1, "saved_at": <time.time()>, "clean": false,
      "pid": 1234, "cursor": 3, "dropped": 0, "total": 3,
+     "staged": [{"image": "img-....png", "label": "Result", "seed": 7}], "staged_index": 0,  (results waiting
+                 over the canvas, studio.session.staging; only when there are some: `load_staged` reads them)
      "current": STATE,
      "entries": [{"kind": "mask", "label": "Brush stroke", "rect": [x, y, w, h] | null,
                   "before": "mask-....npz" | null, "after": "mask-....npz" | null},
@@ -69,6 +71,6 @@ from __future__ import annotations
 
 from .autosaver import Autosaver
 from .folder import default_folder
-from .restore import RestoreInfo, discard, load, pending_restore
+from .restore import RestoreInfo, discard, load, load_staged, pending_restore
 
-__all__ = ["Autosaver", "RestoreInfo", "default_folder", "discard", "load", "pending_restore"]
+__all__ = ["Autosaver", "RestoreInfo", "default_folder", "discard", "load", "load_staged", "pending_restore"]

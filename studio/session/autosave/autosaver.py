@@ -31,9 +31,10 @@ class Autosaver(QObject):
 
     def __init__(self, document, folder: Path, delay_ms: int = 1500, parent: QObject | None = None, *,
                  max_wait_ms: int = 5000, keep_entries: int = KEEP_ENTRIES,
-                 keep_bytes: int = KEEP_BYTES) -> None:  # fmt: skip
+                 keep_bytes: int = KEEP_BYTES, staging=None) -> None:  # fmt: skip
         super().__init__(parent)
         self.document = document
+        self.staging = staging  # studio.session.staging.Staging: its candidates are saved with the document
         self.folder = Path(folder)
         self.delay_ms = max(0, int(delay_ms))
         self.max_wait_ms = max(self.delay_ms, int(max_wait_ms))
@@ -52,6 +53,8 @@ class Autosaver(QObject):
         self._job_done.connect(self._on_job_done, Qt.ConnectionType.QueuedConnection)
         if self.enabled:
             document.changed.connect(self._on_changed)
+            if staging is not None:
+                staging.changed.connect(self._on_changed)
 
     # -- scheduling (UI thread) -----------------------------------------------------------------
 
@@ -113,8 +116,11 @@ class Autosaver(QObject):
         with self._writer.cv:
             records = kept_records(self._records, entries, start, end)
         layers = None if doc.single_layer() else [(n, v, o, shallow(img), *c) for n, v, o, img, *c in doc.layer_images()]
+        st = self.staging
+        staged = [(shallow(c.image), c.label, c.seed) for c in st.candidates] if st is not None else []
         return Job(clean=clean, current=current, records=records, cursor=cursor - start, dropped=start,
-                   total=len(entries), saved_at=time.time(), layers=layers, active=doc.active)  # fmt: skip
+                   total=len(entries), saved_at=time.time(), layers=layers, active=doc.active, staged=staged,
+                   staged_index=st.index if st is not None else 0)  # fmt: skip
 
     # -- results ------------------------------------------------------------------------------------
 

@@ -277,6 +277,35 @@ def _folder_reader(doc_dir: Path) -> Callable[[str], bytes]:
     return lambda name: (doc_dir / name).read_bytes()
 
 
+def load_staged(folder: Path) -> tuple[list, int]:
+    """The staged results of the save `load` reads (studio.session.staging.Candidate, no request), and the index of
+    the one shown; what does not load is left out (logged). Never raises."""
+    from ..staging import Candidate
+
+    out: list = []
+    index = 0
+    try:
+        doc_dir = Path(folder) / DOC_DIR
+        found = pick(doc_dir) if doc_dir.is_dir() else None
+        if found is None:
+            return [], 0
+        _path, m = found
+        for c in m.get("staged") or []:
+            try:
+                image = decode_png((doc_dir / c["image"]).read_bytes(), c["image"])
+            except Exception as e:  # noqa: BLE001 - a staged result that does not load is left out
+                log.warning("autosave: a staged result does not load: %s", e)
+                continue
+            label, seed = c.get("label"), c.get("seed")
+            out.append(Candidate(image, None, label if isinstance(label, str) and label else "Result",
+                                 seed if type(seed) is int else None))  # fmt: skip
+        i = m.get("staged_index")
+        index = i if type(i) is int and 0 <= i < len(out) else 0
+    except Exception:  # noqa: BLE001
+        log.exception("autosave: could not read the staged results of %s", folder)
+    return out, index
+
+
 def load(folder: Path) -> tuple[DocState, list, int] | None:
     """The saved document as (state, history entries, cursor) for Document.restore, or None (logged).
     Prefers manifest.json, then manifest.prev.json, then the current image of either with the part

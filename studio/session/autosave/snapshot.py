@@ -147,6 +147,8 @@ class Job:
     saved_at: float = 0.0
     layers: list | None = None  # [(name, visible, opacity, QImage)] bottom to top; None: the image is the one layer
     active: int = 0
+    staged: list = field(default_factory=list)  # [(QImage, label, seed)]: results waiting over the canvas
+    staged_index: int = 0
     done: bool = False
     result: str = ""  # "ok", "cleared", "retry" (a file vanished: snapshot again), "superseded", "error: ..."
 

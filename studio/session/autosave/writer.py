@@ -208,6 +208,9 @@ class Writer:
                     "current": put_state(job.current), "entries": entries}  # fmt: skip
         if job.layers is not None:
             manifest["layers"], manifest["active"] = layer_files(job.layers, put_image), job.active
+        if job.staged:  # results waiting over the canvas (the project file's "staged" key)
+            manifest["staged"] = [{"image": put_image(img), "label": label, "seed": seed} for img, label, seed in job.staged]
+            manifest["staged_index"] = job.staged_index
         data = json.dumps(manifest, indent=1).encode()
         manifest_path, previous_path = doc_dir / MANIFEST, doc_dir / PREVIOUS
         previous = None
