@@ -257,3 +257,26 @@ def test_a_region_refine_with_the_real_engine_keeps_the_outside_exact(qtbot, tin
         assert (inside(after, box) != inside(before, box)).any()
     finally:
         window.close()
+
+
+def test_a_staged_region_result_waits_pasted_in_place_and_accept_changes_only_the_selection(qtbot, make_window):
+    fake = FakeBackend()
+    window = make_window(fake, stage=True)
+    s, doc = window.session, window.session.document
+    s.show_image(picture())
+    drag_selection(qtbot, window.canvas)
+    s.set_mode("img2img")
+    s.update_params(steps=2, seed=7, batch=2)
+    before = rgb(doc.image)
+    run(qtbot, s, fake)
+    assert np.array_equal(rgb(doc.image), before)  # staged: the document waits for the artist
+    staged = s.staging.candidates
+    assert len(staged) == 2 and all(c.region is not None for c in staged)
+    for c in staged:  # each candidate is the whole document with the region pasted back
+        a = rgb(c.image)
+        assert a.shape == before.shape and np.array_equal(outside(a), outside(before))
+        assert not np.array_equal(inside(a), inside(before))
+    chosen = rgb(staged[0].image)
+    assert s.staging.accept()
+    assert np.array_equal(rgb(doc.image), chosen)
+    assert np.array_equal(outside(rgb(doc.image)), outside(before))
