@@ -117,7 +117,8 @@ class CanvasToolbar(QWidget):
         row.addWidget(self.hardness_label)
         self.hardness_slider = QSlider(Qt.Orientation.Horizontal)
         self.hardness_slider.setRange(0, 100)
-        self.hardness_slider.setFixedWidth(90)
+        self.hardness_slider.setMinimumWidth(40)  # shrinks first when the canvas column is narrow
+        self.hardness_slider.setMaximumWidth(90)
         self.hardness_slider.setToolTip("Brush hardness: 100% a hard edge, lower a soft falloff towards the edge")
         self.hardness_slider.valueChanged.connect(self._hardness_moved)
         row.addWidget(self.hardness_slider)

@@ -142,8 +142,8 @@ class LayersPanel(QWidget):
         buttons.setSpacing(2)
         self.add_button = self._button("Add", "Add an empty paint layer above the active one", document.add_layer)
         self.delete_button = self._button("Delete", "Delete the active layer", lambda: document.delete_layer())
-        self.up_button = self._button("Up", "Move the active layer up", lambda: document.move_layer(document.active, 1))
-        self.down_button = self._button("Down", "Move the active layer down",
+        self.up_button = self._button("▲", "Move the active layer up", lambda: document.move_layer(document.active, 1))
+        self.down_button = self._button("▼", "Move the active layer down",
                                         lambda: document.move_layer(document.active, -1))  # fmt: skip
         self.merge_button = self._button("Merge", "Merge down: the active layer into the one below it",
                                          lambda: document.merge_down())  # fmt: skip
@@ -154,10 +154,12 @@ class LayersPanel(QWidget):
             buttons.addWidget(b)
         buttons.addStretch(1)
         box.addLayout(buttons)
-        self.show_controls = QCheckBox("Show control")
+        # Its own row, shown only while the document has control layers: in the button row it widened the whole
+        # right column and squeezed the prompt panel.
+        self.show_controls = QCheckBox("Show control layers")
         self.show_controls.setChecked(True)
         self.show_controls.setToolTip("Show the control layers over the picture (tinted, semi-transparent)")
-        buttons.addWidget(self.show_controls)
+        box.addWidget(self.show_controls)
         self.overlay = ControlOverlay(document, canvas)
         self.show_controls.toggled.connect(self.overlay.set_visible)
         self.control_props = ControlProperties(document, self._controlnets, folders)
@@ -206,6 +208,7 @@ class LayersPanel(QWidget):
             item.setFlags(item.flags() | Qt.ItemFlag.ItemIsUserCheckable | Qt.ItemFlag.ItemIsEditable)
             self.list.addItem(item)
         controls = [la.uid for la in layers if la.control is not None]
+        self.show_controls.setVisible(bool(controls))
         for row, la in enumerate(reversed(layers)):  # the top layer first, as every paint program lists them
             item = self.list.item(row)
             item.setText(row_text(la))

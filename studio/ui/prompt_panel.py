@@ -127,7 +127,7 @@ class PromptPanel(QWidget):
         self.session = session
         self.setObjectName("PromptPanel")
         self.setAttribute(Qt.WidgetAttribute.WA_StyledBackground, True)
-        self.setMinimumWidth(290)
+        self.setMinimumWidth(self.MIN_WIDTH)
 
         outer = QVBoxLayout(self)
         outer.setContentsMargins(0, 0, 0, 0)
@@ -137,6 +137,7 @@ class PromptPanel(QWidget):
         body = QWidget()
         scroll.setWidget(body)
         outer.addWidget(scroll, 1)
+        self._scroll, self._body = scroll, body
         lay = QVBoxLayout(body)
         lay.setContentsMargins(12, 12, 12, 8)
         lay.setSpacing(6)
@@ -403,6 +404,19 @@ class PromptPanel(QWidget):
         if self.session.params.model != want:
             self.session.update_params(model=want)
 
+    MIN_WIDTH = 290
+
+    def fit_width(self) -> None:
+        """Never narrower than the widgets it shows: its scroll area scrolls only vertically, so a narrower panel
+        clipped them (the Upscale tab, the CFG box) when a wider right column took the room."""
+        bar = self._scroll.verticalScrollBar().sizeHint().width()
+        need = self._body.minimumSizeHint().width() + bar + 2 * self._scroll.frameWidth()
+        self.setMinimumWidth(max(self.MIN_WIDTH, need))
+
+    def showEvent(self, event) -> None:
+        self.fit_width()
+        super().showEvent(event)
+
     def _show_mode(self, p: Params) -> None:
         self._filter_models()
         self.mode_switch.show_mode(p.mode)
@@ -415,6 +429,8 @@ class PromptPanel(QWidget):
         text, tip = GENERATE_LABELS.get(p.mode, GENERATE_LABELS["txt2img"])
         self.generate_button.setText(text)
         self.generate_button.setToolTip(tip)
+        if self.isVisible():  # another mode shows other groups
+            self.fit_width()
 
     def _seed_edited(self, text: str) -> None:
         try:
