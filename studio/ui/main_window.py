@@ -885,7 +885,10 @@ class MainWindow(QMainWindow):
             keys = [k.toString(QKeySequence.SequenceFormat.NativeText) for k in act.shortcuts() if not k.isEmpty()]
             if keys:
                 rows.append((" or ".join(keys), act.text().replace("&", "").rstrip("…")))
-        return rows + list(CANVAS_KEYS) + list(STAGING_KEYS) + list(OTHER_KEYS)
+        merged: dict[str, list[str]] = {}  # one row per key: Esc cancels a run, else discards staged results
+        for keys, what in rows + list(CANVAS_KEYS) + list(STAGING_KEYS) + list(OTHER_KEYS):
+            merged.setdefault(keys, []).append(what)
+        return [(keys, "; else ".join(whats)) for keys, whats in merged.items()]
 
     def show_shortcuts(self) -> None:
         rows = "".join(f"<tr><td><b>{html.escape(k)}</b></td><td>&nbsp;&nbsp;{html.escape(v)}</td></tr>"
