@@ -54,6 +54,14 @@ def _add_generation_options(p: argparse.ArgumentParser, upscale: bool = False) -
         p.add_argument("--width", type=int, default=None, help="multiple of 8 (default: the model's native size)")
         p.add_argument("--height", type=int, default=None, help="multiple of 8 (default: the model's native size)")
         p.add_argument("--batch", type=int, default=1, help="images per run; image i uses seed + i")
+        p.add_argument("--subseed", type=int, default=None, help="A1111's variation seed (default: random when "
+                       "--subseed-strength is above 0); image i of a batch uses it + i, all with the seed itself")
+        p.add_argument("--subseed-strength", type=float, default=0.0, metavar="X",
+                       help="variation strength 0-1: the seed's noise slerped toward the variation seed's (text to "
+                            "image; default 0: off)")  # fmt: skip
+        p.add_argument("--seed-resize-from", type=_size_arg, default=(0, 0), metavar="WxH",
+                       help="make the seed's noise at this size and paste it centred (A1111's resize seed from: "
+                            "a composition survives a size change)")  # fmt: skip
         p.add_argument("--speed", choices=("exact", "fast", "turbo"), default="exact",
                        help="exact (default): plain diffusers' pixels; fast: bf16/fp16 U-Net and decode where the "
                             "hardware has it (a few 1/255 off); turbo: the U-Net compiled with OpenVINO (the first "
@@ -296,7 +304,24 @@ def _request(args: argparse.Namespace, mode: str, **fields):
         shared["speed"] = args.speed
     if getattr(args, "deep_cache", 0):
         shared["deep_cache"] = args.deep_cache
+    shared.update(_variation(args))
     return GenerateRequest.from_fields(**{**shared, **fields})
+
+
+def _size_arg(text: str) -> tuple[int, int]:
+    """'512x768' -> (512, 768), for argparse (its error is one line)."""
+    w, sep, h = text.lower().partition("x")
+    if not sep or not w.strip().isdigit() or not h.strip().isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size: use WIDTHxHEIGHT, e.g. 512x512")
+    return int(w), int(h)
+
+
+def _variation(args: argparse.Namespace) -> dict:
+    if not hasattr(args, "subseed_strength"):
+        return {}
+    w, h = args.seed_resize_from
+    return dict(subseed=args.subseed, subseed_strength=args.subseed_strength, seed_resize_from_w=w,
+                seed_resize_from_h=h)  # fmt: skip
 
 
 def _sampling(args: argparse.Namespace) -> dict:

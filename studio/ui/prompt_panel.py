@@ -35,6 +35,7 @@ from studio.ui.canvas_options import CanvasOptions, ModeSwitch, UpscaleOptions, 
 from studio.ui.hires_options import HiresFixOptions
 from studio.ui.presets import PresetControls
 from studio.ui.theme import icon, muted_label
+from studio.ui.variation_options import VariationOptions
 from studio.ui.widgets import section
 
 GENERATE_LABELS = {
@@ -297,6 +298,8 @@ class PromptPanel(QWidget):
         lay.addLayout(grid)
         self.hires_options = HiresFixOptions(session)  # Text mode only (_show_mode)
         lay.addWidget(self.hires_options)
+        self.variation_options = VariationOptions(session)  # Text mode only (_show_mode)
+        lay.addWidget(self.variation_options)
         self.canvas_section = section("Canvas")
         lay.addSpacing(4)
         lay.addWidget(self.canvas_section)
@@ -405,6 +408,8 @@ class PromptPanel(QWidget):
         self.upscale_options.set_params(p)
         self.hires_options.set_params(p)
         self.hires_options.setVisible(p.mode == "txt2img")
+        self.variation_options.set_params(p)
+        self.variation_options.setVisible(p.mode == "txt2img")
         self.canvas_section.setVisible(p.mode in ("img2img", "inpaint"))  # the upscale options have their own
         text, tip = GENERATE_LABELS.get(p.mode, GENERATE_LABELS["txt2img"])
         self.generate_button.setText(text)
