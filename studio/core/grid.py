@@ -18,6 +18,7 @@ import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from io import StringIO
+from typing import Any
 
 import numpy as np
 
@@ -35,8 +36,8 @@ class AxisType:
 
     label: str
     kind: str  # "int", "float" or "str"
-    apply: Callable[[GenerateRequest, object, list], GenerateRequest]  # (request, value, all values) -> request
-    check: Callable[[object], None] = lambda v: None  # raises RequestError for a value the axis cannot use
+    apply: Callable[[GenerateRequest, Any, list], GenerateRequest]  # (request, value, all values) -> request
+    check: Callable[[Any], object] = lambda v: None  # raises RequestError for a value the axis cannot use
     aliases: tuple[str, ...] = ()
 
 
@@ -45,20 +46,20 @@ def _seed(r: GenerateRequest, v, _vs) -> GenerateRequest:
 
 
 def _check_seed(v) -> None:
-    if not 0 <= int(v) <= MAX_SEED:  # type: ignore[call-overload]
+    if not 0 <= int(v) <= MAX_SEED:
         raise RequestError(f"Seed {v} is out of range: use 0 to {MAX_SEED} (or -1: random)")
 
 
 def _denoising(r: GenerateRequest, v, _vs) -> GenerateRequest:
     # A1111's "Denoising": a txt2img hires fix's second pass, else the img2img / inpaint strength.
     if r.mode == "txt2img" and r.hires.enabled:
-        return r.replace(hires=r.hires.replace(strength=float(v)))  # type: ignore[arg-type]
-    return r.replace(strength=float(v))  # type: ignore[arg-type]
+        return r.replace(hires=r.hires.replace(strength=float(v)))
+    return r.replace(strength=float(v))
 
 
 def _check_range(name: str, lo: float, hi: float, above: bool = False):
     def check(v) -> None:
-        f = float(v)  # type: ignore[arg-type]
+        f = float(v)
         if not ((lo < f if above else lo <= f) and f <= hi):
             raise RequestError(f"{name} {v} is out of range: use {'above ' if above else ''}{lo:g} to {hi:g}")
 
@@ -75,7 +76,7 @@ _LORA_TAG = re.compile(r"<lora:([^:>]+)(?::[^>]*)?>", re.IGNORECASE)
 
 def _lora_weight(r: GenerateRequest, v, _vs) -> GenerateRequest:
     """Every LoRA of the request at this weight: the panel's (loras) and the prompt's <lora:name:w> tags."""
-    w = float(v)  # type: ignore[arg-type]
+    w = float(v)
     text = f"{w:g}"
     return r.replace(prompt=_LORA_TAG.sub(lambda m: f"<lora:{m.group(1)}:{text}>", r.prompt),
                      loras=tuple((name, w) for name, _ in r.loras))  # fmt: skip
@@ -116,7 +117,7 @@ for _axis in (
     AxisType("CFG Scale", "float", lambda r, v, _: r.replace(cfg=float(v)), _check_range("CFG scale", 0, 100),
              ("cfg",)),
     AxisType("Sampler", "str", _sampler, _check_sampler, ("samplers",)),
-    AxisType("Schedule type", "str", _schedule, lambda v: resolve_schedule(str(v)) and None, ("schedule",)),
+    AxisType("Schedule type", "str", _schedule, lambda v: resolve_schedule(str(v)), ("schedule",)),
     AxisType("Prompt S/R", "str", _prompt_sr, aliases=("prompt sr", "prompt search/replace")),
     AxisType("LoRA weight", "float", _lora_weight, _check_range("LoRA weight", -10, 10), ("lora",)),
     AxisType("Denoising", "float", _denoising, _check_range("Denoising strength", 0, 1, above=True),
@@ -154,8 +155,8 @@ def _expand(value: str, kind: str, label: str) -> list[object]:
         a, b, n = _num(m.group(1), kind), _num(m.group(2), kind), int(m.group(3))
         if n < 1:
             raise RequestError(f"{label}: {value!r} asks for no values")
-        xs = np.linspace(a, b, num=n)
-        return [int(x) for x in xs] if kind == "int" else [round(float(x), 6) for x in xs]
+        spaced = np.linspace(a, b, num=n)
+        return [int(x) for x in spaced] if kind == "int" else [round(float(x), 6) for x in spaced]
     if m := RE_RANGE.match(value):
         a, b = _num(m.group(1), kind), _num(m.group(2), kind)
         step = _num(m.group(3), kind) if m.group(3) else (1.0 if b >= a else -1.0)
@@ -201,15 +202,15 @@ def parse_axis(type_name: str, values: str) -> Axis:
     t = AXIS_TYPES.get(type_name.strip().lower())
     if t is None:
         raise RequestError(f"Unknown grid axis {type_name.strip()!r}: use one of {', '.join(axis_labels())}")
-    out: list[object] = []
+    out: list[Any] = []
     for v in _split_values(values):
         out.extend(_expand(v, t.kind, t.label))
     if not out:
         raise RequestError(f"{t.label}: the axis has no values")
-    for v in out:
-        if t.label in ("Seed", "Var. seed") and v == -1:
+    for x in out:
+        if t.label in ("Seed", "Var. seed") and x == -1:
             continue  # random: drawn in plan
-        t.check(v)
+        t.check(x)
     return Axis(t, values.strip(), tuple(out))
 
 

@@ -323,6 +323,11 @@ class PromptPanel(QWidget):
         self.cancel_button.setEnabled(False)
         buttons.addWidget(self.generate_button, 3)
         buttons.addWidget(self.cancel_button, 1)
+        self.grid_button = QToolButton()  # the window opens the comparison grid dialog (Generate > Comparison grid)
+        self.grid_button.setText("Grid…")
+        self.grid_button.setMinimumHeight(38)
+        self.grid_button.setToolTip("A comparison grid over up to three parameters (A1111's X/Y/Z plot)")
+        buttons.addWidget(self.grid_button)
         outer.addLayout(buttons)
 
         self._latent_models = self._wants_latent_models()  # the picker's list: SD models, or x4 upscalers
