@@ -145,11 +145,17 @@ def test_a1111_text():
     found = request_fields(text)
     assert found["subseed"] == 1191418138 and found["subseed_strength"] == 0.25
     assert (found["seed_resize_from_w"], found["seed_resize_from_h"]) == (640, 384)
+    from studio.session.params import Params
+
     plain = request_fields("a house\nSteps: 20, Sampler: Euler a, CFG scale: 7, Seed: 1")
-    assert plain["subseed_strength"] == 0.0 and plain["seed_resize_from_w"] == 0
+    assert "subseed_strength" not in plain
+    panel = Params(subseed=5, subseed_strength=0.4, seed_resize_from_w=512, seed_resize_from_h=512)
+    restored = panel.with_fields(plain)  # the image used no variation: the panel's is reset to reproduce it
+    assert (restored.subseed_strength, restored.seed_resize_from_w) == (0.0, 0)
+    assert panel.with_fields(found).subseed == 1191418138
     refused: list = []
     bad = request_fields("x\nSteps: 20, Seed: 1, Variation seed: 5, Variation seed strength: 3", refused)
-    assert "subseed_strength" not in bad or bad["subseed_strength"] == 0.0
+    assert "subseed_strength" not in bad and bad["subseed"] == 5
     assert [r.key for r in refused] == ["Variation seed strength"]
 
 

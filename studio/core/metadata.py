@@ -672,8 +672,8 @@ def request_fields(text: str, refused: list[Refused] | None = None) -> dict:
 
 
 def _variation_fields(out: dict, p: Mapping[str, str], refused: list[Refused] | None) -> None:
-    """A1111's variation keys; absent, A1111's defaults: strength 0 and no resized seed (the image used none)."""
-    out["subseed_strength"], out["seed_resize_from_w"], out["seed_resize_from_h"] = 0.0, 0, 0
+    """A1111's variation keys, only when the text has them (the panel resets its variation for a text without:
+    session.params.Params.with_fields)."""
     if "Variation seed strength" in p:
         _restore_number(out, refused, p, "Variation seed strength", "subseed_strength",
                         _to_float(p["Variation seed strength"]))  # fmt: skip

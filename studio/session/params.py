@@ -117,6 +117,10 @@ class Params:
                     continue
                 if fits(name, value):  # request_fields refused the rest already; this keeps the panel safe
                     setattr(p, name, value)
+        if found.get("prompt") is not None and "subseed_strength" not in found:
+            p.subseed_strength = 0.0  # an image without A1111's variation keys used none: reproduce it so
+        if found.get("prompt") is not None and "seed_resize_from_w" not in found:
+            p.seed_resize_from_w = p.seed_resize_from_h = 0
         if found.get("hires_fix"):
             p.mode = "txt2img"  # an A1111 hires image reproduces in Text mode
         if found.get("batch") and fits("batch", found["batch"]):
