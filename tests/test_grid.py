@@ -151,3 +151,30 @@ def test_a_2x2_grid_equals_single_runs(engine, tiny_model, tmp_path):
     [path] = save_result(g.grid_result(grid, out), tmp_path, "test")
     text = read_parameters(path) or ""
     assert "CFG scale: 3, Seed: 1234" in text and 'X Type: CFG Scale, X Values: "3,6", Y Type: Sampler' in text
+
+
+def test_cli_grid(tiny_model, tmp_path, capsys):
+    from studio.cli import main
+    from studio.core.metadata import read_parameters
+
+    code = main(["grid", "--prompt", "a red circle", "--model", tiny_model, "--steps", "2", "--seed", "9",
+                 "--width", "32", "--height", "32", "--x", "CFG: 3,6", "--out", str(tmp_path), "--quiet",
+                 "--no-server"])  # fmt: skip
+    assert code == 0
+    paths = capsys.readouterr().out.split()
+    assert len(paths) == 3  # two cells, then the grid
+    assert "CFG scale: 6, Seed: 9" in (read_parameters(paths[1]) or "")
+    assert 'Script: X/Y/Z plot, X Type: CFG Scale, X Values: "3,6"' in (read_parameters(paths[2]) or "")
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["--x", "Steps: ten"], "Steps: 'ten' is not a number or a range"),
+    ([], "A grid needs an axis"),
+    (["--x", "Prompt S/R: horse, cow"], "Prompt S/R did not find 'horse'"),
+])  # fmt: skip
+def test_cli_grid_bad_input_is_one_line(argv, says, capsys):
+    from studio.cli import main
+
+    assert main(["grid", "--prompt", "a cat", *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and says in err
