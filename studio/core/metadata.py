@@ -513,7 +513,7 @@ FIELD_LIMITS: dict[str, Limit] = {
     "deep_cache": Limit("Deep cache", 0, 5),
     "subseed": Limit("Variation seed", 0, MAX_SEED),
     "subseed_strength": Limit("Variation seed strength", 0, 1),
-    "seed_resize_from_w": Limit("Seed resize from", 8, 4096),
+    "seed_resize_from_w": Limit("Seed resize from", 8, 4096, zero=True),  # 0: off
 }
 
 
