@@ -54,6 +54,14 @@ def _add_generation_options(p: argparse.ArgumentParser, upscale: bool = False) -
         p.add_argument("--width", type=int, default=None, help="multiple of 8 (default: the model's native size)")
         p.add_argument("--height", type=int, default=None, help="multiple of 8 (default: the model's native size)")
         p.add_argument("--batch", type=int, default=1, help="images per run; image i uses seed + i")
+        p.add_argument("--subseed", type=int, default=None, help="A1111's variation seed (default: random when "
+                       "--subseed-strength is above 0); image i of a batch uses it + i, all with the seed itself")
+        p.add_argument("--subseed-strength", type=float, default=0.0, metavar="X",
+                       help="variation strength 0-1: the seed's noise slerped toward the variation seed's (text to "
+                            "image; default 0: off)")  # fmt: skip
+        p.add_argument("--seed-resize-from", type=_size_arg, default=(0, 0), metavar="WxH",
+                       help="make the seed's noise at this size and paste it centred (A1111's resize seed from: "
+                            "a composition survives a size change)")  # fmt: skip
         p.add_argument("--speed", choices=("exact", "fast", "turbo"), default="exact",
                        help="exact (default): plain diffusers' pixels; fast: bf16/fp16 U-Net and decode where the "
                             "hardware has it (a few 1/255 off); turbo: the U-Net compiled with OpenVINO (the first "
@@ -151,6 +159,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_generation_options(i)
     i.add_argument("--image", required=True, help="the input image (PNG, JPEG, WebP)")
     i.add_argument("--strength", type=float, default=0.75, help="denoising strength, 0 < x <= 1")
+
+    gr = sub.add_parser("grid", help="a comparison grid (A1111's X/Y/Z plot): one image per combination of values")
+    _add_generation_options(gr)
+    _add_hires_options(gr)
+    for axis in ("x", "y", "z"):
+        gr.add_argument(f"--{axis}", default=None, metavar="KIND: VALUES",
+                        help=f"the {axis.upper()} axis, e.g. \"CFG: 4,7,10\", \"Steps: 10-30 (+10)\", \"Sampler: Euler "
+                             "a,DDIM\", \"Prompt S/R: cat,dog\" (kinds: Seed, Var. seed, Var. strength, Steps, CFG "
+                             "Scale, Sampler, Schedule type, Prompt S/R, LoRA weight, Denoising)")  # fmt: skip
+    gr.add_argument("--z-stacked", action="store_true", help="the Z grids stacked in one image (default: one each)")
+    gr.add_argument("--image", default=None, help="an input image: the cells run image to image")
+    gr.add_argument("--strength", type=float, default=0.75, help="denoising strength with --image")
 
     ip = sub.add_parser("inpaint", help="repaint the masked area of an image")
     _add_generation_options(ip)
@@ -267,7 +287,7 @@ def _progress(quiet: bool):
 
     def on_step(info) -> None:
         global _line_open
-        last = info.step == info.total and (not info.parts or info.part == info.parts)
+        last = info.step == info.total and (not info.parts or info.part == info.parts or info.stage == "cell")
         end = "\n" if last else ""
         print(f"\r{info.label()}  {info.elapsed:.1f}s", end=end, file=sys.stderr, flush=True)
         _line_open = not last
@@ -296,7 +316,24 @@ def _request(args: argparse.Namespace, mode: str, **fields):
         shared["speed"] = args.speed
     if getattr(args, "deep_cache", 0):
         shared["deep_cache"] = args.deep_cache
+    shared.update(_variation(args))
     return GenerateRequest.from_fields(**{**shared, **fields})
+
+
+def _size_arg(text: str) -> tuple[int, int]:
+    """'512x768' -> (512, 768), for argparse (its error is one line)."""
+    w, sep, h = text.lower().partition("x")
+    if not sep or not w.strip().isdigit() or not h.strip().isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size: use WIDTHxHEIGHT, e.g. 512x512")
+    return int(w), int(h)
+
+
+def _variation(args: argparse.Namespace) -> dict:
+    if not hasattr(args, "subseed_strength"):
+        return {}
+    w, h = args.seed_resize_from
+    return dict(subseed=args.subseed, subseed_strength=args.subseed_strength, seed_resize_from_w=w,
+                seed_resize_from_h=h)  # fmt: skip
 
 
 def _sampling(args: argparse.Namespace) -> dict:
@@ -547,6 +584,53 @@ def _run_generation(args: argparse.Namespace, mode: str) -> int:
     return _generate_and_save(args, request)
 
 
+def _run_grid(args: argparse.Namespace) -> int:
+    """`studio grid`: every cell saved (its path on stdout) as it finishes, then the labelled grid image(s)."""
+    from .core import grid as gridlib
+    from .core.output import save_result
+
+    axes = [gridlib.parse_axis_spec(a) for a in (args.x, args.y, args.z) if a]
+    if not axes:
+        raise EngineError("A grid needs an axis: --x \"CFG: 4,7,10\" (and --y, --z)")
+    init = _read_image(args.image) if args.image else None
+    base = _request(args, "img2img" if init is not None else "txt2img", batch=1, strength=args.strength,
+                    init_image=init, **hires_fields(args))  # fmt: skip
+    grid = gridlib.plan(base, axes, stacked=args.z_stacked)  # every cell checked before torch is imported
+    if not args.server:
+        if args.model is not None and not Path(args.model).exists():
+            raise EngineError(f"Model not found: {args.model}")
+        _check_device(args.device, args)
+    out = _output_folder(args)
+    generate, close = _cell_runner(args)
+    try:
+        with _Stop() as stop:
+            def on_cell(i: int, result) -> None:
+                for path in save_result(result, out, __version__):
+                    print(path, flush=True)
+
+            outcome = gridlib.run(grid, generate, _progress(args.quiet), stop.cancel, on_cell)
+            if outcome.cancelled or stop.signum:
+                return stop.exit_code()
+            for path in save_result(gridlib.grid_result(grid, outcome), out, __version__):
+                print(path, flush=True)
+    finally:
+        close()
+    return 0
+
+
+def _cell_runner(args: argparse.Namespace):
+    """(generate(request, on_step, cancel), close) for a grid's cells: one backend for all of them (a server, the warm
+    engine, or one loaded in this process), so the model loads once."""
+    if getattr(args, "server", None) or _warm_wanted(args):
+        return (lambda r, on_step, cancel: _run_request(args, r, cancel)), (lambda: None)
+    from .backends.local import LocalBackend
+    from .core.memory import MemoryOptions
+
+    local = LocalBackend(device=args.device, model_folders=model_folders()[1:],
+                         memory=MemoryOptions(args.attention_slicing, args.vae_tiling, args.offload))  # fmt: skip
+    return (lambda r, on_step, cancel: local.generate(r, on_step=on_step, cancel=cancel)), local.close
+
+
 def _run_upscale(args: argparse.Namespace) -> int:
     from .paths import BUILTIN_MODEL
 
@@ -706,6 +790,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "generate":
             return _run_generation(args, "txt2img")
+        if args.command == "grid":
+            return _run_grid(args)
         if args.command in ("img2img", "inpaint", "outpaint"):
             return _run_generation(args, args.command)
         if args.command == "upscale":

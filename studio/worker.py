@@ -21,7 +21,9 @@ from pathlib import Path
 from PySide6.QtCore import QObject, Signal, Slot
 
 from studio.backends.base import Backend, BackendInfo
+from studio.core import grid
 from studio.core.errors import EngineError, describe_error
+from studio.core.grid import GridRequest
 from studio.core.jobs import (
     DecodedStep,
     DecodeStep,
@@ -65,7 +67,8 @@ class Worker(QObject):
     queued = Signal(int)  # job_id
     started = Signal(int)
     step = Signal(int, object)  # job_id, StepInfo
-    finished = Signal(int, object)  # job_id, JobOutput (a generation)
+    finished = Signal(int, object)  # job_id, JobOutput (a generation; a grid's image)
+    cell_finished = Signal(int, object)  # job_id, JobOutput: one finished cell of a grid, saved
     decoded = Signal(int, object)  # job_id, DecodedStep
     model_loaded = Signal(int, object)  # job_id, ModelLoaded
     cancelled = Signal(int)
@@ -134,8 +137,8 @@ class Worker(QObject):
         LoadModel. Returns its id."""
         kind = kind_of(request)
         if not label:
-            label = request.prompt if isinstance(request, GenerateRequest) else kind.value
-        job = _Job(next(self._ids), kind, label, request, save=save if kind is JobKind.GENERATE else None)
+            label = request.prompt if isinstance(request, GenerateRequest | GridRequest) else kind.value
+        job = _Job(next(self._ids), kind, label, request, save=save if kind in (JobKind.GENERATE, JobKind.GRID) else None)
         with self._cond:
             if self._stop:
                 raise RuntimeError("the worker has been shut down")
@@ -316,6 +319,8 @@ class Worker(QObject):
         try:
             if job.kind is JobKind.GENERATE:
                 self._generate(job)
+            elif job.kind is JobKind.GRID:
+                self._grid(job)
             elif job.kind is JobKind.DECODE_STEP:
                 req = job.request
                 assert isinstance(req, DecodeStep)
@@ -333,6 +338,41 @@ class Worker(QObject):
                 log.exception("job %s failed", job.id)
             job.state = JobState.FAILED
             emit(self.failed, job.id, describe_error(exc))
+
+    def _grid(self, job: _Job) -> None:
+        """A grid's cells one after the other on this lane: each saved and handed out as it finishes (the gallery
+        gets it), then the labelled grid, saved with the first cell's parameters and the axes. A cancel keeps the
+        finished cells."""
+        request = job.request
+        assert isinstance(request, GridRequest)
+        with self._cond:
+            memory = self._memory
+        self._backend.set_memory(memory)
+
+        def on_cell(_i: int, result: GenerateResult) -> None:
+            emit(self.cell_finished, job.id, self._output(job, result))
+
+        outcome = grid.run(request, self._backend.generate, lambda info: self._post_step(job, info), job.cancel, on_cell)
+        if outcome.cancelled:
+            job.state = JobState.CANCELLED
+            emit(self.cancelled, job.id)
+            return
+        out = self._output(job, grid.grid_result(request, outcome))
+        job.state = JobState.DONE
+        emit(self.finished, job.id, out)
+
+    def _output(self, job: _Job, result: GenerateResult) -> JobOutput:
+        paths: list[Path] = []
+        save_error = ""
+        if job.save is not None:
+            try:
+                paths = list(job.save(result))
+            except Exception as exc:  # noqa: BLE001 - reported with the result
+                log.exception("saving job %s", job.id)
+                save_error = describe_error(exc)
+                paths = list(getattr(exc, "paths", []))
+        return JobOutput(result, paths, timeline_x0=list(result.step_previews.get("x0", [])),
+                         timeline_latent=list(result.step_previews.get("latent", [])), save_error=save_error)  # fmt: skip
 
     def _generate(self, job: _Job) -> None:
         request = job.request

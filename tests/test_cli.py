@@ -291,6 +291,7 @@ _REQUIRED = {
     "inpaint": ["--prompt", "x", "--image", "x.png", "--mask", "m.png"],
     "outpaint": ["--prompt", "x", "--image", "x.png"],
     "upscale": ["--image", "x.png"],
+    "grid": ["--prompt", "x"],
     "info": ["x.png"],
     "make-tiny-model": ["out"],
 }

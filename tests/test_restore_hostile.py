@@ -39,6 +39,8 @@ EDGES = {
     "hires_scale": ((1.0, 4.0), (0.5, 4.5)), "hires_steps": ((0, 1000), (-1, 1001)),
     "hires_strength": ((0.01, 1.0), (0.0, 1.01)),
     "deep_cache": ((0, 1, 5), (-1, 6)),
+    "subseed": ((0, MAX_SEED), (-1, MAX_SEED + 1)), "subseed_strength": ((0.0, 1.0), (-0.1, 1.01)),
+    "seed_resize_from_w": ((0, 8, 4096), (4, 4104)),
 }  # fmt: skip
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .grid import GridRequest
 from .requests import GenerateRequest, GenerateResult
 
 
@@ -18,6 +19,7 @@ class JobKind(enum.Enum):
     GENERATE = "generate"
     DECODE_STEP = "decode step"
     LOAD_MODEL = "load model"
+    GRID = "grid"  # a comparison grid's cells, one job (studio.core.grid)
 
 
 class JobState(enum.Enum):
@@ -49,10 +51,10 @@ class DecodeStep:
         object.__setattr__(self, "latent", latent)
 
 
-JobRequest = GenerateRequest | DecodeStep | LoadModel
+JobRequest = GenerateRequest | DecodeStep | LoadModel | GridRequest
 
 _KINDS: dict[type, JobKind] = {GenerateRequest: JobKind.GENERATE, DecodeStep: JobKind.DECODE_STEP,
-                               LoadModel: JobKind.LOAD_MODEL}  # fmt: skip
+                               LoadModel: JobKind.LOAD_MODEL, GridRequest: JobKind.GRID}  # fmt: skip
 
 
 def kind_of(request: JobRequest) -> JobKind:

@@ -43,6 +43,7 @@ CORE_KEYS: tuple[str, ...] = (
     "VAE",
     "Variation seed",
     "Variation seed strength",
+    "Seed resize from",
     "Denoising strength",
     "Clip skip",
 )
@@ -221,8 +222,10 @@ def parameters_for(
     model_hash: str,
     version: str,
     extra: Mapping[str, object] | None = None,
+    index: int = 0,
 ) -> str:
-    """The `parameters` text for one image of a run (image i of a batch: pass its own seed).
+    """The `parameters` text for one image of a run (image i of a batch: pass its own seed, and i as `index`:
+    its variation seed is the request's + i).
 
     Size is WxH (left out when the request has none); Schedule type is always our schedule name;
     Denoising strength only for img2img / inpaint and a diffusion / latent upscale; Clip skip only when > 1;
@@ -249,6 +252,7 @@ def parameters_for(
     }
     if request.mode in ("img2img", "inpaint", "upscale"):
         params["Denoising strength"] = request.strength
+    params.update(variation_parameters(request, index))
     if request.clip_skip > 1:
         params["Clip skip"] = request.clip_skip
     if request.mode == "inpaint":
@@ -261,6 +265,18 @@ def parameters_for(
         params.update(extra)
     params["Version"] = version
     return format_parameters(request.prompt, request.negative_prompt, params)
+
+
+def variation_parameters(request: GenerateRequest, index: int = 0) -> dict[str, object]:
+    """A1111's variation keys: "Variation seed" (image i's: the request's + i) and its strength when the strength is
+    above 0, "Seed resize from" (WxH) when both sizes are above 0."""
+    params: dict[str, object] = {}
+    if request.subseed_strength > 0 and request.subseed is not None:
+        params["Variation seed"] = (request.subseed + index) % (MAX_SEED + 1)
+        params["Variation seed strength"] = float(request.subseed_strength)
+    if request.seed_resize_from_w > 0 and request.seed_resize_from_h > 0:
+        params["Seed resize from"] = f"{request.seed_resize_from_w}x{request.seed_resize_from_h}"
+    return params
 
 
 #: `extra` keys giving a resize or model upscale the prompt and negative prompt to write (not as keys): the source
@@ -495,6 +511,9 @@ FIELD_LIMITS: dict[str, Limit] = {
     "hires_steps": Limit("Hires steps", 0, 1000),
     "hires_strength": Limit("Denoising strength", 0, 1, above_lo=True),
     "deep_cache": Limit("Deep cache", 0, 5),
+    "subseed": Limit("Variation seed", 0, MAX_SEED),
+    "subseed_strength": Limit("Variation seed strength", 0, 1),
+    "seed_resize_from_w": Limit("Seed resize from", 8, 4096, zero=True),  # 0: off
 }
 
 
@@ -639,6 +658,7 @@ def request_fields(text: str, refused: list[Refused] | None = None) -> dict:
         _restore_number(out, refused, p, "Deep cache", "deep_cache", _to_int(p["Deep cache"]))
     else:
         out["deep_cache"] = 0
+    _variation_fields(out, p, refused)
     if p.get("VAE", "").strip():  # A1111 writes the chosen VAE's file name; the caller looks it up
         out["vae"] = p["VAE"].strip()
     if p.get("Speed", "").strip().lower() in SPEEDS:  # ours; absent (A1111, a server): the panel keeps its own
@@ -649,6 +669,21 @@ def request_fields(text: str, refused: list[Refused] | None = None) -> dict:
     elif out.get("mode") != "inpaint":
         _hires_fields(out, p, refused)
     return out
+
+
+def _variation_fields(out: dict, p: Mapping[str, str], refused: list[Refused] | None) -> None:
+    """A1111's variation keys, only when the text has them (the panel resets its variation for a text without:
+    session.params.Params.with_fields)."""
+    if "Variation seed strength" in p:
+        _restore_number(out, refused, p, "Variation seed strength", "subseed_strength",
+                        _to_float(p["Variation seed strength"]))  # fmt: skip
+    if "Variation seed" in p:
+        _restore_number(out, refused, p, "Variation seed", "subseed", _to_int(p["Variation seed"]))
+    if "Seed resize from" in p:
+        size: dict = {}
+        _restore_size(size, refused, p, "Seed resize from", FIELD_LIMITS["seed_resize_from_w"])
+        if size:
+            out["seed_resize_from_w"], out["seed_resize_from_h"] = size["width"], size["height"]
 
 
 HIRES_KEYS = ("Hires upscale", "Hires upscaler", "Hires resize")

@@ -219,7 +219,7 @@ def _save_one(result: GenerateResult, i: int, img, out_dir: str | os.PathLike, v
         h, w = np.asarray(img).shape[:2]
         req = req.replace(width=int(w), height=int(h))
     seed = result.seeds[i] if i < len(result.seeds) else (result.seeds[0] if result.seeds else 0) + i
-    text = parameters_for(req, seed, result.model_name, result.model_hash, version, result.extra_params)
+    text = parameters_for(req, seed, result.model_name, result.model_hash, version, result.extra_params, index=i)
     for _attempt in range(100):
         target = next_paths(out_dir, 1, seed if result.seeds else None, ext=ext)[0]
         try:

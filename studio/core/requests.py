@@ -176,6 +176,13 @@ class GenerateRequest:
     tiny_decode: bool = False  # the final decode by the model's tiny decoder (TAESD), when it has one: fast, approximate
     deep_cache: int = 0  # reuse the U-Net's deep features: the full U-Net every N steps (2..5); 0 = off
     controls: tuple[ControlSpec, ...] = ()  # ControlNets (studio.core.control), in every mode
+    # A1111's variation seeds (studio.core.variation): the seed's noise slerped toward the noise of `subseed`
+    # (None: drawn at random when the strength is above 0) by `subseed_strength`; seed_resize_from_w/h (both
+    # above 0): the seed's noise made at that size and pasted centred, so a composition survives a new size.
+    subseed: int | None = None
+    subseed_strength: float = 0.0
+    seed_resize_from_w: int = 0
+    seed_resize_from_h: int = 0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "init_image", _frozen_copy(self.init_image, (3,), "The init image"))
@@ -276,6 +283,16 @@ class GenerateRequest:
             if not isinstance(name, str) or not name or not -10.0 <= float(weight) <= 10.0:
                 raise RequestError(f"A LoRA needs a name and a weight between -10 and 10, got {name!r}: {weight!r}")
         validate_controls(tuple(self.controls))
+        self._validate_variation()
+
+    def _validate_variation(self) -> None:
+        if not 0.0 <= self.subseed_strength <= 1.0:  # NaN too
+            raise RequestError(f"Variation seed strength must be between 0 and 1, got {self.subseed_strength:g}")
+        if self.subseed is not None and not 0 <= self.subseed <= MAX_SEED:
+            raise RequestError(f"Variation seed must be between 0 and {MAX_SEED}, got {self.subseed}")
+        for name, v in (("width", self.seed_resize_from_w), ("height", self.seed_resize_from_h)):
+            if v and not 8 <= v <= MAX_SIDE:
+                raise RequestError(f"Resize seed from {name} {v} is out of range: use 0 (off) or 8 to {MAX_SIDE}")
 
 
     def _validate_inpaint(self) -> None:

@@ -17,11 +17,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core import inpaint
+from ..core import inpaint, variation
 from ..core.errors import OUT_OF_MEMORY, EngineError, ModelError, RequestError, first_line, is_out_of_memory
 from ..core.memory import MemoryOptions, out_of_memory_advice
 from ..core.requests import MAX_SEED, GenerateRequest, GenerateResult, StepInfo
 from ..core.samplers import sampler_eta
+from ..core.variation import varies
 from ..paths import BUILTIN_MODEL, MODELS_DIR
 from . import addons, runaddons, speed
 from .deepcache import deep_cache_plan
@@ -221,8 +222,8 @@ class Engine:
             t_loaded = time.perf_counter()
             seed = request.seed if request.seed is not None else secrets.randbelow(MAX_SEED + 1)
             width, height = self._size_for(request, model)
-            used = request.replace(seed=seed, width=width, height=height)
-            seeds = [(seed + i) % (MAX_SEED + 1) for i in range(request.batch)]
+            used, seeds, var_note = variation.settle(request.replace(seed=seed, width=width, height=height), seed,
+                                                     lambda: secrets.randbelow(MAX_SEED + 1))  # fmt: skip
             plan = inpaint.InpaintPlan.make(used, seed) if used.mode == "inpaint" else None
             extra = runaddons.prepare(model, used, self.folders)
             pipe, kwargs = self.pipeline_call(model, used, seeds, plan)
@@ -282,7 +283,7 @@ class Engine:
                        "total": time.perf_counter() - t_start}  # fmt: skip
             extra[speed.METADATA_KEY] = fast.used
             return dataclasses.replace(res, extra_params={**res.extra_params, **extra}, timings=timings,
-                                       notice=fast.notice, notes=[note] if note else [])  # fmt: skip
+                                       notice=fast.notice, notes=[n for n in (note, var_note) if n])  # fmt: skip
 
     def _result(self, used, seeds, model, tracker, images, cancelled, t, plan=None) -> GenerateResult:
         stack = (lambda xs: np.stack(xs)) if tracker.latents else (lambda xs: None)
@@ -356,6 +357,15 @@ class Engine:
             except ValueError as e:  # a malformed <lora:...> weight
                 raise RequestError(f"The prompt cannot be read: {first_line(e)}") from e
         kwargs.update(embeds)
+        if r.mode == "txt2img" and not model.inpainting_unet and varies(r):  # A1111's variation seeds
+            from .variation import first_noise
+
+            _, subseeds = variation.image_seeds(seeds[0], len(seeds), r.subseed, r.subseed_strength)
+            shape = (pipe.vae.config.latent_channels, r.height // pipe.vae_scale_factor,
+                     r.width // pipe.vae_scale_factor)  # fmt: skip
+            noise = first_noise(r, kwargs["generator"], seeds, subseeds, shape, kwargs["prompt_embeds"].dtype,
+                                pipe.vae_scale_factor)  # fmt: skip
+            kwargs["latents"] = noise.to(model.device)
         return pipe, kwargs
 
     def _pipeline_args(

@@ -34,6 +34,7 @@ import torch
 from ..core.errors import EngineError, ModelError, RequestError, first_line, is_out_of_memory
 from ..core.requests import LATENT_UPSCALERS, MAX_SEED, GenerateRequest, GenerateResult, StepInfo
 from ..core.requests import hires_schedule_steps as schedule_steps
+from ..core.variation import settle
 from . import runaddons, speed
 from .preview import latent_to_rgb
 from .schedulers import build_scheduler
@@ -60,10 +61,10 @@ def run(engine, request: GenerateRequest, on_step, cancel, t_start: float) -> Ge
     t_loaded = time.perf_counter()
     seed = request.seed if request.seed is not None else secrets.randbelow(MAX_SEED + 1)
     width, height = engine._size_for(request, model)
-    used = request.replace(seed=seed, width=width, height=height)
+    used, seeds, _ = settle(request.replace(seed=seed, width=width, height=height), seed,
+                            lambda: secrets.randbelow(MAX_SEED + 1))  # variation seeds: the first pass's noise
     used.validate_hires(width, height)  # the final size, now that the first pass's is known
     big = hires.size(width, height, model.size_multiple)
-    seeds = [(seed + i) % (MAX_SEED + 1) for i in range(request.batch)]
     steps2 = hires.steps or used.steps
     second = used.replace(mode="img2img", width=big[0], height=big[1], steps=schedule_steps(steps2, hires.strength),
                           strength=hires.strength, init_image=np.zeros((height, width, 3), np.uint8))  # fmt: skip

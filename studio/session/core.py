@@ -125,6 +125,7 @@ class Session(QObject):
         w.started.connect(self._on_started)
         w.step.connect(self._on_step)
         w.finished.connect(self._on_finished)
+        w.cell_finished.connect(self._on_cell_finished)
         w.decoded.connect(self._on_decoded)
         w.model_loaded.connect(self._on_model_loaded)
         w.cancelled.connect(self._on_cancelled)
@@ -284,6 +285,46 @@ class Session(QObject):
             job.height, job.width = request.input_image().shape[:2]
         self._on_jobs()
         return job_id
+
+    def generate_grid(self, axes: list[tuple[str, str]], stacked: bool = False) -> int | None:
+        """Queue a comparison grid (A1111's X/Y/Z plot) of the current parameters: `axes` are (kind, values) for
+        X, Y, Z ((kind "" or values "": no such axis). One job; every cell lands in the gallery as it finishes,
+        then the labelled grid on the canvas. None (and one line) when an axis or a cell is invalid."""
+        from studio.core import grid
+
+        try:
+            request = self.params.to_request(self.preview_kind)
+            if request.mode == "upscale":
+                raise RequestError("A grid runs text to image, image to image or inpaint: not an upscale")
+            request = request.replace(speed=self.speed())
+            if request.mode != "txt2img":
+                request = self._with_canvas(request)
+            parsed = [grid.parse_axis(kind, values) for kind, values in axes if kind.strip() and values.strip()]
+            planned = grid.plan(request, parsed, stacked=stacked)
+            out_dir = check_output_dir(self.output_dir)
+        except EngineError as exc:
+            emit(self.message, describe_error(exc), "error")
+            return None
+        nx, ny, nz = planned.shape
+        size = "x".join(str(n) for n in (nx, ny, nz)[: len(parsed)])
+        label = f"grid {size}: " + (" ".join(request.prompt.split()) or "(no prompt)")
+        self._worker.set_memory(MemoryOptions(self.settings.attention_slicing, self.settings.vae_tiling,
+                                              self.settings.offload))  # fmt: skip
+        job_id = self._worker.submit(planned, save=lambda result: library.save_result(result, out_dir), label=label)
+        self._phases[job_id] = "preparing" if self._loaded_model == (request.model or "") else "loading model"
+        self.book.add(TrackedJob(job_id, JobKind.GRID, label, total=planned.cells[0].request.steps,
+                                 width=request.width or 0, height=request.height or 0))  # fmt: skip
+        self._on_jobs()
+        return job_id
+
+    def _on_cell_finished(self, job_id: int, out: JobOutput) -> None:
+        """A grid's cell: into the gallery (saved already); the canvas waits for the grid."""
+        for i, a in enumerate(out.result.images):
+            image = array_to_qimage(np.asarray(a))
+            path = out.paths[i] if i < len(out.paths) else None
+            if path is None:
+                self._unsaved_text[image.cacheKey()] = library.parameters_text(out.result, i)
+            emit(self.result_image, str(path) if path else "", image)
 
     def inpaint(self) -> int | None:
         """The Inpaint button: switch to inpaint mode and run it on the canvas and its mask."""
@@ -772,7 +813,7 @@ class Session(QObject):
         kind = self.book.kind(job_id)
         if kind is JobKind.LOAD_MODEL:
             self._engine_state("busy", "loading the model")
-        elif kind is JobKind.GENERATE:
+        elif kind in (JobKind.GENERATE, JobKind.GRID):
             self._start_run(job_id)
 
     def _start_run(self, job_id: int) -> None:

@@ -62,7 +62,7 @@ class JobBook:
         """Rows for the generations among the worker's job statuses, in their order."""
         out = []
         for status in statuses:
-            if status.kind is not JobKind.GENERATE:
+            if status.kind not in (JobKind.GENERATE, JobKind.GRID):
                 continue
             job = self._jobs.get(status.id)
             step, total = (job.step, job.total) if job is not None else (0, 0)

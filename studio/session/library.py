@@ -34,7 +34,8 @@ def parameters_text(result: GenerateResult, i: int) -> str:
         h, w = np.asarray(result.images[i]).shape[:2]
         req = req.replace(width=int(w), height=int(h))
     seed = result.seeds[i] if i < len(result.seeds) else (req.seed or 0)
-    return parameters_for(req, seed, result.model_name, result.model_hash, __version__, result.extra_params)
+    return parameters_for(req, seed, result.model_name, result.model_hash, __version__, result.extra_params,
+                          index=i)
 
 
 def read_png_fields(path: Path, refused: list | None = None) -> dict[str, Any] | None:

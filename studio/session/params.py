@@ -16,7 +16,8 @@ from studio.paths import BUILTIN_LATENT_UPSCALER, BUILTIN_UPSCALER
 RESTORED_FIELDS = ("prompt", "negative_prompt", "sampler", "schedule", "steps", "cfg", "seed", "width", "height",
                    "strength", "mask_blur", "inpaint_area", "inpaint_padding", "masked_content", "scale",
                    "upscale_mode", "vae", "speed", "hires_fix", "hires_scale", "hires_upscaler", "hires_steps",
-                   "hires_strength", "deep_cache")
+                   "hires_strength", "deep_cache", "subseed", "subseed_strength", "seed_resize_from_w",
+                   "seed_resize_from_h")
 MODES = ("txt2img", "img2img", "inpaint", "upscale")  # what the panel's mode switch offers
 
 
@@ -24,7 +25,8 @@ def fits(name: str, value: Any) -> bool:
     """Whether a number may be a Params field: within GenerateRequest.validate's limits (FIELD_LIMITS), so that
     no spin box overflows and Generate never quotes a 100-digit number. Seed -1 is random, width/height 0 the
     model's size (up to an upscale's target size). Fields without a limit always fit."""
-    limit = FIELD_LIMITS.get("strength" if name == "upscale_strength" else name)
+    alias = {"upscale_strength": "strength", "seed_resize_from_h": "seed_resize_from_w"}
+    limit = FIELD_LIMITS.get(alias.get(name, name))
     if limit is None or isinstance(value, str):
         return True
     try:
@@ -33,8 +35,10 @@ def fits(name: str, value: Any) -> bool:
         return False
     if math.isnan(v):
         return False
-    if name == "seed" and v == -1:
+    if name in ("seed", "subseed") and v == -1:
         return True
+    if name.startswith("seed_resize_from_"):
+        return v == 0 or limit.allows(v)
     if name in ("width", "height"):
         return v == 0 or UPSCALE_TARGET.allows(v)
     return limit.allows(v)
@@ -79,6 +83,11 @@ class Params:
     # Refine a region (studio.session.region): with a selection, Image and Upscale runs work on it and paste back
     region_in_place: bool = True
     region_feather: int = 12  # px of soft edge, inside the selection
+    # A1111's variation seeds (Text mode): subseed -1 = random; strength 0 = off; resize-from 0 = off
+    subseed: int = -1
+    subseed_strength: float = 0.0
+    seed_resize_from_w: int = 0
+    seed_resize_from_h: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -111,6 +120,10 @@ class Params:
                     continue
                 if fits(name, value):  # request_fields refused the rest already; this keeps the panel safe
                     setattr(p, name, value)
+        if found.get("prompt") is not None and "subseed_strength" not in found:
+            p.subseed_strength = 0.0  # an image without A1111's variation keys used none: reproduce it so
+        if found.get("prompt") is not None and "seed_resize_from_w" not in found:
+            p.seed_resize_from_w = p.seed_resize_from_h = 0
         if found.get("hires_fix"):
             p.mode = "txt2img"  # an A1111 hires image reproduces in Text mode
         if found.get("batch") and fits("batch", found["batch"]):
@@ -157,8 +170,13 @@ class Params:
             vae=self.vae,
             speed=self.speed if self.speed in SPEEDS else DEFAULT_SPEED,
             **(self.hires_fields() if self.mode == "txt2img" else {}),
+            **(self.variation_fields() if self.mode == "txt2img" else {}),
             deep_cache=int(self.deep_cache),
         )
+
+    def variation_fields(self) -> dict[str, Any]:
+        return dict(subseed=None if self.subseed < 0 else int(self.subseed), subseed_strength=float(self.subseed_strength),
+                    seed_resize_from_w=int(self.seed_resize_from_w), seed_resize_from_h=int(self.seed_resize_from_h))
 
     def hires_fields(self) -> dict[str, Any]:
         if not self.hires_fix:

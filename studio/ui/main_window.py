@@ -143,6 +143,7 @@ class MainWindow(QMainWindow):
     def _build(self) -> None:
         s = self.session
         self.prompt_panel = PromptPanel(s)
+        self.prompt_panel.grid_button.clicked.connect(self.open_grid_dialog)
         self.canvas = Canvas()
         self.banner = Banner()
         self.preview_panel = PreviewPanel(s)
@@ -262,6 +263,13 @@ class MainWindow(QMainWindow):
         sb.addPermanentWidget(self.progress)
         sb.addPermanentWidget(self.engine_label)
 
+    def open_grid_dialog(self) -> None:
+        from studio.ui.grid_dialog import GridDialog
+
+        dialog = GridDialog(self.session, self)
+        self._grid_dialog = dialog  # kept: tests and screenshots reach it
+        dialog.open()
+
     def _action(self, text: str, slot, shortcut=None, icon_name: str = "", tip: str = "") -> QAction:
         act = QAction(text, self)
         if icon_name:
@@ -358,7 +366,10 @@ class MainWindow(QMainWindow):
         self.reuse_action = self._action("Reuse &last seed", s.reuse_seed, None, "reuse")
         self.inpaint_action = self._action("&Inpaint", s.inpaint, QKeySequence("Ctrl+Shift+Return"), "generate",
                                            "Repaint the masked area of the canvas from the prompt")  # fmt: skip
-        gen_menu.addActions([self.generate_action, self.inpaint_action, self.cancel_action, self.cancel_all_action])
+        self.grid_action = self._action("Comparison &grid…", self.open_grid_dialog, None, "",
+                                        "A grid of images over up to three parameters (A1111's X/Y/Z plot)")  # fmt: skip
+        gen_menu.addActions([self.generate_action, self.inpaint_action, self.cancel_action, self.cancel_all_action,
+                             self.grid_action])  # fmt: skip
         gen_menu.addSeparator()
         self.mode_actions: dict[str, QAction] = {}
         for n, (mode, label) in enumerate((("txt2img", "&Text to image"), ("img2img", "I&mage to image"),

@@ -36,6 +36,7 @@ from studio.ui.hires_options import HiresFixOptions
 from studio.ui.presets import PresetControls
 from studio.ui.region_options import RegionOptions
 from studio.ui.theme import icon, muted_label
+from studio.ui.variation_options import VariationOptions
 from studio.ui.widgets import section
 
 GENERATE_LABELS = {
@@ -303,6 +304,8 @@ class PromptPanel(QWidget):
         lay.addLayout(grid)
         self.hires_options = HiresFixOptions(session)  # Text mode only (_show_mode)
         lay.addWidget(self.hires_options)
+        self.variation_options = VariationOptions(session)  # Text mode only (_show_mode)
+        lay.addWidget(self.variation_options)
         self.canvas_section = section("Canvas")
         lay.addSpacing(4)
         lay.addWidget(self.canvas_section)
@@ -326,6 +329,11 @@ class PromptPanel(QWidget):
         self.cancel_button.setEnabled(False)
         buttons.addWidget(self.generate_button, 3)
         buttons.addWidget(self.cancel_button, 1)
+        self.grid_button = QToolButton()  # the window opens the comparison grid dialog (Generate > Comparison grid)
+        self.grid_button.setText("Grid…")
+        self.grid_button.setMinimumHeight(38)
+        self.grid_button.setToolTip("A comparison grid over up to three parameters (A1111's X/Y/Z plot)")
+        buttons.addWidget(self.grid_button)
         outer.addLayout(buttons)
 
         self._latent_models = self._wants_latent_models()  # the picker's list: SD models, or x4 upscalers
@@ -425,6 +433,8 @@ class PromptPanel(QWidget):
         self.region_options.set_params(p)
         self.hires_options.set_params(p)
         self.hires_options.setVisible(p.mode == "txt2img")
+        self.variation_options.set_params(p)
+        self.variation_options.setVisible(p.mode == "txt2img")
         self.canvas_section.setVisible(p.mode in ("img2img", "inpaint"))  # the upscale options have their own
         text, tip = GENERATE_LABELS.get(p.mode, GENERATE_LABELS["txt2img"])
         self.generate_button.setText(text)

@@ -24,6 +24,7 @@ import numpy as np
 from studio.core.errors import EngineError, ModelError, RequestError, first_line
 from studio.core.memory import MemoryOptions
 from studio.core.requests import MAX_SEED, GenerateRequest, GenerateResult, StepInfo
+from studio.core.variation import varies
 
 from ..base import BackendInfo, StepCallback, UnsupportedError
 from . import graphs
@@ -244,6 +245,9 @@ class ComfyUIBackend:
         shown, extra = self._as_written(used, objects)
         # DeepCache is the local engine's: the server's graph ran every step in full, and the metadata says so.
         notes = ["Deep cache is not applied on a ComfyUI server"] if shown.deep_cache > 1 else []
+        if varies(shown):  # A1111's variation seeds are the local engine's: the server drew the plain seed's noise
+            notes.append("Variation seeds are not applied on a ComfyUI server: it used the plain seed")
+            shown = shown.replace(subseed_strength=0.0, seed_resize_from_w=0, seed_resize_from_h=0)
         return GenerateResult(
             images=images, request=shown.replace(deep_cache=0), seeds=seeds, model_name=Path(ckpt).stem,
             model_hash="", timings={"total": time.perf_counter() - run.t0}, steps_done=run.steps_done,
