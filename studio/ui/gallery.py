@@ -11,9 +11,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from PySide6.QtCore import QObject, QSize, Qt, Signal
-from PySide6.QtGui import QIcon, QImage, QImageReader, QPixmap
+from PySide6.QtGui import QColor, QIcon, QImage, QImageReader, QPainter, QPixmap
 from PySide6.QtWidgets import QAbstractItemView, QListView, QListWidgetItem, QWidget
 
+from studio.core.metadata import branch_info
 from studio.qtcompat import emit
 from studio.ui.widgets import HintList
 
@@ -24,6 +25,21 @@ IMAGE_ROLE = Qt.ItemDataRole.UserRole + 2  # the full image, for a result that i
 
 def thumbnail(image: QImage, size: int = THUMB) -> QImage:
     return image.scaled(size, size, Qt.AspectRatioMode.KeepAspectRatio, Qt.TransformationMode.SmoothTransformation)
+
+
+def branch_badge(thumb: QImage, text: str) -> QImage:
+    """The thumbnail with a strip along its bottom that says which branch it is ("branch @8")."""
+    out = thumb.convertToFormat(QImage.Format.Format_ARGB32)
+    p = QPainter(out)
+    h = max(14, out.height() // 7)
+    p.fillRect(0, out.height() - h, out.width(), h, QColor(20, 20, 24, 190))
+    p.setPen(QColor("#e8e8ec"))
+    font = p.font()
+    font.setPixelSize(h - 4)
+    p.setFont(font)
+    p.drawText(0, out.height() - h, out.width(), h, Qt.AlignmentFlag.AlignCenter, text)
+    p.end()
+    return out
 
 
 class ThumbnailLoader(QObject):
@@ -98,12 +114,18 @@ class Gallery(HintList):
         return [self.item(i).data(PATH_ROLE) for i in range(self.count())]
 
     def _make_item(self, path: str, thumb: QImage) -> QListWidgetItem:
+        info = branch_info(path) if path else None  # a branch says so: "branch of x.png at step 8"
+        if info is not None:
+            thumb = branch_badge(thumb, f"branch @{info.step}")
         pix = QPixmap.fromImage(thumb)
         icon = QIcon(pix)
         icon.addPixmap(pix, QIcon.Mode.Selected)  # no highlight tint over the picture: the frame shows it
         item = QListWidgetItem(icon, "")
         item.setData(PATH_ROLE, path)
         item.setToolTip(Path(path).name if path else "not saved")
+        if info is not None:
+            changed = f" ({', '.join(info.changes)} changed)" if info.changes else " (nothing changed)"
+            item.setToolTip(f"{Path(path).name}\n{info.label()}{changed}")
         item.setSizeHint(QSize(THUMB + 6, THUMB + 6))
         return item
 
