@@ -69,6 +69,10 @@ def branch_request(args: argparse.Namespace, loras: tuple[tuple[str, float], ...
             changes[name] = getattr(args, opt)
     if loras:
         changes["loras"] = loras
+    # The branch's own steps run at the command's --speed (the window's: its panel's); the parent's first steps, when
+    # recomputed, at the parent's, as its PNG records it.
+    if getattr(args, "speed", None):
+        changes["speed"] = args.speed
     spec = branch.BranchSpec(k, state.image(0) if state is not None else None, parent, png.name,
                              branch.image_hash(png))  # fmt: skip
     request = parent.replace(**changes, branch=spec)

@@ -22,7 +22,7 @@ def test_branch_from_here_in_the_window(qtbot, tiny_model, out_dir, tmp_path, ca
     try:
         s, panel, preview = window.session, window.prompt_panel, window.preview_panel
         s.update_params(prompt="a red circle", negative_prompt="blur", steps=4, seed=21, sampler="DPM++ 2M",
-                        cfg=5.0, width=32, height=32)  # fmt: skip
+                        cfg=5.0, width=32, height=32, speed="exact")  # fmt: skip
         assert not preview.branch_button.isEnabled()  # nothing run yet
         with qtbot.waitSignal(s.result_image, timeout=180_000) as parent_done:
             qtbot.mouseClick(panel.generate_button, Qt.MouseButton.LeftButton)
@@ -39,7 +39,7 @@ def test_branch_from_here_in_the_window(qtbot, tiny_model, out_dir, tmp_path, ca
         assert (panel.prompt.toPlainText(), s.params.cfg, s.params.seed) == ("a red circle", 5.0, 21)
         assert preview.branch_label.text() == f"Next runs: branch of {parent_png.name} at step 2"
 
-        s.update_params(prompt="a blue square")
+        s.update_params(prompt="a blue square", speed="fast")  # the branch's own steps: fast (bf16 where native)
         with qtbot.waitSignal(s.result_image, timeout=180_000) as done:
             qtbot.mouseClick(panel.generate_button, Qt.MouseButton.LeftButton)
         branch_png = Path(done.args[0])
@@ -55,9 +55,10 @@ def test_branch_from_here_in_the_window(qtbot, tiny_model, out_dir, tmp_path, ca
     finally:
         window.close()
 
-    # The command line makes the same branch from the parent PNG (its first 2 steps recomputed): the same pixels.
+    # The command line makes the same branch from the parent PNG (its first 2 steps recomputed at the parent's
+    # speed, the rest at --speed): the same pixels.
     code = main(["generate", "--model", str(tiny_model), "--branch-from", str(parent_png), "--at-step", "2",
-                 "--prompt", "a blue square", "-q", "--out", str(tmp_path / "cli")])  # fmt: skip
+                 "--prompt", "a blue square", "--speed", "fast", "-q", "--out", str(tmp_path / "cli")])  # fmt: skip
     out, err = capsys.readouterr()
     assert code == 0, err
     cli = np.asarray(Image.open(out.strip()).convert("RGB"))
