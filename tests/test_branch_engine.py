@@ -129,3 +129,11 @@ def test_bad_branches_are_refused_in_one_line(tiny_model):
             res_req.replace(branch=spec, **bad).validate()
     with pytest.raises(RequestError, match="out of range"):
         res_req.replace(branch=BranchSpec(STEPS, state, res_req)).validate()
+
+
+def test_a_9_channel_models_text_to_image_branches_exactly(engine, tiny_inpaint_model):
+    """A 9-channel U-Net runs text to image through the inpainting pipeline, which draws from the generator for
+    its image latents after the initial noise: the parent's generator state comes back only at the first step."""
+    parent = parent_run(engine, tiny_inpaint_model, "Euler a")
+    b = engine.generate(parent.request.replace(branch=spec_of(parent)))
+    assert np.array_equal(b.images[0], parent.images[0])

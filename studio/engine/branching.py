@@ -93,8 +93,10 @@ def _respace(scheduler, schedule: str, sigma_hi: float, sigma_lo: float, m: int)
 class BranchRun:
     """Installs, for one pipeline call, the hooks that make it continue `spec` (restore() takes them out)."""
 
-    def __init__(self, spec: BranchSpec, request: GenerateRequest, pipe, scheduler, base_config):
+    def __init__(self, spec: BranchSpec, request: GenerateRequest, pipe, scheduler, base_config, generators=()):
         self.spec, self.request, self.pipe, self.scheduler = spec, request, pipe, scheduler
+        self.generators = list(generators or ())
+        self.start = 0
         if spec.state is None:
             raise RequestError("The branch has no kept state of its parent's step")
         self.state: SamplerState = spec.state
@@ -113,10 +115,23 @@ class BranchRun:
             self._place_grid()
 
         sched.set_timesteps = set_timesteps  # instance attributes: only this run's objects change
+        self._orig_prepare = pipe.prepare_latents
         pipe.prepare_latents = self._prepare_latents
+        orig_scale = sched.scale_model_input
+
+        @functools.wraps(orig_scale)
+        def scale_model_input(*args, **kwargs):
+            # The first step's: the pipeline has drawn all it draws before the loop (the initial noise, an
+            # inpainting model's sampled image latents) as the parent did; from here on, the parent's generator.
+            if sched.__dict__.pop("scale_model_input", None) is not None:
+                restore_generators(self.generators, self.spec, self.request)
+            return orig_scale(*args, **kwargs)
+
+        sched.scale_model_input = scale_model_input
 
     def restore(self) -> None:
         self.scheduler.__dict__.pop("set_timesteps", None)
+        self.scheduler.__dict__.pop("scale_model_input", None)
         self.pipe.__dict__.pop("prepare_latents", None)
 
     def _place_grid(self) -> None:
@@ -129,6 +144,7 @@ class BranchRun:
         else:
             self.full = self._new_grid()
             start = k
+        self.start = start
         if hasattr(sched, "set_begin_index"):
             sched.set_begin_index(start)
         # The pipeline loops over what set_timesteps leaves here: the steps after k. The scheduler gets its whole
@@ -161,14 +177,19 @@ class BranchRun:
             setattr(self.scheduler, key, _to_torch(value, self.device))
 
     def _prepare_latents(self, *args, **kwargs):
+        """The pipeline's own prepare_latents (its outputs' shape: the inpainting pipeline, which runs a 9-channel
+        model's text to image, returns the noise too), with the kept x_t in place of the initial latents; then the
+        scheduler's whole schedule from step k and its history (the parent's generator state: at the first step)."""
         sched, state = self.scheduler, self.state
+        out = self._orig_prepare(*args, **kwargs)
+        first = out[0] if isinstance(out, tuple) else out
+        latent = torch.from_numpy(np.array(state.latent, copy=True)).to(first.device, first.dtype)
         sched.timesteps = self.full
+        if hasattr(sched, "set_begin_index"):  # img2img-style pipelines set their own (0) after set_timesteps
+            sched.set_begin_index(self.start)
         if self.same:  # the parent's sampler continues: its history as it was after step k
             self._restore_history()
-        dtype = next((a for a in [*args, *kwargs.values()] if isinstance(a, torch.dtype)), None)
-        device = next((a for a in [*args, *kwargs.values()] if isinstance(a, torch.device)), self.device)
-        latent = torch.from_numpy(np.array(state.latent, copy=True)).to(device)
-        return latent.to(dtype) if dtype is not None else latent
+        return (latent, *out[1:]) if isinstance(out, tuple) else latent
 
 
 def restore_generators(generators, spec: BranchSpec, request: GenerateRequest) -> None:

@@ -318,9 +318,7 @@ class Engine:
         spec = used.branch
         if spec is None:
             return None
-        from .branching import BranchRun, restore_generators
-
-        restore_generators(kwargs.get("generator") or [], spec, used)
+        from .branching import BranchRun
         if spec.before_latents is not None and spec.before_x0 is not None and len(spec.before_latents) == spec.step:
             tracker.latents, tracker.x0 = list(spec.before_latents), list(spec.before_x0)
             tracker.states = list(spec.before_states)
@@ -329,7 +327,7 @@ class Engine:
                 tracker.generators = None  # a partial chain of states cannot be branched again
         else:
             tracker.offset = spec.step
-        return BranchRun(spec, used, pipe, scheduler, model.scheduler_config)
+        return BranchRun(spec, used, pipe, scheduler, model.scheduler_config, kwargs.get("generator"))
 
     def branch_state(self, parent: GenerateRequest, step: int) -> GenerateResult:
         """Re-run the parent's first `step` steps (its request as it ran: seed and size set) and stop there: the
