@@ -58,8 +58,13 @@ def branch_request(args: argparse.Namespace, loras: tuple[tuple[str, float], ...
     png = Path(args.branch_from)
     parent, text = parent_request(png, args.model)
     k = args.at_step
+    own = branch.read_info(parse_parameters(text)["params"])
+    if own is not None and k <= own.step:  # those steps are its parent's, on the parent's schedule
+        parent_name = own.parent_name or "its parent"
+        raise RequestError(f"Steps 1 to {own.step} of {png.name} are its parent's: branch from {parent_name} at step "
+                           f"{k} instead")  # fmt: skip
     state = branch.load_sidecar(png, k)
-    if state is None and branch.read_info(parse_parameters(text)["params"]) is not None:
+    if state is None and own is not None:
         raise RequestError(f"{png.name} is itself a branch and has no latent sidecar: branch from its parent, or "
                            "keep latents when making it")  # fmt: skip
     changes: dict = {}

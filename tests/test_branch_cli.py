@@ -64,6 +64,8 @@ def test_cli_branch_equals_the_windows_branch(capsys, engine, tiny_model, tmp_pa
     code, out, err = run(capsys, "generate", "--model", tiny_model, "--branch-from", str(png), "--at-step", "3",
                          "--cfg", "9", "-q", "--out", str(tmp_path / "again"))  # fmt: skip
     assert code == 0, err
+    code, out, err = run(capsys, "generate", "--model", tiny_model, "--branch-from", str(png), "--at-step", "2")
+    assert code == 2 and f"branch from {parent_png.name} at step 2" in err
 
 
 def test_cli_branch_bad_input_is_one_line(capsys, tiny_model, tmp_path):

@@ -137,3 +137,21 @@ def test_a_9_channel_models_text_to_image_branches_exactly(engine, tiny_inpaint_
     parent = parent_run(engine, tiny_inpaint_model, "Euler a")
     b = engine.generate(parent.request.replace(branch=spec_of(parent)))
     assert np.array_equal(b.images[0], parent.images[0])
+
+
+def test_a_branch_of_a_branch_before_its_step_branches_the_first_parent(engine, tiny_model, tmp_path):
+    """Steps 1..k of a branch are its parent's (its sampler, its schedule): the window's Branch from here there
+    continues the first parent, so an unchanged branch of the branch at j <= k is that parent again."""
+    from studio.core.jobs import JobOutput
+    from studio.session.branching import PendingBranch
+
+    parent = parent_run(engine, tiny_model, "Euler")
+    child = engine.generate(parent.request.replace(sampler="DPM++ 2M", branch=spec_of(parent, k=3)))
+    png = tmp_path / "child.png"
+    png.write_bytes(b"child")
+    spec = PendingBranch(JobOutput(child, [png]), 2).spec()
+    assert (spec.parent.sampler, spec.parent_name, spec.parent_hash) == ("Euler", "parent.png", "0123456789")
+    again = engine.generate(spec.parent.replace(branch=spec))
+    assert np.array_equal(again.images[0], parent.images[0])
+    later = PendingBranch(JobOutput(child, [png]), 4).spec()  # after the branch's step: the branch is the parent
+    assert later.parent.sampler == "DPM++ 2M" and later.parent_name == "child.png" and later.parent_hash

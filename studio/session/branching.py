@@ -18,20 +18,38 @@ class PendingBranch:
     step: int
 
     @property
-    def parent(self) -> GenerateRequest:
+    def run(self) -> GenerateRequest:
+        """The run on the timeline, as it ran (image 0)."""
         r = self.output.result
         return r.request.replace(batch=1, seed=int(r.seeds[0]) if r.seeds else r.request.seed)
 
+    def _origin(self) -> tuple[GenerateRequest, str, str]:
+        """The run whose step this is, its file name and hash: the timeline's run, or for a step a branch took over
+        from its parent (step <= its branch step), that parent (its state and schedule are the parent's)."""
+        path = self.output.paths[0] if self.output.paths else None
+        req = self.run
+        name, digest = (path.name, "") if path is not None else ("", "")
+        while req.branch is not None and self.step <= req.branch.step:
+            spec = req.branch
+            req, name, digest = spec.parent, spec.parent_name, spec.parent_hash
+        if req is self.run and path is not None and Path(path).is_file():
+            digest = branch.image_hash(path)
+        return req, name, digest
+
+    @property
+    def parent(self) -> GenerateRequest:
+        return self._origin()[0]
+
     @property
     def parent_name(self) -> str:
-        return self.output.paths[0].name if self.output.paths else "an unsaved image"
+        return self._origin()[1] or "an unsaved image"
 
     def label(self) -> str:
         return f"branch of {self.parent_name} at step {self.step}"
 
     def panel_fields(self) -> dict:
-        """The parent's parameters for the panel (the artist changes some of them)."""
-        p = self.parent
+        """The timeline run's parameters for the panel (the artist changes some of them)."""
+        p = self.run
         return {"prompt": p.prompt, "negative_prompt": p.negative_prompt, "sampler": p.sampler,
                 "schedule": p.schedule, "steps": p.steps, "cfg": p.cfg, "seed": p.seed, "width": p.width,
                 "height": p.height, "batch": 1, "hires_fix": False}  # fmt: skip
@@ -39,12 +57,11 @@ class PendingBranch:
     def spec(self) -> branch.BranchSpec:
         res, k = self.output.result, self.step
         states = res.step_states  # none from a server: it re-runs the parent's first k steps itself
-        path = self.output.paths[0] if self.output.paths else None
-        digest = branch.image_hash(path) if path is not None and Path(path).is_file() else ""
+        parent, name, digest = self._origin()
         latents = res.latents[:k, :1] if res.latents is not None and len(res.latents) >= k else None
         x0 = res.x0[:k, :1] if res.x0 is not None and len(res.x0) >= k else None
         state = states[k - 1].image(0) if len(states) >= k else None
-        return branch.BranchSpec(k, state, self.parent, self.parent_name if path else "", digest, latents, x0,
+        return branch.BranchSpec(k, state, parent, name, digest, latents, x0,
                                  tuple(s.image(0) for s in states[:k]) if state is not None else ())  # fmt: skip
 
 

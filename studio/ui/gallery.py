@@ -14,7 +14,8 @@ from PySide6.QtCore import QObject, QSize, Qt, Signal
 from PySide6.QtGui import QColor, QIcon, QImage, QImageReader, QPainter, QPixmap
 from PySide6.QtWidgets import QAbstractItemView, QListView, QListWidgetItem, QWidget
 
-from studio.core.metadata import branch_info
+from studio.core.branch import read_info
+from studio.core.metadata import branch_info, parse_parameters
 from studio.qtcompat import emit
 from studio.ui.widgets import HintList
 
@@ -113,8 +114,14 @@ class Gallery(HintList):
     def paths(self) -> list[str]:
         return [self.item(i).data(PATH_ROLE) for i in range(self.count())]
 
-    def _make_item(self, path: str, thumb: QImage) -> QListWidgetItem:
-        info = branch_info(path) if path else None  # a branch says so: "branch of x.png at step 8"
+    def _make_item(self, path: str, thumb: QImage, read_file: bool = True) -> QListWidgetItem:
+        # A branch says so: "branch of x.png at step 8". A thumbnail read from its file carries the PNG's text; a
+        # new result's file is read once (the folder's hundreds never are, on this thread).
+        text = thumb.text("parameters")
+        if text:
+            info = read_info(parse_parameters(text)["params"])
+        else:
+            info = branch_info(path) if path and read_file else None
         if info is not None:
             thumb = branch_badge(thumb, f"branch @{info.step}")
         pix = QPixmap.fromImage(thumb)
@@ -154,7 +161,7 @@ class Gallery(HintList):
         if path in self._paths:
             return
         self._paths.add(path)
-        item = self._make_item(path, thumb)
+        item = self._make_item(path, thumb, read_file=False)
         item.setData(Qt.ItemDataRole.UserRole + 1, True)
         self.addItem(item)
 

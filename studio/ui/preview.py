@@ -123,8 +123,8 @@ class PreviewPanel(QWidget):
         branch_row.addWidget(self.stop_branch_button)
         lay.addLayout(branch_row)
         self.keep_latents = QCheckBox("Keep step latents with each image")
-        self.keep_latents.setToolTip("Write every step's latent next to the PNG (<name>.latents.npz, about 32 KB a "
-                                     "step at 512 px): `studio generate --branch-from` then starts at once")  # fmt: skip
+        self.keep_latents.setToolTip("Write every step's latent next to the PNG (<name>.latents.npz, 1-4 MB for "
+                                     "20 steps at 512 px): `studio generate --branch-from` then starts at once")  # fmt: skip
         self.keep_latents.setChecked(session.settings.keep_latents)
         self.keep_latents.toggled.connect(lambda on: setattr(session.settings, "keep_latents", bool(on)))
         lay.addWidget(self.keep_latents)

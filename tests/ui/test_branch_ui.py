@@ -63,3 +63,20 @@ def test_branch_from_here_in_the_window(qtbot, tiny_model, out_dir, tmp_path, ca
     assert code == 0, err
     cli = np.asarray(Image.open(out.strip()).convert("RGB"))
     assert np.array_equal(cli, np.asarray(Image.open(branch_png).convert("RGB")))
+
+
+def test_the_gallery_labels_branches_loaded_from_the_folder(qtbot, tmp_path):
+    from studio.core.output import save_image
+    from studio.ui.gallery import Gallery
+
+    plain = "a fox\nSteps: 8, Sampler: Euler, Seed: 1, Size: 8x8"
+    text = plain + ', Branch of: "00001-1.png", Branch parent hash: 0123456789, Branch step: 3, Branch changes: prompt'
+    pixels = np.zeros((8, 8, 3), np.uint8)
+    paths = [save_image(pixels, tmp_path / "b.png", text), save_image(pixels, tmp_path / "p.png", plain)]
+    gallery = Gallery()
+    qtbot.addWidget(gallery)
+    gallery.load_folder(paths)
+    qtbot.waitUntil(lambda: gallery.count() == 2)
+    tips = {Path(gallery.item(i).data(Qt.ItemDataRole.UserRole)).name: gallery.item(i).toolTip() for i in range(2)}
+    assert tips == {"b.png": "b.png\nbranch of 00001-1.png at step 3 (prompt changed)", "p.png": "p.png"}
+    gallery.shutdown()
