@@ -27,12 +27,12 @@ class PendingBranch:
         """The run whose step this is, its file name and hash: the timeline's run, or for a step a branch took over
         from its parent (step <= its branch step), that parent (its state and schedule are the parent's)."""
         path = self.output.paths[0] if self.output.paths else None
-        req = self.run
+        req = run = self.run
         name, digest = (path.name, "") if path is not None else ("", "")
         while req.branch is not None and self.step <= req.branch.step:
             spec = req.branch
             req, name, digest = spec.parent, spec.parent_name, spec.parent_hash
-        if req is self.run and path is not None and Path(path).is_file():
+        if req is run and path is not None and Path(path).is_file():
             digest = branch.image_hash(path)
         return req, name, digest
 

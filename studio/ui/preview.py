@@ -194,6 +194,9 @@ class PreviewPanel(QWidget):
     def _update_branch_button(self) -> None:
         why = self.session.why_no_branch(self.timeline.value()) if self.timeline.isEnabled() else "Run first"
         self.branch_button.setEnabled(not why)
+        if not why and self.session.info.remote_files:  # a ComfyUI server: what it cannot do, said before the run
+            why = ("On the ComfyUI server the parent's first steps run again there (KSamplerAdvanced); change the "
+                   "prompt, CFG, sampler or seed: the schedule and step count stay the parent's")  # fmt: skip
         self.branch_button.setToolTip(why or "Keep this step's composition: the next runs continue from it with what "
                                       "you change (prompt, CFG, sampler, schedule, seed, steps)")  # fmt: skip
 
