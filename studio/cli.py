@@ -155,6 +155,12 @@ def build_parser() -> argparse.ArgumentParser:
     g = sub.add_parser("generate", help="text to image")
     _add_generation_options(g)
     _add_hires_options(g)
+    from .cli_branch import add_options as add_branch_options
+
+    add_branch_options(g)
+    for action in g._actions:  # a branch takes them from its parent: given, they are what it changes
+        if action.dest in ("prompt", "negative"):
+            action.required, action.default = False, None
     i = sub.add_parser("img2img", help="image to image")
     _add_generation_options(i)
     i.add_argument("--image", required=True, help="the input image (PNG, JPEG, WebP)")
@@ -442,10 +448,17 @@ def _generate_and_save(args: argparse.Namespace, request, extra: dict[str, str] 
             _say("studio: no tiny decoder for this model: full decode used")
 
         def saved(path: Path) -> bool:
+            if getattr(args, "keep_latents", False) and result.step_states:  # for a later branch (cli_branch)
+                from .core.branch import save_sidecar
+
+                i = len(kept)
+                save_sidecar(path, [s.image(i) for s in result.step_states])
+            kept.append(path)
             print(path, flush=True)
             return not stop.signum  # a signal during that save: it finished, no other starts
 
         t_save = time.perf_counter()
+        kept: list[Path] = []
         save_result(result, out, __version__, on_saved=saved)
         if getattr(args, "timings", False):
             _say(_timings_line(result.timings, time.perf_counter() - t_save))
@@ -462,7 +475,8 @@ def _warm_wanted(args: argparse.Namespace) -> bool:
     from .serve.runtime import disabled
 
     return not (getattr(args, "server", None) or getattr(args, "no_server", True) or disabled()
-                or not hasattr(socket, "AF_UNIX"))  # fmt: skip
+                or not hasattr(socket, "AF_UNIX")
+                or getattr(args, "branch_from", None) or getattr(args, "keep_latents", False))  # fmt: skip
 
 
 def _on_warm_engine(args: argparse.Namespace, request, cancel):
@@ -706,6 +720,12 @@ def _info(path: str) -> int:
         print(f"studio: {path} holds no generation parameters", file=sys.stderr)
         return 1
     print(printable(text))
+    from .core.branch import read_info
+    from .core.metadata import parse_parameters
+
+    if (branch := read_info(parse_parameters(text)["params"])) is not None:  # our own keys, said in words too
+        changed = ", ".join(branch.changes) or "nothing"
+        print(f"({branch.label()}, parent hash {branch.parent_hash or 'unknown'}; changed: {changed})")
     return 0
 
 
@@ -788,7 +808,16 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     args = parser.parse_args(argv)
     try:
+        if args.command == "generate" and args.branch_from is not None:
+            from .cli_branch import branch_request
+
+            request = branch_request(args, tuple(_lora_arg(a) for a in args.lora))
+            _check_device(args.device, args)
+            return _generate_and_save(args, request)
         if args.command == "generate":
+            if args.prompt is None:
+                raise RequestError("the following arguments are required: --prompt (or --branch-from PNG --at-step K)")
+            args.negative = "" if args.negative is None else args.negative
             return _run_generation(args, "txt2img")
         if args.command == "grid":
             return _run_grid(args)

@@ -917,3 +917,15 @@ def cached_model_hash(path: str | os.PathLike) -> str | None:
 def clear_hash_cache() -> None:
     """Drop the in-memory copy of the hash cache (tests point it elsewhere)."""
     filehash.forget()
+
+
+def branch_info(path: str | os.PathLike):
+    """The branch keys (studio.core.branch) of an image file's parameters: a BranchInfo, or None for a plain run or
+    a file without parameters."""
+    from .branch import read_info
+
+    try:
+        text = read_parameters(path)
+    except (OSError, RequestError):
+        return None
+    return read_info(parse_parameters(text)["params"]) if text else None

@@ -9,6 +9,7 @@ from typing import Literal
 
 import numpy as np
 
+from .branch import BranchSpec, SamplerState
 from .control import ControlSpec, validate_controls
 from .errors import RequestError
 from .speed import DEFAULT_SPEED, SPEEDS, Speed
@@ -183,6 +184,8 @@ class GenerateRequest:
     subseed_strength: float = 0.0
     seed_resize_from_w: int = 0
     seed_resize_from_h: int = 0
+    # A run that continues another from its step k (studio.core.branch); None: a run from pure noise.
+    branch: BranchSpec | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "init_image", _frozen_copy(self.init_image, (3,), "The init image"))
@@ -283,6 +286,8 @@ class GenerateRequest:
             if not isinstance(name, str) or not name or not -10.0 <= float(weight) <= 10.0:
                 raise RequestError(f"A LoRA needs a name and a weight between -10 and 10, got {name!r}: {weight!r}")
         validate_controls(tuple(self.controls))
+        if self.branch is not None:
+            self.branch.validate(self)
         self._validate_variation()
 
     def _validate_variation(self) -> None:
@@ -417,3 +422,6 @@ class GenerateResult:
     notice: str = ""
     # One-line notes for the artist about how the run went ("Deep cache off: 8 steps is below 15").
     notes: list[str] = field(default_factory=list)
+    # Every step's whole sampler state (x_t at full precision, the history, the generators): what a branch from
+    # that step continues (studio.core.branch). Empty where the backend keeps none.
+    step_states: list[SamplerState] = field(default_factory=list, repr=False)

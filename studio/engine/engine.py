@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core import inpaint, variation
+from ..core import branch, inpaint, variation
 from ..core.errors import OUT_OF_MEMORY, EngineError, ModelError, RequestError, first_line, is_out_of_memory
 from ..core.memory import MemoryOptions, out_of_memory_advice
 from ..core.requests import MAX_SEED, GenerateRequest, GenerateResult, StepInfo
@@ -98,6 +98,7 @@ class Engine:
         self._lock = threading.Lock()  # guards against misuse from two threads, never held across threads
         self.loads = 0  # how many times weights were read from disk (tests check caching)
         self._upscaler: tuple[tuple, object] | None = None  # the last upscaler model: (file key, LoadedUpscaler)
+        self._stop_after: int | None = None  # branch_state: the step after which a run stops
 
     # -- models -------------------------------------------------------------------------------------
     def load(self, model: str | None, prediction: str | None = None) -> LoadedModel:
@@ -202,6 +203,10 @@ class Engine:
         t_start = time.perf_counter()
         if cancel is not None and cancel.is_set():
             return GenerateResult(images=[], request=request, seeds=[], cancelled=True)
+        if request.branch is not None and request.branch.state is None:  # no kept state: the parent's k steps again
+            spec = request.branch
+            state = self.branch_state(spec.parent, spec.step).step_states[spec.step - 1].image(0)
+            request = request.replace(branch=dataclasses.replace(spec, state=state))
         if request.mode == "upscale":
             request = request.replace(deep_cache=0)  # an upscale's tiles run without DeepCache: its PNG must not say so
             from . import upscale  # resize / upscaler model / tiled diffusion / the x4 latent upscaler
@@ -230,6 +235,7 @@ class Engine:
             scheduler = build_scheduler(model.scheduler_config, used.sampler, used.schedule, seed)
             pipe.scheduler = scheduler
             tracker = StepTracker(scheduler, used, model, on_step, cancel, time.perf_counter())
+            tracker.generators, tracker.stop_after = kwargs.get("generator"), self._stop_after  # kept step states
             fast = speed.plan_speed(used.speed, self.device, model.dtype)  # after the LoRAs: turbo converts them
             try:
                 fast.apply(pipe, model, self.device, on_step, tracker.total, cancel, t_start)
@@ -249,6 +255,9 @@ class Engine:
                 log.info("%s", note)
                 used = used.replace(deep_cache=0)  # the result and its metadata say what ran
                 tracker.request = used
+            branch_run = self._start_branch(used, pipe, scheduler, model, kwargs, tracker)
+            if branch_run is not None:
+                extra.update(branch.metadata(used.branch, used))
             try:
                 with torch.inference_mode(), cache:
                     latents = pipe(**kwargs, callback_on_step_end=tracker.callback).images
@@ -265,6 +274,8 @@ class Engine:
             finally:
                 tracker.restore()
                 fast.restore()
+                if branch_run is not None:
+                    branch_run.restore()
             if cancel is not None and cancel.is_set():
                 return self._result(used, seeds, model, tracker, [], cancelled=True, t=(t_start, t_loaded), plan=plan)
             t_sampled = time.perf_counter()
@@ -298,8 +309,38 @@ class Engine:
             model_hash=model.hash,
             timings={"load": t[1] - t[0], "preview": tracker.preview_s, "total": time.perf_counter() - t[0]},
             steps_done=len(tracker.latents),
+            step_states=list(tracker.states),
             crop=plan.box if plan is not None and plan.cropped else None,
         )
+
+    def _start_branch(self, used: GenerateRequest, pipe, scheduler, model: LoadedModel, kwargs: dict, tracker):
+        """A branch (studio.core.branch): the hooks that continue the parent's state in this pipeline call, the
+        parent's generators, and the parent's steps before k on the timeline. None for a plain run."""
+        spec = used.branch
+        if spec is None:
+            return None
+        from .branching import BranchRun
+        if spec.before_latents is not None and spec.before_x0 is not None and len(spec.before_latents) == spec.step:
+            tracker.latents, tracker.x0 = list(spec.before_latents), list(spec.before_x0)
+            tracker.states = list(spec.before_states)
+            if len(tracker.states) != spec.step:
+                tracker.states = []
+                tracker.generators = None  # a partial chain of states cannot be branched again
+        else:
+            tracker.offset = spec.step
+        return BranchRun(spec, used, pipe, scheduler, model.scheduler_config, kwargs.get("generator"))
+
+    def branch_state(self, parent: GenerateRequest, step: int) -> GenerateResult:
+        """Re-run the parent's first `step` steps (its request as it ran: seed and size set) and stop there: the
+        result's step_states, latents and x0 are those steps' (what a branch from `step` needs without a sidecar)."""
+        self._stop_after = step
+        try:
+            result = self.generate(parent.replace(batch=1, preview="none"))
+        finally:
+            self._stop_after = None
+        if len(result.step_states) < step:
+            raise EngineError(f"The parent's first {step} steps could not be recomputed")
+        return result
 
     def _size_for(self, request: GenerateRequest, model: LoadedModel) -> tuple[int, int]:
         """The working size: what the model runs at.

@@ -77,6 +77,12 @@ class StepTracker:
         self.tiny_steps: list[int] = []  # the steps the tiny decoder previewed (the rest: the linear factors)
         self._last_record = t0
         self._orig_step = scheduler.step
+        # Branching (studio.core.branch): the generators whose state each step keeps (None: keep no states), the
+        # steps before this run's first (a branch from step k counts on from k), and a step to stop after.
+        self.generators = None
+        self.states: list = []
+        self.offset = 0
+        self.stop_after: int | None = None
 
         # functools.wraps keeps step's signature visible: the pipelines inspect it to decide whether
         # to pass `generator` and `eta`; without them ancestral samplers would draw unseeded noise.
@@ -144,6 +150,11 @@ class StepTracker:
         x0 = self.last_x0 if self.last_x0 is not None and self.last_x0.shape == latents.shape else latents
         self.latents.append(latents.detach().to("cpu", torch.float16).numpy())
         self.x0.append(x0.detach().to("cpu", torch.float16).numpy())
+        step_no = self.offset + len(self.latents)
+        if self.generators is not None:
+            from .branching import capture
+
+            self.states.append(capture(self.scheduler, step_no, latents, self.generators))
         if self.on_step is not None:
             p0 = time.perf_counter()
             preview = None
@@ -154,9 +165,9 @@ class StepTracker:
                 preview = self._preview(lat, p0)
             self.preview_s += time.perf_counter() - p0
             self._last_record = time.perf_counter()
-            step = StepInfo(len(self.latents), self.total, time.perf_counter() - self.t0, preview, **self.part)
+            step = StepInfo(step_no, self.total, time.perf_counter() - self.t0, preview, **self.part)
             self.on_step(step)
-        if self.cancel is not None and self.cancel.is_set():
+        if (self.cancel is not None and self.cancel.is_set()) or step_no == self.stop_after:
             raise Cancelled
 
     def _preview(self, lat: np.ndarray, now: float) -> np.ndarray:

@@ -1,8 +1,8 @@
 """Messages between the CLI and the warm engine: a JSON header plus raw array bytes, framed by lengths.
 
 Nothing is unpickled: arrays travel as dtype, shape and bytes (no object dtypes), and the only objects rebuilt are
-the dataclasses of `studio.core.requests` (GenerateRequest, GenerateResult, StepInfo and their parts), looked up by
-name there, so a field added to a request travels without a change here.
+the dataclasses of `studio.core.requests` (GenerateRequest, GenerateResult, StepInfo and their parts) and
+`studio.core.branch` (a branch's spec, a step's sampler state), looked up by name there, so a field added to a request travels without a change here.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from ..core import branch as _branch
 from ..core import requests as _requests
 
 PROTOCOL = 1
@@ -72,8 +73,10 @@ def decode(data: Any, blobs: list[bytes]) -> Any:
     if "d" in data:
         return {str(k): decode(v, blobs) for k, v in data["d"].items()}
     if "c" in data:
-        cls = getattr(_requests, str(data["c"]), None)
-        if not (isinstance(cls, type) and dataclasses.is_dataclass(cls) and cls.__module__ == _requests.__name__):
+        # A request's branch and a result's step states are studio.core.branch's (SamplerState, BranchSpec).
+        cls = getattr(_requests, str(data["c"]), None) or getattr(_branch, str(data["c"]), None)
+        if not (isinstance(cls, type) and dataclasses.is_dataclass(cls)
+                and cls.__module__ in (_requests.__name__, _branch.__name__)):  # fmt: skip
             raise WireError(f"unknown type {data['c']!r}")
         return cls(**{k: decode(v, blobs) for k, v in data["f"].items()})
     raise WireError("unknown value")

@@ -33,6 +33,7 @@ from studio.settings import Settings
 from studio.worker import Worker
 
 from . import library
+from .branching import PendingBranch, why_no_branch
 from .document import Document
 from .jobs import JobBook, JobView, TrackedJob
 from .params import MODES, Params
@@ -69,6 +70,7 @@ class Session(QObject):
     crop_changed = Signal(object)  # the "only masked" inpaint area (x, y, w, h) a run would use, or None
     live_overlay = Signal(object, object)  # QImage (ARGB, alpha = feathered mask) and its rect, or None, None
     live_canvas = Signal(QImage)  # an upscale forming: the output with its finished tiles in place
+    branch_changed = Signal(str)  # "branch of x.png at step 8" while the next runs branch; "" when they do not
 
     def __init__(
         self,
@@ -115,6 +117,7 @@ class Session(QObject):
         self._first_step: tuple[int, float] | None = None
         self._phases: dict[int, str] = {}  # job id -> what a run does before its first step ("loading model")
         self._last_info: StepInfo | None = None
+        self.branch: PendingBranch | None = None  # Branch from here: the run and step the next runs continue
 
         self.document.image_changed.connect(lambda image: emit(self.current_image_changed, image))
         self.document.changed.connect(self._update_crop)
@@ -235,6 +238,8 @@ class Session(QObject):
             region = self.refine_region(request.mode)
             if request.mode != "txt2img":
                 request = self._with_canvas(request, region)
+            elif self.branch is not None:
+                request = request.replace(branch=self.branch.spec())
             request = self._with_controls(request, region)
             request.validate()
             out_dir = check_output_dir(self.output_dir)  # before the run: it is never wasted on a folder taking no file
@@ -265,9 +270,12 @@ class Session(QObject):
         label = " ".join(request.prompt.split()) or "(no prompt)"
         if request.mode != "txt2img":
             label = f"{MODE_LABELS[request.mode].lower()}: {label}"
+        elif request.branch is not None:
+            label = f"branch at step {request.branch.step}: {label}"
         self._worker.set_memory(MemoryOptions(self.settings.attention_slicing, self.settings.vae_tiling,
                                               self.settings.offload))  # fmt: skip
-        job_id = self._worker.submit(request, save=lambda result: library.save_result(result, out_dir), label=label)
+        keep = self.settings.keep_latents
+        job_id = self._worker.submit(request, save=lambda result: library.save_result(result, out_dir, keep), label=label)
         stepless = request.mode == "upscale" and request.upscale.method in ("resize", "model")  # no sampler
         self._phases[job_id] = ("preparing" if stepless or self._loaded_model == (request.model or "")
                                 else "loading model")  # fmt: skip
@@ -445,6 +453,33 @@ class Session(QObject):
         arr = self.timeline.preview(step)
         if arr is not None:
             emit(self.timeline_image, step, array_to_qimage(arr))
+
+    def why_no_branch(self, step: int) -> str:
+        """Why the timeline's step cannot be branched from; "" when it can."""
+        if self.is_running():
+            return "Wait for the run to finish"
+        return why_no_branch(self.timeline.output, step, remote=self.info.remote_files)
+
+    def branch_from(self, step: int) -> bool:
+        """Branch from here: the panel gets the run's parameters, and the next runs continue its step `step` with
+        what the artist changes (prompt, CFG, sampler, schedule, seed, steps), until stop_branching."""
+        why = self.why_no_branch(step)
+        if why or self.timeline.output is None:
+            emit(self.message, why, "warning")
+            return False
+        self.branch = PendingBranch(self.timeline.output, step)
+        p = self.params.with_fields(self.branch.panel_fields())
+        p.mode, p.batch, p.hires_fix = "txt2img", 1, False
+        self.set_params(p)
+        emit(self.branch_changed, self.branch.label())
+        emit(self.message, f"Next runs: {self.branch.label()}. Change the prompt, CFG, sampler, seed or steps and "
+                           "Generate", "info")  # fmt: skip
+        return True
+
+    def stop_branching(self) -> None:
+        if self.branch is not None:
+            self.branch = None
+            emit(self.branch_changed, "")
 
     def can_decode(self) -> bool:
         return self.info.decodes_steps and self.timeline.has_latents()
@@ -646,8 +681,13 @@ class Session(QObject):
             p = self.params.copy()
             p.model = model
             self.set_params(p)
+        from studio.core.metadata import branch_info
+
+        level = "attention" if refused_lines else "info"
+        if (binfo := branch_info(path)) is not None:  # a branch: its parent and step, in words
+            refused_lines.insert(0, f"it is a {binfo.label()} ({', '.join(binfo.changes) or 'nothing'} changed)")
         emit(self.message, "; ".join([f"Parameters loaded from {path.name}", *refused_lines]),
-             "attention" if refused_lines else "info")
+             level)
         return True
 
     def _image_model(self, found: dict[str, Any]) -> tuple[str | None, str]:

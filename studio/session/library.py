@@ -16,11 +16,18 @@ from studio.paths import BUILTIN_LATENT_UPSCALER, BUILTIN_MODEL, MODELS_DIR
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
 
-def save_result(result: GenerateResult, out_dir: Path) -> list[Path]:
-    """Write every image of a run with its `parameters` text, atomically; returns the paths."""
+def save_result(result: GenerateResult, out_dir: Path, keep_latents: bool = False) -> list[Path]:
+    """Write every image of a run with its `parameters` text, atomically; returns the paths. `keep_latents`: each
+    image's step states go next to it too (studio.core.branch's sidecar), for a branch from the command line."""
     from studio.core.output import save_result as engine_save
 
-    return [Path(p) for p in engine_save(result, out_dir, __version__)]
+    paths = [Path(p) for p in engine_save(result, out_dir, __version__)]
+    if keep_latents and result.step_states:
+        from studio.core.branch import save_sidecar
+
+        for i, path in enumerate(paths):
+            save_sidecar(path, [s.image(i) for s in result.step_states])
+    return paths
 
 
 def parameters_text(result: GenerateResult, i: int) -> str:

@@ -11,9 +11,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 from PySide6.QtCore import QObject, QSize, Qt, Signal
-from PySide6.QtGui import QIcon, QImage, QImageReader, QPixmap
+from PySide6.QtGui import QColor, QIcon, QImage, QImageReader, QPainter, QPixmap
 from PySide6.QtWidgets import QAbstractItemView, QListView, QListWidgetItem, QWidget
 
+from studio.core.branch import read_info
+from studio.core.metadata import branch_info, parse_parameters
 from studio.qtcompat import emit
 from studio.ui.widgets import HintList
 
@@ -24,6 +26,21 @@ IMAGE_ROLE = Qt.ItemDataRole.UserRole + 2  # the full image, for a result that i
 
 def thumbnail(image: QImage, size: int = THUMB) -> QImage:
     return image.scaled(size, size, Qt.AspectRatioMode.KeepAspectRatio, Qt.TransformationMode.SmoothTransformation)
+
+
+def branch_badge(thumb: QImage, text: str) -> QImage:
+    """The thumbnail with a strip along its bottom that says which branch it is ("branch @8")."""
+    out = thumb.convertToFormat(QImage.Format.Format_ARGB32)
+    p = QPainter(out)
+    h = max(14, out.height() // 7)
+    p.fillRect(0, out.height() - h, out.width(), h, QColor(20, 20, 24, 190))
+    p.setPen(QColor("#e8e8ec"))
+    font = p.font()
+    font.setPixelSize(h - 4)
+    p.setFont(font)
+    p.drawText(0, out.height() - h, out.width(), h, Qt.AlignmentFlag.AlignCenter, text)
+    p.end()
+    return out
 
 
 class ThumbnailLoader(QObject):
@@ -97,13 +114,25 @@ class Gallery(HintList):
     def paths(self) -> list[str]:
         return [self.item(i).data(PATH_ROLE) for i in range(self.count())]
 
-    def _make_item(self, path: str, thumb: QImage) -> QListWidgetItem:
+    def _make_item(self, path: str, thumb: QImage, read_file: bool = True) -> QListWidgetItem:
+        # A branch says so: "branch of x.png at step 8". A thumbnail read from its file carries the PNG's text; a
+        # new result's file is read once (the folder's hundreds never are, on this thread).
+        text = thumb.text("parameters")
+        if text:
+            info = read_info(parse_parameters(text)["params"])
+        else:
+            info = branch_info(path) if path and read_file else None
+        if info is not None:
+            thumb = branch_badge(thumb, f"branch @{info.step}")
         pix = QPixmap.fromImage(thumb)
         icon = QIcon(pix)
         icon.addPixmap(pix, QIcon.Mode.Selected)  # no highlight tint over the picture: the frame shows it
         item = QListWidgetItem(icon, "")
         item.setData(PATH_ROLE, path)
         item.setToolTip(Path(path).name if path else "not saved")
+        if info is not None:
+            changed = f" ({', '.join(info.changes)} changed)" if info.changes else " (nothing changed)"
+            item.setToolTip(f"{Path(path).name}\n{info.label()}{changed}")
         item.setSizeHint(QSize(THUMB + 6, THUMB + 6))
         return item
 
@@ -132,7 +161,7 @@ class Gallery(HintList):
         if path in self._paths:
             return
         self._paths.add(path)
-        item = self._make_item(path, thumb)
+        item = self._make_item(path, thumb, read_file=False)
         item.setData(Qt.ItemDataRole.UserRole + 1, True)
         self.addItem(item)
 

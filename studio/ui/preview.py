@@ -5,9 +5,11 @@ from __future__ import annotations
 from PySide6.QtCore import QRectF, QSize, Qt
 from PySide6.QtGui import QColor, QImage, QPainter, QPaintEvent
 from PySide6.QtWidgets import (
+    QCheckBox,
     QComboBox,
     QHBoxLayout,
     QLabel,
+    QMenu,
     QPushButton,
     QSizePolicy,
     QSlider,
@@ -105,6 +107,34 @@ class PreviewPanel(QWidget):
         self.decode_button.setToolTip("Fully decode the selected step with the VAE and show it on the canvas")
         self.decode_button.setEnabled(False)
         lay.addWidget(self.decode_button)
+        # Branch from here (studio.core.branch): also on a right-click on the timeline or the preview.
+        self.branch_button = QPushButton(" Branch from here")
+        self.branch_button.setEnabled(False)
+        self.branch_button.setToolTip("Keep this step's composition: the next runs continue from it with what you "
+                                      "change (prompt, CFG, sampler, schedule, seed, steps)")  # fmt: skip
+        lay.addWidget(self.branch_button)
+        branch_row = QHBoxLayout()
+        self.branch_label = QLabel("")
+        self.branch_label.setObjectName("Muted")
+        self.branch_label.setWordWrap(True)
+        self.stop_branch_button = QPushButton("Stop branching")
+        self.stop_branch_button.setToolTip("The next runs start from pure noise again")
+        branch_row.addWidget(self.branch_label, 1)
+        branch_row.addWidget(self.stop_branch_button)
+        lay.addLayout(branch_row)
+        self.keep_latents = QCheckBox("Keep step latents with each image")
+        self.keep_latents.setToolTip("Write every step's latent next to the PNG (<name>.latents.npz, 1-4 MB for "
+                                     "20 steps at 512 px): `studio generate --branch-from` then starts at once")  # fmt: skip
+        self.keep_latents.setChecked(session.settings.keep_latents)
+        self.keep_latents.toggled.connect(lambda on: setattr(session.settings, "keep_latents", bool(on)))
+        lay.addWidget(self.keep_latents)
+        self._show_branch("")
+        for w in (self.timeline, self.view):
+            w.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
+            w.customContextMenuRequested.connect(lambda pos, w=w: self.step_menu().popup(w.mapToGlobal(pos)))
+        self.branch_button.clicked.connect(lambda: session.branch_from(self.timeline.value()))
+        self.stop_branch_button.clicked.connect(session.stop_branching)
+        session.branch_changed.connect(self._show_branch)
 
         self.kind.currentIndexChanged.connect(lambda _i: session.set_preview_kind(self.kind.currentData()))
         self.timeline.valueChanged.connect(self._scrub)
@@ -144,6 +174,36 @@ class PreviewPanel(QWidget):
         if running:
             self.timeline.setEnabled(False)
             self.decode_button.setEnabled(False)
+            self.branch_button.setEnabled(False)
+
+    def step_menu(self) -> QMenu:
+        """The right-click menu of the timeline's step: Branch from here (or why not), Decode this step."""
+        menu = QMenu(self)
+        step = self.timeline.value()
+        why = self.session.why_no_branch(step) if self.timeline.isEnabled() else "Wait for the run to finish"
+        act = menu.addAction(f"Branch from here (step {step})", lambda: self.session.branch_from(step))
+        act.setEnabled(not why)
+        act.setToolTip(why or self.branch_button.toolTip())
+        menu.setToolTipsVisible(True)
+        dec = menu.addAction("Decode this step", lambda: self.session.decode_step(step))
+        dec.setEnabled(self.decode_button.isEnabled())
+        if self.branch_label.text():
+            menu.addAction("Stop branching", self.session.stop_branching)
+        return menu
+
+    def _update_branch_button(self) -> None:
+        why = self.session.why_no_branch(self.timeline.value()) if self.timeline.isEnabled() else "Run first"
+        self.branch_button.setEnabled(not why)
+        if not why and self.session.info.remote_files:  # a ComfyUI server: what it cannot do, said before the run
+            why = ("On the ComfyUI server the parent's first steps run again there (KSamplerAdvanced); change the "
+                   "prompt, CFG, sampler or seed: the schedule and step count stay the parent's")  # fmt: skip
+        self.branch_button.setToolTip(why or "Keep this step's composition: the next runs continue from it with what "
+                                      "you change (prompt, CFG, sampler, schedule, seed, steps)")  # fmt: skip
+
+    def _show_branch(self, label: str) -> None:
+        self.branch_label.setText(f"Next runs: {label}" if label else "")
+        self.branch_label.setVisible(bool(label))
+        self.stop_branch_button.setVisible(bool(label))
 
     def _timeline_changed(self, n: int) -> None:
         self.timeline.blockSignals(True)
@@ -154,11 +214,13 @@ class PreviewPanel(QWidget):
         self.timeline.setEnabled(ready)
         self.decode_button.setEnabled(ready and self.session.can_decode())
         self.decode_button.setToolTip(self.session.decode_tooltip())
+        self._update_branch_button()
         if ready:
             self.session.select_step(self.timeline.value())
 
     def _scrub(self, step: int) -> None:
         self.session.select_step(step)
+        self._update_branch_button()
 
     def _timeline_image(self, step: int, image: QImage) -> None:
         self.view.set_image(image)

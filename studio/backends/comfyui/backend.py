@@ -214,6 +214,8 @@ class ComfyUIBackend:
         if request.mode == "upscale" and request.upscale.method == "latent":
             raise UnsupportedError("The x4 latent upscaler runs on the local engine only; pick another upscale method")
         graphs.comfy_names(request.sampler, request.schedule, objects)  # a name the server lacks: said at once
+        if why := graphs.why_no_remote_branch(request):  # a branch the server cannot run: why, before any work
+            raise UnsupportedError(why)
         try:
             ckpt = self._checkpoint(request.model)
         except RequestError:
@@ -243,6 +245,10 @@ class ComfyUIBackend:
                 images.append(plan.paste(image) if plan is not None else image)
                 seeds.append(s)
         shown, extra = self._as_written(used, objects)
+        if used.branch is not None:  # the branch keys, as the local engine writes them
+            from studio.core.branch import metadata as branch_metadata
+
+            extra.update({k: str(v) for k, v in branch_metadata(used.branch, used).items() if v is not None})
         # DeepCache is the local engine's: the server's graph ran every step in full, and the metadata says so.
         notes = ["Deep cache is not applied on a ComfyUI server"] if shown.deep_cache > 1 else []
         if varies(shown):  # A1111's variation seeds are the local engine's: the server drew the plain seed's noise

@@ -554,9 +554,48 @@ def _txt2img(g: _Graph, job: _Job) -> dict[str, dict[str, Any]]:
     width = int(r.width or g.info.default("EmptyLatentImage", "width") or 512)
     height = int(r.height or g.info.default("EmptyLatentImage", "height") or 512)
     latent: Link = [g.add("EmptyLatentImage", width=width, height=height, batch_size=int(r.batch)), 0]
+    if r.branch is not None:
+        return _save(g, _branch(g, job, s, m, positive, negative, latent), job.output)
     if r.mode == "txt2img" and r.hires.runs():
         return _save(g, _hires(g, job, s, m, positive, negative, latent, (width, height)), job.output)
     return _save(g, _sample_and_decode(g, s, m, positive, negative, latent, 1.0), job.output)
+
+
+def why_no_remote_branch(request: GenerateRequest) -> str:
+    """Why a branch (studio.core.branch) cannot run on a ComfyUI server as asked; "" when it can."""
+    spec = request.branch
+    if spec is None:
+        return ""
+    p = spec.parent
+    if (request.schedule, request.steps) != (p.schedule, p.steps):
+        return ("On a ComfyUI server a branch keeps the parent's schedule and step count: KSamplerAdvanced would "
+                "resume at another noise level than the kept step's (use the local engine for that)")  # fmt: skip
+    return ""
+
+
+def _branch(g: _Graph, job: _Job, s: _Sampling, m: _Model, positive: Link, negative: Link, latent: Link) -> Link:
+    """A branch on the server (it keeps no latents between prompts): the parent's first k steps again, returned with
+    their leftover noise (KSamplerAdvanced 0 -> k), then the branch's steps k -> n with no noise added."""
+    r = job.request
+    spec = r.branch
+    assert spec is not None
+    why = why_no_remote_branch(r)
+    if why:
+        raise UnsupportedError(why)
+    parent = spec.parent
+    parent_job = dataclasses.replace(job, request=parent, seed=parent.seed)
+    ps = _sampling(g, parent_job)
+    pm, pp, pn = _model_and_prompts(g, parent_job) if _prompts(parent) != _prompts(r) or parent.vae != r.vae or \
+        parent.clip_skip != r.clip_skip else (m, positive, negative)  # fmt: skip
+    first = g.add("KSamplerAdvanced", "branching", model=pm.model, positive=pp, negative=pn, latent_image=latent,
+                  add_noise="enable", noise_seed=ps.seed, steps=ps.steps, cfg=ps.cfg, sampler_name=ps.sampler_name,
+                  scheduler=ps.scheduler, start_at_step=0, end_at_step=spec.step,
+                  return_with_leftover_noise="enable")  # fmt: skip
+    rest = g.add("KSamplerAdvanced", "branching", model=m.model, positive=positive, negative=negative,
+                 latent_image=[first, 0], add_noise="disable", noise_seed=s.seed, steps=s.steps, cfg=s.cfg,
+                 sampler_name=s.sampler_name, scheduler=s.scheduler, start_at_step=spec.step, end_at_step=10000,
+                 return_with_leftover_noise="disable")  # fmt: skip
+    return [g.add("VAEDecode", samples=[rest, 0], vae=m.vae), 0]
 
 
 # A1111's latent upscalers -> LatentUpscale's upscale_method (ComfyUI has no plain "nearest" and no antialias).
