@@ -87,6 +87,8 @@ class Document(QObject):
         self._last_push: object | None = None  # the entry a slider drag folds into (opacity)
         self._pixel_versions: dict[int, int] = {}  # layer uid -> paint count (the autosave's image cache key)
         self._layer_images: dict[int, tuple[tuple, QImage]] = {}
+        self._array_versions: dict[int, int] = {}  # id(pixel array) -> paint count (a save's image cache key)
+        self._array_images: dict[int, tuple[np.ndarray, int, QImage]] = {}
 
     # -- image --------------------------------------------------------------------------------
 
@@ -316,6 +318,8 @@ class Document(QObject):
         """Put back a saved document (the autosave after a crash): its state and its undo history."""
         self._stroke = None
         self._paint = None
+        self._below, self._last_push = None, None
+        self._pixel_versions, self._layer_images, self._array_versions, self._array_images = {}, {}, {}, {}
         self._apply(state)
         entries = list(entries or [])
         at = len(entries) if cursor is None else min(cursor, len(entries))
@@ -547,6 +551,22 @@ class Document(QObject):
             del self._layer_images[uid]
         return out
 
+    def array_images(self, arrays: dict[int, np.ndarray]) -> dict[int, QImage]:
+        """RGBA images of layer pixel arrays (by id: the `arrays` of a save that keeps the history's layers), each
+        cached until it is painted again, so an autosave copies only what changed."""
+        out: dict[int, QImage] = {}
+        for key, arr in arrays.items():
+            version = self._array_versions.get(key, 0)
+            cached = self._array_images.get(key)
+            if cached is None or cached[0] is not arr or cached[1] != version:
+                cached = (arr, version, array_to_qimage(arr))
+            out[key] = cached[2]
+        self._array_images = {k: (arrays[k], self._array_versions.get(k, 0), img) for k, img in out.items()}
+        return out
+
+    def _painted(self, arr: np.ndarray) -> None:
+        self._array_versions[id(arr)] = self._array_versions.get(id(arr), 0) + 1
+
     def single_layer(self) -> bool:
         """One plain image layer that is the flattened image: saves write it as before layers existed."""
         return len(self.layers) == 1 and self.layers[0].opaque_source and self.layers[0].visible and \
@@ -620,6 +640,7 @@ class Document(QObject):
         before = stroke.source[y : y + h, x : x + w].copy()
         after = stroke.pixels[y : y + h, x : x + w].copy()
         self._pixel_versions[uid] = self._pixel_versions.get(uid, 0) + 1
+        self._painted(stroke.pixels)
         self._settle_image()
         self.history.push(LayerPaint(label, uid, touched, before, after))
         emit(self.changed)
@@ -642,8 +663,11 @@ class Document(QObject):
         if layer.opaque_source:
             layer = self.layers[index] = layer.with_(source=None)
         x, y, w, h = entry.rect
+        if layer.pixels[y : y + h, x : x + w].shape != value.shape:  # a damaged file's patch: never crash on undo
+            return
         layer.pixels[y : y + h, x : x + w] = value
         self._pixel_versions[layer.uid] = self._pixel_versions.get(layer.uid, 0) + 1
+        self._painted(layer.pixels)
         if self._flat is None:
             from studio.qimage import qimage_to_array
 

@@ -53,10 +53,9 @@ class Layer:
         kw = {"name": self.name, "visible": self.visible, "opacity": self.opacity, "source": self.source,
               "uid": self.uid}  # fmt: skip
         kw.update(changes)
-        layer = Layer(kw.pop("name"), self._pixels, **kw)
-        if layer._pixels is None and layer.source is None:  # source dropped before the pixels were built
-            layer._pixels = self.pixels
-        return layer
+        # the source dropped before the pixels were built: build them (here, so both layers share the array)
+        pixels = self.pixels if self._pixels is None and kw["source"] is None else self._pixels
+        return Layer(kw.pop("name"), pixels, **kw)
 
     @property
     def pixels(self) -> np.ndarray:
@@ -65,6 +64,11 @@ class Layer:
 
             rgb = qimage_to_array(self.source)
             self._pixels = np.dstack([rgb, np.full(rgb.shape[:2], 255, np.uint8)])
+        return self._pixels
+
+    @property
+    def built(self) -> np.ndarray | None:
+        """The pixel array if it exists yet (a source layer builds it when first painted or asked for)."""
         return self._pixels
 
     def pixel_key(self) -> tuple:

@@ -26,11 +26,21 @@ serialization of the document, two places it goes. project.json, version 1::
     ENTRY = {"kind": "mask", "label": "Brush stroke", "rect": [x, y, w, h] | null, "before": ..., "after": ...}
           | {"kind": "image", "label": "Result", "before": STATE, "after": STATE}
 
-Layers: a document of one plain image writes one layer, the image of `current`; `mask` is `current.mask`. When the
-document holds a stack of layers, `layers` lists them bottom to top (each image an RGBA PNG, straight alpha; an
-opaque image layer an RGB one) and `current.image` stays the flattened picture, so a reader that knows one layer
-still opens the file (flattened). The undo history's colour strokes are not written yet: the history a project
-keeps starts after the last stroke (its layer operations are image states, written as the flattened picture). `version` goes up only for a change an older reader would
+Layers: `layers` (top level) lists the stack bottom to top for a reader that knows one list (each image an RGBA PNG,
+straight alpha; an opaque image layer an RGB one); `current.image` stays the flattened picture. The undo history
+keeps every layer operation and colour stroke (version 2 when it holds strokes, else 1)::
+
+    STATE += {"layers": [LAYER, ...], "active": 1}      the stack of that state, bottom to top
+    LAYER = {"uid": 7, "name": "Paint 1", "visible": true, "opacity": 0.6,
+             "image": "img-....png" | null,            an image layer's own (opaque) picture
+             "array": 140234 | null}                   its pixel array: a slot of "arrays"
+    "arrays": [{"slot": 140234, "image": "img-....png"}, ...]   each pixel array once, RGBA, as it is now
+    ENTRY |= {"kind": "paint", "label": "Paint", "layer": <uid>, "rect": [x, y, w, h],
+              "before": "img-....png", "after": "img-....png"}   a colour stroke's RGBA patch
+
+Strokes paint a layer's array in place, and the states of the history share arrays, so a slot is an array's identity
+(not its content): read back, every layer naming a slot shares one array, uids are renumbered consistently, and undo
+and redo replay the patches exactly as before the save. `version` goes up only for a change an older reader would
 misread; a reader refuses a newer version with one line. Paths of the artist's disk are not written (a project may
 be shared): `path` is null and `caption` keeps the file name.
 
@@ -63,13 +73,13 @@ from studio.qimage import array_to_qimage
 from .autosave.content import image_name, mask_name, png_bytes
 from .autosave.manifest import names_in
 from .autosave.restore import build
-from .autosave.snapshot import State, capture, copy_mask, known, shallow, window
-from .autosave.writer import entry_files, layer_files, state_files
+from .autosave.snapshot import State, arrays_of, capture, copy_mask, known, layer_desc, shallow, window
+from .autosave.writer import array_files, entry_files, layer_files, state_files
 from .document import DocState, Document
 from .history import ImageEdit
 
 FORMAT = "latent-studio-project"
-VERSION = 1
+VERSION = 2
 SUFFIX = ".lsproj"
 MANIFEST = "project.json"
 RECENT_COUNT = 8  # File > Open recent
@@ -106,14 +116,15 @@ class Project:
 
 def _anonymous(s: State) -> State:
     """A state without the artist's path (the caption keeps the file name)."""
-    return State(s.image, s.mask, None, s.caption or (Path(s.path).name if s.path else ""))
+    return dataclasses.replace(s, path=None, caption=s.caption or (Path(s.path).name if s.path else ""))
 
 
 def _payload(entry: Any) -> tuple:
-    kind, label, rect, before, after = capture(entry)
-    if kind == "image":
-        before, after = _anonymous(before), _anonymous(after)
-    return kind, label, rect, before, after
+    payload = capture(entry)
+    if payload[0] == "image":
+        kind, label, rect, before, after = payload
+        return kind, label, rect, _anonymous(before), _anonymous(after)
+    return payload
 
 
 def save(path: Path | str, document: Document, params: dict[str, Any]) -> Path:
@@ -124,15 +135,21 @@ def save(path: Path | str, document: Document, params: dict[str, Any]) -> Path:
         path = path.with_name(path.name + SUFFIX)
     if not document.has_image():
         raise ProjectError("there is no image to save yet")
+    if document.in_paint():  # a colour stroke in progress goes into the history first
+        document.end_paint()
     in_stroke, before = document.stroke_base()
     mask = before if in_stroke else document.mask  # mid-stroke: the mask the history knows
     current = _anonymous(State(shallow(document.image), copy_mask(mask),
-                               str(document.path) if document.path else None, document.caption))  # fmt: skip
+                               str(document.path) if document.path else None, document.caption,
+                               [layer_desc(la) for la in document.layers], document.active))  # fmt: skip
     history = document.history
     entries = list(history.entries)
     cursor = max(0, min(history.cursor, len(entries)))
     start, end = window(entries, cursor, MAX_ENTRIES, MAX_HISTORY_BYTES)
     payloads = [_payload(e) for e in entries[start:end] if known(e)]
+    arrays = document.array_images(arrays_of(document.layers, entries[start:end]))
+    # Version 2 when the history holds colour strokes (a version 1 reader would refuse them one by one).
+    version = 2 if any(p[0] == "paint" for p in payloads) else 1
     try:
         with atomic_write(path) as f, zipfile.ZipFile(f, "w") as z:
             written: set[str] = set()
@@ -161,13 +178,14 @@ def save(path: Path | str, document: Document, params: dict[str, Any]) -> Path:
 
             state = state_files(current, put_image, put_mask)
             manifest = {
-                "format": FORMAT, "version": VERSION, "app": f"{APP_NAME} {__version__}", "saved_at": time.time(),
+                "format": FORMAT, "version": version, "app": f"{APP_NAME} {__version__}", "saved_at": time.time(),
                 "size": state["size"], "params": params,
                 "selection": list(document.selection) if document.selection else None,
                 "layers": [{"name": "Image", "visible": True, "opacity": 1.0, "image": state["image"]}]
                 if document.single_layer() else layer_files(document.layer_images(), put_image),
                 "active": document.active, "mask": state["mask"], "current": state, "cursor": cursor - start, "dropped": start,
                 "entries": [entry_files(p, put_image, put_mask) for p in payloads],
+                "arrays": array_files(arrays, put_image),
             }  # fmt: skip
             z.writestr(MANIFEST, json.dumps(manifest, indent=1, ensure_ascii=False), zipfile.ZIP_DEFLATED)
     except OSError as e:
