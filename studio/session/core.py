@@ -389,7 +389,7 @@ class Session(QObject):
         another size is dropped from the canvas, kept in the history). Browsing the gallery is one entry."""
         if path is not None and path == self.document.path:
             return  # already shown: no entry, the mask stays
-        self.document.set_image(image, path, record="Show gallery image", merge=True)
+        self.document.show_layer_image(image, path, "Show gallery image")  # a layer on top, as paste and open
 
     def save_current_as(self, dest: Path | str) -> Path:
         """Save the image on the canvas as a PNG that keeps its generation parameters.
@@ -468,7 +468,10 @@ class Session(QObject):
             emit(self.message, describe_error(exc), "error")
             return False
         h, w = image.shape[:2]
-        self.document.replace(array_to_qimage(image), mask, "Extend canvas", caption="extended")
+        if self.document.single_layer():
+            self.document.replace(array_to_qimage(image), mask, "Extend canvas", caption="extended")
+        else:  # every layer grows (transparent), the fill becomes a layer of its own at the bottom
+            self.document.extend_layers(left, top, image, mask)
         self.update_params(mode="inpaint", inpaint_area="whole")
         emit(self.params_changed, self.params)
         emit(self.message, f"Canvas extended to {w}×{h}: the new area is masked, ready to inpaint", "info")
@@ -794,8 +797,12 @@ class Session(QObject):
             emit(self.result_image, str(path) if path else "", image)
         if images:
             mode = result.request.mode
-            self.document.land_result(images[0], out.paths[0] if out.paths else None, MODE_LABELS.get(mode, "Result"),
-                                      as_layer=self.results_as_layer)
+            init = result.request.init_image  # an upscale of the whole canvas (not a region) scales the stack
+            whole = init is not None and (init.shape[1], init.shape[0]) == self.document.size()
+            land = self.document.land_scaled if mode == "upscale" and whole and self.document.scales_to(images[0]) \
+                else self.document.land_result
+            land(images[0], out.paths[0] if out.paths else None, MODE_LABELS.get(mode, "Result"),
+                 as_layer=self.results_as_layer)
         n = self.timeline_length()
         job = self.book.get(job_id)
         last = self._last_info

@@ -256,3 +256,39 @@ class ColourStroke:
         else:
             dst[...] = paint_over(src, cov, self.colour)
         return (x, y, w, h)
+
+
+# -- the canvas changes size: every layer follows ------------------------------------------------------------
+
+
+def grown(layer: Layer, left: int, top: int, width: int, height: int) -> Layer:
+    """The layer on a larger canvas (`width` x `height`), its pixels at (left, top), transparent around them (Krita's
+    Resize Canvas). A new layer (new uid and array); name, visibility and opacity kept."""
+    px = np.zeros((height, width, 4), np.uint8)
+    w, h = layer.size()
+    px[top : top + h, left : left + w] = layer.pixels
+    return Layer(layer.name, px, visible=layer.visible, opacity=layer.opacity)
+
+
+def scaled(layer: Layer, width: int, height: int) -> Layer:
+    """The layer resampled to `width` x `height` with Lanczos (Krita's Scale Image). An opaque image layer stays an
+    opaque image; a paint layer is resampled with premultiplied alpha (Pillow does it for RGBA), so no dark fringe
+    appears where colour meets transparency."""
+    from PIL import Image
+
+    from studio.qimage import array_to_qimage
+
+    if layer.opaque_source:
+        rgb = np.asarray(Image.fromarray(layer.pixels[..., :3]).resize((width, height), Image.Resampling.LANCZOS))
+        return Layer(layer.name, source=array_to_qimage(np.ascontiguousarray(rgb)), visible=layer.visible,
+                     opacity=layer.opacity)  # fmt: skip
+    rgba = np.asarray(Image.fromarray(layer.pixels, "RGBA").resize((width, height), Image.Resampling.LANCZOS))
+    return Layer(layer.name, np.array(rgba, dtype=np.uint8), visible=layer.visible, opacity=layer.opacity)
+
+
+def scaled_mask(mask: np.ndarray | None, width: int, height: int) -> np.ndarray | None:
+    if mask is None:
+        return None
+    from PIL import Image
+
+    return np.array(Image.fromarray(mask, "L").resize((width, height), Image.Resampling.BILINEAR), dtype=np.uint8)
