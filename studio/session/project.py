@@ -127,12 +127,25 @@ def _payload(entry: Any) -> tuple:
     return payload
 
 
-def save(path: Path | str, document: Document, params: dict[str, Any]) -> Path:
-    """Write the document (image, mask, selection, undo history) and the panel's `params` to `path` (`.lsproj` added
-    when missing), atomically. Raises ProjectError (one line) when there is no image or the disk refuses."""
-    path = Path(path)
-    if path.suffix.lower() != SUFFIX:
-        path = path.with_name(path.name + SUFFIX)
+@dataclass
+class Snapshot:
+    """A document detached for a save (studio.session.autosave.snapshot: COW images, copied masks and patches), taken
+    on the UI thread; `write` encodes it anywhere (a worker thread), while the artist goes on painting."""
+
+    current: State
+    payloads: list
+    arrays: dict[int, QImage]
+    layers: list | None  # [(name, visible, opacity, QImage)]; None: one plain image layer
+    active: int
+    selection: tuple[int, int, int, int] | None
+    params: dict[str, Any]
+    cursor: int
+    dropped: int
+    mark: object | None  # history_mark(document) when taken: the state the file holds
+
+
+def snapshot(document: Document, params: dict[str, Any]) -> Snapshot:
+    """What `write` needs, detached from the live document (UI thread). ProjectError when there is no image."""
     if not document.has_image():
         raise ProjectError("there is no image to save yet")
     if document.in_paint():  # a colour stroke in progress goes into the history first
@@ -146,10 +159,29 @@ def save(path: Path | str, document: Document, params: dict[str, Any]) -> Path:
     entries = list(history.entries)
     cursor = max(0, min(history.cursor, len(entries)))
     start, end = window(entries, cursor, MAX_ENTRIES, MAX_HISTORY_BYTES)
-    payloads = [_payload(e) for e in entries[start:end] if known(e)]
-    arrays = document.array_images(arrays_of(document.layers, entries[start:end]))
+    layers = None if document.single_layer() else [(n, v, o, shallow(img)) for n, v, o, img in document.layer_images()]
+    return Snapshot(current, [_payload(e) for e in entries[start:end] if known(e)],
+                    document.array_images(arrays_of(document.layers, entries[start:end])), layers, document.active,
+                    document.selection, dict(params), cursor - start, start, history_mark(document))  # fmt: skip
+
+
+def save(path: Path | str, document: Document, params: dict[str, Any]) -> Path:
+    """Write the document (image, mask, selection, undo history) and the panel's `params` to `path` (`.lsproj` added
+    when missing), atomically. Raises ProjectError (one line) when there is no image or the disk refuses."""
+    return write(path, snapshot(document, params))
+
+
+def target_path(path: Path | str) -> Path:
+    path = Path(path)
+    return path if path.suffix.lower() == SUFFIX else path.with_name(path.name + SUFFIX)
+
+
+def write(path: Path | str, snap: Snapshot) -> Path:
+    """Encode and write a snapshot to `path` (`.lsproj` added when missing), atomically; any thread. Raises
+    ProjectError (one line) when the disk refuses."""
+    path = target_path(path)
     # Version 2 when the history holds colour strokes (a version 1 reader would refuse them one by one).
-    version = 2 if any(p[0] == "paint" for p in payloads) else 1
+    version = 2 if any(p[0] == "paint" for p in snap.payloads) else 1
     try:
         with atomic_write(path) as f, zipfile.ZipFile(f, "w") as z:
             written: set[str] = set()
@@ -176,16 +208,16 @@ def save(path: Path | str, document: Document, params: dict[str, Any]) -> Path:
                     return None
                 return put(mask_name(a).replace(".npz", ".png"), lambda: png_bytes(array_to_qimage(a)))
 
-            state = state_files(current, put_image, put_mask)
+            state = state_files(snap.current, put_image, put_mask)
             manifest = {
                 "format": FORMAT, "version": version, "app": f"{APP_NAME} {__version__}", "saved_at": time.time(),
-                "size": state["size"], "params": params,
-                "selection": list(document.selection) if document.selection else None,
+                "size": state["size"], "params": snap.params,
+                "selection": list(snap.selection) if snap.selection else None,
                 "layers": [{"name": "Image", "visible": True, "opacity": 1.0, "image": state["image"]}]
-                if document.single_layer() else layer_files(document.layer_images(), put_image),
-                "active": document.active, "mask": state["mask"], "current": state, "cursor": cursor - start, "dropped": start,
-                "entries": [entry_files(p, put_image, put_mask) for p in payloads],
-                "arrays": array_files(arrays, put_image),
+                if snap.layers is None else layer_files(snap.layers, put_image),
+                "active": snap.active, "mask": state["mask"], "current": state, "cursor": snap.cursor,
+                "dropped": snap.dropped, "entries": [entry_files(p, put_image, put_mask) for p in snap.payloads],
+                "arrays": array_files(snap.arrays, put_image),
             }  # fmt: skip
             z.writestr(MANIFEST, json.dumps(manifest, indent=1, ensure_ascii=False), zipfile.ZIP_DEFLATED)
     except OSError as e:
