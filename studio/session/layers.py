@@ -247,6 +247,13 @@ class ColourStroke:
             return None
         (x, y, w, h), a8 = hit
         cov = self.coverage[y : y + h, x : x + w]
+        # Only where this segment raised the coverage do pixels change: for a move of a few px that is the leading
+        # edge of the brush, a strip of its bounding box, so the layer, the flatten and the screen redo only that.
+        box = _bbox(a8 > cov)
+        if box is None:
+            return None
+        bx, by, w, h = box
+        x, y, a8, cov = x + bx, y + by, a8[by : by + h, bx : bx + w], cov[by : by + h, bx : bx + w]
         np.maximum(cov, a8, out=cov)
         src = self.source[y : y + h, x : x + w]
         dst = self.pixels[y : y + h, x : x + w]
