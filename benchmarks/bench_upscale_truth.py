@@ -84,6 +84,7 @@ def main() -> int:
             assert out.shape == hr.shape, (name, out.shape, hr.shape)
             ps.append(psnr(hr, out))
             ss.append(ssim(hr, out))
+            print(f"    {name} scene {i}: {ps[-1]:.2f} dB ({time.time() - t0:.0f} s)", file=sys.stderr, flush=True)
         rows[name] = (float(np.mean(ps)), float(np.mean(ss)), (time.time() - t0) / len(truths))
         print(f"  {name}: {rows[name][0]:.2f} dB", file=sys.stderr, flush=True)
     base = rows["Lanczos x2 (Resize)"][0]
