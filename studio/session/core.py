@@ -524,7 +524,7 @@ class Session(QObject):
         another size is dropped from the canvas, kept in the history). Browsing the gallery is one entry."""
         if path is not None and path == self.document.path:
             return  # already shown: no entry, the mask stays
-        self.document.set_image(image, path, record="Show gallery image", merge=True)
+        self.document.show_layer_image(image, path, "Show gallery image")  # a layer on top, as paste and open
 
     def save_current_as(self, dest: Path | str) -> Path:
         """Save the image on the canvas as a PNG that keeps its generation parameters.
@@ -603,7 +603,10 @@ class Session(QObject):
             emit(self.message, describe_error(exc), "error")
             return False
         h, w = image.shape[:2]
-        self.document.replace(array_to_qimage(image), mask, "Extend canvas", caption="extended")
+        if self.document.single_layer():
+            self.document.replace(array_to_qimage(image), mask, "Extend canvas", caption="extended")
+        else:  # every layer grows (transparent), the fill becomes a layer of its own at the bottom
+            self.document.extend_layers(left, top, image, mask)
         self.update_params(mode="inpaint", inpaint_area="whole")
         emit(self.params_changed, self.params)
         emit(self.message, f"Canvas extended to {w}×{h}: the new area is masked, ready to inpaint", "info")
@@ -921,7 +924,11 @@ class Session(QObject):
     def apply_result(self, image: QImage, path: Path | None, label: str, request: Any = None) -> None:
         """A result onto the document, one undo entry: as a new layer or in place of the active one (the artist's
         choice). The one place a result reaches the document, staged (Accept) or not; `request` made it."""
-        self.document.land_result(image, path, label, as_layer=self.results_as_layer)
+        init = getattr(request, "init_image", None)  # an upscale of the whole canvas (not a region) scales the stack
+        whole = init is not None and (init.shape[1], init.shape[0]) == self.document.size()
+        scaled = getattr(request, "mode", "") == "upscale" and whole and self.document.scales_to(image)
+        land = self.document.land_scaled if scaled else self.document.land_result
+        land(image, path, label, as_layer=self.results_as_layer)
 
     def _apply_candidate(self, c: Candidate) -> None:
         self.apply_result(c.image, c.path, c.label, c.request)

@@ -32,7 +32,7 @@ from studio.qtcompat import emit
 
 from .controls import ControlProps, control_image, layer_pixels
 from .history import History, ImageEdit, LayerPaint, MaskEdit, Rect, clip_rect, patch, union
-from .layers import ColourStroke, Layer, blank, composite, merge_pair
+from .layers import ColourStroke, Layer, blank, composite, grown, merge_pair, scaled, scaled_mask
 from .masktools import Region, apply_region, grow, shrink
 
 
@@ -89,6 +89,8 @@ class Document(QObject):
         self._last_push: object | None = None  # the entry a slider drag folds into (opacity)
         self._pixel_versions: dict[int, int] = {}  # layer uid -> paint count (the autosave's image cache key)
         self._layer_images: dict[int, tuple[tuple, QImage]] = {}
+        self._array_versions: dict[int, int] = {}  # id(pixel array) -> paint count (a save's image cache key)
+        self._array_images: dict[int, tuple[np.ndarray, int, QImage]] = {}
 
     # -- image --------------------------------------------------------------------------------
 
@@ -318,6 +320,8 @@ class Document(QObject):
         """Put back a saved document (the autosave after a crash): its state and its undo history."""
         self._stroke = None
         self._paint = None
+        self._below, self._last_push = None, None
+        self._pixel_versions, self._layer_images, self._array_versions, self._array_images = {}, {}, {}, {}
         self._apply(state)
         entries = list(entries or [])
         at = len(entries) if cursor is None else min(cursor, len(entries))
@@ -474,6 +478,75 @@ class Document(QObject):
         layers[self.active] = layer
         self._commit(layers, self.active, label, path=path)
 
+    def _resize_stack(self, layers: list[Layer], mask: np.ndarray | None, label: str, active: int | None = None,
+                      path: Path | None = None, caption: str = "") -> None:  # fmt: skip
+        """A stack of another canvas size (and its mask) in place of the document's: one undo entry."""
+        if self._stroke is not None:
+            self.end_stroke()
+        if self._paint is not None:
+            self.end_paint()
+        before = self.state()
+        active = self.active if active is None else active
+        image = array_to_qimage(composite(layers, layers[0].size()))
+        top = [la for la in layers if la.visible and la.opacity > 0]
+        if top and top[-1].opaque_source and top[-1].opacity >= 1.0:
+            image = top[-1].source  # the result itself (its cacheKey finds its parameters)
+        self._apply(DocState(image, mask, path, caption, tuple(layers), active))
+        entry = ImageEdit(label, before, self.state())
+        self.history.push(entry)
+        self._last_push = entry
+        emit(self.changed)
+
+    def extend_layers(self, left: int, top: int, fill: np.ndarray, mask: np.ndarray | None,
+                      label: str = "Extend canvas") -> None:  # fmt: skip
+        """Outpainting a stack: every layer grows, transparent in the new area (Krita's Resize Canvas), and a new
+        bottom layer "Outpaint fill" holds `fill` (HxWx3, the extended picture) in the new area only, so the stack
+        flattens to `fill` exactly and the artist can hide or delete the fill. One undo entry."""
+        h, w = fill.shape[:2]
+        mask = self._checked(mask, w, h) if mask is not None else None
+        ow, oh = self.size()
+        base = np.zeros((h, w, 4), np.uint8)
+        base[..., :3] = fill
+        base[..., 3] = 255
+        base[top : top + oh, left : left + ow] = 0
+        layers = [Layer("Outpaint fill", base), *(grown(la, left, top, w, h) for la in self.layers)]
+        self._resize_stack(layers, mask, label, self.active + 1, caption="extended")
+
+    def land_scaled(self, image: QImage, path: Path | None, label: str, as_layer: bool = True) -> None:
+        """An upscaled picture of the whole canvas: every layer (and the mask) is scaled to its size, as Krita's
+        Scale Image does, and the result lands as a new layer on top (as_layer) or in place of the active layer,
+        as a result of the canvas's size does. One undo entry."""
+        w, h = image.width(), image.height()
+        layers = [scaled(la, w, h) for la in self.layers]
+        rgb = image.convertToFormat(QImage.Format.Format_RGB888) if image.hasAlphaChannel() else image
+        if as_layer:
+            layers.append(Layer(self._free_name(label), source=rgb))
+            active = len(layers) - 1
+        else:
+            old = layers[self.active]
+            layers[self.active] = Layer(old.name, source=rgb, visible=old.visible, opacity=old.opacity)
+            active = self.active
+        self._resize_stack(layers, scaled_mask(self._mask, w, h), label, active, path=path)
+
+    def scales_to(self, image: QImage) -> bool:
+        """`image` is the whole canvas at another size (an upscale, same aspect ratio to a pixel), and the stack
+        holds more than one plain image (a single image is simply replaced, as it always was)."""
+        w, h = self.size()
+        iw, ih = image.width(), image.height()
+        if not w or not h or (iw, ih) == (w, h) or self.single_layer():
+            return False
+        return abs(iw * h / w - ih) <= 1 and abs(ih * w / h - iw) <= 1
+
+    def show_layer_image(self, image: QImage, path: Path | None, label: str) -> None:
+        """An image opened on the canvas as a new layer on top (the gallery: as paste and open do). Opening one
+        after another with nothing done in between (browsing) replaces the layer the last one added: one entry."""
+        h = self.history
+        last = h.entries[-1] if h.entries and h.cursor == len(h.entries) else None
+        if isinstance(last, ImageEdit) and last.label == label and last.after.image is self.image and \
+                self._paint is None and self._stroke is None:  # fmt: skip
+            self.undo()
+        self.add_image_layer(image, path, label=label, top=True)
+
     def delete_layer(self, index: int | None = None) -> bool:
         """Remove a layer (the active one by default); the last layer stays (clear the canvas with New canvas)."""
         i = self.active if index is None else int(index)
@@ -600,6 +673,22 @@ class Document(QObject):
             out.append(la.control.spec(img))
         return tuple(out)
 
+    def array_images(self, arrays: dict[int, np.ndarray]) -> dict[int, QImage]:
+        """RGBA images of layer pixel arrays (by id: the `arrays` of a save that keeps the history's layers), each
+        cached until it is painted again, so an autosave copies only what changed."""
+        out: dict[int, QImage] = {}
+        for key, arr in arrays.items():
+            version = self._array_versions.get(key, 0)
+            cached = self._array_images.get(key)
+            if cached is None or cached[0] is not arr or cached[1] != version:
+                cached = (arr, version, array_to_qimage(arr))
+            out[key] = cached[2]
+        self._array_images = {k: (arrays[k], self._array_versions.get(k, 0), img) for k, img in out.items()}
+        return out
+
+    def _painted(self, arr: np.ndarray) -> None:
+        self._array_versions[id(arr)] = self._array_versions.get(id(arr), 0) + 1
+
     def single_layer(self) -> bool:
         """One plain image layer that is the flattened image: saves write it as before layers existed."""
         return len(self.layers) == 1 and self.layers[0].opaque_source and self.layers[0].visible and \
@@ -675,6 +764,7 @@ class Document(QObject):
         before = stroke.source[y : y + h, x : x + w].copy()
         after = stroke.pixels[y : y + h, x : x + w].copy()
         self._pixel_versions[uid] = self._pixel_versions.get(uid, 0) + 1
+        self._painted(stroke.pixels)
         self._settle_image()
         self.history.push(LayerPaint(label, uid, touched, before, after))
         emit(self.changed)
@@ -697,8 +787,11 @@ class Document(QObject):
         if layer.opaque_source:
             layer = self.layers[index] = layer.with_(source=None)
         x, y, w, h = entry.rect
+        if layer.pixels[y : y + h, x : x + w].shape != value.shape:  # a damaged file's patch: never crash on undo
+            return
         layer.pixels[y : y + h, x : x + w] = value
         self._pixel_versions[layer.uid] = self._pixel_versions.get(layer.uid, 0) + 1
+        self._painted(layer.pixels)
         if self._flat is None:
             from studio.qimage import qimage_to_array
 

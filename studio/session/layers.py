@@ -54,10 +54,9 @@ class Layer:
         kw = {"name": self.name, "visible": self.visible, "opacity": self.opacity, "source": self.source,
               "uid": self.uid, "control": self.control}  # fmt: skip
         kw.update(changes)
-        layer = Layer(kw.pop("name"), self._pixels, **kw)
-        if layer._pixels is None and layer.source is None:  # source dropped before the pixels were built
-            layer._pixels = self.pixels
-        return layer
+        # the source dropped before the pixels were built: build them (here, so both layers share the array)
+        pixels = self.pixels if self._pixels is None and kw["source"] is None else self._pixels
+        return Layer(kw.pop("name"), pixels, **kw)
 
     @property
     def pixels(self) -> np.ndarray:
@@ -66,6 +65,11 @@ class Layer:
 
             rgb = qimage_to_array(self.source)
             self._pixels = np.dstack([rgb, np.full(rgb.shape[:2], 255, np.uint8)])
+        return self._pixels
+
+    @property
+    def built(self) -> np.ndarray | None:
+        """The pixel array if it exists yet (a source layer builds it when first painted or asked for)."""
         return self._pixels
 
     def pixel_key(self) -> tuple:
@@ -244,6 +248,13 @@ class ColourStroke:
             return None
         (x, y, w, h), a8 = hit
         cov = self.coverage[y : y + h, x : x + w]
+        # Only where this segment raised the coverage do pixels change: for a move of a few px that is the leading
+        # edge of the brush, a strip of its bounding box, so the layer, the flatten and the screen redo only that.
+        box = _bbox(a8 > cov)
+        if box is None:
+            return None
+        bx, by, w, h = box
+        x, y, a8, cov = x + bx, y + by, a8[by : by + h, bx : bx + w], cov[by : by + h, bx : bx + w]
         np.maximum(cov, a8, out=cov)
         src = self.source[y : y + h, x : x + w]
         dst = self.pixels[y : y + h, x : x + w]
@@ -253,3 +264,39 @@ class ColourStroke:
         else:
             dst[...] = paint_over(src, cov, self.colour)
         return (x, y, w, h)
+
+
+# -- the canvas changes size: every layer follows ------------------------------------------------------------
+
+
+def grown(layer: Layer, left: int, top: int, width: int, height: int) -> Layer:
+    """The layer on a larger canvas (`width` x `height`), its pixels at (left, top), transparent around them (Krita's
+    Resize Canvas). A new layer (new uid and array); name, visibility and opacity kept."""
+    px = np.zeros((height, width, 4), np.uint8)
+    w, h = layer.size()
+    px[top : top + h, left : left + w] = layer.pixels
+    return Layer(layer.name, px, visible=layer.visible, opacity=layer.opacity)
+
+
+def scaled(layer: Layer, width: int, height: int) -> Layer:
+    """The layer resampled to `width` x `height` with Lanczos (Krita's Scale Image). An opaque image layer stays an
+    opaque image; a paint layer is resampled with premultiplied alpha (Pillow does it for RGBA), so no dark fringe
+    appears where colour meets transparency."""
+    from PIL import Image
+
+    from studio.qimage import array_to_qimage
+
+    if layer.opaque_source:
+        rgb = np.asarray(Image.fromarray(layer.pixels[..., :3]).resize((width, height), Image.Resampling.LANCZOS))
+        return Layer(layer.name, source=array_to_qimage(np.ascontiguousarray(rgb)), visible=layer.visible,
+                     opacity=layer.opacity)  # fmt: skip
+    rgba = np.asarray(Image.fromarray(layer.pixels, "RGBA").resize((width, height), Image.Resampling.LANCZOS))
+    return Layer(layer.name, np.array(rgba, dtype=np.uint8), visible=layer.visible, opacity=layer.opacity)
+
+
+def scaled_mask(mask: np.ndarray | None, width: int, height: int) -> np.ndarray | None:
+    if mask is None:
+        return None
+    from PIL import Image
+
+    return np.array(Image.fromarray(mask, "L").resize((width, height), Image.Resampling.BILINEAR), dtype=np.uint8)

@@ -31,11 +31,21 @@ serialization of the document, two places it goes. project.json, version 1::
     ENTRY = {"kind": "mask", "label": "Brush stroke", "rect": [x, y, w, h] | null, "before": ..., "after": ...}
           | {"kind": "image", "label": "Result", "before": STATE, "after": STATE}
 
-Layers: a document of one plain image writes one layer, the image of `current`; `mask` is `current.mask`. When the
-document holds a stack of layers, `layers` lists them bottom to top (each image an RGBA PNG, straight alpha; an
-opaque image layer an RGB one) and `current.image` stays the flattened picture, so a reader that knows one layer
-still opens the file (flattened). The undo history's colour strokes are not written yet: the history a project
-keeps starts after the last stroke (its layer operations are image states, written as the flattened picture). `version` goes up only for a change an older reader would
+Layers: `layers` (top level) lists the stack bottom to top for a reader that knows one list (each image an RGBA PNG,
+straight alpha; an opaque image layer an RGB one); `current.image` stays the flattened picture. The undo history
+keeps every layer operation and colour stroke (version 2 when it holds strokes, else 1)::
+
+    STATE += {"layers": [LAYER, ...], "active": 1}      the stack of that state, bottom to top
+    LAYER = {"uid": 7, "name": "Paint 1", "visible": true, "opacity": 0.6,
+             "image": "img-....png" | null,            an image layer's own (opaque) picture
+             "array": 140234 | null}                   its pixel array: a slot of "arrays"
+    "arrays": [{"slot": 140234, "image": "img-....png"}, ...]   each pixel array once, RGBA, as it is now
+    ENTRY |= {"kind": "paint", "label": "Paint", "layer": <uid>, "rect": [x, y, w, h],
+              "before": "img-....png", "after": "img-....png"}   a colour stroke's RGBA patch
+
+Strokes paint a layer's array in place, and the states of the history share arrays, so a slot is an array's identity
+(not its content): read back, every layer naming a slot shares one array, uids are renumbered consistently, and undo
+and redo replay the patches exactly as before the save. `version` goes up only for a change an older reader would
 misread; a reader refuses a newer version with one line. Paths of the artist's disk are not written (a project may
 be shared): `path` is null and `caption` keeps the file name.
 
@@ -68,14 +78,14 @@ from studio.qimage import array_to_qimage
 from .autosave.content import image_name, mask_name, png_bytes
 from .autosave.manifest import names_in
 from .autosave.restore import build, decode_png
-from .autosave.snapshot import State, capture, copy_mask, known, shallow, window
-from .autosave.writer import entry_files, layer_files, state_files
+from .autosave.snapshot import State, arrays_of, capture, copy_mask, known, layer_desc, shallow, window
+from .autosave.writer import array_files, entry_files, layer_files, state_files
 from .document import DocState, Document
 from .history import ImageEdit
 from .staging import Candidate
 
 FORMAT = "latent-studio-project"
-VERSION = 2  # the newest this reader knows; 2: layers may be control layers (written only when there are some)
+VERSION = 2  # the newest this reader knows; 2: control layers or colour strokes in the history (only then written)
 SUFFIX = ".lsproj"
 MANIFEST = "project.json"
 RECENT_COUNT = 8  # File > Open recent
@@ -114,14 +124,58 @@ class Project:
 
 def _anonymous(s: State) -> State:
     """A state without the artist's path (the caption keeps the file name)."""
-    return State(s.image, s.mask, None, s.caption or (Path(s.path).name if s.path else ""))
+    return dataclasses.replace(s, path=None, caption=s.caption or (Path(s.path).name if s.path else ""))
 
 
 def _payload(entry: Any) -> tuple:
-    kind, label, rect, before, after = capture(entry)
-    if kind == "image":
-        before, after = _anonymous(before), _anonymous(after)
-    return kind, label, rect, before, after
+    payload = capture(entry)
+    if payload[0] == "image":
+        kind, label, rect, before, after = payload
+        return kind, label, rect, _anonymous(before), _anonymous(after)
+    return payload
+
+
+@dataclass
+class Snapshot:
+    """A document detached for a save (studio.session.autosave.snapshot: COW images, copied masks and patches), taken
+    on the UI thread; `write` encodes it anywhere (a worker thread), while the artist goes on painting."""
+
+    current: State
+    payloads: list
+    arrays: dict[int, QImage]
+    layers: list | None  # [(name, visible, opacity, QImage)]; None: one plain image layer
+    active: int
+    selection: tuple[int, int, int, int] | None
+    params: dict[str, Any]
+    cursor: int
+    dropped: int
+    mark: object | None  # history_mark(document) when taken: the state the file holds
+    staged: list = dataclasses.field(default_factory=list)  # [Candidate]: results waiting over the canvas
+    staged_index: int = 0
+
+
+def snapshot(document: Document, params: dict[str, Any], staged: list[Candidate] | None = None,
+             staged_index: int = 0) -> Snapshot:  # fmt: skip
+    """What `write` needs, detached from the live document (UI thread). ProjectError when there is no image."""
+    if not document.has_image():
+        raise ProjectError("there is no image to save yet")
+    if document.in_paint():  # a colour stroke in progress goes into the history first
+        document.end_paint()
+    in_stroke, before = document.stroke_base()
+    mask = before if in_stroke else document.mask  # mid-stroke: the mask the history knows
+    current = _anonymous(State(shallow(document.image), copy_mask(mask),
+                               str(document.path) if document.path else None, document.caption,
+                               [layer_desc(la) for la in document.layers], document.active))  # fmt: skip
+    history = document.history
+    entries = list(history.entries)
+    cursor = max(0, min(history.cursor, len(entries)))
+    start, end = window(entries, cursor, MAX_ENTRIES, MAX_HISTORY_BYTES)
+    layers = None if document.single_layer() else [(n, v, o, shallow(img), *c) for n, v, o, img, *c in
+                                                    document.layer_images()]  # fmt: skip
+    return Snapshot(current, [_payload(e) for e in entries[start:end] if known(e)],
+                    document.array_images(arrays_of(document.layers, entries[start:end])), layers, document.active,
+                    document.selection, dict(params), cursor - start, start, history_mark(document),
+                    list(staged or ()), staged_index)  # fmt: skip
 
 
 def save(path: Path | str, document: Document, params: dict[str, Any], staged: list[Candidate] | None = None,
@@ -129,20 +183,23 @@ def save(path: Path | str, document: Document, params: dict[str, Any], staged: l
     """Write the document (image, mask, selection, undo history), the panel's `params` and the `staged` candidates to
     `path` (`.lsproj` added when missing), atomically. Raises ProjectError (one line) when there is no image or the
     disk refuses."""
+    return write(path, snapshot(document, params, staged, staged_index))
+
+
+def target_path(path: Path | str) -> Path:
     path = Path(path)
-    if path.suffix.lower() != SUFFIX:
-        path = path.with_name(path.name + SUFFIX)
-    if not document.has_image():
-        raise ProjectError("there is no image to save yet")
-    in_stroke, before = document.stroke_base()
-    mask = before if in_stroke else document.mask  # mid-stroke: the mask the history knows
-    current = _anonymous(State(shallow(document.image), copy_mask(mask),
-                               str(document.path) if document.path else None, document.caption))  # fmt: skip
-    history = document.history
-    entries = list(history.entries)
-    cursor = max(0, min(history.cursor, len(entries)))
-    start, end = window(entries, cursor, MAX_ENTRIES, MAX_HISTORY_BYTES)
-    payloads = [_payload(e) for e in entries[start:end] if known(e)]
+    return path if path.suffix.lower() == SUFFIX else path.with_name(path.name + SUFFIX)
+
+
+def write(path: Path | str, snap: Snapshot) -> Path:
+    """Encode and write a snapshot to `path` (`.lsproj` added when missing), atomically; any thread. Raises
+    ProjectError (one line) when the disk refuses."""
+    path = target_path(path)
+    # Version 2 when the history holds colour strokes (a version 1 reader would refuse them one by one).
+    # Version 2 also when a layer is a control layer (a version 1 reader would flatten it into the picture).
+    controls = any(len(la) > 4 and la[4] for la in snap.layers or ()) or any(
+        d.get("control") for d in snap.current.layers or ())
+    version = 2 if controls or any(p[0] == "paint" for p in snap.payloads) else 1
     try:
         with atomic_write(path) as f, zipfile.ZipFile(f, "w") as z:
             written: set[str] = set()
@@ -169,20 +226,19 @@ def save(path: Path | str, document: Document, params: dict[str, Any], staged: l
                     return None
                 return put(mask_name(a).replace(".npz", ".png"), lambda: png_bytes(array_to_qimage(a)))
 
-            state = state_files(current, put_image, put_mask)
-            # Control layers (version 2): a reader of version 1 would flatten their pixels into the picture.
-            version = 2 if any(la.control for la in document.layers) else 1
+            state = state_files(snap.current, put_image, put_mask)
             manifest = {
                 "format": FORMAT, "version": version, "app": f"{APP_NAME} {__version__}", "saved_at": time.time(),
-                "size": state["size"], "params": params,
-                "selection": list(document.selection) if document.selection else None,
+                "size": state["size"], "params": snap.params,
+                "selection": list(snap.selection) if snap.selection else None,
                 "layers": [{"name": "Image", "visible": True, "opacity": 1.0, "image": state["image"]}]
-                if document.single_layer() else layer_files(document.layer_images(), put_image),
-                "active": document.active, "mask": state["mask"], "current": state, "cursor": cursor - start, "dropped": start,
-                "entries": [entry_files(p, put_image, put_mask) for p in payloads],
+                if snap.layers is None else layer_files(snap.layers, put_image),
+                "active": snap.active, "mask": state["mask"], "current": state, "cursor": snap.cursor,
+                "dropped": snap.dropped, "entries": [entry_files(p, put_image, put_mask) for p in snap.payloads],
+                "arrays": array_files(snap.arrays, put_image),
                 "staged": [{"image": put_image(c.image), "label": c.label, "seed": c.seed,
-                            "name": c.path.stem if c.path is not None else ""} for c in staged or ()],
-                "staged_index": staged_index,
+                            "name": c.path.stem if c.path is not None else ""} for c in snap.staged],
+                "staged_index": snap.staged_index,
             }  # fmt: skip
             z.writestr(MANIFEST, json.dumps(manifest, indent=1, ensure_ascii=False), zipfile.ZIP_DEFLATED)
     except OSError as e:

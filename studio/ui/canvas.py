@@ -274,12 +274,13 @@ class Canvas(QWidget):
         window = doc.flat_window(rect)
         if window is None:
             return
-        if self._image.format() != QImage.Format.Format_RGB888:
-            self._image = self._image.convertToFormat(QImage.Format.Format_RGB888)
+        if self._image.format() != QImage.Format.Format_RGB32:  # Qt's native format: a smooth draw of a part of
+            self._image = self._image.convertToFormat(QImage.Format.Format_RGB32)  # it converts nothing (RGB888 did)
         img = self._image
         x, y, w, h = rect
-        rows = np.frombuffer(img.bits(), np.uint8).reshape(img.height(), img.bytesPerLine())
-        rows[y : y + h, 3 * x : 3 * (x + w)] = window.reshape(h, 3 * w)
+        rows = np.frombuffer(img.bits(), np.uint32).reshape(img.height(), img.bytesPerLine() // 4)
+        px = window.astype(np.uint32)
+        rows[y : y + h, x : x + w] = 0xFF000000 | px[..., 0] << 16 | px[..., 1] << 8 | px[..., 2]
         self._update_image_area(rect)
 
     def paint_colour(self) -> QColor:

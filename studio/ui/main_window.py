@@ -996,6 +996,7 @@ class MainWindow(QMainWindow):
             self.show_message(f"Could not save the settings: {exc}", "error")
 
     def closeEvent(self, event: QCloseEvent) -> None:
+        self.project.wait_saved()  # a project being written finishes first (the window keeps painting)
         if not self._closed and not self.project.confirm_discard("closing"):
             event.ignore()  # Cancel (or a Save that did not happen): the window and the document stay
             return

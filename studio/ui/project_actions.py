@@ -10,11 +10,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from PySide6.QtCore import QObject, Qt
+from PySide6.QtCore import QEventLoop, QObject, QRunnable, QThreadPool, Signal
 from PySide6.QtGui import QKeySequence
 from PySide6.QtWidgets import QApplication, QFileDialog, QMenu, QMessageBox
 
 from studio import APP_NAME, __version__
+from studio.qtcompat import emit
 from studio.session import project
 from studio.session.params import Params
 
@@ -32,13 +33,40 @@ def project_paths(mime) -> list[Path]:
             if u.isLocalFile() and Path(u.toLocalFile()).suffix.lower() == project.SUFFIX]  # fmt: skip
 
 
+class _Write(QRunnable):
+    """One project write on the pool's thread: encodes the snapshot's PNGs and the zip (seconds for a large
+    document), then reports through `done` (queued to the UI thread)."""
+
+    def __init__(self, target: Path, snap: project.Snapshot, done) -> None:
+        super().__init__()
+        self.target, self.snap, self.done = target, snap, done
+
+    def run(self) -> None:
+        try:
+            written: Path | None = project.write(self.target, self.snap)
+            error = ""
+        except project.ProjectError as e:
+            written, error = None, str(e)
+        except Exception as e:  # noqa: BLE001 - a save never takes the window down: one line
+            written, error = None, f"{type(e).__name__}: {e}"
+        emit(self.done, str(self.target), str(written) if written else "", error)
+
+
 class ProjectActions(QObject):
     """The window's project commands. `ask(what) -> "save" | "discard" | "cancel"` answers the unsaved-changes
     question (tests set it; default: a message box, or "discard" where no one can see one, the offscreen platform);
     `choose_save_path()` -> a path or None picks where Save as writes (default: a file dialog)."""
 
+    saved = Signal(str)  # the project file written (a save off the UI thread has ended well)
+    save_failed = Signal(str)  # one line
+    _written = Signal(str, str, str)  # target, written path ("" on failure), error: from the writer thread
+
     def __init__(self, window) -> None:
         super().__init__(window)
+        self._pool = QThreadPool(self)
+        self._pool.setMaxThreadCount(1)  # one save at a time
+        self._saving: tuple[Path, project.Snapshot, tuple] | None = None  # target, snapshot, panel at the save
+        self._written.connect(self._on_written)
         self.window = window
         self.session = window.session
         self.document = window.session.document
@@ -51,9 +79,9 @@ class ProjectActions(QObject):
         a = window._action
         self.open_action = a("Open &project…", self.open_dialog, QKeySequence("Ctrl+Shift+O"), "open",
                              "Open a Latent Studio project: image, mask, selection, panel and undo history")  # fmt: skip
-        self.save_action = a("&Save project", self.save, QKeySequence.StandardKey.Save, "save",
+        self.save_action = a("&Save project", lambda: self.save(wait=False), QKeySequence.StandardKey.Save, "save",
                              "Save the document as a project (image, mask, panel, undo history) (Ctrl+S)")  # fmt: skip
-        self.save_as_action = a("Sa&ve project as…", self.save_as, QKeySequence("Ctrl+Shift+S"), "save",
+        self.save_as_action = a("Sa&ve project as…", lambda: self.save_as(wait=False), QKeySequence("Ctrl+Shift+S"), "save",
                                 "Save the document as a new project file")  # fmt: skip
         self.recent_menu = QMenu("Open &recent", window)
         self.recent_menu.setToolTipsVisible(True)
@@ -97,7 +125,7 @@ class ProjectActions(QObject):
             return True
         answer = self.ask(doing)
         if answer == "save":
-            return self.save()
+            return self.save(wait=True)
         return answer == "discard"
 
     def _ask_box(self, doing: str) -> Answer:
@@ -121,35 +149,73 @@ class ProjectActions(QObject):
         chosen, _ = QFileDialog.getSaveFileName(self.window, "Save project as", str(start), FILTER)
         return Path(chosen) if chosen else None
 
-    def save(self) -> bool:
-        """Ctrl+S: into the project's file, or Save as for a document that has none."""
+    def save(self, wait: bool = True) -> bool:
+        """Ctrl+S: into the project's file, or Save as for a document that has none. wait: return once written
+        (the quit question); otherwise the file is written off the UI thread and `saved` says when."""
         if self.path is None:
-            return self.save_as()
-        return self.save_to(self.path)
+            return self.save_as(wait)
+        return self.save_to(self.path, wait)
 
-    def save_as(self) -> bool:
+    def save_as(self, wait: bool = True) -> bool:
         if not self.document.has_image():
             self.window.show_message("No image to save yet", "warning")
             return False
         target = self.choose_save_path()
-        return target is not None and self.save_to(target)
+        return target is not None and self.save_to(target, wait)
 
-    def save_to(self, target: Path) -> bool:
-        QApplication.setOverrideCursor(Qt.CursorShape.WaitCursor)  # a 2048 px document with a long history: ~1-2 s
+    def is_saving(self) -> bool:
+        return self._saving is not None
+
+    def save_to(self, target: Path, wait: bool = True) -> bool:
+        """Save the document to target: a snapshot here (copy-on-write images, copied masks), the PNGs and the zip
+        written on a worker thread (a 2048 px document with a long history takes seconds), atomically as before.
+        A save asked for while one is being written is refused with a message. wait: until written (True when it
+        was); otherwise True when the save started."""
+        if self._saving is not None:
+            self.window.show_message(f"Still saving {self._saving[0].name}: save again when it is done", "warning")
+            return False
         try:
             staging = self.session.staging
-            written = project.save(target, self.document, self.session.params.to_dict(), staging.candidates,
-                                   staging.index)  # fmt: skip
+            snap = project.snapshot(self.document, self.session.params.to_dict(), staging.candidates, staging.index)
         except project.ProjectError as e:
             self.window.show_message(f"Could not save the project: {e}", "error")
             return False
-        finally:
-            QApplication.restoreOverrideCursor()
-        self.path = written
-        self._remember(written)
-        self._mark_saved()
-        self.window.show_message(f"Saved {written.name}")
-        return True
+        target = project.target_path(target)
+        self._saving = (target, snap, self._extra())
+        self.window.show_message(f"Saving {target.name}…", "info")
+        self._pool.start(_Write(target, snap, self._written))
+        return self.wait_saved() if wait else True
+
+    def wait_saved(self) -> bool:
+        """Wait for a save being written (the window keeps painting meanwhile); True when the last save succeeded."""
+        if self._saving is not None:  # (the writer's report is queued: it arrives in this loop, never before)
+            self._loop = QEventLoop()
+            try:
+                self._loop.exec()
+            finally:
+                self._loop = None
+        return self._last_ok
+
+    _last_ok = True
+    _loop: QEventLoop | None = None
+
+    def _on_written(self, target: str, written: str, error: str) -> None:
+        saving, self._saving = self._saving, None
+        self._last_ok = bool(written)
+        if self._loop is not None:
+            self._loop.quit()
+        if not written:
+            self.window.show_message(f"Could not save the project: {error}", "error")
+            emit(self.save_failed, error)
+            return
+        path = Path(written)
+        self.path = path
+        self._remember(path)
+        if saving is not None:  # the document as it was when the save began: an edit since leaves it unsaved
+            self._saved_mark, self._saved_extra = saving[1].mark, saving[2]
+        self.update_title()
+        self.window.show_message(f"Saved {path.name}")
+        emit(self.saved, str(path))
 
     # -- opening ------------------------------------------------------------------------------------------
 

@@ -66,15 +66,16 @@ def test_a_gallery_click_is_one_undo_entry_and_undo_brings_back_the_mask(qtbot, 
     other = tmp_path / "other.png"
     solid(32, 48, 200).save(str(other))
     window.gallery.add_result(str(other), QImage(str(other)))
-    click_item(qtbot, window.gallery, 0)
-    assert (doc.image.width(), doc.image.height(), doc.image.pixelColor(0, 0).red()) == (32, 48, 200)
-    assert doc.mask is None  # a mask of another size does not fit the new image...
+    click_item(qtbot, window.gallery, 0)  # opens as a layer on top, centred (as paste and open do)
+    assert (doc.image.width(), doc.image.height(), doc.image.pixelColor(32, 32).red()) == (64, 64, 200)
+    assert doc.image.pixelColor(0, 0).red() == 10 and [la.name for la in doc.layers][-1] == "other.png"
+    assert doc.mask is not None and np.array_equal(doc.mask, mask)  # the canvas keeps its size: the mask stays
     assert len(doc.history.entries) == entries + 1
-    window.undo_action.trigger()  # ...but the history keeps it: undo brings the old image and its mask back
-    assert (doc.image.width(), doc.image.pixelColor(0, 0).red()) == (64, 10)
+    window.undo_action.trigger()  # undo removes the layer
+    assert (doc.image.width(), doc.image.pixelColor(32, 32).red(), len(doc.layers)) == (64, 10, 1)
     assert doc.mask is not None and np.array_equal(doc.mask, mask)
     window.redo_action.trigger()
-    assert doc.image.pixelColor(0, 0).red() == 200
+    assert doc.image.pixelColor(32, 32).red() == 200
     click_item(qtbot, window.gallery, 0)  # the image already shown: no second entry
     assert len(doc.history.entries) == entries + 1
 

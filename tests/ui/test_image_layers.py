@@ -342,13 +342,15 @@ def test_a_project_with_three_layers_opens_equal(tmp_path):
     fresh = Document()
     fresh.restore(p.state, p.entries, p.cursor)
     assert same(stack(fresh), stack(doc)) and np.array_equal(fresh.mask, doc.mask)
-    # an undo and a redo come back to the layers (the history's older states are kept flattened)
+    # an undo and a redo come back to the layers, as in the document that was saved
     fresh.undo()
     assert np.array_equal(rgb(fresh.image), rgb(doc.image))  # the mask step: the picture is the same
     fresh.undo()
     assert fresh.redo() and fresh.redo()
+    doc.undo(), doc.undo(), doc.redo(), doc.redo()
     assert same(stack(fresh), stack(doc))
-    # and it keeps working: paint on the restored active layer
+    # and it keeps working: paint on the restored colour layer
+    fresh.set_active(1)
     stroke(fresh, [(2, 2)], (1, 2, 3), 3)
     assert fresh.layers[1].pixels[2, 2].tolist() == [1, 2, 3, 255]
 

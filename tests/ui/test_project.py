@@ -78,7 +78,7 @@ def build_document(window) -> None:
 PARAM_FIELDS = ("prompt", "negative_prompt", "steps", "seed", "cfg", "mode", "mask_blur", "strength")
 
 
-def test_a_document_saved_and_opened_is_the_same_document(make_window, tmp_path):
+def test_a_document_saved_and_opened_is_the_same_document(qtbot, make_window, tmp_path):
     first = make_window()
     build_document(first)
     doc = first.session.document
@@ -87,7 +87,8 @@ def test_a_document_saved_and_opened_is_the_same_document(make_window, tmp_path)
     doc.set_selection((4, 6, 40, 30))  # (the walk went through the empty start, which has none)
     target = tmp_path / "lighthouse"
     first.project.choose_save_path = lambda: target
-    first.project.save_action.trigger()  # Ctrl+S on a document saved nowhere yet: Save as
+    with qtbot.waitSignal(first.project.saved):  # written off the UI thread
+        first.project.save_action.trigger()  # Ctrl+S on a document saved nowhere yet: Save as
     saved = tmp_path / "lighthouse.lsproj"
     assert saved.is_file() and first.project.path == saved
     names = zipfile.ZipFile(saved).namelist()
@@ -331,7 +332,8 @@ def test_ctrl_s_saves_the_project_and_the_image_export_keeps_a_shortcut(qtbot, m
     w.activateWindow()
     qtbot.waitUntil(w.isActiveWindow)  # (window shortcuts need an active window)
     w.prompt_panel.prompt.setFocus()
-    qtbot.keyClick(w.prompt_panel.prompt, Qt.Key.Key_S, Qt.KeyboardModifier.ControlModifier)
+    with qtbot.waitSignal(w.project.saved):
+        qtbot.keyClick(w.prompt_panel.prompt, Qt.Key.Key_S, Qt.KeyboardModifier.ControlModifier)
     assert same(project.load(tmp_path / "a.lsproj").state.mask, doc.mask) and not w.project.is_dirty()
 
 
@@ -390,3 +392,57 @@ def test_a_save_the_disk_refuses_keeps_the_old_file_whole(make_window, tmp_path,
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config", "keep.lsproj", "out"]
     assert w.project.is_dirty() and w.windowTitle().startswith("keep* — ")
     w.project.ask = lambda doing: "discard"
+
+
+# -- saving off the UI thread ---------------------------------------------------------------------------------
+
+
+def test_a_save_is_written_off_the_ui_thread_and_a_second_one_waits_its_turn(qtbot, make_window, tmp_path,
+                                                                            monkeypatch):  # fmt: skip
+    import threading
+
+    w = make_window()
+    doc = w.session.document
+    doc.set_image(make_image(64, 48, 3), record="Open image")
+    gate, threads = threading.Event(), []
+    real_write = project.write
+
+    def slow_write(path, snap):
+        threads.append(threading.current_thread())
+        assert gate.wait(30)  # held until the test lets it go: the UI thread runs meanwhile
+        return real_write(path, snap)
+
+    monkeypatch.setattr(project, "write", slow_write)
+    target = tmp_path / "big.lsproj"
+    w.project.choose_save_path = lambda: target
+    w.project.save_action.trigger()  # returns at once: the write waits on the gate
+    assert w.project.is_saving() and not target.exists()
+    assert w.status_label.text() == "Saving big.lsproj…"
+    paint(doc, (0, 0, 4, 4), 255)  # the artist goes on working while it saves
+    assert not w.project.save_to(tmp_path / "other.lsproj", wait=False)  # a second save is refused, said
+    assert w.status_label.text().startswith("Still saving big.lsproj")
+    with qtbot.waitSignal(w.project.saved) as blocker:
+        gate.set()
+    assert blocker.args == [str(target)] and threads[0] is not threading.main_thread()
+    assert project.load(target).state.mask is None  # the document as it was when the save began...
+    assert w.project.is_dirty() and w.windowTitle().startswith("big* — ")  # ...so the stroke since is unsaved
+    assert w.status_label.text() == "Saved big.lsproj" and not (tmp_path / "other.lsproj").exists()
+
+
+def test_quit_waits_for_a_save_being_written(qtbot, make_window, tmp_path, monkeypatch):
+    import threading
+
+    from PySide6.QtCore import QTimer
+
+    w = make_window()
+    w.session.document.set_image(make_image(32, 32, 4), record="Open image")
+    gate = threading.Event()
+    real_write = project.write
+    monkeypatch.setattr(project, "write", lambda path, snap: (gate.wait(30), real_write(path, snap))[1])
+    target = tmp_path / "q.lsproj"
+    w.project.choose_save_path = lambda: target
+    w.project.save_action.trigger()
+    assert w.project.is_saving()
+    QTimer.singleShot(0, gate.set)  # runs inside the close's wait: the event loop keeps turning
+    w.close()
+    assert target.is_file() and not w.project.is_saving() and project.load(target).state.image is not None

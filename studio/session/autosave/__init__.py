@@ -40,7 +40,14 @@ manifest.json (version 1)::
                   "before": "mask-....npz" | null, "after": "mask-....npz" | null},
                  {"kind": "image", "label": "Result", "before": STATE, "after": STATE}, ...]}
     STATE = {"image": "img-....png" | null, "format": <QImage.Format value>, "size": [w, h],
-             "mask": "mask-....npz" | null, "path": "/a/b.png" | null, "caption": "..."}
+             "mask": "mask-....npz" | null, "path": "/a/b.png" | null, "caption": "...",
+             "layers": [LAYER, ...], "active": 0}          (the stack of that state)
+
+Layers (as in a project file, `studio.session.project`): each state lists its layers (uid, name, visibility,
+opacity, an image layer's own picture and `array`, the slot of its pixel array); `"arrays": [{"slot", "image"}]`
+holds each array once as an RGBA PNG, as it is now; `{"kind": "paint", "label", "layer": <uid>, "rect",
+"before": "img-....png", "after": ...}` is a colour stroke's patch. While a colour stroke paints, the save waits
+for its end. `"layers"` at the top level (with `"active"`) is the current stack again, for older readers.
 
 `cursor` indexes `entries` (entries[:cursor] can be undone). `dropped` is how many older entries of
 the history were not kept, `total` the history's length in memory. What is kept: a contiguous run of

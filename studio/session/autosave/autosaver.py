@@ -13,7 +13,20 @@ from studio.qtcompat import emit
 
 from .folder import remove_save
 from .lock import claim, unclaim
-from .snapshot import POSTPONE, Job, Rec, State, capture, copy_mask, kept_records, known, shallow, window
+from .snapshot import (
+    POSTPONE,
+    Job,
+    Rec,
+    State,
+    arrays_of,
+    capture,
+    copy_mask,
+    kept_records,
+    known,
+    layer_desc,
+    shallow,
+    window,
+)
 from .writer import Writer
 
 log = logging.getLogger(__package__)
@@ -104,12 +117,15 @@ class Autosaver(QObject):
         if not doc.has_image():
             return Job(clear=True, clean=clean, saved_at=time.time())
         mask = self._stable_mask()
+        if doc.in_paint():  # a colour stroke paints a layer in place: save once it is in the history
+            mask = POSTPONE
         if mask is POSTPONE:
             if postpone:
                 return POSTPONE
             mask = doc.mask
         path = doc.path
-        current = State(shallow(doc.image), copy_mask(mask), str(path) if path else None, str(doc.caption or ""))
+        current = State(shallow(doc.image), copy_mask(mask), str(path) if path else None, str(doc.caption or ""),
+                        [layer_desc(la) for la in doc.layers], doc.active)  # fmt: skip
         entries = list(doc.history.entries)
         cursor = max(0, min(doc.history.cursor, len(entries)))
         start, end = window(entries, cursor, self.keep_entries, self.keep_bytes)
@@ -120,7 +136,8 @@ class Autosaver(QObject):
         staged = [(shallow(c.image), c.label, c.seed) for c in st.candidates] if st is not None else []
         return Job(clean=clean, current=current, records=records, cursor=cursor - start, dropped=start,
                    total=len(entries), saved_at=time.time(), layers=layers, active=doc.active, staged=staged,
-                   staged_index=st.index if st is not None else 0)  # fmt: skip
+                   staged_index=st.index if st is not None else 0,
+                   arrays=doc.array_images(arrays_of(doc.layers, [rec.entry for rec in records])))  # fmt: skip
 
     # -- results ------------------------------------------------------------------------------------
 

@@ -24,8 +24,8 @@ from studio.qimage import qimage_to_array, qimage_to_gray
 
 from ..controls import ControlProps
 from ..document import DocState
-from ..history import ImageEdit, MaskEdit
-from ..layers import Layer
+from ..history import ImageEdit, LayerPaint, MaskEdit
+from ..layers import Layer, new_id
 from .folder import DOC_DIR, remove_save
 from .lock import locked_elsewhere
 from .manifest import manifests, names_in, pick
@@ -107,6 +107,12 @@ class Reader:
         self.m = m
         self.images: dict[str, QImage | Exception] = {}
         self.masks: dict[str, np.ndarray | Exception] = {}
+        self.uids: dict[int, int] = {}  # a saved layer uid -> this process's (uids are per process)
+        self.arrays: dict[int, np.ndarray] = {}  # a slot of the save's `arrays` -> its one array (shared by states)
+        self.slots: dict[int, str] = {}
+        for a in m.get("arrays") or []:
+            if isinstance(a, dict) and type(a.get("slot")) is int and isinstance(a.get("image"), str):
+                self.slots[a["slot"]] = a["image"]
         names = sorted({n for n in names_in(m) if n.startswith("img-")})
         if len(names) > 1:
             with ThreadPoolExecutor(max_workers=min(4, len(names)), thread_name_prefix="studio-autosave-load") as pool:
@@ -169,7 +175,53 @@ class Reader:
         if img is None and mask is not None:
             raise ValueError("a mask without an image")
         path = s.get("path")
-        return DocState(img, mask, Path(path) if isinstance(path, str) and path else None, str(s.get("caption") or ""))
+        state = DocState(img, mask, Path(path) if isinstance(path, str) and path else None, str(s.get("caption") or ""))
+        if s.get("layers") is not None and img is not None:  # (an empty document has no layers)
+            layers = self.layers(s["layers"], [img.width(), img.height()])
+            active = s.get("active")
+            active = active if type(active) is int and 0 <= active < len(layers) else len(layers) - 1
+            state = dataclasses.replace(state, layers=layers, active=active)
+        return state
+
+    def uid(self, saved: Any) -> int:
+        if type(saved) is not int:
+            raise ValueError(f"bad layer uid {saved!r}")
+        if saved not in self.uids:
+            self.uids[saved] = new_id()
+        return self.uids[saved]
+
+    def array(self, slot: Any, size: list) -> np.ndarray | None:
+        """The one array of a slot: every layer that names it shares it, as the saved document's layers did."""
+        if slot is None:
+            return None
+        if slot not in self.arrays:
+            if type(slot) is not int or slot not in self.slots:
+                raise ValueError(f"a layer names an unknown pixel array {slot!r}")
+            img = self.image(self.slots[slot], None, size)
+            assert img is not None
+            self.arrays[slot] = qimage_to_array(img, alpha=True)
+        return self.arrays[slot]
+
+    def layers(self, descs: Any, size: list) -> tuple[Layer, ...]:
+        if not isinstance(descs, list) or not descs or len(descs) > 1000:
+            raise ValueError("a state's layers are damaged")
+        out: list[Layer] = []
+        for d in descs:
+            if not isinstance(d, dict):
+                raise ValueError("a layer is not an object")
+            source = self.image(d.get("image"), None, size)
+            if source is not None and source.format() != QImage.Format.Format_RGB888:
+                source = source.convertToFormat(QImage.Format.Format_RGB888)
+            pixels = self.array(d.get("array"), size)
+            if source is None and pixels is None:
+                raise ValueError("a layer without pixels")
+            opacity = d.get("opacity", 1.0)
+            control = ControlProps.from_dict(d["control"]) if isinstance(d.get("control"), dict) else None
+            out.append(Layer(str(d.get("name") or f"Layer {len(out) + 1}")[:200], pixels,
+                             visible=d.get("visible", True) is not False, source=source, uid=self.uid(d.get("uid")),
+                             opacity=float(opacity) if isinstance(opacity, (int, float)) else 1.0,
+                             control=control))  # fmt: skip
+        return tuple(out)
 
     def entry(self, e: Any):
         if not isinstance(e, dict) or not isinstance(e.get("label"), str):
@@ -187,6 +239,16 @@ class Reader:
             else:
                 before, after = self.mask(e.get("before")), self.mask(e.get("after"))
             return MaskEdit(e["label"], rect, before, after)
+        if e.get("kind") == "paint":
+            rect = e.get("rect")
+            if not (isinstance(rect, list) and len(rect) == 4 and all(type(v) is int and v >= 0 for v in rect)):
+                raise ValueError(f"bad rect {rect!r}")
+            x, y, w, h = rect
+            patches = [self.image(e.get(k), None, [w, h]) for k in ("before", "after")]
+            if patches[0] is None or patches[1] is None:
+                raise ValueError("a colour stroke without its pixels")
+            before, after = (qimage_to_array(p, alpha=True) for p in patches if p is not None)
+            return LayerPaint(e["label"], self.uid(e.get("layer")), (x, y, w, h), before, after)
         if e.get("kind") == "image":
             return ImageEdit(e["label"], self.state(e.get("before")), self.state(e.get("after")))
         raise ValueError(f"unknown entry kind {e.get('kind')!r}")
@@ -246,11 +308,18 @@ def build(read: Callable[[str], bytes], m: dict, strict: bool, max_pixels: int =
     """The document a (checked) manifest describes, its files read through `read`. strict: any history entry
     that does not load is an error; otherwise the run of good entries around the cursor is kept."""
     reader = Reader(read, m, max_pixels)
-    state = reader.state(m["current"])
+    try:
+        state = reader.state(m["current"])
+    except Exception as err:  # noqa: BLE001
+        if strict or not isinstance(m["current"].get("layers"), list):
+            raise
+        log.warning("autosave: the layers do not load (the flattened image does): %s", err)
+        state = reader.state({**m["current"], "layers": None})
     if state.image is None:
         raise ValueError("no current image")
     try:
-        state = read_layers(reader, m, state)
+        if state.layers is None:  # a save without the stack in its states: the manifest's own list
+            state = read_layers(reader, m, state)
     except Exception as err:  # noqa: BLE001
         if strict:
             raise ValueError(f"layers: {err}") from err

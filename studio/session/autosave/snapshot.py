@@ -9,7 +9,9 @@ from typing import Any
 import numpy as np
 from PySide6.QtGui import QImage
 
-from ..history import ImageEdit, MaskEdit
+from studio.qimage import array_to_qimage
+
+from ..history import ImageEdit, LayerPaint, MaskEdit
 
 
 @dataclass
@@ -20,6 +22,37 @@ class State:
     mask: np.ndarray | None
     path: str | None
     caption: str
+    layers: list[dict] | None = None  # the stack (layer_desc), None: a state from before layers (its image)
+    active: int = 0
+
+
+def layer_desc(layer: Any) -> dict:
+    """A layer as a save holds it: its metadata, its source image (a COW copy) and `array`, the identity of its
+    pixel array (id(), a slot in the save's `arrays`: layers of several states that share one array, as the
+    history's states do while strokes paint it in place, share it again when read back). Either may be None."""
+    arr = layer.built
+    control = getattr(layer, "control", None)  # a control layer's settings (studio.session.controls)
+    return {"uid": layer.uid, "name": layer.name, "visible": layer.visible, "opacity": layer.opacity,
+            "source": shallow(layer.source), "array": id(arr) if arr is not None else None,
+            "control": control.to_dict() if control is not None else None}  # fmt: skip
+
+
+def layers_of(state: Any) -> list[dict] | None:
+    layers = getattr(state, "layers", None)
+    return None if layers is None else [layer_desc(la) for la in layers]
+
+
+def arrays_of(live: Any, entries: list) -> dict[int, np.ndarray]:
+    """The pixel arrays that the `live` layers and the states of `entries` hold, by identity (what a save writes as
+    its `arrays`)."""
+    out: dict[int, np.ndarray] = {}
+    stacks = [live, *(getattr(s, "layers", None) for e in entries if isinstance(e, ImageEdit) for s in (e.before, e.after))]
+    for stack in stacks:
+        for la in stack or ():
+            if la.built is not None:
+                out[id(la.built)] = la.built
+    return out
+
 
 
 def shallow(img: Any) -> QImage | None:
@@ -44,24 +77,27 @@ def state_of(state: Any, mask_copies: dict[int, np.ndarray] | None = None) -> St
                 mask_copies[id(mask)] = copied
     path = getattr(state, "path", None)
     return State(shallow(getattr(state, "image", None)), copied, str(path) if path else None,
-                 str(getattr(state, "caption", "") or ""))  # fmt: skip
+                 str(getattr(state, "caption", "") or ""), layers_of(state), int(getattr(state, "active", 0)))  # fmt: skip
 
 
 def known(entry: Any) -> bool:
-    return isinstance(entry, (MaskEdit, ImageEdit))
+    return isinstance(entry, (MaskEdit, ImageEdit, LayerPaint))
 
 
 def capture(entry: Any) -> tuple:
     """A private copy of a history entry's data, taken on the UI thread."""
     if isinstance(entry, MaskEdit):
         return ("mask", entry.label, entry.rect, copy_mask(entry.before), copy_mask(entry.after))
+    if isinstance(entry, LayerPaint):  # the patches as RGBA images (copies), and the layer's uid
+        return ("paint", entry.label, entry.rect, array_to_qimage(entry.before), array_to_qimage(entry.after),
+                entry.layer)  # fmt: skip
     shared: dict[int, np.ndarray] = {}  # before and after often hold the same mask object
     return ("image", entry.label, None, state_of(entry.before, shared), state_of(entry.after, shared))
 
 
 def entry_sizes(entry: Any) -> list[tuple[Any, int]]:
     """(identity, bytes) of what an entry would write; images are identified by their cacheKey."""
-    if isinstance(entry, MaskEdit):
+    if isinstance(entry, (MaskEdit, LayerPaint)):
         return [(("a", id(a)), a.nbytes) for a in (entry.before, entry.after) if a is not None]
     out = []
     for s in (entry.before, entry.after):
@@ -70,6 +106,8 @@ def entry_sizes(entry: Any) -> list[tuple[Any, int]]:
             out.append((("i", img.cacheKey()), img.sizeInBytes()))
         if mask is not None:
             out.append((("a", id(mask)), mask.nbytes))
+        for la in getattr(s, "layers", None) or ():
+            out.extend(la.parts())
     return out
 
 
@@ -149,6 +187,7 @@ class Job:
     active: int = 0
     staged: list = field(default_factory=list)  # [(QImage, label, seed)]: results waiting over the canvas
     staged_index: int = 0
+    arrays: dict[int, QImage] = field(default_factory=dict)  # the layers' pixel arrays (RGBA) by identity
     done: bool = False
     result: str = ""  # "ok", "cleared", "retry" (a file vanished: snapshot again), "superseded", "error: ..."
 

@@ -59,15 +59,29 @@ def state_files(s: State, put_image: Callable[[QImage | None], str | None],
     """A document state as the manifest holds it (STATE in the package docstring); put_image and put_mask store
     the pixels somewhere (a folder here, a project zip in studio.session.project) and return the file names."""
     img = s.image
-    return {"image": put_image(img), "format": img.format().value if img is not None else None,
-            "size": [img.width(), img.height()] if img is not None else None,
-            "mask": put_mask(s.mask), "path": s.path, "caption": s.caption}  # fmt: skip
+    out: dict = {"image": put_image(img), "format": img.format().value if img is not None else None,
+           "size": [img.width(), img.height()] if img is not None else None,
+           "mask": put_mask(s.mask), "path": s.path, "caption": s.caption}  # fmt: skip
+    if s.layers is not None:  # the stack of that state: a layer's own image, or a slot of the save's `arrays`
+        out["layers"] = [{"uid": d["uid"], "name": d["name"], "visible": d["visible"], "opacity": d["opacity"],
+                          "image": put_image(d["source"]), "array": d["array"],
+                          **({"control": d["control"]} if d.get("control") else {})} for d in s.layers]  # fmt: skip
+        out["active"] = s.active
+    return out
+
+
+def array_files(arrays: dict[int, QImage], put_image: Callable[[QImage | None], str | None]) -> list[dict]:
+    """The save's `arrays`: each layer pixel array the states name (by its slot), as an RGBA PNG."""
+    return [{"slot": slot, "image": put_image(img)} for slot, img in arrays.items()]
 
 
 def entry_files(payload: tuple, put_image: Callable[[QImage | None], str | None],
                 put_mask: Callable[[np.ndarray | None], str | None]) -> dict:  # fmt: skip
     """A captured history entry (snapshot.capture) as the manifest holds it."""
-    kind, label, rect, before, after = payload
+    kind, label, rect, before, after = payload[:5]
+    if kind == "paint":  # a colour stroke: the layer (uid) and its RGBA patch inside rect, before and after
+        return {"kind": "paint", "label": label, "rect": list(rect), "layer": payload[5],
+                "before": put_image(before), "after": put_image(after)}  # fmt: skip
     if kind == "mask":
         return {"kind": "mask", "label": label, "rect": list(rect) if rect is not None else None,
                 "before": put_mask(before), "after": put_mask(after)}  # fmt: skip
@@ -211,6 +225,8 @@ class Writer:
         if job.staged:  # results waiting over the canvas (the project file's "staged" key)
             manifest["staged"] = [{"image": put_image(img), "label": label, "seed": seed} for img, label, seed in job.staged]
             manifest["staged_index"] = job.staged_index
+        if job.arrays:
+            manifest["arrays"] = array_files(job.arrays, put_image)
         data = json.dumps(manifest, indent=1).encode()
         manifest_path, previous_path = doc_dir / MANIFEST, doc_dir / PREVIOUS
         previous = None
