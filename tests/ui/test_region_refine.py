@@ -183,7 +183,8 @@ def test_the_selection_and_the_feather_are_saved_in_the_project(qtbot, make_wind
     first.prompt_panel.region_options.feather.setValue(5)
     run(qtbot, first.session, fake)
     first.project.choose_save_path = lambda: tmp_path / "refined"
-    first.project.save_action.trigger()
+    with qtbot.waitSignal(first.project.saved):  # written off the UI thread
+        first.project.save_action.trigger()
     saved = tmp_path / "refined.lsproj"
     assert saved.is_file()
 
