@@ -1,0 +1,301 @@
+"""ControlNets on tiny random models (SD 1.x and SDXL layouts): detection from files in the original and diffusers
+layouts, the engine against diffusers' ControlNet pipelines, weight, start/end, control modes, several at once,
+and bad input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from studio.core import GenerateRequest, ModelError, RequestError
+from studio.core.control import ControlSpec
+
+SIZE = 64  # pixels: 8x8 latents with the 8x VAE, a 64 px hint for the ControlNet's 8x hint encoder
+PROMPT = "a red circle"
+
+
+@pytest.fixture(scope="module")
+def made(tmp_path_factory):
+    """{family: (pipeline folder, ControlNetModel, {layout: path})} and a second SD 1.x ControlNet."""
+    from studio.testing.tinycontrol import build_tiny_control_pipeline, save_controlnet, tiny_controlnet
+
+    root = tmp_path_factory.mktemp("control")
+    out: dict = {}
+    for family in ("sd1", "sdxl"):
+        pipe = build_tiny_control_pipeline(root / f"pipe-{family}", family)
+        net = tiny_controlnet(pipe, seed=1)
+        files = {
+            "diffusers": save_controlnet(net, root / "ControlNet" / f"cn_{family}_canny.safetensors", "diffusers"),
+            "original": save_controlnet(net, root / "ControlNet" / f"control_{family}_depth.safetensors", "original"),
+            "bare": save_controlnet(net, root / "comfy" / "controlnet" / f"{family}_lineart.safetensors", "original",
+                                    prefix=""),
+            "folder": save_controlnet(net, root / "ControlNet" / f"{family}-scribble-diffusers", "folder"),
+        }
+        out[family] = (str(pipe), net, files)
+    second = tiny_controlnet(out["sd1"][0], seed=2)
+    out["second"] = (second, save_controlnet(second, root / "ControlNet" / "cn_sd1_second.safetensors"))
+    out["root"] = root
+    return out
+
+
+@pytest.fixture(scope="module")
+def engine():
+    from studio.engine import Engine
+
+    return Engine(device="cpu")
+
+
+def hint(seed: int = 0, size: int = SIZE) -> np.ndarray:
+    """A control image: a white square outline on black (what a canny map of a square looks like)."""
+    img = np.zeros((size, size, 3), np.uint8)
+    a, b = size // 4 + seed, 3 * size // 4
+    img[a:b, a] = img[a:b, b] = img[a, a:b] = img[b, a:b + 1] = 255
+    return img
+
+
+def req(model: str, controls=(), **kw) -> GenerateRequest:
+    base = dict(prompt=PROMPT, model=model, steps=4, seed=1234, width=SIZE, height=SIZE, cfg=5.0, sampler="Euler",
+                controls=tuple(controls))
+    base.update(kw)
+    return GenerateRequest(**base)
+
+
+def diffusers_image(pipe, **kw) -> np.ndarray:
+    import torch
+    from diffusers import EulerDiscreteScheduler
+
+    pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    # The weight given: diffusers' ControlNet img2img / inpaint pipelines default to 0.8, A1111 to 1.0.
+    args = dict(prompt=PROMPT, num_inference_steps=4, guidance_scale=5.0, width=SIZE, height=SIZE,
+                controlnet_conditioning_scale=1.0)
+    args.update(kw)
+    # A list of generators, one per image, as the engine passes them.
+    out = pipe(**args, generator=[torch.Generator("cpu").manual_seed(1234)], output_type="np").images[0]
+    return (out * 255).round().astype(np.uint8)
+
+
+def control_pipe(cls_name: str, folder: str, controlnet):
+    import diffusers
+
+    cls = getattr(diffusers, cls_name)
+    extra = {} if "XL" in cls_name else dict(safety_checker=None, requires_safety_checker=False)
+    return cls.from_pretrained(folder, controlnet=controlnet, local_files_only=True, **extra)
+
+
+def close(a: np.ndarray, b: np.ndarray, tol: int = 1) -> bool:
+    return int(np.abs(a.astype(int) - b.astype(int)).max()) <= tol
+
+
+# -- detection and listing ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("family", ["sd1", "sdxl"])
+@pytest.mark.parametrize(("layout", "control"), [("diffusers", "canny"), ("original", "depth"), ("bare", "lineart"),
+                                                 ("folder", "scribble")])
+def test_detected_from_keys_in_both_layouts(made, family, layout, control):
+    from studio.core.modelfiles import classify, controlnet_layout, read_header
+
+    path = made[family][2][layout]
+    found = classify(path)
+    assert (found.kind, found.arch, found.control) == ("controlnet", family, control)
+    if layout != "folder":
+        keys = list(read_header(path).keys)
+        assert controlnet_layout(keys) == ("diffusers" if layout == "diffusers" else "original")
+        if layout == "original":
+            assert any(k.startswith("control_model.input_hint_block.") for k in keys)
+
+
+@pytest.mark.parametrize("family", ["sd1", "sdxl"])
+@pytest.mark.parametrize("layout", ["original", "bare", "folder"])
+def test_every_layout_loads_the_same_weights(made, family, layout):
+    import json
+
+    import torch
+
+    from studio.engine.controlnet import load_controlnet
+
+    pipe, net, files = made[family]
+    base = json.loads((Path(pipe) / "unet" / "config.json").read_text())
+    loaded = load_controlnet(Path(files[layout]), family, base, torch.float32, torch.device("cpu"))
+    want, got = net.state_dict(), loaded.state_dict()
+    assert set(want) == set(got)
+    assert all(torch.equal(want[k], got[k]) for k in want)
+    assert loaded.config.attention_head_dim == net.config.attention_head_dim  # the heads: from the base U-Net
+
+
+def test_library_lists_controlnets_from_a1111_and_comfy_folders(made):
+    from studio.core.modellibrary import clear_cache
+    from studio.session.library import addon_choices
+
+    clear_cache()
+    listed = addon_choices([str(made["root"])], "controlnet")
+    names = sorted(Path(path).name for _label, path in listed)
+    assert names == sorted(["cn_sd1_canny.safetensors", "control_sd1_depth.safetensors", "sd1_lineart.safetensors",
+                            "sd1-scribble-diffusers", "cn_sdxl_canny.safetensors", "control_sdxl_depth.safetensors",
+                            "sdxl_lineart.safetensors", "sdxl-scribble-diffusers", "cn_sd1_second.safetensors"])
+    labels = dict((Path(p).name, label) for label, p in listed)
+    assert labels["cn_sdxl_canny.safetensors"] == "cn_sdxl_canny  ·  SDXL  ·  canny"
+    # The checkpoint pickers do not offer them.
+    from studio.session.library import model_choices
+
+    assert not any("canny" in label for label, _ in model_choices([str(made["root"])]))
+
+
+def test_t2i_adapters_and_control_loras_are_refused_by_name(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    from studio.core.modelfiles import classify
+    from studio.engine.controlnet import describe
+
+    save_file({"adapter.conv_in.weight": torch.zeros(2, 2), "adapter.body.0.resnets.0.block1.weight": torch.zeros(2, 2)},
+              str(tmp_path / "t2i.safetensors"))
+    save_file({"lora_controlnet": torch.zeros(1), "input_blocks.1.0.in_layers.2.up": torch.zeros(2, 2)},
+              str(tmp_path / "control-lora-canny-rank128.safetensors"))
+    for name, kind in (("t2i.safetensors", "T2I-Adapter"), ("control-lora-canny-rank128.safetensors", "control-LoRA")):
+        assert classify(tmp_path / name).kind == "unknown"
+        with pytest.raises(ModelError, match=kind) as e:
+            describe(tmp_path / name)
+        assert "\n" not in str(e.value)
+
+
+# -- the engine against diffusers -----------------------------------------------------------------------------
+
+
+def test_txt2img_equals_diffusers_controlnet_pipeline(engine, made):
+    pipe, net, files = made["sd1"]
+    spec = ControlSpec(model=str(files["original"]), image=hint(), weight=0.8)
+    seen = []
+    ours = engine.generate(req(pipe, [spec]), on_step=seen.append)
+    theirs = diffusers_image(control_pipe("StableDiffusionControlNetPipeline", pipe, net), image=_pil(hint()),
+                             controlnet_conditioning_scale=0.8)
+    assert close(ours.images[0], theirs)
+    plain = engine.generate(req(pipe))
+    assert not close(ours.images[0], plain.images[0], 2)  # the control changed the picture
+    assert [s.step for s in seen] == [1, 2, 3, 4] and all(s.preview is not None for s in seen)  # live previews
+    assert ours.notes == []
+
+
+def _pil(a):
+    from PIL import Image
+
+    return Image.fromarray(a)
+
+
+def test_sdxl_txt2img_equals_diffusers(engine, made):
+    pipe, net, files = made["sdxl"]
+    spec = ControlSpec(model=str(files["diffusers"]), image=hint())
+    ours = engine.generate(req(pipe, [spec]))
+    theirs = diffusers_image(control_pipe("StableDiffusionXLControlNetPipeline", pipe, net), image=_pil(hint()))
+    assert close(ours.images[0], theirs)
+
+
+def test_img2img_and_inpaint_equal_diffusers(engine, made):
+    from studio.core.requests import InpaintOptions
+
+    pipe, net, files = made["sd1"]
+    spec = ControlSpec(model=str(files["diffusers"]), image=hint())
+    init = np.random.default_rng(0).integers(0, 255, (SIZE, SIZE, 3), dtype=np.uint8)
+    ours = engine.generate(req(pipe, [spec], mode="img2img", init_image=init, strength=0.75))
+    theirs = diffusers_image(control_pipe("StableDiffusionControlNetImg2ImgPipeline", pipe, net), image=_pil(init),
+                             control_image=_pil(hint()), strength=0.75)
+    assert close(ours.images[0], theirs)
+
+    mask = np.zeros((SIZE, SIZE), np.uint8)
+    mask[16:48, 16:48] = 255
+    inpaint = InpaintOptions(mask_blur=0, masked_content="original", area="whole")
+    ours = engine.generate(req(pipe, [spec], mode="inpaint", init_image=init, mask=mask, strength=1.0,
+                               inpaint=inpaint))
+    without = engine.generate(req(pipe, [], mode="inpaint", init_image=init, mask=mask, strength=1.0, inpaint=inpaint))
+    inside = mask > 0
+    assert np.array_equal(ours.images[0][~inside], init[~inside])  # outside the mask: the original pixels
+    assert not close(ours.images[0][inside], without.images[0][inside], 2)  # inside: the control acted
+
+
+def test_weight_zero_equals_the_run_without_control(engine, made):
+    pipe, _net, files = made["sd1"]
+    zero = engine.generate(req(pipe, [ControlSpec(model=str(files["diffusers"]), image=hint(), weight=0.0)]))
+    plain = engine.generate(req(pipe))
+    assert close(zero.images[0], plain.images[0])
+    np.testing.assert_allclose(zero.latents, plain.latents, atol=1e-5)
+
+
+def test_start_and_end_are_honoured_step_by_step(engine, made):
+    pipe, _net, files = made["sd1"]
+    plain = engine.generate(req(pipe)).latents
+    late = engine.generate(req(pipe, [ControlSpec(model=str(files["diffusers"]), image=hint(), start=0.5)])).latents
+    early = engine.generate(req(pipe, [ControlSpec(model=str(files["diffusers"]), image=hint(), end=0.5)])).latents
+    assert late.shape == plain.shape == early.shape and len(plain) == 4
+
+    def same(a, b):
+        return np.allclose(a, b, atol=1e-5)
+
+    # start 0.5: steps 1-2 run without the ControlNet (equal to the plain run's), 3-4 with it.
+    assert same(late[0], plain[0]) and same(late[1], plain[1]) and not same(late[2], plain[2])
+    # end 0.5: the first step already differs.
+    assert not same(early[0], plain[0])
+
+
+def test_two_controls_equal_diffusers_multicontrolnet(engine, made):
+    pipe, net, files = made["sd1"]
+    second, second_file = made["second"]
+    specs = [ControlSpec(model=str(files["diffusers"]), image=hint(), weight=0.7),
+             ControlSpec(model=str(second_file), image=hint(3), weight=0.5, start=0.25)]
+    ours = engine.generate(req(pipe, specs))
+    theirs = diffusers_image(control_pipe("StableDiffusionControlNetPipeline", pipe, [net, second]),
+                             image=[_pil(hint()), _pil(hint(3))], controlnet_conditioning_scale=[0.7, 0.5],
+                             control_guidance_start=[0.0, 0.25], control_guidance_end=[1.0, 1.0])
+    assert close(ours.images[0], theirs)
+    one = engine.generate(req(pipe, specs[:1]))
+    assert not close(ours.images[0], one.images[0], 2)
+
+
+def test_control_modes_map_to_guess_mode(engine, made):
+    pipe, net, files = made["sd1"]
+    more = ControlSpec(model=str(files["diffusers"]), image=hint(), mode="ControlNet is more important")
+    ours = engine.generate(req(pipe, [more]))
+    theirs = diffusers_image(control_pipe("StableDiffusionControlNetPipeline", pipe, net), image=_pil(hint()),
+                             guess_mode=True)
+    assert close(ours.images[0], theirs)
+    # Mixed modes: the same mode by the per-ControlNet wrapper (a second, weight-0 balanced control beside it).
+    idle = ControlSpec(model=str(made["second"][1]), image=hint(), weight=0.0)
+    mixed = engine.generate(req(pipe, [more, idle]))
+    assert close(mixed.images[0], theirs)
+    prompt = engine.generate(req(pipe, [more.replace(mode="My prompt is more important")]))
+    balanced = engine.generate(req(pipe, [more.replace(mode="Balanced")]))
+    assert len({ours.images[0].tobytes(), prompt.images[0].tobytes(), balanced.images[0].tobytes()}) == 3
+
+
+# -- bad input: one line each ---------------------------------------------------------------------------------
+
+
+def test_controlnet_of_another_family_is_refused(engine, made):
+    pipe = made["sd1"][0]
+    with pytest.raises(RequestError, match="SDXL ControlNet") as e:
+        engine.generate(req(pipe, [ControlSpec(model=str(made["sdxl"][2]["diffusers"]), image=hint())]))
+    assert "\n" not in str(e.value)
+
+
+def test_control_image_of_another_size_is_resized_and_said(engine, made):
+    pipe, _net, files = made["sd1"]
+    spec = ControlSpec(model=str(files["diffusers"]), image=hint(size=SIZE * 2))
+    r = engine.generate(req(pipe, [spec]))
+    assert r.images[0].shape == (SIZE, SIZE, 3)
+    assert r.notes == [f"Control 0: its image ({SIZE * 2}x{SIZE * 2}) was resized to the picture's {SIZE}x{SIZE}"]
+    same = engine.generate(req(pipe, [spec.replace(image=hint())]))
+    assert close(r.images[0], same.images[0], 40)  # a square scaled down is about the square
+
+
+def test_corrupt_controlnet_file_is_one_line(engine, made, tmp_path):
+    pipe, _net, files = made["sd1"]
+    data = Path(files["diffusers"]).read_bytes()
+    bad = tmp_path / "cn_sd1_truncated.safetensors"
+    bad.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ModelError, match="truncated") as e:
+        engine.generate(req(pipe, [ControlSpec(model=str(bad), image=hint())]))
+    assert "\n" not in str(e.value)
+    # The engine still works after it.
+    assert engine.generate(req(pipe, [ControlSpec(model=str(files["diffusers"]), image=hint())])).images
