@@ -299,3 +299,64 @@ def test_corrupt_controlnet_file_is_one_line(engine, made, tmp_path):
     assert "\n" not in str(e.value)
     # The engine still works after it.
     assert engine.generate(req(pipe, [ControlSpec(model=str(files["diffusers"]), image=hint())])).images
+
+
+# -- metadata and the command line ----------------------------------------------------------------------------
+
+
+def test_cli_control_writes_a1111_keys_and_saves_the_control_image(made, tmp_path, capsys):
+    from PIL import Image
+
+    from studio.cli import main
+    from studio.core.metadata import control_fields, model_hash, read_parameters
+
+    pipe, _net, files = made["sd1"]
+    Image.fromarray(hint()).save(tmp_path / "edges.png")
+    code = main(["generate", "--model", pipe, "--prompt", PROMPT, "--steps", "2", "--width", str(SIZE), "--height",
+                 str(SIZE), "--seed", "7", "--out", str(tmp_path / "out"), "--no-server", "-q", "--save-control",
+                 "--control", f"{tmp_path / 'edges.png'}:model={files['original']},weight=0.5,end=0.8,mode=control,"
+                 "module=canny"])
+    out = capsys.readouterr().out.split()
+    assert code == 0, out
+    png = next(Path(p) for p in out if p.endswith(".png") and ".control" not in p)
+    text = read_parameters(png)
+    digest = model_hash(files["original"])[:8]
+    assert (f'ControlNet 0: "Module: canny, Model: control_sd1_depth [{digest}], Weight: 0.5, Resize Mode: Crop and '
+            'Resize, Guidance Start: 0.0, Guidance End: 0.8, Pixel Perfect: False, Control Mode: ControlNet is more '
+            'important"') in text
+    assert control_fields(text) == [dict(model="control_sd1_depth", model_hash=digest, module="canny", weight=0.5,
+                                         start=0.0, end=0.8, mode="ControlNet is more important")]
+    beside = png.with_name(f"{png.stem}.control0.png")
+    assert str(beside) in out and np.array_equal(np.asarray(Image.open(beside).convert("RGB")), hint())
+
+
+def test_a1111_controlnet_keys_are_read(tmp_path):
+    from studio.core.metadata import control_fields
+
+    text = ('a cat\nSteps: 20, Sampler: Euler a, CFG scale: 7, Seed: 1, Size: 512x512, Model: x, ControlNet 1: "Module: '
+            'openpose_full, Model: control_v11p_sd15_openpose [cab727d4], Weight: 0.6, Guidance Start: 0.2, Guidance '
+            'End: 1", ControlNet 0: "Module: depth_midas, Model: control_v11f1p_sd15_depth [cfd03158], Weight: 1, '
+            'Resize Mode: Crop and Resize, Low Vram: False, Processor Res: 512, Threshold A: 0.5, Threshold B: 0.5, '
+            'Guidance Start: 0, Guidance End: 1, Pixel Perfect: False, Control Mode: My prompt is more important", '
+            'Version: v1.6.0')
+    assert control_fields(text) == [
+        dict(model="control_v11f1p_sd15_depth", model_hash="cfd03158", module="depth", weight=1.0, start=0.0, end=1.0,
+             mode="My prompt is more important"),
+        dict(model="control_v11p_sd15_openpose", model_hash="cab727d4", module="pose", weight=0.6, start=0.2, end=1.0,
+             mode="Balanced"),
+    ]
+
+
+@pytest.mark.parametrize(("arg", "says"), [("edges.png", "IMAGE:model=PATH"), ("edges.png:model=x,speed=2", "unknown option"),
+                                           ("edges.png:model=x,mode=loud", "balanced, prompt or control"),
+                                           ("missing.png:model=x", "Control image not found")])
+def test_cli_bad_control_argument_is_one_line(tmp_path, capsys, arg, says, monkeypatch):
+    from PIL import Image
+
+    from studio.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    Image.fromarray(hint()).save(tmp_path / "edges.png")
+    code = main(["generate", "--prompt", PROMPT, "--no-server", "--control", arg])
+    err = capsys.readouterr().err.strip()
+    assert code != 0 and says in err and len(err.splitlines()) == 1, err

@@ -260,6 +260,20 @@ def control_picture(c: ControlSpec, index: int, size: tuple[int, int], init_size
     return img, note
 
 
+def control_region(image: np.ndarray, size: tuple[int, int], rect, multiple: int) -> np.ndarray:
+    """The part of a whole-picture control image under one upscale tile: scaled to the output `size` (w, h), cut to
+    `rect` (x, y, w, h) and padded as the tile is (upscale.pad_to)."""
+    from PIL import Image
+
+    from .upscale import pad_to
+
+    img = Image.fromarray(np.ascontiguousarray(image)).convert("RGB")
+    if img.size != tuple(size):
+        img = img.resize(tuple(size), Image.Resampling.LANCZOS)
+    x, y, w, h = rect
+    return pad_to(np.asarray(img)[y : y + h, x : x + w], multiple)
+
+
 @dataclass
 class Controls:
     """The engine's ControlNets: the last ones loaded, cached by file version, device and dtype."""
@@ -277,6 +291,12 @@ class Controls:
                 self.cache.pop(next(iter(self.cache)))
             net = load_controlnet(path, family, base_config, dtype, device)
             self.loads += 1
+            try:  # A1111's "Model: name [hash]" in the metadata: hashed once, cached by path, size and mtime
+                from ..core.metadata import model_hash
+
+                model_hash(path)
+            except (OSError, ModelError):
+                pass
             self.cache[key] = net
         return net
 

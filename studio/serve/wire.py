@@ -16,9 +16,11 @@ from typing import Any
 
 import numpy as np
 
+from ..core import control as _control
 from ..core import requests as _requests
 
 PROTOCOL = 1
+_OURS = (_requests.__name__, _control.__name__)
 _HEAD = struct.Struct(">I")
 MAX_HEADER = 16 << 20  # a request's JSON is a few KB; anything near this is not ours
 MAX_BLOB = 1 << 31  # one array (an 8k RGB image is 200 MB)
@@ -73,7 +75,8 @@ def decode(data: Any, blobs: list[bytes]) -> Any:
         return {str(k): decode(v, blobs) for k, v in data["d"].items()}
     if "c" in data:
         cls = getattr(_requests, str(data["c"]), None)
-        if not (isinstance(cls, type) and dataclasses.is_dataclass(cls) and cls.__module__ == _requests.__name__):
+        # The request's parts defined beside it (ControlSpec in studio.core.control) travel too.
+        if not (isinstance(cls, type) and dataclasses.is_dataclass(cls) and cls.__module__ in _OURS):
             raise WireError(f"unknown type {data['c']!r}")
         return cls(**{k: decode(v, blobs) for k, v in data["f"].items()})
     raise WireError("unknown value")
