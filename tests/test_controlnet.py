@@ -360,3 +360,60 @@ def test_cli_bad_control_argument_is_one_line(tmp_path, capsys, arg, says, monke
     code = main(["generate", "--prompt", PROMPT, "--no-server", "--control", arg])
     err = capsys.readouterr().err.strip()
     assert code != 0 and says in err and len(err.splitlines()) == 1, err
+
+
+# -- a ComfyUI server: core nodes, checked against /object_info ------------------------------------------------
+
+
+def comfy_info():
+    """The recorded ComfyUI 0.27 /object_info plus its two ControlNet nodes (object_info-controlnet.json: their
+    INPUT_TYPES from ComfyUI's nodes.py, in the recorded format, with two ControlNet files on the server)."""
+    import json
+
+    from studio.backends.comfyui.graphs import ObjectInfo
+
+    data_dir = Path(__file__).parent / "data" / "comfyui"
+    data = json.loads((data_dir / "object_info-0.27.json").read_text(encoding="utf-8"))
+    data.update(json.loads((data_dir / "object_info-controlnet.json").read_text(encoding="utf-8")))
+    return ObjectInfo(data)
+
+
+def test_comfy_graph_chains_controlnet_nodes(made):
+    from studio.backends.comfyui.graphs import build_graph, find_nodes, validate
+
+    info = comfy_info()
+    specs = (ControlSpec(model="control_v11p_sd15_canny", image=hint(), weight=0.7, start=0.1, end=0.9),
+             ControlSpec(model="control_v11f1p_sd15_depth", image=hint()))
+    for mode, images in (("txt2img", {}), ("img2img", {"init": "init.png"})):
+        r = GenerateRequest(prompt=PROMPT, mode=mode, controls=specs, seed=1, width=SIZE, height=SIZE,
+                            init_image=hint() if mode == "img2img" else None)
+        g = build_graph(r, info, checkpoint="tiny-sd15.safetensors", output="save",
+                        images={**images, "control0": "c0.png", "control1": "c1.png"})
+        validate(g, info)  # every input against the server's types, combos and ranges
+        loaders, applies = find_nodes(g, "ControlNetLoader"), find_nodes(g, "ControlNetApplyAdvanced")
+        names = [g[n]["inputs"]["control_net_name"] for n in loaders]
+        assert names == ["control_v11p_sd15_canny.pth", "sd15/control_v11f1p_sd15_depth.safetensors"]
+        first, second = (g[n]["inputs"] for n in applies)
+        assert (first["strength"], first["start_percent"], first["end_percent"]) == (0.7, 0.1, 0.9)
+        assert g[first["image"][0]]["inputs"]["image"] == "c0.png" and g[second["image"][0]]["inputs"]["image"] == "c1.png"
+        assert second["positive"] == [applies[0], 0] and second["negative"] == [applies[0], 1]  # chained
+        sampler = next(n for n in g if g[n]["class_type"].startswith("KSampler"))
+        assert g[sampler]["inputs"]["positive"] == [applies[1], 0] and g[sampler]["inputs"]["negative"] == [applies[1], 1]
+
+
+def test_comfy_refuses_what_core_nodes_cannot_do():
+    from studio.backends.base import UnsupportedError
+    from studio.backends.comfyui.graphs import ObjectInfo, build_graph
+
+    info = comfy_info()
+    r = GenerateRequest(prompt=PROMPT, seed=1, width=SIZE, height=SIZE,
+                        controls=(ControlSpec(model="control_v11p_sd15_canny", image=hint(), mode="My prompt is more important"),))
+    with pytest.raises(UnsupportedError, match="control mode"):
+        build_graph(r, info, checkpoint="tiny-sd15.safetensors", output="save", images={"control0": "c0.png"})
+    ok = r.replace(controls=(r.controls[0].replace(mode="Balanced", model="no-such-controlnet"),))
+    with pytest.raises(RequestError, match="ControlNet") as e:
+        build_graph(ok, info, checkpoint="tiny-sd15.safetensors", output="save", images={"control0": "c0.png"})
+    assert "\n" not in str(e.value)
+    recorded = ObjectInfo({k: v for k, v in info.data.items() if not k.startswith("ControlNet")})
+    with pytest.raises(RequestError, match="ControlNetLoader"):
+        build_graph(ok, recorded, checkpoint="tiny-sd15.safetensors", output="save", images={"control0": "c0.png"})
