@@ -417,3 +417,61 @@ def test_comfy_refuses_what_core_nodes_cannot_do():
     recorded = ObjectInfo({k: v for k, v in info.data.items() if not k.startswith("ControlNet")})
     with pytest.raises(RequestError, match="ControlNetLoader"):
         build_graph(ok, recorded, checkpoint="tiny-sd15.safetensors", output="save", images={"control0": "c0.png"})
+
+
+# -- the other modes and the run's machinery -------------------------------------------------------------------
+
+
+def test_diffusion_upscale_tiles_see_their_part_of_the_control_image(engine, made):
+    from studio.core.requests import UpscaleOptions
+    from studio.engine.controlnet import control_region
+
+    big = np.zeros((2 * SIZE, 2 * SIZE, 3), np.uint8)
+    big[:SIZE, SIZE:] = 255  # the top-right quarter white
+    part = control_region(big[::2, ::2], (2 * SIZE, 2 * SIZE), (SIZE, 0, SIZE, SIZE - 8), 16)  # scaled up, cut, padded
+    assert part.shape == (SIZE, SIZE, 3) and part[:, 4:].min() >= 250  # (Lanczos rings by the quarter's edge)
+    assert np.array_equal(control_region(big, (2 * SIZE, 2 * SIZE), (0, 0, SIZE, SIZE), 16), big[:SIZE, :SIZE])
+
+    pipe, _net, files = made["sd1"]
+    init = np.random.default_rng(1).integers(0, 255, (SIZE, SIZE, 3), dtype=np.uint8)
+    up = dict(mode="upscale", init_image=init, strength=0.5, width=None, height=None,
+              upscale=UpscaleOptions(method="diffusion", scale=2.0, tile=SIZE, tile_overlap=16))
+    spec = ControlSpec(model=str(files["diffusers"]), image=hint(size=2 * SIZE))
+    seen = []
+    ours = engine.generate(req(pipe, [spec], **up), on_step=seen.append)
+    plain = engine.generate(req(pipe, [], **up))
+    assert ours.images[0].shape == plain.images[0].shape == (2 * SIZE, 2 * SIZE, 3)
+    assert not close(ours.images[0], plain.images[0], 2) and seen
+
+
+def test_only_masked_inpaint_cuts_the_control_image_like_the_picture():
+    from studio.engine.controlnet import control_picture
+
+    img = np.zeros((SIZE, SIZE, 3), np.uint8)
+    img[8:24, 40:56] = 255
+    spec = ControlSpec(model="x", image=img)
+    pic, note = control_picture(spec, 0, (32, 32), (SIZE, SIZE), (40, 8, 56, 24))
+    assert note == "" and pic.size == (32, 32) and np.asarray(pic).min() == 255  # the box: all white
+    half = ControlSpec(model="x", image=img[::2, ::2])
+    pic, note = control_picture(half, 1, (32, 32), (SIZE, SIZE), (40, 8, 56, 24))
+    assert note.startswith("Control 1: its image (32x32) was resized") and np.asarray(pic).mean() > 200
+
+
+def test_cancel_and_deep_cache_with_a_control(engine, made):
+    import threading
+
+    pipe, _net, files = made["sd1"]
+    spec = ControlSpec(model=str(files["diffusers"]), image=hint())
+    cancel = threading.Event()
+    seen = []
+
+    def on_step(info):
+        seen.append(info.step)
+        if info.step == 2:
+            cancel.set()
+
+    r = engine.generate(req(pipe, [spec], steps=6), on_step=on_step, cancel=cancel)
+    assert r.cancelled and r.images == [] and seen == [1, 2]
+    cached = engine.generate(req(pipe, [spec], steps=15, deep_cache=3))
+    assert cached.notes == ["Deep cache skipped: a ControlNet guides every U-Net block"]
+    assert cached.request.deep_cache == 0

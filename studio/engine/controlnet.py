@@ -265,13 +265,12 @@ def control_region(image: np.ndarray, size: tuple[int, int], rect, multiple: int
     `rect` (x, y, w, h) and padded as the tile is (upscale.pad_to)."""
     from PIL import Image
 
-    from .upscale import pad_to
-
     img = Image.fromarray(np.ascontiguousarray(image)).convert("RGB")
     if img.size != tuple(size):
-        img = img.resize(tuple(size), Image.Resampling.LANCZOS)
+        img = img.resize((int(size[0]), int(size[1])), Image.Resampling.LANCZOS)
     x, y, w, h = rect
-    return pad_to(np.asarray(img)[y : y + h, x : x + w], multiple)
+    part = np.asarray(img)[y : y + h, x : x + w]
+    return np.pad(part, ((0, -h % multiple), (0, -w % multiple), (0, 0)), mode="edge")  # as upscale.pad_to
 
 
 @dataclass

@@ -52,7 +52,7 @@ def tiny_controlnet(pipeline_dir: str | Path, seed: int = 0):
     net = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=HINT_CHANNELS)
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for name, p in net.named_parameters():
+        for p in net.parameters():
             # Zero-initialised layers (the hint encoder's conv_out, the zero convs) get weights; the rest is
             # perturbed too, so that a ControlNet is not a copy of the U-Net.
             p.add_(torch.randn(p.shape, generator=g) * (0.2 if p.abs().max() == 0 else 0.02))

@@ -303,7 +303,6 @@ class ComfyUIBackend:
         return r, (InpaintPlan.make(r, int(r.seed or 0)) if r.mode == "inpaint" else None)
 
     def _uploads(self, r: GenerateRequest, plan) -> dict[str, str]:
-        from PIL import Image
 
         client = self._client
         assert client is not None
@@ -342,7 +341,8 @@ def _control_part(image, r: GenerateRequest, plan) -> np.ndarray:
     img = Image.fromarray(np.ascontiguousarray(a))
     if img.size != (iw, ih):
         img = img.resize((iw, ih), Image.Resampling.LANCZOS)
-    return np.asarray(img.crop(tuple(int(v) for v in plan.box)))
+    x0, y0, x1, y1 = (int(v) for v in plan.box)
+    return np.asarray(img.crop((x0, y0, x1, y1)))
 
 
 class _Run:
