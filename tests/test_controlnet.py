@@ -475,3 +475,20 @@ def test_cancel_and_deep_cache_with_a_control(engine, made):
     cached = engine.generate(req(pipe, [spec], steps=15, deep_cache=3))
     assert cached.notes == ["Deep cache skipped: a ControlNet guides every U-Net block"]
     assert cached.request.deep_cache == 0
+
+
+def test_fast_and_turbo_speed_modes_keep_the_control(engine, made):
+    """fast: the bf16 U-Net copy takes the ControlNet's residuals (cast like its other inputs); turbo: the OpenVINO
+    U-Net cannot take them, so every call falls back to the torch U-Net: the exact run's picture."""
+    pytest.importorskip("openvino")
+    pipe, _net, files = made["sd1"]
+    spec = ControlSpec(model=str(files["diffusers"]), image=hint())
+    exact = engine.generate(req(pipe, [spec]))
+    turbo = engine.generate(req(pipe, [spec], speed="turbo"))
+    assert turbo.request.speed in ("turbo", "fast", "exact")
+    if turbo.request.speed == "turbo":  # every step's latent is the torch U-Net's (the decode may run in bf16)
+        np.testing.assert_allclose(turbo.latents, exact.latents, atol=1e-5)
+    fast = engine.generate(req(pipe, [spec], speed="fast"))
+    plain_fast = engine.generate(req(pipe, [], speed="fast"))
+    assert fast.images[0].shape == exact.images[0].shape
+    assert not close(fast.images[0], plain_fast.images[0], 2)  # the control acted in fast mode too
