@@ -492,3 +492,38 @@ def test_fast_and_turbo_speed_modes_keep_the_control(engine, made):
     plain_fast = engine.generate(req(pipe, [], speed="fast"))
     assert fast.images[0].shape == exact.images[0].shape
     assert not close(fast.images[0], plain_fast.images[0], 2)  # the control acted in fast mode too
+
+
+def test_a1111_pickle_controlnet_loads_with_weights_only(made, tmp_path):
+    """lllyasviel's control_v11p_sd15_*.pth: a pickled state dict, keys under control_model.; the family from the
+    name (a pickle's shapes are not read before loading), the tensors with torch.load(weights_only=True)."""
+    import json
+
+    import torch
+
+    from studio.core.modelfiles import classify
+    from studio.engine.controlnet import load_controlnet
+    from studio.testing.tinycontrol import controlnet_to_original
+
+    pipe, net, _files = made["sd1"]
+    sd = {"control_model." + k: v for k, v in controlnet_to_original(net.state_dict(), 2).items()}
+    path = tmp_path / "control_v11p_sd15_softedge.pth"
+    torch.save(sd, path)
+    found = classify(path)
+    assert (found.kind, found.arch, found.control) == ("controlnet", "sd1", "softedge")
+    base = json.loads((Path(pipe) / "unet" / "config.json").read_text())
+    loaded = load_controlnet(path, "sd1", base, torch.float32, torch.device("cpu"))
+    assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), loaded.state_dict().values(), strict=True))
+
+
+@pytest.mark.parametrize("upscaler", ["Latent", "Lanczos"])
+def test_hires_fix_runs_both_passes_with_the_control(engine, made, upscaler):
+    from studio.core.requests import HiresOptions
+
+    pipe, _net, files = made["sd1"]
+    spec = ControlSpec(model=str(files["diffusers"]), image=hint())
+    hires = HiresOptions(enabled=True, scale=2.0, upscaler=upscaler, steps=2, strength=0.5)
+    ours = engine.generate(req(pipe, [spec], steps=2, hires=hires))
+    plain = engine.generate(req(pipe, [], steps=2, hires=hires))
+    assert ours.images[0].shape == (2 * SIZE, 2 * SIZE, 3)
+    assert not close(ours.images[0], plain.images[0], 2)
