@@ -527,3 +527,31 @@ def test_hires_fix_runs_both_passes_with_the_control(engine, made, upscaler):
     plain = engine.generate(req(pipe, [], steps=2, hires=hires))
     assert ours.images[0].shape == (2 * SIZE, 2 * SIZE, 3)
     assert not close(ours.images[0], plain.images[0], 2)
+
+
+def test_comfy_backend_uploads_the_control_image(tmp_path):
+    import json
+
+    from fake_comfyui import FakeComfy, allow_loopback
+
+    from studio.backends.comfyui.backend import ComfyUIBackend
+
+    info = tmp_path / "object_info.json"
+    info.write_text(json.dumps(comfy_info().data), encoding="utf-8")
+    with allow_loopback():
+        fake = FakeComfy(models={"checkpoints": ["tiny-sd15.safetensors"]}, cache=False, object_info_path=info).start()
+        backend = ComfyUIBackend(fake.url)
+        try:
+            assert ("control_v11p_sd15_canny.pth", "control_v11p_sd15_canny") in backend.start().controlnets
+            spec = ControlSpec(model="/my/models/ControlNet/control_v11p_sd15_canny.safetensors", image=hint(), weight=0.6)
+            result = backend.generate(GenerateRequest(prompt=PROMPT, model="tiny-sd15.safetensors", steps=2, seed=5,
+                                                      width=SIZE, height=SIZE, controls=(spec,)))
+        finally:
+            backend.close()
+            fake.stop()
+    assert len(result.images) == 1
+    graph = fake.prompts[-1]["prompt"]
+    apply = next(n["inputs"] for n in graph.values() if n["class_type"] == "ControlNetApplyAdvanced")
+    assert apply["strength"] == 0.6
+    uploaded = graph[apply["image"][0]]["inputs"]["image"]
+    assert any(u.get("name") == uploaded or uploaded.endswith(str(u.get("name"))) for u in fake.uploads), fake.uploads

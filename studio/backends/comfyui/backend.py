@@ -131,7 +131,7 @@ class ComfyUIBackend:
             preview_kinds=("x0",), upscalers=tuple((n, f"{Path(n).stem} (on the server)") for n in objects.upscalers),
             devices=devices, device=devices[0] if devices else "", version=version, remote_files=True,
             models=files(objects.checkpoints), vaes=files(objects.vaes), loras=files(objects.loras),
-            embeddings=files(embeddings),
+            embeddings=files(embeddings), controlnets=files(objects.controlnets),
         )  # fmt: skip
         return self._info
 
