@@ -70,6 +70,13 @@ def _add_generation_options(p: argparse.ArgumentParser, upscale: bool = False) -
     p.add_argument("--vae", default="", help="a VAE file, or the name of one in the model folders")
     p.add_argument("--lora", action="append", default=[], metavar="NAME:WEIGHT",
                    help="a LoRA (file or name) and its weight; repeatable; or <lora:name:0.8> in the prompt")  # fmt: skip
+    if not upscale:
+        p.add_argument("--control", action="append", default=[], metavar="IMAGE:model=PATH[,weight=W,...]",
+                       help="a ControlNet and its control image (used as it is: an edge map, a scribble...); options "
+                            "weight, start, end (fractions of the steps), mode (balanced, prompt, control: A1111's "
+                            "control modes), module (what made the image, for the metadata); repeatable")  # fmt: skip
+        p.add_argument("--save-control", action="store_true",
+                       help="save each control image beside the picture as <name>.control0.png")
     p.add_argument("--prediction", choices=("auto", "epsilon", "v_prediction"), default="auto",
                    help="SD 2.x models: auto detects epsilon or v-prediction; set it when a model looks wrong")  # fmt: skip
     if not upscale:
@@ -323,6 +330,8 @@ def _request(args: argparse.Namespace, mode: str, **fields):
     if getattr(args, "deep_cache", 0):
         shared["deep_cache"] = args.deep_cache
     shared.update(_variation(args))
+    if getattr(args, "control", None):
+        shared["controls"] = tuple(_control_arg(a) for a in args.control)
     return GenerateRequest.from_fields(**{**shared, **fields})
 
 
@@ -340,6 +349,40 @@ def _variation(args: argparse.Namespace) -> dict:
     w, h = args.seed_resize_from
     return dict(subseed=args.subseed, subseed_strength=args.subseed_strength, seed_resize_from_w=w,
                 seed_resize_from_h=h)  # fmt: skip
+
+
+_CONTROL_MODE_WORDS = {"balanced": "Balanced", "prompt": "My prompt is more important",
+                       "control": "ControlNet is more important"}  # fmt: skip
+
+
+def _control_arg(text: str):
+    """IMAGE:model=PATH[,weight=W,start=S,end=E,mode=M,module=NAME] -> a ControlSpec (its image read now)."""
+    from .core import RequestError
+    from .core.control import CONTROL_MODES, ControlSpec
+
+    image, sep, rest = text.partition(":model=")
+    if not sep or not image or not rest:
+        raise RequestError(f"--control {text!r}: write IMAGE:model=PATH[,weight=W,start=S,end=E,mode=M,module=NAME]")
+    model, *options = rest.split(",")
+    fields: dict = {"model": model}
+    for opt in options:
+        key, eq, value = opt.partition("=")
+        key = key.strip().lower()
+        if not eq or key not in ("weight", "start", "end", "mode", "module"):
+            raise RequestError(f"--control: unknown option {opt!r} (weight, start, end, mode or module)")
+        if key in ("weight", "start", "end"):
+            try:
+                fields[key] = float(value)
+            except ValueError:
+                raise RequestError(f"--control: {key} must be a number, got {value!r}") from None
+        elif key == "mode":
+            mode = _CONTROL_MODE_WORDS.get(value.strip().lower(), value.strip())
+            if mode not in CONTROL_MODES:
+                raise RequestError(f"--control: mode {value!r}: use balanced, prompt or control")
+            fields["mode"] = mode
+        else:
+            fields["module"] = value.strip().lower()
+    return ControlSpec(image=_read_image(image, "control image"), **fields)
 
 
 def _sampling(args: argparse.Namespace) -> dict:
@@ -459,7 +502,12 @@ def _generate_and_save(args: argparse.Namespace, request, extra: dict[str, str] 
 
         t_save = time.perf_counter()
         kept: list[Path] = []
-        save_result(result, out, __version__, on_saved=saved)
+        paths = save_result(result, out, __version__, on_saved=saved)
+        if getattr(args, "save_control", False):
+            from .core.output import save_control_images
+
+            for path in save_control_images(result, paths):
+                print(path, flush=True)
         if getattr(args, "timings", False):
             _say(_timings_line(result.timings, time.perf_counter() - t_save))
         if stop.signum:

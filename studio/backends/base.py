@@ -48,6 +48,7 @@ class BackendInfo:
     vaes: tuple[tuple[str, str], ...] = ()
     loras: tuple[tuple[str, str], ...] = ()
     embeddings: tuple[tuple[str, str], ...] = ()
+    controlnets: tuple[tuple[str, str], ...] = ()  # a remote backend's ControlNet files (ControlNetLoader's list)
     notice: str = ""  # said once to the artist when it starts (e.g. why another backend was not used)
     # The speed modes it runs (studio.core.speed; none: the panel disables the choice) and its default on its device.
     speeds: tuple[str, ...] = ()

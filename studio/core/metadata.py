@@ -22,6 +22,7 @@ from typing import NamedTuple
 
 from . import filehash
 from .errors import ModelError, RequestError, first_line
+from .modelfiles import MODEL_FILE_SUFFIXES
 from .requests import MAX_SEED, MAX_UPSCALE_SIDE, GenerateRequest
 from .samplers import resolve_sampler, resolve_schedule
 from .speed import SPEEDS
@@ -261,6 +262,7 @@ def parameters_for(
         params.update(hires_parameters(request))
     if request.deep_cache > 1:
         params["Deep cache"] = request.deep_cache
+    params.update(control_parameters(request))
     if extra:
         params.update(extra)
     params["Version"] = version
@@ -277,6 +279,56 @@ def variation_parameters(request: GenerateRequest, index: int = 0) -> dict[str, 
     if request.seed_resize_from_w > 0 and request.seed_resize_from_h > 0:
         params["Seed resize from"] = f"{request.seed_resize_from_w}x{request.seed_resize_from_h}"
     return params
+
+
+# -- ControlNet (A1111's sd-webui-controlnet keys) ------------------------------------------------------------------
+
+
+def control_parameters(request: GenerateRequest) -> dict[str, object]:
+    """``ControlNet 0: "Module: canny, Model: name [hash], Weight: 1.0, Resize Mode: Crop and Resize, Guidance Start:
+    0.0, Guidance End: 1.0, Pixel Perfect: False, Control Mode: Balanced"`` per control, as the extension writes them
+    (its hash: the first 8 hex of the file's SHA-256, when already cached; the control image is not in the text)."""
+    out: dict[str, object] = {}
+    for i, c in enumerate(request.controls):
+        path = Path(c.model)
+        name = path.stem if path.suffix.lower() in MODEL_FILE_SUFFIXES else path.name
+        digest = cached_model_hash(path) if path.exists() else None
+        fields = (("Module", c.module), ("Model", f"{name} [{digest[:8]}]" if digest else name),
+                  ("Weight", float(c.weight)), ("Resize Mode", "Crop and Resize"), ("Guidance Start", float(c.start)),
+                  ("Guidance End", float(c.end)), ("Pixel Perfect", False), ("Control Mode", c.mode))  # fmt: skip
+        out[f"ControlNet {i}"] = ", ".join(f"{k}: {v}" for k, v in fields)
+    return out
+
+
+# A1111's preprocessor names -> ours (studio.core.control.CONTROL_MODULES), by prefix.
+_A1111_MODULES = (("none", "none"), ("canny", "canny"), ("depth", "depth"), ("openpose", "pose"), ("dw_openpose", "pose"),
+                  ("lineart", "lineart"), ("softedge", "softedge"), ("hed", "softedge"), ("pidinet", "softedge"),
+                  ("scribble", "scribble"), ("tile", "tile"), ("invert", "scribble"))  # fmt: skip
+
+
+def control_fields(text: str) -> list[dict[str, object]]:
+    """The controls a `parameters` text names (ours or A1111's), in order: model (the name), model_hash, module,
+    weight, start, end, mode; the control images are not in the text (see studio.core.output.save_control_images)."""
+    from .control import CONTROL_MODES
+
+    params = parse_parameters(text)["params"]
+    found = []
+    for key in sorted((k for k in params if re.fullmatch(r"ControlNet \d+", k)), key=lambda k: int(k.split()[1])):
+        p = dict(param_pairs(params[key]))
+        m = re.fullmatch(r"(.*?)\s*\[([0-9a-fA-F]{8,10})\]", p.get("Model", "").strip())
+        raw = p.get("Module", "none").strip().lower()
+        module = next((ours for prefix, ours in _A1111_MODULES if raw.startswith(prefix)), "none")
+        mode = p.get("Control Mode", "Balanced").strip()
+        found.append({
+            "model": m.group(1) if m else p.get("Model", "").strip(),
+            "model_hash": m.group(2).lower() if m else "",
+            "module": module,
+            "weight": _to_float(p.get("Weight")) if _to_float(p.get("Weight")) is not None else 1.0,
+            "start": _to_float(p.get("Guidance Start")) or 0.0,
+            "end": _to_float(p.get("Guidance End")) if _to_float(p.get("Guidance End")) is not None else 1.0,
+            "mode": mode if mode in CONTROL_MODES else "Balanced",
+        })
+    return found
 
 
 #: `extra` keys giving a resize or model upscale the prompt and negative prompt to write (not as keys): the source

@@ -270,10 +270,11 @@ class ModelFile:
     """One entry of the model library."""
 
     path: Path
-    kind: str  # checkpoint, diffusers, vae, lora, embedding, upscaler, unknown
+    kind: str  # checkpoint, diffusers, vae, lora, embedding, upscaler, controlnet, unknown
     arch: str = ""  # checkpoints: an ARCHS id; add-ons: "sd1", "sd2", "sdxl" or ""
     size: int = 0  # bytes (a folder: its weight files)
     note: str = ""  # why it is unknown or broken
+    control: str = ""  # ControlNets: the control type the file name or metadata says (canny, depth...), or ""
 
     @property
     def name(self) -> str:
@@ -345,6 +346,9 @@ def classify_header(header: Header) -> ModelFile:
     size = _size(p)
     keys = list(header.keys)
     shapes = _strip(header.shapes)
+    control = controlnet_kind(header)  # before the checkpoint test: old ControlNet files hold a whole U-Net too
+    if control is not None:
+        return control
     if _any(shapes, UNET):
         try:
             return ModelFile(p, "checkpoint", detect_checkpoint(header), size)
@@ -367,6 +371,101 @@ def classify_header(header: Header) -> ModelFile:
     return ModelFile(p, "unknown", "", size, note=f"{p.name} is not a model this studio knows: {describe_found(header)}")
 
 
+# ---------------------------------------------------------------------------------------------
+# ControlNets (and the control add-ons the studio does not run: T2I-Adapters, control-LoRAs)
+
+CONTROL_PREFIX = "control_model."  # lllyasviel's (A1111's) files; ComfyUI's and kohya's conversions drop it
+# Control types as file names say them (control_v11p_sd15_canny, diffusers_xl_depth_full, t2i-adapter_xl_sketch...).
+CONTROL_TYPES: tuple[tuple[str, str], ...] = (
+    ("canny", "canny"), ("depth", "depth"), ("lineart", "lineart"), ("softedge", "softedge"), ("hed", "softedge"),
+    ("pidi", "softedge"), ("scribble", "scribble"), ("sketch", "scribble"), ("openpose", "pose"), ("pose", "pose"),
+    ("tile", "tile"), ("inpaint", "inpaint"), ("seg", "seg"), ("normal", "normal"), ("mlsd", "mlsd"),
+    ("shuffle", "shuffle"), ("ip2p", "ip2p"), ("qrcode", "qrcode"), ("union", "union"),
+)
+
+
+def control_type(name: str, metadata: Mapping[str, str] | None = None) -> str:
+    """The control type a ControlNet's file name (or its safetensors metadata) says, or ""."""
+    texts = [name.lower()] + [str(v).lower() for k, v in (metadata or {}).items() if "control" in k.lower()]
+    for text in texts:
+        for word, kind in CONTROL_TYPES:
+            if re.search(rf"(^|[^a-z]){word}", text):
+                return kind
+    return ""
+
+
+def _cross_width_base(shapes: Mapping[str, tuple[int, ...]]) -> str:
+    width = next((s[1] for k, s in shapes.items() if k.endswith("attn2.to_k.weight") and len(s) == 2), None)
+    return {768: "sd1", 1024: "sd2", 2048: "sdxl"}.get(width or 0, "")
+
+
+def _name_base(name: str) -> str:
+    low = name.lower()
+    if re.search(r"(sdxl|[^a-z]xl[^a-z]|xl$)", low):
+        return "sdxl"
+    if re.search(r"sd2|sd21|sd-2|v2[^a-z0-9]", low):
+        return "sd2"
+    if re.search(r"sd15|sd1[^0-9]|v11|control_sd15|sd-1", low):
+        return "sd1"
+    return ""
+
+
+def controlnet_layout(keys: Iterable[str]) -> str:
+    """"original" (lllyasviel's layout: input_hint_block, zero_convs, middle_block_out, with or without
+    control_model.), "diffusers" (controlnet_cond_embedding, controlnet_down_blocks), or ""."""
+    ks = set(keys)
+    if {"input_hint_block.0.weight", "zero_convs.0.0.weight"} <= ks or {
+        CONTROL_PREFIX + "input_hint_block.0.weight", CONTROL_PREFIX + "zero_convs.0.0.weight"} <= ks:
+        return "original"
+    if {"controlnet_cond_embedding.conv_in.weight", "controlnet_down_blocks.0.weight"} <= ks:
+        return "diffusers"
+    return ""
+
+
+def controlnet_kind(header: Header) -> ModelFile | None:
+    """A ControlNet (kind "controlnet", arch sd1 / sd2 / sdxl from its cross-attention width, else its name), or a
+    T2I-Adapter / control-LoRA (kind "unknown", the note naming it: the studio does not run those), or None."""
+    p = header.path
+    keys = list(header.keys)
+    if any(k == "lora_controlnet" or k.endswith(".lora_controlnet") for k in keys):
+        return ModelFile(p, "unknown", _name_base(p.name), _size(p), note=(
+            f"{p.name} is a control-LoRA (Stability's LoRA-compressed ControlNet): not supported here; use a full "
+            "ControlNet of the same type"))
+    if any(k.startswith(("adapter.conv_in.", "adapter.body.", "body.0.in_conv.")) for k in keys) or (
+        "conv_in.weight" in header.shapes and any(k.startswith("body.0.block1.") for k in keys)
+    ):
+        return ModelFile(p, "unknown", _name_base(p.name), _size(p), note=(
+            f"{p.name} is a T2I-Adapter: not supported here; use a ControlNet of the same type"))
+    layout = controlnet_layout(keys)
+    if not layout:
+        return None
+    base = "" if header.pickle else _cross_width_base(header.shapes)
+    if not base and any("input_blocks.7.1.transformer_blocks.9" in k or "down_blocks.2.attentions.0.transformer_blocks.9"
+                        in k for k in keys):
+        base = "sdxl"
+    if not base and any("label_emb.0.0" in k or k.startswith("add_embedding.") for k in keys):
+        base = "sdxl"  # SDXL's text_time embedding; SD 1.x / 2.x ControlNets have none
+    base = base or _name_base(p.name)
+    return ModelFile(p, "controlnet", base, _size(p), control=control_type(p.stem, header.metadata))
+
+
+def controlnet_folder(folder: Path) -> ModelFile | None:
+    """A diffusers ControlNet folder (config.json of ControlNetModel beside its weights), or None."""
+    try:
+        cfg = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(cfg, dict) or cfg.get("_class_name") not in ("ControlNetModel", "T2IAdapter"):
+        return None
+    if cfg.get("_class_name") == "T2IAdapter":
+        return ModelFile(folder, "unknown", "", _folder_size(folder),
+                         note=f"{folder.name} is a T2I-Adapter: not supported here; use a ControlNet of the same type")
+    width = cfg.get("cross_attention_dim")
+    base = {768: "sd1", 1024: "sd2", 2048: "sdxl"}.get(width if isinstance(width, int) else 0, "")
+    return ModelFile(folder, "controlnet", base or _name_base(folder.name), _folder_size(folder),
+                     control=control_type(folder.name))
+
+
 def classify(path: str | Path) -> ModelFile:
     """Classify one file or diffusers folder; never raises (a broken file is "unknown" with a note): one crafted file
     in a model folder must not take the library, and so every generation and the window, down with it."""
@@ -376,6 +475,8 @@ def classify(path: str | Path) -> ModelFile:
             if (p / "model_index.json").is_file():
                 arch = _diffusers_arch(p)
                 return ModelFile(p, "diffusers", arch, _folder_size(p))
+            if (control := controlnet_folder(p)) is not None:
+                return control
             return ModelFile(p, "unknown", note="a folder with no model_index.json")
         return classify_header(read_header(p))
     except ModelError as e:

@@ -17,7 +17,7 @@ from .modelfiles import MODEL_FILE_SUFFIXES, PICKLE_SUFFIXES, ModelFile, classif
 
 MAX_DEPTH = 4
 MAX_FILES = 20000
-KINDS = ("checkpoint", "diffusers", "vae", "lora", "embedding", "upscaler", "unknown")
+KINDS = ("checkpoint", "diffusers", "vae", "lora", "embedding", "upscaler", "controlnet", "unknown")
 
 # Folder names (lower case) of A1111 and ComfyUI trees -> the kind their files are.
 FOLDER_KINDS = {
@@ -35,9 +35,10 @@ FOLDER_KINDS = {
     "upscale_models": "upscaler",
     "dat": "upscaler",
     "hat": "upscaler",
+    "controlnet": "controlnet",  # A1111's models/ControlNet, ComfyUI's models/controlnet
 }
 # Folders that never hold what the studio loads (ComfyUI / A1111 siblings).
-_SKIP = {"clip_vision", "controlnet", "insightface", "facerestore_models", "gfpgan", "codeformer", "__pycache__"}
+_SKIP = {"clip_vision", "insightface", "facerestore_models", "gfpgan", "codeformer", "__pycache__"}
 
 _cache: dict[tuple[str, int, int], ModelFile] = {}
 _lock = threading.Lock()
@@ -96,7 +97,7 @@ def scan(folders: list[str | Path]) -> list[ModelFile]:
                 p = Path(entry.path)
                 try:
                     is_dir = entry.is_dir()
-                    is_pipeline = is_dir and (p / "model_index.json").is_file()
+                    is_pipeline = is_dir and ((p / "model_index.json").is_file() or _is_controlnet_folder(p))
                 except OSError:
                     continue
                 if is_dir:
@@ -121,6 +122,15 @@ def scan(folders: list[str | Path]) -> list[ModelFile]:
                     found.append(item)
     found.sort(key=lambda m: (KINDS.index(m.kind), m.name.lower()))
     return found
+
+
+def _is_controlnet_folder(p: Path) -> bool:
+    """A diffusers ControlNet folder (config.json + weights, no model_index.json): one entry, not its files."""
+    cfg = p / "config.json"
+    try:
+        return cfg.is_file() and cfg.stat().st_size < 65536 and '"ControlNetModel"' in cfg.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return False
 
 
 def by_kind(items: list[ModelFile], *kinds: str) -> list[ModelFile]:

@@ -227,3 +227,20 @@ def _save_one(result: GenerateResult, i: int, img, out_dir: str | os.PathLike, v
         except FileExistsError:
             continue
     raise EngineError(f"Cannot save image in {out_dir}: no free file name")
+
+
+def save_control_images(result: GenerateResult, paths: list[Path]) -> list[Path]:
+    """Each control image of the run beside each saved image, as ``<name>.control<i>.png`` (the metadata names the
+    ControlNet, not its image); atomically. Returns the files written."""
+    from PIL import Image
+
+    written = []
+    for path in paths:
+        for i, c in enumerate(result.request.controls):
+            if c.image is None:
+                continue
+            dest = Path(path).with_name(f"{Path(path).stem}.control{i}.png")
+            with atomic_write(dest) as f:
+                Image.fromarray(np.ascontiguousarray(c.image)).save(f, format="PNG")
+            written.append(dest)
+    return written

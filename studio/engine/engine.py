@@ -25,6 +25,8 @@ from ..core.samplers import sampler_eta
 from ..core.variation import varies
 from ..paths import BUILTIN_MODEL, MODELS_DIR
 from . import addons, runaddons, speed
+from .controlnet import Controls
+from .controlnet import check_family as check_control_family
 from .deepcache import deep_cache_plan
 from .loader import (
     LoadedModel,
@@ -99,6 +101,7 @@ class Engine:
         self.loads = 0  # how many times weights were read from disk (tests check caching)
         self._upscaler: tuple[tuple, object] | None = None  # the last upscaler model: (file key, LoadedUpscaler)
         self._stop_after: int | None = None  # branch_state: the step after which a run stops
+        self.controls = Controls()  # the ControlNets of the last runs (studio.engine.controlnet)
 
     # -- models -------------------------------------------------------------------------------------
     def load(self, model: str | None, prediction: str | None = None) -> LoadedModel:
@@ -152,6 +155,7 @@ class Engine:
         if self._model is None:
             return
         self._model = None
+        self.controls.clear()
         import gc
 
         gc.collect()  # pipelines hold reference cycles (from_pipe, hooks): free them now, not at some later gc
@@ -214,6 +218,10 @@ class Engine:
             with self._lock:
                 return upscale.run(self, request, on_step, cancel, t_start)
         self.check_family(request.model, request.mode)  # from the json files: no weights read to refuse
+        self.controls.notes = []
+        if request.controls:  # a ControlNet of another family: refused before any weights are read
+            layout = self.layout(request.model)
+            check_control_family(tuple(request.controls), layout.arch, layout.path.stem, self.folders)
         if effective_steps(request) < 1:  # diffusers would run none and return no image (exit 0, nothing saved)
             raise RequestError(f"{request.steps} steps at denoising strength {request.strength:g} run no step: use "
                                "more steps or a higher strength")  # fmt: skip
@@ -250,7 +258,10 @@ class Engine:
             # DeepCache wraps the U-Net for this run only (the pipelines share it): off below 15 steps, or on a
             # U-Net that is not a torch one (a swapped-in OpenVINO module), each with a note.
             unet = pipe.unet if used.deep_cache > 1 else None  # looked at only when a run asks for DeepCache
-            cache, note = deep_cache_plan(unet, used.deep_cache, effective_steps(used))
+            if used.controls and used.deep_cache > 1:  # ControlNet residuals enter the blocks DeepCache would skip
+                cache, note = deep_cache_plan(None, 0, 0)[0], "Deep cache skipped: a ControlNet guides every U-Net block"
+            else:
+                cache, note = deep_cache_plan(unet, used.deep_cache, effective_steps(used))
             if note:
                 log.info("%s", note)
                 used = used.replace(deep_cache=0)  # the result and its metadata say what ran
@@ -294,7 +305,8 @@ class Engine:
                        "total": time.perf_counter() - t_start}  # fmt: skip
             extra[speed.METADATA_KEY] = fast.used
             return dataclasses.replace(res, extra_params={**res.extra_params, **extra}, timings=timings,
-                                       notice=fast.notice, notes=[n for n in (note, var_note) if n])  # fmt: skip
+                                       notice=fast.notice,
+                                       notes=[n for n in (note, var_note) if n] + self.controls.notes)  # fmt: skip
 
     def _result(self, used, seeds, model, tracker, images, cancelled, t, plan=None) -> GenerateResult:
         stack = (lambda xs: np.stack(xs)) if tracker.latents else (lambda xs: None)
@@ -388,7 +400,11 @@ class Engine:
         earlier call of the same run (the tiles of an upscale share one prompt)."""
         from .conditioning import encode
 
+        if r.mode == "inpaint" and plan is None:
+            plan = inpaint.InpaintPlan.make(r, seeds[0])
         pipe, kwargs = self._pipeline_args(model, r, seeds, plan)
+        if r.controls:  # the mode's ControlNet pipeline (studio.engine.controlnet), the prompt encoded as without
+            pipe, kwargs = self.controls.attach(model, r, pipe, kwargs, self.folders, plan)
         prompt, negative = kwargs.pop("prompt"), kwargs.pop("negative_prompt") or ""
         kwargs.pop("clip_skip", None)
         if embeds is None:

@@ -302,6 +302,11 @@ class _Upscale:
             ph, pw = padded.shape[:2]
             s = tile_seed(int(self.r.seed), i)
             tile_req = self.r.replace(mode="img2img", init_image=padded, width=pw, height=ph, seed=s, batch=1)
+            if tile_req.controls:  # each tile sees its own part of the control images (a tile ControlNet's input)
+                from .controlnet import control_region
+
+                tile_req = tile_req.replace(controls=tuple(
+                    c.replace(image=control_region(c.image, self.size, rect, m)) for c in tile_req.controls))
             part = dict(stage="tile", part=i + 1, parts=len(rects), region=rect)
             pipe, kwargs = self.engine.pipeline_call(model, tile_req, [s], embeds=embeds)
             embeds = {k: v for k, v in kwargs.items() if k.endswith("prompt_embeds")}  # one encoding per run

@@ -17,9 +17,11 @@ from typing import Any
 import numpy as np
 
 from ..core import branch as _branch
+from ..core import control as _control
 from ..core import requests as _requests
 
 PROTOCOL = 1
+_OURS = (_requests.__name__, _control.__name__, _branch.__name__)
 _HEAD = struct.Struct(">I")
 MAX_HEADER = 16 << 20  # a request's JSON is a few KB; anything near this is not ours
 MAX_BLOB = 1 << 31  # one array (an 8k RGB image is 200 MB)
@@ -73,10 +75,10 @@ def decode(data: Any, blobs: list[bytes]) -> Any:
     if "d" in data:
         return {str(k): decode(v, blobs) for k, v in data["d"].items()}
     if "c" in data:
-        # A request's branch and a result's step states are studio.core.branch's (SamplerState, BranchSpec).
+        # A request's parts defined beside it travel too: ControlSpec (studio.core.control), a branch's and a result's
+        # step states (studio.core.branch: SamplerState, BranchSpec).
         cls = getattr(_requests, str(data["c"]), None) or getattr(_branch, str(data["c"]), None)
-        if not (isinstance(cls, type) and dataclasses.is_dataclass(cls)
-                and cls.__module__ in (_requests.__name__, _branch.__name__)):  # fmt: skip
+        if not (isinstance(cls, type) and dataclasses.is_dataclass(cls) and cls.__module__ in _OURS):
             raise WireError(f"unknown type {data['c']!r}")
         return cls(**{k: decode(v, blobs) for k, v in data["f"].items()})
     raise WireError("unknown value")

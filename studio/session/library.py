@@ -192,10 +192,12 @@ def write_png_atomic(array, dest: Path) -> Path:
 
 
 def addon_choices(folders: list[str], kind: str) -> list[tuple[str, str]]:
-    """(label, path) of the VAEs, LoRAs or embeddings in the model folders, for the panel's pickers."""
+    """(label, path) of the VAEs, LoRAs, embeddings or ControlNets ("controlnet": with their control type) in the
+    model folders, for the panel's pickers."""
     from studio.core.modellibrary import by_kind, scan
 
     out = []
     for m in by_kind(scan([MODELS_DIR, *map(Path, folders)]), kind):
-        out.append((f"{m.name}  ·  {m.arch_label}" if m.arch else m.name, str(m.path)))
+        label = f"{m.name}  ·  {m.arch_label}" if m.arch else m.name
+        out.append((f"{label}  ·  {m.control}" if m.control else label, str(m.path)))
     return out

@@ -132,7 +132,7 @@ class ComfyUIBackend:
             preview_kinds=("x0",), upscalers=tuple((n, f"{Path(n).stem} (on the server)") for n in objects.upscalers),
             devices=devices, device=devices[0] if devices else "", version=version, remote_files=True,
             models=files(objects.checkpoints), vaes=files(objects.vaes), loras=files(objects.loras),
-            embeddings=files(embeddings),
+            embeddings=files(embeddings), controlnets=files(objects.controlnets),
         )  # fmt: skip
         return self._info
 
@@ -313,11 +313,20 @@ class ComfyUIBackend:
         return r, (InpaintPlan.make(r, int(r.seed or 0)) if r.mode == "inpaint" else None)
 
     def _uploads(self, r: GenerateRequest, plan) -> dict[str, str]:
-        from PIL import Image
 
         client = self._client
         assert client is not None
         tag = self._tag  # the same names each job: the server's input folder holds this studio's last job only
+        controls = {f"control{i}": client.upload_image(_png(_control_part(c.image, r, plan)), f"studio-{tag}-control{i}.png")
+                    for i, c in enumerate(r.controls) if c.image is not None}  # fmt: skip
+        return {**controls, **self._image_uploads(r, plan)}
+
+    def _image_uploads(self, r: GenerateRequest, plan) -> dict[str, str]:
+        from PIL import Image
+
+        client = self._client
+        assert client is not None
+        tag = self._tag
         if plan is not None:
             return {"init": client.upload_image(_png(plan.work_image), f"studio-{tag}-image.png"),
                     "mask": client.upload_image(_png(plan.work_mask, "L"), f"studio-{tag}-mask.png")}  # fmt: skip
@@ -328,6 +337,22 @@ class ComfyUIBackend:
                 image = np.asarray(Image.fromarray(image).resize(size, Image.Resampling.LANCZOS))
             return {"init": client.upload_image(_png(image), f"studio-{tag}-image.png")}
         return {}
+
+
+def _control_part(image, r: GenerateRequest, plan) -> np.ndarray:
+    """The control image of the whole picture, cut to an "only masked" inpaint's crop as the init image is (the
+    local engine does the same: studio.engine.controlnet.control_picture)."""
+    from PIL import Image
+
+    a = np.asarray(image)
+    if plan is None or not plan.cropped or r.init_image is None:
+        return a
+    ih, iw = r.init_image.shape[:2]
+    img = Image.fromarray(np.ascontiguousarray(a))
+    if img.size != (iw, ih):
+        img = img.resize((iw, ih), Image.Resampling.LANCZOS)
+    x0, y0, x1, y1 = (int(v) for v in plan.box)
+    return np.asarray(img.crop((x0, y0, x1, y1)))
 
 
 class _Run:

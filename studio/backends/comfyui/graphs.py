@@ -198,6 +198,10 @@ class ObjectInfo:
         return self.combo("UpscaleModelLoader", "model_name")
 
     @property
+    def controlnets(self) -> list[str]:
+        return self.combo("ControlNetLoader", "control_net_name")
+
+    @property
     def sampler_names(self) -> list[str]:
         return self.combo("KSampler", "sampler_name")
 
@@ -441,7 +445,9 @@ def _check_arguments(request: GenerateRequest, images: dict[str, str], output: s
         raise RequestError(f"Unknown mode {mode!r}")
     if seed is None and _diffuses(request):
         raise ValueError("build_graph needs a seed: the request's or the seed argument")
-    for key in _MODE_IMAGES[mode]:
+    needed = _MODE_IMAGES[mode] + (tuple(f"control{i}" for i in range(len(request.controls)))
+                                   if _diffuses(request) else ())  # fmt: skip
+    for key in needed:
         if not images.get(key):
             raise ValueError(f"build_graph needs images[{key!r}] (an uploaded image's name) for {mode}")
 
@@ -482,13 +488,34 @@ def _clip_skip(g: _Graph, m: _Model, clip_skip: int) -> _Model:
 
 
 def _model_and_prompts(g: _Graph, job: _Job) -> tuple[_Model, Link, Link]:
-    """The model with its add-ons, and the positive and negative conditioning."""
+    """The model with its add-ons, and the positive and negative conditioning (with the controls applied)."""
     positive_text, negative_text, loras = _prompts(job.request)  # an unreadable prompt: before the model
     m = _load_checkpoint(g, job.checkpoint, job.request.vae)
     m = _clip_skip(g, _apply_loras(g, m, loras), job.request.clip_skip)
     positive: Link = [g.add("CLIPTextEncode", text=positive_text, clip=m.clip), 0]
     negative: Link = [g.add("CLIPTextEncode", text=negative_text, clip=m.clip), 0]
+    positive, negative = _apply_controls(g, job, positive, negative)
     return m, positive, negative
+
+
+def _apply_controls(g: _Graph, job: _Job, positive: Link, negative: Link) -> tuple[Link, Link]:
+    """ControlNetLoader + ControlNetApplyAdvanced per control (core nodes), chained: each one's conditioning feeds
+    the next, as ComfyUI chains several ControlNets. The control image is uploaded as "control<i>" (as the init
+    image is); ComfyUI scales it to the latent itself. Weight = strength, Guidance Start / End = start_percent /
+    end_percent. A1111's other control modes have no core node (soft injection is a custom node's): refused."""
+    for i, c in enumerate(job.request.controls):
+        if c.mode != "Balanced":
+            raise UnsupportedError(f"Control {i}: the control mode {c.mode!r} is not available on a ComfyUI server "
+                                   "(core nodes apply a ControlNet balanced); use Balanced, or the local engine")
+        g.need("ControlNetLoader", "ControlNets")
+        name = pick(g.info.controlnets, c.model, "ControlNet")
+        loader = g.add("ControlNetLoader", "ControlNets", control_net_name=name)
+        image = _load_image(g, job.images[f"control{i}"])
+        apply = g.add("ControlNetApplyAdvanced", "ControlNets", positive=positive, negative=negative,
+                      control_net=[loader, 0], image=image, strength=float(c.weight), start_percent=float(c.start),
+                      end_percent=float(c.end))  # fmt: skip
+        positive, negative = [apply, 0], [apply, 1]
+    return positive, negative
 
 
 def _load_image(g: _Graph, name: str) -> Link:
