@@ -302,3 +302,25 @@ def test_depth_is_offered_when_a_depth_model_is_in_a_model_folder(qtbot, window,
     assert np.array_equal(control_image(doc.layers[-1].pixels),
                           preprocess.run("depth", rgb(doc.image), [tmp_path]))  # fmt: skip
     assert doc.history.undo_label() == "Preprocess: depth"
+
+
+def test_every_undo_state_of_a_reopened_project_keeps_its_control_layers(tmp_path):
+    """The saved history holds each state's whole stack: a control layer undone to and redone from after reopening is
+    still a control layer with its settings (not a picture layer mixed into the image)."""
+    doc = controls_document()
+    doc.set_control(2, ControlProps("canny", CANNY, 0.7, 0.1, 0.9, "Balanced"), merge=False)
+    states = []
+    while True:  # every state, newest first
+        states.append(saved_stack(doc))
+        if not doc.undo():
+            break
+    for _ in range(len(states) - 1):
+        doc.redo()
+    p = project.load(project.save(tmp_path / "h.lsproj", doc, {}))
+    fresh = Document()
+    fresh.restore(p.state, p.entries, p.cursor)
+    for i, want in enumerate(states):
+        assert same_stack(saved_stack(fresh), want), f"undo state {i}"
+        if i < len(states) - 1:
+            assert fresh.undo()
+    assert any(s[2] is not None for st in states for s in st)  # the walk went through control layers
