@@ -60,6 +60,7 @@ class Settings:
     recent_projects: list[str] = field(default_factory=list)  # File > Open recent, newest first
     results_as_layer: bool = True  # a result lands as a new layer on top (False: it replaces the active layer)
     stage_results: bool = True  # a run's images wait over the canvas as candidates (False: the first lands at once)
+    save_control_images: bool = False  # each run's control images beside its PNGs (<name>.control0.png)
     keep_latents: bool = False  # every step's latent next to each PNG (<name>.latents.npz): `studio generate --branch-from`
 
     def resolved_output_dir(self) -> Path:

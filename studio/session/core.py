@@ -274,8 +274,9 @@ class Session(QObject):
             label = f"branch at step {request.branch.step}: {label}"
         self._worker.set_memory(MemoryOptions(self.settings.attention_slicing, self.settings.vae_tiling,
                                               self.settings.offload))  # fmt: skip
-        keep = self.settings.keep_latents
-        job_id = self._worker.submit(request, save=lambda result: library.save_result(result, out_dir, keep), label=label)
+        keep, controls = self.settings.keep_latents, self.settings.save_control_images
+        job_id = self._worker.submit(request, save=lambda result: library.save_result(result, out_dir, keep, controls),
+                                     label=label)  # fmt: skip
         stepless = request.mode == "upscale" and request.upscale.method in ("resize", "model")  # no sampler
         self._phases[job_id] = ("preparing" if stepless or self._loaded_model == (request.model or "")
                                 else "loading model")  # fmt: skip

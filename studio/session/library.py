@@ -16,12 +16,18 @@ from studio.paths import BUILTIN_LATENT_UPSCALER, BUILTIN_MODEL, MODELS_DIR
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
 
-def save_result(result: GenerateResult, out_dir: Path, keep_latents: bool = False) -> list[Path]:
+def save_result(result: GenerateResult, out_dir: Path, keep_latents: bool = False,
+                save_controls: bool = False) -> list[Path]:  # fmt: skip
     """Write every image of a run with its `parameters` text, atomically; returns the paths. `keep_latents`: each
-    image's step states go next to it too (studio.core.branch's sidecar), for a branch from the command line."""
+    image's step states go next to it too (studio.core.branch's sidecar), for a branch from the command line.
+    `save_controls`: the run's control images beside each image (<name>.control<i>.png: the text names only the
+    ControlNet)."""
+    from studio.core.output import save_control_images
     from studio.core.output import save_result as engine_save
 
     paths = [Path(p) for p in engine_save(result, out_dir, __version__)]
+    if save_controls and result.request.controls:
+        save_control_images(result, paths)
     if keep_latents and result.step_states:
         from studio.core.branch import save_sidecar
 

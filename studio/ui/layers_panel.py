@@ -68,6 +68,7 @@ def row_text(layer) -> str:
 class LayersPanel(QWidget):
     results_as_layer_changed = Signal(bool)
     stage_results_changed = Signal(bool)
+    save_controls_changed = Signal(bool)
 
     def __init__(self, document, canvas: Canvas, parent: QWidget | None = None,
                  controlnets=None, folders=None):  # fmt: skip
@@ -159,7 +160,17 @@ class LayersPanel(QWidget):
         self.show_controls = QCheckBox("Show control layers")
         self.show_controls.setChecked(True)
         self.show_controls.setToolTip("Show the control layers over the picture (tinted, semi-transparent)")
-        box.addWidget(self.show_controls)
+        self.save_controls = QCheckBox("Save them with the images")
+        self.save_controls.setToolTip("Write each run's control images beside its PNGs (<name>.control0.png...): the "
+                                      "PNG's text names the ControlNet and its settings, not the image")  # fmt: skip
+        self.save_controls.toggled.connect(lambda on: emit(self.save_controls_changed, on))
+        self.control_row = QWidget()
+        control_row = QHBoxLayout(self.control_row)
+        control_row.setContentsMargins(0, 0, 0, 0)
+        control_row.addWidget(self.show_controls)
+        control_row.addWidget(self.save_controls)
+        control_row.addStretch(1)
+        box.addWidget(self.control_row)
         self.overlay = ControlOverlay(document, canvas)
         self.show_controls.toggled.connect(self.overlay.set_visible)
         self.control_props = ControlProperties(document, self._controlnets, folders)
@@ -208,7 +219,7 @@ class LayersPanel(QWidget):
             item.setFlags(item.flags() | Qt.ItemFlag.ItemIsUserCheckable | Qt.ItemFlag.ItemIsEditable)
             self.list.addItem(item)
         controls = [la.uid for la in layers if la.control is not None]
-        self.show_controls.setVisible(bool(controls))
+        self.control_row.setVisible(bool(controls))
         for row, la in enumerate(reversed(layers)):  # the top layer first, as every paint program lists them
             item = self.list.item(row)
             item.setText(row_text(la))

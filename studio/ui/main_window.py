@@ -217,6 +217,8 @@ class MainWindow(QMainWindow):
         s.staging.enabled = self.settings.stage_results
         self.layers_panel.set_stage_results(self.settings.stage_results)
         self.layers_panel.stage_results_changed.connect(self._stage_results)
+        self.layers_panel.save_controls.setChecked(self.settings.save_control_images)
+        self.layers_panel.save_controls_changed.connect(lambda on: setattr(self.settings, "save_control_images", on))
         self.right_split.addWidget(self.preview_panel)
         self.right_split.addWidget(self.layers_panel)
         self.right_split.addWidget(self.queue_panel)

@@ -324,3 +324,24 @@ def test_every_undo_state_of_a_reopened_project_keeps_its_control_layers(tmp_pat
         if i < len(states) - 1:
             assert fresh.undo()
     assert any(s[2] is not None for st in states for s in st)  # the walk went through control layers
+
+
+def test_save_them_with_the_images_writes_each_control_image_beside_the_png(qtbot, make_window, nets, out_dir):
+    fake = FakeBackend(auto=True)
+    window = make_window(fake)
+    s, doc, panel = window.session, window.session.document, window.layers_panel
+    s.show_image(array_to_qimage(picture()))
+    s.update_params(width=80, height=64)
+    assert not panel.control_row.isVisibleTo(panel)  # no control layer: no control row
+    doc.add_control_layer(ControlProps("canny", CANNY), image=preprocess.canny(picture()))
+    assert panel.control_row.isVisibleTo(panel)
+    run(qtbot, s, fake)
+    assert not list(out_dir.glob("*.control0.png"))  # off by default
+    panel.save_controls.setChecked(True)
+    assert window.settings.save_control_images
+    run(qtbot, s, fake)
+    (saved,) = out_dir.glob("*.control0.png")
+    png = saved.with_name(saved.name.replace(".control0", ""))
+    assert png.is_file()
+    got = qimage_to_array(QImage(str(saved)))[..., :3]
+    assert np.array_equal(got, preprocess.canny(picture()))
