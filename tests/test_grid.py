@@ -178,3 +178,26 @@ def test_cli_grid_bad_input_is_one_line(argv, says, capsys):
     assert main(["grid", "--prompt", "a cat", *argv]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and says in err
+
+
+def test_a_branch_step_axis_equals_single_branches(engine, tiny_model):
+    """"Branch step: 1,3" on a branch that changes the prompt: each cell is that branch at that step (a kept state
+    of the parent, or the parent's first k steps re-run), pixel for pixel."""
+    from studio.core.branch import BranchSpec
+
+    parent = engine.generate(GenerateRequest(prompt="a red circle", model=tiny_model, sampler="Euler a", steps=4,
+                                             seed=77, width=32, height=32))  # fmt: skip
+    st = parent.step_states
+    k = 2
+    base = parent.request.replace(prompt="a blue square", branch=BranchSpec(
+        k, st[k - 1].image(0), parent.request, "parent.png", "0123456789", parent.latents[:k], parent.x0[:k],
+        tuple(s.image(0) for s in st[:k])))  # fmt: skip
+    grid = g.plan(base, [g.parse_axis("Branch step", "1,3")])
+    assert [c.request.branch.step for c in grid.cells] == [1, 3]
+    out = g.run(grid, engine.generate)
+    for step, result in zip((1, 3), out.results, strict=True):
+        alone = engine.generate(base.replace(branch=BranchSpec(step, st[step - 1].image(0), parent.request)))
+        assert np.array_equal(result.images[0], alone.images[0])
+    assert not np.array_equal(out.results[0].images[0], out.results[1].images[0])
+    with pytest.raises(RequestError, match="needs a branch"):
+        g.plan(parent.request, [g.parse_axis("Branch step", "1,2")])

@@ -124,7 +124,27 @@ for _axis in (
              ("denoising strength", "strength")),
 ):  # fmt: skip
     register_axis(_axis)
-# "Branch step" (continue a kept run from step k) joins here through register_axis once branching exists.
+
+
+def _branch_step(r: GenerateRequest, v, _vs) -> GenerateRequest:
+    """The step a branch leaves its parent at: a kept state of the parent when it has that step, else the engine
+    re-runs the parent's first k steps (the same noise, so the parent's x_k exactly)."""
+    b = r.branch
+    if b is None:
+        raise RequestError("The Branch step axis needs a branch: choose Branch from here on a run's step first")
+    k = int(v)
+    if k == b.step:
+        return r
+    kept = b.before_states
+    state = kept[k - 1] if b.state is not None and 1 <= k <= len(kept) and kept[k - 1].step == k else None
+    cut = k <= len(kept)  # the timeline's steps 1..k, when the parent's are there
+    return r.replace(branch=dataclasses.replace(
+        b, step=k, state=state, before_states=tuple(kept[:k]) if cut else (),
+        before_latents=b.before_latents[:k] if cut and b.before_latents is not None else None,
+        before_x0=b.before_x0[:k] if cut and b.before_x0 is not None else None))  # fmt: skip
+
+
+register_axis(AxisType("Branch step", "int", _branch_step, _check_range("Branch step", 1, 1000), ("branch",)))
 
 
 def axis_labels() -> list[str]:

@@ -308,6 +308,9 @@ class Session(QObject):
             request = request.replace(speed=self.speed())
             if request.mode != "txt2img":
                 request = self._with_canvas(request)
+            elif self.branch is not None:  # the cells are branches (a "Branch step" axis moves their step)
+                request = request.replace(branch=self.branch.spec())
+            request = self._with_controls(request)
             parsed = [grid.parse_axis(kind, values) for kind, values in axes if kind.strip() and values.strip()]
             planned = grid.plan(request, parsed, stacked=stacked)
             out_dir = check_output_dir(self.output_dir)
