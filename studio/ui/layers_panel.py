@@ -19,10 +19,12 @@ from PySide6.QtWidgets import (
     QCheckBox,
     QColorDialog,
     QComboBox,
+    QFrame,
     QHBoxLayout,
     QLabel,
     QListWidget,
     QListWidgetItem,
+    QScrollArea,
     QSizePolicy,
     QSlider,
     QStyledItemDelegate,
@@ -157,10 +159,10 @@ class LayersPanel(QWidget):
         box.addLayout(buttons)
         # Its own row, shown only while the document has control layers: in the button row it widened the whole
         # right column and squeezed the prompt panel.
-        self.show_controls = QCheckBox("Show control layers")
+        self.show_controls = QCheckBox("Show controls")
         self.show_controls.setChecked(True)
         self.show_controls.setToolTip("Show the control layers over the picture (tinted, semi-transparent)")
-        self.save_controls = QCheckBox("Save them with the images")
+        self.save_controls = QCheckBox("Save with images")
         self.save_controls.setToolTip("Write each run's control images beside its PNGs (<name>.control0.png...): the "
                                       "PNG's text names the ControlNet and its settings, not the image")  # fmt: skip
         self.save_controls.toggled.connect(lambda on: emit(self.save_controls_changed, on))
@@ -174,7 +176,15 @@ class LayersPanel(QWidget):
         self.overlay = ControlOverlay(document, canvas)
         self.show_controls.toggled.connect(self.overlay.set_visible)
         self.control_props = ControlProperties(document, self._controlnets, folders)
-        box.addWidget(self.control_props)
+        # In a scroll area: the right column is short at 1440x900 (preview, layers, queue), and a squeezed form
+        # clipped its boxes to unreadable slivers; scrolled, every row keeps its height.
+        self.control_scroll = QScrollArea()
+        self.control_scroll.setWidget(self.control_props)
+        self.control_scroll.setWidgetResizable(True)
+        self.control_scroll.setFrameShape(QFrame.Shape.NoFrame)
+        self.control_scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.control_scroll.setMinimumHeight(90)
+        box.addWidget(self.control_scroll, 1)
 
         results = QHBoxLayout()
         results.addWidget(QLabel("Results:"))
@@ -220,6 +230,8 @@ class LayersPanel(QWidget):
             self.list.addItem(item)
         controls = [la.uid for la in layers if la.control is not None]
         self.control_row.setVisible(bool(controls))
+        active_control = 0 <= doc.active < len(layers) and layers[doc.active].control is not None
+        self.control_scroll.setVisible(active_control)
         for row, la in enumerate(reversed(layers)):  # the top layer first, as every paint program lists them
             item = self.list.item(row)
             item.setText(row_text(la))

@@ -222,10 +222,12 @@ class MainWindow(QMainWindow):
         self.right_split.addWidget(self.preview_panel)
         self.right_split.addWidget(self.layers_panel)
         self.right_split.addWidget(self.queue_panel)
-        self.right_split.setStretchFactor(0, 3)
-        self.right_split.setStretchFactor(1, 2)
+        # The layers get the larger share: a control layer's settings sit under the list (the preview keeps its
+        # image square at the column's width).
+        self.right_split.setStretchFactor(0, 2)
+        self.right_split.setStretchFactor(1, 3)
         self.right_split.setStretchFactor(2, 1)
-        self.right_split.setSizes([400, 250, 150])
+        self.right_split.setSizes([330, 380, 110])
         self.right_split.setChildrenCollapsible(False)
 
         self.main_split = QSplitter(Qt.Orientation.Horizontal)
