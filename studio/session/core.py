@@ -691,11 +691,45 @@ class Session(QObject):
         from studio.core.metadata import branch_info
 
         level = "attention" if refused_lines else "info"
+        refused_lines += self._restore_controls(path)
         if (binfo := branch_info(path)) is not None:  # a branch: its parent and step, in words
             refused_lines.insert(0, f"it is a {binfo.label()} ({', '.join(binfo.changes) or 'nothing'} changed)")
         emit(self.message, "; ".join([f"Parameters loaded from {path.name}", *refused_lines]),
              level)
         return True
+
+    def _restore_controls(self, path: Path) -> list[str]:
+        """The image's ControlNets (A1111's "ControlNet N" keys) as control layers, their images from the files
+        saved beside it (<name>.control<N>.png, "Save with images"); a line for each that cannot come back."""
+        from studio.core.metadata import control_fields, read_parameters
+
+        from .controls import ControlProps
+
+        try:
+            found = control_fields(read_parameters(path) or "")
+        except ValueError:
+            return []
+        models = {**{Path(fid).stem.lower(): fid for _label, fid in self.addon_choices("controlnet")},
+                  **{label.lower(): fid for label, fid in self.addon_choices("controlnet")}}  # fmt: skip
+        lines = []
+        for i, c in enumerate(found):
+            name = str(c["model"])
+            side = path.with_name(f"{path.stem}.control{i}.png")
+            image = QImage(str(side)) if side.is_file() else QImage()
+            if image.isNull():
+                lines.append(f"ControlNet {i} ({name}): its control image is not beside the PNG (Save with images)")
+                continue
+            w, h = self.document.size()
+            if (image.width(), image.height()) != (w, h):
+                image = image.scaled(w, h, Qt.AspectRatioMode.IgnoreAspectRatio,
+                                     Qt.TransformationMode.SmoothTransformation)  # fmt: skip
+            model = models.get(name.lower(), "")
+            if not model:
+                lines.append(f"ControlNet {i}: {name} is not in your model folders (choose a model for the layer)")
+            weight, start, end = (float(c[k]) for k in ("weight", "start", "end"))  # type: ignore[arg-type]
+            props = ControlProps(str(c["module"]), model, weight, start, end, str(c["mode"]))
+            self.document.add_control_layer(props, image=qimage_to_array(image)[..., :3])
+        return lines
 
     def _image_model(self, found: dict[str, Any]) -> tuple[str | None, str]:
         """The local model an image's "Model" names (by name or A1111 hash; "" the built-in), or None and the

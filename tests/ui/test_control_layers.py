@@ -15,6 +15,7 @@ from PySide6.QtWidgets import QApplication
 
 from studio.backends.fake import FakeBackend
 from studio.core import preprocess
+from studio.core.metadata import read_parameters
 from studio.qimage import array_to_qimage, qimage_to_array
 from studio.session import library, project
 from studio.session.controls import ControlProps, control_image
@@ -345,3 +346,33 @@ def test_save_them_with_the_images_writes_each_control_image_beside_the_png(qtbo
     assert png.is_file()
     got = qimage_to_array(QImage(str(saved)))[..., :3]
     assert np.array_equal(got, preprocess.canny(picture()))
+
+
+def test_opening_a_png_saved_with_its_control_images_brings_the_control_layers_back(qtbot, make_window, nets, out_dir):
+    fake = FakeBackend(auto=True)
+    window = make_window(fake)
+    s, doc, panel = window.session, window.session.document, window.layers_panel
+    s.show_image(array_to_qimage(picture()))
+    s.update_params(width=80, height=64)
+    doc.add_control_layer(ControlProps("canny", CANNY, 0.8, 0.1, 0.7, "ControlNet is more important"),
+                          image=preprocess.canny(picture()))  # fmt: skip
+    panel.save_controls.setChecked(True)
+    run(qtbot, s, fake)
+    (side,) = out_dir.glob("*.control0.png")
+    png = side.with_name(side.name.replace(".control0", ""))
+    assert "ControlNet 0: " in (read_parameters(png) or "")
+
+    other = make_window(FakeBackend(auto=True))
+    assert other.session.open_image(png)
+    d2 = other.session.document
+    specs = d2.control_specs()
+    assert [(c.model, c.module, c.weight, c.start, c.end, c.mode) for c in specs] == [
+        (CANNY, "canny", 0.8, 0.1, 0.7, "ControlNet is more important")]
+    assert np.array_equal(specs[0].image, preprocess.canny(picture()))
+    side.unlink()  # without its image: one line says so, and no control layer
+    third = make_window(FakeBackend(auto=True))
+    said = []
+    third.session.message.connect(lambda text, *_: said.append(text))
+    assert third.session.open_image(png)
+    assert not third.session.document.control_specs()
+    assert any("its control image is not beside the PNG" in t for t in said)
