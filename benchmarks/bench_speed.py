@@ -4,6 +4,7 @@
     .venv/bin/python benchmarks/bench_speed.py                     # the table (256 px, 20 steps, 3 samplers)
     .venv/bin/python benchmarks/bench_speed.py --size 512 --samplers "Euler a"
     .venv/bin/python benchmarks/bench_speed.py --lcm --size 512    # LCM 4 steps in turbo bf16 vs plain 50-step Euler
+    .venv/bin/python benchmarks/bench_speed.py --calls --size 512 --modes plain,exact,fast   # one U-Net call each
 
 Modes, each a ratio against plain eager fp32 diffusers measured in the same process, runs interleaved (round 1 in
 the order below, round 2 reversed: A B B A), so drift in the machine's load hits every mode alike:
@@ -388,6 +389,74 @@ def measure(a) -> int:
     return 0
 
 
+def measure_calls(a) -> int:
+    """--calls: one U-Net call with CFG (batch 2) per mode, through the studio's plans, interleaved A B C C B A;
+    each mode's output against plain's. For a loaded machine where a 20-step run at 512 px takes hours."""
+    import torch
+
+    from studio.engine import speed
+
+    pipe = build_pipe(a.family, tiny=a.tiny, depth=a.depth)
+    unet, model, cpu = pipe.unet, model_standin(a, pipe), torch.device("cpu")
+    modes = [m.strip() for m in (a.modes or "plain,exact,fast").split(",")]
+    args, kw = latent_inputs(pipe, a.size)
+    times: dict[str, list[float]] = {m: [] for m in modes}
+    outs: dict[str, torch.Tensor] = {}
+    first: dict[str, float] = {}
+
+    def call(mode: str) -> float:
+        unet.__dict__.pop("_studio_prepared", None)
+        unet.to(memory_format=torch.contiguous_format)
+        plan = None
+        if mode != "plain":
+            speed.prepare_model(model, cpu)
+            if mode == "exact torch":
+                os.environ["STUDIO_EXACT_OPENVINO"] = "0"
+            try:
+                plan = speed.plan_speed(mode.split()[0], cpu, torch.float32)
+            finally:
+                os.environ.pop("STUDIO_EXACT_OPENVINO", None)
+            t = time.perf_counter()
+            plan.apply(pipe, model, cpu)
+            if mode not in first:
+                first[mode] = time.perf_counter() - t
+        try:
+            with torch.inference_mode():
+                if mode not in outs and plan is not None and plan.backend != "torch":
+                    t = time.perf_counter()
+                    pipe.unet(*args, **kw)  # the first call compiles this size (from OpenVINO's cache or fresh)
+                    first[mode] += time.perf_counter() - t
+                t = time.perf_counter()
+                out = pipe.unet(*args, **kw, return_dict=False)[0].float()
+                dt = time.perf_counter() - t
+        finally:
+            if plan is not None:
+                print(f"[{time.strftime('%H:%M:%S')}] {mode}: U-Net on {plan.backend}", file=sys.stderr, flush=True)
+                plan.restore()
+            pipe.unet = unet
+        outs.setdefault(mode, out)
+        return dt
+
+    for r in range(a.rounds):
+        for mode in modes if r % 2 == 0 else list(reversed(modes)):
+            dt = call(mode)
+            times[mode].append(dt)
+            print(f"[{time.strftime('%H:%M:%S')}] {mode}: {dt:.2f} s", file=sys.stderr, flush=True)
+    base = statistics.median(times["plain"])
+    print(f"\n{a.family}-layout random weights, {a.size}x{a.size}, one U-Net call with CFG (batch 2), "
+          f"{torch.get_num_threads()} torch threads, {a.rounds} rounds interleaved (A B C C B A), load average "
+          f"{os.getloadavg()[0]:.1f}")
+    print("| mode | s/call (median) | calls | vs plain | max abs diff vs plain | first-use cost s |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for m in modes:
+        med = statistics.median(times[m])
+        diff = float((outs[m] - outs["plain"]).abs().max())
+        print(f"| {m} | {med:.2f} | {', '.join(f'{t:.1f}' for t in times[m])} | {base / med:.2f}x | {diff:.1e} | "
+              f"{first.get(m, 0.0):.1f} |")
+    print(f"- peak RSS: {rss_mb():.0f} MB")
+    return 0
+
+
 def measure_lcm(a) -> int:
     """The LCM preset in turbo bf16 against plain diffusers' default 50-step Euler run, whole image (see --lcm)."""
     import torch
@@ -521,6 +590,7 @@ def main() -> int:
     ap.add_argument("--tiny", action="store_true", help="the tests' tiny pipeline (checks this script in seconds)")
     ap.add_argument("--prepare", action="store_true", help="convert and compile turbo only, recording the costs")
     ap.add_argument("--lcm", action="store_true", help="LCM 4 steps in turbo bf16 vs plain 50-step Euler, whole image")
+    ap.add_argument("--calls", action="store_true", help="one U-Net call per mode, interleaved (a loaded machine)")
     ap.add_argument("--plain-steps", type=int, default=3, help="--lcm: plain's measured steps (50 are computed)")
     a = ap.parse_args()
     if a.modes and "plain" not in a.modes:
@@ -533,6 +603,8 @@ def main() -> int:
 
     if a.prepare:
         return prepare(a)
+    if a.calls:
+        return measure_calls(a)
     return measure_lcm(a) if a.lcm else measure(a)
 
 

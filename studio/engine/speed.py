@@ -3,7 +3,7 @@
 exact  the U-Net in channels_last on a CPU or CUDA (DESIGN.md Speed: 1.22x on the CPU at 256 px, within 4e-6;
        nothing at 512 px), the VAE contiguous (channels_last made it slower). On a CPU where turbo's conversion
        of the model and LoRA set is cached (one f32 IR serves both modes), the U-Net runs on OpenVINO with the f32
-       precision hint instead: 2.5x or more plain diffusers per step, pixels within 1/255. Exact never starts a
+       precision hint instead: 1.64x plain diffusers per U-Net call at 512 px, 2.6-2.8x at 256 px, within 5e-6. Exact never starts a
        conversion itself (minutes and gigabytes): a turbo run of the model makes it, once.
 fast   a CPU with native bf16 (AMX or AVX512-BF16): a bf16 copy of the U-Net (made once per model and LoRA set)
        and the VAE decode under bf16 autocast, their outputs handed back in fp32, so the scheduler's math and CFG
@@ -205,8 +205,8 @@ class SpeedPlan:
             _set_unet(pipe, unet)
 
     def _exact_openvino(self, unet, pipe, model, on_step, total, cancel, t0):
-        """OpenVINO f32 on turbo's cached IR of this model and LoRA set (2.5-2.8x plain diffusers per step on the
-        project's CPU, within 1/255 after 20 steps), or None: the torch U-Net (not converted: exact never starts
+        """OpenVINO f32 on turbo's cached IR of this model and LoRA set (1.6x plain diffusers per step at 512 px,
+        2.6-2.8x at 256 px on the project's CPU, within 1/255 after 20 steps), or None: the torch U-Net (not converted: exact never starts
         a conversion; OpenVINO missing or failing: one log line). Cancelled while a new size compiles."""
         global exact_openvino_runs
         try:
