@@ -443,7 +443,9 @@ def measure_calls(a) -> int:
             times[mode].append(dt)
             print(f"[{time.strftime('%H:%M:%S')}] {mode}: {dt:.2f} s", file=sys.stderr, flush=True)
     base = statistics.median(times["plain"])
-    print(f"\n{a.family}-layout random weights, {a.size}x{a.size}, one U-Net call with CFG (batch 2), "
+    depth = f" (at most {a.depth} transformer layers per block)" if a.depth else ""
+    print(f"\n{a.family}-layout random weights{depth}, U-Net {sum(p.numel() for p in unet.parameters()) / 1e6:.0f}M "
+          f"parameters, {a.size}x{a.size}, one U-Net call with CFG (batch 2), "
           f"{torch.get_num_threads()} torch threads, {a.rounds} rounds interleaved (A B C C B A), load average "
           f"{os.getloadavg()[0]:.1f}")
     print("| mode | s/call (median) | calls | vs plain | max abs diff vs plain | first-use cost s |")
