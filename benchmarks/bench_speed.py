@@ -4,12 +4,16 @@
     .venv/bin/python benchmarks/bench_speed.py                     # the table (256 px, 20 steps, 3 samplers)
     .venv/bin/python benchmarks/bench_speed.py --size 512 --samplers "Euler a"
     .venv/bin/python benchmarks/bench_speed.py --lcm --size 512    # LCM 4 steps in turbo bf16 vs plain 50-step Euler
+    .venv/bin/python benchmarks/bench_speed.py --calls --size 512 --modes plain,exact,fast   # one U-Net call each
 
 Modes, each a ratio against plain eager fp32 diffusers measured in the same process, runs interleaved (round 1 in
 the order below, round 2 reversed: A B B A), so drift in the machine's load hits every mode alike:
   plain       eager fp32 diffusers, the U-Net as loaded
-  exact       the U-Net in channels_last, fp32
-  fast        the U-Net in bf16 (channels_last), scheduler and CFG in fp32, VAE decode in bf16
+  exact       the studio's exact mode: OpenVINO f32 on turbo's cached IR when there is one (run --prepare first),
+              else what "exact torch" is
+  exact torch exact mode kept on torch (STUDIO_EXACT_OPENVINO=0): the U-Net in channels_last, fp32
+  fast        the U-Net in bf16 (channels_last), scheduler and CFG in fp32, VAE decode in bf16 (the same latents
+              are also decoded in fp32 once, outside the timing: the "fast, fp32 decode" row's PSNR)
   turbo f32   the U-Net compiled by OpenVINO, f32 (studio.engine.turbo)
   turbo bf16  the same with INFERENCE_PRECISION_HINT bf16, VAE decode in bf16
 exact, fast and turbo bf16 run through the studio's own code path (studio.engine.speed: `prepare_model`, then
@@ -17,7 +21,8 @@ exact, fast and turbo bf16 run through the studio's own code path (studio.engine
 minimal stand-in for the engine's LoadedModel (its pipeline, name and hash); turbo f32 calls `turbo_unet` (what
 the plan calls) itself, since the plan picks bf16 on a bf16 CPU. Per step: the time between the first and the last step's callback over
 steps - 1 (the encode and the first call's warm-up excluded); whole image: encode, steps and decode. PSNR and the
-worst pixel are against plain diffusers' image with the same seed after the same steps.
+worst pixel are against plain diffusers' image with the same seed after the same steps (or, where a sampler runs
+without plain, against exact's, then turbo f32's).
 
 --prepare converts the U-Net for both precisions into the turbo cache (--cache-dir, outside the repo) and compiles
 it for the benchmark's shape, recording the first-run costs (conversion, first compile, peak RSS) in a JSON file
@@ -43,7 +48,10 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
-MODES = ("plain", "exact", "fast", "turbo f32", "turbo bf16")
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # this checkout's studio package, not an installed one
+
+MODES = ("plain", "exact", "exact torch", "fast", "turbo f32", "turbo bf16")
 SAMPLERS = ("Euler a", "DPM++ 2M Karras", "DDIM")
 
 
@@ -51,9 +59,11 @@ def rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def build_pipe(family: str, seed: int = 0, tiny: bool = False):
+def build_pipe(family: str, seed: int = 0, tiny: bool = False, depth: int = 0):
     """SD 1.5 (or SDXL) layout with random weights, from the config folders shipped in resources/ (in memory);
-    `tiny`: the test suite's tiny pipeline of the family instead (checks the benchmark itself in seconds)."""
+    `tiny`: the test suite's tiny pipeline of the family instead (checks the benchmark itself in seconds);
+    `depth`: at most this many transformer layers per block (SDXL's are 1, 2, 10: a full SDXL U-Net is 10 GB in
+    fp32), the blocks, channels, heads and resolutions as they are."""
     import torch
     from diffusers import (
         AutoencoderKL,
@@ -78,7 +88,12 @@ def build_pipe(family: str, seed: int = 0, tiny: bool = False):
         return pipe
     d = CONFIGS_DIR / family
     torch.manual_seed(seed)
-    unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(d / "unet")).eval()
+    config = UNet2DConditionModel.load_config(d / "unet")
+    if depth:
+        layers = config.get("transformer_layers_per_block", 1)
+        layers = [layers] * len(config["block_out_channels"]) if isinstance(layers, int) else layers
+        config["transformer_layers_per_block"] = [min(n, depth) for n in layers]
+    unet = UNet2DConditionModel.from_config(config).eval()
     vae = AutoencoderKL.from_config(AutoencoderKL.load_config(d / "vae")).eval()
     text = CLIPTextModel(CLIPTextConfig.from_pretrained(d / "text_encoder")).eval()
     if family == "sdxl":
@@ -105,16 +120,22 @@ def folder_mb(p: Path) -> float:
     return sum(f.stat().st_size for f in p.rglob("*") if f.is_file()) / 2**20 if p.exists() else 0.0
 
 
+def tag(a) -> str:
+    """The family and the options that change the model (names its turbo cache entry and --prepare's record)."""
+    return f"{a.family}{'-tiny' if a.tiny else ''}{f'-depth{a.depth}' if a.depth else ''}"
+
+
 def model_standin(a, pipe) -> SimpleNamespace:
     """What studio.engine.speed reads of the engine's LoadedModel: the pipeline (`base`), a name, and the hash
     and key its turbo cache key is made of (no LoRAs here)."""
-    ident = f"bench-{a.family}{'-tiny' if a.tiny else ''}-random-seed0"
+    ident = f"bench-{tag(a)}-random-seed0"
     return SimpleNamespace(base=pipe, name=ident, hash=ident, key=(ident,))
 
 
-def turbo_key(a, precision: str) -> str:
-    """The key speed.turbo_cache_key gives the stand-in (so --prepare's conversion is the one a run finds)."""
-    return f"bench-{a.family}{'-tiny' if a.tiny else ''}-random-seed0||{precision}"
+def turbo_key(a, precision: str = "") -> str:
+    """The key speed.turbo_cache_key gives the stand-in (so --prepare's conversion is the one a run finds); one
+    f32 IR serves both precisions."""
+    return f"bench-{tag(a)}-random-seed0|"
 
 
 def latent_inputs(pipe, size: int):
@@ -137,7 +158,7 @@ def prepare(a) -> int:
     from studio.engine import turbo
     from studio.engine.turbo import runtime
 
-    pipe = build_pipe(a.family, tiny=a.tiny)
+    pipe = build_pipe(a.family, tiny=a.tiny, depth=a.depth)
     out = {}
     for precision in ("f32", "bf16"):
         last = [0.0]
@@ -167,7 +188,7 @@ def prepare(a) -> int:
         }
         print(json.dumps(out[precision]), flush=True)
         runtime.forget_stores()  # the f32 model's compiled copy is not needed for the bf16 conversion
-    path = Path(os.environ["LATENT_STUDIO_CACHE_DIR"]) / f"prep-{a.family}{'-tiny' if a.tiny else ''}.json"
+    path = Path(os.environ["LATENT_STUDIO_CACHE_DIR"]) / f"prep-{tag(a)}.json"
     old = json.loads(path.read_text()) if path.exists() else {}
     for k, v in out.items():
         if v["converted"] or k not in old:
@@ -188,15 +209,25 @@ def psnr(a, b) -> tuple[float, int]:
     return (math.inf if mse == 0 else 10 * math.log10(255**2 / mse)), worst
 
 
-def generate(pipe, size: int, steps: int, cfg: float, on_step, autocast=None):
+def generate(pipe, size: int, steps: int, cfg: float, on_step, autocast=None, keep: dict | None = None):
     """One whole image: the pipeline's prompt encode and steps (latents out), then the VAE decode as the engine
-    does it (under `autocast`, the plan's decode_autocast, pixels back in fp32). HxWx3 uint8."""
+    does it (under `autocast`, the plan's decode_autocast, pixels back in fp32). HxWx3 uint8. `keep`: gets the
+    latents ("latents"), to decode them again outside the timing."""
     import torch
 
     with torch.inference_mode():
         lat = pipe(prompt="a red circle on a white background", num_inference_steps=steps, guidance_scale=cfg,
                    width=size, height=size, generator=torch.Generator("cpu").manual_seed(1), output_type="latent",
                    callback_on_step_end=on_step).images
+        if keep is not None:
+            keep["latents"] = lat
+        return decode(pipe, lat, autocast)
+
+
+def decode(pipe, lat, autocast=None):
+    import torch
+
+    with torch.inference_mode():
         vae = pipe.vae
         with torch.autocast("cpu", dtype=autocast or torch.bfloat16, enabled=autocast is not None):
             img = vae.decode(lat / vae.config.scaling_factor, return_dict=False)[0]
@@ -214,7 +245,7 @@ def measure(a) -> int:
 
     runtime.KEEP_MODELS = 2  # f32 and bf16 side by side (a run keeps one)
     samplers = [s.strip() for s in a.samplers.split(",")]
-    pipe = build_pipe(a.family, tiny=a.tiny)
+    pipe = build_pipe(a.family, tiny=a.tiny, depth=a.depth)
     base_config = pipe.scheduler.config
     unet = pipe.unet
     model = model_standin(a, pipe)
@@ -240,6 +271,8 @@ def measure(a) -> int:
             turbos[precision](*args, **kw)
         first[f"turbo {precision}: compile {a.size}px in this process (OpenVINO cache), s"] = time.perf_counter() - t
 
+    extra_images: dict[tuple[str, str], np.ndarray] = {}
+
     def run(mode: str, sampler: str, steps: int = a.steps) -> tuple[np.ndarray, float, float]:
         # plain: the U-Net as loaded (contiguous); the studio's modes: its load step (channels_last), then the plan.
         unet.__dict__.pop("_studio_prepared", None)
@@ -249,8 +282,15 @@ def measure(a) -> int:
             pipe.unet = turbos["f32"]  # what the plan's turbo does, at f32 (the plan itself picks bf16 here)
         elif mode != "plain":
             speed.prepare_model(model, cpu)
-            plan = speed.plan_speed(mode.split()[0], cpu, torch.float32)
+            if mode == "exact torch":
+                os.environ["STUDIO_EXACT_OPENVINO"] = "0"
+            try:
+                plan = speed.plan_speed(mode.split()[0], cpu, torch.float32)
+            finally:
+                os.environ.pop("STUDIO_EXACT_OPENVINO", None)
             plan.apply(pipe, model, cpu)
+            if mode == "exact" and steps == a.steps and plan.backend == "torch":
+                print("exact ran on torch (no turbo conversion cached: run --prepare first)", file=sys.stderr)
         name, schedule = (sampler[: -len(" Karras")], "Karras") if sampler.endswith(" Karras") else (sampler, "Normal")
         pipe.scheduler = build_scheduler(base_config, name, schedule, 1)
         stamps: list[float] = []
@@ -260,14 +300,17 @@ def measure(a) -> int:
             return kw
 
         autocast = plan.decode_autocast if plan is not None else None
+        keep: dict = {}
         t0 = time.perf_counter()
         try:
-            img = generate(pipe, a.size, steps, 7.0, on_step, autocast)
+            img = generate(pipe, a.size, steps, 7.0, on_step, autocast, keep)
         finally:
             if plan is not None:
                 plan.restore()
             pipe.unet = unet
         whole = time.perf_counter() - t0
+        if autocast is not None and steps == a.steps and (sampler, mode) not in extra_images:
+            extra_images[(sampler, mode)] = decode(pipe, keep["latents"])  # the same latents, decoded in fp32
         per_step = (stamps[-1] - stamps[0]) / (len(stamps) - 1)
         return img, per_step, whole
 
@@ -276,11 +319,17 @@ def measure(a) -> int:
     plain_step: list[float] = []  # per-step cost does not depend on the sampler: the first one's plain runs
     for si, sampler in enumerate(samplers):
         modes = modes_first if si == 0 else modes_other
-        run(modes[0], sampler, steps=2)  # warm-up: first-call allocations
+        for mode in modes:  # warm-up: first-call allocations, the bf16 copy, OpenVINO's compile for this size
+            if mode in ("plain", "exact", "fast", "turbo bf16") and (si == 0 or mode != "plain"):
+                t = time.perf_counter()
+                run(mode, sampler, steps=2)
+                if si == 0 and mode != "plain":
+                    first[f"{mode}: first 2-step run in this process (compile from OpenVINO's cache or the bf16 "
+                          f"copy), s"] = time.perf_counter() - t
         step: dict[str, list[float]] = {m: [] for m in modes}
         whole: dict[str, list[float]] = {m: [] for m in modes}
         images: dict[str, np.ndarray] = {}
-        for r in range(a.rounds):
+        for r in range(a.rounds if si == 0 or not a.other_rounds else a.other_rounds):
             for mode in modes if r % 2 == 0 else reversed(modes):
                 img, s, w = run(mode, sampler)
                 images.setdefault(mode, img)
@@ -288,7 +337,7 @@ def measure(a) -> int:
                 whole[mode].append(w)
                 print(f"[{time.strftime('%H:%M:%S')}] {sampler} {mode}: {s:.3f} s/step, {w:.1f} s", file=sys.stderr,
                       flush=True)
-        ref = "plain" if "plain" in images else "turbo f32"
+        ref = next(m for m in ("plain", "exact", "turbo f32", *modes) if m in images)
         if "plain" in step:
             plain_step += step["plain"]
         ref_s = statistics.median(plain_step) if plain_step else math.nan
@@ -296,23 +345,36 @@ def measure(a) -> int:
         for mode in modes:
             p, worst = psnr(images[mode], images[ref])
             ms, mw = statistics.median(step[mode]), statistics.median(whole[mode])
+            vs_exact = psnr(images[mode], images["exact"]) if "exact" in images and ref != "exact" else None
             results[(sampler, mode)] = dict(step=ms, whole=mw, rs=ref_s / ms, rw=ref_w / mw, psnr=p, worst=worst,
-                                            ref=ref)
+                                            ref=ref, vs_exact=vs_exact)
+            if (sampler, mode) in extra_images:
+                p2, worst2 = psnr(extra_images[(sampler, mode)], images[ref])
+                e2 = psnr(extra_images[(sampler, mode)], images["exact"]) if vs_exact else None
+                results[(sampler, f"{mode}, fp32 decode")] = dict(step=ms, whole=math.nan, rs=ref_s / ms,
+                                                                  rw=math.nan, psnr=p2, worst=worst2, ref=ref,
+                                                                  vs_exact=e2)
             print(f"[{time.strftime('%H:%M:%S')}] {sampler} {mode}: {ref_s / ms:.2f}x per step, "
                   f"PSNR {p:.1f} dB vs {ref}, worst {worst}/255", file=sys.stderr, flush=True)
     pipe.unet = unet
 
-    prep_path = Path(os.environ["LATENT_STUDIO_CACHE_DIR"]) / f"prep-{a.family}{'-tiny' if a.tiny else ''}.json"
+    prep_path = Path(os.environ["LATENT_STUDIO_CACHE_DIR"]) / f"prep-{tag(a)}.json"
     prep = json.loads(prep_path.read_text()) if prep_path.exists() else {}
-    print(f"\n{a.family}-layout random weights, {a.size}x{a.size}, {a.steps} steps, CFG 7, batch 1, "
+    layers = pipe.unet.config.transformer_layers_per_block
+    print(f"\n{a.family}-layout random weights{f' (transformer layers per block {list(layers)}: --depth {a.depth})' if a.depth else ''}, "
+          f"U-Net {sum(p.numel() for p in pipe.unet.parameters()) / 1e6:.0f}M parameters, "
+          f"{a.size}x{a.size}, {a.steps} steps, CFG 7, batch 1, "
           f"{torch.get_num_threads()} torch threads, {a.rounds} rounds interleaved")
     print("| sampler | mode | s/step | per-step vs plain | whole image s | whole vs plain | PSNR | worst px |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for (sampler, mode), r in results.items():
         p = ("identical" if r["psnr"] == math.inf else f"{r['psnr']:.1f} dB") + f" vs {r['ref']}"
+        if r.get("vs_exact"):
+            p += f"; {r['vs_exact'][0]:.1f} dB ({r['vs_exact'][1]}/255) vs exact"
         rs = "-" if math.isnan(r["rs"]) else f"{r['rs']:.2f}x"
         rw = "-" if math.isnan(r["rw"]) else f"{r['rw']:.2f}x"
-        print(f"| {sampler} | {mode} | {r['step']:.3f} | {rs} | {r['whole']:.1f} | {rw} | {p} | "
+        wh = "-" if math.isnan(r["whole"]) else f"{r['whole']:.1f}"
+        print(f"| {sampler} | {mode} | {r['step']:.3f} | {rs} | {wh} | {rw} | {p} | "
               f"{r['worst']}/255 |")
     print("\nfirst-run costs and memory")
     for precision, v in prep.items():
@@ -327,6 +389,76 @@ def measure(a) -> int:
     return 0
 
 
+def measure_calls(a) -> int:
+    """--calls: one U-Net call with CFG (batch 2) per mode, through the studio's plans, interleaved A B C C B A;
+    each mode's output against plain's. For a loaded machine where a 20-step run at 512 px takes hours."""
+    import torch
+
+    from studio.engine import speed
+
+    pipe = build_pipe(a.family, tiny=a.tiny, depth=a.depth)
+    unet, model, cpu = pipe.unet, model_standin(a, pipe), torch.device("cpu")
+    modes = [m.strip() for m in (a.modes or "plain,exact,fast").split(",")]
+    args, kw = latent_inputs(pipe, a.size)
+    times: dict[str, list[float]] = {m: [] for m in modes}
+    outs: dict[str, torch.Tensor] = {}
+    first: dict[str, float] = {}
+
+    def call(mode: str) -> float:
+        unet.__dict__.pop("_studio_prepared", None)
+        unet.to(memory_format=torch.contiguous_format)
+        plan = None
+        if mode != "plain":
+            speed.prepare_model(model, cpu)
+            if mode == "exact torch":
+                os.environ["STUDIO_EXACT_OPENVINO"] = "0"
+            try:
+                plan = speed.plan_speed(mode.split()[0], cpu, torch.float32)
+            finally:
+                os.environ.pop("STUDIO_EXACT_OPENVINO", None)
+            t = time.perf_counter()
+            plan.apply(pipe, model, cpu)
+            if mode not in first:
+                first[mode] = time.perf_counter() - t
+        try:
+            with torch.inference_mode():
+                if mode not in outs and plan is not None and plan.backend != "torch":
+                    t = time.perf_counter()
+                    pipe.unet(*args, **kw)  # the first call compiles this size (from OpenVINO's cache or fresh)
+                    first[mode] += time.perf_counter() - t
+                t = time.perf_counter()
+                out = pipe.unet(*args, **kw, return_dict=False)[0].float()
+                dt = time.perf_counter() - t
+        finally:
+            if plan is not None:
+                print(f"[{time.strftime('%H:%M:%S')}] {mode}: U-Net on {plan.backend}", file=sys.stderr, flush=True)
+                plan.restore()
+            pipe.unet = unet
+        outs.setdefault(mode, out)
+        return dt
+
+    for r in range(a.rounds):
+        for mode in modes if r % 2 == 0 else list(reversed(modes)):
+            dt = call(mode)
+            times[mode].append(dt)
+            print(f"[{time.strftime('%H:%M:%S')}] {mode}: {dt:.2f} s", file=sys.stderr, flush=True)
+    base = statistics.median(times["plain"])
+    depth = f" (at most {a.depth} transformer layers per block)" if a.depth else ""
+    print(f"\n{a.family}-layout random weights{depth}, U-Net {sum(p.numel() for p in unet.parameters()) / 1e6:.0f}M "
+          f"parameters, {a.size}x{a.size}, one U-Net call with CFG (batch 2), "
+          f"{torch.get_num_threads()} torch threads, {a.rounds} rounds interleaved (A B C C B A), load average "
+          f"{os.getloadavg()[0]:.1f}")
+    print("| mode | s/call (median) | calls | vs plain | max abs diff vs plain | first-use cost s |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for m in modes:
+        med = statistics.median(times[m])
+        diff = float((outs[m] - outs["plain"]).abs().max())
+        print(f"| {m} | {med:.2f} | {', '.join(f'{t:.1f}' for t in times[m])} | {base / med:.2f}x | {diff:.1e} | "
+              f"{first.get(m, 0.0):.1f} |")
+    print(f"- peak RSS: {rss_mb():.0f} MB")
+    return 0
+
+
 def measure_lcm(a) -> int:
     """The LCM preset in turbo bf16 against plain diffusers' default 50-step Euler run, whole image (see --lcm)."""
     import torch
@@ -336,7 +468,7 @@ def measure_lcm(a) -> int:
     from studio.engine.schedulers import build_scheduler
 
     lcm = PRESETS["LCM"]
-    pipe = build_pipe(a.family, tiny=a.tiny)
+    pipe = build_pipe(a.family, tiny=a.tiny, depth=a.depth)
     base_config, unet, cpu = pipe.scheduler.config, pipe.unet, torch.device("cpu")
     model = model_standin(a, pipe)
     first: dict[str, float] = {}
@@ -431,7 +563,7 @@ def measure_lcm(a) -> int:
     print("\nfirst-run costs and memory")
     for k, v in first.items():
         print(f"- {k} = {v:.1f}")
-    prep_path = Path(os.environ["LATENT_STUDIO_CACHE_DIR"]) / f"prep-{a.family}{'-tiny' if a.tiny else ''}.json"
+    prep_path = Path(os.environ["LATENT_STUDIO_CACHE_DIR"]) / f"prep-{tag(a)}.json"
     for precision, v in (json.loads(prep_path.read_text()) if prep_path.exists() else {}).items():
         for k, val in v.items():
             if k != "converted":
@@ -443,23 +575,29 @@ def measure_lcm(a) -> int:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--family", choices=("sd1", "sdxl"), default="sd1")
+    ap.add_argument("--depth", type=int, default=0, help="at most this many transformer layers per block (a "
+                    "smaller SDXL-layout U-Net: 2 gives SDXL's blocks with 1, 2, 2 layers; the table says so)")
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--samplers", default=",".join(SAMPLERS))
     ap.add_argument("--modes", default="", help=f"comma-separated subset of {', '.join(MODES)} (plain always runs)")
     ap.add_argument("--other-modes", default="", help="modes for the samplers after the first (default: --modes); "
-                    "without plain, PSNR is against turbo f32 and per-step ratios against the first sampler's plain")
+                    "without plain, PSNR is against exact (else turbo f32), per-step ratios against the first "
+                    "sampler's plain")
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--other-rounds", type=int, default=0, help="rounds for the samplers after the first "
+                    "(default: --rounds)")
     ap.add_argument("--cache-dir", default=str(Path(os.environ.get("TMPDIR", "/tmp")) / "latent-studio-bench"),
                     help="the turbo cache (GBs: outside the repo)")
     ap.add_argument("--tiny", action="store_true", help="the tests' tiny pipeline (checks this script in seconds)")
     ap.add_argument("--prepare", action="store_true", help="convert and compile turbo only, recording the costs")
     ap.add_argument("--lcm", action="store_true", help="LCM 4 steps in turbo bf16 vs plain 50-step Euler, whole image")
+    ap.add_argument("--calls", action="store_true", help="one U-Net call per mode, interleaved (a loaded machine)")
     ap.add_argument("--plain-steps", type=int, default=3, help="--lcm: plain's measured steps (50 are computed)")
     a = ap.parse_args()
     if a.modes and "plain" not in a.modes:
         a.modes = "plain," + a.modes
-    if a.other_modes and "plain" not in a.other_modes and "turbo f32" not in a.other_modes:
+    if a.other_modes and not {"plain", "exact", "turbo f32"} & {m.strip() for m in a.other_modes.split(",")}:
         a.other_modes = "turbo f32," + a.other_modes
     os.environ["LATENT_STUDIO_CACHE_DIR"] = a.cache_dir
 
@@ -467,6 +605,8 @@ def main() -> int:
 
     if a.prepare:
         return prepare(a)
+    if a.calls:
+        return measure_calls(a)
     return measure_lcm(a) if a.lcm else measure(a)
 
 

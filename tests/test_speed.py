@@ -151,7 +151,7 @@ def test_turbo_prepares_with_progress_runs_the_converted_unet_and_swaps_back(eng
     assert [s.step for s in seen if s.step] == [1, 2, 3, 4]
     assert fake_turbo["unet"].calls == 4  # one call a step (CFG is one batch of 2): the converted U-Net ran them all
     key, precision = fake_turbo["calls"][0]
-    assert precision == ("bf16" if speed.native_bf16() else "f32") and key.endswith(f"||{precision}")
+    assert precision == ("bf16" if speed.native_bf16() else "f32") and key.endswith("|")  # no LoRA, any precision
     assert r.request.speed == "turbo" and r.extra_params["Speed"] == "turbo" and r.notice == ""
     assert engine.load(tiny_model).base.unet is fake_turbo["unet"].inner  # the torch U-Net is back
     assert psnr(r.images[0], exact_image) >= 35
@@ -191,19 +191,19 @@ def test_the_turbo_cache_key_follows_the_loras(engine, tiny_model, tmp_path):
     from studio.engine import addons
 
     model = engine.load(tiny_model)
-    plain = speed.turbo_cache_key(model, model.base, "bf16")
+    plain = speed.turbo_cache_key(model, model.base)
     lora = tmp_path / "style.safetensors"
     _tiny_lora(model.base.unet, lora)
     loras = addons.lora_set(model.base)
     try:
         loras.apply([(lora, 0.8)])
-        a = speed.turbo_cache_key(model, model.base, "bf16")
+        a = speed.turbo_cache_key(model, model.base)
         loras.apply([(lora, 0.5)])
-        b = speed.turbo_cache_key(model, model.base, "bf16")
+        b = speed.turbo_cache_key(model, model.base)
     finally:
         loras.clear()
-    assert plain.endswith("||bf16") and len({plain, a, b}) == 3 and "@0.8" in a
-    assert speed.turbo_cache_key(model, model.base, "bf16") == plain  # LoRAs off: the plain model's entry again
+    assert plain.endswith("|") and len({plain, a, b}) == 3 and "@0.8" in a
+    assert speed.turbo_cache_key(model, model.base) == plain  # LoRAs off: the plain model's entry again
 
 
 def _tiny_lora(unet, path) -> None:

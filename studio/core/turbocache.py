@@ -3,7 +3,7 @@ written atomically, and OpenVINO's compiled-blob cache beside them.
 
     <cache>/turbo/models/<sha256(key)[:32]>/unet.xml, unet.bin, meta.json
     <cache>/turbo/models/.tmp-<hash>-<random>/   (a conversion in progress; renamed into place when complete)
-    <cache>/turbo/compiled/                      (OpenVINO's CACHE_DIR: one compiled blob per model and input shape)
+    <cache>/turbo/compiled/<precision>/          (OpenVINO's CACHE_DIR: one compiled blob per model and input shape)
 
 <cache> is $LATENT_STUDIO_CACHE_DIR when set (tests, portable installs), else platformdirs' user cache folder.
 """

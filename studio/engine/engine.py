@@ -244,7 +244,8 @@ class Engine:
             pipe.scheduler = scheduler
             tracker = StepTracker(scheduler, used, model, on_step, cancel, time.perf_counter())
             tracker.generators, tracker.stop_after = kwargs.get("generator"), self._stop_after  # kept step states
-            fast = speed.plan_speed(used.speed, self.device, model.dtype)  # after the LoRAs: turbo converts them
+            # After the LoRAs (turbo converts them); DeepCache needs the torch U-Net, so exact keeps it then.
+            fast = speed.plan_speed(used.speed, self.device, model.dtype, torch_unet=used.deep_cache > 1)
             try:
                 fast.apply(pipe, model, self.device, on_step, tracker.total, cancel, t_start)
             except Cancelled:  # while turbo prepared: no step starts

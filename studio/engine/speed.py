@@ -1,7 +1,10 @@
 """What each speed mode (studio.core.speed) means on this device, decided once per run.
 
-exact  the U-Net in channels_last on a CPU or CUDA (DESIGN.md Speed: 1.22x on the CPU, within 4e-6), the VAE
-       contiguous (channels_last made it slower); nothing else: the pixels stay within 1/255 of plain diffusers.
+exact  the U-Net in channels_last on a CPU or CUDA (DESIGN.md Speed: 1.22x on the CPU at 256 px, within 4e-6;
+       nothing at 512 px), the VAE contiguous (channels_last made it slower). On a CPU where turbo's conversion
+       of the model and LoRA set is cached (one f32 IR serves both modes), the U-Net runs on OpenVINO with the f32
+       precision hint instead: 1.64x plain diffusers per U-Net call at 512 px, 2.6-2.8x at 256 px, within 5e-6. Exact never starts a
+       conversion itself (minutes and gigabytes): a turbo run of the model makes it, once.
 fast   a CPU with native bf16 (AMX or AVX512-BF16): a bf16 copy of the U-Net (made once per model and LoRA set)
        and the VAE decode under bf16 autocast, their outputs handed back in fp32, so the scheduler's math and CFG
        stay fp32. A GPU already runs fp16 (the
@@ -32,6 +35,8 @@ from ..core.requests import StepInfo
 from ..core.speed import DEFAULT_SPEED, METADATA_KEY
 
 log = logging.getLogger(__name__)
+# How many runs' exact mode ran on OpenVINO f32 (tests: the path is really taken).
+exact_openvino_runs = 0
 Progress = Callable[[StepInfo], None]
 __all__ = ["METADATA_KEY", "SpeedPlan", "default_speed", "native_bf16", "plan_speed", "prepare_model"]
 
@@ -171,16 +176,20 @@ class SpeedPlan:
     unet_half: torch.dtype | None = None  # run a copy of the U-Net in this dtype (fast on a bf16 CPU)
     decode_autocast: torch.dtype | None = None  # the VAE decode likewise
     turbo: bool = False
+    exact_openvino: bool = False  # exact on a CPU: OpenVINO f32 when turbo's conversion of this model is cached
+    backend: str = "torch"  # what ran the U-Net: torch, "openvino f32" (exact) or "openvino" (turbo)
     _swapped: list[tuple[Any, Any]] = field(default_factory=list)
 
     def apply(self, pipe: Any, model: Any, device: torch.device, on_step: Progress | None = None, total: int = 0,
               cancel: threading.Event | None = None, t0: float | None = None) -> None:  # fmt: skip
         """Swap this run's U-Net into `pipe` (after the run's LoRAs are on it). Turbo prepares here: its progress
         goes to `on_step` as a phase; steps.Cancelled when `cancel` is set meanwhile."""
-        if not self.turbo and self.unet_half is None:
+        if not self.turbo and self.unet_half is None and not self.exact_openvino:
             return  # exact: the loaded U-Net as it is
         unet = pipe.unet
         replacement = None
+        if self.exact_openvino:
+            replacement = self._exact_openvino(unet, pipe, model, on_step, total, cancel, t0)
         if self.turbo:
             replacement = self._turbo(unet, pipe, model, on_step, total, cancel, t0)
         if replacement is None and self.unet_half is not None:
@@ -194,6 +203,36 @@ class SpeedPlan:
         while self._swapped:
             pipe, unet = self._swapped.pop()
             _set_unet(pipe, unet)
+
+    def _exact_openvino(self, unet, pipe, model, on_step, total, cancel, t0):
+        """OpenVINO f32 on turbo's cached IR of this model and LoRA set (1.6x plain diffusers per step at 512 px,
+        2.6-2.8x at 256 px on the project's CPU, within 1/255 after 20 steps), or None: the torch U-Net (not converted: exact never starts
+        a conversion; OpenVINO missing or failing: one log line). Cancelled while a new size compiles."""
+        global exact_openvino_runs
+        try:
+            from . import turbo
+        except ImportError:
+            return None
+        key = turbo_cache_key(model, pipe)
+        is_cached = getattr(turbo, "is_cached", None)
+        if is_cached is None or not is_cached(key):
+            return None
+        started = time.perf_counter() if t0 is None else t0
+
+        def progress(fraction: float, text: str) -> None:  # only "Compiling for 512x512" (a size seen first)
+            if on_step is not None and fraction < 1.0:
+                on_step(StepInfo(0, total, time.perf_counter() - started, stage=f"Exact (OpenVINO f32): {text}"))
+
+        try:
+            out = turbo.turbo_unet(unet, cache_key=key, precision="f32", on_progress=progress, cancel=cancel,
+                                   convert_missing=False)  # fmt: skip
+        except turbo.TurboUnavailable as e:
+            log.warning("exact mode runs on torch: %s", str(e).splitlines()[0] if str(e) else type(e).__name__)
+            return None
+        exact_openvino_runs += 1
+        self.backend = "openvino f32"
+        log.info("exact: the U-Net runs on OpenVINO f32 (turbo's cached conversion of %s)", model.name)
+        return out
 
     def _turbo(self, unet, pipe, model, on_step, total, cancel, t0):
         precision = "bf16" if native_bf16() else "f32"
@@ -215,8 +254,10 @@ class SpeedPlan:
             on_step(StepInfo(0, total, time.perf_counter() - started, stage=f"Preparing turbo for {model.name}: {pct}%"))
 
         try:
-            return turbo_unet(unet, cache_key=turbo_cache_key(model, pipe, precision), precision=precision,
-                              on_progress=progress, cancel=cancel)  # fmt: skip
+            out = turbo_unet(unet, cache_key=turbo_cache_key(model, pipe), precision=precision,
+                             on_progress=progress, cancel=cancel)  # fmt: skip
+            self.backend = "openvino"
+            return out
         except TurboUnavailable as e:
             self._fall_back(fallback, str(e).splitlines()[0] if str(e) else type(e).__name__)
             return None
@@ -235,10 +276,11 @@ def _set_unet(pipe: Any, unet: Any) -> None:
     object.__setattr__(pipe, "unet", unet)
 
 
-def turbo_cache_key(model: Any, pipe: Any, precision: str) -> str:
-    """The model (its A1111 hash, else its load key), the LoRAs on its U-Net with their weights, the precision."""
+def turbo_cache_key(model: Any, pipe: Any) -> str:
+    """The model (its A1111 hash, else its load key) and the LoRAs on its U-Net with their weights. Not the
+    precision: one f32 IR serves turbo's bf16 and exact's f32 (each compiled with its own hint)."""
     ident = model.hash or "|".join(str(k) for k in model.key[:3])
-    return f"{ident}|{lora_signature(pipe)}|{precision}"
+    return f"{ident}|{lora_signature(pipe)}"
 
 
 def lora_signature(pipe: Any) -> str:
@@ -257,10 +299,17 @@ def lora_signature(pipe: Any) -> str:
     return ",".join(sorted(parts))
 
 
-def plan_speed(asked: str, device: torch.device, dtype: torch.dtype) -> SpeedPlan:
-    """What `asked` means on this device and dtype (a GPU's fp16 engine, or fp32 on a CPU)."""
+def exact_openvino_setting() -> bool:
+    """STUDIO_EXACT_OPENVINO=0 keeps exact mode on torch even where turbo's conversion is cached."""
+    return os.environ.get("STUDIO_EXACT_OPENVINO", "").strip().lower() not in ("0", "false", "no", "off")
+
+
+def plan_speed(asked: str, device: torch.device, dtype: torch.dtype, torch_unet: bool = False) -> SpeedPlan:
+    """What `asked` means on this device and dtype (a GPU's fp16 engine, or fp32 on a CPU). `torch_unet`: the
+    run needs the torch U-Net itself (DeepCache wraps its blocks), so exact does not swap in OpenVINO."""
     if asked == "exact":
-        return SpeedPlan("exact", "exact")
+        ov = device.type == "cpu" and dtype == torch.float32 and not torch_unet and exact_openvino_setting()
+        return SpeedPlan("exact", "exact", exact_openvino=ov)
     half = dtype in (torch.float16, torch.bfloat16)  # a GPU (or a test of its path on the CPU): already half
     bf16_cpu = device.type == "cpu" and not half and native_bf16()
     if asked == "fast":

@@ -44,12 +44,16 @@ class Store:
         self.compile_s: dict[Shapes, float] = {}
 
     def config(self) -> dict:
-        cache.compiled_dir().mkdir(parents=True, exist_ok=True)
+        # One CACHE_DIR per precision: OpenVINO's blob name hashes the model and not INFERENCE_PRECISION_HINT
+        # (measured, OpenVINO 2026.4: the bf16 compile of an IR already compiled in f32 loaded the f32 blob and
+        # computed NaNs), and one IR now serves both precisions.
+        folder = cache.compiled_dir() / self.precision
+        folder.mkdir(parents=True, exist_ok=True)
         return {
             # Set explicitly: on AMX hardware the CPU plugin picks bf16 by itself, which f32 (exact) must not get.
             "INFERENCE_PRECISION_HINT": self.precision,
             "PERFORMANCE_HINT": "LATENCY",
-            "CACHE_DIR": str(cache.compiled_dir()),
+            "CACHE_DIR": str(folder),
         }
 
     def request_for(self, shapes: Shapes, on_progress: Progress | None, cancel: threading.Event | None,
@@ -102,19 +106,21 @@ class Store:
                 self.pending.pop(shapes, None)
 
 
-_stores: OrderedDict[Path, Store] = OrderedDict()
+# Per folder and precision: one IR serves turbo's bf16 and exact's f32, each compiled with its own hint.
+_stores: OrderedDict[tuple[Path, str], Store] = OrderedDict()
 _stores_lock = threading.Lock()
 
 
 def store_for(folder: Path, precision: str, ov) -> Store:
     with _stores_lock:
-        s = _stores.get(folder)
+        key = (folder, precision)
+        s = _stores.get(key)
         if s is None:
             s = Store(folder, precision, ov)
-            _stores[folder] = s
+            _stores[key] = s
             while len(_stores) > KEEP_MODELS:
                 _stores.popitem(last=False)
-        _stores.move_to_end(folder)
+        _stores.move_to_end(key)
         return s
 
 
