@@ -439,6 +439,10 @@ class PromptPanel(QWidget):
         text, tip = GENERATE_LABELS.get(p.mode, GENERATE_LABELS["txt2img"])
         self.generate_button.setText(text)
         self.generate_button.setToolTip(tip)
+        grid = p.mode != "upscale"  # the grid runs text to image, image to image or inpaint cells
+        self.grid_button.setEnabled(grid)
+        self.grid_button.setToolTip("A comparison grid over up to three parameters (A1111's X/Y/Z plot)" if grid else
+                                    "A comparison grid runs Text, Image or Inpaint cells, not an upscale")  # fmt: skip
         if self.isVisible():  # another mode shows other groups
             self.fit_width()
 

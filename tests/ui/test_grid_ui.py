@@ -93,3 +93,12 @@ def test_variation_row_sets_and_restores(qtbot, make_window):
     frow = fresh.prompt_panel.variation_options
     assert frow.toggle.isChecked() and frow.subseed.text() == "77" and abs(frow.strength.value() - 0.25) < 1e-9
     assert frow.toggle.text() == "Variation (0.25)"
+
+
+def test_the_grid_button_is_off_in_upscale_mode_and_says_why(qtbot, make_window):
+    window = make_window()
+    button = window.prompt_panel.grid_button
+    window.session.set_mode("upscale")
+    assert not button.isEnabled() and "not an upscale" in button.toolTip()
+    window.session.set_mode("txt2img")
+    assert button.isEnabled()
