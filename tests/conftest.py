@@ -16,6 +16,10 @@ os.environ.setdefault("LATENT_STUDIO_DATA_DIR", tempfile.mkdtemp(prefix="studio-
 # No command under test starts or uses a warm engine (studio.serve) unless the test owns it (tests/test_serve.py).
 os.environ["STUDIO_NO_SERVER"] = "1"
 os.environ["STUDIO_RUNTIME_DIR"] = tempfile.mkdtemp(prefix="studio-test-rt-")
+# Exact mode stays on torch unless a test asks for OpenVINO f32 (tests/test_exact_openvino.py): a turbo conversion
+# cached by one test would otherwise move later exact runs by up to 1/255, and the equality tests compare pixels.
+os.environ["STUDIO_EXACT_OPENVINO"] = "0"
+os.environ.setdefault("LATENT_STUDIO_CACHE_DIR", tempfile.mkdtemp(prefix="studio-test-cache-"))  # turbo conversions
 
 _real_connect = socket.socket.connect
 _real_connect_ex = socket.socket.connect_ex

@@ -202,7 +202,12 @@ def _ldm_config(arch: str) -> dict:
 
 
 def test_the_folders_are_the_architectures():
-    assert sorted(p.name for p in CONFIGS.iterdir() if p.is_dir()) == ALL
+    """One folder per pipeline architecture, and one per ControlNet family (studio.engine.controlnet)."""
+    folders = sorted(p.name for p in CONFIGS.iterdir() if p.is_dir())
+    assert [f for f in folders if not f.startswith("controlnet-")] == ALL
+    assert [f for f in folders if f.startswith("controlnet-")] == ["controlnet-sd1", "controlnet-sd2", "controlnet-sdxl"]
+    for f in ("controlnet-sd1", "controlnet-sd2", "controlnet-sdxl"):
+        assert _json(CONFIGS / f / "config.json")["_class_name"] == "ControlNetModel"
 
 
 def test_every_json_parses():

@@ -33,6 +33,7 @@ def setup(tmp_path_factory, tiny_model):
     """A turbo cache of its own, the plain diffusers image, and the engine's exact image before any conversion."""
     mp = pytest.MonkeyPatch()
     mp.setenv(cache.CACHE_ENV, str(tmp_path_factory.mktemp("exact-ov-cache")))
+    mp.setenv("STUDIO_EXACT_OPENVINO", "1")  # (tests/conftest.py keeps exact on torch for every other test)
     runtime.forget_stores()
     engine = Engine(device="cpu")
     yield engine, _plain_diffusers(tiny_model)

@@ -186,7 +186,9 @@ class SpeedPlan:
         goes to `on_step` as a phase; steps.Cancelled when `cancel` is set meanwhile."""
         if not self.turbo and self.unet_half is None and not self.exact_openvino:
             return  # exact: the loaded U-Net as it is
-        unet = pipe.unet
+        unet = getattr(pipe, "unet", None)
+        if unet is None:  # a pipeline without a U-Net to swap (a stand-in): it runs as it is
+            return
         replacement = None
         if self.exact_openvino:
             replacement = self._exact_openvino(unet, pipe, model, on_step, total, cancel, t0)

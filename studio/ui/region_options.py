@@ -9,6 +9,7 @@ from __future__ import annotations
 from PySide6.QtCore import Signal
 from PySide6.QtWidgets import QCheckBox, QHBoxLayout, QLabel, QPushButton, QSpinBox, QVBoxLayout, QWidget
 
+from studio.qtcompat import emit
 from studio.session import Params, Session
 from studio.session.region import MAX_FEATHER, working_size
 from studio.ui.canvas_options import set_clamped
@@ -64,7 +65,7 @@ class RegionOptions(QWidget):
     def _set(self, **changes) -> None:
         self.session.update_params(**changes)
         self.refresh()
-        self.changed.emit()
+        emit(self.changed)
 
     def set_params(self, p: Params) -> None:
         for w in (self.in_place, self.feather):
