@@ -239,7 +239,7 @@ def test_a_region_refine_with_the_real_engine_keeps_the_outside_exact(qtbot, tin
     from studio.backends.local import LocalBackend
     from studio.settings import Settings
 
-    window = build_window(Settings(), LocalBackend(device="cpu"), model=str(tiny_model), output_dir=str(out_dir))
+    window = build_window(Settings(stage_results=False), LocalBackend(device="cpu"), model=str(tiny_model), output_dir=str(out_dir))
     qtbot.addWidget(window)
     window.show()
     try:
