@@ -81,40 +81,23 @@ def save_controlnet(net, dest: str | Path, layout: str = "diffusers", prefix: st
 
 # diffusers' ControlNet-only names -> the original ones (diffusers' convert_controlnet_checkpoint reversed).
 def controlnet_to_original(sd: dict, layers_per_block: int) -> dict:
+    """A diffusers ControlNetModel state dict in the original layout: its own parts (the hint block, the zero
+    convs, the middle block's output) here, its U-Net encoder by the checkpoints' mapping (studio.testing.ldm_keys)."""
     import re
 
-    n = layers_per_block + 1
-    resnet = {"norm1": "in_layers.0", "conv1": "in_layers.2", "time_emb_proj": "emb_layers.1",
-              "norm2": "out_layers.0", "conv2": "out_layers.3", "conv_shortcut": "skip_connection"}  # fmt: skip
-    top = {"time_embedding.linear_1": "time_embed.0", "time_embedding.linear_2": "time_embed.2",
-           "add_embedding.linear_1": "label_emb.0.0", "add_embedding.linear_2": "label_emb.0.2",
-           "conv_in": "input_blocks.0.0", "controlnet_cond_embedding.conv_in": "input_hint_block.0",
+    from .ldm_keys import unet_to_original
+
+    own = {"controlnet_cond_embedding.conv_in": "input_hint_block.0",
            "controlnet_cond_embedding.conv_out": "input_hint_block.14", "controlnet_mid_block": "middle_block_out.0"}
-
-    def res(rest: str) -> str:
-        module, _, param = rest.rpartition(".")
-        return f"{resnet[module]}.{param}"
-
-    out = {}
+    out, encoder = {}, {}
     for key, v in sd.items():
         module, _, param = key.rpartition(".")
-        if module in top:
-            new = f"{top[module]}.{param}"
+        if module in own:
+            out[f"{own[module]}.{param}"] = v
         elif m := re.fullmatch(r"controlnet_cond_embedding\.blocks\.(\d+)\.(\w+)", key):
-            new = f"input_hint_block.{2 * (int(m[1]) + 1)}.{m[2]}"
+            out[f"input_hint_block.{2 * (int(m[1]) + 1)}.{m[2]}"] = v
         elif m := re.fullmatch(r"controlnet_down_blocks\.(\d+)\.(\w+)", key):
-            new = f"zero_convs.{m[1]}.0.{m[2]}"
-        elif m := re.fullmatch(r"down_blocks\.(\d+)\.resnets\.(\d+)\.(.+)", key):
-            new = f"input_blocks.{1 + int(m[1]) * n + int(m[2])}.0.{res(m[3])}"
-        elif m := re.fullmatch(r"down_blocks\.(\d+)\.attentions\.(\d+)\.(.+)", key):
-            new = f"input_blocks.{1 + int(m[1]) * n + int(m[2])}.1.{m[3]}"
-        elif m := re.fullmatch(r"down_blocks\.(\d+)\.downsamplers\.0\.conv\.(\w+)", key):
-            new = f"input_blocks.{1 + int(m[1]) * n + layers_per_block}.0.op.{m[2]}"
-        elif m := re.fullmatch(r"mid_block\.resnets\.(\d+)\.(.+)", key):
-            new = f"middle_block.{2 * int(m[1])}.{res(m[2])}"
-        elif m := re.fullmatch(r"mid_block\.attentions\.0\.(.+)", key):
-            new = f"middle_block.1.{m[1]}"
+            out[f"zero_convs.{m[1]}.0.{m[2]}"] = v
         else:
-            raise KeyError(f"no original name for ControlNet key {key!r}")
-        out[new] = v
-    return out
+            encoder[key] = v
+    return {**out, **unet_to_original(encoder, layers_per_block, prefix="")}
