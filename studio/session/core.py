@@ -789,10 +789,11 @@ class Session(QObject):
         return library.model_choices(self.settings.model_folders, self.params.model, latent_upscale=latent)
 
     def addon_choices(self, kind: str) -> list[tuple[str, str]]:
-        """(label, id) of the "vae", "lora" or "embedding" files: the model folders', or the server's."""
+        """(label, id) of the "vae", "lora", "embedding" or "controlnet" files: the model folders', or the server's."""
         info = self.info
         if info.remote_files:
-            files = {"vae": info.vaes, "lora": info.loras, "embedding": info.embeddings}.get(kind, ())
+            files = {"vae": info.vaes, "lora": info.loras, "embedding": info.embeddings,
+                     "controlnet": info.controlnets}.get(kind, ())  # fmt: skip
             return [(label, fid) for fid, label in files]
         return library.addon_choices(self.settings.model_folders, kind)
 

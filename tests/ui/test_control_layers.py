@@ -376,3 +376,15 @@ def test_opening_a_png_saved_with_its_control_images_brings_the_control_layers_b
     assert third.session.open_image(png)
     assert not third.session.document.control_specs()
     assert any("its control image is not beside the PNG" in t for t in said)
+
+
+def test_on_a_server_the_control_models_are_the_servers(qtbot, make_window, monkeypatch):
+    """A ComfyUI server lists its own ControlNet files (ControlNetLoader's list): the control layer's model box shows
+    those, not the local folders'."""
+    import dataclasses
+
+    window = make_window(FakeBackend(auto=True))
+    s = window.session
+    remote = dataclasses.replace(s.info, remote_files=True, controlnets=(("cn/canny.safetensors", "canny (server)"),))
+    monkeypatch.setattr(type(s), "info", property(lambda self: remote))
+    assert s.addon_choices("controlnet") == [("canny (server)", "cn/canny.safetensors")]
