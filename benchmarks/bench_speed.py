@@ -55,6 +55,24 @@ MODES = ("plain", "exact", "exact torch", "fast", "turbo f32", "turbo bf16")
 SAMPLERS = ("Euler a", "DPM++ 2M Karras", "DDIM")
 
 
+
+def plan_for(mode: str, device):
+    """The engine's plan for a benchmark mode ("exact torch": exact kept off OpenVINO); the environment as it was."""
+    import torch
+
+    from studio.engine import speed
+
+    was = os.environ.get("STUDIO_EXACT_OPENVINO")
+    if mode == "exact torch":
+        os.environ["STUDIO_EXACT_OPENVINO"] = "0"
+    try:
+        return speed.plan_speed(mode.split()[0], device, torch.float32)
+    finally:
+        if was is None:
+            os.environ.pop("STUDIO_EXACT_OPENVINO", None)
+        else:
+            os.environ["STUDIO_EXACT_OPENVINO"] = was
+
 def rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -282,12 +300,7 @@ def measure(a) -> int:
             pipe.unet = turbos["f32"]  # what the plan's turbo does, at f32 (the plan itself picks bf16 here)
         elif mode != "plain":
             speed.prepare_model(model, cpu)
-            if mode == "exact torch":
-                os.environ["STUDIO_EXACT_OPENVINO"] = "0"
-            try:
-                plan = speed.plan_speed(mode.split()[0], cpu, torch.float32)
-            finally:
-                os.environ.pop("STUDIO_EXACT_OPENVINO", None)
+            plan = plan_for(mode, cpu)
             plan.apply(pipe, model, cpu)
             if mode == "exact" and steps == a.steps and plan.backend == "torch":
                 print("exact ran on torch (no turbo conversion cached: run --prepare first)", file=sys.stderr)
@@ -410,12 +423,7 @@ def measure_calls(a) -> int:
         plan = None
         if mode != "plain":
             speed.prepare_model(model, cpu)
-            if mode == "exact torch":
-                os.environ["STUDIO_EXACT_OPENVINO"] = "0"
-            try:
-                plan = speed.plan_speed(mode.split()[0], cpu, torch.float32)
-            finally:
-                os.environ.pop("STUDIO_EXACT_OPENVINO", None)
+            plan = plan_for(mode, cpu)
             t = time.perf_counter()
             plan.apply(pipe, model, cpu)
             if mode not in first:

@@ -370,7 +370,7 @@ class Worker(QObject):
             except Exception as exc:  # noqa: BLE001 - reported with the result
                 log.exception("saving job %s", job.id)
                 save_error = describe_error(exc)
-                paths = list(getattr(exc, "paths", []))
+                paths = list(getattr(exc, "paths", []))  # a SaveError: the images saved before the disk refused
         return JobOutput(result, paths, timeline_x0=list(result.step_previews.get("x0", [])),
                          timeline_latent=list(result.step_previews.get("latent", [])), save_error=save_error)  # fmt: skip
 
@@ -387,16 +387,6 @@ class Worker(QObject):
             return
         # Written to disk (with metadata) before anyone is told: nothing is lost. If the disk
         # refuses, the images still go to the UI, with the reason, so they can be saved elsewhere.
-        paths: list[Path] = []
-        save_error = ""
-        if job.save is not None:
-            try:
-                paths = list(job.save(result))
-            except Exception as exc:  # noqa: BLE001 - reported with the result
-                log.exception("saving job %s", job.id)
-                save_error = describe_error(exc)
-                paths = list(getattr(exc, "paths", []))  # a SaveError: the images saved before the disk refused
-        out = JobOutput(result, paths, timeline_x0=list(result.step_previews.get("x0", [])),
-                        timeline_latent=list(result.step_previews.get("latent", [])), save_error=save_error)
+        out = self._output(job, result)
         job.state = JobState.DONE
         emit(self.finished, job.id, out)

@@ -709,8 +709,9 @@ class Session(QObject):
             found = control_fields(read_parameters(path) or "")
         except ValueError:
             return []
-        models = {**{Path(fid).stem.lower(): fid for _label, fid in self.addon_choices("controlnet")},
-                  **{label.lower(): fid for label, fid in self.addon_choices("controlnet")}}  # fmt: skip
+        choices = self.addon_choices("controlnet")  # a folder scan: once
+        models = {**{Path(fid).stem.lower(): fid for _label, fid in choices},
+                  **{label.lower(): fid for label, fid in choices}}  # fmt: skip
         lines = []
         for i, c in enumerate(found):
             name = str(c["model"])

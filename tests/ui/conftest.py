@@ -158,3 +158,25 @@ def canvas(qtbot, doc):
     qtbot.waitExposed(c)
     assert c.image_rect() == c.fit_rect() and c.image_rect().x() == 12 and c.image_rect().width() == 400
     return c
+
+
+@pytest.fixture
+def autosaved(tmp_path):
+    """A document as a crash restore brings it back: autosaved (flushed at once), read, restored into a fresh one."""
+
+    def roundtrip(doc):
+        from studio.session import autosave
+        from studio.session.document import Document
+
+        saver = autosave.Autosaver(doc, tmp_path / "save", delay_ms=0)
+        try:
+            assert saver.flush()
+            loaded = autosave.load(tmp_path / "save")
+        finally:
+            saver.close()
+        assert loaded is not None
+        fresh = Document()
+        fresh.restore(*loaded)
+        return fresh
+
+    return roundtrip

@@ -253,19 +253,9 @@ def test_a_project_keeps_the_control_layers(tmp_path):
         assert json.loads(z.read("project.json"))["version"] == 1
 
 
-def test_the_autosave_keeps_the_control_layers(qtbot, tmp_path):
-    from studio.session import autosave
-
+def test_the_autosave_keeps_the_control_layers(qtbot, autosaved):
     doc = controls_document()
-    saver = autosave.Autosaver(doc, tmp_path / "save", delay_ms=0)
-    try:
-        assert saver.flush()
-        loaded = autosave.load(tmp_path / "save")
-    finally:
-        saver.close()
-    assert loaded is not None
-    fresh = Document()
-    fresh.restore(*loaded)
+    fresh = autosaved(doc)
     assert same_stack(saved_stack(fresh), saved_stack(doc))
 
 

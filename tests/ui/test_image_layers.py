@@ -378,20 +378,9 @@ def test_an_old_single_layer_project_opens(tmp_path):
     assert len(fresh.layers) == 2
 
 
-def test_the_autosave_keeps_the_layers(qtbot, tmp_path):
-    from studio.session import autosave
-
+def test_the_autosave_keeps_the_layers(qtbot, autosaved):
     doc = three_layers()
-    saver = autosave.Autosaver(doc, tmp_path / "save", delay_ms=0)
-    try:
-        assert saver.flush()
-        loaded = autosave.load(tmp_path / "save")
-    finally:
-        saver.close()
-    assert loaded is not None
-    state, entries, cursor = loaded
-    fresh = Document()
-    fresh.restore(state, entries, cursor)
+    fresh = autosaved(doc)
     assert same(stack(fresh), stack(doc)) and np.array_equal(fresh.mask, doc.mask)
 
 

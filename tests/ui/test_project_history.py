@@ -122,18 +122,9 @@ def test_a_document_without_strokes_still_writes_version_1(tmp_path):
         assert json.loads(z.read("project.json"))["version"] == 1
 
 
-def test_the_autosave_keeps_every_stroke_and_layer_operation(qtbot, tmp_path):
+def test_the_autosave_keeps_every_stroke_and_layer_operation(qtbot, autosaved):
     doc = busy_document()
-    saver = autosave.Autosaver(doc, tmp_path / "save", delay_ms=0)
-    try:
-        assert saver.flush()
-        loaded = autosave.load(tmp_path / "save")
-    finally:
-        saver.close()
-    assert loaded is not None
-    fresh = Document()
-    fresh.restore(*loaded)
-    check_equal(doc, fresh)
+    check_equal(doc, autosaved(doc))
 
 
 def test_an_autosave_during_a_colour_stroke_waits_for_its_end(qtbot, tmp_path):
