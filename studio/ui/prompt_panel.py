@@ -129,6 +129,7 @@ class PromptPanel(QWidget):
         self.setObjectName("PromptPanel")
         self.setAttribute(Qt.WidgetAttribute.WA_StyledBackground, True)
         self.setMinimumWidth(self.MIN_WIDTH)
+        self._fitted_mode = ""  # the mode the width was last fitted for (fit_width)
 
         outer = QVBoxLayout(self)
         outer.setContentsMargins(0, 0, 0, 0)
@@ -420,6 +421,7 @@ class PromptPanel(QWidget):
         bar = self._scroll.verticalScrollBar().sizeHint().width()
         need = self._body.minimumSizeHint().width() + bar + 2 * self._scroll.frameWidth()
         self.setMinimumWidth(max(self.MIN_WIDTH, need))
+        self._fitted_mode = self.session.params.mode
 
     def showEvent(self, event) -> None:
         self.fit_width()
@@ -443,7 +445,7 @@ class PromptPanel(QWidget):
         self.grid_button.setEnabled(grid)
         self.grid_button.setToolTip("A comparison grid over up to three parameters (A1111's X/Y/Z plot)" if grid else
                                     "A comparison grid runs Text, Image or Inpaint cells, not an upscale")  # fmt: skip
-        if self.isVisible():  # another mode shows other groups
+        if self.isVisible() and p.mode != self._fitted_mode:  # another mode shows other groups (not per keystroke)
             self.fit_width()
 
     def _seed_edited(self, text: str) -> None:
