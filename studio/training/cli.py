@@ -76,6 +76,12 @@ def _export_latent_upscaler(args) -> None:
     main_export_upscaler(args)
 
 
+def _showcase(args) -> None:
+    from .showcase import main_showcase
+
+    main_showcase(args)
+
+
 def add_upscaler_subcommands(subparsers) -> None:
     """The built-in upscalers: SwinIR x4 and the x4 latent upscaler (StableDiffusionUpscalePipeline layout)."""
     p = subparsers.add_parser("train-swinir", help="train the built-in SwinIR x4 (L1, shapes at 4x)")
@@ -219,6 +225,13 @@ def add_subcommands(subparsers) -> None:
 
     add_upscaler_subcommands(subparsers)
     add_tiny_decoder_subcommand(subparsers)
+
+    p = subparsers.add_parser("showcase", help="one picture of what each built-in model does (the README's)")
+    p.add_argument("--out", default="docs/builtin-models.png")
+    p.add_argument("--models", default="models", help="the folder holding the built-in models")
+    p.add_argument("--control", default=None, help="the scribble row's ControlNet (default: models/*scribble*)")
+    p.add_argument("--threads", type=int, default=1, help=THREADS_HELP)
+    p.set_defaults(func=_showcase)
 
 
 def main(argv: list[str] | None = None) -> None:
