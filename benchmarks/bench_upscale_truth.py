@@ -9,6 +9,8 @@ draws from), drawn sharp at --size px. Each is downscaled x2 (Lanczos) and upsca
 - the engine's diffusion upscale with the built-in model (``upscale_mode="diffusion"``: a resize, then img2img at the
   strength given, in tiles where the picture is large), once per --strengths value, the scene's caption as the prompt;
 - the built-in SwinIR x4 then a Lanczos x0.5 (what "Upscaler model" does at x2), when models/swinir-x4 is there.
+- a control (``--control``, strength 0.3 by default): the diffusion upscale with each tile's detail replaced by
+  noise of the same size, through the same detail rule: what the model's detail is worth over any detail.
 Printed: mean PSNR (RGB) and SSIM (luma) against the truth, the gain over Lanczos, the edge sharpness
 (``sr_data.edge_sharpness``: the gradient energy at the truth's edges, 1.0 = as sharp as the truth, Lanczos's own
 figure is the bar for "adds detail") and seconds per image. No timing is asserted anywhere; it is a measurement.
@@ -35,6 +37,37 @@ def lanczos(img, size: int):
     return np.asarray(Image.fromarray(img).resize((size, size), Image.Resampling.LANCZOS))
 
 
+def random_detail(run):
+    """``run`` with every tile's detail (its decoded output minus its VAE round trip, above the detail rule's blur)
+    replaced by Gaussian noise of the same spread, the rule otherwise unchanged: the control that says whether the
+    model's detail is better than any detail of its size."""
+    import numpy as np
+    from scipy.ndimage import gaussian_filter
+
+    import studio.engine.upscale as up
+
+    real = up.transfer_detail
+    rng = np.random.default_rng(0)
+
+    def high(x, sigma):
+        return x - gaussian_filter(x, (sigma, sigma, 0), mode="reflect") if sigma > 0 else x
+
+    def noise_instead(diffused, round_trip, base, sigma, radius):
+        rt = round_trip.astype(np.float32)
+        spread = high(diffused.astype(np.float32) - rt, sigma).std()
+        noise = high(rng.normal(0.0, 1.0, rt.shape).astype(np.float32), sigma)
+        return real(rt + noise * (spread / max(float(noise.std()), 1e-6)), round_trip, base, sigma, radius)
+
+    def controlled(*args):
+        up.transfer_detail = noise_instead
+        try:
+            return run(*args)
+        finally:
+            up.transfer_detail = real
+
+    return controlled
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=8, help="held-out scenes")
@@ -42,6 +75,9 @@ def main() -> int:
     ap.add_argument("--strengths", default="0.15,0.3,0.5", help="diffusion upscale strengths, comma-separated")
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--control", type=float, default=0.3,
+                    help="a control row at this strength: each tile's detail replaced by noise of the same size "
+                         "(how much of the diffusion's gain is the model's, not the detail rule's); 0: none")  # fmt: skip
     a = ap.parse_args()
 
     import numpy as np
@@ -77,6 +113,9 @@ def main() -> int:
             return np.asarray(engine.generate(req).images[0])
 
         methods["SwinIR x4 (built-in) to x2 (Upscaler model)"] = swinir
+    if a.control:
+        methods[f"control: strength {a.control:g}, the model's detail replaced by noise of its size"] = random_detail(
+            diffusion(a.control))  # fmt: skip
     rows = {}
     for name, fn in methods.items():
         t0 = time.time()
