@@ -21,9 +21,10 @@ The output size is ``request.upscale_size()`` (the input times ``scale``, or ``w
   a flat area stays exactly the base's (no halo, no new shape). One extra VAE encode and decode per tile. A
   tile's output used to be its decoded img2img (17.8 dB against the truth where Lanczos has 40 on the built-in
   model: shapes erased and invented per tile), then its low frequencies replaced by the base's (36.6 dB, edges
-  softer than Lanczos); see ``benchmarks/bench_upscale_truth.py`` for now. A run of one tile is the plain img2img
-  its kept steps decode to. Each tile is its own img2img run: its steps go out as StepInfo(step, total, elapsed,
-  the tile's x0 preview, stage="tile", part=i, parts=n, region=the tile in output px).
+  softer than Lanczos); now 40.2 dB, edges sharper than Lanczos (``benchmarks/bench_upscale_truth.py``). A run
+  of one tile is the plain img2img its kept steps decode to. Each tile is its own img2img run: its steps go out
+  as StepInfo(step, total, elapsed, the tile's x0 preview, stage="tile", part=i, parts=n, region=the tile in
+  output px).
 - ``latent``: a model of the SD x4 upscaler layout (``StableDiffusionUpscalePipeline``): the low-res input is
   the condition (noised to the level in the model folder's ``studio.json``, else diffusers' 20; guidance only
   when the U-Net reads text: without cross-attention it would only double the work), cut into input tiles
