@@ -13,12 +13,18 @@ The output size is ``request.upscale_size()`` (the input times ``scale``, or ``w
   tiles report stage "upscaler"), then img2img at ``strength`` with the loaded model (txt2img or 9-channel
   inpaint) in overlapping tiles of the model's working size (its native size unless ``tile`` is set; the
   overlap ``tile_overlap`` or an eighth of the tile), blended by ``tiling.TileBlender``'s linear ramps so no
-  seam shows. When there are several tiles, each tile's output keeps the base's low frequencies
-  (``keep_low_frequencies``, a Gaussian of half the upscale factor) and adds only the model's finer detail: a
-  tile decoded alone drifts in colour (the VAE's group norms see only that tile; a flat tile of the built-in
-  model came back yellow, 17 dB against the truth where Lanczos has 40); a run of one tile is the plain img2img
-  its kept steps decode to. Each tile is its own img2img run: its steps go out as StepInfo(step, total, elapsed,
-  the tile's x0 preview, stage="tile", part=i, parts=n, region=the tile in output px).
+  seam shows. When there are several tiles, each tile adds only its detail to the base
+  (``transfer_detail``): what the sampler changed, measured against the tile's own VAE round trip (so the VAE's
+  blur and a tile's colour drift cancel: the built-in VAE turns a flat grey tile yellow), above a Gaussian of
+  half the upscale factor (the base holds all the input knows below it), and only where it steepens: away from
+  the local mean, within the base's local range (the half factor, rounded up, each way), so edges sharpen and
+  a flat area stays exactly the base's (no halo, no new shape). One extra VAE encode and decode per tile. A
+  tile's output used to be its decoded img2img (17.8 dB against the truth where Lanczos has 40 on the built-in
+  model: shapes erased and invented per tile), then its low frequencies replaced by the base's (36.6 dB, edges
+  softer than Lanczos); now 40.2 dB, edges sharper than Lanczos (``benchmarks/bench_upscale_truth.py``). A run
+  of one tile is the plain img2img its kept steps decode to. Each tile is its own img2img run: its steps go out
+  as StepInfo(step, total, elapsed, the tile's x0 preview, stage="tile", part=i, parts=n, region=the tile in
+  output px).
 - ``latent``: a model of the SD x4 upscaler layout (``StableDiffusionUpscalePipeline``): the low-res input is
   the condition (noised to the level in the model folder's ``studio.json``, else diffusers' 20; guidance only
   when the U-Net reads text: without cross-attention it would only double the work), cut into input tiles
@@ -94,16 +100,31 @@ def lanczos(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.asarray(Image.fromarray(np.ascontiguousarray(image)).resize(size, Image.Resampling.LANCZOS), np.uint8)
 
 
-def keep_low_frequencies(image: np.ndarray, base: np.ndarray, sigma: float) -> np.ndarray:
-    """`image` with its low frequencies (a Gaussian blur of `sigma` px) replaced by `base`'s: the detail a
-    diffusion tile adds, on the colours and shapes of the base it started from."""
-    from scipy.ndimage import gaussian_filter
+def transfer_detail(diffused: np.ndarray, round_trip: np.ndarray, base: np.ndarray, sigma: float,
+                    radius: int) -> np.ndarray:  # fmt: skip
+    """The detail a diffusion tile adds, put on the base it started from (HxWx3, any numeric type -> uint8).
 
-    if sigma <= 0:
-        return image
-    a, b = image.astype(np.float32), base.astype(np.float32)
-    s = (sigma, sigma, 0)
-    out = b + (a - gaussian_filter(a, s, mode="reflect")) - (b - gaussian_filter(b, s, mode="reflect"))
+    - The detail is what the sampler changed, seen through the same VAE: ``diffused - round_trip`` (the base's
+      own encode/decode). Whatever the VAE alone does to the tile (its blur, a flat tile's colour drift: the
+      built-in VAE turns a flat grey tile yellow) is in both and cancels.
+    - Only its high frequencies count (minus a Gaussian blur of ``sigma`` px): below them the base already
+      holds all the input knows.
+    - It may only steepen: a pixel takes its detail where that moves it away from the mean of its
+      ``2 radius + 1`` px square (further to its side of an edge), never towards it (a blur), and the result stays
+      inside that square's range in the base (no halo, no overshoot). A flat area stays exactly the base's: no new
+      blob or shape. Measured on the built-in model (whose detail is barely better than noise: a control with
+      random detail of the same size scores 0.1 dB lower) this is what turns a loss against Lanczos into a gain.
+    """
+    from scipy.ndimage import gaussian_filter, maximum_filter, minimum_filter, uniform_filter
+
+    b = base.astype(np.float32)
+    detail = diffused.astype(np.float32) - round_trip.astype(np.float32)
+    if sigma > 0:
+        detail -= gaussian_filter(detail, (sigma, sigma, 0), mode="reflect")
+    k = (2 * radius + 1, 2 * radius + 1, 1)
+    side = b - uniform_filter(b, k, mode="nearest")  # which side of the local mean each pixel is on
+    out = b + np.where(detail * side > 0, detail, 0.0)
+    out = np.clip(out, minimum_filter(b, k, mode="nearest"), maximum_filter(b, k, mode="nearest"))
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
@@ -329,11 +350,39 @@ class _Upscale:
             embeds = {k: v for k, v in kwargs.items() if k.endswith("prompt_embeds")}  # one encoding per run
             pixels = self._sample(model, pipe, kwargs, tile_req, s, part, keep=len(rects) == 1,
                                   crop=(0.0, 0.0, h / ph, w / pw))  # fmt: skip
-            pixels = pixels[:h, :w]
-            if len(rects) > 1:  # a tile decoded without its surroundings: its colours drift (one tile is img2img)
-                pixels = keep_low_frequencies(pixels, base[y : y + h, x : x + w], self.low_pass_sigma())
-            blender.add(rect, pixels)
+            if len(rects) > 1:  # a tile decoded without its surroundings drifts (one tile is plain img2img)
+                pixels = transfer_detail(pixels, self.round_trip(model, padded), padded, self.low_pass_sigma(),
+                                         self.clamp_radius())  # fmt: skip
+            blender.add(rect, pixels[:h, :w])
         return blender.result()
+
+    def round_trip(self, model, pixels: np.ndarray) -> np.ndarray:
+        """`pixels` (HxWx3 uint8, the model's multiple) through the model's VAE: encoded (the posterior's mode, as
+        the img2img pipelines scale it) and decoded as the engine decodes a run."""
+        import torch
+
+        vae = model.vae
+        t = time.perf_counter()
+        x = torch.from_numpy(pixels.astype(np.float32) / 127.5 - 1.0).permute(2, 0, 1)[None]
+        upcast = vae.dtype == torch.float16 and vae.config.get("force_upcast", False)  # as the pipelines encode
+        try:
+            with torch.inference_mode():
+                if upcast:
+                    vae.to(torch.float32)
+                enc = vae.encode(x.to(model.device, vae.dtype))
+                # a tiny autoencoder (TAESD) gives its latents; a KL VAE its posterior
+                z = (enc.latent_dist.mode() if hasattr(enc, "latent_dist") else enc.latents).float()
+                mean, std = vae.config.get("latents_mean"), vae.config.get("latents_std")
+                if mean is not None and std is not None:  # the inverse of Engine.decode's scaling
+                    z = (z - torch.tensor(mean, device=z.device).view(1, -1, 1, 1)) / torch.tensor(
+                        std, device=z.device).view(1, -1, 1, 1)  # fmt: skip
+                z = z * vae.config.scaling_factor
+        finally:
+            if upcast:
+                vae.to(torch.float16)
+        image = self.engine.decode(model, z)[0]
+        self.decode_s += time.perf_counter() - t
+        return image
 
     def low_pass_sigma(self) -> float:
         """The Gaussian blur (output px) below which a diffusion tile keeps the base's frequencies: half the upscale
@@ -342,6 +391,13 @@ class _Upscale:
         ih, iw = self.image.shape[:2]
         factor = max(self.size[0] / iw, self.size[1] / ih)
         return max(0.5, factor / 2)
+
+    def clamp_radius(self) -> int:
+        """The neighbourhood (output px each way) whose range a tile's detail stays in: half the upscale factor,
+        rounded up (1 px at x2, 2 at x4), about the width Lanczos spreads an input edge over."""
+        ih, iw = self.image.shape[:2]
+        factor = max(self.size[0] / iw, self.size[1] / ih)
+        return max(1, math.ceil(factor / 2))
 
     def _sample(self, model, pipe, kwargs: dict, req: GenerateRequest, seed: int, part: dict, keep: bool,
                 crop: tuple[float, float, float, float] = (0.0, 0.0, 1.0, 1.0), legacy: bool = False,

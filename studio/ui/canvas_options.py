@@ -226,7 +226,8 @@ class UpscaleOptions(QWidget):
         self.strength.setRange(0.01, 1.0)
         self.strength.setSingleStep(0.05)
         self.strength.setDecimals(2)
-        self.strength.setToolTip("Denoising strength of a diffusion upscale: 0.3 keeps the picture, higher invents")
+        self.strength.setToolTip("Denoising strength of a diffusion upscale (0.3 keeps the picture): how freely the "
+                                 "model redraws each tile; over several tiles only its detail that sharpens is kept")
         self.tile = QSpinBox()
         self.tile.setRange(0, 4096)
         self.tile.setSingleStep(64)
