@@ -208,7 +208,8 @@ def unet_from_config(config_json: str, state: dict | None = None):
     """A UNet of a diffusers config (JSON, as the UNet stage's checkpoints keep it), with ``state`` loaded."""
     from diffusers import UNet2DConditionModel
 
-    unet = UNet2DConditionModel.from_config(json.loads(config_json))
+    # the folder it was read from is no part of the config (save_pretrained would write it into the next one)
+    unet = UNet2DConditionModel.from_config({k: v for k, v in json.loads(config_json).items() if k != "_name_or_path"})
     if state is not None:
         unet.load_state_dict(state)
     return unet.eval()
