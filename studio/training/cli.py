@@ -112,6 +112,9 @@ def add_upscaler_subcommands(subparsers) -> None:
     p.add_argument("--vae-steps", type=int, default=None, help="a fixed number of VAE steps (default: the preset's)")
     p.add_argument("--vae-lr", type=float, default=None, help="the VAE stage's learning rate (preset cpu: 3e-5)")
     p.add_argument("--unet-steps", type=int, default=None, help="a fixed number of UNet steps instead of the budget")
+    p.add_argument("--unet-lr", type=float, default=None, help="the UNet stage's learning rate (preset cpu: 1e-4)")
+    p.add_argument("--from-model", default=None,
+                   help="UNet stage: start from this latent upscaler folder's VAE and UNet (models/latent-upscaler-x4)")
     p.add_argument("--time-budget-minutes", type=float, default=None, help="UNet training time")
     p.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
     p.add_argument("--seed", type=int, default=0, help=SEED_HELP)
@@ -126,6 +129,8 @@ def add_upscaler_subcommands(subparsers) -> None:
     p.add_argument("--fp32", action="store_true", help="store float32 weights (default float16)")
     p.add_argument("--unet-copy", action="store_true",
                    help="ship the UNet's pass-through start (a copy of its condition) instead of the trained one")
+    p.add_argument("--unet-only", action="store_true",
+                   help="write only the kept UNet (the run's best.pt) into --out/unet, leaving the rest of the folder")
     p.set_defaults(func=_export_latent_upscaler)
 
 

@@ -17,7 +17,7 @@ from .upscaler_models import (
     UPSCALER_PRESETS,
     copy_start_models,
     load_upscaler_vae,
-    models_from_upscaler_checkpoint,
+    unet_from_config,
     upscale_pipeline,
 )
 
@@ -39,7 +39,13 @@ def export_upscaler(run_dir: str | Path, out_dir: str | Path, use_ema: bool = Tr
         ckpt = require(run_dir / "unet" / "checkpoint.pt", "upscaler UNet checkpoint",
                        f"run train-latent-upscaler --out {run_dir} first")
         ck = load_checkpoint(ckpt)
-        text_encoder, unet = models_from_upscaler_checkpoint(ck, use_ema=use_ema)
+        d = ck["preset"]
+        seed_everything(0)  # the text encoder is never trained (the UNet reads no text): the same files each time
+        text_encoder = copy_start_models(d["text"], d["unet"])[0].eval()
+        # the kept (best on validation) EMA weights, else the EMA at the end; --no-ema: the live ones at the end
+        kept = load_checkpoint(run_dir / "unet" / "best.pt") if use_ema else None
+        state = kept["model"] if kept else ck["ema"]["shadow"]["unet"] if use_ema else ck["unet"]
+        unet = unet_from_config(ck["unet_config"], state)
     pipe = upscale_pipeline(vae, text_encoder, load_tokenizer(), unet)
     if out_dir.exists():
         for child in out_dir.iterdir():
@@ -87,7 +93,42 @@ def load_upscale_pipeline(folder: str | Path, dtype=torch.float32):
 
 
 def main_export_upscaler(args) -> None:
+    if getattr(args, "unet_only", False):
+        dest = export_unet(Path(args.run_dir), Path(args.out), fp16=not args.fp32)
+        print(f"exported {dest} ({sum(p.stat().st_size for p in dest.rglob('*') if p.is_file()) / 1e6:.1f} MB)")
+        return
     out = export_upscaler(args.run_dir, args.out, use_ema=not args.no_ema, fp16=not args.fp32,
                           unet_copy=getattr(args, "unet_copy", False))
     size = sum(p.stat().st_size for p in Path(out).rglob("*") if p.is_file())
     print(f"exported {out} ({size / 1e6:.1f} MB)")
+
+
+def export_unet(run_dir: Path, out_dir: Path, fp16: bool = True) -> Path:
+    """Write the kept UNet (``best.pt``: the copy start when nothing beat it) into ``out_dir/unet`` alone: the
+    folder's VAE, text encoder and schedulers are left as they are. float16 but the head (``export_upscaler``)."""
+    from safetensors.torch import load_file, save_file
+
+    out = Path(run_dir) / "unet"
+    kept = load_checkpoint(require(out / "best.pt", "kept upscaler UNet", f"run the UNet stage into {run_dir}"))
+    ck = load_checkpoint(require(out / "checkpoint.pt", "upscaler UNet checkpoint", f"run the UNet stage into {run_dir}"))
+    unet = unet_from_config(ck["unet_config"], kept["model"])
+    dest = Path(out_dir) / "unet"
+    tmp = dest.with_name("unet.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    unet.save_pretrained(tmp, safe_serialization=True)
+    if fp16:
+        for f in tmp.glob("*.safetensors"):
+            sd = load_file(str(f))
+            save_file({k: v.half() if v.dtype.is_floating_point and not _is_head(k) else v for k, v in sd.items()},
+                      str(f), metadata={"format": "pt"})
+    shutil.rmtree(dest, ignore_errors=True)
+    tmp.rename(dest)
+    info_path = Path(out_dir) / "training_info.json"
+    info = json.loads(info_path.read_text()) if info_path.exists() else {}
+    step = int(kept.get("step", 0))
+    info.update(unet="pass-through start (a copy of the condition)" if step == 0 else "trained",
+                training_step=step, ema=step > 0, training_minutes=round(float(ck.get("trained_s", 0)) / 60, 1),
+                unet_run_steps=int(ck["step"]),
+                unet_validation={k: kept[k] for k in ("psnr", "ssim", "score") if k in kept})
+    info_path.write_text(json.dumps(info, indent=2) + "\n")
+    return dest

@@ -2,8 +2,9 @@
 model's domain at 4x (``sr_data.SRPairs``: 256 px renders and their bicubic 64 px downsamplings):
 - ``train_upscaler_vae``: the VAE, from its pass-through start, on whole 256 px pictures, the decoder fed the
   exact low-res picture; the best checkpoint on validation scenes is what ships.
-- ``train_upscaler_unet``: the UNet (from its copy start) on a pool of encoded scenes, predicting the clean
-  latent at every noise level of the condition.
+- ``train_upscaler_unet`` (``train_upscaler_unet.py``): the UNet, from its copy start (or a shipped folder's
+  UNet), on the picture its prediction decodes to through the frozen decoder; the best checkpoint on
+  validation scenes, as the studio runs the model, is what ships.
 
 ``train-latent-upscaler`` runs both stages, each resumable (checkpoints every few minutes); the data, noise
 and timesteps of step k are a pure function of the seed and k.
@@ -12,15 +13,12 @@ and timesteps of step k are a pure function of the seed and k.
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from .common import (
-    EMA,
-    AdaptiveThreads,
     JsonLog,
     KeepBest,
     StepLoop,
@@ -31,29 +29,20 @@ from .common import (
     set_threads,
     training_state,
 )
-from .evaluate_upscaler import bar_score, bicubic_scores, evaluate_pipeline, vae_scores
-from .models import load_tokenizer, tokenize
+from .evaluate_upscaler import bar_score, bicubic_scores, vae_scores
 from .passthrough import FITTED_KERNELS
-from .sr_data import HR_SIZE, SCALE, TRAIN_SEED, SRPairs, build_sr_pool, crop_origin, to_pm1
+from .sr_data import HR_SIZE, SCALE, TRAIN_SEED, SRPairs, crop_origin, to_pm1
+from .train_upscaler_unet import VALIDATION_SEED, train_upscaler_unet
 from .upscaler_models import (
     DETAIL_CHANNEL,
+    HEAD_LR_SCALE,
     LOWRES_CHANNELS,
-    MAX_NOISE_LEVEL,
     PIPELINE_SCALING_FACTOR,
     UPSCALER_PRESETS,
     UpscalerPreset,
-    copy_start_models,
     decode_structured,
-    load_upscaler_vae,
-    make_schedulers,
-    models_from_upscaler_checkpoint,
     new_upscaler_vae,
-    upscale_pipeline,
 )
-
-HEAD_LR_SCALE = 1 / 16
-# scenes that choose the VAE stage's best checkpoint: neither training's nor the benchmark's (HELDOUT_SEED)
-VALIDATION_SEED = 7_000_003
 
 
 def head_param_groups(nets, lr: float, extra=()) -> list[dict]:
@@ -168,116 +157,6 @@ def train_upscaler_vae(run_dir: Path, preset: UpscalerPreset, seed: int = 0, che
     return result
 
 
-def train_upscaler_unet(run_dir: Path, preset: UpscalerPreset, seed: int = 0, checkpoint_every_s: float = 180.0,
-                        max_minutes: float | None = None, eval_images: int = 16, progress: bool = True) -> dict:
-    run_dir = Path(run_dir)
-    out = run_dir / "unet"
-    out.mkdir(parents=True, exist_ok=True)
-    seed_everything(seed)
-    t_start = time.time()
-    vae = load_upscaler_vae(run_dir)
-    tokenizer = load_tokenizer()
-    pool_path = out / "pool.pt"
-    pool = load_checkpoint(pool_path)
-    if pool is None or pool["size"] != preset.pool_size or pool["seed"] != seed:
-        pool = build_sr_pool(vae, preset.pool_size, seed, progress=progress)
-        save_checkpoint(pool_path, pool)
-    n_pool = pool["size"]
-    text_encoder, unet = copy_start_models(preset.text, preset.unet)
-    params = head_param_groups(unet, preset.unet_lr)
-    opt = torch.optim.AdamW(params, weight_decay=1e-2, betas=(0.9, 0.99))
-    modules = {"unet": unet, "text_encoder": text_encoder}
-    ema = EMA(modules, preset.ema_decay)
-    sched, _sample, low_res = make_schedulers()
-    ckpt_path = out / "checkpoint.pt"
-    ck = load_checkpoint(ckpt_path)
-    start, trained_s = resume(ck, modules, opt, ema, "upscaler UNet training")
-    with torch.no_grad():
-        h_empty = text_encoder(tokenize(tokenizer, [""]).long()).last_hidden_state
-    (out / "train_config.json").write_text(json.dumps({"preset": preset.to_dict(), "seed": seed}, indent=2))
-    log = JsonLog(out / "log.jsonl")
-
-    def save(step: int, done: bool = False) -> None:
-        save_checkpoint(ckpt_path, training_state(modules, opt, ema, step=step, trained_s=trained_s,
-                                                  preset=preset.to_dict(), done=done))
-
-    budget_s = preset.time_budget_minutes * 60 if preset.time_budget_minutes else None
-    steps = preset.unet_steps
-    B, c = preset.unet_batch, preset.latent_crop
-    n_lat = pool["lat"].shape[-1]
-    step = start
-    if ck is None or not ck.get("done"):
-        set_threads(preset.threads)
-        threads = AdaptiveThreads() if preset.threads > 1 else None
-        unet.train()
-        text_encoder.train()
-        loop = StepLoop(save, start=start, steps=steps, desc="upscaler-unet", log_every=20,
-                        checkpoint_every_s=checkpoint_every_s, budget_s=budget_s, max_minutes=max_minutes,
-                        started=t_start, progress=progress)
-        ema_loss = None
-        for step in loop:
-            t0 = time.time()
-            g = torch.Generator().manual_seed(seed * 1_000_003 + step)
-            rng = np.random.default_rng([seed, step, 0x0E7])
-            idx = torch.randint(0, n_pool, (B,), generator=g)
-            zs, ls = [], []
-            for i in idx.tolist():
-                cx, cy = pool["centres"][i].tolist()
-                if rng.random() < 0.5:
-                    x0 = int(np.clip(round(cx * n_lat / 64 + rng.uniform(-c / 3, c / 3) - c / 2), 0, n_lat - c))
-                    y0 = int(np.clip(round(cy * n_lat / 64 + rng.uniform(-c / 3, c / 3) - c / 2), 0, n_lat - c))
-                else:
-                    x0, y0 = (int(v) for v in rng.integers(0, n_lat - c + 1, size=2))
-                zs.append(pool["lat"][i, :, y0 : y0 + c, x0 : x0 + c])
-                ls.append(pool["lr"][i, :, y0 : y0 + c, x0 : x0 + c])
-            z0 = torch.stack(zs).float()  # pipeline units already
-            lr_img = torch.stack(ls).float() / 127.5 - 1.0
-            clean = torch.rand(B, generator=g) < preset.clean_prob
-            nl = torch.where(clean, torch.zeros(B, dtype=torch.long),
-                             torch.randint(0, MAX_NOISE_LEVEL + 1, (B,), generator=g))
-            lr_noisy = low_res.add_noise(lr_img, torch.randn(lr_img.shape, generator=g), nl)
-            noise = torch.randn(z0.shape, generator=g)
-            t = torch.randint(0, sched.config.num_train_timesteps, (B,), generator=g)
-            zt = sched.add_noise(z0, noise, t)
-            for gr in opt.param_groups:
-                gr["lr"] = loop.lr(step, preset.unet_lr * gr["lr_scale"], preset.warmup, trained_s)
-            h = h_empty.expand(B, -1, -1)  # the UNet reads no text (no cross-attention)
-            pred = unet(torch.cat([zt, lr_noisy], dim=1), t, encoder_hidden_states=h, class_labels=nl).sample
-            per = (pred - z0).pow(2).mean(dim=(1, 2, 3))  # the clean latent, at every noise level alike
-            loss = per.mean()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
-            opt.step()
-            ema.update(modules)
-            dt = time.time() - t0
-            trained_s += dt
-            if threads is not None:
-                threads.record(step, dt)
-            ema_loss = loss.item() if ema_loss is None else 0.98 * ema_loss + 0.02 * loss.item()
-            if loop.logs(step):
-                log.write(step=step, loss=round(loss.item(), 6), loss_ema=round(ema_loss, 6),
-                          detail_mse=round((pred - z0)[:, DETAIL_CHANNEL].pow(2).mean().item(), 6),
-                          lr=opt.param_groups[0]["lr"], step_s=round(dt, 3), threads=torch.get_num_threads(),
-                          trained_min=round(trained_s / 60, 2))
-                loop.bar.set_postfix(loss=f"{ema_loss:.4f}")
-            loop.end_step(step, trained_s)
-        if loop.stopped_early:
-            return {"steps": step + 1, "stopped_early": True}
-        step += 1
-        save(step, done=True)
-    else:
-        step = int(ck["step"])
-    result = {"steps": step, "training_minutes": round(trained_s / 60, 1)}
-    if eval_images:
-        te, un = models_from_upscaler_checkpoint(load_checkpoint(ckpt_path))
-        result.update(evaluate_pipeline(upscale_pipeline(vae, te, tokenizer, un), n=eval_images))
-    (out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
-    log.write(**result)
-    print(json.dumps(result))
-    return result
-
-
 def main_train_upscaler(args) -> None:
     preset = UPSCALER_PRESETS[args.preset]
     if args.threads is not None:
@@ -286,6 +165,8 @@ def main_train_upscaler(args) -> None:
         preset.vae_steps = args.vae_steps
     if getattr(args, "vae_lr", None) is not None:
         preset.vae_lr = args.vae_lr
+    if getattr(args, "unet_lr", None) is not None:
+        preset.unet_lr = args.unet_lr
     if args.unet_steps is not None:
         preset.unet_steps = args.unet_steps
         preset.time_budget_minutes = None
@@ -296,5 +177,6 @@ def main_train_upscaler(args) -> None:
     if stage in ("all", "vae"):
         train_upscaler_vae(Path(args.out), preset, seed=args.seed, eval_images=args.eval_images)
     if stage in ("all", "unet"):
+        from_model = getattr(args, "from_model", None)
         train_upscaler_unet(Path(args.out), preset, seed=args.seed, max_minutes=args.max_minutes,
-                            eval_images=args.eval_images)
+                            eval_images=args.eval_images, from_model=Path(from_model) if from_model else None)
