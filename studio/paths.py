@@ -10,6 +10,7 @@ TOKENIZER_DIR = RESOURCES / "tokenizer"
 CONFIGS_DIR = RESOURCES / "configs"
 MODELS_DIR = ROOT / "models"
 BUILTIN_MODEL = MODELS_DIR / "builtin"
+BUILTIN_CONTROLNET = MODELS_DIR / "builtin-scribble"  # the built-in model's scribble ControlNet (outline -> filled)
 BUILTIN_LATENT_UPSCALER = MODELS_DIR / "latent-upscaler-x4"  # the x4 upscaler layout, trained by the project
 BUILTIN_UPSCALERS_DIR = MODELS_DIR / "swinir-x4"  # the built-in SwinIR x4 (a spandrel-loadable state dict)
 BUILTIN_UPSCALER = BUILTIN_UPSCALERS_DIR / "swinir-x4.safetensors"  # the "model" upscale without a chosen upscaler

@@ -135,7 +135,8 @@ def test_library_lists_controlnets_from_a1111_and_comfy_folders(made):
     names = sorted(Path(path).name for _label, path in listed)
     assert names == sorted(["cn_sd1_canny.safetensors", "control_sd1_depth.safetensors", "sd1_lineart.safetensors",
                             "sd1-scribble-diffusers", "cn_sdxl_canny.safetensors", "control_sdxl_depth.safetensors",
-                            "sdxl_lineart.safetensors", "sdxl-scribble-diffusers", "cn_sd1_second.safetensors"])
+                            "sdxl_lineart.safetensors", "sdxl-scribble-diffusers", "cn_sd1_second.safetensors",
+                            "builtin-scribble"])  # the built-in model's, shipped in models/
     labels = dict((Path(p).name, label) for label, p in listed)
     assert labels["cn_sdxl_canny.safetensors"] == "cn_sdxl_canny  ·  SDXL  ·  canny"
     # The checkpoint pickers do not offer them.

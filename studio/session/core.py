@@ -796,7 +796,8 @@ class Session(QObject):
             files = {"vae": info.vaes, "lora": info.loras, "embedding": info.embeddings,
                      "controlnet": info.controlnets}.get(kind, ())  # fmt: skip
             return [(label, fid) for fid, label in files]
-        return library.addon_choices(self.settings.model_folders, kind)
+        found = library.addon_choices(self.settings.model_folders, kind)
+        return library.controlnets_for(found, self.params.model) if kind == "controlnet" else found
 
     # -- engines ------------------------------------------------------------------------------
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from studio import __version__
 from studio.core.requests import GenerateResult
-from studio.paths import BUILTIN_LATENT_UPSCALER, BUILTIN_MODEL, MODELS_DIR
+from studio.paths import BUILTIN_CONTROLNET, BUILTIN_LATENT_UPSCALER, BUILTIN_MODEL, MODELS_DIR
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
@@ -203,7 +203,19 @@ def addon_choices(folders: list[str], kind: str) -> list[tuple[str, str]]:
     from studio.core.modellibrary import by_kind, scan
 
     out = []
+    builtin_net = BUILTIN_CONTROLNET.resolve()
     for m in by_kind(scan([MODELS_DIR, *map(Path, folders)]), kind):
         label = f"{m.name}  ·  {m.arch_label}" if m.arch else m.name
+        if m.path.resolve() == builtin_net:
+            label = "Built-in scribble (for the built-in model)"
         out.append((f"{label}  ·  {m.control}" if m.control else label, str(m.path)))
     return out
+
+
+def controlnets_for(choices: list[tuple[str, str]], model: str) -> list[tuple[str, str]]:
+    """The ControlNet choices for `model` ("" = the built-in): the built-in scribble ControlNet first for the built-in
+    model, so a new scribble layer picks it, and left out for any other model, whose U-Net it does not fit."""
+    builtin_net = BUILTIN_CONTROLNET.resolve()
+    mine = [c for c in choices if Path(c[1]).resolve() == builtin_net]
+    rest = [c for c in choices if Path(c[1]).resolve() != builtin_net]
+    return mine + rest if not model or Path(model).resolve() == BUILTIN_MODEL.resolve() else rest

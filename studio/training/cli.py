@@ -161,6 +161,60 @@ def add_tiny_decoder_subcommand(subparsers) -> None:
     p.set_defaults(func=_train_tiny_decoder)
 
 
+def _train_controlnet(args) -> None:
+    from .train_controlnet import main_train_controlnet
+
+    main_train_controlnet(args)
+
+
+def _export_controlnet(args) -> None:
+    from .export_controlnet import main_export_controlnet
+
+    main_export_controlnet(args)
+
+
+def _evaluate_control(args) -> None:
+    from .evaluate_control import main_evaluate_control
+
+    main_evaluate_control(args)
+
+
+def add_controlnet_subcommands(subparsers) -> None:
+    """The built-in scribble ControlNet: train beside the frozen built-in model, export, measure."""
+    p = subparsers.add_parser("train-controlnet", help="train the built-in scribble ControlNet (outline -> filled shape)")
+    p.add_argument("--run-dir", default="runs/controlnet", help=RUN_DIR_HELP)
+    p.add_argument("--base", default=DEFAULT_MODEL_DIR, help="the frozen model it controls (a diffusers folder)")
+    p.add_argument("--preset", default="cpu", choices=["cpu", "gpu", "tiny"], help=PRESET_HELP)
+    p.add_argument("--steps", type=int, default=None, help=STEPS_HELP)
+    p.add_argument("--batch", type=int, default=None, help=BATCH_HELP)
+    p.add_argument("--lr", type=float, default=None, help=LR_HELP)
+    p.add_argument("--pool-size", type=int, default=None, help="outline / picture pairs drawn once (default: the preset's)")
+    p.add_argument("--seed", type=int, default=0, help=SEED_HELP)
+    p.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
+    p.add_argument("--time-budget-minutes", type=float, default=None,
+                   help="train for this much training time instead of --steps (LR schedule follows the time spent)")
+    p.set_defaults(func=_train_controlnet)
+
+    p = subparsers.add_parser("export-controlnet", help="write the ControlNet's diffusers folder (EMA weights, fp16)")
+    p.add_argument("--run-dir", default="runs/controlnet", help=RUN_DIR_HELP)
+    p.add_argument("--out", default="models/builtin-scribble", help="the folder to write")
+    p.add_argument("--no-ema", action="store_true", help=NO_EMA_HELP)
+    p.set_defaults(func=_export_controlnet)
+
+    p = subparsers.add_parser("evaluate-control",
+                              help="shape (IoU with the outline) and colour with and without the ControlNet")
+    p.add_argument("--model", default="models/builtin-scribble",
+                   help="the ControlNet: a diffusers folder or a train-controlnet run folder (its checkpoint)")
+    p.add_argument("--base", default=DEFAULT_MODEL_DIR, help="the model it controls")
+    p.add_argument("--n", type=int, default=64, help="held-out outlines (half data set shapes, half free figures)")
+    p.add_argument("--steps", type=int, default=20, help="sampling steps per image")
+    p.add_argument("--cfg", type=float, default=6.0, help="classifier-free guidance scale")
+    p.add_argument("--threads", type=int, default=1, help="CPU threads")
+    p.add_argument("--grid", default=None, help="save outlines and images (without, with control) as a PNG")
+    p.add_argument("--json", default=None, help="write the result as JSON")
+    p.set_defaults(func=_evaluate_control)
+
+
 def add_subcommands(subparsers) -> None:
     p = subparsers.add_parser("train-vae", help="stage (a): train the built-in model's AutoencoderKL")
     p.add_argument("--run-dir", default=DEFAULT_RUN_DIR, help=RUN_DIR_HELP)
@@ -230,6 +284,7 @@ def add_subcommands(subparsers) -> None:
 
     add_upscaler_subcommands(subparsers)
     add_tiny_decoder_subcommand(subparsers)
+    add_controlnet_subcommands(subparsers)
 
     p = subparsers.add_parser("showcase", help="one picture of what each built-in model does (the README's)")
     p.add_argument("--out", default="docs/builtin-models.png", help="the PNG to write")
