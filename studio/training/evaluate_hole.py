@@ -100,16 +100,6 @@ def score_hole(painted: list[np.ndarray], cases: list[dict]) -> dict:
     return out
 
 
-def evaluate_hole(pipe, steps: int = 20, cfg: float = 6.0, seed: int = 0, repeats: int = 1,
-                  n: int | None = None) -> dict:  # fmt: skip
-    from .evaluate import generate
-
-    cases = hole_cases(repeats=repeats, n=n)
-    painted = generate(pipe, [c["prompt"] for c in cases], [seed + k for k in range(len(cases))], steps, cfg,
-                       images=[c["image"] for c in cases], masks=[c["mask"] for c in cases])  # fmt: skip
-    return score_hole(painted, cases)
-
-
 def hole_line(r: dict) -> str:
     weak = ", ".join(f"{k} {r['by_color'].get(k, float('nan')):.0%}" for k in ("purple", "orange"))
     return (f"into the hole (held-out scenes, random holes, no position in the prompt; {r['n']} cases): the named "
