@@ -51,9 +51,9 @@ class HoleConfig:
     lr: float = 1.5e-4
     warmup: int = 50
     ema_decay: float = 0.998
-    t2i_prob: float = 0.45  # text-to-image (mask all ones)
+    t2i_prob: float = 0.4  # text-to-image (mask all ones)
     focus_prob: float = 0.25  # of those, a single object of a weak colour or shape
-    hole_prob: float = 0.45  # hole_data samples
+    hole_prob: float = 0.5  # hole_data samples
     # the rest: the old random masks over data set pictures
     uncond_prob: float = 0.1
     noise_offset: float = 0.1

@@ -43,6 +43,8 @@ FOCUS_COLOR_WEIGHT = {"purple": 2.5, "orange": 2.5, "yellow": 2.0}
 FOCUS_SHAPE_WEIGHT = {"square": 2.0, "star": 2.0}
 KINDS = ("draw", "remove", "empty")
 KIND_PROBS = (0.6, 0.25, 0.15)
+OTHER_PROB = 0.6  # pictures that hold another object (the model's habit there: recolour it, draw nothing in the hole)
+NAME_ONLY_PROB = 0.8  # "draw" captions that name only the new object, not the other one too
 POSITION_LIST = tuple(POSITIONS)
 
 
@@ -160,7 +162,7 @@ def hole_sample(rng: np.random.Generator, kind: str | None = None) -> HoleSample
     if kind is None:
         kind = KINDS[int(rng.choice(len(KINDS), p=np.array(KIND_PROBS)))]
     background = _background(rng)
-    other = _other_object(rng, background) if rng.random() < 0.4 else None
+    other = _other_object(rng, background) if rng.random() < OTHER_PROB else None
     rest = (other,) if other is not None else ()
     if kind == "empty":
         scene = Scene(background, rest, "")
@@ -179,7 +181,7 @@ def hole_sample(rng: np.random.Generator, kind: str | None = None) -> HoleSample
     mask = hole_around(rng, object_box(obj))
     say_position = on_grid and rng.random() < 0.4
     if kind == "draw":
-        named = (obj,) if other is None or rng.random() < 0.7 else ((other, obj) if rng.random() < 0.5 else (obj, other))
+        named = (obj,) if other is None or rng.random() < NAME_ONLY_PROB else ((other, obj) if rng.random() < 0.5 else (obj, other))
         cap = _caption(rng, named, background, say_position)
         return HoleSample(without, with_obj, mask, cap, kind, obj)
     cap = _caption(rng, rest, background, say_position=rng.random() < 0.5)
