@@ -148,7 +148,8 @@ def test_finetune_hole_runs_resumes_and_exports_on_a_tiny_model(tmp_path):
 
 
 def test_builtin_model_inpaints_a_yellow_star_into_an_off_grid_hole():
-    """The artist's report: "a yellow star" into a painted hole came out outside the mask."""
+    """The artist's report: "a yellow star" into a hole painted beside another object came out outside the hole
+    (the model before phase 6 recoloured the other object instead)."""
     from PIL import Image
 
     from studio.training.export import load_pipeline
@@ -156,11 +157,12 @@ def test_builtin_model_inpaints_a_yellow_star_into_an_off_grid_hole():
     if not (BUILTIN / "model_index.json").exists():
         pytest.skip("models/builtin has not been exported")
     pipe = load_pipeline(BUILTIN)
+    picture = render(Scene("white", (ShapeObject("circle", "blue", "medium", "top right", 50.0, 14.0, 18.0),), ""))
     mask = np.zeros((64, 64), np.uint8)
-    mask[30:58, 6:36] = 255  # 30x28 px, not a grid cell
+    mask[30:58, 6:36] = 255  # 30x28 px, not a grid cell, away from the circle
     seeds = (0, 1, 2, 3)
     out = pipe(prompt=["a yellow star on a white background"] * len(seeds),
-               image=Image.new("RGB", (64, 64), COLORS["white"]), mask_image=Image.fromarray(mask),
+               image=Image.fromarray(picture), mask_image=Image.fromarray(mask),
                num_inference_steps=20, guidance_scale=6.0, strength=1.0, output_type="np",
                generator=[torch.Generator().manual_seed(s) for s in seeds]).images  # fmt: skip
     found = [find_in_hole((np.clip(im, 0, 1) * 255).round().astype(np.uint8), mask / 255.0, "yellow") for im in out]

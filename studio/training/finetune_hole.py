@@ -215,6 +215,13 @@ def finetune_hole(model_dir: Path, run_dir: Path, cfg: HoleConfig, seed: int = 0
     return result
 
 
+def _drop_source_path(config: Path) -> None:
+    """from_pretrained notes where it loaded from; the shipped config names no local path."""
+    cfg = json.loads(config.read_text())
+    if cfg.pop("_name_or_path", None) is not None:
+        config.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+
+
 def export_hole(run_dir: Path, base: Path, out: Path, use_ema: bool = True) -> Path:
     """Write the run's (EMA) U-Net, and the text encoder when it was trained, into ``out``: a copy of ``base``
     with those parts replaced (``out`` may be ``base`` itself: only unet/ and text_encoder/ are rewritten)."""
@@ -231,10 +238,12 @@ def export_hole(run_dir: Path, base: Path, out: Path, use_ema: bool = True) -> P
     unet = UNet2DConditionModel.from_pretrained(base / "unet", local_files_only=True, torch_dtype=torch.float32)
     unet.load_state_dict(weights["unet"])
     unet.to(torch.float16).save_pretrained(out / "unet", safe_serialization=True)
+    _drop_source_path(out / "unet" / "config.json")
     if "text_encoder" in weights:
         te = CLIPTextModel.from_pretrained(base / "text_encoder", local_files_only=True, torch_dtype=torch.float32)
         te.load_state_dict(weights["text_encoder"])
         te.save_pretrained(out / "text_encoder", safe_serialization=True)
+        _drop_source_path(out / "text_encoder" / "config.json")
     print(f"wrote {out} from {run_dir} (step {ck['step']}, {'EMA' if use_ema else 'raw'} weights)")
     return out
 
