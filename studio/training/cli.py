@@ -215,6 +215,42 @@ def add_controlnet_subcommands(subparsers) -> None:
     p.set_defaults(func=_evaluate_control)
 
 
+def _finetune_hole(args) -> None:
+    from .finetune_hole import main_finetune
+
+    main_finetune(args)
+
+
+def _export_hole(args) -> None:
+    from .finetune_hole import main_export
+
+    main_export(args)
+
+
+def add_hole_subcommands(subparsers) -> None:
+    """Phase 6: inpainting that draws the named object into the hole (see finetune_hole)."""
+    p = subparsers.add_parser("finetune-hole", help="phase 6: fine-tune a model folder's U-Net to draw into the hole")
+    p.add_argument("--model", default=DEFAULT_MODEL_DIR, help="the model folder to start from (its weights)")
+    p.add_argument("--run-dir", default="runs/inhole", help=RUN_DIR_HELP)
+    p.add_argument("--time-budget-minutes", type=float, default=50.0, help="training time (the LR schedule follows it)")
+    p.add_argument("--steps", type=int, default=None, help="a fixed number of steps instead of the time budget")
+    p.add_argument("--batch", type=int, default=None, help="images per step (default 32)")
+    p.add_argument("--lr", type=float, default=None, help="learning rate (default 1.5e-4)")
+    p.add_argument("--warmup", type=int, default=None, help="learning-rate warm-up steps (default 50)")
+    p.add_argument("--ema-decay", type=float, default=None, help="EMA decay (default 0.998)")
+    p.add_argument("--train-text-encoder", action="store_true", help="train the text encoder too (default frozen)")
+    p.add_argument("--seed", type=int, default=0, help=SEED_HELP)
+    p.add_argument("--threads", type=int, default=1, help="CPU threads")
+    p.set_defaults(func=_finetune_hole)
+
+    p = subparsers.add_parser("export-hole", help="write a finetune-hole run's U-Net into a model folder")
+    p.add_argument("--run-dir", default="runs/inhole", help=RUN_DIR_HELP)
+    p.add_argument("--base", default=DEFAULT_MODEL_DIR, help="the model folder it started from")
+    p.add_argument("--out", default=DEFAULT_MODEL_DIR, help="the folder to write (a copy of --base unless the same)")
+    p.add_argument("--no-ema", action="store_true", help=NO_EMA_HELP)
+    p.set_defaults(func=_export_hole)
+
+
 def add_subcommands(subparsers) -> None:
     p = subparsers.add_parser("train-vae", help="stage (a): train the built-in model's AutoencoderKL")
     p.add_argument("--run-dir", default=DEFAULT_RUN_DIR, help=RUN_DIR_HELP)
@@ -279,8 +315,11 @@ def add_subcommands(subparsers) -> None:
     p.add_argument("--no-inpaint", action="store_true", help="skip the inpainting measures (9-channel models)")
     p.add_argument("--remove-n", type=int, default=None,
                    help="pictures for the 'remove an object' measure (default: all the prompts)")
+    p.add_argument("--hole-repeats", type=int, default=1,
+                   help="'into the hole' cases: each held-out triple this many times (x2 prompts)")
     p.add_argument("--json", default=None, help="write the result as JSON")
     p.set_defaults(func=_evaluate)
+    add_hole_subcommands(subparsers)
 
     add_upscaler_subcommands(subparsers)
     add_tiny_decoder_subcommand(subparsers)
