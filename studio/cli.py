@@ -215,6 +215,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "and the resize step of --mode diffusion (default: Lanczos)")  # fmt: skip
     up.add_argument("--tile", type=int, default=0, help="tile size in output px (default: the model's own)")
     up.add_argument("--overlap", type=int, default=0, help="tile overlap in output px (default: automatic)")
+    up.add_argument("--no-keep-composition", dest="keep_composition", action="store_false",
+                    help="--mode diffusion over several tiles: keep each tile's repaint on the resized picture's "
+                         "colours, so the model paints new texture (grain, pores) into flat areas too (A1111's SD "
+                         "upscale); default: each tile adds only the detail that sharpens")  # fmt: skip
     up.add_argument("--strength", type=float, default=None,
                     help="denoising strength, 0 < x <= 1 (default 0.3 for diffusion; 1 for latent: the x4 "
                          "upscaler from noise)")  # fmt: skip
@@ -700,6 +704,8 @@ def _run_upscale(args: argparse.Namespace) -> int:
         raise RequestError("Give --width and --height together (or --scale)")
     if args.upscaler and args.mode not in ("model", "diffusion"):
         raise RequestError(f"--upscaler is for --mode model or diffusion, not {args.mode}")
+    if not args.keep_composition and args.mode != "diffusion":
+        raise RequestError(f"--no-keep-composition is for --mode diffusion, not {args.mode}")
     init = _read_image(args.image)
     builtin = args.mode == "model" and args.upscaler is None and not args.server  # the default keeps the picture
     if builtin:
@@ -710,7 +716,7 @@ def _run_upscale(args: argparse.Namespace) -> int:
     prompt, negative = args.prompt or "", args.negative or ""
     request = _request(args, "upscale", strength=strength, init_image=init, upscale_mode=args.mode,
                        scale=args.scale, upscaler=args.upscaler, tile=args.tile, tile_overlap=args.overlap,
-                       prompt=prompt, negative_prompt=negative)  # fmt: skip
+                       keep_composition=args.keep_composition, prompt=prompt, negative_prompt=negative)  # fmt: skip
     request.validate()  # before torch is imported: bad input answers at once
     if args.upscaler is not None and not args.server and not Path(args.upscaler).is_file():
         raise EngineError(f"Upscaler not found: {args.upscaler}")

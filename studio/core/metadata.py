@@ -61,6 +61,7 @@ EXTRA_KEYS: tuple[str, ...] = (
     "Upscale mode",
     "Upscale tile",
     "Upscale overlap",
+    "Upscale keep composition",  # ours: written only when off (a diffusion upscale's tiles paint free texture)
     "Lora hashes",
     "TI hashes",
     "Speed",  # ours: the speed mode a run used (studio.core.speed), written by the backend that ran it
@@ -181,7 +182,8 @@ def upscale_parameters(request: GenerateRequest) -> dict[str, object]:
       the input times the factor (A1111 writes one or the other);
     - "Hires upscaler": see `upscaler_name`;
     - ours: "Upscale mode" (resize, model, diffusion, latent: it makes a text an upscale's), "Upscale tile" and
-      "Upscale overlap" (output px) when they were set (0, automatic, is not written).
+      "Upscale overlap" (output px) when they were set (0, automatic, is not written); "Upscale keep
+      composition: False" for a diffusion upscale with it off.
     """
     out: dict[str, object] = {}
     image = request.init_image
@@ -203,6 +205,8 @@ def upscale_parameters(request: GenerateRequest) -> dict[str, object]:
         out["Upscale tile"] = int(request.upscale.tile)
     if request.upscale.tile_overlap:
         out["Upscale overlap"] = int(request.upscale.tile_overlap)
+    if request.upscale.method == "diffusion" and not request.upscale.keep_composition:
+        out["Upscale keep composition"] = False  # absent: on (the default, and every image made before it)
     return out
 
 
@@ -649,7 +653,7 @@ def request_fields(text: str, refused: list[Refused] | None = None) -> dict:
     An upscale's text (one with "Upscale mode"): mode "upscale", upscale_mode, scale ("Hires upscale"), the
     target width/height only from "Hires resize" (its Size is the input's, so Size is not restored), upscaler:
     the name "Hires upscaler" gives (None for Lanczos / Latent: a name, never a path, so the caller looks it
-    up), tile and tile_overlap (0 when absent).
+    up), tile and tile_overlap (0 when absent), keep_composition (True unless "Upscale keep composition: False").
 
     A txt2img hires fix's text (A1111's keys without "Upscale mode", see `_hires_fields`): hires_fix True,
     hires_scale ("Hires upscale", or "Hires resize" over Size), hires_steps (0 when absent), hires_upscaler (the
@@ -799,6 +803,7 @@ def _upscale_fields(p: Mapping[str, str], refused: list[Refused] | None = None) 
             _restore_number(out, refused, p, key, field_name, _to_int(p[key]))
         else:
             out[field_name] = 0
+    out["keep_composition"] = p.get("Upscale keep composition", "True").strip().lower() != "false"
     return out
 
 

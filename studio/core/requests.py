@@ -70,6 +70,9 @@ class UpscaleOptions:
     upscaler: str | None = None  # an upscaler model file: method "model", and the resize step of "diffusion"
     tile: int = 0  # tile size in output px; 0: automatic (the model's working size, or the upscaler's advice)
     tile_overlap: int = 0  # px; 0: automatic
+    # diffusion over several tiles: True adds only each tile's sharpening detail to the resized picture; False
+    # keeps only its low frequencies (colours, composition), so the model paints new texture into flat areas
+    keep_composition: bool = True
 
     def replace(self, **changes) -> UpscaleOptions:
         return dataclasses.replace(self, **changes)
@@ -132,7 +135,7 @@ def hires_schedule_steps(steps: int, strength: float) -> int:
 INPAINT_FIELDS = {"mask_blur": "mask_blur", "inpaint_area": "area", "inpaint_padding": "padding",
                   "masked_content": "masked_content"}  # fmt: skip
 UPSCALE_FIELDS = {"upscale_mode": "method", "scale": "scale", "upscaler": "upscaler", "tile": "tile",
-                  "tile_overlap": "tile_overlap"}  # fmt: skip
+                  "tile_overlap": "tile_overlap", "keep_composition": "keep_composition"}  # fmt: skip
 HIRES_FIELDS = {"hires_fix": "enabled", "hires_scale": "scale", "hires_upscaler": "upscaler", "hires_steps": "steps",
                 "hires_strength": "strength"}  # fmt: skip
 
@@ -197,7 +200,7 @@ class GenerateRequest:
     def with_fields(self, **fields) -> GenerateRequest:
         """A copy with fields given by their flat names, as the panel, the CLI and A1111's parameters text name
         them: the inpaint and upscale options (mask_blur, inpaint_area, inpaint_padding, masked_content;
-        upscale_mode, scale, upscaler, tile, tile_overlap) go to their nests, the rest to the request."""
+        upscale_mode, scale, upscaler, tile, tile_overlap, keep_composition) go to their nests, the rest to the request."""
         inpaint = {INPAINT_FIELDS[k]: fields.pop(k) for k in list(fields) if k in INPAINT_FIELDS}
         upscale = {UPSCALE_FIELDS[k]: fields.pop(k) for k in list(fields) if k in UPSCALE_FIELDS}
         if inpaint:

@@ -21,7 +21,10 @@ The output size is ``request.upscale_size()`` (the input times ``scale``, or ``w
   a flat area stays exactly the base's (no halo, no new shape). One extra VAE encode and decode per tile. A
   tile's output used to be its decoded img2img (17.8 dB against the truth where Lanczos has 40 on the built-in
   model: shapes erased and invented per tile), then its low frequencies replaced by the base's (36.6 dB, edges
-  softer than Lanczos); now 40.2 dB, edges sharper than Lanczos (``benchmarks/bench_upscale_truth.py``). A run
+  softer than Lanczos); now 40.2 dB, edges sharper than Lanczos (``benchmarks/bench_upscale_truth.py``). With
+  ``keep_composition`` off, each tile is the previous rule (``keep_low_frequencies``): its img2img output with
+  only its low frequencies replaced by the base's, so the model paints new texture (grain, pores) into flat
+  areas, as A1111's "SD upscale" does, on the base's colours and composition. A run
   of one tile is the plain img2img its kept steps decode to. Each tile is its own img2img run: its steps go out
   as StepInfo(step, total, elapsed, the tile's x0 preview, stage="tile", part=i, parts=n, region=the tile in
   output px).
@@ -125,6 +128,19 @@ def transfer_detail(diffused: np.ndarray, round_trip: np.ndarray, base: np.ndarr
     side = b - uniform_filter(b, k, mode="nearest")  # which side of the local mean each pixel is on
     out = b + np.where(detail * side > 0, detail, 0.0)
     out = np.clip(out, minimum_filter(b, k, mode="nearest"), maximum_filter(b, k, mode="nearest"))
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def keep_low_frequencies(image: np.ndarray, base: np.ndarray, sigma: float) -> np.ndarray:
+    """`image` with its low frequencies (a Gaussian blur of `sigma` px) replaced by `base`'s: the detail a
+    diffusion tile adds, on the colours and shapes of the base it started from (``keep_composition`` off)."""
+    from scipy.ndimage import gaussian_filter
+
+    if sigma <= 0:
+        return image
+    a, b = image.astype(np.float32), base.astype(np.float32)
+    s = (sigma, sigma, 0)
+    out = b + (a - gaussian_filter(a, s, mode="reflect")) - (b - gaussian_filter(b, s, mode="reflect"))
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
@@ -350,7 +366,9 @@ class _Upscale:
             embeds = {k: v for k, v in kwargs.items() if k.endswith("prompt_embeds")}  # one encoding per run
             pixels = self._sample(model, pipe, kwargs, tile_req, s, part, keep=len(rects) == 1,
                                   crop=(0.0, 0.0, h / ph, w / pw))  # fmt: skip
-            if len(rects) > 1:  # a tile decoded without its surroundings drifts (one tile is plain img2img)
+            if len(rects) > 1 and not self.r.upscale.keep_composition:  # the tile's texture on the base's colours
+                pixels = keep_low_frequencies(pixels[:h, :w], base[y : y + h, x : x + w], self.low_pass_sigma())
+            elif len(rects) > 1:  # a tile decoded without its surroundings drifts (one tile is plain img2img)
                 pixels = transfer_detail(pixels, self.round_trip(model, padded), padded, self.low_pass_sigma(),
                                          self.clamp_radius())  # fmt: skip
             blender.add(rect, pixels[:h, :w])

@@ -17,7 +17,7 @@ RESTORED_FIELDS = ("prompt", "negative_prompt", "sampler", "schedule", "steps", 
                    "strength", "mask_blur", "inpaint_area", "inpaint_padding", "masked_content", "scale",
                    "upscale_mode", "vae", "speed", "hires_fix", "hires_scale", "hires_upscaler", "hires_steps",
                    "hires_strength", "deep_cache", "subseed", "subseed_strength", "seed_resize_from_w",
-                   "seed_resize_from_h")
+                   "seed_resize_from_h", "keep_composition")
 MODES = ("txt2img", "img2img", "inpaint", "upscale")  # what the panel's mode switch offers
 
 
@@ -71,6 +71,7 @@ class Params:
     tile: int = 0  # px; 0: automatic
     tile_overlap: int = 0
     upscale_strength: float = 0.3  # a diffusion upscale keeps the composition: low strength
+    keep_composition: bool = True  # diffusion tiles add only sharpening detail; off: they paint new texture too
     vae: str = ""  # a VAE file, or a name the model library knows; "" = the model's own
     speed: str = ""  # exact, fast or turbo (studio.core.speed); "" = not chosen yet: the backend's default
     # Hires fix (Text mode): A1111's two passes; the upscaler is "Latent"..., "Lanczos" or an upscaler file
@@ -199,5 +200,5 @@ class Params:
             seed=None if self.seed < 0 else int(self.seed), preview=preview,
             strength=float(self.upscale_strength) if self.upscale_mode == "diffusion" else 1.0,  # latent: as trained
             upscale_mode=self.upscale_mode, scale=float(self.scale), upscaler=upscaler,
-            tile=int(self.tile), tile_overlap=int(self.tile_overlap),
+            tile=int(self.tile), tile_overlap=int(self.tile_overlap), keep_composition=bool(self.keep_composition),
         )  # fmt: skip

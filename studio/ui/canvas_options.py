@@ -5,6 +5,7 @@ from __future__ import annotations
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import (
     QButtonGroup,
+    QCheckBox,
     QComboBox,
     QDoubleSpinBox,
     QGridLayout,
@@ -50,7 +51,8 @@ METHODS = (
     ("resize", "Resize (Lanczos)", "Plain Lanczos resampling: fast, no new detail"),
 )
 # The methods each upscale option acts in; elsewhere it is disabled, its tooltip says why.
-USED_BY = {"strength": ("diffusion",), "upscaler": ("model", "diffusion"), "tiles": ("model", "diffusion", "latent")}
+USED_BY = {"strength": ("diffusion",), "upscaler": ("model", "diffusion"), "tiles": ("model", "diffusion", "latent"),
+           "composition": ("diffusion",)}  # fmt: skip
 METHOD_NAMES = {m: label for m, label, _tip in METHODS}
 AREAS = (("whole", "Whole picture"), ("masked", "Only masked"))
 CONTENTS = (("original", "Original"), ("fill", "Fill"), ("noise", "Latent noise"))
@@ -240,13 +242,23 @@ class UpscaleOptions(QWidget):
         self.overlap.setSpecialValueText("Auto")
         self.overlap.setSuffix(" px")
         self.overlap.setToolTip("How much neighbouring tiles overlap, blended so no seam shows (Auto: a good default)")
+        self.keep_composition = QCheckBox("Keep composition")
+        self.keep_composition.setToolTip(
+            "On (default): over several tiles each tile adds only the detail that sharpens what the resized picture "
+            "has; colours, shapes and flat areas stay exactly put.\nOff: each tile's repaint is kept on the resized "
+            "picture's colours, so the model paints new texture (grain, pores, highlights) into flat areas too, "
+            "more at higher strength (A1111's SD upscale). One tile, or a ComfyUI server (one piece), is plain image "
+            "to image either way"
+        )
         rows = (("Method", self.method, 0, 0, 2), ("Factor", self.scale, 2, 0, 1), ("Strength", self.strength, 2, 1, 1),
                 ("Upscaler", self.upscaler, 4, 0, 2), ("Tile", self.tile, 6, 0, 1), ("Overlap", self.overlap, 6, 1, 1))
         for label, widget, row, col, span in rows:
             grid.addWidget(muted_label(label), row, col, 1, span)
             grid.addWidget(widget, row + 1, col, 1, span)
+        grid.addWidget(self.keep_composition, 8, 0, 1, 2)
 
-        self._tips = {w: w.toolTip() for w in (self.strength, self.upscaler, self.tile, self.overlap)}
+        self._tips = {w: w.toolTip() for w in (self.strength, self.upscaler, self.tile, self.overlap,
+                                               self.keep_composition)}  # fmt: skip
 
         s = session
         self.method.currentIndexChanged.connect(lambda _i: self._method_changed())
@@ -255,6 +267,7 @@ class UpscaleOptions(QWidget):
         self.strength.valueChanged.connect(lambda v: s.update_params(upscale_strength=float(v)))
         self.tile.valueChanged.connect(lambda v: s.update_params(tile=int(v)))
         self.overlap.valueChanged.connect(lambda v: s.update_params(tile_overlap=int(v)))
+        self.keep_composition.toggled.connect(lambda on: s.update_params(keep_composition=bool(on)))
         for signal in (self.method.currentIndexChanged, self.scale.valueChanged):
             signal.connect(lambda *_: self.update_target())
         s.capabilities_changed.connect(self.set_capabilities)
@@ -282,7 +295,7 @@ class UpscaleOptions(QWidget):
         """Options that do nothing in this method are disabled, and their tooltips say why."""
         name = METHOD_NAMES.get(method, method)
         for key, widgets in (("strength", (self.strength,)), ("upscaler", (self.upscaler,)),
-                             ("tiles", (self.tile, self.overlap))):  # fmt: skip
+                             ("tiles", (self.tile, self.overlap)), ("composition", (self.keep_composition,))):  # fmt: skip
             used = method in USED_BY[key]
             for w in widgets:
                 w.setEnabled(used)
@@ -319,7 +332,7 @@ class UpscaleOptions(QWidget):
         self._preselect_upscaler()
 
     def set_params(self, p: Params) -> None:
-        widgets = (self.method, self.scale, self.upscaler, self.strength, self.tile, self.overlap)
+        widgets = (self.method, self.scale, self.upscaler, self.strength, self.tile, self.overlap, self.keep_composition)
         for w in widgets:
             w.blockSignals(True)
         try:
@@ -331,6 +344,7 @@ class UpscaleOptions(QWidget):
             set_clamped(self.strength, p.upscale_strength)
             set_clamped(self.tile, p.tile)
             set_clamped(self.overlap, p.tile_overlap)
+            self.keep_composition.setChecked(bool(p.keep_composition))
         finally:
             for w in widgets:
                 w.blockSignals(False)

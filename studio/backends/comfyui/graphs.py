@@ -688,7 +688,8 @@ def _upscale_pixels(g: _Graph, job: _Job) -> dict[str, dict[str, Any]]:
 
 
 def _upscale_diffusion(g: _Graph, job: _Job) -> dict[str, dict[str, Any]]:
-    """An upscaler model (or Lanczos) to the size, then img2img at the request's strength."""
+    """An upscaler model (or Lanczos) to the size, then img2img at the request's strength. One piece, no tiles:
+    `keep_composition` (the local engine's per-tile detail transfer) changes nothing here."""
     r, s = job.request, _sampling(g, job)
     target = r.upscale_size()
     image = _load_image(g, job.images["init"])
