@@ -84,6 +84,7 @@ def test_adaptive_weight_is_the_ratio_of_gradient_norms_at_the_last_layer():
     rec, g = losses()
     assert adaptive_weight(rec * 1e6, g * 0.0, last, factor=2.0).item() == pytest.approx(2e4)
     assert adopt_weight(0.5, 9, 10) == 0.0 and adopt_weight(0.5, 10, 10) == 0.5
+    assert [adopt_weight(0.4, s, 10, ramp=4) for s in (9, 10, 11, 13, 20)] == [0.0, 0.1, 0.2, 0.4, 0.4]
 
 
 def _states(ck: dict) -> dict:
@@ -101,6 +102,8 @@ def test_tiny_run_resumes_identically_and_installs_into_a_model(tmp_path, capsys
     weights = {r["step"]: r["d_weight"] for r in rows if "d_weight" in r}
     assert all(weights[s] == 0.0 for s in range(preset.disc_start))  # the adversarial term off in the warm-up
     assert all(weights[s] > 0.0 for s in range(preset.disc_start, preset.steps))
+    g = {r["step"]: r["g_loss"] for r in rows if "g_loss" in r}
+    assert all(g[s] == 0.0 for s in range(preset.disc_start))  # the generator never asked the discriminator
 
     run = tmp_path / "broken"
     part = train(BUILTIN, run, preset, stop_after=3, eval_images=0, progress=False)

@@ -176,6 +176,7 @@ def add_vae_gan_subcommands(subparsers) -> None:
     p.add_argument("--lr", type=float, default=None, help=LR_HELP)
     p.add_argument("--disc-start", type=int, default=None, help="step the adversarial term starts at")
     p.add_argument("--disc-weight", type=float, default=None, help="factor on the adaptive adversarial weight")
+    p.add_argument("--disc-ramp", type=int, default=None, help="steps that factor rises over from 0 (0: at once)")
     p.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
     p.add_argument("--seed", type=int, default=0, help=SEED_HELP)
     p.add_argument("--eval-images", type=int, default=256, help=EVAL_IMAGES_HELP)

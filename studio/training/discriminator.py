@@ -53,9 +53,12 @@ def generator_loss(logits_fake: torch.Tensor) -> torch.Tensor:
     return -logits_fake.mean()
 
 
-def adopt_weight(weight: float, step: int, start: int) -> float:
-    """``weight`` from step ``start`` on, 0 before (the adversarial term's warm-up)."""
-    return weight if step >= start else 0.0
+def adopt_weight(weight: float, step: int, start: int, ramp: int = 0) -> float:
+    """0 before step ``start`` (the adversarial term's warm-up), then ``weight`` (LDM), or with ``ramp`` a linear
+    rise to it over that many steps: a sweep of weights in one run, for the validation to choose from."""
+    if step < start:
+        return 0.0
+    return weight * min(1.0, (step - start + 1) / ramp) if ramp > 0 else weight
 
 
 def adaptive_weight(rec_loss: torch.Tensor, g_loss: torch.Tensor, last_layer: torch.Tensor,
