@@ -162,3 +162,15 @@ def test_shipped_vae_loads_offline_and_reconstructs_held_out_scenes():
     s = vae_scores(load_vae_folder(BUILTIN / "vae"), n=32)
     assert s["psnr"] > 28.0
     assert s["edge_sharpness"] > 0.7
+
+
+def test_validation_rule_prefers_true_sharpness_within_the_psnr_and_ssim_bars():
+    from studio.training.train_vae_gan import validation_score
+
+    ref = {"psnr": 29.5, "ssim": 0.953, "edge_sharpness": 0.66}
+    soft = validation_score(ref, ref, 0.5, 0.002)
+    sharper = validation_score({"psnr": 29.1, "ssim": 0.952, "edge_sharpness": 0.9}, ref, 0.5, 0.002)
+    ringing = validation_score({"psnr": 29.3, "ssim": 0.943, "edge_sharpness": 0.98}, ref, 0.5, 0.002)  # SSIM lost
+    lossy = validation_score({"psnr": 28.9, "ssim": 0.953, "edge_sharpness": 1.0}, ref, 0.5, 0.002)  # PSNR lost
+    assert soft == pytest.approx(-0.34) and sharper == pytest.approx(-0.1)
+    assert sharper > soft > max(ringing, lossy)
