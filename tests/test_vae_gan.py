@@ -155,22 +155,10 @@ def test_full_vae_training_moves_the_encoder(tmp_path):
 
 
 def test_shipped_vae_loads_offline_and_reconstructs_held_out_scenes():
-    """The built-in model's VAE (decoder retrained adversarially): PSNR above the card's bar, edges sharper than
-    the stage (a) VAE's (median edge sharpness 0.64 on these scenes)."""
+    """The built-in model's VAE (its decoder retrained adversarially) on the first 32 held-out scenes: the stage (a)
+    VAE it replaced measured PSNR 31.13 dB, median edge sharpness 0.649; the shipped one 31.88 dB, 0.786."""
     from studio.training.vae_quality import load_vae_folder, vae_scores
 
     s = vae_scores(load_vae_folder(BUILTIN / "vae"), n=32)
-    assert s["psnr"] > 28.0
-    assert s["edge_sharpness"] > 0.7
-
-
-def test_validation_rule_prefers_true_sharpness_within_the_psnr_and_ssim_bars():
-    from studio.training.train_vae_gan import validation_score
-
-    ref = {"psnr": 29.5, "ssim": 0.953, "edge_sharpness": 0.66}
-    soft = validation_score(ref, ref, 0.5, 0.002)
-    sharper = validation_score({"psnr": 29.1, "ssim": 0.952, "edge_sharpness": 0.9}, ref, 0.5, 0.002)
-    ringing = validation_score({"psnr": 29.3, "ssim": 0.943, "edge_sharpness": 0.98}, ref, 0.5, 0.002)  # SSIM lost
-    lossy = validation_score({"psnr": 28.9, "ssim": 0.953, "edge_sharpness": 1.0}, ref, 0.5, 0.002)  # PSNR lost
-    assert soft == pytest.approx(-0.34) and sharper == pytest.approx(-0.1)
-    assert sharper > soft > max(ringing, lossy)
+    assert s["psnr"] > 31.5
+    assert s["edge_sharpness"] > 0.74
