@@ -251,6 +251,54 @@ def add_hole_subcommands(subparsers) -> None:
     p.set_defaults(func=_export_hole)
 
 
+def _vae_gan(name: str):
+    def run(args) -> None:
+        from . import train_vae_gan
+
+        getattr(train_vae_gan, name)(args)
+
+    return run
+
+
+def add_vae_gan_subcommands(subparsers) -> None:
+    """Adversarial (LDM first-stage) retraining of a model's VAE, its installation and its measurement."""
+    p = subparsers.add_parser("train-vae-gan", help="retrain a model's VAE with a patch discriminator (decoder only)")
+    p.add_argument("--model", default=DEFAULT_MODEL_DIR, help="the model folder whose vae/ is the start")
+    p.add_argument("--run-dir", default=None, help="checkpoints and logs (default runs/vae-gan-<model>)")
+    p.add_argument("--preset", default="cpu", choices=["cpu", "gpu", "tiny"], help=PRESET_HELP)
+    half = p.add_mutually_exclusive_group()
+    half.add_argument("--decoder-only", action="store_true", default=True,
+                      help="train the decoder, the encoder frozen: the latents stay the same (the default)")
+    half.add_argument("--full-vae", action="store_true", help="train the encoder too, as the LDM paper does")
+    p.add_argument("--steps", type=int, default=None, help=STEPS_HELP)
+    p.add_argument("--time-budget-minutes", type=float, default=None,
+                   help="train for this much training time instead of --steps (LR follows the time spent)")
+    p.add_argument("--batch", type=int, default=None, help=BATCH_HELP)
+    p.add_argument("--lr", type=float, default=None, help=LR_HELP)
+    p.add_argument("--disc-start", type=int, default=None, help="step the adversarial term starts at")
+    p.add_argument("--disc-weight", type=float, default=None, help="factor on the adaptive adversarial weight")
+    p.add_argument("--disc-ramp", type=int, default=None, help="steps that factor rises over from 0 (0: at once)")
+    p.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
+    p.add_argument("--seed", type=int, default=0, help=SEED_HELP)
+    p.add_argument("--eval-images", type=int, default=256, help=EVAL_IMAGES_HELP)
+    p.add_argument("--resume", action="store_true", help="go on from the run folder's checkpoint")
+    p.set_defaults(func=_vae_gan("main_train"))
+
+    p = subparsers.add_parser("export-vae-gan", help="install a train-vae-gan run's best VAE into the model (fp16)")
+    p.add_argument("--run-dir", required=True, help=RUN_DIR_HELP)
+    p.add_argument("--model", default=DEFAULT_MODEL_DIR, help="the model folder whose vae/ is replaced")
+    p.add_argument("--last", action="store_true", help="the last checkpoint instead of the best on validation")
+    p.add_argument("--allow-new-latents", action="store_true", help="install a --full-vae run's VAE anyway")
+    p.set_defaults(func=_vae_gan("main_export"))
+
+    p = subparsers.add_parser("evaluate-vae", help="PSNR, SSIM, edge sharpness of VAEs on held-out scenes")
+    p.add_argument("--vae", action="append", required=True, help="a diffusers VAE folder (repeat to compare)")
+    p.add_argument("--n", type=int, default=256, help="held-out scenes")
+    p.add_argument("--png", default=None, help="write a side-by-side picture: truth | each VAE")
+    p.add_argument("--json", default=None, help="write the scores as JSON")
+    p.set_defaults(func=_vae_gan("main_evaluate"))
+
+
 def add_subcommands(subparsers) -> None:
     p = subparsers.add_parser("train-vae", help="stage (a): train the built-in model's AutoencoderKL")
     p.add_argument("--run-dir", default=DEFAULT_RUN_DIR, help=RUN_DIR_HELP)
@@ -323,6 +371,7 @@ def add_subcommands(subparsers) -> None:
 
     add_upscaler_subcommands(subparsers)
     add_tiny_decoder_subcommand(subparsers)
+    add_vae_gan_subcommands(subparsers)
     add_controlnet_subcommands(subparsers)
 
     p = subparsers.add_parser("showcase", help="one picture of what each built-in model does (the README's)")
