@@ -505,3 +505,15 @@ def test_x4_below_strength_1_runs_every_sampler_to_a_finite_end(engine, tiny_x4_
     assert [s.step for s in seen] == ([1, 2, 3, 4] if sampler == "PLMS" else [1, 2, 3])
     assert np.isfinite(r.latents.astype(np.float32)).all() and np.isfinite(r.x0.astype(np.float32)).all()
     assert r.images[0].std() > 5  # not the black of NaN cast to uint8
+
+
+def test_controls_on_an_upscale_that_cannot_follow_them_are_dropped_and_said(engine):
+    from studio.core.control import ControlSpec
+
+    lines = np.zeros((16, 16, 3), np.uint8)
+    lines[4:12, 4] = 255
+    ctrl = ControlSpec(model="some-controlnet", image=lines, module="scribble")
+    res = engine.generate(ureq(controls=(ctrl,)))
+    assert res.images[0].shape == (48, 64, 3)
+    assert res.request.controls == ()  # its PNG must not claim a ControlNet
+    assert any("Control layers were not used: a resize" in n for n in res.notes)

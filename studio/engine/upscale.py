@@ -210,6 +210,11 @@ SAMPLED = ("diffusion", "latent")  # the methods that run a sampler (steps, a se
 def run(engine, request: GenerateRequest, on_step, cancel, t_start: float) -> GenerateResult:
     """One upscale on `engine` (the caller holds its lock and has validated the request)."""
     mode = request.upscale.method
+    notes = []
+    if request.controls and mode != "diffusion":  # only the loaded model's tiles can follow a ControlNet
+        what = {"resize": "a resize", "model": "an upscaler model", "latent": "the x4 latent upscaler"}[mode]
+        notes.append(f"Control layers were not used: {what} does not follow them (only the diffusion upscale does)")
+        request = request.replace(controls=())  # nor does its PNG say so
     if mode in ("diffusion", "latent"):
         engine.check_family(request.model, "upscale", mode)  # from the json files: nothing loaded to refuse
         _check_steps(request)
@@ -240,7 +245,9 @@ def run(engine, request: GenerateRequest, on_step, cancel, t_start: float) -> Ge
         raise EngineError(f"Upscale failed: {first_line(e)}") from e
     if job.cancelled():
         return job.result([], cancelled=True)
-    return job.result([image])
+    result = job.result([image])
+    result.notes.extend(notes)
+    return result
 
 
 def _check_steps(r: GenerateRequest) -> None:
