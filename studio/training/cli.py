@@ -375,7 +375,7 @@ def add_subcommands(subparsers) -> None:
     add_controlnet_subcommands(subparsers)
 
     p = subparsers.add_parser("showcase", help="one picture of what each built-in model does (the README's)")
-    p.add_argument("--out", default="docs/builtin-models.png", help="the PNG to write")
+    p.add_argument("--out", default="models/builtin/showcase.png", help="the PNG to write")
     p.add_argument("--models", default="models", help="the folder holding the built-in models")
     p.add_argument("--control", default=None, help="the scribble row's ControlNet (default: models/*scribble*)")
     p.add_argument("--threads", type=int, default=1, help=THREADS_HELP)
