@@ -294,6 +294,8 @@ _REQUIRED = {
     "grid": ["--prompt", "x"],
     "info": ["x.png"],
     "make-tiny-model": ["out"],
+    "export-vae-gan": ["--run-dir", "r"],
+    "evaluate-vae": ["--vae", "v"],
 }
 
 

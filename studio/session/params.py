@@ -51,7 +51,7 @@ class Params:
     prompt: str = ""
     negative_prompt: str = ""
     model: str = ""  # a model folder or file; "" = the built-in model
-    sampler: str = "Euler a"
+    sampler: str = "Euler"  # studio.core.samplers.DEFAULT_SAMPLER (why: there)
     schedule: str = "Normal"
     steps: int = 20
     cfg: float = 7.0
