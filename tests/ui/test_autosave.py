@@ -202,6 +202,8 @@ def test_saves_are_written_on_the_autosave_thread_one_at_a_time(qtbot, folder, s
         disk.set()
     qtbot.waitUntil(saved_with(folder, entries=5), timeout=WAIT_MS)
     qtbot.waitUntil(lambda: not saver.is_busy(), timeout=WAIT_MS)
+    # `saved` reaches the UI thread as a queued event after the writer is idle: wait for it, not for idleness
+    qtbot.waitUntil(lambda: len(saves) >= 2, timeout=WAIT_MS)
     assert set(seen) == {"studio-autosave"} and threading.current_thread().name not in seen
     assert most[0] == 1  # never two writers
     assert len(submitted) == 5 and [j.result for j in submitted[1:4]] == ["superseded"] * 3
