@@ -41,17 +41,32 @@ def background_rgb(img: np.ndarray) -> np.ndarray:
     return np.median(border, axis=0)
 
 
+def far_from(img: np.ndarray, bg: np.ndarray, threshold: float = 60.0) -> np.ndarray:
+    """The pixels further than `threshold` (RGB distance) from the background colour."""
+    return np.linalg.norm(img.astype(np.float32) - bg[None, None], axis=2) > threshold
+
+
+def largest_blob(mask: np.ndarray) -> np.ndarray:
+    """The largest connected blob of a boolean mask (the mask itself when it has at most one)."""
+    if not mask.any():
+        return mask
+    labels, n = ndimage.label(mask)
+    if n <= 1:
+        return mask
+    sizes = ndimage.sum(mask, labels, index=range(1, n + 1))
+    return labels == (1 + int(np.argmax(sizes)))
+
+
 def object_mask(img: np.ndarray, bg: np.ndarray, threshold: float = 60.0) -> np.ndarray:
     """Largest connected blob of pixels far from the background colour."""
-    dist = np.linalg.norm(img.astype(np.float32) - bg[None, None], axis=2)
-    far = dist > threshold
-    if not far.any():
-        return far
-    labels, n = ndimage.label(far)
-    if n > 1:
-        sizes = ndimage.sum(far, labels, index=range(1, n + 1))
-        far = labels == (1 + int(np.argmax(sizes)))
-    return far
+    return largest_blob(far_from(img, bg, threshold))
+
+
+def region_colour(img: np.ndarray, region: np.ndarray) -> str:
+    """The nearest named colour of a region's median, its anti-aliased rim eroded away when there is enough."""
+    inner = ndimage.binary_erosion(region)
+    pick = inner if inner.sum() >= 6 else region
+    return nearest_color(np.median(img[pick].astype(np.float32), axis=0))
 
 
 def shape_features(mask: np.ndarray) -> np.ndarray:
@@ -141,10 +156,7 @@ def analyse(img: np.ndarray, min_area: int = 12) -> Analysis:
     area = int(m.sum())
     if area < min_area:
         return Analysis(bg_name, None, None, None, area)
-    # colour: median of the object's inner pixels (erode away the anti-aliased rim when there is enough)
-    inner = ndimage.binary_erosion(m)
-    pick = inner if inner.sum() >= 6 else m
-    color = nearest_color(np.median(img[pick].astype(np.float32), axis=0))
+    color = region_colour(img, m)
     ys, xs = np.nonzero(m)
     position = grid_cell(float(xs.mean()) + 0.5, float(ys.mean()) + 0.5)
     feats = shape_features(m)

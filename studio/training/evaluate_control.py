@@ -15,9 +15,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from scipy import ndimage
 
-from .analysis import background_rgb, nearest_color
+from .analysis import background_rgb, far_from, region_colour
 from .control_data import HELD_OUT_STREAM, ScribbleDataset, ScribbleSample, control_rgb
 from .data import IMAGE_SIZE
 from .export import load_pipeline
@@ -27,8 +26,7 @@ FAR = 60.0  # a pixel this far (RGB distance) from the background belongs to the
 
 
 def filled_region(img: np.ndarray) -> np.ndarray:
-    bg = background_rgb(img)
-    return np.linalg.norm(img.astype(np.float32) - bg[None, None], axis=2) > FAR
+    return far_from(img, background_rgb(img), FAR)
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -37,11 +35,7 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def region_color(img: np.ndarray, region: np.ndarray) -> str | None:
-    if region.sum() < 4:
-        return None
-    inner = ndimage.binary_erosion(region)
-    pick = inner if inner.sum() >= 6 else region
-    return nearest_color(np.median(img[pick].astype(np.float32), axis=0))
+    return region_colour(img, region) if region.sum() >= 4 else None
 
 
 def score(img: np.ndarray, sample: ScribbleSample) -> dict:

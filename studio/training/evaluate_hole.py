@@ -16,7 +16,7 @@ from collections import defaultdict
 import numpy as np
 from scipy import ndimage
 
-from .analysis import _COLOR_ARRAY, _COLOR_NAMES, classify_shape, shape_features
+from .analysis import _COLOR_ARRAY, _COLOR_NAMES, classify_shape, largest_blob, shape_features
 from .data import CELL_CENTERS, COLORS, POSITIONS, SHAPES, Scene, ShapesDataset, held_out_triples, render
 from .hole_data import random_hole
 
@@ -33,12 +33,9 @@ def color_map(img: np.ndarray) -> np.ndarray:
 
 def find_in_hole(img: np.ndarray, mask: np.ndarray, color: str) -> dict:
     """Where the named colour's largest blob is: its area, the share of it inside the hole, its shape."""
-    named = color_map(img) == _COLOR_NAMES.index(color)
-    labels, n = ndimage.label(named)
-    if n == 0:
+    blob = largest_blob(color_map(img) == _COLOR_NAMES.index(color))
+    if not blob.any():
         return {"area": 0, "inside": 0.0, "shape": None, "found": False}
-    sizes = ndimage.sum(named, labels, index=range(1, n + 1))
-    blob = labels == (1 + int(np.argmax(sizes)))
     area = int(blob.sum())
     inside = float((blob & (mask >= 0.5)).sum() / max(area, 1))
     shape = classify_shape(shape_features(blob)) if area >= MIN_AREA else None
