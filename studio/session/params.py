@@ -9,6 +9,7 @@ from typing import Any
 
 from studio.core.metadata import FIELD_LIMITS, UPSCALE_TARGET, Refused
 from studio.core.requests import GenerateRequest
+from studio.core.samplers import DEFAULT_SAMPLER
 from studio.core.speed import DEFAULT_SPEED, SPEEDS
 from studio.paths import BUILTIN_LATENT_UPSCALER, BUILTIN_UPSCALER
 
@@ -51,7 +52,7 @@ class Params:
     prompt: str = ""
     negative_prompt: str = ""
     model: str = ""  # a model folder or file; "" = the built-in model
-    sampler: str = "Euler"  # studio.core.samplers.DEFAULT_SAMPLER (why: there)
+    sampler: str = DEFAULT_SAMPLER  # Euler (why: studio.core.samplers)
     schedule: str = "Normal"
     steps: int = 20
     cfg: float = 7.0
