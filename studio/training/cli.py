@@ -299,6 +299,44 @@ def add_vae_gan_subcommands(subparsers) -> None:
     p.set_defaults(func=_vae_gan("main_evaluate"))
 
 
+def _upscaler_vae_gan(name: str):
+    def run(args) -> None:
+        from . import train_upscaler_vae_gan
+
+        getattr(train_upscaler_vae_gan, name)(args)
+
+    return run
+
+
+def add_upscaler_vae_gan_subcommands(subparsers) -> None:
+    """The same adversarial retraining for the x4 latent upscaler's VAE decoder (its structured latent kept)."""
+    p = subparsers.add_parser("train-upscaler-vae-gan",
+                              help="retrain the x4 latent upscaler's VAE decoder with a patch discriminator")
+    p.add_argument("--model", default="models/latent-upscaler-x4", help="the upscaler folder whose vae/ is the start")
+    p.add_argument("--run-dir", default=None, help="checkpoints and logs (default runs/upscaler-vae-gan)")
+    p.add_argument("--preset", default="cpu", choices=["cpu", "gpu", "tiny"], help=PRESET_HELP)
+    p.add_argument("--steps", type=int, default=None, help=STEPS_HELP)
+    p.add_argument("--time-budget-minutes", type=float, default=None,
+                   help="train for this much training time instead of --steps (LR follows the time spent)")
+    p.add_argument("--batch", type=int, default=None, help=BATCH_HELP)
+    p.add_argument("--lr", type=float, default=None, help=LR_HELP)
+    p.add_argument("--disc-start", type=int, default=None, help="step the adversarial term starts at")
+    p.add_argument("--disc-weight", type=float, default=None, help="factor on the adaptive adversarial weight")
+    p.add_argument("--disc-ramp", type=int, default=None, help="steps that factor rises over from 0 (0: at once)")
+    p.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
+    p.add_argument("--seed", type=int, default=0, help=SEED_HELP)
+    p.add_argument("--eval-images", type=int, default=16, help=EVAL_IMAGES_HELP)
+    p.add_argument("--resume", action="store_true", help="go on from the run folder's checkpoint")
+    p.set_defaults(func=_upscaler_vae_gan("main_train"))
+
+    p = subparsers.add_parser("export-upscaler-vae-gan",
+                              help="install a train-upscaler-vae-gan run's kept decoder into the upscaler folder")
+    p.add_argument("--run-dir", required=True, help=RUN_DIR_HELP)
+    p.add_argument("--model", default="models/latent-upscaler-x4", help="the upscaler folder whose vae/ is replaced")
+    p.add_argument("--last", action="store_true", help="the last checkpoint instead of the kept one")
+    p.set_defaults(func=_upscaler_vae_gan("main_export"))
+
+
 def add_subcommands(subparsers) -> None:
     p = subparsers.add_parser("train-vae", help="stage (a): train the built-in model's AutoencoderKL")
     p.add_argument("--run-dir", default=DEFAULT_RUN_DIR, help=RUN_DIR_HELP)
@@ -372,6 +410,7 @@ def add_subcommands(subparsers) -> None:
     add_upscaler_subcommands(subparsers)
     add_tiny_decoder_subcommand(subparsers)
     add_vae_gan_subcommands(subparsers)
+    add_upscaler_vae_gan_subcommands(subparsers)
     add_controlnet_subcommands(subparsers)
 
     p = subparsers.add_parser("showcase", help="one picture of what each built-in model does (the README's)")

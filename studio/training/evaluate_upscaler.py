@@ -43,6 +43,28 @@ def vae_scores(vae, n: int = 16, seed: int = HELDOUT_SEED, margin: int = EDGE_MA
     return {k: round(float(np.mean(v)), 4 if k.startswith("ssim") else 3) for k, v in out.items()}
 
 
+@torch.no_grad()
+def decoder_scores(vae, n: int = 16, seed: int = HELDOUT_SEED, margin: int = EDGE_MARGIN) -> dict:
+    """The decoder as the studio feeds it (the exact low-res picture on channels 0-2, the encoder's detail on 3,
+    the mirrored margin cut off): mean PSNR and SSIM and the median edge sharpness (``sr_data.edge_sharpness``,
+    1.0 = the truth's; the median as ``vae_quality.scores`` takes it) on ``n`` whole pictures of ``seed``."""
+    from .sr_data import edge_sharpness
+    from .train_vae import to_uint8
+
+    vae.eval()
+    e = margin * SCALE
+    ps, ss, es = [], [], []
+    for hr, lr, _c in heldout_pairs(n, seed):
+        x, lo = to_pm1([_mirror(hr, e)]), to_pm1([_mirror(lr, margin)])
+        img = to_uint8(decode_structured(vae, structured_latent(vae, x, lo)))[0]
+        dec = img[e : img.shape[0] - e, e : img.shape[1] - e]
+        ps.append(psnr(hr, dec))
+        ss.append(ssim(hr, dec))
+        es.append(edge_sharpness(dec, hr))
+    return {"psnr": round(float(np.mean(ps)), 3), "ssim": round(float(np.mean(ss)), 4),
+            "edge_sharpness": round(float(np.nanmedian(es)), 4), "n": n}
+
+
 def bicubic_scores(n: int, seed: int = HELDOUT_SEED) -> dict:
     pairs = heldout_pairs(n, seed)
     return {"psnr": float(np.mean([psnr(h, bicubic(lo, h.shape[0])) for h, lo, _ in pairs])),
