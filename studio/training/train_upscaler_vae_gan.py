@@ -75,11 +75,13 @@ class UpGanPreset:
 PRESETS = {
     "tiny": UpGanPreset(batch=2, steps=6, lr=3e-5, d_lr=1e-4, disc_start=2, d_start=1, disc_weight=0.2, disc_ramp=2,
                         ndf=8, n_layers=1, crop=64, validate_every=3, val_images=1, log_every=1, warmup=1),
-    # 1 thread of a CPU shared with other trainings: ~4 s a step of 2 whole pictures (measured), ~600 steps in
-    # 40 min. Stage 1's rate (2e-4 undid the fitted start within 100 steps); the factor rises 0 -> 0.2 over 400
-    # steps (the built-in VAE's sweep: LDM's 0.5 at once cost it 3 dB) and the validation picks the point
-    "cpu": UpGanPreset(batch=2, steps=600, lr=3e-5, d_lr=1e-4, disc_start=50, d_start=25, disc_weight=0.2,
-                       disc_ramp=400, ndf=32, n_layers=3, threads=1, validate_every=50, val_images=16, warmup=50),
+    # 1 thread of a CPU shared with other trainings: 3.5-6 s a step of 2 whole pictures (measured). A first run
+    # (lr 3e-5, factor 0 -> 0.2 over 400 steps, 70 px patches, the discriminator from step 25) lost 0.85 dB by
+    # step 100 (Adam's first steps on the pass-through, as in stage 1) and had halos by step 200 at a factor of
+    # 0.075 (PSNR -2.6 dB, edge sharpness 1.53): half the rate, a quarter of the factor, the discriminator
+    # learning from the start, 34 px patches
+    "cpu": UpGanPreset(batch=2, steps=700, lr=1.5e-5, d_lr=2e-4, disc_start=50, d_start=0, disc_weight=0.05,
+                       disc_ramp=300, ndf=32, n_layers=2, threads=1, validate_every=50, val_images=16, warmup=50),
     # one GPU (config only: not run here)
     "gpu": UpGanPreset(batch=32, steps=20000, lr=3e-5, d_lr=1e-4, disc_start=2000, d_start=1000, disc_weight=0.2,
                        disc_ramp=10000, ndf=64, n_layers=3, validate_every=1000, val_images=64, log_every=50,
