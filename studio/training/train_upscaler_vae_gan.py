@@ -253,6 +253,7 @@ def export(run_dir: Path, model_dir: Path, *, last: bool = False) -> Path:
         sd = load_file(str(f))
         save_file({k: v.half() if v.dtype.is_floating_point and not _is_head(k) else v for k, v in sd.items()},
                   str(f), metadata={"format": "pt"})
+        f.chmod(0o644)  # as the folder's other files (the writer's temporary file is private)
     shutil.copy2(dest / "config.json", tmp / "config.json")  # the folder's own config, as it was
     shutil.rmtree(dest)
     tmp.rename(dest)
