@@ -295,6 +295,7 @@ _REQUIRED = {
     "info": ["x.png"],
     "make-tiny-model": ["out"],
     "export-vae-gan": ["--run-dir", "r"],
+    "export-upscaler-vae-gan": ["--run-dir", "r"],
     "evaluate-vae": ["--vae", "v"],
 }
 

@@ -20,7 +20,8 @@ from studio.core.metadata import read_parameters, request_fields
 ROOT = Path(__file__).resolve().parent.parent
 TRAINING = ("train-vae", "train-unet", "export", "fit-preview", "evaluate", "train-swinir", "export-swinir",
             "train-latent-upscaler", "export-latent-upscaler", "train-tiny-decoder", "showcase", "train-controlnet",
-            "export-controlnet", "evaluate-control", "train-vae-gan", "export-vae-gan", "evaluate-vae")  # fmt: skip
+            "export-controlnet", "evaluate-control", "train-vae-gan", "export-vae-gan", "evaluate-vae",
+            "train-upscaler-vae-gan", "export-upscaler-vae-gan")  # fmt: skip
 
 
 def run(capsys, *argv: str) -> tuple[int, str, str]:
