@@ -156,6 +156,9 @@ def add_tiny_decoder_subcommand(subparsers) -> None:
                    help="decode the targets once, for the pool and N-1 augmented copies (for a slow VAE)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads")
     p.add_argument("--seed", type=int, default=0, help="data and augmentation seed")
+    p.add_argument("--init-from", default=None, metavar="FILE",
+                   help="start from this tiny decoder (same architecture), e.g. the model's own after a VAE change")
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the preset's)")
     p.add_argument("--resume", action="store_true", help="go on from the run folder's checkpoint")
     p.add_argument("--install", action="store_true", help="copy the result into the model folder (tiny_decoder.safetensors)")
     p.set_defaults(func=_train_tiny_decoder)
