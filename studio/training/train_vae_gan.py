@@ -84,9 +84,9 @@ PRESETS = {
 
 def plain_pictures(n: int, g: torch.Generator) -> torch.Tensor:
     """``n`` plain pictures, gray half of the time, else any named colour. The data set always draws an object, and
-    a plain gray picture is ~0 in [-1, 1], the value the convolutions pad with: its encoding has no level to keep
-    (GroupNorm divides a near-constant map by its tiny std), so it is a latent of its own that the decoder never saw
-    and drew as a coloured pattern (RMS 58 grey levels). Removing the last object from a gray picture asks for
+    a plain gray picture is ~0 in [-1, 1], about the value the convolutions pad with: the encoder's first convolution
+    gives little more than its bias, so its latent is one of its own that the decoder never saw and drew as a coloured
+    pattern (RMS 58 grey levels). Removing the last object from a gray picture asks for
     exactly that picture."""
     from .data import COLOR_NAMES, Scene, render
 
