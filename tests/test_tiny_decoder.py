@@ -379,3 +379,23 @@ def test_builtin_preview_is_closer_to_the_final_image_than_the_factors(monkeypat
             lin_err.append(np.sqrt(np.mean((lin - final) ** 2)))
         assert tiny_err[-1] < lin_err[-1] / 2, (tiny_err, lin_err)
         assert np.mean(tiny_err) < np.mean(lin_err), (tiny_err, lin_err)
+
+
+def test_training_can_start_from_an_existing_tiny_decoder(tmp_path):
+    """``--init-from``: distil again from a decoder already close (after a VAE change); another architecture is
+    refused in one line."""
+    import dataclasses
+
+    from safetensors.torch import load_file
+
+    from studio.training.common import TrainingInputError
+    from studio.training.train_tiny_decoder import PRESETS, train
+
+    preset = PRESETS["tiny"]
+    train(BUILTIN, tmp_path / "a", preset, steps=1, progress=False, seed=1)  # another start than b's own
+    src = tmp_path / "a" / tinydecoder.OWN_FILE
+    train(BUILTIN, tmp_path / "b", dataclasses.replace(preset, lr=0.0), steps=1, progress=False, init_from=src)
+    a, b = load_file(str(src)), load_file(str(tmp_path / "b" / tinydecoder.OWN_FILE))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # lr 0: the start is the file
+    with pytest.raises(TrainingInputError, match="architecture"):
+        train(BUILTIN, tmp_path / "c", preset, steps=1, progress=False, init_from=BUILTIN / tinydecoder.OWN_FILE)

@@ -156,6 +156,9 @@ def add_tiny_decoder_subcommand(subparsers) -> None:
                    help="decode the targets once, for the pool and N-1 augmented copies (for a slow VAE)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads")
     p.add_argument("--seed", type=int, default=0, help="data and augmentation seed")
+    p.add_argument("--init-from", default=None, metavar="FILE",
+                   help="start from this tiny decoder (same architecture), e.g. the model's own after a VAE change")
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the preset's)")
     p.add_argument("--resume", action="store_true", help="go on from the run folder's checkpoint")
     p.add_argument("--install", action="store_true", help="copy the result into the model folder (tiny_decoder.safetensors)")
     p.set_defaults(func=_train_tiny_decoder)
@@ -278,6 +281,11 @@ def add_vae_gan_subcommands(subparsers) -> None:
     p.add_argument("--disc-start", type=int, default=None, help="step the adversarial term starts at")
     p.add_argument("--disc-weight", type=float, default=None, help="factor on the adaptive adversarial weight")
     p.add_argument("--disc-ramp", type=int, default=None, help="steps that factor rises over from 0 (0: at once)")
+    p.add_argument("--plain-fraction", type=float, default=None,
+                   help="share of each batch that is a plain one-colour picture (the data set always has an object)")
+    p.add_argument("--plain-noise", type=float, default=None, help="noise std added to those pictures' latents")
+    p.add_argument("--anchor", action="store_true",
+                   help="the data set scenes' target is the starting decoder's output (a fix that changes nothing else)")
     p.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
     p.add_argument("--seed", type=int, default=0, help=SEED_HELP)
     p.add_argument("--eval-images", type=int, default=256, help=EVAL_IMAGES_HELP)

@@ -158,7 +158,7 @@ def fit_upscaler_factors(vae, n: int = 64) -> dict:
 
 def train(model_dir: Path, run_dir: Path, preset: TinyPreset, *, resume_run: bool = False, steps: int | None = None,
           budget_minutes: float | None = None, checkpoint_every_s: float = 180.0, progress: bool = True,
-          seed: int = 0) -> dict:
+          seed: int = 0, init_from: Path | None = None) -> dict:
     model_dir, run_dir = Path(model_dir), Path(run_dir)
     ckpt_path = run_dir / "checkpoint.pt"
     if ckpt_path.exists() and not resume_run:
@@ -177,6 +177,11 @@ def train(model_dir: Path, run_dir: Path, preset: TinyPreset, *, resume_run: boo
     student = tinydecoder.build(arch).decoder.train()
     opt = torch.optim.AdamW(student.parameters(), lr=preset.lr, weight_decay=0.0, betas=(0.9, 0.99))
     start, trained_s = resume(load_checkpoint(ckpt_path), {"model": student}, opt, what="tiny decoder training")
+    if init_from is not None and start == 0:  # distil again from a decoder already close (e.g. after a VAE change)
+        init = tinydecoder.load_module(init_from).decoder
+        if tinydecoder.infer_architecture(tinydecoder.to_original_keys(init.state_dict())) != arch:
+            raise TrainingInputError(f"{Path(init_from).name} is not the preset's architecture ({arch})")
+        student.load_state_dict(init.state_dict())
 
     pool_path = run_dir / "pool.pt"
     if pool_path.exists():
@@ -297,10 +302,13 @@ def main(args) -> None:
         preset.pool = args.pool_size
     if args.targets_once:
         preset.variants = args.targets_once
+    if args.lr:
+        preset.lr = args.lr
     model = Path(args.model)
     run_dir = Path(args.run_dir or f"runs/tiny-decoder-{model.resolve().name}")
     result = train(model, run_dir, preset, resume_run=args.resume, steps=args.steps,
-                   budget_minutes=args.time_budget_minutes, seed=args.seed)
+                   budget_minutes=args.time_budget_minutes, seed=args.seed,
+                   init_from=Path(args.init_from) if args.init_from else None)
     if args.install:
         dest = model / tinydecoder.OWN_FILE
         dest.write_bytes((run_dir / tinydecoder.OWN_FILE).read_bytes())

@@ -62,6 +62,11 @@ class GanPreset:
     max_ssim_drop: float = 0.002  # and SSIM
     log_every: int = 10
     warmup: int = 20
+    plain: float = 0.0  # share of each batch that is a plain picture (one colour, no object); see plain_pictures
+    plain_noise: float = 0.0  # std of the noise added to those pictures' latents (unscaled units)
+    anchor: bool = False  # the data set scenes' target is the starting decoder's output, not the truth: a fix that
+    # leaves every other picture as it was (a reconstruction-only fine-tune blurs an adversarial decoder: measured
+    # edge sharpness 0.82 -> 0.67 in 100 steps)
 
 
 PRESETS = {
@@ -75,6 +80,19 @@ PRESETS = {
     "gpu": GanPreset(batch=64, steps=20000, lr=1e-4, d_lr=1e-4, disc_start=2000, d_start=1000, disc_weight=0.2,
                      disc_ramp=10000, ndf=64, n_layers=3, validate_every=1000, val_images=256, log_every=50, warmup=200),
 }
+
+
+def plain_pictures(n: int, g: torch.Generator) -> torch.Tensor:
+    """``n`` plain pictures, gray half of the time, else any named colour. The data set always draws an object, and
+    a plain gray picture is ~0 in [-1, 1], about the value the convolutions pad with: the encoder's first convolution
+    gives little more than its bias, so its latent is one of its own that the decoder never saw and drew as a coloured
+    pattern (RMS 58 grey levels). Removing the last object from a gray picture asks for
+    exactly that picture."""
+    from .data import COLOR_NAMES, Scene, render
+
+    names = [("gray" if torch.rand((), generator=g) < 0.5 else COLOR_NAMES[int(torch.randint(len(COLOR_NAMES), (),
+             generator=g))]) for _ in range(n)]
+    return to_tensor_batch([render(Scene(c, (), "")) for c in names])
 
 
 def validation_score(val: dict, reference: dict, max_psnr_drop: float, max_ssim_drop: float) -> float:
@@ -127,6 +145,7 @@ def train(model_dir: Path, run_dir: Path, preset: GanPreset, *, decoder_only: bo
     reference = json.loads(ref_path.read_text())
     ds = ShapesDataset(TRAIN_SEED + seed)
     last_layer = vae.decoder.conv_out.weight
+    teacher = load_vae_folder(run_dir / "start").requires_grad_(False).eval() if preset.anchor else None
 
     def save(step: int) -> None:
         save_checkpoint(ckpt_path, training_state({"vae": vae, "disc": disc}, opt, step=step, trained_s=trained_s,
@@ -157,10 +176,23 @@ def train(model_dir: Path, run_dir: Path, preset: GanPreset, *, decoder_only: bo
             g["lr"] = lr
         for g in d_opt.param_groups:
             g["lr"] = lr * preset.d_lr / preset.lr
-        x = to_tensor_batch([ds.sample(step * preset.batch + j)[0] for j in range(preset.batch)])
+        n_plain = round(preset.plain * preset.batch)
+        g_plain = torch.Generator().manual_seed(seed * 1_000_003 + step)
+        x = to_tensor_batch([ds.sample(step * preset.batch + j)[0] for j in range(preset.batch - n_plain)])
+        if n_plain:
+            x = torch.cat([x, plain_pictures(n_plain, g_plain)])
         with torch.set_grad_enabled(not decoder_only):
             post = vae.encode(x).latent_dist
-        y = vae.decode(post.sample()).sample
+        z = post.sample()
+        if n_plain and preset.plain_noise:  # the U-Net's output lands near that latent, not on it
+            noise = torch.randn((n_plain, *z.shape[1:]), generator=g_plain) * preset.plain_noise
+            z = torch.cat([z[:-n_plain], z[-n_plain:] + noise])
+        y = vae.decode(z).sample
+        truth = x
+        if teacher is not None:
+            with torch.no_grad():
+                kept = teacher.decode(z[: len(z) - n_plain]).sample
+            x = torch.cat([kept, x[len(z) - n_plain :]])
         rec = (y - x).abs().mean() + preset.mse_weight * (y - x).pow(2).mean()
         kl = post.kl().mean()
         loss = rec + preset.kl_weight * kl
@@ -175,8 +207,8 @@ def train(model_dir: Path, run_dir: Path, preset: GanPreset, *, decoder_only: bo
         loss.backward()
         opt.step()
         d_loss = torch.zeros(())
-        if step >= preset.d_start:
-            d_loss = hinge_d_loss(disc(x), disc(y.detach()))
+        if step >= preset.d_start and preset.disc_start < total:  # no adversarial term in this run: no critic
+            d_loss = hinge_d_loss(disc(truth), disc(y.detach()))
             d_opt.zero_grad(set_to_none=True)
             d_loss.backward()
             d_opt.step()
@@ -230,7 +262,8 @@ def main_train(args) -> None:
     preset = replace(PRESETS[args.preset])
     for field, value in (("batch", args.batch), ("lr", args.lr), ("disc_start", args.disc_start),
                          ("disc_weight", args.disc_weight), ("disc_ramp", args.disc_ramp),
-                         ("threads", args.threads)):
+                         ("threads", args.threads), ("plain", args.plain_fraction),
+                         ("plain_noise", args.plain_noise), ("anchor", args.anchor or None)):
         if value is not None:
             setattr(preset, field, value)
     if args.disc_start is not None:
