@@ -3,10 +3,12 @@
 exact  the U-Net in channels_last on a CPU or CUDA (DESIGN.md Speed: 1.22x on the CPU at 256 px, within 4e-6;
        nothing at 512 px), the VAE contiguous (channels_last made it slower). On a CPU where turbo's conversion
        of the model and LoRA set is cached (one f32 IR serves both modes), the U-Net runs on OpenVINO with the f32
-       precision hint instead: 1.64x plain diffusers per U-Net call at 512 px, 2.6-2.8x at 256 px, within 5e-6.
+       precision hint instead: 1.64x plain diffusers per U-Net call at 512 px under load (1.11x on a quiet
+       machine, where plain fp32 already runs near the cores' peak), 2.6-2.8x at 256 px, within 5e-6.
        Exact starts that conversion itself (turbo's job: progress, cancel) only when the run asks for it
        (GenerateRequest.prepare_exact: the artist's remembered opt-in, minutes and gigabytes once per model);
-       otherwise a turbo run of the model makes it, once. No torch-only setting reaches 1.15x at 512 px (README).
+       otherwise a turbo run of the model makes it, once. No torch-only setting reaches 1.15x at 512 px (README:
+       channels_last 0.92x there on a quiet machine, one thread 0.52x, SDPA math 0.52x).
 fast   a CPU with native bf16 (AMX or AVX512-BF16): a bf16 copy of the U-Net (made once per model and LoRA set)
        and the VAE decode under bf16 autocast, their outputs handed back in fp32, so the scheduler's math and CFG
        stay fp32. A GPU already runs fp16 (the
