@@ -11,6 +11,8 @@ the order below, round 2 reversed: A B B A), so drift in the machine's load hits
   plain       eager fp32 diffusers, the U-Net as loaded
   exact       the studio's exact mode: OpenVINO f32 on turbo's cached IR when there is one (run --prepare first),
               else what "exact torch" is
+  exact prepared  exact mode asked to prepare itself (Engine > Prepare Exact with OpenVINO): converts the U-Net
+              first where it is not (--calls: its first-use cost is that conversion plus the size's compile)
   exact torch exact mode kept on torch (STUDIO_EXACT_OPENVINO=0): the U-Net in channels_last, fp32
   fast        the U-Net in bf16 (channels_last), scheduler and CFG in fp32, VAE decode in bf16 (the same latents
               are also decoded in fp32 once, outside the timing: the "fast, fp32 decode" row's PSNR)
@@ -51,7 +53,7 @@ from types import SimpleNamespace
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # this checkout's studio package, not an installed one
 
-MODES = ("plain", "exact", "exact torch", "fast", "turbo f32", "turbo bf16")
+MODES = ("plain", "exact", "exact prepared", "exact torch", "fast", "turbo f32", "turbo bf16")
 SAMPLERS = ("Euler a", "DPM++ 2M Karras", "DDIM")
 
 
@@ -66,7 +68,7 @@ def plan_for(mode: str, device):
     if mode == "exact torch":
         os.environ["STUDIO_EXACT_OPENVINO"] = "0"
     try:
-        return speed.plan_speed(mode.split()[0], device, torch.float32)
+        return speed.plan_speed(mode.split()[0], device, torch.float32, prepare_exact=mode == "exact prepared")
     finally:
         if was is None:
             os.environ.pop("STUDIO_EXACT_OPENVINO", None)

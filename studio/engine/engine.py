@@ -245,7 +245,8 @@ class Engine:
             tracker = StepTracker(scheduler, used, model, on_step, cancel, time.perf_counter())
             tracker.generators, tracker.stop_after = kwargs.get("generator"), self._stop_after  # kept step states
             # After the LoRAs (turbo converts them); DeepCache needs the torch U-Net, so exact keeps it then.
-            fast = speed.plan_speed(used.speed, self.device, model.dtype, torch_unet=used.deep_cache > 1)
+            fast = speed.plan_speed(used.speed, self.device, model.dtype, torch_unet=used.deep_cache > 1,
+                                    prepare_exact=used.prepare_exact)  # fmt: skip
             try:
                 fast.apply(pipe, model, self.device, on_step, tracker.total, cancel, t_start)
             except Cancelled:  # while turbo prepared: no step starts

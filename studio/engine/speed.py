@@ -3,8 +3,12 @@
 exact  the U-Net in channels_last on a CPU or CUDA (DESIGN.md Speed: 1.22x on the CPU at 256 px, within 4e-6;
        nothing at 512 px), the VAE contiguous (channels_last made it slower). On a CPU where turbo's conversion
        of the model and LoRA set is cached (one f32 IR serves both modes), the U-Net runs on OpenVINO with the f32
-       precision hint instead: 1.64x plain diffusers per U-Net call at 512 px, 2.6-2.8x at 256 px, within 5e-6. Exact never starts a
-       conversion itself (minutes and gigabytes): a turbo run of the model makes it, once.
+       precision hint instead: 1.64x plain diffusers per U-Net call at 512 px under load (1.11x on a quiet
+       machine, where plain fp32 already runs near the cores' peak), 2.6-2.8x at 256 px, within 5e-6.
+       Exact starts that conversion itself (turbo's job: progress, cancel) only when the run asks for it
+       (GenerateRequest.prepare_exact: the artist's remembered opt-in, minutes and gigabytes once per model);
+       otherwise a turbo run of the model makes it, once. No torch-only setting reaches 1.15x at 512 px (README:
+       channels_last 0.92x there on a quiet machine, one thread 0.52x, SDPA math 0.52x).
 fast   a CPU with native bf16 (AMX or AVX512-BF16): a bf16 copy of the U-Net (made once per model and LoRA set)
        and the VAE decode under bf16 autocast, their outputs handed back in fp32, so the scheduler's math and CFG
        stay fp32. A GPU already runs fp16 (the
@@ -177,6 +181,7 @@ class SpeedPlan:
     decode_autocast: torch.dtype | None = None  # the VAE decode likewise
     turbo: bool = False
     exact_openvino: bool = False  # exact on a CPU: OpenVINO f32 when turbo's conversion of this model is cached
+    exact_prepare: bool = False  # ... and convert it first when it is not (the request's prepare_exact)
     backend: str = "torch"  # what ran the U-Net: torch, "openvino f32" (exact) or "openvino" (turbo)
     _swapped: list[tuple[Any, Any]] = field(default_factory=list)
 
@@ -207,34 +212,58 @@ class SpeedPlan:
             _set_unet(pipe, unet)
 
     def _exact_openvino(self, unet, pipe, model, on_step, total, cancel, t0):
-        """OpenVINO f32 on turbo's cached IR of this model and LoRA set (1.6x plain diffusers per step at 512 px,
-        2.6-2.8x at 256 px on the project's CPU, within 1/255 after 20 steps), or None: the torch U-Net (not converted: exact never starts
-        a conversion; OpenVINO missing or failing: one log line). Cancelled while a new size compiles."""
+        """OpenVINO f32 on turbo's IR of this model and LoRA set (1.6x plain diffusers per step at 512 px, 2.6-2.8x
+        at 256 px on the project's CPU, within 1/255 after 20 steps), or None: the torch U-Net (not converted and
+        not asked to prepare; OpenVINO missing or failing: one line). `exact_prepare`: convert first when the IR is
+        missing (turbo's conversion job: "Preparing Exact for <model>: 40%"). Cancelled while converting or while
+        a new size compiles."""
         global exact_openvino_runs
         try:
             from . import turbo
-        except ImportError:
+        except ImportError as e:
+            if self.exact_prepare:
+                self._exact_on_torch(f"OpenVINO support is not installed ({e.name or 'studio.engine.turbo'})")
             return None
         key = turbo_cache_key(model, pipe)
         is_cached = getattr(turbo, "is_cached", None)
-        if is_cached is None or not is_cached(key):
+        converting = self.exact_prepare and not (is_cached is not None and is_cached(key))
+        if not converting and (is_cached is None or not is_cached(key)):
             return None
         started = time.perf_counter() if t0 is None else t0
+        last = [-1]
 
-        def progress(fraction: float, text: str) -> None:  # only "Compiling for 512x512" (a size seen first)
-            if on_step is not None and fraction < 1.0:
-                on_step(StepInfo(0, total, time.perf_counter() - started, stage=f"Exact (OpenVINO f32): {text}"))
+        def progress(fraction: float, text: str) -> None:  # the conversion (asked for), then "Compiling for 512x512"
+            if on_step is None or fraction >= 1.0:
+                return
+            if text.startswith("Compiling"):
+                stage = f"Exact (OpenVINO f32): {text}"
+            else:
+                pct = int(max(0.0, fraction) * 100)
+                if pct == last[0]:  # one status per percent: the worker's queue stays short
+                    return
+                last[0] = pct
+                stage = f"Preparing Exact for {model.name}: {pct}%"
+            on_step(StepInfo(0, total, time.perf_counter() - started, stage=stage))
 
         try:
             out = turbo.turbo_unet(unet, cache_key=key, precision="f32", on_progress=progress, cancel=cancel,
-                                   convert_missing=False)  # fmt: skip
+                                   convert_missing=self.exact_prepare)  # fmt: skip
         except turbo.TurboUnavailable as e:
-            log.warning("exact mode runs on torch: %s", str(e).splitlines()[0] if str(e) else type(e).__name__)
+            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+            if converting:
+                self._exact_on_torch(reason)
+            else:
+                log.warning("exact mode runs on torch: %s", reason)
             return None
         exact_openvino_runs += 1
         self.backend = "openvino f32"
-        log.info("exact: the U-Net runs on OpenVINO f32 (turbo's cached conversion of %s)", model.name)
+        log.info("exact: the U-Net runs on OpenVINO f32 (turbo's conversion of %s)", model.name)
         return out
+
+    def _exact_on_torch(self, reason: str) -> None:
+        """A preparation the artist asked for did not happen: the run goes on in exact on torch and says why."""
+        self.notice = f"Exact could not be prepared with OpenVINO: {reason}; this run used exact on torch"
+        log.warning(self.notice)
 
     def _turbo(self, unet, pipe, model, on_step, total, cancel, t0):
         precision = "bf16" if native_bf16() else "f32"
@@ -306,12 +335,14 @@ def exact_openvino_setting() -> bool:
     return os.environ.get("STUDIO_EXACT_OPENVINO", "").strip().lower() not in ("0", "false", "no", "off")
 
 
-def plan_speed(asked: str, device: torch.device, dtype: torch.dtype, torch_unet: bool = False) -> SpeedPlan:
+def plan_speed(asked: str, device: torch.device, dtype: torch.dtype, torch_unet: bool = False,
+               prepare_exact: bool = False) -> SpeedPlan:  # fmt: skip
     """What `asked` means on this device and dtype (a GPU's fp16 engine, or fp32 on a CPU). `torch_unet`: the
-    run needs the torch U-Net itself (DeepCache wraps its blocks), so exact does not swap in OpenVINO."""
+    run needs the torch U-Net itself (DeepCache wraps its blocks), so exact does not swap in OpenVINO.
+    `prepare_exact`: exact converts the model for OpenVINO f32 first when it is not yet (a CPU, fp32)."""
     if asked == "exact":
         ov = device.type == "cpu" and dtype == torch.float32 and not torch_unet and exact_openvino_setting()
-        return SpeedPlan("exact", "exact", exact_openvino=ov)
+        return SpeedPlan("exact", "exact", exact_openvino=ov, exact_prepare=ov and prepare_exact)
     half = dtype in (torch.float16, torch.bfloat16)  # a GPU (or a test of its path on the CPU): already half
     bf16_cpu = device.type == "cpu" and not half and native_bf16()
     if asked == "fast":

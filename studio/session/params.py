@@ -82,6 +82,7 @@ class Params:
     hires_steps: int = 0  # 0: the same as the first pass
     hires_strength: float = 0.7
     deep_cache: int = 0  # DeepCache: the full U-Net every N steps (2..5), deep features reused between; 0 = off
+    prepare_exact: bool = False  # Engine > Prepare Exact with OpenVINO: exact converts a model once (remembered)
     # Refine a region (studio.session.region): with a selection, Image and Upscale runs work on it and paste back
     region_in_place: bool = True
     region_feather: int = 12  # px of soft edge, inside the selection
@@ -174,6 +175,7 @@ class Params:
             **(self.hires_fields() if self.mode == "txt2img" else {}),
             **(self.variation_fields() if self.mode == "txt2img" else {}),
             deep_cache=int(self.deep_cache),
+            prepare_exact=bool(self.prepare_exact),
         )
 
     def variation_fields(self) -> dict[str, Any]:

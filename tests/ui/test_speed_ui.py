@@ -162,3 +162,20 @@ def test_the_engine_menu_shows_the_turbo_cache_and_clears_it(qtbot, make_window,
     assert "Cleared the turbo cache (2.5 MB)" in w.status_label.text()
     w._show_turbo_cache()
     assert "(0 B)" in w.turbo_cache_action.text() and not w.turbo_cache_action.isEnabled()
+
+
+def test_prepare_exact_is_an_engine_menu_opt_in_sent_with_runs_and_remembered(qtbot, make_window, config_dir):
+    fake = FakeBackend()
+    w = make_window(fake)
+    act = w.prepare_exact_action
+    assert act.isCheckable() and not act.isChecked()  # off until the artist opts in (minutes, gigabytes once)
+    set_prompt(w, "a lighthouse")
+    run(qtbot, w, fake)
+    assert fake.requests[-1].prepare_exact is False
+    act.setChecked(True)
+    run(qtbot, w, fake)
+    assert fake.requests[-1].prepare_exact is True
+    w.close()
+    assert Settings.load(config_dir).params["prepare_exact"] is True
+    w2 = make_window(FakeBackend())
+    assert w2.prepare_exact_action.isChecked()  # remembered across launches
