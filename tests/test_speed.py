@@ -39,7 +39,7 @@ def exact_image(engine, tiny_model):
     return engine.generate(req(tiny_model)).images[0]
 
 
-def test_exact_equals_plain_diffusers_and_the_unet_is_channels_last(engine, tiny_model, exact_image):
+def test_exact_equals_plain_diffusers_and_the_cpu_unet_stays_contiguous(engine, tiny_model, exact_image):
     from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline
 
     pipe = StableDiffusionPipeline.from_pretrained(tiny_model, local_files_only=True, safety_checker=None,
@@ -51,7 +51,8 @@ def test_exact_equals_plain_diffusers_and_the_unet_is_channels_last(engine, tiny
     theirs = (theirs * 255).round().astype(np.uint8)
     assert np.abs(exact_image.astype(int) - theirs.astype(int)).max() <= 1
     unet = engine.load(tiny_model).base.unet
-    assert unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    # channels_last measured 0.95-1.01x for fp32 on a quiet CPU: exact keeps plain diffusers' own layout there
+    assert unet.conv_in.weight.is_contiguous() and not unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
     assert engine.load(tiny_model).base.vae.decoder.conv_in.weight.is_contiguous()  # the VAE stays contiguous
 
 

@@ -1,6 +1,6 @@
 """Speed modes: how a run trades pixels for time (no torch: the panel, the CLI and the metadata share these).
 
-exact  the image plain diffusers makes (within 1/255), with every gain that keeps it (channels_last on a CPU);
+exact  the image plain diffusers makes (within 1/255), with every gain that keeps it (channels_last on CUDA);
 fast   the U-Net and the VAE decode in half precision where the hardware has it natively (bf16 on a CPU with AMX
        or AVX512-BF16, fp16 on a GPU), the sampler's math and CFG in fp32: a few 1/255 from exact;
 turbo  the U-Net compiled with OpenVINO (bf16 where the CPU has it): much faster after a first-time conversion.

@@ -1,7 +1,8 @@
 """What each speed mode (studio.core.speed) means on this device, decided once per run.
 
-exact  the U-Net in channels_last on a CPU or CUDA (DESIGN.md Speed: 1.22x on the CPU at 256 px, within 4e-6;
-       nothing at 512 px), the VAE contiguous (channels_last made it slower). On a CPU where turbo's conversion
+exact  the U-Net in channels_last on CUDA; on a CPU contiguous, as plain diffusers runs it (channels_last measured
+       0.95-1.01x on a quiet machine from 256 to 768 px; DESIGN.md's 1.22x was a loaded machine's), the VAE
+       contiguous (channels_last made it slower). On a CPU where turbo's conversion
        of the model and LoRA set is cached (one f32 IR serves both modes), the U-Net runs on OpenVINO with the f32
        precision hint instead: 1.64x plain diffusers per U-Net call at 512 px under load (1.11x on a quiet
        machine, where plain fp32 already runs near the cores' peak), 2.6-2.8x at 256 px, within 5e-6.
@@ -77,13 +78,16 @@ def compile_setting(device_type: str) -> tuple[bool, str]:
 
 
 def prepare_model(model: Any, device: torch.device) -> None:
-    """Once per loaded model: the U-Net in channels_last where it helps (CPU and CUDA; exact), compiled on CUDA
-    when STUDIO_COMPILE asks. The VAE stays contiguous."""
+    """Once per loaded model: the U-Net in channels_last on CUDA (exact), compiled on CUDA when STUDIO_COMPILE
+    asks. On a CPU the fp32 U-Net stays contiguous, as plain diffusers has it: measured on a quiet machine
+    (README, Speed modes) channels_last gave 0.95-1.01x from 256 to 768 px, so it bought nothing and moved the
+    output by ~5e-6; contiguous, exact on torch is plain diffusers' arithmetic itself. Fast's bf16 copy is made
+    channels_last (`half_copy`: 1.17-1.27x there). The VAE stays contiguous."""
     unet = getattr(model.base, "unet", None)
     if unet is None or getattr(unet, "_studio_prepared", False):
         return
-    if device.type in ("cpu", "cuda"):
-        unet.to(memory_format=torch.channels_last)
+    if device.type == "cuda" or (device.type == "cpu" and unet.dtype != torch.float32):
+        unet.to(memory_format=torch.channels_last)  # CUDA (and its fp16 path tested on the CPU)
     compile_it, _ = compile_setting(device.type)
     if compile_it:
         t0 = time.perf_counter()
@@ -133,7 +137,7 @@ def _cast(x, dtype: torch.dtype):
 
 
 def half_copy(unet: torch.nn.Module, dtype: torch.dtype, tag: str = "") -> torch.nn.Module:
-    """A `dtype` copy of `unet` (LoRA adapters as they are set now, channels_last kept), made once per `tag` (the
+    """A `dtype` copy of `unet` in channels_last (LoRA adapters as they are set now), made once per `tag` (the
     LoRA signature) and kept on the U-Net; another tag replaces it. Each weight is converted as it is copied: the
     peak is the copy's size, not a second fp32 U-Net."""
     cached = getattr(unet, "_studio_half", None)
@@ -154,6 +158,7 @@ def half_copy(unet: torch.nn.Module, dtype: torch.dtype, tag: str = "") -> torch
         half = copy.deepcopy(unet, memo)
     for name in ("_studio_loras", "_studio_half"):
         half.__dict__.pop(name, None)
+    half.to(memory_format=torch.channels_last)  # bf16 on a CPU: 1.27x at 512 px, 1.17x at 256 over contiguous
     object.__setattr__(unet, "_studio_half", (tag, dtype, half))
     log.info("a %s copy of the U-Net for fast mode (%.1f s)", dtype, time.perf_counter() - t0)
     return half
