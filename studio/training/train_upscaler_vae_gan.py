@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import adversarial_run
 from .common import (
     JsonLog,
     KeepBest,
@@ -32,13 +33,10 @@ from .common import (
     TrainingInputError,
     load_checkpoint,
     require,
-    resume,
     save_checkpoint,
-    seed_everything,
-    set_threads,
     training_state,
 )
-from .discriminator import PatchDiscriminator, adaptive_weight, adopt_weight, generator_loss, hinge_d_loss
+from .discriminator import PatchDiscriminator
 from .evaluate_upscaler import decoder_scores
 from .sr_data import HR_SIZE, SCALE, TRAIN_SEED, SRPairs, to_pm1
 from .train_upscaler import head_param_groups
@@ -108,15 +106,7 @@ def train(model_dir: Path, run_dir: Path, preset: UpGanPreset, *, resume_run: bo
     """Train the upscaler folder ``model_dir``'s VAE decoder adversarially in ``run_dir``; ``stop_after``: save and
     return after that many steps (a resumed run continues exactly as an unbroken one)."""
     model_dir, run_dir = Path(model_dir), Path(run_dir)
-    ckpt_path = run_dir / "checkpoint.pt"
-    if ckpt_path.exists() and not resume_run:
-        raise TrainingInputError(f"{ckpt_path} exists: add --resume to go on from it, or choose another --run-dir")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    set_threads(preset.threads)
-    seed_everything(seed)
-    vae = load_vae_folder(model_dir / "vae")
-    if not (run_dir / "start" / "config.json").exists():
-        vae.save_pretrained(run_dir / "start")  # today's VAE, for the before/after measurement
+    ckpt_path, vae = adversarial_run.open_run(model_dir, run_dir, resume_run, preset.threads, seed)
     frozen = [vae.encoder, vae.quant_conv]
     for m in frozen:
         m.requires_grad_(False)
@@ -125,21 +115,15 @@ def train(model_dir: Path, run_dir: Path, preset: UpGanPreset, *, resume_run: bo
     opt = torch.optim.Adam(head_param_groups([vae.decoder], preset.lr, list(vae.post_quant_conv.parameters())),
                            betas=(0.5, 0.9))
     d_opt = torch.optim.Adam(disc.parameters(), lr=preset.d_lr, betas=(0.5, 0.9))
-    ck = load_checkpoint(ckpt_path)
-    start, trained_s = resume(ck, {"vae": vae, "disc": disc}, opt, what="adversarial upscaler VAE training")
-    if ck is not None:
-        d_opt.load_state_dict(ck["d_optimizer"])
+    start, trained_s = adversarial_run.resume_gan(ckpt_path, vae, disc, opt, d_opt,
+                                                  "adversarial upscaler VAE training")
     (run_dir / "preset.json").write_text(json.dumps(
         {**asdict(preset), "model": str(model_dir), "decoder_only": True, "seed": seed}, indent=2))
     log = JsonLog(run_dir / "log.jsonl")
     best = KeepBest(run_dir / "best.pt", vae)
-    ref_path = run_dir / "reference.json"
-    if not ref_path.exists():  # the starting VAE on the validation scenes: the bar, and the first candidate
-        ref = decoder_scores(vae, preset.val_images, VALIDATION_SEED)
-        ref_path.write_text(json.dumps(ref))
-        best.keep({"step": 0, **ref, "score": validation_score(ref, ref, preset.max_psnr_drop, preset.max_ssim_drop)})
-        log.write(step=0, validation=ref)
-    reference = json.loads(ref_path.read_text())
+    reference = adversarial_run.reference_validation(
+        run_dir, vae, decoder_scores, preset, VALIDATION_SEED, best, log,
+        lambda v, ref: validation_score(v, ref, preset.max_psnr_drop, preset.max_ssim_drop))
     src = SRPairs(TRAIN_SEED + 7 + seed)  # stage 1's training scenes
     last_layer = vae.decoder.conv_out.weight
     lm = preset.loss_margin if preset.crop > 4 * preset.loss_margin else 0
@@ -186,11 +170,8 @@ def train(model_dir: Path, run_dir: Path, preset: UpGanPreset, *, resume_run: bo
         yi, xi = inner(y), inner(x)
         rec = (yi - xi).abs().mean() + 2.0 * (yi - xi).pow(2).mean()
         loss = rec
-        factor = adopt_weight(preset.disc_weight, step, preset.disc_start, preset.disc_ramp)
-        d_weight = g_loss = torch.zeros(())
-        if factor > 0:
-            g_loss = generator_loss(disc(yi))
-            d_weight = adaptive_weight(rec, g_loss, last_layer, factor)
+        d_weight, g_loss = adversarial_run.adversarial_term(rec, yi, disc, last_layer, preset, step)
+        if g_loss.requires_grad:
             loss = loss + d_weight * g_loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -198,16 +179,9 @@ def train(model_dir: Path, run_dir: Path, preset: UpGanPreset, *, resume_run: bo
         opt.step()
         d_loss = torch.zeros(())
         if step >= preset.d_start:
-            d_loss = hinge_d_loss(disc(xi), disc(yi.detach()))
-            d_opt.zero_grad(set_to_none=True)
-            d_loss.backward()
-            d_opt.step()
+            d_loss = adversarial_run.critic_step(disc, d_opt, xi, yi)
         trained_s += time.perf_counter() - t0
-        if loop.logs(step):
-            log.write(step=step, rec=round(rec.item(), 5), g_loss=round(g_loss.item(), 4),
-                      d_weight=round(d_weight.item(), 5), d_loss=round(d_loss.item(), 4), lr=lr,
-                      trained_s=round(trained_s, 1))
-            loop.bar.set_postfix(rec=f"{rec.item():.4f}", d=f"{d_loss.item():.3f}", w=f"{d_weight.item():.3f}")
+        adversarial_run.log_step(loop, log, step, rec, g_loss, d_weight, d_loss, lr, trained_s)
         done = step + 1
         loop.end_step(step, trained_s)
         if stop_after is not None and done >= stop_after:
@@ -216,14 +190,7 @@ def train(model_dir: Path, run_dir: Path, preset: UpGanPreset, *, resume_run: bo
     result: dict = {"steps": done, "trained_minutes": round(trained_s / 60, 1), "reference_validation": reference}
     if stop_after is not None and done >= stop_after and done < total:
         return result
-    result["best"] = best.restore()  # the best on the validation scenes is what ships
-    vae.save_pretrained(run_dir / "final")
-    if eval_images:
-        result["heldout_before"] = decoder_scores(load_vae_folder(run_dir / "start"), eval_images)
-        result["heldout_after"] = decoder_scores(vae, eval_images)
-    (run_dir / "result.json").write_text(json.dumps(result, indent=2))
-    log.write(**{k: v for k, v in result.items() if k != "reference_validation"})
-    return result
+    return adversarial_run.finish(run_dir, vae, best, decoder_scores, eval_images, log, result)  # the best ships
 
 
 def export(run_dir: Path, model_dir: Path, *, last: bool = False) -> Path:

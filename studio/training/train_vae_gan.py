@@ -21,20 +21,18 @@ from pathlib import Path
 
 import torch
 
+from . import adversarial_run
 from .common import (
     JsonLog,
     KeepBest,
     StepLoop,
     TrainingInputError,
     load_checkpoint,
-    resume,
     save_checkpoint,
-    seed_everything,
-    set_threads,
     training_state,
 )
 from .data import ShapesDataset, to_tensor_batch
-from .discriminator import PatchDiscriminator, adaptive_weight, adopt_weight, generator_loss, hinge_d_loss
+from .discriminator import PatchDiscriminator
 from .train_vae import TRAIN_SEED
 from .vae_quality import load_vae_folder, vae_scores
 
@@ -112,15 +110,7 @@ def train(model_dir: Path, run_dir: Path, preset: GanPreset, *, decoder_only: bo
     """Train ``model_dir``'s VAE adversarially in ``run_dir``; ``stop_after``: save and return after that many
     steps (of the whole schedule: a resumed run continues exactly as an unbroken one)."""
     model_dir, run_dir = Path(model_dir), Path(run_dir)
-    ckpt_path = run_dir / "checkpoint.pt"
-    if ckpt_path.exists() and not resume_run:
-        raise TrainingInputError(f"{ckpt_path} exists: add --resume to go on from it, or choose another --run-dir")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    set_threads(preset.threads)
-    seed_everything(seed)
-    vae = load_vae_folder(model_dir / "vae")
-    if not (run_dir / "start" / "config.json").exists():
-        vae.save_pretrained(run_dir / "start")  # today's VAE, for the before/after measurement
+    ckpt_path, vae = adversarial_run.open_run(model_dir, run_dir, resume_run, preset.threads, seed)
     disc = PatchDiscriminator(3, preset.ndf, preset.n_layers)
     frozen = [vae.encoder, vae.quant_conv] if decoder_only else []
     for m in frozen:
@@ -128,21 +118,14 @@ def train(model_dir: Path, run_dir: Path, preset: GanPreset, *, decoder_only: bo
     params = [p for p in vae.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=preset.lr, betas=(0.5, 0.9))
     d_opt = torch.optim.Adam(disc.parameters(), lr=preset.d_lr, betas=(0.5, 0.9))
-    ck = load_checkpoint(ckpt_path)
-    start, trained_s = resume(ck, {"vae": vae, "disc": disc}, opt, what="adversarial VAE training")
-    if ck is not None:
-        d_opt.load_state_dict(ck["d_optimizer"])
+    start, trained_s = adversarial_run.resume_gan(ckpt_path, vae, disc, opt, d_opt, "adversarial VAE training")
     (run_dir / "preset.json").write_text(json.dumps(
         {**asdict(preset), "model": str(model_dir), "decoder_only": decoder_only, "seed": seed}, indent=2))
     log = JsonLog(run_dir / "log.jsonl")
     best = KeepBest(run_dir / "best.pt", vae)
-    ref_path = run_dir / "reference.json"
-    if not ref_path.exists():  # the starting VAE on the validation scenes: the bar, and the first candidate
-        ref = vae_scores(vae, preset.val_images, VALIDATION_SEED)
-        ref_path.write_text(json.dumps(ref))
-        best.keep({"step": 0, **ref, "score": validation_score(ref, ref, preset.max_psnr_drop, preset.max_ssim_drop)})
-        log.write(step=0, validation=ref)
-    reference = json.loads(ref_path.read_text())
+    reference = adversarial_run.reference_validation(
+        run_dir, vae, vae_scores, preset, VALIDATION_SEED, best, log,
+        lambda v, ref: validation_score(v, ref, preset.max_psnr_drop, preset.max_ssim_drop))
     ds = ShapesDataset(TRAIN_SEED + seed)
     last_layer = vae.decoder.conv_out.weight
     teacher = load_vae_folder(run_dir / "start").requires_grad_(False).eval() if preset.anchor else None
@@ -196,28 +179,17 @@ def train(model_dir: Path, run_dir: Path, preset: GanPreset, *, decoder_only: bo
         rec = (y - x).abs().mean() + preset.mse_weight * (y - x).pow(2).mean()
         kl = post.kl().mean()
         loss = rec + preset.kl_weight * kl
-        factor = adopt_weight(preset.disc_weight, step, preset.disc_start, preset.disc_ramp)
-        d_weight = torch.zeros(())
-        g_loss = torch.zeros(())
-        if factor > 0:
-            g_loss = generator_loss(disc(y))
-            d_weight = adaptive_weight(rec, g_loss, last_layer, factor)
+        d_weight, g_loss = adversarial_run.adversarial_term(rec, y, disc, last_layer, preset, step)
+        if g_loss.requires_grad:
             loss = loss + d_weight * g_loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         d_loss = torch.zeros(())
         if step >= preset.d_start and preset.disc_start < total:  # no adversarial term in this run: no critic
-            d_loss = hinge_d_loss(disc(truth), disc(y.detach()))
-            d_opt.zero_grad(set_to_none=True)
-            d_loss.backward()
-            d_opt.step()
+            d_loss = adversarial_run.critic_step(disc, d_opt, truth, y)
         trained_s += time.perf_counter() - t0
-        if loop.logs(step):
-            log.write(step=step, rec=round(rec.item(), 5), g_loss=round(g_loss.item(), 4),
-                      d_weight=round(d_weight.item(), 5), d_loss=round(d_loss.item(), 4), lr=lr,
-                      trained_s=round(trained_s, 1))
-            loop.bar.set_postfix(rec=f"{rec.item():.4f}", d=f"{d_loss.item():.3f}", w=f"{d_weight.item():.3f}")
+        adversarial_run.log_step(loop, log, step, rec, g_loss, d_weight, d_loss, lr, trained_s)
         done = step + 1
         loop.end_step(step, trained_s)
         if stop_after is not None and done >= stop_after:
@@ -227,15 +199,7 @@ def train(model_dir: Path, run_dir: Path, preset: GanPreset, *, decoder_only: bo
               "reference_validation": reference}
     if stop_after is not None and done >= stop_after and done < total:
         return result
-    kept = best.restore()  # the best on the validation scenes is what ships
-    vae.save_pretrained(run_dir / "final")
-    result["best"] = kept
-    if eval_images:
-        result["heldout_before"] = vae_scores(load_vae_folder(run_dir / "start"), eval_images)
-        result["heldout_after"] = vae_scores(vae, eval_images)
-    (run_dir / "result.json").write_text(json.dumps(result, indent=2))
-    log.write(**{k: v for k, v in result.items() if k != "reference_validation"})
-    return result
+    return adversarial_run.finish(run_dir, vae, best, vae_scores, eval_images, log, result)  # the best ships
 
 
 def export(run_dir: Path, model_dir: Path, *, last: bool = False, allow_new_latents: bool = False) -> Path:
