@@ -6,6 +6,7 @@ The main CLI calls :func:`add_subcommands`; ``python -m studio.training`` works 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 
 DEFAULT_RUN_DIR = "runs/builtin"
@@ -22,64 +23,13 @@ LR_HELP = "learning rate (default: the preset's)"
 NO_EMA_HELP = "export the raw weights instead of the EMA"
 
 
-def _train_vae(args) -> None:
-    from .train_vae import main_vae
+def _lazy(module: str, name: str):
+    """A subcommand's function, imported only when that subcommand runs (so --help imports no torch)."""
 
-    main_vae(args)
+    def run(args) -> None:
+        getattr(importlib.import_module(f".{module}", __package__), name)(args)
 
-
-def _train_unet(args) -> None:
-    from .train_unet import main_unet
-
-    main_unet(args)
-
-
-def _export(args) -> None:
-    from .export import main_export
-
-    main_export(args)
-
-
-def _fit_preview(args) -> None:
-    from .export import main_fit_preview
-
-    main_fit_preview(args)
-
-
-def _evaluate(args) -> None:
-    from .evaluate import main_evaluate
-
-    main_evaluate(args)
-
-
-def _train_swinir(args) -> None:
-    from .train_swinir import main_train_swinir
-
-    main_train_swinir(args)
-
-
-def _export_swinir(args) -> None:
-    from .train_swinir import main_export_swinir
-
-    main_export_swinir(args)
-
-
-def _train_latent_upscaler(args) -> None:
-    from .train_upscaler import main_train_upscaler
-
-    main_train_upscaler(args)
-
-
-def _export_latent_upscaler(args) -> None:
-    from .export_upscaler import main_export_upscaler
-
-    main_export_upscaler(args)
-
-
-def _showcase(args) -> None:
-    from .showcase import main_showcase
-
-    main_showcase(args)
+    return run
 
 
 def add_upscaler_subcommands(subparsers) -> None:
@@ -95,14 +45,14 @@ def add_upscaler_subcommands(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0, help=SEED_HELP)
     p.add_argument("--max-minutes", type=float, default=None, help="stop (and save) after this much wall time")
     p.add_argument("--eval-images", type=int, default=32, help=EVAL_IMAGES_HELP)
-    p.set_defaults(func=_train_swinir)
+    p.set_defaults(func=_lazy("train_swinir", "main_train_swinir"))
 
     p = subparsers.add_parser("export-swinir", help="write the SwinIR x4 .safetensors (EMA weights)")
     p.add_argument("--run-dir", default="runs/swinir", help=RUN_DIR_HELP)
     p.add_argument("--out", default="models/swinir-x4/swinir-x4.safetensors", help="the .safetensors file to write")
     p.add_argument("--no-ema", action="store_true", help=NO_EMA_HELP)
     p.add_argument("--fp32", action="store_true", help="store float32 weights (default float16)")
-    p.set_defaults(func=_export_swinir)
+    p.set_defaults(func=_lazy("train_swinir", "main_export_swinir"))
 
     p = subparsers.add_parser("train-latent-upscaler",
                               help="train the built-in x4 latent upscaler (its VAE, then text encoder + UNet)")
@@ -120,7 +70,7 @@ def add_upscaler_subcommands(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0, help=SEED_HELP)
     p.add_argument("--max-minutes", type=float, default=None, help="stop (and save) after this much wall time")
     p.add_argument("--eval-images", type=int, default=16, help=EVAL_IMAGES_HELP)
-    p.set_defaults(func=_train_latent_upscaler)
+    p.set_defaults(func=_lazy("train_upscaler", "main_train_upscaler"))
 
     p = subparsers.add_parser("export-latent-upscaler", help="write the x4 latent upscaler's diffusers folder")
     p.add_argument("--run-dir", default="runs/latent-up", help=RUN_DIR_HELP)
@@ -131,13 +81,7 @@ def add_upscaler_subcommands(subparsers) -> None:
                    help="ship the UNet's pass-through start (a copy of its condition) instead of the trained one")
     p.add_argument("--unet-only", action="store_true",
                    help="write only the kept UNet (the run's best.pt) into --out/unet, leaving the rest of the folder")
-    p.set_defaults(func=_export_latent_upscaler)
-
-
-def _train_tiny_decoder(args) -> None:
-    from .train_tiny_decoder import main as train_tiny_decoder
-
-    train_tiny_decoder(args)
+    p.set_defaults(func=_lazy("export_upscaler", "main_export_upscaler"))
 
 
 def add_tiny_decoder_subcommand(subparsers) -> None:
@@ -161,25 +105,7 @@ def add_tiny_decoder_subcommand(subparsers) -> None:
     p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the preset's)")
     p.add_argument("--resume", action="store_true", help="go on from the run folder's checkpoint")
     p.add_argument("--install", action="store_true", help="copy the result into the model folder (tiny_decoder.safetensors)")
-    p.set_defaults(func=_train_tiny_decoder)
-
-
-def _train_controlnet(args) -> None:
-    from .train_controlnet import main_train_controlnet
-
-    main_train_controlnet(args)
-
-
-def _export_controlnet(args) -> None:
-    from .export_controlnet import main_export_controlnet
-
-    main_export_controlnet(args)
-
-
-def _evaluate_control(args) -> None:
-    from .evaluate_control import main_evaluate_control
-
-    main_evaluate_control(args)
+    p.set_defaults(func=_lazy("train_tiny_decoder", "main"))
 
 
 def add_controlnet_subcommands(subparsers) -> None:
@@ -196,13 +122,13 @@ def add_controlnet_subcommands(subparsers) -> None:
     p.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
     p.add_argument("--time-budget-minutes", type=float, default=None,
                    help="train for this much training time instead of --steps (LR schedule follows the time spent)")
-    p.set_defaults(func=_train_controlnet)
+    p.set_defaults(func=_lazy("train_controlnet", "main_train_controlnet"))
 
     p = subparsers.add_parser("export-controlnet", help="write the ControlNet's diffusers folder (EMA weights, fp16)")
     p.add_argument("--run-dir", default="runs/controlnet", help=RUN_DIR_HELP)
     p.add_argument("--out", default="models/builtin-scribble", help="the folder to write")
     p.add_argument("--no-ema", action="store_true", help=NO_EMA_HELP)
-    p.set_defaults(func=_export_controlnet)
+    p.set_defaults(func=_lazy("export_controlnet", "main_export_controlnet"))
 
     p = subparsers.add_parser("evaluate-control",
                               help="shape (IoU with the outline) and colour with and without the ControlNet")
@@ -215,19 +141,7 @@ def add_controlnet_subcommands(subparsers) -> None:
     p.add_argument("--threads", type=int, default=1, help="CPU threads")
     p.add_argument("--grid", default=None, help="save outlines and images (without, with control) as a PNG")
     p.add_argument("--json", default=None, help="write the result as JSON")
-    p.set_defaults(func=_evaluate_control)
-
-
-def _finetune_hole(args) -> None:
-    from .finetune_hole import main_finetune
-
-    main_finetune(args)
-
-
-def _export_hole(args) -> None:
-    from .finetune_hole import main_export
-
-    main_export(args)
+    p.set_defaults(func=_lazy("evaluate_control", "main_evaluate_control"))
 
 
 def add_hole_subcommands(subparsers) -> None:
@@ -244,23 +158,26 @@ def add_hole_subcommands(subparsers) -> None:
     p.add_argument("--train-text-encoder", action="store_true", help="train the text encoder too (default frozen)")
     p.add_argument("--seed", type=int, default=0, help=SEED_HELP)
     p.add_argument("--threads", type=int, default=1, help="CPU threads")
-    p.set_defaults(func=_finetune_hole)
+    p.set_defaults(func=_lazy("finetune_hole", "main_finetune"))
 
     p = subparsers.add_parser("export-hole", help="write a finetune-hole run's U-Net into a model folder")
     p.add_argument("--run-dir", default="runs/inhole", help=RUN_DIR_HELP)
     p.add_argument("--base", default=DEFAULT_MODEL_DIR, help="the model folder it started from")
     p.add_argument("--out", default=DEFAULT_MODEL_DIR, help="the folder to write (a copy of --base unless the same)")
     p.add_argument("--no-ema", action="store_true", help=NO_EMA_HELP)
-    p.set_defaults(func=_export_hole)
+    p.set_defaults(func=_lazy("finetune_hole", "main_export"))
 
 
-def _vae_gan(name: str):
-    def run(args) -> None:
-        from . import train_vae_gan
-
-        getattr(train_vae_gan, name)(args)
-
-    return run
+def _add_adversarial_options(p) -> None:
+    """The schedule and adversarial-term options both train-*-vae-gan commands take."""
+    p.add_argument("--steps", type=int, default=None, help=STEPS_HELP)
+    p.add_argument("--time-budget-minutes", type=float, default=None,
+                   help="train for this much training time instead of --steps (LR follows the time spent)")
+    p.add_argument("--batch", type=int, default=None, help=BATCH_HELP)
+    p.add_argument("--lr", type=float, default=None, help=LR_HELP)
+    p.add_argument("--disc-start", type=int, default=None, help="step the adversarial term starts at")
+    p.add_argument("--disc-weight", type=float, default=None, help="factor on the adaptive adversarial weight")
+    p.add_argument("--disc-ramp", type=int, default=None, help="steps that factor rises over from 0 (0: at once)")
 
 
 def add_vae_gan_subcommands(subparsers) -> None:
@@ -273,14 +190,7 @@ def add_vae_gan_subcommands(subparsers) -> None:
     half.add_argument("--decoder-only", action="store_true", default=True,
                       help="train the decoder, the encoder frozen: the latents stay the same (the default)")
     half.add_argument("--full-vae", action="store_true", help="train the encoder too, as the LDM paper does")
-    p.add_argument("--steps", type=int, default=None, help=STEPS_HELP)
-    p.add_argument("--time-budget-minutes", type=float, default=None,
-                   help="train for this much training time instead of --steps (LR follows the time spent)")
-    p.add_argument("--batch", type=int, default=None, help=BATCH_HELP)
-    p.add_argument("--lr", type=float, default=None, help=LR_HELP)
-    p.add_argument("--disc-start", type=int, default=None, help="step the adversarial term starts at")
-    p.add_argument("--disc-weight", type=float, default=None, help="factor on the adaptive adversarial weight")
-    p.add_argument("--disc-ramp", type=int, default=None, help="steps that factor rises over from 0 (0: at once)")
+    _add_adversarial_options(p)
     p.add_argument("--plain-fraction", type=float, default=None,
                    help="share of each batch that is a plain one-colour picture (the data set always has an object)")
     p.add_argument("--plain-noise", type=float, default=None, help="noise std added to those pictures' latents")
@@ -290,30 +200,21 @@ def add_vae_gan_subcommands(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0, help=SEED_HELP)
     p.add_argument("--eval-images", type=int, default=256, help=EVAL_IMAGES_HELP)
     p.add_argument("--resume", action="store_true", help="go on from the run folder's checkpoint")
-    p.set_defaults(func=_vae_gan("main_train"))
+    p.set_defaults(func=_lazy("train_vae_gan", "main_train"))
 
     p = subparsers.add_parser("export-vae-gan", help="install a train-vae-gan run's best VAE into the model (fp16)")
     p.add_argument("--run-dir", required=True, help=RUN_DIR_HELP)
     p.add_argument("--model", default=DEFAULT_MODEL_DIR, help="the model folder whose vae/ is replaced")
     p.add_argument("--last", action="store_true", help="the last checkpoint instead of the best on validation")
     p.add_argument("--allow-new-latents", action="store_true", help="install a --full-vae run's VAE anyway")
-    p.set_defaults(func=_vae_gan("main_export"))
+    p.set_defaults(func=_lazy("train_vae_gan", "main_export"))
 
     p = subparsers.add_parser("evaluate-vae", help="PSNR, SSIM, edge sharpness of VAEs on held-out scenes")
     p.add_argument("--vae", action="append", required=True, help="a diffusers VAE folder (repeat to compare)")
     p.add_argument("--n", type=int, default=256, help="held-out scenes")
     p.add_argument("--png", default=None, help="write a side-by-side picture: truth | each VAE")
     p.add_argument("--json", default=None, help="write the scores as JSON")
-    p.set_defaults(func=_vae_gan("main_evaluate"))
-
-
-def _upscaler_vae_gan(name: str):
-    def run(args) -> None:
-        from . import train_upscaler_vae_gan
-
-        getattr(train_upscaler_vae_gan, name)(args)
-
-    return run
+    p.set_defaults(func=_lazy("train_vae_gan", "main_evaluate"))
 
 
 def add_upscaler_vae_gan_subcommands(subparsers) -> None:
@@ -323,26 +224,19 @@ def add_upscaler_vae_gan_subcommands(subparsers) -> None:
     p.add_argument("--model", default="models/latent-upscaler-x4", help="the upscaler folder whose vae/ is the start")
     p.add_argument("--run-dir", default=None, help="checkpoints and logs (default runs/upscaler-vae-gan)")
     p.add_argument("--preset", default="cpu", choices=["cpu", "gpu", "tiny"], help=PRESET_HELP)
-    p.add_argument("--steps", type=int, default=None, help=STEPS_HELP)
-    p.add_argument("--time-budget-minutes", type=float, default=None,
-                   help="train for this much training time instead of --steps (LR follows the time spent)")
-    p.add_argument("--batch", type=int, default=None, help=BATCH_HELP)
-    p.add_argument("--lr", type=float, default=None, help=LR_HELP)
-    p.add_argument("--disc-start", type=int, default=None, help="step the adversarial term starts at")
-    p.add_argument("--disc-weight", type=float, default=None, help="factor on the adaptive adversarial weight")
-    p.add_argument("--disc-ramp", type=int, default=None, help="steps that factor rises over from 0 (0: at once)")
+    _add_adversarial_options(p)
     p.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
     p.add_argument("--seed", type=int, default=0, help=SEED_HELP)
     p.add_argument("--eval-images", type=int, default=16, help=EVAL_IMAGES_HELP)
     p.add_argument("--resume", action="store_true", help="go on from the run folder's checkpoint")
-    p.set_defaults(func=_upscaler_vae_gan("main_train"))
+    p.set_defaults(func=_lazy("train_upscaler_vae_gan", "main_train"))
 
     p = subparsers.add_parser("export-upscaler-vae-gan",
                               help="install a train-upscaler-vae-gan run's kept decoder into the upscaler folder")
     p.add_argument("--run-dir", required=True, help=RUN_DIR_HELP)
     p.add_argument("--model", default="models/latent-upscaler-x4", help="the upscaler folder whose vae/ is replaced")
     p.add_argument("--last", action="store_true", help="the last checkpoint instead of the kept one")
-    p.set_defaults(func=_upscaler_vae_gan("main_export"))
+    p.set_defaults(func=_lazy("train_upscaler_vae_gan", "main_export"))
 
 
 def add_subcommands(subparsers) -> None:
@@ -354,7 +248,7 @@ def add_subcommands(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0, help=SEED_HELP)
     p.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
     p.add_argument("--eval-images", type=int, default=256, help=EVAL_IMAGES_HELP)
-    p.set_defaults(func=_train_vae)
+    p.set_defaults(func=_lazy("train_vae", "main_vae"))
 
     p = subparsers.add_parser("train-unet", help="stages (b)+(c): train the text encoder and the UNet jointly")
     p.add_argument("--run-dir", default=DEFAULT_RUN_DIR, help=RUN_DIR_HELP)
@@ -379,7 +273,7 @@ def add_subcommands(subparsers) -> None:
     p.add_argument("--max-minutes", type=float, default=None, help="stop (and save) after this much wall time")
     p.add_argument("--time-budget-minutes", type=float, default=None,
                    help="train for this much training time instead of --steps (LR schedule follows the time spent)")
-    p.set_defaults(func=_train_unet)
+    p.set_defaults(func=_lazy("train_unet", "main_unet"))
 
     p = subparsers.add_parser("export", help="write the diffusers folder from a training run (EMA weights)")
     p.add_argument("--run-dir", default=DEFAULT_RUN_DIR, help=RUN_DIR_HELP)
@@ -387,12 +281,12 @@ def add_subcommands(subparsers) -> None:
     p.add_argument("--no-ema", action="store_true", help="export the raw weights instead of the EMA")
     p.add_argument("--fp32", action="store_true", help="store float32 weights (default float16, to keep it small)")
     p.add_argument("--no-preview", action="store_true", help="do not fit latent_rgb.json")
-    p.set_defaults(func=_export)
+    p.set_defaults(func=_lazy("export", "main_export"))
 
     p = subparsers.add_parser("fit-preview", help="fit latent_rgb.json (latent -> RGB preview factors)")
     p.add_argument("--model", default=DEFAULT_MODEL_DIR, help="the model folder (its latent_rgb.json is written)")
     p.add_argument("--images", type=int, default=512, help="images to fit the factors on")
-    p.set_defaults(func=_fit_preview)
+    p.set_defaults(func=_lazy("export", "main_fit_preview"))
 
     p = subparsers.add_parser("evaluate", help="colour / shape / position accuracy on held-out prompts, VAE PSNR")
     p.add_argument("--model", default=DEFAULT_MODEL_DIR, help="the model folder to measure")
@@ -412,7 +306,7 @@ def add_subcommands(subparsers) -> None:
     p.add_argument("--hole-repeats", type=int, default=1,
                    help="'into the hole' cases: each held-out triple this many times (x2 prompts)")
     p.add_argument("--json", default=None, help="write the result as JSON")
-    p.set_defaults(func=_evaluate)
+    p.set_defaults(func=_lazy("evaluate", "main_evaluate"))
     add_hole_subcommands(subparsers)
 
     add_upscaler_subcommands(subparsers)
@@ -426,7 +320,7 @@ def add_subcommands(subparsers) -> None:
     p.add_argument("--models", default="models", help="the folder holding the built-in models")
     p.add_argument("--control", default=None, help="the scribble row's ControlNet (default: models/*scribble*)")
     p.add_argument("--threads", type=int, default=1, help=THREADS_HELP)
-    p.set_defaults(func=_showcase)
+    p.set_defaults(func=_lazy("showcase", "main_showcase"))
 
 
 def main(argv: list[str] | None = None) -> None:
