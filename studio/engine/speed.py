@@ -217,8 +217,8 @@ class SpeedPlan:
             _set_unet(pipe, unet)
 
     def _exact_openvino(self, unet, pipe, model, on_step, total, cancel, t0):
-        """OpenVINO f32 on turbo's IR of this model and LoRA set (1.6x plain diffusers per step at 512 px, 2.6-2.8x
-        at 256 px on the project's CPU, within 1/255 after 20 steps), or None: the torch U-Net (not converted and
+        """OpenVINO f32 on turbo's IR of this model and LoRA set (per step at 512 px on the project's CPU: 1.11x plain
+        diffusers idle, 1.6x under load; 2.6-2.8x at 256 px under load; within 1/255 after 20 steps), or None: the torch U-Net (not converted and
         not asked to prepare; OpenVINO missing or failing: one line). `exact_prepare`: convert first when the IR is
         missing (turbo's conversion job: "Preparing Exact for <model>: 40%"). Cancelled while converting or while
         a new size compiles."""
