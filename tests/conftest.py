@@ -54,6 +54,17 @@ socket.socket.connect_ex = _connect_ex  # type: ignore[method-assign]
 socket.getaddrinfo = _getaddrinfo  # type: ignore[assignment]
 
 
+@pytest.fixture
+def one_torch_thread():
+    """Torch on one thread for the test (the trainings' results are bit for bit the same only there)."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> str:
     """A random-weight SD-architecture txt2img pipeline folder (a few MB)."""

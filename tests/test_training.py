@@ -34,12 +34,7 @@ _CAPTION = re.compile(
 )
 
 
-@pytest.fixture(autouse=True)
-def _threads():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # results reproducible bit for bit
 
 
 def test_dataset_is_deterministic_and_index_addressable():

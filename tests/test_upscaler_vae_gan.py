@@ -12,15 +12,8 @@ import pytest
 torch = pytest.importorskip("torch")
 
 SHIPPED = Path(__file__).resolve().parents[1] / "models" / "latent-upscaler-x4"
-pytestmark = pytest.mark.skipif(not (SHIPPED / "vae" / "config.json").exists(), reason="no shipped latent upscaler")
-
-
-@pytest.fixture(autouse=True)
-def _threads():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = [pytest.mark.skipif(not (SHIPPED / "vae" / "config.json").exists(), reason="no shipped latent upscaler"),
+              pytest.mark.usefixtures("one_torch_thread")]
 
 
 def _states(ck: dict) -> dict:

@@ -22,12 +22,7 @@ from studio.training.discriminator import (  # noqa: E402
 BUILTIN = Path(__file__).resolve().parents[1] / "models" / "builtin"
 
 
-@pytest.fixture(autouse=True)
-def _threads():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # results reproducible bit for bit
 
 
 def _tiny_batch():
