@@ -231,8 +231,9 @@ class SpeedPlan:
             return None
         key = turbo_cache_key(model, pipe)
         is_cached = getattr(turbo, "is_cached", None)
-        converting = self.exact_prepare and not (is_cached is not None and is_cached(key))
-        if not converting and (is_cached is None or not is_cached(key)):
+        cached = is_cached is not None and is_cached(key)
+        converting = self.exact_prepare and not cached
+        if not converting and not cached:
             return None
         started = time.perf_counter() if t0 is None else t0
         last = [-1]
