@@ -5,6 +5,7 @@
     .venv/bin/python benchmarks/bench_speed.py --size 512 --samplers "Euler a"
     .venv/bin/python benchmarks/bench_speed.py --lcm --size 512    # LCM 4 steps in turbo bf16 vs plain 50-step Euler
     .venv/bin/python benchmarks/bench_speed.py --calls --size 512 --modes plain,exact,fast   # one U-Net call each
+    .venv/bin/python benchmarks/bench_speed.py --device cuda --size 512 --modes plain,exact,fast   # a GPU (fp16)
 
 Modes, each a ratio against plain eager fp32 diffusers measured in the same process, runs interleaved (round 1 in
 the order below, round 2 reversed: A B B A), so drift in the machine's load hits every mode alike:
@@ -25,6 +26,11 @@ the plan calls) itself, since the plan picks bf16 on a bf16 CPU. Per step: the t
 steps - 1 (the encode and the first call's warm-up excluded); whole image: encode, steps and decode. PSNR and the
 worst pixel are against plain diffusers' image with the same seed after the same steps (or, where a sampler runs
 without plain, against exact's, then turbo f32's).
+
+--device cuda (or mps): the same tables on a GPU, every mode in the engine's dtype there (fp16, plain diffusers
+included, as its docs run it on a GPU), timestamps after a synchronize; exact is the U-Net in channels_last (and
+torch.compile with STUDIO_COMPILE=1), fast the fp16 engine itself; turbo and exact prepared are OpenVINO, so
+CPU-only, and are left out. `--dtype float16` on the CPU runs that half path here (slowly: the tests' check of it).
 
 --prepare converts the U-Net for both precisions into the turbo cache (--cache-dir, outside the repo) and compiles
 it for the benchmark's shape, recording the first-run costs (conversion, first compile, peak RSS) in a JSON file
@@ -58,8 +64,9 @@ SAMPLERS = ("Euler a", "DPM++ 2M Karras", "DDIM")
 
 
 
-def plan_for(mode: str, device):
-    """The engine's plan for a benchmark mode ("exact torch": exact kept off OpenVINO); the environment as it was."""
+def plan_for(mode: str, device, dtype=None):
+    """The engine's plan for a benchmark mode ("exact torch": exact kept off OpenVINO) on `device` in the engine's
+    `dtype` there (fp32 on a CPU, fp16 on a GPU); the environment as it was."""
     import torch
 
     from studio.engine import speed
@@ -68,7 +75,7 @@ def plan_for(mode: str, device):
     if mode == "exact torch":
         os.environ["STUDIO_EXACT_OPENVINO"] = "0"
     try:
-        return speed.plan_speed(mode.split()[0], device, torch.float32, prepare_exact=mode == "exact prepared")
+        return speed.plan_speed(mode.split()[0], device, dtype or torch.float32, prepare_exact=mode == "exact prepared")
     finally:
         if was is None:
             os.environ.pop("STUDIO_EXACT_OPENVINO", None)
@@ -77,6 +84,40 @@ def plan_for(mode: str, device):
 
 def rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def sync(device) -> None:
+    """Waits for a GPU's queued work, so a timestamp means the work before it is done (a CPU runs synchronously)."""
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+def memory_line(device) -> str:
+    import torch
+
+    line = f"- this process's peak RSS: {rss_mb():.0f} MB"
+    if device.type == "cuda":
+        line += f"; peak CUDA memory allocated: {torch.cuda.max_memory_allocated(device) / 2**20:.0f} MB"
+    return line
+
+
+def device_words(a) -> str:
+    import torch
+
+    if a.dev.type == "cuda":
+        return f"{torch.cuda.get_device_name(a.dev)}, {str(a.dtype).removeprefix('torch.')}"
+    return f"{a.dev.type}, {str(a.dtype).removeprefix('torch.')}, {torch.get_num_threads()} torch threads"
+
+
+def pipe_for(a):
+    """The benchmark's pipeline on --device, in the engine's dtype there (studio.engine.engine.pick_device: fp32 on
+    a CPU, fp16 on CUDA and MPS; --dtype float16 runs a GPU's half path on the CPU)."""
+    pipe = build_pipe(a.family, tiny=a.tiny, depth=a.depth)
+    return pipe.to(device=a.dev, dtype=a.dtype)
 
 
 def build_pipe(family: str, seed: int = 0, tiny: bool = False, depth: int = 0):
@@ -159,16 +200,19 @@ def turbo_key(a, precision: str = "") -> str:
 
 
 def latent_inputs(pipe, size: int):
-    """Inputs of the U-Net's shape in a CFG run at `size` px (batch 2), to compile turbo ahead."""
+    """Inputs of the U-Net's shape in a CFG run at `size` px (batch 2) on the pipeline's device and dtype (to
+    compile turbo ahead, or for --calls)."""
     import torch
 
     u = pipe.unet.config
     side = size // pipe.vae_scale_factor
-    args = [torch.randn(2, u.in_channels, side, side), torch.tensor(500.0), torch.randn(2, 77, u.cross_attention_dim)]
+    put = {"device": pipe.unet.device, "dtype": pipe.unet.dtype}
+    args = [torch.randn(2, u.in_channels, side, side, **put), torch.tensor(500.0, device=put["device"]),
+            torch.randn(2, 77, u.cross_attention_dim, **put)]
     kw = {}
     if u.addition_embed_type == "text_time":
         pooled = u.projection_class_embeddings_input_dim - 6 * u.addition_time_embed_dim
-        kw["added_cond_kwargs"] = {"text_embeds": torch.randn(2, pooled), "time_ids": torch.randn(2, 6)}
+        kw["added_cond_kwargs"] = {"text_embeds": torch.randn(2, pooled, **put), "time_ids": torch.randn(2, 6, **put)}
     return args, kw
 
 
@@ -249,7 +293,7 @@ def decode(pipe, lat, autocast=None):
 
     with torch.inference_mode():
         vae = pipe.vae
-        with torch.autocast("cpu", dtype=autocast or torch.bfloat16, enabled=autocast is not None):
+        with torch.autocast(lat.device.type, dtype=autocast or torch.bfloat16, enabled=autocast is not None):
             img = vae.decode(lat / vae.config.scaling_factor, return_dict=False)[0]
         img = img.float()
     return ((img[0].clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).numpy()
@@ -265,14 +309,14 @@ def measure(a) -> int:
 
     runtime.KEEP_MODELS = 2  # f32 and bf16 side by side (a run keeps one)
     samplers = [s.strip() for s in a.samplers.split(",")]
-    pipe = build_pipe(a.family, tiny=a.tiny, depth=a.depth)
+    pipe = pipe_for(a)
     base_config = pipe.scheduler.config
     unet = pipe.unet
     model = model_standin(a, pipe)
-    cpu = torch.device("cpu")
+    dev = a.dev
 
     def pick(arg: str) -> list[str]:
-        return [m for m in MODES if m in arg.split(",")] if arg else list(MODES)
+        return [m for m in MODES if m in arg.split(",") and m in a.runnable] if arg else list(a.runnable)
 
     modes_first, modes_other = pick(a.modes), pick(a.other_modes or a.modes)
     first: dict[str, float] = {}
@@ -301,16 +345,17 @@ def measure(a) -> int:
         if mode == "turbo f32":
             pipe.unet = turbos["f32"]  # what the plan's turbo does, at f32 (the plan itself picks bf16 here)
         elif mode != "plain":
-            speed.prepare_model(model, cpu)
-            plan = plan_for(mode, cpu)
-            plan.apply(pipe, model, cpu)
-            if mode == "exact" and steps == a.steps and plan.backend == "torch":
+            speed.prepare_model(model, dev)
+            plan = plan_for(mode, dev, a.dtype)
+            plan.apply(pipe, model, dev)
+            if mode == "exact" and steps == a.steps and plan.backend == "torch" and dev.type == "cpu":
                 print("exact ran on torch (no turbo conversion cached: run --prepare first)", file=sys.stderr)
         name, schedule = (sampler[: -len(" Karras")], "Karras") if sampler.endswith(" Karras") else (sampler, "Normal")
         pipe.scheduler = build_scheduler(base_config, name, schedule, 1)
         stamps: list[float] = []
 
         def on_step(_p, _i, _t, kw):
+            sync(dev)
             stamps.append(time.perf_counter())
             return kw
 
@@ -323,6 +368,7 @@ def measure(a) -> int:
             if plan is not None:
                 plan.restore()
             pipe.unet = unet
+        sync(dev)
         whole = time.perf_counter() - t0
         if autocast is not None and steps == a.steps and (sampler, mode) not in extra_images:
             extra_images[(sampler, mode)] = decode(pipe, keep["latents"])  # the same latents, decoded in fp32
@@ -335,7 +381,7 @@ def measure(a) -> int:
     for si, sampler in enumerate(samplers):
         modes = modes_first if si == 0 else modes_other
         for mode in modes:  # warm-up: first-call allocations, the bf16 copy, OpenVINO's compile for this size
-            if mode in ("plain", "exact", "fast", "turbo bf16") and (si == 0 or mode != "plain"):
+            if mode != "turbo f32" and (si == 0 or mode != "plain"):  # turbo f32 compiled above
                 t = time.perf_counter()
                 run(mode, sampler, steps=2)
                 if si == 0 and mode != "plain":
@@ -378,8 +424,8 @@ def measure(a) -> int:
     layers = pipe.unet.config.transformer_layers_per_block
     print(f"\n{a.family}-layout random weights{f' (transformer layers per block {list(layers)}: --depth {a.depth})' if a.depth else ''}, "
           f"U-Net {sum(p.numel() for p in pipe.unet.parameters()) / 1e6:.0f}M parameters, "
-          f"{a.size}x{a.size}, {a.steps} steps, CFG 7, batch 1, "
-          f"{torch.get_num_threads()} torch threads, {a.rounds} rounds interleaved")
+          f"{a.size}x{a.size}, {a.steps} steps, CFG 7, batch 1, {device_words(a)}, "
+          f"{a.rounds} rounds interleaved")
     print("| sampler | mode | s/step | per-step vs plain | whole image s | whole vs plain | PSNR | worst px |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for (sampler, mode), r in results.items():
@@ -400,7 +446,7 @@ def measure(a) -> int:
     for k, v in first.items():
         print(f"- {k} = {v:.1f}")
     print(f"- OpenVINO compiled-blob cache: {folder_mb(Path(os.environ['LATENT_STUDIO_CACHE_DIR']) / 'turbo' / 'compiled'):.0f} MB")
-    print(f"- this process's peak RSS (torch U-Net + bf16 copy + the turbo models): {rss_mb():.0f} MB")
+    print(memory_line(dev) + " (the torch U-Net, fast's half copy and the turbo models)")
     return 0
 
 
@@ -411,9 +457,9 @@ def measure_calls(a) -> int:
 
     from studio.engine import speed
 
-    pipe = build_pipe(a.family, tiny=a.tiny, depth=a.depth)
-    unet, model, cpu = pipe.unet, model_standin(a, pipe), torch.device("cpu")
-    modes = [m.strip() for m in (a.modes or "plain,exact,fast").split(",")]
+    pipe = pipe_for(a)
+    unet, model, dev = pipe.unet, model_standin(a, pipe), a.dev
+    modes = [m.strip() for m in (a.modes or "plain,exact,fast").split(",") if m.strip() in a.runnable]
     args, kw = latent_inputs(pipe, a.size)
     times: dict[str, list[float]] = {m: [] for m in modes}
     outs: dict[str, torch.Tensor] = {}
@@ -424,10 +470,10 @@ def measure_calls(a) -> int:
         unet.to(memory_format=torch.contiguous_format)
         plan = None
         if mode != "plain":
-            speed.prepare_model(model, cpu)
-            plan = plan_for(mode, cpu)
+            speed.prepare_model(model, dev)
+            plan = plan_for(mode, dev, a.dtype)
             t = time.perf_counter()
-            plan.apply(pipe, model, cpu)
+            plan.apply(pipe, model, dev)
             if mode not in first:
                 first[mode] = time.perf_counter() - t
         try:
@@ -436,8 +482,10 @@ def measure_calls(a) -> int:
                     t = time.perf_counter()
                     pipe.unet(*args, **kw)  # the first call compiles this size (from OpenVINO's cache or fresh)
                     first[mode] += time.perf_counter() - t
+                sync(dev)
                 t = time.perf_counter()
                 out = pipe.unet(*args, **kw, return_dict=False)[0].float()
+                sync(dev)
                 dt = time.perf_counter() - t
         finally:
             if plan is not None:
@@ -456,8 +504,7 @@ def measure_calls(a) -> int:
     depth = f" (at most {a.depth} transformer layers per block)" if a.depth else ""
     print(f"\n{a.family}-layout random weights{depth}, U-Net {sum(p.numel() for p in unet.parameters()) / 1e6:.0f}M "
           f"parameters, {a.size}x{a.size}, one U-Net call with CFG (batch 2), "
-          f"{torch.get_num_threads()} torch threads, {a.rounds} rounds interleaved (A B C C B A), load average "
-          f"{os.getloadavg()[0]:.1f}")
+          f"{device_words(a)}, {a.rounds} rounds interleaved (A B C C B A), load average {os.getloadavg()[0]:.1f}")
     print("| mode | s/call (median) | calls | vs plain | max abs diff vs plain | first-use cost s |")
     print("| --- | --- | --- | --- | --- | --- |")
     for m in modes:
@@ -465,7 +512,7 @@ def measure_calls(a) -> int:
         diff = float((outs[m] - outs["plain"]).abs().max())
         print(f"| {m} | {med:.2f} | {', '.join(f'{t:.1f}' for t in times[m])} | {base / med:.2f}x | {diff:.1e} | "
               f"{first.get(m, 0.0):.1f} |")
-    print(f"- peak RSS: {rss_mb():.0f} MB")
+    print(memory_line(dev))
     return 0
 
 
@@ -604,6 +651,11 @@ def main() -> int:
     ap.add_argument("--lcm", action="store_true", help="LCM 4 steps in turbo bf16 vs plain 50-step Euler, whole image")
     ap.add_argument("--calls", action="store_true", help="one U-Net call per mode, interleaved (a loaded machine)")
     ap.add_argument("--plain-steps", type=int, default=3, help="--lcm: plain's measured steps (50 are computed)")
+    ap.add_argument("--device", default="cpu", help="cpu, cuda or mps: plain and the studio's modes run there in the "
+                    "engine's dtype (fp16 on a GPU, plain diffusers too); turbo (OpenVINO) is CPU-only and is left "
+                    "out elsewhere")
+    ap.add_argument("--dtype", dest="dtype_name", choices=("float32", "float16"), default=None,
+                    help="override the engine's dtype for --device (float16 on cpu: a GPU's half path, slowly)")
     a = ap.parse_args()
     if a.modes and "plain" not in a.modes:
         a.modes = "plain," + a.modes
@@ -612,6 +664,27 @@ def main() -> int:
     os.environ["LATENT_STUDIO_CACHE_DIR"] = a.cache_dir
 
     import studio.engine  # noqa: F401  (first: puts the hub offline before diffusers is imported)
+    from studio.core.errors import RequestError
+    from studio.engine.engine import pick_device
+
+    try:
+        a.dev, a.dtype = pick_device(a.device)
+    except RequestError as e:
+        print(f"bench_speed: {e}", file=sys.stderr)
+        return 2
+    if a.dtype_name:
+        import torch
+
+        a.dtype = getattr(torch, a.dtype_name)
+    on_cpu = a.dev.type == "cpu"
+    a.runnable = MODES if on_cpu else tuple(m for m in MODES if not m.startswith(("turbo", "exact prepared")))
+    if not on_cpu and (a.prepare or a.lcm):
+        print(f"bench_speed: --{'prepare' if a.prepare else 'lcm'} measures turbo, which runs on the CPU (OpenVINO): "
+              "use --device cpu", file=sys.stderr)
+        return 2
+    if not on_cpu:
+        print(f"bench_speed: on {a.dev.type} the modes are {', '.join(a.runnable)} (turbo runs on the CPU)",
+              file=sys.stderr)
 
     if a.prepare:
         return prepare(a)
