@@ -68,7 +68,7 @@ def _add_generation_options(p: argparse.ArgumentParser, upscale: bool = False) -
                             "run of a model converts it); written in the PNG as Speed")  # fmt: skip
         p.add_argument("--prepare-exact", action="store_true",
                        help="with --speed exact on a CPU: convert the U-Net for OpenVINO f32 first where it is not "
-                            "yet (once per model and LoRA set: minutes, gigabytes on disk; then 1.1x (idle machine) to "
+                            "yet (once per model and LoRA set: minutes, gigabytes on disk; then 1.16x (idle machine) to "
                             "1.6x (busy) per step at 512 px, at exact's pixels)")  # fmt: skip
     p.add_argument("--clip-skip", type=int, default=1, help="skip the text encoder's last layers (A1111's; 1 = none)")
     p.add_argument("--vae", default="", help="a VAE file, or the name of one in the model folders")

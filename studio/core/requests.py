@@ -180,7 +180,7 @@ class GenerateRequest:
     tiny_decode: bool = False  # the final decode by the model's tiny decoder (TAESD), when it has one: fast, approximate
     deep_cache: int = 0  # reuse the U-Net's deep features: the full U-Net every N steps (2..5); 0 = off
     # Exact on a CPU: convert the U-Net for OpenVINO f32 first where it is not yet (once per model and LoRA set:
-    # minutes, gigabytes on disk; then 1.1-1.6x per step at 512 px at plain diffusers' pixels). Not in the metadata.
+    # minutes, gigabytes on disk; then 1.16x (idle) to 1.6x (busy) per step at 512 px at plain diffusers' pixels). Not in the metadata.
     prepare_exact: bool = False
     controls: tuple[ControlSpec, ...] = ()  # ControlNets (studio.core.control), in every mode
     # A1111's variation seeds (studio.core.variation): the seed's noise slerped toward the noise of `subseed`

@@ -4,8 +4,9 @@ exact  the U-Net in channels_last on CUDA; on a CPU contiguous, as plain diffuse
        0.95-1.01x on a quiet machine from 256 to 768 px; DESIGN.md's 1.22x was a loaded machine's), the VAE
        contiguous (channels_last made it slower). On a CPU where turbo's conversion
        of the model and LoRA set is cached (one f32 IR serves both modes), the U-Net runs on OpenVINO with the f32
-       precision hint instead: 1.64x plain diffusers per U-Net call at 512 px under load (1.11x on a quiet
-       machine, where plain fp32 already runs near the cores' peak), 2.6-2.8x at 256 px, within 5e-6.
+       precision hint instead: 1.64x plain diffusers per U-Net call at 512 px under load (1.11-1.25x per call and
+       1.16x per step on a quiet machine, where plain fp32 already runs near the cores' peak), 2.6-2.8x at 256 px
+       under load (1.48x quiet), within 5e-6.
        Exact starts that conversion itself (turbo's job: progress, cancel) only when the run asks for it
        (GenerateRequest.prepare_exact: the artist's remembered opt-in, minutes and gigabytes once per model);
        otherwise a turbo run of the model makes it, once. No torch-only setting reaches 1.15x at 512 px (README:
@@ -217,7 +218,7 @@ class SpeedPlan:
             _set_unet(pipe, unet)
 
     def _exact_openvino(self, unet, pipe, model, on_step, total, cancel, t0):
-        """OpenVINO f32 on turbo's IR of this model and LoRA set (per step at 512 px on the project's CPU: 1.11x plain
+        """OpenVINO f32 on turbo's IR of this model and LoRA set (per step at 512 px on the project's CPU: 1.16x plain
         diffusers idle, 1.6x under load; 2.6-2.8x at 256 px under load; within 1/255 after 20 steps), or None: the torch U-Net (not converted and
         not asked to prepare; OpenVINO missing or failing: one line). `exact_prepare`: convert first when the IR is
         missing (turbo's conversion job: "Preparing Exact for <model>: 40%"). Cancelled while converting or while

@@ -406,7 +406,7 @@ class MainWindow(QMainWindow):
         # converts it (minutes, gigabytes); remembered with the panel's settings.
         self.prepare_exact_action = QAction("Prepare &Exact with OpenVINO", self, checkable=True)
         self.prepare_exact_action.setToolTip("Exact converts each model once for OpenVINO f32 (minutes, gigabytes "
-                                             "on disk; Esc cancels), then runs it 1.1-1.6x faster at 512 px, at the same pixels")  # fmt: skip
+                                             "on disk; Esc cancels), then runs it 1.16x (idle) to 1.6x (busy machine) faster at 512 px, at the same pixels")  # fmt: skip
         self.prepare_exact_action.setChecked(bool(s.params.prepare_exact))
         self.prepare_exact_action.toggled.connect(lambda on: self.session.update_params(prepare_exact=on))
         engine_menu.addAction(self.prepare_exact_action)
