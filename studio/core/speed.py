@@ -22,7 +22,8 @@ METADATA_KEY = "Speed"
 
 LABELS = {"exact": "Exact", "fast": "Fast", "turbo": "Turbo"}
 TOOLTIPS = {
-    "exact": "The image plain diffusers makes (within 1/255): same seed, same pixels as other studios",
+    "exact": "The image plain diffusers makes (within 1/255): same seed, same pixels as other studios. On a CPU, "
+    "Engine > Prepare Exact with OpenVINO makes it faster at the same pixels (once per model: a conversion)",
     "fast": "Half precision for the U-Net and the decode where the hardware has it (bf16 CPUs, GPUs): about 1.5x "
     "on a bf16 CPU, a few 1/255 from Exact; elsewhere it runs as Exact and says why",
     "turbo": "The U-Net compiled with OpenVINO (CPU): several times faster once the model is converted; the first "
