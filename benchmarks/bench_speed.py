@@ -456,7 +456,9 @@ def measure_calls(a) -> int:
     import torch
 
     from studio.engine import speed
+    from studio.engine.turbo import runtime
 
+    runtime.KEEP_MODELS = 2  # exact's f32 and turbo's bf16 side by side: else each call would evict the other's
     pipe = pipe_for(a)
     unet, model, dev = pipe.unet, model_standin(a, pipe), a.dev
     modes = [m.strip() for m in (a.modes or "plain,exact,fast").split(",") if m.strip() in a.runnable]
