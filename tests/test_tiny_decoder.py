@@ -399,3 +399,37 @@ def test_training_can_start_from_an_existing_tiny_decoder(tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # lr 0: the start is the file
     with pytest.raises(TrainingInputError, match="architecture"):
         train(BUILTIN, tmp_path / "c", preset, steps=1, progress=False, init_from=BUILTIN / tinydecoder.OWN_FILE)
+
+
+def test_training_pool_can_hold_plain_pictures(tmp_path):
+    """``--plain-fraction``: that share of the scene pool is plain one-colour pictures (the latents a removal on a
+    plain background ends near), which the built-in VAE decodes as flat pictures; the measurement reports the
+    preview's error on them. The latent upscaler's pool refuses them in one line."""
+    import dataclasses
+
+    from studio.training.common import TrainingInputError
+    from studio.training.train_tiny_decoder import PRESETS, full_decode, load_vae, train
+
+    preset = dataclasses.replace(PRESETS["tiny"], pool=8, plain=0.5, plain_noise=0.0)
+    result = train(BUILTIN, tmp_path / "p", preset, steps=1, progress=False)
+    assert {"rms_tiny_plain", "rms_tiny_plain_noisy"} <= set(result)
+    lat = torch.load(tmp_path / "p" / "pool.pt", weights_only=True)["lat"].float()
+    assert len(lat) == 8
+    pictures = full_decode(load_vae(BUILTIN), lat)
+    spread = pictures.flatten(2).std(dim=2).mean(dim=1) * 127.5  # grey levels within each picture
+    assert spread[:4].mean() < 8 and spread[4:].mean() > 15, spread  # four plain pictures first, then four scenes
+    with pytest.raises(TrainingInputError, match="plain"):
+        train(UPSCALER, tmp_path / "u", preset, steps=1, progress=False)
+
+
+def test_builtin_preview_of_a_plain_picture_is_plain():
+    """The shipped tiny decoder was distilled on plain pictures too: on their latents (gray and named colours, as
+    a removal on a plain background leaves them) its preview is close to the full decode, not a pattern (the
+    decoder before: 26.1 grey levels RMS)."""
+    from studio.training.train_tiny_decoder import HELDOUT_SEED, full_decode, load_vae, plain_latents
+
+    vae = load_vae(BUILTIN)
+    z, _ = plain_latents(vae, 8, HELDOUT_SEED, 0.0)
+    tiny = tinydecoder.load(BUILTIN / tinydecoder.OWN_FILE)
+    rms = float((tiny.decode(z) - full_decode(vae, z)).pow(2).mean().sqrt()) * 127.5
+    assert rms < 12, rms

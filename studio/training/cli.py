@@ -103,6 +103,10 @@ def add_tiny_decoder_subcommand(subparsers) -> None:
     p.add_argument("--init-from", default=None, metavar="FILE",
                    help="start from this tiny decoder (same architecture), e.g. the model's own after a VAE change")
     p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the preset's)")
+    p.add_argument("--plain-fraction", type=float, default=None,
+                   help="share of the scene pool that is plain one-colour pictures (a removal on a plain background)")
+    p.add_argument("--plain-noise", type=float, default=None,
+                   help="noise std on those pictures' latents, unscaled (as train-vae-gan's)")
     p.add_argument("--resume", action="store_true", help="go on from the run folder's checkpoint")
     p.add_argument("--install", action="store_true", help="copy the result into the model folder (tiny_decoder.safetensors)")
     p.set_defaults(func=_lazy("train_tiny_decoder", "main"))

@@ -54,6 +54,8 @@ class TinyPreset:
     threads: int | None = None
     measure: int = 64  # held-out scenes of the final measurement
     variants: int = 0  # >0: the targets are decoded once, for the pool and (variants - 1) augmented copies of it
+    plain: float = 0.0  # share of the pool that is plain one-colour pictures (train_vae_gan.plain_pictures)
+    plain_noise: float = 0.0  # std of the noise on their latents, in the VAE's unscaled units (as train-vae-gan's)
 
 
 PRESETS = {
@@ -78,10 +80,22 @@ def load_vae(model_dir: Path):
 
 
 @torch.no_grad()
-def encode_scenes(vae, upscaler: bool, seed: int, n: int, batch: int = 32) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(latents as the sampler carries them, the posterior's std in the same units or None)."""
+def encode_scenes(vae, upscaler: bool, seed: int, n: int, batch: int = 32, plain: float = 0.0,
+                  plain_noise: float = 0.0) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(latents as the sampler carries them, the posterior's std in the same units or None). ``plain``: that share
+    of the ``n`` are plain one-colour pictures, their latents widened by noise of std ``plain_noise`` (unscaled):
+    a removal on a plain background ends near such a latent, and a decoder distilled only from scenes with objects
+    previews it as a pattern."""
     sf = float(vae.config.scaling_factor)
     lats, stds = [], []
+    n_plain = round(plain * n)
+    if n_plain and upscaler:
+        raise TrainingInputError("plain pictures are for a built-in model's own VAE, not the latent upscaler's")
+    if n_plain:
+        lat, std = plain_latents(vae, n_plain, seed, plain_noise)
+        lats.append(lat)
+        stds.append(std)
+        n -= n_plain
     if upscaler:
         from .sr_data import SRPairs, to_pm1
         from .upscaler_models import structured_latent
@@ -96,6 +110,21 @@ def encode_scenes(vae, upscaler: bool, seed: int, n: int, batch: int = 32) -> tu
         x = to_tensor_batch([ds.sample(i)[0] for i in range(s, min(n, s + batch))])
         post = vae.encode(x).latent_dist
         lats.append(post.mean * sf)
+        stds.append(post.std * sf)
+    return torch.cat(lats), torch.cat(stds)
+
+
+def plain_latents(vae, n: int, seed: int, noise: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` plain pictures' latents (scaled), with noise of std ``noise`` in unscaled units, and their std."""
+    from .train_vae_gan import plain_pictures
+
+    sf = float(vae.config.scaling_factor)
+    g = torch.Generator().manual_seed(seed * 7 + 3)
+    lats, stds = [], []
+    for s in range(0, n, 32):
+        post = vae.encode(plain_pictures(min(32, n - s), g)).latent_dist
+        z = post.mean + noise * torch.randn(post.mean.shape, generator=g)
+        lats.append(z * sf)
         stds.append(post.std * sf)
     return torch.cat(lats), torch.cat(stds)
 
@@ -187,7 +216,8 @@ def train(model_dir: Path, run_dir: Path, preset: TinyPreset, *, resume_run: boo
     if pool_path.exists():
         pool = torch.load(pool_path, weights_only=True)
     else:
-        lat, std = encode_scenes(vae, upscaler, TRAIN_SEED + seed, preset.pool)
+        lat, std = encode_scenes(vae, upscaler, TRAIN_SEED + seed, preset.pool, plain=preset.plain,
+                                 plain_noise=preset.plain_noise)
         pool = {"lat": lat.half(), "std": None if std is None else std.half()}
         torch.save(pool, pool_path)
     lat_pool = pool["lat"].float()
@@ -285,7 +315,12 @@ def measure(model_dir: Path, decoder_file: Path, n: int = 64, factors: tuple | N
     def rms(a: torch.Tensor, r: torch.Tensor) -> float:
         return round(float((a - r).pow(2).mean().sqrt()) * 127.5, 2)
 
-    return {"held_out_scenes": n, "rms_tiny_full_size": rms(pred, ref),
+    plain = {}
+    if not upscaler:  # a removal on a plain background: the latent it ends near, gray and named colours
+        for name, noise in (("rms_tiny_plain", 0.0), ("rms_tiny_plain_noisy", 0.7)):
+            zp, _ = plain_latents(vae, 16, HELDOUT_SEED, noise)
+            plain[name] = rms(tiny.decode(zp), full_decode(vae, zp))
+    return {"held_out_scenes": n, "rms_tiny_full_size": rms(pred, ref), **plain,
             "rms_factors_full_size": rms(F.interpolate(lin, scale_factor=f, mode="nearest"), ref),
             "rms_tiny_latent_grid": rms(F.avg_pool2d(pred, f), small), "rms_factors_latent_grid": rms(lin, small),
             "params": sum(p.numel() for p in tiny.module.decoder.parameters()),
@@ -304,6 +339,10 @@ def main(args) -> None:
         preset.variants = args.targets_once
     if args.lr:
         preset.lr = args.lr
+    if args.plain_fraction is not None:
+        preset.plain = args.plain_fraction
+    if args.plain_noise is not None:
+        preset.plain_noise = args.plain_noise
     model = Path(args.model)
     run_dir = Path(args.run_dir or f"runs/tiny-decoder-{model.resolve().name}")
     result = train(model, run_dir, preset, resume_run=args.resume, steps=args.steps,
