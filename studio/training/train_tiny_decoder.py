@@ -114,6 +114,7 @@ def encode_scenes(vae, upscaler: bool, seed: int, n: int, batch: int = 32, plain
     return torch.cat(lats), torch.cat(stds)
 
 
+@torch.no_grad()  # measure() calls it outside training's no_grad: no graph through the encoder
 def plain_latents(vae, n: int, seed: int, noise: float) -> tuple[torch.Tensor, torch.Tensor]:
     """``n`` plain pictures' latents (scaled), with noise of std ``noise`` in unscaled units, and their std."""
     from .train_vae_gan import plain_pictures
